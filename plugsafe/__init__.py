@@ -1,0 +1,80 @@
+"""plugsafe: run untrusted WebAssembly plugins safely.
+
+A host app creates a :class:`Host`, registers the host functions plugins may use, and loads
+plugins under a :class:`Policy` that says which of those functions each may import and how much
+fuel, time and memory it may use per call::
+
+    import plugsafe
+
+    host = plugsafe.Host()
+    plugin = host.load("greet.wasm", policy=plugsafe.Policy(allow={"log"}), name="greet")
+    print(plugin.call("greet", b"world"))
+
+Everything plugsafe raises derives from :class:`PlugsafeError`; see ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+from ._abi import ABI_VERSION
+from ._errors import (
+    AbiError,
+    AbiVersionError,
+    DeadlineExceeded,
+    ExportNotFoundError,
+    FuelExhausted,
+    GuestError,
+    HostCallLimitExceeded,
+    HostFunctionError,
+    ImportNotAllowedError,
+    ImportProblem,
+    InvalidModuleError,
+    LimitExceeded,
+    MemoryAccessError,
+    MemoryLimitExceeded,
+    PluginCallError,
+    PluginClosedError,
+    PluginLoadError,
+    PluginTrap,
+    PlugsafeError,
+    PolicyError,
+    SignatureError,
+)
+from ._host import Host
+from ._plugin import Plugin, PluginMemory
+from ._policy import Policy
+from ._types import CallStats, ExportInfo, ImportInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABI_VERSION",
+    "AbiError",
+    "AbiVersionError",
+    "CallStats",
+    "DeadlineExceeded",
+    "ExportInfo",
+    "ExportNotFoundError",
+    "FuelExhausted",
+    "GuestError",
+    "Host",
+    "HostCallLimitExceeded",
+    "HostFunctionError",
+    "ImportInfo",
+    "ImportNotAllowedError",
+    "ImportProblem",
+    "InvalidModuleError",
+    "LimitExceeded",
+    "MemoryAccessError",
+    "MemoryLimitExceeded",
+    "Plugin",
+    "PluginCallError",
+    "PluginClosedError",
+    "PluginLoadError",
+    "PluginMemory",
+    "PluginTrap",
+    "PlugsafeError",
+    "Policy",
+    "PolicyError",
+    "SignatureError",
+    "__version__",
+]

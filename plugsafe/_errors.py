@@ -1,0 +1,218 @@
+"""Every exception plugsafe raises.
+
+The tree, which ``docs/errors.md`` explains case by case::
+
+    PlugsafeError                      root of everything plugsafe raises
+    ├── PolicyError                    a bad policy value (``.field`` names it)
+    ├── PluginLoadError                the plugin could not be loaded
+    │   ├── InvalidModuleError         empty, not wasm, truncated, invalid, too large
+    │   ├── ImportNotAllowedError      imports the host does not offer or the policy forbids
+    │   └── AbiVersionError            the plugin declares an ABI version plugsafe does not speak
+    ├── PluginCallError                a call into the plugin failed
+    │   ├── PluginTrap                 the guest trapped (``.trap_code``)
+    │   ├── HostFunctionError          a host function raised (``__cause__`` is the exception)
+    │   ├── AbiError                   a bad pointer/length/value crossing the ABI
+    │   │   └── MemoryAccessError      ``plugin.memory`` read/write out of range
+    │   ├── GuestError                 the plugin reported a failure (``.message``)
+    │   ├── ExportNotFoundError        no such export
+    │   └── SignatureError             wrong arguments for an export's signature
+    ├── LimitExceeded                  a policy limit stopped a call or a load (``.phase``)
+    │   ├── FuelExhausted
+    │   ├── DeadlineExceeded
+    │   ├── MemoryLimitExceeded
+    │   └── HostCallLimitExceeded
+    └── PluginClosedError              the plugin or host was used after ``close()``
+
+``LimitExceeded`` is raised both while loading (a start function that loops, an initial memory
+over the cap) and while calling; ``.phase`` says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "AbiError",
+    "AbiVersionError",
+    "DeadlineExceeded",
+    "ExportNotFoundError",
+    "FuelExhausted",
+    "GuestError",
+    "HostCallLimitExceeded",
+    "HostFunctionError",
+    "ImportNotAllowedError",
+    "ImportProblem",
+    "InvalidModuleError",
+    "LimitExceeded",
+    "MemoryAccessError",
+    "MemoryLimitExceeded",
+    "PluginCallError",
+    "PluginClosedError",
+    "PluginLoadError",
+    "PluginTrap",
+    "PlugsafeError",
+    "PolicyError",
+    "SignatureError",
+]
+
+Phase = Literal["load", "call"]
+
+
+class PlugsafeError(Exception):
+    """Root of every exception plugsafe raises."""
+
+
+class PolicyError(PlugsafeError, ValueError):
+    """A policy value is invalid. ``field`` names the offending field (``None`` if not one)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PluginLoadError(PlugsafeError):
+    """The plugin could not be loaded; nothing of it is left running."""
+
+
+class InvalidModuleError(PluginLoadError):
+    """The bytes are not a valid WebAssembly module that plugsafe will compile.
+
+    Raised for empty input, input that is neither wasm nor WAT, truncated or invalid modules,
+    modules that use disabled WebAssembly features, and modules over ``Policy.max_module_size``.
+    """
+
+
+@dataclass(frozen=True)
+class ImportProblem:
+    """One import a plugin may not have.
+
+    ``reason`` is ``"unknown"`` (the host offers nothing by that name), ``"not allowed"`` (the host
+    has it but the policy does not allow it) or ``"wrong type"`` (allowed, but the plugin declares
+    a different signature). ``detail`` says more in words.
+    """
+
+    module: str
+    name: str
+    reason: Literal["unknown", "not allowed", "wrong type"]
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.module}.{self.name} ({self.reason}: {self.detail})"
+
+
+class ImportNotAllowedError(PluginLoadError):
+    """The plugin imports things this host or policy does not give it.
+
+    ``problems`` lists every offending import, not just the first.
+    """
+
+    def __init__(self, plugin: str, problems: Sequence[ImportProblem]) -> None:
+        self.plugin = plugin
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"plugin {plugin!r} has {len(self.problems)} import(s) it may not have:\n{lines}"
+        )
+
+    @property
+    def imports(self) -> tuple[str, ...]:
+        """The offending imports as ``module.name`` strings."""
+        return tuple(f"{p.module}.{p.name}" for p in self.problems)
+
+
+class AbiVersionError(PluginLoadError):
+    """The plugin declares a plugin-ABI version this plugsafe does not implement."""
+
+    def __init__(self, plugin: str, declared: int, supported: int) -> None:
+        self.declared = declared
+        self.supported = supported
+        super().__init__(
+            f"plugin {plugin!r} declares plugsafe ABI version {declared}, "
+            f"but this plugsafe implements ABI version {supported}"
+        )
+
+
+class PluginCallError(PlugsafeError):
+    """A call into a plugin failed."""
+
+
+class PluginTrap(PluginCallError):
+    """The guest trapped. ``trap_code`` is wasmtime's code name (e.g. ``"UNREACHABLE"``) or None."""
+
+    def __init__(self, message: str, *, trap_code: str | None = None) -> None:
+        super().__init__(message)
+        self.trap_code = trap_code
+
+
+class HostFunctionError(PluginCallError):
+    """A host function raised while the plugin called it; ``__cause__`` is that exception."""
+
+    def __init__(self, message: str, *, function: str) -> None:
+        super().__init__(message)
+        self.function = function
+
+
+class AbiError(PluginCallError):
+    """A value crossing the plugin ABI is invalid.
+
+    A pointer or length from the guest outside its memory, an output over ``max_output``, an
+    input over ``max_input``, invalid UTF-8 where text is required, a missing ABI export.
+    """
+
+
+class MemoryAccessError(AbiError, IndexError):
+    """``plugin.memory.read``/``write`` was asked for bytes outside the memory."""
+
+
+class GuestError(PluginCallError):
+    """The plugin reported a failure; ``message`` is its text."""
+
+    def __init__(self, plugin: str, function: str, message: str) -> None:
+        self.plugin = plugin
+        self.function = function
+        self.message = message
+        super().__init__(f"plugin {plugin!r} function {function!r} failed: {message}")
+
+
+class ExportNotFoundError(PluginCallError, LookupError):
+    """The plugin has no export of that name (or it is not a function)."""
+
+
+class SignatureError(PluginCallError, TypeError):
+    """The arguments do not fit the export's signature, or the export does not fit the ABI."""
+
+
+class LimitExceeded(PlugsafeError):
+    """A policy limit stopped the plugin.
+
+    ``limit`` is the policy field (``"fuel"``, ``"timeout"``, ``"memory"``, ``"max_host_calls"``),
+    ``value`` its value, ``phase`` is ``"load"`` or ``"call"``.
+    """
+
+    def __init__(self, message: str, *, limit: str, value: object, phase: Phase) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.phase = phase
+
+
+class FuelExhausted(LimitExceeded):
+    """The plugin used all the fuel (wasm instructions) its policy gives one call."""
+
+
+class DeadlineExceeded(LimitExceeded):
+    """The plugin ran longer than its policy's wall-clock timeout."""
+
+
+class MemoryLimitExceeded(LimitExceeded):
+    """The plugin needed more linear memory than its policy allows."""
+
+
+class HostCallLimitExceeded(LimitExceeded):
+    """The plugin made more host-function calls in one call than its policy allows."""
+
+
+class PluginClosedError(PlugsafeError):
+    """The plugin (or the host that owns it) was used after ``close()``."""

@@ -1,0 +1,851 @@
+"""A loaded plugin: calls, limits, the instance lifecycle and the host-function bindings."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Any, TypeVar
+
+from . import _abi
+from . import _runtime as rt
+from ._errors import (
+    AbiError,
+    AbiVersionError,
+    DeadlineExceeded,
+    ExportNotFoundError,
+    FuelExhausted,
+    GuestError,
+    HostCallLimitExceeded,
+    HostFunctionError,
+    LimitExceeded,
+    MemoryAccessError,
+    MemoryLimitExceeded,
+    Phase,
+    PluginCallError,
+    PluginClosedError,
+    PluginLoadError,
+    PluginTrap,
+    SignatureError,
+)
+from ._log import LEVELS, escape, logger_for
+from ._policy import Policy
+from ._types import CallStats, ExportInfo, ImportInfo
+from ._wasmparse import MemoryDecl
+
+__all__ = ["BoundFunction", "Plugin", "PluginMemory"]
+
+T = TypeVar("T")
+
+_PAGE = 65536
+# Enough tables for any toolchain seen in practice; together with max_table_elements this bounds
+# what tables can cost.
+_MAX_TABLES = 10
+_I32 = (-(2**31), 2**32 - 1)
+_I64 = (-(2**63), 2**64 - 1)
+_NUMERIC_PY = (int, float)
+
+
+@dataclass(frozen=True)
+class BoundFunction:
+    """A host function as a plugin sees it (built by the Host)."""
+
+    name: str
+    fn: Callable[..., Any]
+    signature: _abi.HostSignature
+    builtin: bool = False
+    # The wasm (params, results); derived from ``signature`` unless a built-in fixes its own.
+    wasm_override: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+
+    @property
+    def wasm(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The wasm parameter and result types the import must have."""
+        if self.wasm_override is not None:
+            return self.wasm_override
+        return self.signature.wasm_params, self.signature.wasm_results
+
+
+class _CallState:
+    """What happened during one call; host callbacks write here, the caller reads it."""
+
+    __slots__ = ("deadline", "error", "function", "host_calls", "log_count", "log_dropped")
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.error: BaseException | None = None
+        self.function = ""
+        self.host_calls = 0
+        self.log_count = 0
+        self.log_dropped = 0
+
+
+class _AppError(Exception):
+    """Wraps an exception an app-defined host function raised, to tell it from plugsafe's own."""
+
+    def __init__(self, function: str, exc: BaseException) -> None:
+        super().__init__(function)
+        self.function = function
+        self.exc = exc
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+def _short_trap(message: str) -> str:
+    """wasmtime's trap text ends with the reason after a backtrace; keep the reason."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "trap"
+    last = lines[-1]
+    return last.removeprefix("wasm trap: ")
+
+
+class PluginMemory:
+    """The plugin's exported linear memory ``memory``, bounds-checked.
+
+    Reads and writes go to the plugin's current instance; after a trap that is the fresh one.
+    """
+
+    def __init__(self, plugin: Plugin) -> None:
+        self._plugin = plugin
+
+    @staticmethod
+    def _check(offset: int, length: int) -> None:
+        for label, v in (("offset", offset), ("length", length)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"{label} must be an int, got {type(v).__name__}")
+            if v < 0:
+                raise MemoryAccessError(f"{label} must be >= 0, got {v}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Copy ``length`` bytes starting at ``offset``; MemoryAccessError if out of range."""
+        self._check(offset, length)
+
+        def op(inst: rt.Instance) -> bytes:
+            try:
+                return inst.read(offset, length)
+            except rt.GuestMemoryError as exc:
+                raise MemoryAccessError(f"plugin {self._plugin.name!r}: {exc}") from None
+
+        return self._plugin._with_instance(op)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` into memory at ``offset``; MemoryAccessError if out of range."""
+        payload = bytes(data)
+        self._check(offset, len(payload))
+
+        def op(inst: rt.Instance) -> None:
+            try:
+                inst.write(offset, payload)
+            except rt.GuestMemoryError as exc:
+                raise MemoryAccessError(f"plugin {self._plugin.name!r}: {exc}") from None
+
+        self._plugin._with_instance(op)
+
+    @property
+    def size(self) -> int:
+        """Current size in bytes."""
+        return self._plugin._with_instance(lambda inst: inst.memory_size())
+
+
+class Plugin:
+    """A loaded plugin. Create with :meth:`Host.load`.
+
+    Safe to share between threads: calls on one plugin are serialized, and every caller gets its
+    own result or exception. Different plugins run in parallel (the GIL is released while wasm
+    runs). After any trap the instance is thrown away and the next call runs on a fresh one.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        policy: Policy,
+        engine: rt.Engine,
+        module: rt.Module,
+        memories: list[MemoryDecl],
+        functions: Mapping[str, BoundFunction],
+        ticker: rt.EpochTicker,
+        on_close: Callable[[Plugin], None],
+    ) -> None:
+        self._name = name
+        self._policy = policy
+        self._engine = engine
+        self._module = module
+        self._ticker = ticker
+        self._on_close = on_close
+        self._logger = logger_for(name)
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._closed = False
+        self._close_pending = False
+        self._instance: rt.Instance | None = None
+        self._state = _CallState(None)
+        self._last: CallStats | None = None
+        self._abi = False
+        self.memory = PluginMemory(self)
+
+        count = max(len(memories), 1)
+        self._memory_per = policy.memory // count
+        self._memory_count = len(memories)
+        for i, decl in enumerate(memories):
+            if decl.minimum > self._memory_per:
+                split = f" (split evenly over its {count} memories)" if count > 1 else ""
+                raise MemoryLimitExceeded(
+                    f"plugin {name!r}: memory {i} needs {_fmt_bytes(decl.minimum)} at start, "
+                    f"but the policy allows {_fmt_bytes(self._memory_per)}{split}",
+                    limit="memory",
+                    value=policy.memory,
+                    phase="load",
+                )
+
+        self._linker = rt.Linker(engine)
+        for imp in module.imports:
+            bound = functions[imp.name]  # imports were checked by the Host before this
+            self._bind(bound)
+
+        if policy.timeout is not None:
+            ticker.ensure_running()
+        inst = self._new_instance("load")
+        self._instance = inst
+        self._check_abi(inst)
+
+    # -- public surface -----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The plugin's name (used in errors and its logger ``plugsafe.plugin.<name>``)."""
+        return self._name
+
+    @property
+    def policy(self) -> Policy:
+        """The policy the plugin was loaded with."""
+        return self._policy
+
+    @property
+    def exports(self) -> Mapping[str, ExportInfo]:
+        """The module's exports by name."""
+        return MappingProxyType(self._module.exports)
+
+    @property
+    def imports(self) -> tuple[ImportInfo, ...]:
+        """The module's imports (all of them were allowed by the policy)."""
+        return self._module.imports
+
+    @property
+    def last_call(self) -> CallStats | None:
+        """Stats of the most recent call (from any thread), or None before the first."""
+        return self._last
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def call(self, function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
+        """Call ABI function ``function`` with ``data`` (str is sent as UTF-8); return its output.
+
+        Raises GuestError if the plugin reports a failure, AbiError for a bad pointer/length
+        or an input/output over the policy's caps, PluginTrap on a trap, and LimitExceeded
+        subclasses when fuel, time, memory or host calls run out.
+        """
+        if isinstance(data, str):
+            payload = data.encode("utf-8")
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            payload = bytes(data)
+        else:
+            raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")
+        if len(payload) > self._policy.max_input:
+            raise AbiError(
+                f"plugin {self._name!r}: input of {len(payload)} bytes is over the policy's "
+                f"max_input of {self._policy.max_input}"
+            )
+        return self._guarded(function, lambda inst: self._call_abi(inst, function, payload))
+
+    def call_json(self, function: str, value: Any) -> Any:
+        """Call ``function`` with ``value`` as JSON and return the JSON it answers, decoded."""
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        out = self.call(function, text.encode("utf-8"))
+        try:
+            return json.loads(out)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise AbiError(
+                f"plugin {self._name!r} function {function!r} did not return valid JSON: {exc}"
+            ) from None
+
+    def invoke(self, function: str, *args: int | float) -> Any:
+        """Call any exported function with numeric params/results (no ABI involved).
+
+        Returns None, one value, or a tuple for several results.
+        """
+
+        def op(inst: rt.Instance) -> Any:
+            ref = self._lookup(inst, function)
+            for t in (*ref.params, *ref.results):
+                if t not in rt.NUMERIC_TYPES:
+                    raise SignatureError(
+                        f"plugin {self._name!r} export {function!r} uses type {t}; invoke() "
+                        "handles only i32, i64, f32 and f64"
+                    )
+            if len(args) != len(ref.params):
+                raise SignatureError(
+                    f"plugin {self._name!r} export {function!r} takes {len(ref.params)} "
+                    f"argument(s) ({', '.join(ref.params)}), got {len(args)}"
+                )
+            values = [
+                self._convert_arg(function, i, t, a)
+                for i, (t, a) in enumerate(zip(ref.params, args, strict=True))
+            ]
+            out = inst.call(ref, values)
+            if not out:
+                return None
+            if len(out) == 1:
+                return out[0]
+            return tuple(out)
+
+        return self._guarded(function, op)
+
+    def close(self) -> None:
+        """Release the instance. Later use raises PluginClosedError. Idempotent."""
+        if self._closed:
+            return
+        if self._owner == threading.get_ident():
+            # Called from one of this plugin's own host functions: finish when the call ends.
+            self._closed = True
+            self._close_pending = True
+            return
+        with self._lock:
+            self._closed = True
+            self._instance = None
+        self._on_close(self)
+
+    def __enter__(self) -> Plugin:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<plugsafe.Plugin {self._name!r} {state}>"
+
+    # -- instance lifecycle -------------------------------------------------------------------
+
+    def _deadline_ticks(self) -> int:
+        t = self._policy.timeout
+        if t is None:
+            return rt.NO_DEADLINE_TICKS
+        # +1: the first tick may come at once, so one more guarantees at least `timeout`.
+        return math.ceil(t / rt.TICK_SECONDS) + 1
+
+    def _new_instance(self, phase: Phase) -> rt.Instance:
+        self._state = state = self._fresh_state()
+        state.function = "(start)"
+        try:
+            return rt.Instance(
+                self._engine,
+                self._linker,
+                self._module,
+                memory_size=self._memory_per,
+                memories=max(self._memory_count, 1),
+                table_elements=self._policy.max_table_elements,
+                tables=_MAX_TABLES,
+                fuel=self._policy.fuel,
+                deadline_ticks=self._deadline_ticks(),
+            )
+        except rt.WasmFailure as failure:
+            err = self._translate(failure, state, "(start)", None, phase)
+            if phase == "load" and isinstance(err, PluginCallError):
+                raise PluginLoadError(
+                    f"plugin {self._name!r} failed while being instantiated: {err}"
+                ) from err
+            raise err from None
+
+    def _fresh_state(self) -> _CallState:
+        t = self._policy.timeout
+        return _CallState(None if t is None else time.monotonic() + t)
+
+    def _check_abi(self, inst: rt.Instance) -> None:
+        exports = self._module.exports
+        version = exports.get(_abi.VERSION_EXPORT)
+        if version is None:
+            return
+        if version.kind != "func" or version.params or version.results != ("i32",):
+            raise PluginLoadError(
+                f"plugin {self._name!r}: export {_abi.VERSION_EXPORT!r} must be a function "
+                f"() -> i32, found {version}"
+            )
+        ref = inst.func(_abi.VERSION_EXPORT)
+        assert ref is not None
+        self._state = state = self._fresh_state()
+        inst.set_budget(self._policy.fuel, self._deadline_ticks())
+        try:
+            out = inst.call(ref, [])
+        except rt.WasmFailure as failure:
+            err = self._translate(failure, state, _abi.VERSION_EXPORT, inst, "load")
+            if isinstance(err, LimitExceeded):
+                raise err from None
+            raise PluginLoadError(f"plugin {self._name!r}: {err}") from err
+        declared = int(out[0])
+        if declared != _abi.ABI_VERSION:
+            raise AbiVersionError(self._name, declared, _abi.ABI_VERSION)
+        problems = []
+        mem = exports.get(_abi.MEMORY_EXPORT)
+        if mem is None or mem.kind != "memory":
+            problems.append(f"a memory export named {_abi.MEMORY_EXPORT!r}")
+        alloc = exports.get(_abi.ALLOC_EXPORT)
+        if (
+            alloc is None
+            or alloc.kind != "func"
+            or alloc.params != ("i32",)
+            or alloc.results != ("i32",)
+        ):
+            problems.append(f"a function export {_abi.ALLOC_EXPORT!r} of type (i32) -> i32")
+        if problems:
+            raise PluginLoadError(
+                f"plugin {self._name!r} declares plugsafe ABI version {declared} but lacks "
+                + " and ".join(problems)
+            )
+        self._abi = True
+
+    def _with_instance(self, op: Callable[[rt.Instance], T]) -> T:
+        """Run ``op`` on the current instance under the plugin's lock (no wasm call budget)."""
+        if self._closed:
+            raise PluginClosedError(f"plugin {self._name!r} is closed")
+        if self._owner == threading.get_ident():
+            inst = self._instance
+            assert inst is not None
+            return op(inst)
+        with self._lock:
+            if self._closed:
+                raise PluginClosedError(f"plugin {self._name!r} is closed")
+            inst = self._instance
+            if inst is None:
+                inst = self._instance = self._new_instance("call")
+            return op(inst)
+
+    def _guarded(self, function: str, op: Callable[[rt.Instance], T]) -> T:
+        """Run one call: lock, fresh budget, translate failures, record stats."""
+        if self._closed:
+            raise PluginClosedError(f"plugin {self._name!r} is closed")
+        if self._owner == threading.get_ident():
+            raise PluginCallError(
+                f"plugin {self._name!r} was called again from inside one of its own host "
+                "functions; re-entrant calls are not allowed"
+            )
+        with self._lock:
+            if self._closed:
+                raise PluginClosedError(f"plugin {self._name!r} is closed")
+            self._owner = threading.get_ident()
+            try:
+                inst = self._instance
+                if inst is None:
+                    inst = self._instance = self._new_instance("call")
+                self._state = state = self._fresh_state()
+                state.function = function
+                inst.set_budget(self._policy.fuel, self._deadline_ticks())
+                start = time.perf_counter()
+                try:
+                    return op(inst)
+                except rt.WasmFailure as failure:
+                    # After any trap the instance may be in any state: throw it away.
+                    self._instance = None
+                    raise self._translate(failure, state, function, inst, "call") from None
+                finally:
+                    self._finish(inst, state, start)
+            finally:
+                self._owner = None
+                if self._close_pending:
+                    self._instance = None
+                    self._close_pending = False
+                    self._on_close(self)
+
+    def _finish(self, inst: rt.Instance, state: _CallState, start: float) -> None:
+        duration = time.perf_counter() - start
+        fuel = self._policy.fuel
+        consumed = None if fuel is None else max(fuel - inst.fuel_left(), 0)
+        self._last = CallStats(consumed, duration, inst.memory_total(), state.host_calls)
+        if state.log_dropped:
+            self._logger.warning(
+                "plugin %s dropped %d log message(s) beyond its limit of %d per call",
+                self._name,
+                state.log_dropped,
+                self._policy.log_messages,
+            )
+
+    # -- the ABI call -------------------------------------------------------------------------
+
+    def _lookup(self, inst: rt.Instance, function: str) -> rt.FuncRef:
+        ref = inst.func(function)
+        if ref is None:
+            info = self._module.exports.get(function)
+            if info is None:
+                names = sorted(n for n, e in self._module.exports.items() if e.kind == "func")
+                raise ExportNotFoundError(
+                    f"plugin {self._name!r} has no export {function!r} "
+                    f"(its functions: {', '.join(names) or 'none'})"
+                )
+            raise ExportNotFoundError(
+                f"plugin {self._name!r} export {function!r} is a {info.kind}, not a function"
+            )
+        return ref
+
+    def _call_abi(self, inst: rt.Instance, function: str, payload: bytes) -> bytes:
+        if not self._abi:
+            raise AbiError(
+                f"plugin {self._name!r} does not implement the plugsafe ABI (it exports no "
+                f"{_abi.VERSION_EXPORT!r}); use invoke() for plain numeric exports"
+            )
+        ref = self._lookup(inst, function)
+        if ref.params != ("i32", "i32") or ref.results != ("i64",):
+            raise SignatureError(
+                f"plugin {self._name!r} export {function!r} has type "
+                f"({', '.join(ref.params)}) -> ({', '.join(ref.results)}); an ABI function "
+                "must be (i32, i32) -> i64"
+            )
+        pointer = 0
+        if payload:
+            alloc = inst.func(_abi.ALLOC_EXPORT)
+            assert alloc is not None
+            pointer = inst.call_i32_to_i32(alloc, len(payload))
+            if pointer == 0:
+                self._raise_alloc_failure(inst, len(payload))
+            try:
+                inst.write(pointer, payload)
+            except rt.GuestMemoryError as exc:
+                raise AbiError(
+                    f"plugin {self._name!r}: {_abi.ALLOC_EXPORT} returned a bad buffer for "
+                    f"{len(payload)} input bytes: {exc}"
+                ) from None
+        word = inst.call_i32_i32_to_i64(ref, pointer, len(payload))
+        out_ptr, out_len, is_error = _abi.decode_result(word)
+        what = "error message" if is_error else "output"
+        if out_len > self._policy.max_output:
+            raise AbiError(
+                f"plugin {self._name!r} function {function!r} returned a {out_len}-byte {what}, "
+                f"over the policy's max_output of {self._policy.max_output}"
+            )
+        try:
+            out = inst.read(out_ptr, out_len)
+        except rt.GuestMemoryError as exc:
+            raise AbiError(
+                f"plugin {self._name!r} function {function!r} returned a bad {what} pointer: {exc}"
+            ) from None
+        if is_error:
+            raise GuestError(self._name, function, out.decode("utf-8", "replace"))
+        return out
+
+    def _raise_alloc_failure(self, inst: rt.Instance, n: int) -> None:
+        if inst.memory_size() + n > self._memory_per:
+            raise MemoryLimitExceeded(
+                f"plugin {self._name!r} could not allocate {n} input bytes: its memory "
+                f"({_fmt_bytes(inst.memory_size())}) cannot grow past the policy's "
+                f"{_fmt_bytes(self._memory_per)}",
+                limit="memory",
+                value=self._policy.memory,
+                phase="call",
+            )
+        raise AbiError(f"plugin {self._name!r}: {_abi.ALLOC_EXPORT}({n}) returned 0")
+
+    def _convert_arg(self, function: str, i: int, t: str, a: object) -> int | float:
+        if t in ("i32", "i64"):
+            if not isinstance(a, int):
+                raise SignatureError(
+                    f"plugin {self._name!r} export {function!r} argument {i} is {t}; "
+                    f"got {type(a).__name__}"
+                )
+            lo, hi = _I32 if t == "i32" else _I64
+            if not lo <= a <= hi:
+                raise SignatureError(
+                    f"plugin {self._name!r} export {function!r} argument {i} ({t}) is out of "
+                    f"range: {a}"
+                )
+            bits = 32 if t == "i32" else 64
+            return a - (1 << bits) if a >= 1 << (bits - 1) else a
+        if not isinstance(a, _NUMERIC_PY):
+            raise SignatureError(
+                f"plugin {self._name!r} export {function!r} argument {i} is {t}; "
+                f"got {type(a).__name__}"
+            )
+        return float(a)
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _translate(
+        self,
+        failure: rt.WasmFailure,
+        state: _CallState,
+        function: str,
+        inst: rt.Instance | None,
+        phase: Phase,
+    ) -> BaseException:
+        """Decide what a failed wasm call means, from our own per-call record first.
+
+        wasmtime-py keeps host exceptions in a module-global; we never rely on it: whatever a
+        host function of *this* plugin raised is in ``state.error``, which only this call sees.
+        """
+        recorded = state.error
+        if recorded is not None:
+            state.error = None
+            if isinstance(recorded, _AppError):
+                exc = recorded.exc
+                if not isinstance(exc, Exception):
+                    return exc  # KeyboardInterrupt, SystemExit: propagate unchanged
+                err = HostFunctionError(
+                    f"host function {recorded.function!r} raised {type(exc).__name__}: {exc} "
+                    f"(called by plugin {self._name!r} in {function!r})",
+                    function=recorded.function,
+                )
+                err.__cause__ = exc
+                return err
+            if isinstance(recorded, rt.WasmFailure):
+                return self._translate(recorded, state, function, inst, phase)
+            return recorded
+        code = failure.trap_code
+        where = f"plugin {self._name!r} in {function!r}"
+        if code == "OUT_OF_FUEL":
+            return FuelExhausted(
+                f"{where} used all {self._policy.fuel} units of fuel the policy allows per call",
+                limit="fuel",
+                value=self._policy.fuel,
+                phase=phase,
+            )
+        if code == "INTERRUPT":
+            return DeadlineExceeded(
+                f"{where} ran past the policy's timeout of {self._policy.timeout:g} s",
+                limit="timeout",
+                value=self._policy.timeout,
+                phase=phase,
+            )
+        reason = _short_trap(failure.message)
+        if code is None:
+            if "memory" in reason and ("limit" in reason or "minimum" in reason):
+                return MemoryLimitExceeded(
+                    f"{where}: {reason}", limit="memory", value=self._policy.memory, phase=phase
+                )
+            if phase == "load":
+                return PluginLoadError(f"{where}: {reason}")
+        if code is not None and inst is not None and self._memory_exhausted(inst, code):
+            return MemoryLimitExceeded(
+                f"{where} trapped ({reason}) with its memory at "
+                f"{_fmt_bytes(inst.memory_total())} of the policy's "
+                f"{_fmt_bytes(self._policy.memory)}: a memory.grow was refused",
+                limit="memory",
+                value=self._policy.memory,
+                phase=phase,
+            )
+        return PluginTrap(f"{where} trapped: {reason}\n{failure.message}", trap_code=code)
+
+    def _memory_exhausted(self, inst: rt.Instance, code: str) -> bool:
+        """Guess whether a trap followed a refused ``memory.grow``.
+
+        WebAssembly reports a refused growth only to the guest (``memory.grow`` returns -1), and
+        wasmtime's C API cannot make it trap. Allocators then trap (``unreachable``). So: a trap
+        with a memory less than a page from its cap, or an ``unreachable`` with a memory that
+        could not have doubled, is reported as the memory limit. docs/errors.md explains this.
+        """
+        limit = self._memory_per
+        size = inst.memory_size()
+        if size == 0 or limit == 0:
+            return False
+        if size + _PAGE > limit:
+            return True
+        return code == "UNREACHABLE" and size * 2 > limit
+
+    # -- host functions -----------------------------------------------------------------------
+
+    def _on_error(self, exc: BaseException) -> str:
+        state = self._state
+        if state.error is None:
+            state.error = exc
+        if isinstance(exc, _AppError):
+            return f"plugsafe: host function {exc.function!r} raised {type(exc.exc).__name__}"
+        return f"plugsafe: {type(exc).__name__}"
+
+    def _enter_host(self, state: _CallState, function: str) -> None:
+        state.host_calls += 1
+        quota = self._policy.max_host_calls
+        if quota is not None and state.host_calls > quota:
+            raise HostCallLimitExceeded(
+                f"plugin {self._name!r} in {state.function!r} made more than {quota} host "
+                f"function calls (policy max_host_calls); the last was {function!r}",
+                limit="max_host_calls",
+                value=quota,
+                phase="call",
+            )
+        if state.deadline is not None and time.monotonic() > state.deadline:
+            raise DeadlineExceeded(
+                f"plugin {self._name!r} in {state.function!r} ran past the policy's timeout of "
+                f"{self._policy.timeout:g} s (noticed when it called {function!r})",
+                limit="timeout",
+                value=self._policy.timeout,
+                phase="call",
+            )
+
+    def _bind(self, bound: BoundFunction) -> None:
+        if bound.builtin and bound.name == "log":
+            callback = self._log_callback()
+        else:
+            callback = self._app_callback(bound)
+        params, results = bound.wasm
+        self._linker.define_func(
+            _abi.HOST_MODULE, bound.name, params, results, callback, self._on_error
+        )
+
+    def _log_callback(self) -> rt.HostCallback:
+        policy = self._policy
+        logger = self._logger
+
+        def log(caller: rt.Caller, args: list[Any]) -> None:
+            state = self._state
+            self._enter_host(state, "log")
+            level, pointer, length = args
+            if not 0 <= level < len(LEVELS):
+                raise AbiError(
+                    f"plugin {self._name!r} called log with level {level}; levels are 0 (trace) "
+                    "to 4 (error)"
+                )
+            length &= 0xFFFF_FFFF
+            try:
+                # The whole span must be valid even though only a prefix is kept.
+                caller.read(pointer + length - 1 if length else pointer, 1 if length else 0)
+            except rt.GuestMemoryError as exc:
+                raise AbiError(
+                    f"plugin {self._name!r} called log with a bad message: {exc}"
+                ) from None
+            if state.log_count >= policy.log_messages:
+                state.log_dropped += 1
+                return None
+            state.log_count += 1
+            keep = min(length, policy.log_message_size)
+            raw = caller.read(pointer, keep)
+            text = escape(raw.decode("utf-8", "replace"))
+            if keep < length:
+                text += f"... [cut: {length} bytes in all]"
+            logger.log(LEVELS[level], "%s", text, extra={"plugsafe_plugin": self._name})
+            return None
+
+        return log
+
+    def _app_callback(self, bound: BoundFunction) -> rt.HostCallback:
+        sig = bound.signature
+        name = bound.name
+        fn = bound.fn
+
+        def call(caller: rt.Caller, args: list[Any]) -> list[Any] | None:
+            state = self._state
+            self._enter_host(state, name)
+            py_args: list[Any] = []
+            i = 0
+            for kind in sig.params:
+                if kind == "int":
+                    py_args.append(int(args[i]))
+                    i += 1
+                elif kind == "float":
+                    py_args.append(float(args[i]))
+                    i += 1
+                elif kind == "bool":
+                    py_args.append(args[i] != 0)
+                    i += 1
+                else:
+                    try:
+                        raw = caller.read(args[i], args[i + 1])
+                    except rt.GuestMemoryError as exc:
+                        raise AbiError(
+                            f"plugin {self._name!r} passed a bad {kind} argument to host "
+                            f"function {name!r}: {exc}"
+                        ) from None
+                    i += 2
+                    if kind == "str":
+                        try:
+                            py_args.append(raw.decode("utf-8"))
+                        except UnicodeDecodeError as exc:
+                            raise AbiError(
+                                f"plugin {self._name!r} passed invalid UTF-8 to host function "
+                                f"{name!r}: {exc}"
+                            ) from None
+                    else:
+                        py_args.append(raw)
+            try:
+                result = fn(*py_args)
+            except BaseException as exc:
+                raise _AppError(name, exc) from exc
+            return self._encode_result(caller, name, sig.result, result)
+
+        return call
+
+    def _encode_result(
+        self, caller: rt.Caller, name: str, kind: str, result: Any
+    ) -> list[Any] | None:
+        def wrong(expected: str) -> _AppError:
+            return _AppError(
+                name,
+                TypeError(
+                    f"host function {name!r} returned {type(result).__name__}; its annotation "
+                    f"says {expected}"
+                ),
+            )
+
+        if kind == "none":
+            return None
+        if kind == "int":
+            if not isinstance(result, int) or isinstance(result, bool):
+                raise wrong("int")
+            if not _I64[0] <= result <= 2**63 - 1:
+                raise _AppError(
+                    name,
+                    OverflowError(
+                        f"host function {name!r} returned {result}, which does not fit in i64"
+                    ),
+                )
+            return [result]
+        if kind == "float":
+            if not isinstance(result, (int, float)) or isinstance(result, bool):
+                raise wrong("float")
+            return [float(result)]
+        if kind == "bool":
+            if not isinstance(result, bool):
+                raise wrong("bool")
+            return [1 if result else 0]
+        optional = kind.endswith("?")
+        base = kind.rstrip("?")
+        if result is None:
+            if optional:
+                return [_abi.NONE_WORD]
+            raise wrong(base)
+        if base == "str":
+            if not isinstance(result, str):
+                raise wrong("str")
+            data = result.encode("utf-8")
+        else:
+            if not isinstance(result, (bytes, bytearray, memoryview)):
+                raise wrong("bytes")
+            data = bytes(result)
+        if len(data) > 0x7FFF_FFFF:
+            raise _AppError(name, OverflowError(f"host function {name!r} returned over 2 GiB"))
+        try:
+            pointer = caller.place(data, _abi.ALLOC_EXPORT.encode())
+        except rt.GuestAllocError:
+            raise MemoryLimitExceeded(
+                f"plugin {self._name!r} could not allocate {len(data)} bytes for the result "
+                f"of host function {name!r}",
+                limit="memory",
+                value=self._policy.memory,
+                phase="call",
+            ) from None
+        except rt.GuestMemoryError as exc:
+            raise AbiError(f"plugin {self._name!r}: {exc}") from None
+        return [_abi.encode_result(pointer, len(data))]

@@ -1,0 +1,138 @@
+"""The sandbox policy: what one plugin may use and how much of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import PolicyError
+
+__all__ = ["Policy"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# wasm32 pointers cannot address more than 4 GiB, and a plugin input or output is a (pointer,
+# length) pair whose length has 31 bits in the ABI's result word.
+_MAX_MEMORY = 4 * GiB
+_MAX_PAYLOAD = 2**31 - 1
+_MAX_FUEL = 2**63 - 1
+# Epoch deadlines are counted in ticks; a day is far beyond any sane per-call timeout and keeps the
+# tick count comfortably inside 64 bits.
+_MAX_TIMEOUT = 86_400.0
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_int(name: str, value: object, *, lo: int, hi: int, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    # bool is an int subclass, but True as a memory size is a bug, not a number.
+    if not isinstance(value, int) or isinstance(value, bool):
+        what = "an integer or None" if allow_none else "an integer"
+        raise PolicyError(
+            f"{name}: expected {what}, got {type(value).__name__} {value!r}", field=name
+        )
+    if not lo <= value <= hi:
+        raise PolicyError(f"{name}: expected an integer from {lo} to {hi}, got {value}", field=name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """What a plugin may do, and how much of each resource it may use per call.
+
+    Everything is denied unless named: a plugin may import only the host functions in ``allow``.
+    All limits are per call; fuel is refilled and the deadline re-armed at the start of each call.
+
+    Attributes:
+        fuel: WebAssembly instructions one call may execute; ``None`` means unmetered (the
+            timeout still bounds it). Metered plugins run somewhat slower.
+        timeout: wall-clock seconds one call (or the load, including the start function) may
+            take; ``None`` means no deadline.
+        memory: bytes of linear memory the plugin may hold, all its memories together.
+        allow: names of host functions (built-in such as ``"log"``, or registered with
+            ``Host.function``) the plugin may import from the ``plugsafe`` module.
+        max_input: largest input, in bytes, that ``Plugin.call`` will pass in.
+        max_output: largest output or error message, in bytes, the plugin may return.
+        max_module_size: largest module, in bytes (wasm binary or WAT text), ``Host.load`` accepts.
+        max_table_elements: elements any one table may hold.
+        max_host_calls: host-function calls (``log`` included) one call may make; ``None``
+            means unlimited.
+        log_messages: ``log`` messages kept per call; later ones are dropped and counted.
+        log_message_size: bytes of one ``log`` message kept; the rest is cut and marked.
+
+    Use :func:`dataclasses.replace` (or :meth:`replace`) to derive a changed policy.
+    """
+
+    fuel: int | None = None
+    timeout: float | None = 1.0
+    memory: int = 64 * MiB
+    allow: frozenset[str] = field(default_factory=frozenset)
+    max_input: int = 16 * MiB
+    max_output: int = 16 * MiB
+    max_module_size: int = 16 * MiB
+    max_table_elements: int = 100_000
+    max_host_calls: int | None = 100_000
+    log_messages: int = 100
+    log_message_size: int = 4 * KiB
+
+    def __post_init__(self) -> None:
+        _check_int("fuel", self.fuel, lo=0, hi=_MAX_FUEL, allow_none=True)
+        self._check_timeout()
+        _check_int("memory", self.memory, lo=0, hi=_MAX_MEMORY, allow_none=False)
+        object.__setattr__(self, "allow", self._normalise_allow(self.allow))
+        _check_int("max_input", self.max_input, lo=0, hi=_MAX_PAYLOAD, allow_none=False)
+        _check_int("max_output", self.max_output, lo=0, hi=_MAX_PAYLOAD, allow_none=False)
+        _check_int("max_module_size", self.max_module_size, lo=8, hi=GiB, allow_none=False)
+        _check_int(
+            "max_table_elements", self.max_table_elements, lo=0, hi=2**32 - 1, allow_none=False
+        )
+        _check_int("max_host_calls", self.max_host_calls, lo=0, hi=2**63 - 1, allow_none=True)
+        _check_int("log_messages", self.log_messages, lo=0, hi=2**31 - 1, allow_none=False)
+        _check_int(
+            "log_message_size", self.log_message_size, lo=0, hi=_MAX_PAYLOAD, allow_none=False
+        )
+
+    def _check_timeout(self) -> None:
+        t = self.timeout
+        if t is None:
+            return
+        if not isinstance(t, (int, float)) or isinstance(t, bool):
+            raise PolicyError(
+                f"timeout: expected seconds as a number or None, got {type(t).__name__} {t!r}",
+                field="timeout",
+            )
+        if not (math.isfinite(t) and 0 < t <= _MAX_TIMEOUT):
+            raise PolicyError(
+                f"timeout: expected seconds > 0 and <= {_MAX_TIMEOUT:g}, got {t!r}", field="timeout"
+            )
+        object.__setattr__(self, "timeout", float(t))
+
+    @staticmethod
+    def _normalise_allow(allow: object) -> frozenset[str]:
+        # A bare string is iterable too; "log" must not become {"l", "o", "g"}.
+        if isinstance(allow, (str, bytes)) or not isinstance(allow, Iterable):
+            raise PolicyError(
+                f"allow: expected a set of host function names, got {type(allow).__name__} "
+                f"{allow!r}",
+                field="allow",
+            )
+        names: set[str] = set()
+        for name in allow:
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise PolicyError(
+                    f"allow: {name!r} is not a valid host function name "
+                    "(letters, digits and _, not starting with a digit)",
+                    field="allow",
+                )
+            names.add(name)
+        return frozenset(names)
+
+    def replace(self, **changes: Any) -> Policy:
+        """Return a copy with ``changes`` applied (validated like a new policy)."""
+        return dataclasses.replace(self, **changes)

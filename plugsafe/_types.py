@@ -1,0 +1,71 @@
+"""Small public value types: what a plugin exports and imports, and what a call cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["CallStats", "ExportInfo", "ExternKind", "ImportInfo"]
+
+ExternKind = Literal["func", "memory", "table", "global", "tag", "unknown"]
+
+
+def _signature(params: tuple[str, ...], results: tuple[str, ...]) -> str:
+    res = ", ".join(results)
+    if len(results) != 1:
+        res = f"({res})"
+    return f"({', '.join(params)}) -> {res}"
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """One export of a plugin.
+
+    For functions ``params`` and ``results`` are wasm value types (``"i32"``, ``"i64"``, ``"f32"``,
+    ``"f64"``, ...); for other kinds they are empty and ``detail`` describes the item.
+    """
+
+    name: str
+    kind: ExternKind
+    params: tuple[str, ...] = ()
+    results: tuple[str, ...] = ()
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "func":
+            return f"func {self.name}{_signature(self.params, self.results)}"
+        return f"{self.kind} {self.name} {self.detail}".rstrip()
+
+
+@dataclass(frozen=True)
+class ImportInfo:
+    """One import a plugin declares (``module.name`` and its type)."""
+
+    module: str
+    name: str
+    kind: ExternKind
+    params: tuple[str, ...] = ()
+    results: tuple[str, ...] = ()
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "func":
+            return f"func {self.module}.{self.name}{_signature(self.params, self.results)}"
+        return f"{self.kind} {self.module}.{self.name} {self.detail}".rstrip()
+
+
+@dataclass(frozen=True)
+class CallStats:
+    """What the last call cost.
+
+    Attributes:
+        fuel_consumed: wasm instructions executed, or ``None`` when the policy is unmetered.
+        duration: wall-clock seconds the call took inside plugsafe.
+        memory_bytes: linear memory the plugin held when the call ended (exported memories).
+        host_calls: host-function calls the plugin made during the call.
+    """
+
+    fuel_consumed: int | None
+    duration: float
+    memory_bytes: int
+    host_calls: int
