@@ -297,3 +297,19 @@ def test_log_bad_arguments_are_abi_errors(
 def test_log_of_whole_memory_is_cut_not_copied(host: plugsafe.Host) -> None:
     p = host.load(LOG_WAT.encode(), policy=Policy(allow={"log"}, log_message_size=16))
     p.invoke("raw", 0, 0, 65536)  # valid span; only 16 bytes are kept
+
+
+def test_slow_host_function_cannot_stretch_the_deadline(host: plugsafe.Host) -> None:
+    import time
+
+    @host.function
+    def slow() -> None:
+        time.sleep(0.15)
+
+    wat = """(module (import "plugsafe" "slow" (func $s))
+      (func (export "twice") (call $s) (call $s) (call $s)))"""
+    p = host.load(wat.encode(), policy=Policy(allow={"slow"}, timeout=0.1))
+    with pytest.raises(plugsafe.DeadlineExceeded):
+        p.invoke("twice")
+    # The first host call overran; the plugin was stopped before it could make the second one.
+    assert p.last_call is not None and p.last_call.host_calls == 1
