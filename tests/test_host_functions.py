@@ -302,8 +302,11 @@ def test_log_of_whole_memory_is_cut_not_copied(host: plugsafe.Host) -> None:
 def test_slow_host_function_cannot_stretch_the_deadline(host: plugsafe.Host) -> None:
     import time
 
+    runs: list[float] = []
+
     @host.function
     def slow() -> None:
+        runs.append(time.monotonic())
         time.sleep(0.15)
 
     wat = """(module (import "plugsafe" "slow" (func $s))
@@ -311,5 +314,5 @@ def test_slow_host_function_cannot_stretch_the_deadline(host: plugsafe.Host) -> 
     p = host.load(wat.encode(), policy=Policy(allow={"slow"}, timeout=0.1))
     with pytest.raises(plugsafe.DeadlineExceeded):
         p.invoke("twice")
-    # The first host call overran; the plugin was stopped before it could make the second one.
-    assert p.last_call is not None and p.last_call.host_calls == 1
+    # The first host call overran the deadline; the second was refused before it ran.
+    assert len(runs) == 1
