@@ -73,6 +73,10 @@ def _check_shape(wasm: bytes, policy: Policy, name: str) -> None:
     try:
         precheck(wasm, caps)
     except PrecheckError as exc:
+        if exc.cap is None:  # unreadable: wasmtime would refuse it as well
+            raise InvalidModuleError(
+                f"plugin {name!r} is not a valid WebAssembly module: {exc}"
+            ) from None
         raise InvalidModuleError(f"plugin {name!r}: {exc}") from None
 
 
