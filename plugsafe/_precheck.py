@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Caps", "ModuleShape", "PrecheckError", "precheck"]
+__all__ = ["Caps", "ModuleShape", "PrecheckError", "nesting_depths", "precheck"]
 
 _MAGIC = b"\x00asm"
 _VERSION_1 = b"\x01\x00\x00\x00"
@@ -374,3 +374,27 @@ def precheck(wasm: bytes, caps: Caps) -> ModuleShape:
                     deepest = max(deepest, 1 if length else 0)
         pos = stop
     return ModuleShape(functions, imports, exports, largest, deepest)
+
+
+def nesting_depths(wasm: bytes) -> list[int]:
+    """Decode every function body in full and return each one's deepest nesting (body = 1).
+
+    ``precheck`` decodes only the bodies that could be too deep; this is for tests and audits
+    that want to see the decoder keep in step with every instruction of a real module.
+    """
+    if wasm[:4] != _MAGIC or len(wasm) < 8:
+        raise PrecheckError("not a WebAssembly binary (no \\0asm header)")
+    depths: list[int] = []
+    r = _Reader(wasm, 8, len(wasm))
+    while r.pos < r.end:
+        section_id = r.byte()
+        size = r.leb()
+        r.skip(size)
+        if section_id == _SEC_CODE:
+            body = _Reader(wasm, r.pos - size, r.pos)
+            for index in range(body.leb()):
+                length = body.leb()
+                first = body.pos
+                body.skip(length)
+                depths.append(_body_depth(wasm, first, first + length, 2**32, index))
+    return depths
