@@ -166,10 +166,9 @@ def test_real_toolchain_output_passes_the_default_caps(tmp_path: Path) -> None:
     wasm = out.read_bytes()
     depths = nesting_depths(wasm)
     assert len(depths) > 20 and max(depths) < Policy().max_nesting
-    with plugsafe.Host() as host:
-        # Its WASI imports are refused (no WASI capability) only after the precheck passed.
-        with pytest.raises(plugsafe.ImportNotAllowedError, match="WASI"):
-            host.load(wasm)
+    # Its WASI imports are refused (no WASI capability) only after the precheck passed.
+    with plugsafe.Host() as host, pytest.raises(plugsafe.ImportNotAllowedError, match="WASI"):
+        host.load(wasm)
 
 
 # -- compiling in a child process ------------------------------------------------------------
