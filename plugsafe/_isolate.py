@@ -22,8 +22,8 @@ Failures come out as plugsafe errors: ``DeadlineExceeded`` / ``MemoryLimitExceed
 ``limit`` ``"compile_timeout"`` / ``"compile_memory"`` and ``phase="load"``, ``InvalidModuleError``
 when wasmtime rejects the module, ``PluginLoadError`` for anything else.
 
-This module reaches into ``_runtime.Engine._engine`` (the wasmtime engine) on purpose, to keep
-the change out of ``_runtime``; it is the only other module that does.
+Compiling, serializing and deserializing go through ``_runtime`` (``Engine.compile``,
+``Module.serialize``, ``Engine.deserialize``), the one module that calls wasmtime.
 """
 
 from __future__ import annotations
@@ -137,8 +137,6 @@ def compile_isolated(
 
 
 def _deserialize(engine: rt.Engine, out: bytes, name: str) -> rt.Module:
-    import wasmtime
-
     head = len(_FRAME) + _LENGTH_BYTES
     if not out.startswith(_FRAME) or len(out) < head:
         raise PluginLoadError(f"the compiler process for plugin {name!r} sent no module")
@@ -149,12 +147,12 @@ def _deserialize(engine: rt.Engine, out: bytes, name: str) -> rt.Module:
             f"announced {length}"
         )
     try:
-        module = wasmtime.Module.deserialize(engine._engine, out[head:])
-    except wasmtime.WasmtimeError as exc:
+        return engine.deserialize(out[head:])
+    except rt.WasmFailure as exc:
         raise PluginLoadError(
-            f"cannot load the module the compiler process built for plugin {name!r}: {exc}"
+            f"cannot load the module the compiler process built for plugin {name!r}: "
+            f"{exc.message}"
         ) from None
-    return rt.Module(module)
 
 
 def _set_memory_limit(extra: int) -> None:
@@ -172,17 +170,15 @@ def _set_memory_limit(extra: int) -> None:
 
 def _child_main(argv: list[str]) -> None:
     """The compiler child: read wasm from stdin, write the framed serialized module to stdout."""
-    import wasmtime
-
     metered, max_stack, memory = argv
     wasm = sys.stdin.buffer.read()
     engine = rt.Engine(metered=metered == "1", max_stack=int(max_stack))
     if memory != "-":
         _set_memory_limit(int(memory))
     try:
-        data = wasmtime.Module(engine._engine, wasm).serialize()
-    except wasmtime.WasmtimeError as exc:
-        sys.stderr.write(str(exc))
+        data = engine.compile(wasm).serialize()
+    except rt.WasmFailure as exc:
+        sys.stderr.write(exc.message)
         sys.stderr.flush()
         os._exit(_EXIT_INVALID)
     except MemoryError:

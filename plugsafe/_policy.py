@@ -65,6 +65,9 @@ class Policy:
             means unlimited.
         log_messages: ``log`` messages kept per call; later ones are dropped and counted.
         log_message_size: bytes of one ``log`` message kept; the rest is cut and marked.
+        fresh_instance: run every call on a brand-new instance, so no state (memory, globals,
+            tables) survives from one call to the next, e.g. between tenants. Costs one
+            instantiation per call (tens of microseconds; the imports are resolved only once).
         max_functions: functions a module may define. Checked before compiling, like the four
             caps below, because compiling is not bounded by the per-call limits (a module of a
             million empty functions takes minutes and gigabytes). See ``docs/security.md``.
@@ -92,6 +95,7 @@ class Policy:
     max_host_calls: int | None = 100_000
     log_messages: int = 100
     log_message_size: int = 4 * KiB
+    fresh_instance: bool = False
     max_functions: int = 100_000
     max_imports: int = 10_000
     max_exports: int = 10_000
@@ -116,6 +120,11 @@ class Policy:
         _check_int(
             "log_message_size", self.log_message_size, lo=0, hi=_MAX_PAYLOAD, allow_none=False
         )
+        if not isinstance(self.fresh_instance, bool):
+            raise PolicyError(
+                f"fresh_instance: expected True or False, got {self.fresh_instance!r}",
+                field="fresh_instance",
+            )
         for cap in ("max_functions", "max_imports", "max_exports", "max_function_size"):
             _check_int(cap, getattr(self, cap), lo=0, hi=2**32 - 1, allow_none=False)
         # A function body is itself one level of nesting, so 1 is the least that loads anything.
