@@ -52,7 +52,7 @@ __all__ = [
     "read_toml",
 ]
 
-Kind = Literal["names", "count", "count?", "size", "duration?"]
+Kind = Literal["names", "bool", "count", "count?", "size", "size?", "duration?"]
 
 # The word a file uses for a ``None`` limit (TOML has no null): unmetered fuel, no deadline,
 # no cap on host calls.
@@ -75,6 +75,19 @@ LAYOUT: dict[str, dict[str, tuple[str, Kind]]] = {
         "max_host_calls": ("max_host_calls", "count?"),
         "log_messages": ("log_messages", "count"),
         "log_message_size": ("log_message_size", "size"),
+    },
+    # Caps checked before a module is compiled (compiling is not bounded by the per-call limits).
+    "compile": {
+        "max_functions": ("max_functions", "count"),
+        "max_imports": ("max_imports", "count"),
+        "max_exports": ("max_exports", "count"),
+        "max_function_size": ("max_function_size", "size"),
+        "max_nesting": ("max_nesting", "count"),
+        "compile_timeout": ("compile_timeout", "duration?"),
+        "compile_memory": ("compile_memory", "size?"),
+    },
+    "instance": {
+        "fresh_instance": ("fresh_instance", "bool"),
     },
 }
 
@@ -199,9 +212,13 @@ def _parse_value(value: object, path: str, field: str, kind: Kind) -> object:
     try:
         if kind == "names":
             return _parse_names(value, path, field)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise _fail(path, "true or false", value, field)
         if kind.startswith("count"):
             return _parse_count(value, path, field)
-        if kind == "size":
+        if kind.startswith("size"):
             return parse_size(value, path, field)
         return parse_duration(value, path, field)
     except PolicyError as exc:
@@ -295,6 +312,8 @@ def policy_to_dict(policy: Policy) -> dict[str, dict[str, Any]]:
             value = getattr(policy, field)
             if kind == "names":
                 body[key] = sorted(value)
+            elif kind == "bool":
+                body[key] = bool(value)
             elif value is None:
                 body[key] = UNLIMITED
             else:

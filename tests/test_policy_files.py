@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -204,17 +205,13 @@ def test_to_dict_round_trips() -> None:
 
 
 def test_to_dict_round_trips_through_toml(tmp_path: Path) -> None:
-    p = Policy(fuel=99, timeout=0.125, allow={"log"}, memory=3 * 2**20)
+    p = Policy(fuel=99, timeout=0.125, allow={"log"}, memory=3 * 2**20, fresh_instance=True)
     lines = []
     for section, body in p.to_dict().items():
         lines.append(f"[{section}]")
         for key, value in body.items():
-            if isinstance(value, list):
-                lines.append(f"{key} = [{', '.join(repr(v) for v in value)}]")
-            elif isinstance(value, str):
-                lines.append(f'{key} = "{value}"')
-            else:
-                lines.append(f"{key} = {value!r}")
+            # JSON's spelling of these values (lists of strings, true, numbers) is TOML's too.
+            lines.append(f"{key} = {json.dumps(value)}")
     assert Policy.from_toml(write(tmp_path, "\n".join(lines) + "\n")) == p
 
 
@@ -223,7 +220,8 @@ def test_layout_covers_every_policy_field() -> None:
     fields = {f.name for f in dataclasses.fields(Policy)}
     covered = {field for keys in LAYOUT.values() for field, _ in keys.values()}
     assert covered == fields
-    assert set(Policy().to_dict()["limits"]) | set(Policy().to_dict()["imports"]) == fields
+    written = {key for body in Policy().to_dict().values() for key in body}
+    assert written == fields
 
 
 def test_example_policy_file_loads() -> None:
@@ -258,7 +256,7 @@ _values = st.recursive(
 _keys = st.sampled_from(sorted({k for keys in LAYOUT.values() for k in keys} | {"x", ""}))
 _sections = st.dictionaries(_keys, _values, max_size=5)
 _policy_dicts = st.dictionaries(
-    st.sampled_from(["limits", "imports", "log", "fuel"]),
+    st.sampled_from(["limits", "imports", "compile", "instance", "log", "fuel"]),
     st.one_of(_sections, _values),
     max_size=3,
 )
@@ -289,3 +287,26 @@ def test_random_dicts_give_a_policy_or_a_policy_error(data: dict[str, Any]) -> N
 )
 def test_every_policy_round_trips(policy: Policy) -> None:
     assert Policy.from_dict(policy.to_dict()) == policy
+
+
+def test_compile_and_instance_tables() -> None:
+    p = Policy.from_dict(
+        {
+            "compile": {
+                "max_functions": 10,
+                "max_function_size": "64KiB",
+                "max_nesting": 5,
+                "compile_timeout": "10s",
+                "compile_memory": "512MiB",
+            },
+            "instance": {"fresh_instance": True},
+        }
+    )
+    assert (p.max_functions, p.max_function_size, p.max_nesting) == (10, 65536, 5)
+    assert (p.compile_timeout, p.compile_memory, p.fresh_instance) == (10.0, 512 * 2**20, True)
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict({"instance": {"fresh_instance": "yes"}})
+    assert str(info.value) == 'instance.fresh_instance: expected true or false, got "yes"'
+    with pytest.raises(PolicyError, match=r"^compile\.max_nesting: expected an integer from 1"):
+        Policy.from_dict({"compile": {"max_nesting": 0}})
+    assert Policy.from_dict({"compile": {"compile_memory": "unlimited"}}).compile_memory is None
