@@ -73,6 +73,7 @@ LAYOUT: dict[str, dict[str, tuple[str, Kind]]] = {
         "max_module_size": ("max_module_size", "size"),
         "max_table_elements": ("max_table_elements", "count"),
         "max_host_calls": ("max_host_calls", "count?"),
+        "max_host_arg_size": ("max_host_arg_size", "size"),
         "log_messages": ("log_messages", "count"),
         "log_message_size": ("log_message_size", "size"),
     },
