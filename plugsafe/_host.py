@@ -34,6 +34,9 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE_CACHE_SIZE = 64
+_MIN_STACK = 16 * 1024
+_MAX_STACK = 2 * 1024 * 1024
+_BINARY_JUNK = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _log_stub(level: int, message: bytes) -> None:  # signature holder; the real one is in _plugin
@@ -71,8 +74,13 @@ class Host:
     def __init__(self, *, max_stack: int = 512 * 1024) -> None:
         if not isinstance(max_stack, int) or isinstance(max_stack, bool):
             raise TypeError("max_stack must be an int")
-        if not 16 * 1024 <= max_stack <= 64 * 1024 * 1024:
-            raise ValueError(f"max_stack must be from 16 KiB to 64 MiB, got {max_stack}")
+        # wasmtime aborts the whole process (a Rust panic) on a max_wasm_stack above its 2 MiB
+        # async stack size, so the range is checked here, where it can still be an exception.
+        if not _MIN_STACK <= max_stack <= _MAX_STACK:
+            raise ValueError(
+                f"max_stack must be from {_MIN_STACK} (16 KiB) to {_MAX_STACK} (2 MiB) bytes, "
+                f"got {max_stack}"
+            )
         self._max_stack = max_stack
         self._lock = threading.Lock()
         self._engines: dict[bool, rt.Engine] = {}
@@ -228,6 +236,9 @@ class Host:
             return data
         try:
             text = data.decode("utf-8")
+            # WAT is text: control characters other than white space mean binary junk.
+            if _BINARY_JUNK.search(text):
+                raise UnicodeDecodeError("utf-8", data, 0, 1, "control characters")
         except UnicodeDecodeError:
             raise InvalidModuleError(
                 f"{what} is not a WebAssembly module: it does not start with \\0asm "

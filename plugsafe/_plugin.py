@@ -372,7 +372,7 @@ class Plugin:
                 raise PluginLoadError(
                     f"plugin {self._name!r} failed while being instantiated: {err}"
                 ) from err
-            raise err from None
+            raise err from err.__cause__
 
     def _fresh_state(self) -> _CallState:
         t = self._policy.timeout
@@ -397,7 +397,7 @@ class Plugin:
         except rt.WasmFailure as failure:
             err = self._translate(failure, state, _abi.VERSION_EXPORT, inst, "load")
             if isinstance(err, LimitExceeded):
-                raise err from None
+                raise err from err.__cause__
             raise PluginLoadError(f"plugin {self._name!r}: {err}") from err
         declared = int(out[0])
         if declared != _abi.ABI_VERSION:
@@ -463,7 +463,9 @@ class Plugin:
                 except rt.WasmFailure as failure:
                     # After any trap the instance may be in any state: throw it away.
                     self._instance = None
-                    raise self._translate(failure, state, function, inst, "call") from None
+                    err = self._translate(failure, state, function, inst, "call")
+                    # Keep a host function's exception as __cause__; hide wasmtime's internals.
+                    raise err from err.__cause__
                 finally:
                     self._finish(inst, state, start)
             finally:

@@ -1,0 +1,29 @@
+"""The code stays typed (mypy --strict) and lint-clean (ruff); CI runs these with the suite."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(shutil.which("mypy") is None and sys.platform != "linux", reason="no mypy")
+def test_mypy_strict_is_clean() -> None:
+    pytest.importorskip("mypy")
+    result = _run(sys.executable, "-m", "mypy", "--strict", "plugsafe")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_is_clean() -> None:
+    pytest.importorskip("ruff")
+    result = _run(sys.executable, "-m", "ruff", "check", "plugsafe", "tests", "examples")
+    assert result.returncode == 0, result.stdout + result.stderr
