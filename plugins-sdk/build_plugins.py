@@ -3,10 +3,10 @@
 
 Usage (from anywhere; only the Python standard library is needed)::
 
-    python plugins-sdk/build.py                    # build into build/plugins/, print sizes
-    python plugins-sdk/build.py --out DIR          # build somewhere else
-    python plugins-sdk/build.py --update-committed # also refresh examples/plugins/wasm/
-    python plugins-sdk/build.py --check            # only report which toolchains are usable
+    python plugins-sdk/build_plugins.py                    # build into build/plugins/, print sizes
+    python plugins-sdk/build_plugins.py --out DIR          # build somewhere else
+    python plugins-sdk/build_plugins.py --update-committed # also refresh examples/plugins/wasm/
+    python plugins-sdk/build_plugins.py --check            # only report which toolchains are usable
 
 Toolchains (Debian/Ubuntu: ``apt-get install clang lld wasi-libc libclang-rt-dev-wasm32 rustc
 cargo libstd-rust-dev-wasm32``):
@@ -42,8 +42,7 @@ RUST_EXAMPLES = ("text", "image", "kv", "hostile")
 C_EXAMPLES = {"text": False, "kv": False, "image": True}
 
 APT_HINT = (
-    "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32 rustc cargo "
-    "libstd-rust-dev-wasm32"
+    "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32 rustc cargo libstd-rust-dev-wasm32"
 )
 
 C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c99"]
@@ -82,10 +81,11 @@ class Toolchains:
             raise ToolchainMissing(f"{self.problems.get(what, what)}; install with: {APT_HINT}")
 
 
-def _run(cmd: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: PLW1510 - callers check returncode themselves
-        list(cmd), capture_output=True, text=True, **kwargs  # type: ignore[call-overload]
-    )
+def _run(
+    cmd: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    # check=False: callers look at returncode and turn failures into their own messages.
+    return subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
 
 def _find_rust(tc: Toolchains) -> None:
@@ -120,13 +120,16 @@ def _find_c(tc: Toolchains) -> None:
     if clang is None:
         tc.problems["c"] = tc.problems["wasi"] = "clang is not installed"
         return
-    plain = "__attribute__((export_name(\"f\"))) int f(int x) { return x + 1; }\n"
+    plain = '__attribute__((export_name("f"))) int f(int x) { return x + 1; }\n'
     err = _c_probe(clang, ["--target=wasm32-unknown-unknown", "-nostdlib"], plain)
     if err is not None:
         tc.problems["c"] = tc.problems["wasi"] = f"clang cannot build wasm32 ({err})"
         return
     tc.clang = clang
-    libm = "#include <math.h>\n__attribute__((export_name(\"f\"))) double f(double x) { return exp(x); }\n"
+    libm = (
+        "#include <math.h>\n"
+        '__attribute__((export_name("f"))) double f(double x) { return exp(x); }\n'
+    )
     err = _c_probe(clang, _wasi_args(), libm)
     if err is None:
         tc.wasi = True
