@@ -22,13 +22,13 @@ fn spin() {
     }
 }
 
-/// Keeps every megabyte it allocates, so memory only grows.
+/// Keeps every megabyte it reserves, so memory only grows. It writes one byte per block: enough
+/// to make the allocation real, cheap enough that the memory cap bites before the fuel does.
 fn hog() -> Vec<u8> {
     let mut kept: Vec<Vec<u8>> = Vec::new();
     loop {
-        let mut block = vec![0u8; 1 << 20];
-        // Touch it so the memory is really used.
-        block[0] = kept.len() as u8;
+        let mut block = Vec::with_capacity(1 << 20);
+        block.push(kept.len() as u8);
         kept.push(block);
     }
 }
