@@ -15,7 +15,9 @@ SOURCES = ["committed", "fresh"]
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_each_attack_is_stopped(host: plugsafe.Host, plugin_path: PluginPath, source: str) -> None:
-    policy = plugsafe.Policy(fuel=20_000_000, timeout=5.0, memory=8 * 2**20, allow={"log"})
+    policy = plugsafe.Policy(
+        fuel=20_000_000, timeout=5.0, memory=8 * 2**20, allow=frozenset({"log"})
+    )
     with host.load(plugin_path("hostile", "rust", source), policy=policy, name="hostile") as p:
         with pytest.raises(plugsafe.FuelExhausted):
             p.call("spin")
@@ -31,16 +33,19 @@ def test_each_attack_is_stopped(host: plugsafe.Host, plugin_path: PluginPath, so
 def test_spin_meets_the_timeout_without_fuel(
     host: plugsafe.Host, plugin_path: PluginPath, source: str
 ) -> None:
-    policy = plugsafe.Policy(fuel=None, timeout=0.2, allow={"log"})
-    with host.load(plugin_path("hostile", "rust", source), policy=policy, name="hostile") as p:
-        with pytest.raises(plugsafe.DeadlineExceeded):
-            p.call("spin")
+    policy = plugsafe.Policy(fuel=None, timeout=0.2, allow=frozenset({"log"}))
+    path = plugin_path("hostile", "rust", source)
+    with (
+        host.load(path, policy=policy, name="hostile") as p,
+        pytest.raises(plugsafe.DeadlineExceeded),
+    ):
+        p.call("spin")
 
 
 def test_log_forgery_and_flood_are_contained(
     host: plugsafe.Host, plugin_path: PluginPath, caplog: pytest.LogCaptureFixture
 ) -> None:
-    policy = plugsafe.Policy(allow={"log"}, log_messages=50)
+    policy = plugsafe.Policy(allow=frozenset({"log"}), log_messages=50)
     with (
         host.load(plugin_path("hostile", "rust", "committed"), policy=policy, name="h") as p,
         caplog.at_level(logging.DEBUG),

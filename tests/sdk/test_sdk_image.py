@@ -19,7 +19,9 @@ LANGS = ["rust", "c"]
 POLICY = plugsafe.Policy(fuel=500_000_000, timeout=10.0, memory=64 * 2**20)
 
 
-@pytest.fixture(params=[(lang, src) for lang in LANGS for src in SOURCES], ids=lambda p: "-".join(p))
+@pytest.fixture(
+    params=[(lang, src) for lang in LANGS for src in SOURCES], ids=lambda p: "-".join(p)
+)
 def plugin(
     request: pytest.FixtureRequest, host: plugsafe.Host, plugin_path: PluginPath
 ) -> Iterator[plugsafe.Plugin]:
@@ -107,7 +109,9 @@ def test_lying_inputs_are_guest_errors(plugin: plugsafe.Plugin, data: bytes) -> 
 @pytest.mark.parametrize(
     "size", [(0, 3), (3, 0), (5000, 5000), (0xFFFFFFFF, 2)], ids=lambda s: "x".join(map(str, s))
 )
-def test_bad_resize_targets_are_guest_errors(plugin: plugsafe.Plugin, size: tuple[int, int]) -> None:
+def test_bad_resize_targets_are_guest_errors(
+    plugin: plugsafe.Plugin, size: tuple[int, int]
+) -> None:
     with pytest.raises(plugsafe.GuestError):
         plugin.call("resize", struct.pack("<II", *size) + IMAGES[1].encode())
 

@@ -40,13 +40,15 @@ def store() -> Store:
     return Store()
 
 
-@pytest.fixture(params=[(lang, src) for lang in LANGS for src in SOURCES], ids=lambda p: "-".join(p))
+@pytest.fixture(
+    params=[(lang, src) for lang in LANGS for src in SOURCES], ids=lambda p: "-".join(p)
+)
 def plugin(
     request: pytest.FixtureRequest, host: plugsafe.Host, store: Store, plugin_path: PluginPath
 ) -> Iterator[plugsafe.Plugin]:
     lang, source = request.param
     store.register(host)
-    policy = plugsafe.Policy(allow={"log", "kv_get", "kv_incr"})
+    policy = plugsafe.Policy(allow=frozenset({"log", "kv_get", "kv_incr"}))
     with host.load(plugin_path("kv", lang, source), policy=policy, name="kv") as p:
         yield p
 
@@ -57,7 +59,9 @@ def test_render_looks_up_and_logs(
     with caplog.at_level(logging.DEBUG, logger="plugsafe.plugin.kv"):
         out = plugin.call("render", "Hello, {user} from {city}!{empty} {nope}.")
     assert out == b"Hello, Ada from London! ."
-    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "plugsafe.plugin.kv"]
+    messages = [
+        (r.levelno, r.getMessage()) for r in caplog.records if r.name == "plugsafe.plugin.kv"
+    ]
     assert (logging.WARNING, 'no value for key "nope"') in messages
     assert (logging.INFO, f"rendered {len(out)} bytes with 4 lookups") in messages
 
@@ -88,6 +92,8 @@ def test_denied_without_the_host_functions_in_the_policy(
 ) -> None:
     store.register(host)
     with pytest.raises(plugsafe.ImportNotAllowedError) as info:
-        host.load(plugin_path("kv", lang, "committed"), policy=plugsafe.Policy(allow={"log"}))
+        host.load(
+            plugin_path("kv", lang, "committed"), policy=plugsafe.Policy(allow=frozenset({"log"}))
+        )
     assert "plugsafe.kv_get" in str(info.value)
     assert "plugsafe.kv_incr" in str(info.value)

@@ -43,7 +43,8 @@
 //!
 //! On targets other than wasm32 the crate still compiles so that plugin logic can be unit-tested
 //! natively: logging does nothing there and imported host functions panic when called.
-#![no_std]
+// `std` only for the unit tests' harness; the crate itself never uses it.
+#![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
 extern crate alloc;
@@ -54,6 +55,9 @@ mod host;
 mod io;
 mod rt;
 mod text;
+
+#[cfg(test)]
+mod tests;
 
 pub use arena::CallArena;
 pub use error::{Error, Result};
