@@ -10,11 +10,11 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from . import _abi
 from . import _runtime as rt
+from ._closing import Closing
 from ._errors import (
     ImportNotAllowedError,
     ImportProblem,
@@ -60,7 +60,7 @@ def _fmt_sig(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
     return f"({', '.join(params)}) -> ({', '.join(results)})"
 
 
-class Host:
+class Host(Closing):
     """Owns the wasm engines, the epoch ticker thread and the host functions plugins may import.
 
     Args:
@@ -362,17 +362,6 @@ class Host:
         self._ticker.stop()
         with self._lock:
             self._modules.clear()
-
-    def __enter__(self) -> Host:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<plugsafe.Host {'closed' if self._closed else 'open'}>"

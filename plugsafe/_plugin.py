@@ -8,11 +8,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from . import _abi
 from . import _runtime as rt
+from ._closing import Closing
 from ._errors import (
     AbiError,
     AbiVersionError,
@@ -156,7 +157,7 @@ class PluginMemory:
         return self._plugin._with_instance(lambda inst: inst.memory_size())
 
 
-class Plugin:
+class Plugin(Closing):
     """A loaded plugin. Create with :meth:`Host.load`.
 
     Safe to share between threads: calls on one plugin are serialized, and every caller gets its
@@ -326,17 +327,6 @@ class Plugin:
             self._closed = True
             self._instance = None
         self._on_close(self)
-
-    def __enter__(self) -> Plugin:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -162,7 +162,7 @@ class Module:
         imports = []
         for imp in module.imports:
             kind, params, results, detail = _kind_and_detail(imp.type)
-            imports.append(ImportInfo(imp.module, imp.name or "", kind, params, results, detail))
+            imports.append(ImportInfo(imp.name or "", kind, params, results, detail, imp.module))
         exports = []
         for exp in module.exports:
             kind, params, results, detail = _kind_and_detail(exp.type)

@@ -18,40 +18,39 @@ def _signature(params: tuple[str, ...], results: tuple[str, ...]) -> str:
 
 
 @dataclass(frozen=True)
-class ExportInfo:
+class _ExternInfo:
+    name: str
+    kind: ExternKind
+    params: tuple[str, ...] = ()
+    results: tuple[str, ...] = ()
+    detail: str = ""
+
+    def _label(self) -> str:
+        return self.name
+
+    def __str__(self) -> str:
+        if self.kind == "func":
+            return f"func {self._label()}{_signature(self.params, self.results)}"
+        return f"{self.kind} {self._label()} {self.detail}".rstrip()
+
+
+@dataclass(frozen=True)
+class ExportInfo(_ExternInfo):
     """One export of a plugin.
 
     For functions ``params`` and ``results`` are wasm value types (``"i32"``, ``"i64"``, ``"f32"``,
     ``"f64"``, ...); for other kinds they are empty and ``detail`` describes the item.
     """
 
-    name: str
-    kind: ExternKind
-    params: tuple[str, ...] = ()
-    results: tuple[str, ...] = ()
-    detail: str = ""
-
-    def __str__(self) -> str:
-        if self.kind == "func":
-            return f"func {self.name}{_signature(self.params, self.results)}"
-        return f"{self.kind} {self.name} {self.detail}".rstrip()
-
 
 @dataclass(frozen=True)
-class ImportInfo:
-    """One import a plugin declares (``module.name`` and its type)."""
+class ImportInfo(_ExternInfo):
+    """One import a plugin declares: ``module.name`` and its type (fields as in ExportInfo)."""
 
-    module: str
-    name: str
-    kind: ExternKind
-    params: tuple[str, ...] = ()
-    results: tuple[str, ...] = ()
-    detail: str = ""
+    module: str = ""
 
-    def __str__(self) -> str:
-        if self.kind == "func":
-            return f"func {self.module}.{self.name}{_signature(self.params, self.results)}"
-        return f"{self.kind} {self.module}.{self.name} {self.detail}".rstrip()
+    def _label(self) -> str:
+        return f"{self.module}.{self.name}"
 
 
 @dataclass(frozen=True)
