@@ -1,4 +1,4 @@
-//! Guest SDK for [plugsafe](https://github.com/) plugins.
+//! Guest SDK for plugsafe plugins.
 //!
 //! A plugsafe plugin is a WebAssembly module that a Python host app loads with
 //! `plugsafe.Host().load(...)` and calls with `plugin.call("name", b"input")`. This crate
