@@ -11,9 +11,10 @@ from pathlib import Path
 import build_plugins
 import pytest
 
+import plugsafe
 from plugsafe._scaffold import new_project
 
-from .conftest import ROOT, RequireFn
+from .conftest import COMMITTED, ROOT, RequireFn
 
 BUILT_WASM = {
     "rust": Path("target") / "wasm32-unknown-unknown" / "release" / "hello_plugin.wasm",
@@ -72,3 +73,70 @@ def test_build_script_builds_the_templates_in_place(
     require(lang)
     (wasm,) = build_plugins.build_templates(toolchains, tmp_path, langs=[lang])
     assert wasm.stat().st_size < 1024
+
+
+STATEFUL_PLUGIN = """
+use std::sync::Mutex;
+
+// Heap data that lives across calls: only allowed with Rust's default allocator.
+static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Remembers every name and returns all of them so far.
+fn remember(name: &str) -> String {
+    let mut seen = SEEN.lock().unwrap();
+    seen.push(name.to_string());
+    seen.join(",")
+}
+
+/// Returns `n` copies of the input, where `n` is its first byte.
+fn repeat(input: &[u8]) -> plugsafe::Result<Vec<u8>> {
+    match input.split_first() {
+        Some((&n, rest)) => Ok(rest.repeat(usize::from(n))),
+        None => plugsafe::bail!("empty"),
+    }
+}
+
+plugsafe::export!(remember, repeat);
+"""
+
+
+def test_default_allocator_keeps_state_and_frees_outputs(
+    tmp_path: Path, require: RequireFn, toolchains: build_plugins.Toolchains
+) -> None:
+    """Without CallArena (the guide's advice for stateful plugins) state survives between calls
+    and every output is freed once the next call starts, so memory stays flat."""
+    require("rust")
+    project = new_project("rust", "stateful", tmp_path / "stateful")
+    (project / "src" / "lib.rs").write_text(STATEFUL_PLUGIN)
+    wasm = build("rust", project, toolchains).with_name("stateful.wasm")
+    with (
+        plugsafe.Host() as host,
+        host.load(wasm, policy=plugsafe.Policy(memory=8 * 2**20)) as plugin,
+    ):
+        assert plugin.call("remember", "a") == b"a"
+        assert plugin.call("remember", "b") == b"a,b"
+        sizes = []
+        for i in range(40):
+            chunk = bytes([200]) + bytes([i]) * 5000  # 1 MB of output per call
+            assert plugin.call("repeat", chunk) == bytes([i]) * 1_000_000
+            assert plugin.last_call is not None
+            sizes.append(plugin.last_call.memory_bytes)
+        # 40 MB of outputs through an 8 MiB cap: only possible if each one is freed.
+        assert max(sizes) <= 8 * 2**20
+        assert sizes[-1] == sizes[10]
+        assert plugin.call("remember", "c") == b"a,b,c"
+
+
+@pytest.mark.parametrize("lang", ["rust", "c"])
+def test_arena_memory_stays_flat_over_many_calls(lang: str) -> None:
+    """CallArena (Rust) and the C arena start over at every call."""
+    with (
+        plugsafe.Host() as host,
+        host.load(COMMITTED / f"text-{lang}.wasm", policy=plugsafe.Policy(memory=4 * 2**20)) as p,
+    ):
+        sizes = []
+        for _ in range(30):
+            assert p.call("uppercase", b"ab" * 500_000) == b"AB" * 500_000
+            assert p.last_call is not None
+            sizes.append(p.last_call.memory_bytes)
+        assert sizes[-1] == sizes[1]
