@@ -84,8 +84,14 @@ class Toolchains:
 def _run(
     cmd: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    # check=False: callers look at returncode and turn failures into their own messages.
-    return subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    # check=False: callers look at returncode and turn failures into their own messages. A tool
+    # that cannot be started at all (say RUSTC=/wrong/path) reads as a failure the same way.
+    try:
+        return subprocess.run(
+            list(cmd), cwd=cwd, env=env, capture_output=True, text=True, check=False
+        )
+    except OSError as e:
+        return subprocess.CompletedProcess(list(cmd), 127, "", f"cannot run {cmd[0]}: {e}")
 
 
 def _find_rust(tc: Toolchains) -> None:
@@ -98,10 +104,16 @@ def _find_rust(tc: Toolchains) -> None:
     if rustc is None or cargo is None:
         tc.problems["rust"] = "rustc and cargo are not installed"
         return
+    if _run([cargo, "--version"]).returncode != 0:
+        tc.problems["rust"] = f"cannot run cargo ({cargo})"
+        return
     probe = _run([rustc, "--print", "target-libdir", "--target", "wasm32-unknown-unknown"])
     libdir = Path(probe.stdout.strip()) if probe.returncode == 0 else None
     if libdir is None or not libdir.is_dir() or not any(libdir.glob("libcore-*")):
-        tc.problems["rust"] = f"{rustc} has no wasm32-unknown-unknown standard library"
+        tc.problems["rust"] = (
+            f"{rustc} has no wasm32-unknown-unknown standard library "
+            "(with rustup: rustup target add wasm32-unknown-unknown)"
+        )
         return
     tc.rustc, tc.cargo = rustc, cargo
 
