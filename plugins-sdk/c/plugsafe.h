@@ -118,6 +118,12 @@ static inline plugsafe_result plugsafe_error(const char *msg) {
     return plugsafe_error_n(msg, plugsafe_strlen(msg));
 }
 
+/** `return PLUGSAFE_OUTPUT_LITERAL("text");` - a string literal as output, length from sizeof. */
+#define PLUGSAFE_OUTPUT_LITERAL(lit) plugsafe_output("" lit, sizeof(lit) - 1)
+
+/** `return PLUGSAFE_ERROR_LITERAL("message");` - a string literal as the error message. */
+#define PLUGSAFE_ERROR_LITERAL(lit) plugsafe_error_n("" lit, sizeof(lit) - 1)
+
 /* ------------------------------------------------------------------------------------------ */
 /* Memory                                                                                      */
 /* ------------------------------------------------------------------------------------------ */

@@ -53,6 +53,25 @@ def test_rust_sdk_builds_for_wasm_without_warnings(
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_rust_sdk_docs_build_without_warnings(
+    require: RequireFn, toolchains: build_plugins.Toolchains, tmp_path: Path
+) -> None:
+    """rustdoc (the one next to the rustc in use) finds no broken links or other problems."""
+    require("rust")
+    assert toolchains.cargo is not None and toolchains.rustc is not None
+    rustdoc = Path(toolchains.rustc).with_name("rustdoc")
+    env = {
+        **os.environ,
+        "RUSTC": toolchains.rustc,
+        "CARGO_TARGET_DIR": str(tmp_path),
+        "RUSTDOCFLAGS": "-D warnings",
+    }
+    if rustdoc.exists():
+        env["RUSTDOC"] = str(rustdoc)
+    res = run([toolchains.cargo, "doc", "--offline", "-q", "--no-deps"], cwd=RUST_SDK, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 USER_TU = r"""
 #include "plugsafe.h"
 
@@ -67,6 +86,8 @@ PLUGSAFE_EXPORT(everything) {
     plugsafe_log_n(PLUGSAFE_LEVEL_DEBUG, digits, plugsafe_format_i64(-42, digits));
     if (!value.present) return plugsafe_error("missing");
     if (scale(1.0, 2, 1) < 0.0) return plugsafe_error_n("negative", 8);
+    if (input_len == 1) return PLUGSAFE_OUTPUT_LITERAL("one");
+    if (input_len == 3) return PLUGSAFE_ERROR_LITERAL("three");
     copy = (uint8_t *)plugsafe_memdup(value.ptr, value.len);
     if (copy == NULL) return plugsafe_output_str("out of memory");
     return plugsafe_output(copy, value.len);
@@ -141,6 +162,9 @@ def test_c_header_compiles_cleanly(
         policy = plugsafe.Policy(allow=frozenset({"log", "lookup", "scale"}))
         with host.load(out, policy=policy, name="all") as plugin:
             assert plugin.call("everything", b"ab") == b"abab"
+            assert plugin.call("everything", b"a") == b"one"
+            with pytest.raises(plugsafe.GuestError, match="three"):
+                plugin.call("everything", b"abc")
             with pytest.raises(plugsafe.GuestError, match="missing"):
                 plugin.call("everything", b"none")
 
