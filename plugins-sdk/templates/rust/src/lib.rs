@@ -1,0 +1,22 @@
+//! A plugsafe plugin. Build it with `cargo build --release`; the plugin is
+//! `target/wasm32-unknown-unknown/release/plugsafe_template.wasm`. Test it with
+//! `python -m pytest` (see `test_plugin.py`).
+
+// A tiny allocator that frees everything at the start of each call. Remove these lines to use
+// Rust's default allocator (a few KiB more) if the plugin keeps heap data between calls.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOC: plugsafe::CallArena = plugsafe::CallArena::new();
+
+/// `shout(b"hello")` returns `b"HELLO"`; empty input is an error (`GuestError` on the host).
+///
+/// It works on the input buffer in place, so the output costs no copy and no allocation.
+fn shout(mut input: Vec<u8>) -> plugsafe::Result<Vec<u8>> {
+    if input.is_empty() {
+        plugsafe::bail!("nothing to shout");
+    }
+    input.make_ascii_uppercase();
+    Ok(input)
+}
+
+plugsafe::export!(shout);

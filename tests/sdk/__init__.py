@@ -1,0 +1,1 @@
+"""Tests of the guest SDKs, templates and example plugins, built from source (issue 3)."""
