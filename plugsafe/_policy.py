@@ -7,6 +7,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,8 @@ class Policy:
     fuel: int | None = None
     timeout: float | None = 1.0
     memory: int = 64 * MiB
-    allow: frozenset[str] = field(default_factory=frozenset)
+    # Any set (or iterable) of names is accepted and stored as a frozenset.
+    allow: AbstractSet[str] = field(default_factory=frozenset)
     max_input: int = 16 * MiB
     max_output: int = 16 * MiB
     max_module_size: int = 16 * MiB

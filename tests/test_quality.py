@@ -23,6 +23,15 @@ def test_mypy_strict_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_examples_type_check_as_users_write_them() -> None:
+    # The examples use the API the way the docs show it (e.g. Policy(allow={"log"})): a user's
+    # strictly typed code must accept that.
+    pytest.importorskip("mypy")
+    examples = sorted(str(p) for p in (ROOT / "examples").glob("*.py"))
+    result = _run(sys.executable, "-m", "mypy", "--strict", *examples)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_ruff_is_clean() -> None:
     pytest.importorskip("ruff")
     result = _run(sys.executable, "-m", "ruff", "check", "plugsafe", "tests", "examples")

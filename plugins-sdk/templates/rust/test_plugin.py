@@ -5,7 +5,6 @@ Build the plugin (`cargo build --release`), then run `python -m pytest` in this 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +12,13 @@ import pytest
 
 import plugsafe
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 has no tomllib; tomli is the same parser.
-    tomllib = pytest.importorskip("tomli")
-
 HERE = Path(__file__).resolve().parent
 WASM = HERE / "target" / "wasm32-unknown-unknown" / "release" / "plugsafe_template.wasm"
 
 
 def load_policy() -> plugsafe.Policy:
     """The policy in policy.toml, the one the host app should use too."""
-    return plugsafe.Policy(**tomllib.loads((HERE / "policy.toml").read_text()))
+    return plugsafe.Policy.from_toml(HERE / "policy.toml")
 
 
 @pytest.fixture
