@@ -42,9 +42,9 @@ from ._errors import (
 from ._host import Host
 from ._plugin import Plugin, PluginMemory
 from ._policy import Policy
+from ._pool import PluginPool
 from ._types import CallStats, ExportInfo, ImportInfo
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "ABI_VERSION",
@@ -71,6 +71,7 @@ __all__ = [
     "PluginClosedError",
     "PluginLoadError",
     "PluginMemory",
+    "PluginPool",
     "PluginTrap",
     "PlugsafeError",
     "Policy",

@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 from . import _abi
 from . import _runtime as rt
+from ._cache import ArtifactCache, default_cache_dir
 from ._closing import Closing
 from ._errors import (
     ImportNotAllowedError,
@@ -25,6 +26,7 @@ from ._errors import (
 )
 from ._plugin import BoundFunction, Plugin
 from ._policy import Policy
+from ._version import __version__
 from ._wasmparse import WASM_MAGIC, parse_memories
 
 __all__ = ["BUILTIN_FUNCTIONS", "Host", "Source"]
@@ -66,12 +68,21 @@ class Host(Closing):
     Args:
         max_stack: bytes of native stack wasm code may use per call; deeper recursion traps
             with ``STACK_OVERFLOW`` instead of crashing the process.
+        cache_dir: a directory for compiled modules, so later processes load plugins without
+            compiling them again (``True`` for ``~/.cache/plugsafe``, None for no disk cache).
+            It must be owned by this user and writable by no one else; entries are checked
+            before use and only entries plugsafe wrote are ever loaded.
 
     A Host is safe to use from many threads. Use it as a context manager, or call
     :meth:`close` to stop its ticker thread and close every plugin it loaded.
     """
 
-    def __init__(self, *, max_stack: int = 512 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        max_stack: int = 512 * 1024,
+        cache_dir: str | os.PathLike[str] | bool | None = None,
+    ) -> None:
         if not isinstance(max_stack, int) or isinstance(max_stack, bool):
             raise TypeError("max_stack must be an int")
         # wasmtime aborts the whole process (a Rust panic) on a max_wasm_stack above its 2 MiB
@@ -89,6 +100,10 @@ class Host(Closing):
         self._plugins: weakref.WeakSet[Plugin] = weakref.WeakSet()
         self._modules: OrderedDict[tuple[bool, bytes], tuple[rt.Module, list[Any]]] = OrderedDict()
         self._closed = False
+        if cache_dir is True:
+            cache_dir = default_cache_dir()
+        self._cache_dir = None if cache_dir is None or cache_dir is False else Path(cache_dir)
+        self._disk: dict[bool, ArtifactCache] = {}
 
     # -- host functions -----------------------------------------------------------------------
 
@@ -265,12 +280,15 @@ class Host(Closing):
             if hit is not None:
                 self._modules.move_to_end(key)
                 return hit
-        try:
-            module = engine.compile(wasm)
-        except rt.WasmFailure as exc:
-            raise InvalidModuleError(
-                f"plugin {name!r} is not a valid WebAssembly module: {exc.message}"
-            ) from None
+        module = self._from_disk(engine, key[1])
+        if module is None:
+            try:
+                module = engine.compile(wasm)
+            except rt.WasmFailure as exc:
+                raise InvalidModuleError(
+                    f"plugin {name!r} is not a valid WebAssembly module: {exc.message}"
+                ) from None
+            self._to_disk(engine, key[1], module)
         try:
             memories = parse_memories(wasm)
         except ValueError as exc:  # wasmtime accepted it, so this would be our bug; say so
@@ -283,6 +301,36 @@ class Host(Closing):
             while len(self._modules) > _MODULE_CACHE_SIZE:
                 self._modules.popitem(last=False)
         return entry
+
+    def _disk_cache(self, engine: rt.Engine) -> ArtifactCache | None:
+        if self._cache_dir is None:
+            return None
+        with self._lock:
+            cache = self._disk.get(engine.metered)
+            if cache is None:
+                salt = f"{__version__}|{rt.wasmtime_version()}|{engine.settings}"
+                cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
+            return cache
+
+    def _from_disk(self, engine: rt.Engine, digest: bytes) -> rt.Module | None:
+        cache = self._disk_cache(engine)
+        if cache is None:
+            return None
+        key = cache.key(digest)
+        artifact = cache.get(key)
+        if artifact is None:
+            return None
+        try:
+            # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
+            return engine.deserialize(artifact)
+        except rt.WasmFailure:
+            cache.discard(key)
+            return None
+
+    def _to_disk(self, engine: rt.Engine, digest: bytes, module: rt.Module) -> None:
+        cache = self._disk_cache(engine)
+        if cache is not None:
+            cache.put(cache.key(digest), module.serialize())
 
     def _check_imports(
         self, module: rt.Module, policy: Policy, name: str

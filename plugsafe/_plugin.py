@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 from . import _abi
 from . import _runtime as rt
+from ._aio import run_in_thread
 from ._closing import Closing
 from ._errors import (
     AbiError,
@@ -190,7 +192,8 @@ class Plugin(Closing):
         self._close_pending = False
         self._instance: rt.Instance | None = None
         self._state = _CallState(None)
-        self._last: CallStats | None = None
+        # Stats of the last call as a plain tuple; CallStats is built only when asked for.
+        self._last: tuple[int | None, float, int, int] | None = None
         self._abi = False
         self.memory = PluginMemory(self)
 
@@ -213,6 +216,13 @@ class Plugin(Closing):
             bound = functions[imp.name]  # imports were checked by the Host before this
             self._bind(bound)
 
+        # Resolve and type-check the imports once; every later instance (after a trap, or per
+        # call with fresh_instance) skips that work.
+        try:
+            self._linker.prepare(module)
+        except rt.WasmFailure as failure:
+            raise PluginLoadError(f"plugin {name!r}: {failure.message}") from None
+        self._ticks = self._deadline_ticks()
         if policy.timeout is not None:
             ticker.ensure_running()
         inst = self._new_instance("load")
@@ -244,7 +254,8 @@ class Plugin(Closing):
     @property
     def last_call(self) -> CallStats | None:
         """Stats of the most recent call (from any thread), or None before the first."""
-        return self._last
+        last = self._last
+        return None if last is None else CallStats(*last)
 
     @property
     def closed(self) -> bool:
@@ -289,22 +300,23 @@ class Plugin(Closing):
         """
 
         def op(inst: rt.Instance) -> Any:
-            ref = self._lookup(inst, function)
-            for t in (*ref.params, *ref.results):
-                if t not in rt.NUMERIC_TYPES:
-                    raise SignatureError(
-                        f"plugin {self._name!r} export {function!r} uses type {t}; invoke() "
-                        "handles only i32, i64, f32 and f64"
-                    )
-            if len(args) != len(ref.params):
+            ref = inst.func(function)
+            if ref is None or not ref.invoke_ok:
+                ref = self._check_invoke(inst, function)
+            params = ref.params
+            if len(args) != len(params):
                 raise SignatureError(
-                    f"plugin {self._name!r} export {function!r} takes {len(ref.params)} "
-                    f"argument(s) ({', '.join(ref.params)}), got {len(args)}"
+                    f"plugin {self._name!r} export {function!r} takes {len(params)} "
+                    f"argument(s) ({', '.join(params)}), got {len(args)}"
                 )
-            values = [
-                self._convert_arg(function, i, t, a)
-                for i, (t, a) in enumerate(zip(ref.params, args, strict=True))
-            ]
+            values: list[int | float] = []
+            for i, t in enumerate(params):
+                a = args[i]
+                # Fast path for the common case; anything unusual goes through the full check.
+                if type(a) is int and t == "i32" and -0x8000_0000 <= a <= 0x7FFF_FFFF:
+                    values.append(a)
+                else:
+                    values.append(self._convert_arg(function, i, t, a))
             out = inst.call(ref, values)
             if not out:
                 return None
@@ -313,6 +325,20 @@ class Plugin(Closing):
             return tuple(out)
 
         return self._guarded(function, op)
+
+    async def call_async(
+        self, function: str, data: bytes | bytearray | memoryview | str = b""
+    ) -> bytes:
+        """:meth:`call` from asyncio: runs on the loop's default executor, never blocking it."""
+        return await run_in_thread(None, functools.partial(self.call, function, data))
+
+    async def call_json_async(self, function: str, value: Any) -> Any:
+        """:meth:`call_json` from asyncio."""
+        return await run_in_thread(None, functools.partial(self.call_json, function, value))
+
+    async def invoke_async(self, function: str, *args: int | float) -> Any:
+        """:meth:`invoke` from asyncio."""
+        return await run_in_thread(None, functools.partial(self.invoke, function, *args))
 
     def close(self) -> None:
         """Release the instance. Later use raises PluginClosedError. Idempotent."""
@@ -354,7 +380,7 @@ class Plugin(Closing):
                 table_elements=self._policy.max_table_elements,
                 tables=_MAX_TABLES,
                 fuel=self._policy.fuel,
-                deadline_ticks=self._deadline_ticks(),
+                deadline_ticks=self._ticks,
             )
         except rt.WasmFailure as failure:
             err = self._translate(failure, state, "(start)", None, phase)
@@ -381,7 +407,7 @@ class Plugin(Closing):
         ref = inst.func(_abi.VERSION_EXPORT)
         assert ref is not None
         self._state = state = self._fresh_state()
-        inst.set_budget(self._policy.fuel, self._deadline_ticks())
+        inst.set_budget(self._policy.fuel, self._ticks)
         try:
             out = inst.call(ref, [])
         except rt.WasmFailure as failure:
@@ -446,7 +472,7 @@ class Plugin(Closing):
                     inst = self._instance = self._new_instance("call")
                 self._state = state = self._fresh_state()
                 state.function = function
-                inst.set_budget(self._policy.fuel, self._deadline_ticks())
+                inst.set_budget(self._policy.fuel, self._ticks)
                 start = time.perf_counter()
                 try:
                     return op(inst)
@@ -458,6 +484,9 @@ class Plugin(Closing):
                     raise err from err.__cause__
                 finally:
                     self._finish(inst, state, start)
+                    if self._policy.fresh_instance:
+                        # Nothing of this call may reach the next one: drop the instance now.
+                        self._instance = None
             finally:
                 self._owner = None
                 if self._close_pending:
@@ -469,7 +498,7 @@ class Plugin(Closing):
         duration = time.perf_counter() - start
         fuel = self._policy.fuel
         consumed = None if fuel is None else max(fuel - inst.fuel_left(), 0)
-        self._last = CallStats(consumed, duration, inst.memory_total(), state.host_calls)
+        self._last = (consumed, duration, inst.memory_total(), state.host_calls)
         if state.log_dropped:
             self._logger.warning(
                 "plugin %s dropped %d log message(s) beyond its limit of %d per call",
@@ -479,6 +508,17 @@ class Plugin(Closing):
             )
 
     # -- the ABI call -------------------------------------------------------------------------
+
+    def _check_invoke(self, inst: rt.Instance, function: str) -> rt.FuncRef:
+        ref = self._lookup(inst, function)
+        for t in (*ref.params, *ref.results):
+            if t not in rt.NUMERIC_TYPES:
+                raise SignatureError(
+                    f"plugin {self._name!r} export {function!r} uses type {t}; invoke() "
+                    "handles only i32, i64, f32 and f64"
+                )
+        ref.invoke_ok = True
+        return ref
 
     def _lookup(self, inst: rt.Instance, function: str) -> rt.FuncRef:
         ref = inst.func(function)
@@ -508,21 +548,18 @@ class Plugin(Closing):
                 f"({', '.join(ref.params)}) -> ({', '.join(ref.results)}); an ABI function "
                 "must be (i32, i32) -> i64"
             )
-        pointer = 0
-        if payload:
-            alloc = inst.func(_abi.ALLOC_EXPORT)
-            assert alloc is not None
-            pointer = inst.call_i32_to_i32(alloc, len(payload))
-            if pointer == 0:
-                self._raise_alloc_failure(inst, len(payload))
-            try:
-                inst.write(pointer, payload)
-            except rt.GuestMemoryError as exc:
-                raise AbiError(
-                    f"plugin {self._name!r}: {_abi.ALLOC_EXPORT} returned a bad buffer for "
-                    f"{len(payload)} input bytes: {exc}"
-                ) from None
-        word = inst.call_i32_i32_to_i64(ref, pointer, len(payload))
+        alloc = inst.func(_abi.ALLOC_EXPORT)
+        assert alloc is not None
+        try:
+            word = inst.abi_call(alloc, ref, payload)
+        except rt.GuestAllocError:
+            self._raise_alloc_failure(inst, len(payload))
+            raise
+        except rt.GuestMemoryError as exc:
+            raise AbiError(
+                f"plugin {self._name!r}: {_abi.ALLOC_EXPORT} returned a bad buffer for "
+                f"{len(payload)} input bytes: {exc}"
+            ) from None
         out_ptr, out_len, is_error = _abi.decode_result(word)
         what = "error message" if is_error else "output"
         if out_len > self._policy.max_output:

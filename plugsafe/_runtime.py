@@ -1,8 +1,7 @@
 """The one module that calls into wasmtime.
 
-Everything plugsafe does with WebAssembly goes through the few classes here, so a faster call path
-(cffi on ``libwasmtime``) can replace this module without touching the rest. Nothing here knows
-about policies or plugsafe's public errors: failures come out as :class:`WasmFailure` and
+Everything plugsafe does with WebAssembly goes through the classes here. Nothing here knows about
+policies or plugsafe's public errors: failures come out as :class:`WasmFailure` and
 :class:`GuestMemoryError`, and ``_plugin`` decides what they mean.
 
 Why not wasmtime-py's ``Func.__call__`` and ``Linker.define_func``: they rebuild type information
@@ -10,12 +9,26 @@ on every call (tens of microseconds), and they hand a host function's exception 
 module-global variable that threads running wasm at the same time overwrite. Here calls go through
 ``wasmtime_func_call_unchecked`` with types checked once, and host callbacks never raise into
 wasmtime-py: they report failures to a sink the caller owns and return a trap of their own.
+
+Two interchangeable *backends* do the per-call work (calls, memory access, fuel, deadlines, host
+callbacks):
+
+- ``cffi``: cffi in ABI mode on the ``libwasmtime`` inside the wasmtime wheel (no compiler
+  needed). The struct layouts it declares are checked against wasmtime-py's own ctypes
+  declarations at import; if they differ the module falls back to ``ctypes`` and warns once.
+- ``ctypes``: wasmtime-py's ctypes bindings, used directly.
+
+Set ``PLUGSAFE_BACKEND=ctypes`` to force the fallback (CI runs the suite both ways). Everything
+else (engines, compiling, linkers, instantiation) uses wasmtime-py's objects, which are not on
+the per-call path.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from ctypes import POINTER, byref
@@ -23,11 +36,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
-from wasmtime import _ffi as ffi
+from wasmtime import _ffi as wf
 
 from ._types import ExportInfo, ExternKind, ImportInfo
 
 __all__ = [
+    "BACKEND",
+    "NO_DEADLINE_TICKS",
+    "NUMERIC_TYPES",
+    "TICK_SECONDS",
     "Caller",
     "Engine",
     "EpochTicker",
@@ -37,8 +54,8 @@ __all__ = [
     "Instance",
     "Linker",
     "Module",
-    "TICK_SECONDS",
     "WasmFailure",
+    "wasmtime_version",
     "wat_to_wasm",
 ]
 
@@ -48,9 +65,8 @@ TICK_SECONDS = 0.005
 NO_DEADLINE_TICKS = 1 << 62
 
 _U32 = 0xFFFF_FFFF
-_KIND_FUNC = ffi.WASMTIME_EXTERN_FUNC.value
-_KIND_MEMORY = ffi.WASMTIME_EXTERN_MEMORY.value
-_NULL_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+_KIND_FUNC = wf.WASMTIME_EXTERN_FUNC.value
+_KIND_MEMORY = wf.WASMTIME_EXTERN_MEMORY.value
 _VALTYPE_FACTORIES: dict[str, Callable[[], wasmtime.ValType]] = {
     "i32": wasmtime.ValType.i32,
     "i64": wasmtime.ValType.i64,
@@ -58,11 +74,15 @@ _VALTYPE_FACTORIES: dict[str, Callable[[], wasmtime.ValType]] = {
     "f64": wasmtime.ValType.f64,
 }
 NUMERIC_TYPES = frozenset(_VALTYPE_FACTORIES)
+_TrapPtr = POINTER(wf.wasm_trap_t)
+_ErrorPtr = POINTER(wf.wasmtime_error_t)
 
-_func_call = ffi.wasmtime_func_call_unchecked
-_memory_data = ffi.wasmtime_memory_data
-_memory_size = ffi.wasmtime_memory_data_size
-_TrapPtr = POINTER(ffi.wasm_trap_t)
+
+def wasmtime_version() -> str:
+    """The installed wasmtime-py version (part of compiled-artifact cache keys)."""
+    from importlib.metadata import version
+
+    return version("wasmtime")
 
 
 class WasmFailure(Exception):
@@ -86,13 +106,376 @@ class GuestAllocError(GuestMemoryError):
     """The guest's allocator returned 0 (it could not allocate)."""
 
 
-def _failure(error: Any, trap: Any) -> WasmFailure:
-    """Turn a wasmtime error pointer or trap pointer (we own both) into a WasmFailure."""
+def _failure_from_addresses(error: int, trap: int) -> WasmFailure:
+    """Wrap an owned wasmtime error or trap (given as addresses) into a WasmFailure."""
     if error:
-        return WasmFailure(str(wasmtime.WasmtimeError._from_ptr(error)))
-    t = wasmtime.Trap._from_ptr(trap)
+        return WasmFailure(str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ErrorPtr))))
+    t = wasmtime.Trap._from_ptr(ctypes.cast(trap, _TrapPtr))
     code = t.trap_code
     return WasmFailure(t.message, None if code is None else code.name)
+
+
+def _failure(error: Any, trap: Any) -> WasmFailure:
+    """The same for ctypes pointers (either may be a null pointer)."""
+    e = ctypes.cast(error, ctypes.c_void_p).value if error else 0
+    t = ctypes.cast(trap, ctypes.c_void_p).value if trap else 0
+    return _failure_from_addresses(e or 0, t or 0)
+
+
+def _address(ptr: Any) -> int:
+    """The address held by a ctypes pointer."""
+    return ctypes.cast(ptr, ctypes.c_void_p).value or 0
+
+
+def _out_of_range(pointer: int, length: int, size: int) -> GuestMemoryError:
+    return GuestMemoryError(
+        f"guest pointer {pointer} with length {length} runs past the end of its {size}-byte memory"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends. Each turns wasmtime-py objects into its own handles once, then does the per-call C
+# calls with as little Python as possible. Handles: ``ctx`` (a store context), ``func``
+# (wasmtime_func_t), ``mem`` (wasmtime_memory_t), ``buf`` (wasmtime_val_raw_t[n]); raw values
+# are read and written as ``buf[i].i32`` etc. in both backends.
+# ---------------------------------------------------------------------------------------------
+
+HostTrampoline = Callable[[Any, Any], "str | None"]
+
+
+class _CtypesBackend:
+    name = "ctypes"
+
+    def __init__(self) -> None:
+        self._call = wf.wasmtime_func_call_unchecked
+        self._data = wf.wasmtime_memory_data
+        self._size = wf.wasmtime_memory_data_size
+        self._deadline = wf.wasmtime_context_set_epoch_deadline
+        self._null_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+
+    def ctx(self, store: wasmtime.Store) -> Any:
+        return store._context()
+
+    def buf(self, n: int) -> Any:
+        return (wf.wasmtime_val_raw_t * n)()
+
+    def instance(self, instance: Any) -> Any:
+        return instance
+
+    def export(self, ctx: Any, instance: Any, name: bytes) -> tuple[int, Any] | None:
+        item = wf.wasmtime_extern_t()
+        if not wf.wasmtime_instance_export_get(ctx, byref(instance), name, len(name), byref(item)):
+            return None
+        kind = int(item.kind)
+        if kind == _KIND_FUNC:
+            return kind, item.of.func
+        if kind == _KIND_MEMORY:
+            return kind, item.of.memory
+        return kind, None
+
+    def call(self, ctx: Any, func: Any, buf: Any, n: int) -> None:
+        trap = _TrapPtr()
+        error = self._call(ctx, byref(func), buf, n, byref(trap))
+        if error or trap:
+            raise _failure(error, trap)
+
+    def size(self, ctx: Any, mem: Any) -> int:
+        return int(self._size(ctx, byref(mem)))
+
+    def read(self, ctx: Any, mem: Any, pointer: int, length: int) -> bytes:
+        size = int(self._size(ctx, byref(mem)))
+        if pointer < 0 or length < 0 or pointer + length > size:
+            raise _out_of_range(pointer, length, size)
+        if not length:
+            return b""
+        base = ctypes.addressof(self._data(ctx, byref(mem)).contents)
+        return ctypes.string_at(base + pointer, length)
+
+    def write(self, ctx: Any, mem: Any, pointer: int, data: bytes) -> None:
+        size = int(self._size(ctx, byref(mem)))
+        length = len(data)
+        if pointer < 0 or pointer + length > size:
+            raise _out_of_range(pointer, length, size)
+        if length:
+            base = ctypes.addressof(self._data(ctx, byref(mem)).contents)
+            ctypes.memmove(base + pointer, data, length)
+
+    def set_fuel(self, ctx: Any, fuel: int) -> None:
+        error = wf.wasmtime_context_set_fuel(ctx, fuel)
+        if error:
+            raise _failure(error, None)
+
+    def get_fuel(self, ctx: Any) -> int:
+        out = ctypes.c_uint64()
+        error = wf.wasmtime_context_get_fuel(ctx, byref(out))
+        if error:
+            raise _failure(error, None)
+        return out.value
+
+    def set_deadline(self, ctx: Any, ticks: int) -> None:
+        self._deadline(ctx, ticks)
+
+    # -- inside host callbacks --
+
+    def caller_ctx(self, caller: Any) -> Any:
+        return wf.wasmtime_caller_context(caller)
+
+    def caller_export(self, caller: Any, name: bytes, kind: int) -> Any:
+        item = wf.wasmtime_extern_t()
+        if not wf.wasmtime_caller_export_get(caller, name, len(name), byref(item)):
+            return None
+        if int(item.kind) != kind:
+            return None
+        return item.of.func if kind == _KIND_FUNC else item.of.memory
+
+    def define_func(
+        self, linker: wasmtime.Linker, module: bytes, name: bytes, ty: Any, tramp: HostTrampoline
+    ) -> Any:
+        def callback(_env: Any, caller: Any, raw: Any, _n: int) -> int:
+            message = tramp(caller, raw)
+            if message is None:
+                return 0
+            data = message.encode("utf-8", "replace")
+            return _address(wf.wasmtime_trap_new(data, len(data)))
+
+        cb = wf.wasmtime_func_unchecked_callback_t(callback)
+        error = wf.wasmtime_linker_define_func_unchecked(
+            linker.ptr(), module, len(module), name, len(name), ty.ptr(), cb, None,
+            self._null_finalizer,
+        )  # fmt: skip
+        if error:
+            raise _failure(error, None)
+        return cb
+
+
+_CDEF = """
+typedef struct wasmtime_context wasmtime_context_t;
+typedef struct wasmtime_caller wasmtime_caller_t;
+typedef struct wasmtime_linker wasmtime_linker_t;
+typedef struct wasm_functype_t wasm_functype_t;
+typedef struct wasm_trap_t wasm_trap_t;
+typedef struct wasmtime_error wasmtime_error_t;
+typedef struct { uint64_t store_id; void *private_; } wasmtime_func_t;
+typedef struct { struct { uint64_t store_id; uint32_t private1; } a; uint32_t private2; }
+    wasmtime_memory_t;
+typedef union { int32_t i32; int64_t i64; float f32; double f64; uint8_t v128[16]; }
+    wasmtime_val_raw_t;
+typedef struct { uint64_t store_id; size_t private_; } wasmtime_instance_t;
+typedef struct {
+    uint8_t kind;
+    union { wasmtime_func_t func; wasmtime_memory_t memory; uint8_t pad[%(union_size)d]; } of;
+} wasmtime_extern_t;
+typedef wasm_trap_t *(*wasmtime_func_unchecked_callback_t)(
+    void *, wasmtime_caller_t *, wasmtime_val_raw_t *, size_t);
+
+wasmtime_error_t *wasmtime_func_call_unchecked(
+    wasmtime_context_t *, const wasmtime_func_t *, wasmtime_val_raw_t *, size_t, wasm_trap_t **);
+uint8_t *wasmtime_memory_data(const wasmtime_context_t *, const wasmtime_memory_t *);
+size_t wasmtime_memory_data_size(const wasmtime_context_t *, const wasmtime_memory_t *);
+wasmtime_error_t *wasmtime_context_set_fuel(wasmtime_context_t *, uint64_t);
+wasmtime_error_t *wasmtime_context_get_fuel(const wasmtime_context_t *, uint64_t *);
+void wasmtime_context_set_epoch_deadline(wasmtime_context_t *, uint64_t);
+wasmtime_context_t *wasmtime_caller_context(wasmtime_caller_t *);
+bool wasmtime_instance_export_get(const wasmtime_context_t *, const wasmtime_instance_t *,
+    const char *, size_t, wasmtime_extern_t *);
+bool wasmtime_caller_export_get(wasmtime_caller_t *, const char *, size_t, wasmtime_extern_t *);
+wasm_trap_t *wasmtime_trap_new(const char *, size_t);
+wasmtime_error_t *wasmtime_linker_define_func_unchecked(
+    wasmtime_linker_t *, const char *, size_t, const char *, size_t, const wasm_functype_t *,
+    wasmtime_func_unchecked_callback_t, void *, void (*)(void *));
+"""
+
+
+class _CffiBackend:
+    name = "cffi"
+
+    def __init__(self) -> None:
+        import cffi
+
+        ffi = cffi.FFI()
+        ffi.cdef(_CDEF % {"union_size": ctypes.sizeof(wf.wasmtime_extern_union_t)})
+        self._check_layouts(ffi)
+        lib = ffi.dlopen(str(wf.filename))
+        self.ffi = ffi
+        self.lib = lib
+        self._call = lib.wasmtime_func_call_unchecked
+        self._data = lib.wasmtime_memory_data
+        self._size = lib.wasmtime_memory_data_size
+        self._deadline = lib.wasmtime_context_set_epoch_deadline
+        self._null = ffi.NULL
+        # A pointer-to-pointer reused for trap results: calls on one store are serialized by the
+        # owning Plugin, but different stores run on different threads, so keep it per thread.
+        self._local = threading.local()
+
+    @staticmethod
+    def _check_layouts(ffi: Any) -> None:
+        """Refuse to run if our declarations disagree with wasmtime-py's (i.e. wasmtime's)."""
+        pairs = [
+            ("wasmtime_func_t", wf.wasmtime_func_t),
+            ("wasmtime_memory_t", wf.wasmtime_memory_t),
+            ("wasmtime_val_raw_t", wf.wasmtime_val_raw_t),
+            ("wasmtime_extern_t", wf.wasmtime_extern_t),
+            ("wasmtime_instance_t", wf.wasmtime_instance_t),
+        ]
+        for cname, ctype in pairs:
+            if ffi.sizeof(cname) != ctypes.sizeof(ctype):
+                raise ImportError(
+                    f"{cname} is {ctypes.sizeof(ctype)} bytes in wasmtime-py, "
+                    f"{ffi.sizeof(cname)} in plugsafe's declaration"
+                )
+        checks: list[tuple[str, str, Any]] = [
+            ("wasmtime_func_t", "store_id", wf.wasmtime_func_t),
+            ("wasmtime_extern_t", "kind", wf.wasmtime_extern_t),
+            ("wasmtime_extern_t", "of", wf.wasmtime_extern_t),
+        ]
+        for cname, fieldname, ctype in checks:
+            if ffi.offsetof(cname, fieldname) != getattr(ctype, fieldname).offset:
+                raise ImportError(f"{cname}.{fieldname} is at a different offset in wasmtime-py")
+        kind_field: Any = wf.wasmtime_extern_t.kind
+        if kind_field.size != 1 or int(wf.WASMTIME_EXTERN_FUNC.value) != 0:
+            raise ImportError("wasmtime_extern_t.kind is not the uint8 tag plugsafe expects")
+
+    def _trap_slot(self) -> Any:
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = self.ffi.new("wasm_trap_t **")
+        return slot
+
+    def _from_ctypes(self, ctype_name: str, value: Any) -> Any:
+        out = self.ffi.new(ctype_name + " *")
+        self.ffi.memmove(out, ctypes.string_at(ctypes.addressof(value), ctypes.sizeof(value)),
+                         ctypes.sizeof(value))  # fmt: skip
+        return out
+
+    def ctx(self, store: wasmtime.Store) -> Any:
+        return self.ffi.cast("wasmtime_context_t *", _address(store._context()))
+
+    def buf(self, n: int) -> Any:
+        return self.ffi.new("wasmtime_val_raw_t[]", n)
+
+    def instance(self, instance: Any) -> Any:
+        return self._from_ctypes("wasmtime_instance_t", instance)
+
+    def export(self, ctx: Any, instance: Any, name: bytes) -> tuple[int, Any] | None:
+        ffi = self.ffi
+        item = ffi.new("wasmtime_extern_t *")
+        if not self.lib.wasmtime_instance_export_get(ctx, instance, name, len(name), item):
+            return None
+        kind = int(item.kind)
+        if kind == _KIND_FUNC:
+            out = ffi.new("wasmtime_func_t *")
+            out[0] = item.of.func
+            return kind, out
+        if kind == _KIND_MEMORY:
+            mem = ffi.new("wasmtime_memory_t *")
+            mem[0] = item.of.memory
+            return kind, mem
+        return kind, None
+
+    def _raise(self, error: Any, trap: Any) -> None:
+        ffi = self.ffi
+        raise _failure_from_addresses(
+            int(ffi.cast("uintptr_t", error)), int(ffi.cast("uintptr_t", trap))
+        )
+
+    def call(self, ctx: Any, func: Any, buf: Any, n: int) -> None:
+        trap = self._trap_slot()
+        trap[0] = self._null
+        error = self._call(ctx, func, buf, n, trap)
+        if error or trap[0]:
+            self._raise(error, trap[0])
+
+    def size(self, ctx: Any, mem: Any) -> int:
+        return int(self._size(ctx, mem))
+
+    def read(self, ctx: Any, mem: Any, pointer: int, length: int) -> bytes:
+        size = int(self._size(ctx, mem))
+        if pointer < 0 or length < 0 or pointer + length > size:
+            raise _out_of_range(pointer, length, size)
+        if not length:
+            return b""
+        out: bytes = self.ffi.buffer(self._data(ctx, mem) + pointer, length)[:]
+        return out
+
+    def write(self, ctx: Any, mem: Any, pointer: int, data: bytes) -> None:
+        size = int(self._size(ctx, mem))
+        length = len(data)
+        if pointer < 0 or pointer + length > size:
+            raise _out_of_range(pointer, length, size)
+        if length:
+            self.ffi.memmove(self._data(ctx, mem) + pointer, data, length)
+
+    def set_fuel(self, ctx: Any, fuel: int) -> None:
+        error = self.lib.wasmtime_context_set_fuel(ctx, fuel)
+        if error:
+            self._raise(error, self._null)
+
+    def get_fuel(self, ctx: Any) -> int:
+        out = self.ffi.new("uint64_t *")
+        error = self.lib.wasmtime_context_get_fuel(ctx, out)
+        if error:
+            self._raise(error, self._null)
+        return int(out[0])
+
+    def set_deadline(self, ctx: Any, ticks: int) -> None:
+        self._deadline(ctx, ticks)
+
+    def caller_ctx(self, caller: Any) -> Any:
+        return self.lib.wasmtime_caller_context(caller)
+
+    def caller_export(self, caller: Any, name: bytes, kind: int) -> Any:
+        item = self.ffi.new("wasmtime_extern_t *")
+        if not self.lib.wasmtime_caller_export_get(caller, name, len(name), item):
+            return None
+        if item.kind != kind:
+            return None
+        out = self.ffi.new("wasmtime_func_t *" if kind == _KIND_FUNC else "wasmtime_memory_t *")
+        out[0] = item.of.func if kind == _KIND_FUNC else item.of.memory
+        return out
+
+    def define_func(
+        self, linker: wasmtime.Linker, module: bytes, name: bytes, ty: Any, tramp: HostTrampoline
+    ) -> Any:
+        ffi, lib = self.ffi, self.lib
+        null = ffi.NULL
+
+        def callback(_env: Any, caller: Any, raw: Any, _n: int) -> Any:
+            message = tramp(caller, raw)
+            if message is None:
+                return null
+            data = message.encode("utf-8", "replace")
+            return lib.wasmtime_trap_new(data, len(data))
+
+        cb = ffi.callback("wasmtime_func_unchecked_callback_t", callback)
+        error = lib.wasmtime_linker_define_func_unchecked(
+            ffi.cast("wasmtime_linker_t *", _address(linker.ptr())),
+            module, len(module), name, len(name),
+            ffi.cast("wasm_functype_t *", _address(ty.ptr())),
+            cb, null, null,
+        )  # fmt: skip
+        if error:
+            self._raise(error, null)
+        return cb
+
+
+def _select_backend() -> _CtypesBackend | _CffiBackend:
+    wanted = os.environ.get("PLUGSAFE_BACKEND", "").strip().lower()
+    if wanted == "ctypes":
+        return _CtypesBackend()
+    try:
+        return _CffiBackend()
+    except Exception as exc:  # cffi missing, or layouts that do not match this wasmtime
+        warnings.warn(
+            f"plugsafe: using the slower ctypes call path because the cffi one is unavailable: "
+            f"{exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _CtypesBackend()
+
+
+_B = _select_backend()
+BACKEND: str = _B.name
 
 
 def wat_to_wasm(text: str) -> bytes:
@@ -123,17 +506,29 @@ class Engine:
         cfg.wasm_component_model = False
         cfg.wasm_multi_memory = True
         self.metered = metered
+        # Everything that changes compiled code: part of the on-disk cache key.
+        self.settings = f"fuel={metered};stack={max_stack};epoch;nothreads;no64;nogc;multimem"
         self._engine = wasmtime.Engine(cfg)
         self._ptr = self._engine.ptr()
 
     def increment_epoch(self) -> None:
         """Advance the epoch; safe from any thread."""
-        ffi.wasmtime_engine_increment_epoch(self._ptr)
+        wf.wasmtime_engine_increment_epoch(self._ptr)
 
     def compile(self, wasm: bytes) -> Module:
         """Compile and validate a wasm binary (the GIL is released while wasmtime compiles)."""
         try:
             return Module(wasmtime.Module(self._engine, wasm))
+        except wasmtime.WasmtimeError as exc:
+            raise WasmFailure(str(exc)) from None
+
+    def deserialize(self, artifact: bytes) -> Module:
+        """Load an artifact that ``Module.serialize`` of *this plugsafe* produced.
+
+        Never call this on bytes from anywhere else: a crafted artifact runs arbitrary code.
+        """
+        try:
+            return Module(wasmtime.Module.deserialize(self._engine, artifact))
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
 
@@ -170,6 +565,10 @@ class Module:
         self.imports: tuple[ImportInfo, ...] = tuple(imports)
         self.exports: dict[str, ExportInfo] = {e.name: e for e in exports}
 
+    def serialize(self) -> bytes:
+        """The compiled artifact, for plugsafe's own on-disk cache."""
+        return bytes(self._module.serialize())
+
 
 # A host callback: receives a Caller and the wasm arguments as Python numbers, returns the wasm
 # results as a sequence (or None when there are none). It may raise; see Linker.define_func.
@@ -188,18 +587,13 @@ class Caller:
 
     def __init__(self, ptr: Any) -> None:
         self._ptr = ptr
-        self._ctx = ffi.wasmtime_caller_context(ptr)
+        self._ctx = _B.caller_ctx(ptr)
         self._valid = True
 
     def _export(self, name: bytes, kind: int) -> Any:
         if not self._valid:
             raise RuntimeError("caller used after its host call returned")
-        item = ffi.wasmtime_extern_t()
-        if not ffi.wasmtime_caller_export_get(self._ptr, name, len(name), byref(item)):
-            return None
-        if int(item.kind) != kind:
-            return None
-        return item.of.func if kind == _KIND_FUNC else item.of.memory
+        return _B.caller_export(self._ptr, name, kind)
 
     def _memory(self) -> Any:
         mem = self._export(b"memory", _KIND_MEMORY)
@@ -213,15 +607,7 @@ class Caller:
         length &= _U32
         if length == 0:
             return b""
-        mem = self._memory()
-        size = _memory_size(self._ctx, byref(mem))
-        if pointer + length > size:
-            raise GuestMemoryError(
-                f"guest pointer {pointer} with length {length} runs past the end of its "
-                f"{size}-byte memory"
-            )
-        base = ctypes.addressof(_memory_data(self._ctx, byref(mem)).contents)
-        return ctypes.string_at(base + pointer, length)
+        return _B.read(self._ctx, self._memory(), pointer, length)
 
     def place(self, data: bytes, alloc_export: bytes) -> int:
         """Copy ``data`` into memory the guest allocates for it; return the guest pointer."""
@@ -232,25 +618,17 @@ class Caller:
             raise GuestMemoryError(
                 f"the plugin exports no allocator {alloc_export.decode()!r} to receive a result"
             )
-        buf = (ffi.wasmtime_val_raw_t * 1)()
+        buf = _B.buf(1)
         buf[0].i32 = len(data)
-        trap = _TrapPtr()
         # Re-entering the guest from inside a host call is allowed by wasmtime on the same store.
-        error = _func_call(self._ctx, byref(func), buf, 1, byref(trap))
-        if error or trap:
-            raise _failure(error, trap)
-        pointer = buf[0].i32 & _U32
-        mem = self._memory()
-        size = _memory_size(self._ctx, byref(mem))
+        _B.call(self._ctx, func, buf, 1)
+        pointer = int(buf[0].i32) & _U32
         if pointer == 0:
             raise GuestAllocError(f"the plugin's allocator could not allocate {len(data)} bytes")
-        if pointer + len(data) > size:
-            raise GuestMemoryError(
-                f"the plugin's allocator returned pointer {pointer} for {len(data)} bytes, "
-                f"outside its {size}-byte memory"
-            )
-        base = ctypes.addressof(_memory_data(self._ctx, byref(mem)).contents)
-        ctypes.memmove(base + pointer, data, len(data))
+        try:
+            _B.write(self._ctx, self._memory(), pointer, data)
+        except GuestMemoryError as exc:
+            raise GuestMemoryError(f"the plugin's allocator returned a bad buffer: {exc}") from None
         return pointer
 
     def _invalidate(self) -> None:
@@ -268,9 +646,9 @@ class Linker:
 
     def __init__(self, engine: Engine) -> None:
         self._linker = wasmtime.Linker(engine._engine)
-        self._ptr = self._linker.ptr()
-        # The ctypes callback objects must outlive every store that can call them.
+        # The callback objects must outlive every store that can call them.
         self._keep: list[Any] = []
+        self._pre: Any = None
 
     def define_func(
         self,
@@ -290,7 +668,7 @@ class Linker:
         param_fields = tuple(params)
         result_fields = tuple(results)
 
-        def trampoline(_env: Any, caller_ptr: Any, raw: Any, _n: int) -> int:
+        def trampoline(caller_ptr: Any, raw: Any) -> str | None:
             caller = Caller(caller_ptr)
             try:
                 args = [getattr(raw[i], t) for i, t in enumerate(param_fields)]
@@ -299,27 +677,25 @@ class Linker:
                     assert out is not None
                     for i, t in enumerate(result_fields):
                         setattr(raw[i], t, out[i])
-                return 0
+                return None
             except BaseException as exc:
                 try:
-                    message = on_error(exc)
+                    return on_error(exc)
                 except BaseException:  # the sink must not fail, but never unwind into C
-                    message = "plugsafe: host function failed"
-                data = message.encode("utf-8", "replace")
-                trap = ffi.wasmtime_trap_new(data, len(data))
-                return ctypes.cast(trap, ctypes.c_void_p).value or 0
+                    return "plugsafe: host function failed"
             finally:
                 caller._invalidate()
 
-        cb = ffi.wasmtime_func_unchecked_callback_t(trampoline)
         ty = _make_functype(param_fields, result_fields)
-        m, n = module.encode(), name.encode()
-        error = ffi.wasmtime_linker_define_func_unchecked(
-            self._ptr, m, len(m), n, len(n), ty.ptr(), cb, None, _NULL_FINALIZER
-        )
-        if error:
-            raise _failure(error, None)
+        cb = _B.define_func(self._linker, module.encode(), name.encode(), ty, trampoline)
         self._keep.append((cb, ty))
+
+    def prepare(self, module: Module) -> None:
+        """Type-check imports once (an InstancePre); later instantiations skip that work."""
+        try:
+            self._pre = self._linker.instantiate_pre(module._module)
+        except wasmtime.WasmtimeError as exc:
+            raise WasmFailure(str(exc)) from None
 
 
 @dataclass(eq=False)
@@ -331,6 +707,9 @@ class FuncRef:
     params: tuple[str, ...]
     results: tuple[str, ...]
     buf: Any
+    width: int
+    # Set by the Plugin once it has checked the signature for invoke().
+    invoke_ok: bool = False
 
 
 class Instance:
@@ -354,9 +733,8 @@ class Instance:
         fuel: int | None,
         deadline_ticks: int,
     ) -> None:
-        self._engine = engine
+        self._metered = engine.metered
         self._store = wasmtime.Store(engine._engine)
-        self._ctx = self._store._context()
         self._store.set_limits(
             memory_size=memory_size,
             table_elements=table_elements,
@@ -364,73 +742,61 @@ class Instance:
             tables=tables,
             memories=memories,
         )
+        self._ctx = _B.ctx(self._store)
         self.set_budget(fuel, deadline_ticks)
-        instance = ffi.wasmtime_instance_t()
+        ctx = self._store._context()
+        instance = wf.wasmtime_instance_t()
         trap = _TrapPtr()
-        error = ffi.wasmtime_linker_instantiate(
-            linker._ptr, self._ctx, module._module.ptr(), byref(instance), byref(trap)
-        )
+        if linker._pre is not None:
+            error = wf.wasmtime_instance_pre_instantiate(
+                linker._pre.ptr(), ctx, byref(instance), byref(trap)
+            )
+        else:
+            error = wf.wasmtime_linker_instantiate(
+                linker._linker.ptr(), ctx, module._module.ptr(), byref(instance), byref(trap)
+            )
         if error or trap:
             raise _failure(error, trap)
-        self._instance = instance
+        self._instance = _B.instance(instance)
         self._exports = module.exports
         self._funcs: dict[str, FuncRef] = {}
         self._memories: list[Any] = []
         self.memory: Any = None
         for exp in module.exports.values():
             if exp.kind == "memory":
-                item = self._get_extern(exp.name)
-                if item is not None and item.kind == _KIND_MEMORY:
-                    self._memories.append(item.of.memory)
+                found = _B.export(self._ctx, self._instance, exp.name.encode())
+                if found is not None and found[0] == _KIND_MEMORY:
+                    self._memories.append(found[1])
                     if exp.name == "memory":
-                        self.memory = item.of.memory
-
-    def _get_extern(self, name: str) -> Any:
-        n = name.encode()
-        item = ffi.wasmtime_extern_t()
-        if ffi.wasmtime_instance_export_get(
-            self._ctx, byref(self._instance), n, len(n), byref(item)
-        ):
-            return item
-        return None
+                        self.memory = found[1]
 
     # -- budget -------------------------------------------------------------------------------
 
     def set_budget(self, fuel: int | None, deadline_ticks: int) -> None:
         """Refill fuel (metered engines only) and arm the epoch deadline, for one call."""
-        if self._engine.metered:
-            error = ffi.wasmtime_context_set_fuel(self._ctx, fuel if fuel is not None else 0)
-            if error:
-                raise _failure(error, None)
-        ffi.wasmtime_context_set_epoch_deadline(self._ctx, deadline_ticks)
+        if self._metered:
+            _B.set_fuel(self._ctx, fuel if fuel is not None else 0)
+        _B.set_deadline(self._ctx, deadline_ticks)
 
     def fuel_left(self) -> int:
         """Fuel remaining in the store (0 for an unmetered engine)."""
-        if not self._engine.metered:
-            return 0
-        out = ctypes.c_uint64()
-        error = ffi.wasmtime_context_get_fuel(self._ctx, byref(out))
-        if error:
-            raise _failure(error, None)
-        return out.value
+        return _B.get_fuel(self._ctx) if self._metered else 0
 
     # -- functions ----------------------------------------------------------------------------
 
     def func(self, name: str) -> FuncRef | None:
-        """The exported function ``name`` with numeric params/results, or None if there is none."""
+        """The exported function ``name``, or None if there is none."""
         ref = self._funcs.get(name)
         if ref is not None:
             return ref
         info = self._exports.get(name)
         if info is None or info.kind != "func":
             return None
-        item = self._get_extern(name)
-        if item is None or item.kind != _KIND_FUNC:
+        found = _B.export(self._ctx, self._instance, name.encode())
+        if found is None or found[0] != _KIND_FUNC:
             return None
         width = max(len(info.params), len(info.results), 1)
-        ref = FuncRef(
-            name, item.of.func, info.params, info.results, (ffi.wasmtime_val_raw_t * width)()
-        )
+        ref = FuncRef(name, found[1], info.params, info.results, _B.buf(width), width)
         self._funcs[name] = ref
         return ref
 
@@ -439,72 +805,58 @@ class Instance:
         buf = ref.buf
         for i, t in enumerate(ref.params):
             setattr(buf[i], t, args[i])
-        trap = _TrapPtr()
-        error = _func_call(self._ctx, byref(ref.func), buf, len(buf), byref(trap))
-        if error or trap:
-            raise _failure(error, trap)
+        _B.call(self._ctx, ref.func, buf, ref.width)
         return [getattr(buf[i], t) for i, t in enumerate(ref.results)]
 
-    def call_i32_to_i32(self, ref: FuncRef, a: int) -> int:
-        """Fast path for ``plugsafe_alloc``-shaped functions; the result as unsigned 32-bit."""
-        buf = ref.buf
-        buf[0].i32 = a
-        trap = _TrapPtr()
-        error = _func_call(self._ctx, byref(ref.func), buf, len(buf), byref(trap))
-        if error or trap:
-            raise _failure(error, trap)
-        return int(buf[0].i32) & _U32
+    def abi_call(self, alloc: FuncRef, ref: FuncRef, payload: bytes) -> int:
+        """The plugin ABI's hot path: allocate, copy the input in once, call; the result word.
 
-    def call_i32_i32_to_i64(self, ref: FuncRef, a: int, b: int) -> int:
-        """Fast path for ABI plugin functions ``(ptr, len) -> i64``."""
+        Raises GuestAllocError if the guest's allocator returned 0, GuestMemoryError if it
+        returned a buffer outside its memory.
+        """
+        ctx = self._ctx
+        pointer = 0
+        n = len(payload)
+        if n:
+            abuf = alloc.buf
+            abuf[0].i32 = n
+            _B.call(ctx, alloc.func, abuf, 1)
+            pointer = int(abuf[0].i32) & _U32
+            if pointer == 0:
+                raise GuestAllocError(f"the plugin's allocator returned 0 for {n} input bytes")
+            if self.memory is None:
+                raise GuestMemoryError("the plugin exports no memory named 'memory'")
+            _B.write(ctx, self.memory, pointer, payload)
         buf = ref.buf
-        buf[0].i32 = a
-        buf[1].i32 = b
-        trap = _TrapPtr()
-        error = _func_call(self._ctx, byref(ref.func), buf, len(buf), byref(trap))
-        if error or trap:
-            raise _failure(error, trap)
+        buf[0].i32 = pointer
+        buf[1].i32 = n
+        _B.call(ctx, ref.func, buf, 2)
         return int(buf[0].i64)
 
     # -- memory -------------------------------------------------------------------------------
 
-    def has_memory(self) -> bool:
-        """Whether the instance exports a memory named ``memory``."""
-        return self.memory is not None
-
     def memory_size(self) -> int:
         """Current size in bytes of the ``memory`` export (0 if none)."""
-        if self.memory is None:
-            return 0
-        return int(_memory_size(self._ctx, byref(self.memory)))
+        return 0 if self.memory is None else _B.size(self._ctx, self.memory)
 
     def memory_total(self) -> int:
         """Bytes held by all exported memories."""
-        return sum(int(_memory_size(self._ctx, byref(m))) for m in self._memories)
-
-    def _span(self, pointer: int, length: int) -> int:
-        """Check a span of ``memory``; return its host address. Views are fetched fresh."""
-        if self.memory is None:
-            raise GuestMemoryError("the plugin exports no memory named 'memory'")
-        size = int(_memory_size(self._ctx, byref(self.memory)))
-        if pointer < 0 or length < 0 or pointer + length > size:
-            raise GuestMemoryError(
-                f"offset {pointer} with length {length} is outside the {size}-byte memory"
-            )
-        return ctypes.addressof(_memory_data(self._ctx, byref(self.memory)).contents) + pointer
+        mems = self._memories
+        if len(mems) == 1:
+            return _B.size(self._ctx, mems[0])
+        return sum(_B.size(self._ctx, m) for m in mems)
 
     def read(self, pointer: int, length: int) -> bytes:
-        """Copy bytes out of ``memory`` (bounds-checked, one copy)."""
-        if length == 0:
-            self._span(pointer, 0)
-            return b""
-        return ctypes.string_at(self._span(pointer, length), length)
+        """Copy bytes out of ``memory`` (bounds-checked against its current size, one copy)."""
+        if self.memory is None:
+            raise GuestMemoryError("the plugin exports no memory named 'memory'")
+        return _B.read(self._ctx, self.memory, pointer, length)
 
     def write(self, pointer: int, data: bytes) -> None:
-        """Copy bytes into ``memory`` (bounds-checked, one copy)."""
-        address = self._span(pointer, len(data))
-        if data:
-            ctypes.memmove(address, data, len(data))
+        """Copy bytes into ``memory`` (bounds-checked against its current size, one copy)."""
+        if self.memory is None:
+            raise GuestMemoryError("the plugin exports no memory named 'memory'")
+        _B.write(self._ctx, self.memory, pointer, data)
 
 
 class EpochTicker:

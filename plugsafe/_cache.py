@@ -1,0 +1,110 @@
+"""An on-disk cache of compiled modules, so a fresh process skips the compiler.
+
+Deserializing a compiled artifact runs native code that wasmtime produced, so a crafted artifact
+can take over the process. This cache therefore only ever deserializes entries it wrote itself:
+
+- the directory must be owned by the current user and not writable by anyone else (it is created
+  with mode 0700); otherwise the cache is not used at all, with one warning;
+- an entry is named by a key over the module's sha256, the wasmtime version, the engine settings
+  and the plugsafe version, and it carries the sha256 of the artifact, checked before use;
+- an entry that is corrupt (wrong header, wrong digest, or refused by wasmtime) is deleted and the
+  module is compiled again. Entries are written to a temporary file and renamed into place, so a
+  crash never leaves half an entry.
+
+What this cannot protect against is another process running as the same user that writes a
+well-formed entry on purpose: anything that can do that can already run code as that user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import tempfile
+import warnings
+from pathlib import Path
+
+__all__ = ["ArtifactCache", "default_cache_dir"]
+
+_MAGIC = b"plugsafe-artifact-v1\n"
+_DIGEST = 32
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/plugsafe`` (``~/.cache/plugsafe`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "plugsafe"
+
+
+class ArtifactCache:
+    """Compiled-module artifacts on disk, keyed by module hash and everything that shapes code."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, salt: str) -> None:
+        self.directory = Path(directory)
+        self._salt = salt.encode()
+        self.usable = self._prepare()
+
+    def _prepare(self) -> bool:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = self.directory.stat()
+        except OSError as exc:
+            warnings.warn(f"plugsafe: not caching compiled plugins: {exc}", stacklevel=3)
+            return False
+        owner_ok = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+        if not owner_ok or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            warnings.warn(
+                f"plugsafe: not caching compiled plugins in {self.directory}: it must be owned "
+                "by this user and writable by no one else (mode 0700)",
+                stacklevel=3,
+            )
+            return False
+        return True
+
+    def key(self, wasm_digest: bytes) -> str:
+        """The entry name for a module with sha256 ``wasm_digest``."""
+        return hashlib.sha256(self._salt + b"\0" + wasm_digest).hexdigest()
+
+    def get(self, key: str) -> bytes | None:
+        """The artifact stored under ``key`` if it is intact; None (and the entry removed) else."""
+        if not self.usable:
+            return None
+        path = self.directory / key
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        header = len(_MAGIC) + _DIGEST
+        artifact = data[header:]
+        if (
+            not data.startswith(_MAGIC)
+            or len(data) <= header
+            or hashlib.sha256(artifact).digest() != data[len(_MAGIC) : header]
+        ):
+            self.discard(key)
+            return None
+        return artifact
+
+    def put(self, key: str, artifact: bytes) -> None:
+        """Store ``artifact`` under ``key`` atomically; failures only cost a later recompile."""
+        if not self.usable:
+            return
+        digest = hashlib.sha256(artifact).digest()
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(_MAGIC + digest + artifact)
+                os.replace(tmp, self.directory / key)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            warnings.warn(f"plugsafe: could not write to the plugin cache: {exc}", stacklevel=2)
+
+    def discard(self, key: str) -> None:
+        """Remove an entry (a corrupt one, or one wasmtime refused)."""
+        with contextlib.suppress(OSError):
+            (self.directory / key).unlink()

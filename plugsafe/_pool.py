@@ -1,0 +1,131 @@
+"""PluginPool: several instances of one plugin for parallel calls, and asyncio helpers."""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ._aio import run_in_thread
+from ._closing import Closing
+from ._errors import PluginClosedError
+from ._host import Host, Source
+from ._plugin import Plugin
+from ._policy import Policy
+
+__all__ = ["PluginPool"]
+
+T = TypeVar("T")
+
+
+class PluginPool(Closing):
+    """``size`` independent instances of one plugin, for calls from many threads at once.
+
+    A single :class:`Plugin` serializes its calls; a pool runs up to ``size`` of them in parallel
+    (wasm runs without the GIL), each on its own instance with its own memory. A call waits for
+    a free instance. The module is compiled once.
+
+    Args:
+        source: as for :meth:`Host.load`.
+        policy: the policy every instance runs under.
+        size: how many instances (and so how many calls at once).
+        host: the Host to load into; a private one is created (and closed with the pool) if None.
+        name: the plugins' name (each instance's logger is ``plugsafe.plugin.<name>``).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        policy: Policy | None = None,
+        *,
+        size: int = 4,
+        host: Host | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1024:
+            raise ValueError(f"size must be an int from 1 to 1024, got {size!r}")
+        self._own_host = host is None
+        self._host = Host() if host is None else host
+        self._idle: queue.SimpleQueue[Plugin] = queue.SimpleQueue()
+        self._plugins: list[Plugin] = []
+        self._closed = False
+        self._lock = threading.Lock()
+        try:
+            for _ in range(size):
+                plugin = self._host.load(source, policy=policy, name=name)
+                self._plugins.append(plugin)
+                self._idle.put(plugin)
+        except BaseException:
+            self.close()
+            raise
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="plugsafe-pool")
+        self.size = size
+
+    @property
+    def name(self) -> str:
+        """The plugins' name."""
+        return self._plugins[0].name
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def _with_plugin(self, op: Callable[[Plugin], T]) -> T:
+        if self._closed:
+            raise PluginClosedError("this PluginPool is closed")
+        plugin = self._idle.get()
+        try:
+            return op(plugin)
+        finally:
+            self._idle.put(plugin)
+
+    def call(self, function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
+        """:meth:`Plugin.call` on a free instance."""
+        return self._with_plugin(lambda p: p.call(function, data))
+
+    def call_json(self, function: str, value: Any) -> Any:
+        """:meth:`Plugin.call_json` on a free instance."""
+        return self._with_plugin(lambda p: p.call_json(function, value))
+
+    def invoke(self, function: str, *args: int | float) -> Any:
+        """:meth:`Plugin.invoke` on a free instance."""
+        return self._with_plugin(lambda p: p.invoke(function, *args))
+
+    async def call_async(
+        self, function: str, data: bytes | bytearray | memoryview | str = b""
+    ) -> bytes:
+        """:meth:`call` from asyncio, on the pool's own threads; never blocks the event loop."""
+        return await run_in_thread(self._executor, functools.partial(self.call, function, data))
+
+    async def call_json_async(self, function: str, value: Any) -> Any:
+        """:meth:`call_json` from asyncio."""
+        return await run_in_thread(
+            self._executor, functools.partial(self.call_json, function, value)
+        )
+
+    async def invoke_async(self, function: str, *args: int | float) -> Any:
+        """:meth:`invoke` from asyncio."""
+        return await run_in_thread(self._executor, functools.partial(self.invoke, function, *args))
+
+    def close(self) -> None:
+        """Close every instance (waiting for running calls) and the pool's threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True)
+        for plugin in self._plugins:
+            plugin.close()
+        if self._own_host:
+            self._host.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        name = self._plugins[0].name if self._plugins else "?"
+        return f"<plugsafe.PluginPool {name!r} x{len(self._plugins)} {state}>"
