@@ -9,7 +9,12 @@ can show per-operation times). ``benchmarks/report.py`` reads those back from th
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import os
+import platform
 from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +200,53 @@ def ex_compiled(extism_mod: Any) -> Any:
     if compiled is None:
         compiled = extism_mod.extism.CompiledPlugin
     return compiled(wasm, functions=[])
+
+
+# -- the run's environment, kept in the JSON for report.py ---------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _load_average() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+_LOAD_AT_START = _load_average()
+
+
+def pytest_benchmark_update_json(config: Any, benchmarks: Any, output_json: dict[str, Any]) -> None:
+    """Record what the report must state about the machine and the versions under test."""
+    backend = getattr(getattr(plugsafe, "_runtime", None), "BACKEND", "ctypes (only path)")
+    output_json["plugsafe_env"] = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "wasmtime": _dist_version("wasmtime"),
+        "plugsafe": plugsafe.__version__,
+        "plugsafe_backend": backend,
+        "extism": _dist_version("extism"),
+        "extism_sys": _dist_version("extism-sys"),
+        "pytest_benchmark": _dist_version("pytest-benchmark"),
+        "load_average_start": _LOAD_AT_START,
+        "load_average_end": _load_average(),
+    }

@@ -12,17 +12,12 @@ median of many rounds; contenders of one row run in the same pytest session.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +30,10 @@ ITEMS = [
     "echo 11 B",
     "echo 1 MiB",
     "guest→host call",
+    "echo 11 B, awaited",
     "fresh instance + call",
     "load again, same process",
+    "load from disk cache, warm process",
     "load, fresh process",
     "compute loop",
     "2 threads vs 1",
@@ -190,8 +187,9 @@ def run_suite(json_path: Path, extra: list[str]) -> int:
     return subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode
 
 
-def load(json_path: Path) -> tuple[list[dict[str, Any]], Medians, dict[tuple[str, str], str]]:
-    data = json.loads(json_path.read_text())
+def load(
+    data: dict[str, Any],
+) -> tuple[list[dict[str, Any]], Medians, dict[tuple[str, str], str]]:
     rows: list[dict[str, Any]] = []
     medians: Medians = {}
     notes: dict[tuple[str, str], str] = {}
@@ -203,8 +201,13 @@ def load(json_path: Path) -> tuple[list[dict[str, Any]], Medians, dict[tuple[str
         value = inner if inner is not None else b["stats"]["median"] / info.get("per", 1)
         key = (info["item"], info["contender"])
         medians[key] = value
-        if info.get("note"):
-            notes[key] = info["note"]
+        extra = [info["note"]] if info.get("note") else []
+        if info.get("import_median_s") is not None:
+            extra.append(f"import {_fmt_time(info['import_median_s'])}")
+        if info.get("setup_median_s"):
+            extra.append(f"Host()/Engine() {_fmt_time(info['setup_median_s'])}")
+        if extra:
+            notes[key] = "; ".join(extra)
         rows.append({"item": info["item"], "contender": info["contender"], "median": value})
     return rows, medians, notes
 
@@ -212,34 +215,19 @@ def load(json_path: Path) -> tuple[list[dict[str, Any]], Medians, dict[tuple[str
 # -- printing ------------------------------------------------------------------------------------
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine() -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load_avg = ""
-    with contextlib.suppress(OSError):
-        load_avg = Path("/proc/loadavg").read_text().split()[0]
+def machine(env: dict[str, Any] | None) -> list[str]:
+    """The machine and versions, as recorded by benchmarks/conftest.py during the run."""
+    if not env:
+        return ["- (this JSON has no plugsafe_env record: machine unknown)"]
+    loads = [env.get("load_average_start"), env.get("load_average_end")]
+    load_text = "/".join("?" if v is None else f"{v:.2f}" for v in loads)
     return [
-        f"- date: {dt.date.today().isoformat()}",
-        f"- machine: {os.cpu_count()} CPUs (`nproc`), {cpu}, {platform.system()} "
-        f"{platform.machine()}"
-        + (f", 1-minute load average {load_avg} at report time" if load_avg else ""),
-        f"- Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"wasmtime {_version('wasmtime')}, plugsafe {_version('plugsafe')}, "
-        f"extism {_version('extism')} (extism-sys {_version('extism-sys')}), "
-        f"pytest-benchmark {_version('pytest-benchmark')}",
+        f"- date: {env['date']}",
+        f"- machine: {env['nproc']} CPUs (`nproc`), {env['cpu']}, {env['platform']}; "
+        f"1-minute load average {load_text} at the start/end of the run",
+        f"- {env['python']}, wasmtime {env['wasmtime']}, plugsafe {env['plugsafe']} "
+        f"(call path: {env['plugsafe_backend']}), extism {env['extism']} "
+        f"(extism-sys {env['extism_sys']}), pytest-benchmark {env['pytest_benchmark']}",
     ]
 
 
@@ -294,12 +282,13 @@ def goals(medians: Medians) -> tuple[str, int, int]:
 
 
 def report(json_path: Path) -> str:
-    rows, medians, notes = load(json_path)
+    data = json.loads(json_path.read_text())
+    rows, medians, notes = load(data)
     goal_table, met, missed = goals(medians)
     parts = [
         "## Machine",
         "",
-        *machine(),
+        *machine(data.get("plugsafe_env")),
         "",
         "## Medians (per operation) and ratios",
         "",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 import plugsafe
 
 from conftest import BIG, SMALL, ByHand, tag
-from guests import HOST_CALLS_PER_RUN
+from guests import HOST_CALLS_PER_RUN, PLUGSAFE_PURE_GUEST
 
 # -- invoke("add") -------------------------------------------------------------------------------
 
@@ -91,3 +93,44 @@ def test_host_call_wasmtime(benchmark: Any, wt: ByHand) -> None:
 def test_host_call_extism(benchmark: Any, ex_plugin: Any) -> None:
     tag(benchmark, "guest→host call", "extism", per=HOST_CALLS_PER_RUN)
     assert benchmark(ex_plugin.call, "hostloop", b"") == b""
+
+
+# -- awaited from asyncio: the same 11-byte echo through call_async ------------------------------
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    ev = asyncio.new_event_loop()
+    yield ev
+    ev.close()
+
+
+def test_echo_async_plugsafe(
+    benchmark: Any, ps_plugin: plugsafe.Plugin, loop: asyncio.AbstractEventLoop
+) -> None:
+    tag(benchmark, "echo 11 B, awaited", "plugsafe")
+    if not hasattr(ps_plugin, "call_async"):
+        pytest.skip("this plugsafe has no call_async yet")
+    run = loop.run_until_complete
+    assert benchmark(lambda: run(ps_plugin.call_async("echo", SMALL))) == SMALL
+
+
+def test_echo_async_pool(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    tag(benchmark, "echo 11 B, awaited", "PluginPool(size=2)")
+    pool_cls = getattr(plugsafe, "PluginPool", None)
+    if pool_cls is None:
+        pytest.skip("this plugsafe has no PluginPool yet")
+    run = loop.run_until_complete
+    with pool_cls(PLUGSAFE_PURE_GUEST.encode(), plugsafe.Policy(), size=2) as pool:
+        assert benchmark(lambda: run(pool.call_async("echo", SMALL))) == SMALL
+
+
+def test_echo_async_floor(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """The floor for any awaitable that runs a blocking call: a no-op through run_in_executor."""
+    tag(benchmark, "echo 11 B, awaited", "run_in_executor(no-op)")
+    run = loop.run_until_complete
+
+    def noop() -> bytes:
+        return SMALL
+
+    assert benchmark(lambda: run(loop.run_in_executor(None, noop))) == SMALL

@@ -79,6 +79,48 @@ def test_reload_plugsafe(benchmark: Any, ps_host: plugsafe.Host, pure_wasm: byte
     benchmark(run)
 
 
+# -- load from the disk cache with a new Host, in a process that has loaded before ---------------
+
+
+def test_load_cached_warm_plugsafe(benchmark: Any, tmp_path: Path, pure_wasm: bytes) -> None:
+    """A new ``Host(cache_dir=...)`` (not timed), then the timed ``load`` from its disk cache."""
+    tag(benchmark, "load from disk cache, warm process", "plugsafe")
+    if not _plugsafe_cache_kwargs():
+        pytest.skip("this plugsafe has no on-disk compile cache yet")
+    cache = tmp_path / "cache"
+    path = tmp_path / "bench.wasm"
+    path.write_bytes(pure_wasm)
+    plugsafe.Host(cache_dir=cache).load(path).close()  # type: ignore[call-arg,unused-ignore]
+    hosts: list[plugsafe.Host] = []
+
+    def setup() -> tuple[tuple[plugsafe.Host], dict[str, Any]]:
+        for h in hosts:
+            h.close()
+        hosts[:] = [plugsafe.Host(cache_dir=cache)]  # type: ignore[call-arg,unused-ignore]
+        return (hosts[0],), {}
+
+    benchmark.pedantic(lambda host: host.load(path), setup=setup, rounds=200)
+    for h in hosts:
+        h.close()
+
+
+def test_load_cached_warm_wasmtime(benchmark: Any, tmp_path: Path, pure_wasm: bytes) -> None:
+    """By hand: a new Engine (not timed), then Module.deserialize_file + instantiate."""
+    tag(benchmark, "load from disk cache, warm process", "wasmtime-py")
+    path = tmp_path / "bench.cwasm"
+    path.write_bytes(bytes(wasmtime.Module(wasmtime.Engine(), pure_wasm).serialize()))
+
+    def setup() -> tuple[tuple[wasmtime.Engine], dict[str, Any]]:
+        return (wasmtime.Engine(),), {}
+
+    def load(engine: wasmtime.Engine) -> Any:
+        module = wasmtime.Module.deserialize_file(engine, str(path))
+        store = wasmtime.Store(engine)
+        return wasmtime.Linker(engine).instantiate(store, module).exports(store)
+
+    benchmark.pedantic(load, setup=setup, rounds=200)
+
+
 # -- load in a fresh process: timed inside child processes ---------------------------------------
 
 
@@ -140,6 +182,7 @@ def test_load_fresh_process(benchmark: Any, load_dir: Path, mode: str, contender
         contender,
         inner_median_s=statistics.median(s["load"] for s in samples),
         setup_median_s=statistics.median(s["setup"] for s in samples),
+        import_median_s=statistics.median(s["import"] for s in samples),
         note="" if cached else "no disk cache yet: compiles",
     )
 
