@@ -25,5 +25,7 @@ def test_mypy_strict_is_clean() -> None:
 
 def test_ruff_is_clean() -> None:
     pytest.importorskip("ruff")
-    result = _run(sys.executable, "-m", "ruff", "check", "plugsafe", "tests", "examples")
+    result = _run(
+        sys.executable, "-m", "ruff", "check", "plugsafe", "tests", "examples", "benchmarks"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
