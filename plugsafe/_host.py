@@ -24,8 +24,10 @@ from ._errors import (
     PluginLoadError,
     PolicyError,
 )
+from ._isolate import compile_isolated
 from ._plugin import BoundFunction, Plugin
 from ._policy import Policy
+from ._precheck import Caps, PrecheckError, precheck
 from ._version import __version__
 from ._wasmparse import WASM_MAGIC, parse_memories
 
@@ -55,6 +57,29 @@ BUILTIN_FUNCTIONS: dict[str, BoundFunction] = {
         wasm_override=(("i32", "i32", "i32"), ()),
     ),
 }
+
+
+def _check_shape(wasm: bytes, policy: Policy, name: str) -> None:
+    """Enforce the policy's structural caps before anything compiles (see ``_precheck``).
+
+    Runs on every load, cache hits included: the caps belong to the policy, and a module another
+    policy let through must not skip this one's.
+    """
+    caps = Caps(
+        max_functions=policy.max_functions,
+        max_imports=policy.max_imports,
+        max_exports=policy.max_exports,
+        max_function_size=policy.max_function_size,
+        max_nesting=policy.max_nesting,
+    )
+    try:
+        precheck(wasm, caps)
+    except PrecheckError as exc:
+        if exc.cap is None:  # unreadable: wasmtime would refuse it as well
+            raise InvalidModuleError(
+                f"plugin {name!r} is not a valid WebAssembly module: {exc}"
+            ) from None
+        raise InvalidModuleError(f"plugin {name!r}: {exc}") from None
 
 
 def _fmt_sig(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
@@ -169,12 +194,15 @@ class Host(Closing):
                 ``plugin-<first 8 hex digits of sha256>`` for bytes.
 
         Raises:
-            InvalidModuleError: empty, not wasm, truncated, invalid, or over max_module_size.
+            InvalidModuleError: empty, not wasm, truncated, invalid, over max_module_size, or
+                over one of the structural caps checked before compiling (max_functions,
+                max_imports, max_exports, max_function_size, max_nesting).
             ImportNotAllowedError: imports the host lacks or the policy does not allow (all of
                 them are listed).
             PolicyError: ``policy.allow`` names a function this host does not have.
             AbiVersionError: the plugin declares an ABI version this plugsafe does not speak.
-            LimitExceeded: a limit bit while instantiating (e.g. a start function that loops).
+            LimitExceeded: a limit bit while instantiating (e.g. a start function that loops),
+                or compiling in a child process ran over compile_timeout or compile_memory.
         """
         if self._closed:
             raise PluginClosedError("this Host is closed")
@@ -194,8 +222,9 @@ class Host(Closing):
                 f"of this host (it has: {', '.join(self.functions)})",
                 field="allow",
             )
+        _check_shape(wasm, policy, name)
         engine = self._engine(metered=policy.fuel is not None)
-        module, memories = self._compile(engine, wasm, name)
+        module, memories = self._compile(engine, wasm, name, policy)
         functions = self._check_imports(module, policy, name)
         plugin = Plugin(
             name=name,
@@ -271,7 +300,9 @@ class Host(Closing):
             )
         return wasm
 
-    def _compile(self, engine: rt.Engine, wasm: bytes, name: str) -> tuple[rt.Module, list[Any]]:
+    def _compile(
+        self, engine: rt.Engine, wasm: bytes, name: str, policy: Policy
+    ) -> tuple[rt.Module, list[Any]]:
         # Compiled modules are immutable and shareable between stores of one engine, so loading
         # the same bytes again (another tenant, a pool) skips the compiler.
         key = (engine.metered, hashlib.sha256(wasm).digest())
@@ -283,7 +314,17 @@ class Host(Closing):
         module = self._from_disk(engine, key[1])
         if module is None:
             try:
-                module = engine.compile(wasm)
+                if policy.compile_timeout is not None or policy.compile_memory is not None:
+                    module = compile_isolated(
+                        engine,
+                        wasm,
+                        max_stack=self._max_stack,
+                        timeout=policy.compile_timeout,
+                        memory=policy.compile_memory,
+                        name=name,
+                    )
+                else:
+                    module = engine.compile(wasm)
             except rt.WasmFailure as exc:
                 raise InvalidModuleError(
                     f"plugin {name!r} is not a valid WebAssembly module: {exc.message}"

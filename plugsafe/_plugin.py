@@ -193,7 +193,9 @@ class Plugin(Closing):
         self._instance: rt.Instance | None = None
         self._state = _CallState(None)
         # Stats of the last call as a plain tuple; CallStats is built only when asked for.
-        self._last: tuple[int | None, float, int, int] | None = None
+        # The memory size is read when asked for: memory changes only during calls, and the
+        # instance is kept only while it is the current one (a discarded one is measured now).
+        self._last: tuple[int | None, float, int | rt.Instance, int] | None = None
         self._abi = False
         self.memory = PluginMemory(self)
 
@@ -255,7 +257,12 @@ class Plugin(Closing):
     def last_call(self) -> CallStats | None:
         """Stats of the most recent call (from any thread), or None before the first."""
         last = self._last
-        return None if last is None else CallStats(*last)
+        if last is None:
+            return None
+        fuel, duration, memory, host_calls = last
+        if not isinstance(memory, int):
+            memory = memory.memory_total()
+        return CallStats(fuel, duration, memory, host_calls)
 
     @property
     def closed(self) -> bool:
@@ -498,7 +505,10 @@ class Plugin(Closing):
         duration = time.perf_counter() - start
         fuel = self._policy.fuel
         consumed = None if fuel is None else max(fuel - inst.fuel_left(), 0)
-        self._last = (consumed, duration, inst.memory_total(), state.host_calls)
+        memory: int | rt.Instance = inst
+        if inst is not self._instance or self._policy.fresh_instance:
+            memory = inst.memory_total()
+        self._last = (consumed, duration, memory, state.host_calls)
         if state.log_dropped:
             self._logger.warning(
                 "plugin %s dropped %d log message(s) beyond its limit of %d per call",

@@ -68,6 +68,18 @@ class Policy:
         fresh_instance: run every call on a brand-new instance, so no state (memory, globals,
             tables) survives from one call to the next, e.g. between tenants. Costs one
             instantiation per call (tens of microseconds; the imports are resolved only once).
+        max_functions: functions a module may define. Checked before compiling, like the four
+            caps below, because compiling is not bounded by the per-call limits (a module of a
+            million empty functions takes minutes and gigabytes). See ``docs/security.md``.
+        max_imports: imports a module may declare.
+        max_exports: exports a module may declare.
+        max_function_size: bytes of any one function body (huge bodies compile superlinearly).
+        max_nesting: how deeply blocks, loops and ifs may nest in a function body.
+        compile_timeout: seconds compiling may take; setting this or ``compile_memory`` compiles
+            the module in a child process that is killed when it runs over. ``None`` (the
+            default, with ``compile_memory`` also ``None``) compiles in-process.
+        compile_memory: bytes of memory the compiler child may use beyond its own start-up size
+            (enforced with ``RLIMIT_AS``; POSIX only); ``None`` means no memory limit.
 
     Use :func:`dataclasses.replace` (or :meth:`replace`) to derive a changed policy.
     """
@@ -84,10 +96,17 @@ class Policy:
     log_messages: int = 100
     log_message_size: int = 4 * KiB
     fresh_instance: bool = False
+    max_functions: int = 100_000
+    max_imports: int = 10_000
+    max_exports: int = 10_000
+    max_function_size: int = 1 * MiB
+    max_nesting: int = 10_000
+    compile_timeout: float | None = None
+    compile_memory: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("fuel", self.fuel, lo=0, hi=_MAX_FUEL, allow_none=True)
-        self._check_timeout()
+        self._check_seconds("timeout")
         _check_int("memory", self.memory, lo=0, hi=_MAX_MEMORY, allow_none=False)
         object.__setattr__(self, "allow", self._normalise_allow(self.allow))
         _check_int("max_input", self.max_input, lo=0, hi=_MAX_PAYLOAD, allow_none=False)
@@ -106,21 +125,28 @@ class Policy:
                 f"fresh_instance: expected True or False, got {self.fresh_instance!r}",
                 field="fresh_instance",
             )
+        for cap in ("max_functions", "max_imports", "max_exports", "max_function_size"):
+            _check_int(cap, getattr(self, cap), lo=0, hi=2**32 - 1, allow_none=False)
+        # A function body is itself one level of nesting, so 1 is the least that loads anything.
+        _check_int("max_nesting", self.max_nesting, lo=1, hi=2**32 - 1, allow_none=False)
+        self._check_seconds("compile_timeout")
+        # Below a few MiB the compiler child cannot even start its threads.
+        _check_int("compile_memory", self.compile_memory, lo=MiB, hi=2**48, allow_none=True)
 
-    def _check_timeout(self) -> None:
-        t = self.timeout
+    def _check_seconds(self, name: str) -> None:
+        t = getattr(self, name)
         if t is None:
             return
         if not isinstance(t, (int, float)) or isinstance(t, bool):
             raise PolicyError(
-                f"timeout: expected seconds as a number or None, got {type(t).__name__} {t!r}",
-                field="timeout",
+                f"{name}: expected seconds as a number or None, got {type(t).__name__} {t!r}",
+                field=name,
             )
         if not (math.isfinite(t) and 0 < t <= _MAX_TIMEOUT):
             raise PolicyError(
-                f"timeout: expected seconds > 0 and <= {_MAX_TIMEOUT:g}, got {t!r}", field="timeout"
+                f"{name}: expected seconds > 0 and <= {_MAX_TIMEOUT:g}, got {t!r}", field=name
             )
-        object.__setattr__(self, "timeout", float(t))
+        object.__setattr__(self, name, float(t))
 
     @staticmethod
     def _normalise_allow(allow: object) -> frozenset[str]:
