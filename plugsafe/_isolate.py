@@ -150,8 +150,7 @@ def _deserialize(engine: rt.Engine, out: bytes, name: str) -> rt.Module:
         return engine.deserialize(out[head:])
     except rt.WasmFailure as exc:
         raise PluginLoadError(
-            f"cannot load the module the compiler process built for plugin {name!r}: "
-            f"{exc.message}"
+            f"cannot load the module the compiler process built for plugin {name!r}: {exc.message}"
         ) from None
 
 

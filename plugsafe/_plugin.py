@@ -578,7 +578,8 @@ class Plugin(Closing):
                 f"over the policy's max_output of {self._policy.max_output}"
             )
         try:
-            out = inst.read(out_ptr, out_len)
+            # docs/abi.md: an empty output may use any pointer, as for host-function arguments.
+            out = inst.read(out_ptr, out_len) if out_len else b""
         except rt.GuestMemoryError as exc:
             raise AbiError(
                 f"plugin {self._name!r} function {function!r} returned a bad {what} pointer: {exc}"
@@ -783,6 +784,7 @@ class Plugin(Closing):
         sig = bound.signature
         name = bound.name
         fn = bound.fn
+        arg_cap = self._policy.max_host_arg_size
 
         def call(caller: rt.Caller, args: list[Any]) -> list[Any] | None:
             state = self._state
@@ -800,6 +802,12 @@ class Plugin(Closing):
                     py_args.append(args[i] != 0)
                     i += 1
                 else:
+                    size = args[i + 1] & 0xFFFF_FFFF
+                    if size > arg_cap:
+                        raise AbiError(
+                            f"plugin {self._name!r} passed a {size}-byte {kind} argument to host "
+                            f"function {name!r}, over the policy's max_host_arg_size of {arg_cap}"
+                        )
                     try:
                         raw = caller.read(args[i], args[i + 1])
                     except rt.GuestMemoryError as exc:

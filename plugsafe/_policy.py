@@ -65,6 +65,8 @@ class Policy:
             means unlimited.
         log_messages: ``log`` messages kept per call; later ones are dropped and counted.
         log_message_size: bytes of one ``log`` message kept; the rest is cut and marked.
+        max_host_arg_size: largest ``bytes``/``str`` argument, in bytes, a plugin may pass to an
+            app-defined host function (each one is copied out of its memory).
         fresh_instance: run every call on a brand-new instance, so no state (memory, globals,
             tables) survives from one call to the next, e.g. between tenants. Costs one
             instantiation per call (tens of microseconds; the imports are resolved only once).
@@ -96,6 +98,7 @@ class Policy:
     log_messages: int = 100
     log_message_size: int = 4 * KiB
     fresh_instance: bool = False
+    max_host_arg_size: int = 1 * MiB
     max_functions: int = 100_000
     max_imports: int = 10_000
     max_exports: int = 10_000
@@ -119,6 +122,9 @@ class Policy:
         _check_int("log_messages", self.log_messages, lo=0, hi=2**31 - 1, allow_none=False)
         _check_int(
             "log_message_size", self.log_message_size, lo=0, hi=_MAX_PAYLOAD, allow_none=False
+        )
+        _check_int(
+            "max_host_arg_size", self.max_host_arg_size, lo=0, hi=_MAX_PAYLOAD, allow_none=False
         )
         if not isinstance(self.fresh_instance, bool):
             raise PolicyError(

@@ -70,7 +70,7 @@ def test_host_function_pointer_attack(
 ) -> None:
     """Attack: a bad (pointer, length) for a host function's bytes argument."""
     p, seen = taker
-    with pytest.raises(plugsafe.AbiError, match="bad bytes argument to host function 'take'"):
+    with pytest.raises(plugsafe.AbiError, match="bytes argument to host function 'take'"):
         p.invoke("raw", ptr, length)
     assert seen == []  # the host function never ran on a bad span
     assert p.call("raw", b"") == b""  # (0, 0) is a valid empty span
@@ -90,8 +90,9 @@ def test_host_function_argument_at_the_very_end_is_exact(
 def test_host_function_argument_length_over_the_input_cap(host: plugsafe.Host) -> None:
     """Attack: hand a host function the whole (large) memory as its argument.
 
-    A host-function argument may be as large as the guest's memory, which the memory cap bounds;
-    it is copied once. The quota on host calls bounds how often.
+    A host-function argument is capped by ``max_host_arg_size`` (checked before anything is
+    copied) and by the guest's memory; it is copied once. The quota on host calls bounds how
+    often.
     """
     seen: list[int] = []
 
@@ -100,13 +101,18 @@ def test_host_function_argument_length_over_the_input_cap(host: plugsafe.Host) -
         seen.append(len(data))
         return b""
 
-    p = host.load(TAKER.encode(), policy=Policy(allow={"take"}, memory=8 * MiB))
+    policy = Policy(allow={"take"}, memory=8 * MiB, max_host_arg_size=8 * MiB)
+    p = host.load(TAKER.encode(), policy=policy)
     p.call("echo", b"x" * (7 * MiB))  # grows the memory to about 8 MiB
     size = p.memory.size
     p.invoke("raw", 0, size)
     assert seen == [size]
     with pytest.raises(plugsafe.AbiError):
         p.invoke("raw", 0, size + 1)
+    small = host.load(TAKER.encode(), policy=Policy(allow={"take"}, max_host_arg_size=1024))
+    with pytest.raises(plugsafe.AbiError, match="max_host_arg_size"):
+        small.invoke("raw", 0, 1025)
+    assert seen == [size]
     assert_healthy(host, p)
 
 
