@@ -3,7 +3,7 @@
 The tree, which ``docs/errors.md`` explains case by case::
 
     PlugsafeError                      root of everything plugsafe raises
-    ├── PolicyError                    a bad policy value (``.field`` names it)
+    ├── PolicyError                    a bad policy value or file (``.field``, ``.path``)
     ├── PluginLoadError                the plugin could not be loaded
     │   ├── InvalidModuleError         empty, not wasm, truncated, invalid, too large
     │   ├── ImportNotAllowedError      imports the host does not offer or the policy forbids
@@ -65,11 +65,18 @@ class PlugsafeError(Exception):
 
 
 class PolicyError(PlugsafeError, ValueError):
-    """A policy value is invalid. ``field`` names the offending field (``None`` if not one)."""
+    """A policy value, policy file or host config file is invalid.
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    ``field`` names the offending :class:`Policy` field (``None`` if not one). ``path`` is where
+    the bad value sits in a policy file, host config file or dict, as dotted keys such as
+    ``"limits.fuel"`` or ``"plugins.greet.sha256"`` (``None`` for a ``Policy(...)`` call, or an
+    error about a whole file, such as invalid TOML).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, path: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.path = path
 
 
 class PluginLoadError(PlugsafeError):

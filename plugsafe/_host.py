@@ -243,6 +243,24 @@ class Host(Closing):
             self._plugins.add(plugin)
         return plugin
 
+    def load_config(self, path: str | os.PathLike[str]) -> dict[str, Plugin]:
+        """Load every plugin a host config file (TOML) describes; return them by name.
+
+        The file gives a default policy and, per plugin, its ``source`` (relative to the file),
+        an optional ``sha256`` pin, and policy overrides; ``docs/policy.md`` has the layout.
+        The whole file is checked before anything loads, and if any plugin fails the ones
+        already loaded are closed again.
+
+        Raises:
+            PolicyError: the file is unreadable or invalid; ``.path`` names the key.
+            PluginLoadError: a plugin cannot be read, does not match its sha256 pin (both
+                hashes are named), or fails to load as in :meth:`load`.
+            LimitExceeded: a limit bit while a plugin was instantiated.
+        """
+        from ._config import load_config
+
+        return load_config(self, path)
+
     def _read_source(self, source: Source, max_size: int) -> tuple[bytes, str]:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)

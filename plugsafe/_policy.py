@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,3 +178,40 @@ class Policy:
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with ``changes`` applied (validated like a new policy)."""
         return dataclasses.replace(self, **changes)
+
+    # The file layout lives in _policyfile; these delegate so the layout has one implementation.
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Policy:
+        """Read a policy file (TOML; layout and units in ``docs/policy.md``).
+
+        Raises:
+            PolicyError: unreadable file, invalid TOML, an unknown key or a bad value; ``.path``
+                names the key (e.g. ``"limits.fuel"``) and the message names the file.
+        """
+        from ._policyfile import policy_from_toml
+
+        return policy_from_toml(path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        """Build a policy from a dict in the policy-file layout (what :meth:`to_dict` returns).
+
+        Sizes and durations may be numbers or strings with units (``"64MiB"``, ``"250ms"``).
+
+        Raises:
+            PolicyError: an unknown key or a bad value; ``.path`` names the key.
+        """
+        from ._policyfile import parse_policy
+
+        return parse_policy(data)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """This policy in the policy-file layout, every key present; ``from_dict`` inverts it.
+
+        Sizes are in bytes, the timeout in seconds, ``None`` is ``"unlimited"`` and ``allow`` is
+        a sorted list, so the result is also ready for JSON or a TOML writer.
+        """
+        from ._policyfile import policy_to_dict
+
+        return policy_to_dict(self)

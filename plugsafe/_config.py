@@ -1,0 +1,203 @@
+"""Host config files: several plugins, each pinned by hash, under a default policy with overrides.
+
+The layout (``docs/policy.md`` has every key)::
+
+    [defaults.imports]          # the default policy, in the policy-file layout
+    allow = ["log"]
+    [defaults.limits]
+    timeout = "250ms"
+
+    [plugins.greet]             # one table per plugin; the key is the plugin's name
+    source = "plugins/greet.wasm"   # relative to this file
+    sha256 = "9f86d0..."            # optional pin of the file's bytes
+    [plugins.greet.limits]      # overrides, key by key, of the defaults
+    fuel = 1_000_000
+    [plugins.greet.imports]
+    allow = ["log", "lookup"]   # replaces the default list: what you read is what it gets
+
+:func:`load_config` is what ``Host.load_config`` runs. The whole file is checked before any
+plugin is loaded, and a failure while loading closes the plugins loaded so far, so a host
+either gets every plugin of the file or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._errors import InvalidModuleError, PluginLoadError, PolicyError
+from ._policy import Policy
+from ._policyfile import LAYOUT, describe, in_file, parse_policy, read_toml
+
+if TYPE_CHECKING:
+    from ._host import Host
+    from ._plugin import Plugin
+
+__all__ = ["HostConfig", "PluginSpec", "load_config", "parse_config", "read_config"]
+
+_PLUGIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_TOP_KEYS = ("defaults", "plugins")
+_PLUGIN_KEYS = ("source", "sha256", *LAYOUT)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One ``[plugins.<name>]`` table: where the module is, its pin, its effective policy."""
+
+    name: str
+    source: Path
+    sha256: str | None
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """A parsed host config file."""
+
+    defaults: Policy
+    plugins: tuple[PluginSpec, ...]
+
+
+def _table(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"{path}: expected a table, got {describe(value)}", path=path)
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], path: str, known: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            raise PolicyError(
+                f"{where}: unknown key (expected one of: {', '.join(known)})", path=where
+            )
+
+
+def parse_config(data: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> HostConfig:
+    """Check a host config (already parsed from TOML) and resolve its paths against base_dir.
+
+    Raises:
+        PolicyError: an unknown key or a bad value; ``.path`` names it.
+    """
+    root = _table(data, "config")
+    _check_keys(root, "", _TOP_KEYS)
+    defaults_data = root.get("defaults", {})
+    defaults = parse_policy(_table(defaults_data, "defaults"), prefix="defaults.")
+    specs: list[PluginSpec] = []
+    for name, body in _table(root.get("plugins", {}), "plugins").items():
+        path = f"plugins.{name}"
+        if not isinstance(name, str) or not _PLUGIN_NAME.match(name):
+            raise PolicyError(
+                f"{path}: plugin names are letters, digits, '_', '-' and '.', not starting with "
+                f"'-' or '.' (at most 128), got {describe(name)}",
+                path=path,
+            )
+        table = _table(body, path)
+        _check_keys(table, path, _PLUGIN_KEYS)
+        source = table.get("source")
+        if not isinstance(source, str) or not source:
+            raise PolicyError(
+                f"{path}.source: expected the plugin's .wasm or .wat file as a path relative to "
+                f"this file, got {'nothing' if source is None else describe(source)}",
+                path=f"{path}.source",
+            )
+        pin = table.get("sha256")
+        if pin is not None and (not isinstance(pin, str) or not _SHA256.match(pin)):
+            raise PolicyError(
+                f"{path}.sha256: expected 64 hexadecimal digits (run `plugsafe inspect` on the "
+                f"file to get them), got {describe(pin)}",
+                path=f"{path}.sha256",
+            )
+        overrides = {k: v for k, v in table.items() if k in LAYOUT}
+        policy = parse_policy(overrides, prefix=f"{path}.", base=defaults)
+        specs.append(
+            PluginSpec(
+                name=name,
+                source=Path(base_dir, source),
+                sha256=None if pin is None else pin.lower(),
+                policy=policy,
+            )
+        )
+    return HostConfig(defaults=defaults, plugins=tuple(specs))
+
+
+def read_config(path: str | os.PathLike[str]) -> HostConfig:
+    """Read and check a host config file; relative paths in it are relative to its directory.
+
+    Raises:
+        PolicyError: unreadable file, invalid TOML, an unknown key or a bad value; the message
+            names the file and ``.path`` the key.
+    """
+    data = read_toml(path)
+    try:
+        return parse_config(data, Path(path).parent)
+    except PolicyError as exc:
+        raise in_file(exc, path) from None
+
+
+def read_module(spec: PluginSpec) -> bytes:
+    """The plugin's file, read once, size-capped and checked against its pin.
+
+    The same bytes are hashed and loaded, so the file cannot change between the check and the
+    load.
+    """
+    limit = spec.policy.max_module_size
+    try:
+        with spec.source.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise PluginLoadError(
+            f"plugin {spec.name!r}: cannot read {str(spec.source)!r}: {exc.strerror or exc}"
+        ) from exc
+    if len(data) > limit:
+        raise InvalidModuleError(
+            f"plugin {spec.name!r}: {str(spec.source)!r} is over the policy's max_module_size "
+            f"of {limit} bytes"
+        )
+    if spec.sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != spec.sha256:
+            raise PluginLoadError(
+                f"plugin {spec.name!r}: {str(spec.source)!r} does not match its sha256 pin: "
+                f"the config pins {spec.sha256}, the file has {actual}"
+            )
+    return data
+
+
+def load_config(host: Host, path: str | os.PathLike[str]) -> dict[str, Plugin]:
+    """Load every plugin a host config file describes; see :meth:`Host.load_config`."""
+    config = read_config(path)
+    plugins: dict[str, Plugin] = {}
+    try:
+        for spec in config.plugins:
+            data = read_module(spec)
+            try:
+                plugins[spec.name] = host.load(data, policy=spec.policy, name=spec.name)
+            except PolicyError as exc:
+                # The only policy check left for load time: allow names a function this host
+                # lacks. Point at the key that says so.
+                where = f"plugins.{spec.name}.imports.allow"
+                raise in_file(
+                    PolicyError(
+                        f"{where}: {str(exc).removeprefix('allow: ')}", field=exc.field, path=where
+                    ),
+                    path,
+                ) from None
+            except InvalidModuleError as exc:
+                # Loaded from bytes, the message cannot say which file: add it.
+                if type(exc) is not InvalidModuleError:
+                    raise
+                raise InvalidModuleError(
+                    f"plugin {spec.name!r} from {str(spec.source)!r}: {exc}"
+                ) from None
+    except BaseException:
+        for plugin in plugins.values():
+            plugin.close()
+        raise
+    return plugins
