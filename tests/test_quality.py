@@ -34,5 +34,7 @@ def test_examples_type_check_as_users_write_them() -> None:
 
 def test_ruff_is_clean() -> None:
     pytest.importorskip("ruff")
-    result = _run(sys.executable, "-m", "ruff", "check", "plugsafe", "tests", "examples")
+    result = _run(
+        sys.executable, "-m", "ruff", "check", "plugsafe", "tests", "examples", "benchmarks"
+    )
     assert result.returncode == 0, result.stdout + result.stderr

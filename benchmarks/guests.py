@@ -1,0 +1,139 @@
+"""WAT guests for the benchmarks: the same work written against plugsafe's ABI and Extism's.
+
+Nothing here is copied from another project. The Extism guests are written by hand against the
+Extism kernel's documented imports (module ``extism:host/env``: ``input_length``,
+``input_load_u64``/``input_load_u8``, ``alloc``, ``store_u64``/``store_u8``, ``output_set``);
+Extism exports are ``() -> i32`` with 0 meaning success.
+"""
+
+from __future__ import annotations
+
+# Host calls made by one call of a ``hostloop`` export; the report divides by this.
+HOST_CALLS_PER_RUN = 1000
+# Iterations of the compute loop (an xorshift PRNG summed up): a few milliseconds per call.
+COMPUTE_ITERATIONS = 1_000_000
+
+_ALLOC_AND_OK = """
+  (global $bump (mut i32) (i32.const 1024))
+  (func (export "plugsafe_abi_version") (result i32) i32.const 1)
+  (func $alloc (export "plugsafe_alloc") (param $n i32) (result i32)
+    (local $p i32) (local $end i32) (local $have i32)
+    (local.set $p (global.get $bump))
+    (local.set $end (i32.add (local.get $p) (local.get $n)))
+    (local.set $have (i32.mul (memory.size) (i32.const 65536)))
+    (if (i32.gt_u (local.get $end) (local.get $have))
+      (then
+        (if (i32.eq
+              (memory.grow (i32.add (i32.shr_u (i32.sub (local.get $end) (local.get $have))
+                                               (i32.const 16))
+                                    (i32.const 1)))
+              (i32.const -1))
+          (then (return (i32.const 0))))))
+    (global.set $bump (local.get $end))
+    (local.get $p))
+  (func $ok (param $p i32) (param $n i32) (result i64)
+    (global.set $bump (i32.const 1024))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
+            (i64.extend_i32_u (local.get $n))))
+"""
+
+_COMPUTE = f"""
+  (func (export "compute") (result i64)
+    (local $x i64) (local $sum i64) (local $i i32)
+    (local.set $x (i64.const 88172645463325252))
+    (loop $l
+      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 13))))
+      (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 7))))
+      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 17))))
+      (local.set $sum (i64.add (local.get $sum) (local.get $x)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {COMPUTE_ITERATIONS}))))
+    (local.get $sum))
+"""
+
+# The plugsafe-ABI guest (also driven by hand through wasmtime-py, which sees the same exports).
+PLUGSAFE_GUEST = f"""
+(module
+  (import "plugsafe" "bump" (func $bump_host (param i64) (result i64)))
+  (memory (export "memory") 1)
+  {_ALLOC_AND_OK}
+  (func (export "echo") (param $p i32) (param $n i32) (result i64)
+    (call $ok (local.get $p) (local.get $n)))
+  (func (export "add") (param i32 i32) (result i32)
+    (i32.add (local.get 0) (local.get 1)))
+  (func (export "hostloop") (result i64)
+    (local $i i32) (local $acc i64)
+    (loop $l
+      (local.set $acc (call $bump_host (local.get $acc)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {HOST_CALLS_PER_RUN}))))
+    (local.get $acc))
+  {_COMPUTE}
+)
+"""
+
+# The same guest without the host import: for loads and compute loops that need no host.
+PLUGSAFE_PURE_GUEST = f"""
+(module
+  (memory (export "memory") 1)
+  {_ALLOC_AND_OK}
+  (func (export "echo") (param $p i32) (param $n i32) (result i64)
+    (call $ok (local.get $p) (local.get $n)))
+  (func (export "add") (param i32 i32) (result i32)
+    (i32.add (local.get 0) (local.get 1)))
+  {_COMPUTE}
+)
+"""
+
+# Extism echo: copies the input to a kernel block 8 bytes at a time (then the tail byte by
+# byte) and sets it as the output. A real PDK also copies through the guest's own memory; this
+# one skips that, which favours Extism.
+EXTISM_GUEST = f"""
+(module
+  (import "extism:host/env" "input_length" (func $input_length (result i64)))
+  (import "extism:host/env" "input_load_u64" (func $input_load_u64 (param i64) (result i64)))
+  (import "extism:host/env" "input_load_u8" (func $input_load_u8 (param i64) (result i32)))
+  (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+  (import "extism:host/env" "store_u64" (func $store_u64 (param i64 i64)))
+  (import "extism:host/env" "store_u8" (func $store_u8 (param i64 i32)))
+  (import "extism:host/env" "output_set" (func $output_set (param i64 i64)))
+  (import "extism:host/user" "bump" (func $bump_host (param i64) (result i64)))
+  (memory (export "memory") 1)
+  (func (export "echo") (result i32)
+    (local $n i64) (local $out i64) (local $i i64) (local $words i64)
+    (local.set $n (call $input_length))
+    (local.set $out (call $alloc (local.get $n)))
+    (local.set $words (i64.and (local.get $n) (i64.const -8)))
+    (block $wdone
+      (loop $w
+        (br_if $wdone (i64.ge_u (local.get $i) (local.get $words)))
+        (call $store_u64 (i64.add (local.get $out) (local.get $i))
+                         (call $input_load_u64 (local.get $i)))
+        (local.set $i (i64.add (local.get $i) (i64.const 8)))
+        (br $w)))
+    (block $bdone
+      (loop $b
+        (br_if $bdone (i64.ge_u (local.get $i) (local.get $n)))
+        (call $store_u8 (i64.add (local.get $out) (local.get $i))
+                        (call $input_load_u8 (local.get $i)))
+        (local.set $i (i64.add (local.get $i) (i64.const 1)))
+        (br $b)))
+    (call $output_set (local.get $out) (local.get $n))
+    (i32.const 0))
+  (func (export "hostloop") (result i32)
+    (local $i i32) (local $acc i64)
+    (loop $l
+      (local.set $acc (call $bump_host (local.get $acc)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {HOST_CALLS_PER_RUN}))))
+    (i32.const 0))
+)
+"""
+
+# Extism without the user host import, for load and fresh-instance figures.
+EXTISM_PURE_GUEST = (
+    EXTISM_GUEST.replace(
+        '(import "extism:host/user" "bump" (func $bump_host (param i64) (result i64)))', ""
+    ).split('  (func (export "hostloop")')[0]
+    + ")\n"
+)
