@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
@@ -19,5 +18,8 @@ async def run_in_thread(executor: Executor | None, fn: Callable[[], T]) -> T:
     task is cancelled, the call itself still finishes in its thread (bounded by the policy's
     timeout) and its result is dropped.
     """
+    # Imported here: asyncio costs tens of milliseconds to import, and most hosts never use it.
+    import asyncio
+
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, fn)

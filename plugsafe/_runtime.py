@@ -26,6 +26,7 @@ the per-call path.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 import warnings
@@ -78,8 +79,10 @@ _TrapPtr = POINTER(wf.wasm_trap_t)
 _ErrorPtr = POINTER(wf.wasmtime_error_t)
 
 
+@functools.lru_cache(maxsize=1)
 def wasmtime_version() -> str:
     """The installed wasmtime-py version (part of compiled-artifact cache keys)."""
+    # importlib.metadata is slow to import and to query; ask once per process.
     from importlib.metadata import version
 
     return version("wasmtime")
