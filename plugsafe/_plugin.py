@@ -213,6 +213,9 @@ class Plugin(Closing):
                     phase="load",
                 )
 
+        self._has_imports = bool(module.imports)
+        self._idle_state = _CallState(None)
+        self._fuel_budget = policy.fuel
         self._linker = rt.Linker(engine)
         for imp in module.imports:
             bound = functions[imp.name]  # imports were checked by the Host before this
@@ -414,7 +417,6 @@ class Plugin(Closing):
         ref = inst.func(_abi.VERSION_EXPORT)
         assert ref is not None
         self._state = state = self._fresh_state()
-        inst.set_budget(self._policy.fuel, self._ticks)
         try:
             out = inst.call(ref, [])
         except rt.WasmFailure as failure:
@@ -477,9 +479,13 @@ class Plugin(Closing):
                 inst = self._instance
                 if inst is None:
                     inst = self._instance = self._new_instance("call")
-                self._state = state = self._fresh_state()
-                state.function = function
-                inst.set_budget(self._policy.fuel, self._ticks)
+                if self._has_imports:
+                    # Only host callbacks read the per-call record; without imports one shared
+                    # (never written) record does, which keeps the hot path short.
+                    self._state = state = self._fresh_state()
+                    state.function = function
+                else:
+                    state = self._idle_state
                 start = time.perf_counter()
                 try:
                     return op(inst)
@@ -503,7 +509,7 @@ class Plugin(Closing):
 
     def _finish(self, inst: rt.Instance, state: _CallState, start: float) -> None:
         duration = time.perf_counter() - start
-        fuel = self._policy.fuel
+        fuel = self._fuel_budget
         consumed = None if fuel is None else max(fuel - inst.fuel_left(), 0)
         memory: int | rt.Instance = inst
         if inst is not self._instance or self._policy.fresh_instance:

@@ -162,6 +162,16 @@ class _CtypesBackend:
     def buf(self, n: int) -> Any:
         return (wf.wasmtime_val_raw_t * n)()
 
+    def views(self, buf: Any) -> dict[str, Any]:
+        # Typed views over the 16-byte raw value slots: slot i's i32 is int32 index 4*i, etc.
+        address = ctypes.addressof(buf)
+        return {
+            "i32": ctypes.cast(address, POINTER(ctypes.c_int32)),
+            "i64": ctypes.cast(address, POINTER(ctypes.c_int64)),
+            "f32": ctypes.cast(address, POINTER(ctypes.c_float)),
+            "f64": ctypes.cast(address, POINTER(ctypes.c_double)),
+        }
+
     def instance(self, instance: Any) -> Any:
         return instance
 
@@ -176,7 +186,10 @@ class _CtypesBackend:
             return kind, item.of.memory
         return kind, None
 
-    def call(self, ctx: Any, func: Any, buf: Any, n: int) -> None:
+    def trap_slot(self) -> Any:
+        return None
+
+    def call(self, ctx: Any, func: Any, buf: Any, n: int, trap: Any = None) -> None:
         trap = _TrapPtr()
         error = self._call(ctx, byref(func), buf, n, byref(trap))
         if error or trap:
@@ -306,9 +319,6 @@ class _CffiBackend:
         self._size = lib.wasmtime_memory_data_size
         self._deadline = lib.wasmtime_context_set_epoch_deadline
         self._null = ffi.NULL
-        # A pointer-to-pointer reused for trap results: calls on one store are serialized by the
-        # owning Plugin, but different stores run on different threads, so keep it per thread.
-        self._local = threading.local()
 
     @staticmethod
     def _check_layouts(ffi: Any) -> None:
@@ -338,11 +348,8 @@ class _CffiBackend:
         if kind_field.size != 1 or int(wf.WASMTIME_EXTERN_FUNC.value) != 0:
             raise ImportError("wasmtime_extern_t.kind is not the uint8 tag plugsafe expects")
 
-    def _trap_slot(self) -> Any:
-        slot = getattr(self._local, "slot", None)
-        if slot is None:
-            slot = self._local.slot = self.ffi.new("wasm_trap_t **")
-        return slot
+    def trap_slot(self) -> Any:
+        return self.ffi.new("wasm_trap_t **")
 
     def _from_ctypes(self, ctype_name: str, value: Any) -> Any:
         out = self.ffi.new(ctype_name + " *")
@@ -355,6 +362,16 @@ class _CffiBackend:
 
     def buf(self, n: int) -> Any:
         return self.ffi.new("wasmtime_val_raw_t[]", n)
+
+    def views(self, buf: Any) -> dict[str, Any]:
+        # Typed views over the 16-byte raw value slots: slot i's i32 is int32 index 4*i, etc.
+        cast = self.ffi.cast
+        return {
+            "i32": cast("int32_t *", buf),
+            "i64": cast("int64_t *", buf),
+            "f32": cast("float *", buf),
+            "f64": cast("double *", buf),
+        }
 
     def instance(self, instance: Any) -> Any:
         return self._from_ctypes("wasmtime_instance_t", instance)
@@ -381,8 +398,11 @@ class _CffiBackend:
             int(ffi.cast("uintptr_t", error)), int(ffi.cast("uintptr_t", trap))
         )
 
-    def call(self, ctx: Any, func: Any, buf: Any, n: int) -> None:
-        trap = self._trap_slot()
+    def call(self, ctx: Any, func: Any, buf: Any, n: int, trap: Any = None) -> None:
+        # A slot for the trap pointer: one per FuncRef (its calls never overlap: re-entrant calls
+        # into a plugin are refused), or a fresh one.
+        if trap is None:
+            trap = self.ffi.new("wasm_trap_t **")
         trap[0] = self._null
         error = self._call(ctx, func, buf, n, trap)
         if error or trap[0]:
@@ -711,6 +731,11 @@ class FuncRef:
     results: tuple[str, ...]
     buf: Any
     width: int
+    # (typed view, index) of each parameter and result slot in ``buf``, for one-step access.
+    slots_in: tuple[tuple[Any, int], ...] = ()
+    slots_out: tuple[tuple[Any, int], ...] = ()
+    # Where the C call stores a trap pointer (reused: this function's calls never overlap).
+    trap: Any = None
     # Set by the Plugin once it has checked the signature for invoke().
     invoke_ok: bool = False
 
@@ -746,6 +771,9 @@ class Instance:
             memories=memories,
         )
         self._ctx = _B.ctx(self._store)
+        # Every top-level entry (call, abi_call) re-arms this budget: a fresh per-call allowance.
+        self._fuel = 0 if fuel is None else fuel
+        self._ticks = deadline_ticks
         self.set_budget(fuel, deadline_ticks)
         ctx = self._store._context()
         instance = wf.wasmtime_instance_t()
@@ -799,31 +827,50 @@ class Instance:
         if found is None or found[0] != _KIND_FUNC:
             return None
         width = max(len(info.params), len(info.results), 1)
-        ref = FuncRef(name, found[1], info.params, info.results, _B.buf(width), width)
+        buf = _B.buf(width)
+        slots_in: tuple[tuple[Any, int], ...] = ()
+        slots_out: tuple[tuple[Any, int], ...] = ()
+        if all(t in NUMERIC_TYPES for t in (*info.params, *info.results)):
+            views = _B.views(buf)
+            per_slot = {"i32": 4, "f32": 4, "i64": 2, "f64": 2}  # elements per 16-byte slot
+            slots_in = tuple((views[t], i * per_slot[t]) for i, t in enumerate(info.params))
+            slots_out = tuple((views[t], i * per_slot[t]) for i, t in enumerate(info.results))
+        ref = FuncRef(
+            name, found[1], info.params, info.results, buf, width, slots_in, slots_out,
+            _B.trap_slot(),
+        )  # fmt: skip
         self._funcs[name] = ref
         return ref
 
     def call(self, ref: FuncRef, args: Sequence[int | float]) -> list[int | float]:
-        """Call with already-checked numeric arguments; return the results."""
-        buf = ref.buf
-        for i, t in enumerate(ref.params):
-            setattr(buf[i], t, args[i])
-        _B.call(self._ctx, ref.func, buf, ref.width)
-        return [getattr(buf[i], t) for i, t in enumerate(ref.results)]
+        """Call with already-checked numeric arguments under a fresh budget; the results."""
+        for (view, index), value in zip(ref.slots_in, args, strict=True):
+            view[index] = value
+        ctx = self._ctx
+        if self._metered:
+            _B.set_fuel(ctx, self._fuel)
+        _B.set_deadline(ctx, self._ticks)
+        _B.call(ctx, ref.func, ref.buf, ref.width, ref.trap)
+        return [view[index] for view, index in ref.slots_out]
 
     def abi_call(self, alloc: FuncRef, ref: FuncRef, payload: bytes) -> int:
         """The plugin ABI's hot path: allocate, copy the input in once, call; the result word.
+
+        The budget (fuel, deadline) is re-armed once and covers the allocation and the call.
 
         Raises GuestAllocError if the guest's allocator returned 0, GuestMemoryError if it
         returned a buffer outside its memory.
         """
         ctx = self._ctx
+        if self._metered:
+            _B.set_fuel(ctx, self._fuel)
+        _B.set_deadline(ctx, self._ticks)
         pointer = 0
         n = len(payload)
         if n:
             abuf = alloc.buf
             abuf[0].i32 = n
-            _B.call(ctx, alloc.func, abuf, 1)
+            _B.call(ctx, alloc.func, abuf, 1, alloc.trap)
             pointer = int(abuf[0].i32) & _U32
             if pointer == 0:
                 raise GuestAllocError(f"the plugin's allocator returned 0 for {n} input bytes")
@@ -833,7 +880,7 @@ class Instance:
         buf = ref.buf
         buf[0].i32 = pointer
         buf[1].i32 = n
-        _B.call(ctx, ref.func, buf, 2)
+        _B.call(ctx, ref.func, buf, 2, ref.trap)
         return int(buf[0].i64)
 
     # -- memory -------------------------------------------------------------------------------
