@@ -672,6 +672,9 @@ class Linker:
         # The callback objects must outlive every store that can call them.
         self._keep: list[Any] = []
         self._pre: Any = None
+        # Per-function scratch (argument buffer, typed views, trap slot) shared by every instance
+        # made from this linker: they belong to one Plugin, whose calls never overlap.
+        self.scratch: dict[str, tuple[Any, ...]] = {}
 
     def define_func(
         self,
@@ -790,6 +793,7 @@ class Instance:
             raise _failure(error, trap)
         self._instance = _B.instance(instance)
         self._exports = module.exports
+        self._scratch = linker.scratch
         self._funcs: dict[str, FuncRef] = {}
         self._memories: list[Any] = []
         self.memory: Any = None
@@ -826,6 +830,15 @@ class Instance:
         found = _B.export(self._ctx, self._instance, name.encode())
         if found is None or found[0] != _KIND_FUNC:
             return None
+        scratch = self._scratch.get(name)
+        if scratch is None:
+            scratch = self._scratch[name] = self._make_scratch(info)
+        ref = FuncRef(name, found[1], info.params, info.results, *scratch)
+        self._funcs[name] = ref
+        return ref
+
+    @staticmethod
+    def _make_scratch(info: ExportInfo) -> tuple[Any, ...]:
         width = max(len(info.params), len(info.results), 1)
         buf = _B.buf(width)
         slots_in: tuple[tuple[Any, int], ...] = ()
@@ -835,12 +848,7 @@ class Instance:
             per_slot = {"i32": 4, "f32": 4, "i64": 2, "f64": 2}  # elements per 16-byte slot
             slots_in = tuple((views[t], i * per_slot[t]) for i, t in enumerate(info.params))
             slots_out = tuple((views[t], i * per_slot[t]) for i, t in enumerate(info.results))
-        ref = FuncRef(
-            name, found[1], info.params, info.results, buf, width, slots_in, slots_out,
-            _B.trap_slot(),
-        )  # fmt: skip
-        self._funcs[name] = ref
-        return ref
+        return (buf, width, slots_in, slots_out, _B.trap_slot())
 
     def call(self, ref: FuncRef, args: Sequence[int | float]) -> list[int | float]:
         """Call with already-checked numeric arguments under a fresh budget; the results."""
