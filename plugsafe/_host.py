@@ -367,7 +367,7 @@ class Host(Closing):
         with self._lock:
             cache = self._disk.get(engine.metered)
             if cache is None:
-                salt = f"{__version__}|{rt.wasmtime_version()}|{engine.settings}"
+                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}"
                 cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
             return cache
 

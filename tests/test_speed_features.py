@@ -226,3 +226,21 @@ def test_async_calls_never_block_the_event_loop() -> None:
                 assert await pool.call_json_async("echo", "s") == "s"
 
     asyncio.run(main())
+
+
+def test_pre_parsed_cffi_declarations_are_up_to_date(tmp_path: Path) -> None:
+    pytest.importorskip("cffi")
+    from plugsafe import _cdef
+
+    fresh = tmp_path / "gen.py"
+    _cdef.generate(fresh)
+    committed = Path(_cdef.__file__).with_name("_wasmtime_cffi.py")
+    assert committed.read_text() == fresh.read_text(), "run: python -m plugsafe._cdef"
+
+
+def test_cffi_backend_uses_the_pre_parsed_declarations() -> None:
+    if _runtime.BACKEND != "cffi":
+        pytest.skip("the ctypes path is forced")
+    from plugsafe import _wasmtime_cffi
+
+    assert _runtime._B.ffi is _wasmtime_cffi.ffi  # type: ignore[union-attr]
