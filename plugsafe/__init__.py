@@ -33,6 +33,7 @@ from ._errors import (
     MemoryLimitExceeded,
     PluginCallError,
     PluginClosedError,
+    PluginExitError,
     PluginLoadError,
     PluginTrap,
     PlugsafeError,
@@ -45,6 +46,7 @@ from ._policy import Policy
 from ._pool import PluginPool
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._version import __version__
+from ._wasi import Preopen, RunResult, Wasi
 
 __all__ = [
     "ABI_VERSION",
@@ -69,6 +71,7 @@ __all__ = [
     "Plugin",
     "PluginCallError",
     "PluginClosedError",
+    "PluginExitError",
     "PluginLoadError",
     "PluginMemory",
     "PluginPool",
@@ -76,6 +79,9 @@ __all__ = [
     "PlugsafeError",
     "Policy",
     "PolicyError",
+    "Preopen",
+    "RunResult",
     "SignatureError",
+    "Wasi",
     "__version__",
 ]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import InvalidModuleError, PluginLoadError, PolicyError
 from ._policy import Policy
-from ._policyfile import LAYOUT, describe, in_file, parse_policy, read_toml
+from ._policyfile import SECTIONS, describe, in_file, parse_policy, read_toml
 
 if TYPE_CHECKING:
     from ._host import Host
@@ -43,7 +43,7 @@ __all__ = ["HostConfig", "PluginSpec", "load_config", "parse_config", "read_conf
 _PLUGIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _TOP_KEYS = ("defaults", "plugins")
-_PLUGIN_KEYS = ("source", "sha256", *LAYOUT)
+_PLUGIN_KEYS = ("source", "sha256", *SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ def parse_config(data: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> H
     root = _table(data, "config")
     _check_keys(root, "", _TOP_KEYS)
     defaults_data = root.get("defaults", {})
-    defaults = parse_policy(_table(defaults_data, "defaults"), prefix="defaults.")
+    defaults = parse_policy(
+        _table(defaults_data, "defaults"), prefix="defaults.", base_dir=base_dir
+    )
     specs: list[PluginSpec] = []
     for name, body in _table(root.get("plugins", {}), "plugins").items():
         path = f"plugins.{name}"
@@ -114,8 +116,8 @@ def parse_config(data: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> H
                 f"file to get them), got {describe(pin)}",
                 path=f"{path}.sha256",
             )
-        overrides = {k: v for k, v in table.items() if k in LAYOUT}
-        policy = parse_policy(overrides, prefix=f"{path}.", base=defaults)
+        overrides = {k: v for k, v in table.items() if k in SECTIONS}
+        policy = parse_policy(overrides, prefix=f"{path}.", base=defaults, base_dir=base_dir)
         specs.append(
             PluginSpec(
                 name=name,

@@ -15,7 +15,8 @@ The tree, which ``docs/errors.md`` explains case by case::
     │   │   └── MemoryAccessError      ``plugin.memory`` read/write out of range
     │   ├── GuestError                 the plugin reported a failure (``.message``)
     │   ├── ExportNotFoundError        no such export
-    │   └── SignatureError             wrong arguments for an export's signature
+    │   ├── SignatureError             wrong arguments for an export's signature
+    │   └── PluginExitError            a WASI program called proc_exit (``.exit_code``)
     ├── LimitExceeded                  a policy limit stopped a call or a load (``.phase``)
     │   ├── FuelExhausted
     │   ├── DeadlineExceeded
@@ -50,6 +51,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "PluginCallError",
     "PluginClosedError",
+    "PluginExitError",
     "PluginLoadError",
     "PluginTrap",
     "PlugsafeError",
@@ -189,6 +191,17 @@ class ExportNotFoundError(PluginCallError, LookupError):
 
 class SignatureError(PluginCallError, TypeError):
     """The arguments do not fit the export's signature, or the export does not fit the ABI."""
+
+
+class PluginExitError(PluginCallError):
+    """A WASI plugin called ``proc_exit`` during ``call``/``invoke``; ``exit_code`` is its code.
+
+    ``Plugin.run`` does not raise this: there an exit is the normal end, in ``RunResult``.
+    """
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class LimitExceeded(PlugsafeError):

@@ -38,6 +38,7 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE_CACHE_SIZE = 64
+WASI_MODULE = "wasi_snapshot_preview1"
 _MIN_STACK = 16 * 1024
 _MAX_STACK = 2 * 1024 * 1024
 _BINARY_JUNK = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -397,9 +398,17 @@ class Host(Closing):
         problems: list[ImportProblem] = []
         bound: dict[str, BoundFunction] = {}
         for imp in module.imports:
+            if imp.module == WASI_MODULE and policy.wasi is not None and imp.kind == "func":
+                # Granted as a whole by the policy's Wasi; wasmtime checks names and types when
+                # the plugin is linked (an unknown one is a PluginLoadError then).
+                continue
             if imp.module != _abi.HOST_MODULE:
                 if imp.module.startswith("wasi"):
-                    detail = "WASI is not enabled for this plugin"
+                    detail = (
+                        "WASI is not enabled for this plugin"
+                        if policy.wasi is None
+                        else f"plugsafe offers WASI preview 1 ({WASI_MODULE}) only"
+                    )
                 else:
                     detail = f"the host offers imports only from the {_abi.HOST_MODULE!r} module"
                 problems.append(ImportProblem(imp.module, imp.name, "unknown", detail))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from ._errors import (
     Phase,
     PluginCallError,
     PluginClosedError,
+    PluginExitError,
     PluginLoadError,
     PluginTrap,
     SignatureError,
@@ -38,6 +40,7 @@ from ._errors import (
 from ._log import LEVELS, escape, logger_for
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
+from ._wasi import OutputSink, RunResult
 from ._wasmparse import MemoryDecl
 
 __all__ = ["BoundFunction", "Plugin", "PluginMemory"]
@@ -48,6 +51,7 @@ _PAGE = 65536
 # Enough tables for any toolchain seen in practice; together with max_table_elements this bounds
 # what tables can cost.
 _MAX_TABLES = 10
+WASI_MODULE = "wasi_snapshot_preview1"
 _I32 = (-(2**31), 2**32 - 1)
 _I64 = (-(2**63), 2**64 - 1)
 _NUMERIC_PY = (int, float)
@@ -217,9 +221,18 @@ class Plugin(Closing):
         self._idle_state = _CallState(None)
         self._fuel_budget = policy.fuel
         self._linker = rt.Linker(engine)
-        for imp in module.imports:
-            bound = functions[imp.name]  # imports were checked by the Host before this
+        for bound in functions.values():  # the imports the Host checked against the policy
             self._bind(bound)
+        if policy.wasi is not None:
+            self._linker.define_wasi()
+            # wasmtime's poll_oneoff sleeps in the host, where no epoch can interrupt it; ours
+            # sleeps only until the call's deadline.
+            self._linker.define_func(
+                WASI_MODULE, "poll_oneoff", ("i32",) * 4, ("i32",), self._poll_oneoff(),
+                self._on_error,
+            )  # fmt: skip
+        self._out: OutputSink | None = None
+        self._err: OutputSink | None = None
 
         # Resolve and type-check the imports once; every later instance (after a trap, or per
         # call with fresh_instance) skips that work.
@@ -377,11 +390,18 @@ class Plugin(Closing):
         # +1: the first tick may come at once, so one more guarantees at least `timeout`.
         return math.ceil(t / rt.TICK_SECONDS) + 1
 
-    def _new_instance(self, phase: Phase) -> rt.Instance:
+    def _new_instance(
+        self, phase: Phase, *, args: Sequence[str] | None = None, stdin: bytes | None = None
+    ) -> rt.Instance:
+        """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget."""
         self._state = state = self._fresh_state()
         state.function = "(start)"
+        wasi = None
+        if self._policy.wasi is not None:
+            wasi = self._wasi_config(args, stdin)
+        inst = None
         try:
-            return rt.Instance(
+            inst = rt.Instance(
                 self._engine,
                 self._linker,
                 self._module,
@@ -391,14 +411,158 @@ class Plugin(Closing):
                 tables=_MAX_TABLES,
                 fuel=self._policy.fuel,
                 deadline_ticks=self._ticks,
+                wasi=wasi,
             )
+            init = self._module.exports.get("_initialize")
+            if init is not None and init.kind == "func" and not init.params and not init.results:
+                state.function = "_initialize"
+                ref = inst.func("_initialize")
+                assert ref is not None
+                inst.call(ref, [])
+            return inst
         except rt.WasmFailure as failure:
-            err = self._translate(failure, state, "(start)", None, phase)
+            err = self._translate(failure, state, state.function, inst, phase)
             if phase == "load" and isinstance(err, PluginCallError):
                 raise PluginLoadError(
                     f"plugin {self._name!r} failed while being instantiated: {err}"
                 ) from err
             raise err from err.__cause__
+
+    def _wasi_config(self, args: Sequence[str] | None, stdin: bytes | None) -> object:
+        """A WasiConfig for one new instance, with fresh output sinks (kept as _out/_err)."""
+        w = self._policy.wasi
+        assert w is not None
+        cap = self._policy.max_output
+        self._out = out = OutputSink(w.stdout, cap)
+        self._err = err = OutputSink(w.stderr, cap)
+        return rt.wasi_config(
+            args=w.args if args is None else args,
+            env=dict(w.env),
+            stdin=w.stdin if stdin is None else stdin,
+            stdout=(w.stdout, out.write),
+            stderr=(w.stderr, err.write),
+            preopens=[(os.fspath(p.host), p.guest, p.writable) for p in w.preopens],
+        )
+
+    def run(self, args: Sequence[str] | None = None, stdin: bytes | None = None) -> RunResult:
+        """Run a WASI command's ``_start`` on a fresh instance and return its exit and output.
+
+        ``args`` and ``stdin`` replace the policy's ``Wasi.args``/``Wasi.stdin`` for this run.
+        ``proc_exit(n)`` ends the run with ``exit_code == n``; returning from ``_start`` is 0.
+        Traps and limits raise as for :meth:`call`. The plugin's own instance (used by
+        ``call``/``invoke``) is not touched.
+        """
+        if self._policy.wasi is None:
+            raise PluginCallError(
+                f"plugin {self._name!r} has no WASI capability (Policy.wasi is None); "
+                "run() needs it"
+            )
+        if args is not None and (
+            isinstance(args, (str, bytes)) or not all(isinstance(a, str) for a in args)
+        ):
+            raise TypeError("args must be a list of str")
+        if stdin is not None and not isinstance(stdin, (bytes, bytearray)):
+            raise TypeError("stdin must be bytes")
+        start = self._module.exports.get("_start")
+        if start is None or start.kind != "func" or start.params or start.results:
+            raise ExportNotFoundError(
+                f"plugin {self._name!r} is not a WASI command: it exports no _start() function"
+            )
+        if self._closed:
+            raise PluginClosedError(f"plugin {self._name!r} is closed")
+        if self._owner == threading.get_ident():
+            raise PluginCallError(f"plugin {self._name!r}: run() from its own host function")
+        with self._lock:
+            if self._closed:
+                raise PluginClosedError(f"plugin {self._name!r} is closed")
+            self._owner = threading.get_ident()
+            saved = (self._out, self._err)
+            try:
+                inst = self._new_instance(
+                    "call", args=None if args is None else list(args),
+                    stdin=None if stdin is None else bytes(stdin),
+                )  # fmt: skip
+                out, err = self._out, self._err
+                assert out is not None and err is not None
+                ref = inst.func("_start")
+                assert ref is not None
+                self._state = state = self._fresh_state()
+                state.function = "_start"
+                t0 = time.perf_counter()
+                code = 0
+                try:
+                    inst.call(ref, [])
+                except rt.WasmFailure as failure:
+                    if failure.exit_code is None:
+                        e = self._translate(failure, state, "_start", inst, "call")
+                        raise e from e.__cause__
+                    code = failure.exit_code
+                finally:
+                    self._finish(inst, state, t0)
+                return RunResult(code, out.value(), err.value(), out.truncated, err.truncated)
+            finally:
+                self._out, self._err = saved
+                self._owner = None
+
+    def _poll_oneoff(self) -> rt.HostCallback:
+        """WASI poll_oneoff that never sleeps past the call's deadline.
+
+        Clock subscriptions sleep (in Python, releasing the GIL) until the earliest one is due,
+        or the deadline, whichever comes first; fd subscriptions are always ready (stdin is an
+        in-memory buffer and outputs never block), so they end the poll at once.
+        """
+
+        def poll(caller: rt.Caller, args: list[Any]) -> list[Any]:
+            state = self._state
+            sub_ptr, out_ptr, n, nevents_ptr = (a & 0xFFFF_FFFF for a in args)
+            if n == 0 or n > 4096:
+                return [28]  # EINVAL
+            subs = caller.read(sub_ptr, 48 * n)
+            clocks: list[tuple[int, float]] = []  # (index, seconds from now)
+            fds: list[int] = []
+            now_mono = time.monotonic()
+            for i in range(n):
+                rec = subs[48 * i : 48 * (i + 1)]
+                tag = rec[8]
+                if tag == 0:
+                    clock_id = int.from_bytes(rec[16:20], "little")
+                    timeout = int.from_bytes(rec[24:32], "little") / 1e9
+                    if rec[40] & 1:  # absolute time
+                        now = time.time() if clock_id == 0 else now_mono
+                        timeout -= now
+                    clocks.append((i, max(timeout, 0.0)))
+                elif tag in (1, 2):
+                    fds.append(i)
+                else:
+                    return [28]
+            ready: list[int] = list(fds)
+            if not fds and clocks:
+                wait = min(t for _, t in clocks)
+                if state.deadline is not None and now_mono + wait > state.deadline:
+                    time.sleep(max(state.deadline - now_mono, 0.0))
+                    raise DeadlineExceeded(
+                        f"plugin {self._name!r} in {state.function!r} slept past the policy's "
+                        f"timeout of {self._policy.timeout:g} s",
+                        limit="timeout",
+                        value=self._policy.timeout,
+                        phase="call",
+                    )
+                time.sleep(wait)
+                ready = [i for i, t in clocks if t <= wait]
+            events = bytearray()
+            for i in ready:
+                rec = subs[48 * i : 48 * (i + 1)]
+                event = bytearray(32)
+                event[0:8] = rec[0:8]  # userdata
+                event[10] = rec[8]  # type
+                if rec[8] in (1, 2):
+                    event[16:24] = (0).to_bytes(8, "little")
+                events += event
+            caller.write(out_ptr, bytes(events))
+            caller.write(nevents_ptr, len(ready).to_bytes(4, "little"))
+            return [0]
+
+        return poll
 
     def _fresh_state(self) -> _CallState:
         t = self._policy.timeout
@@ -662,6 +826,10 @@ class Plugin(Closing):
             return recorded
         code = failure.trap_code
         where = f"plugin {self._name!r} in {function!r}"
+        if failure.exit_code is not None:
+            return PluginExitError(
+                f"{where} called proc_exit({failure.exit_code})", exit_code=failure.exit_code
+            )
         if code == "OUT_OF_FUEL":
             return FuelExhausted(
                 f"{where} used all {self._policy.fuel} units of fuel the policy allows per call",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import PolicyError
+from ._wasi import Wasi
 
 __all__ = ["Policy"]
 
@@ -69,6 +70,8 @@ class Policy:
         log_message_size: bytes of one ``log`` message kept; the rest is cut and marked.
         max_host_arg_size: largest ``bytes``/``str`` argument, in bytes, a plugin may pass to an
             app-defined host function (each one is copied out of its memory).
+        wasi: the WASI capabilities granted (a :class:`Wasi`); None, the default, grants none and
+            any ``wasi_snapshot_preview1`` import is refused at load.
         fresh_instance: run every call on a brand-new instance, so no state (memory, globals,
             tables) survives from one call to the next, e.g. between tenants. Costs one
             instantiation per call (tens of microseconds; the imports are resolved only once).
@@ -102,6 +105,7 @@ class Policy:
     log_message_size: int = 4 * KiB
     fresh_instance: bool = False
     max_host_arg_size: int = 1 * MiB
+    wasi: Wasi | None = None
     max_functions: int = 100_000
     max_imports: int = 10_000
     max_exports: int = 10_000
@@ -129,6 +133,11 @@ class Policy:
         _check_int(
             "max_host_arg_size", self.max_host_arg_size, lo=0, hi=_MAX_PAYLOAD, allow_none=False
         )
+        if self.wasi is not None and not isinstance(self.wasi, Wasi):
+            raise PolicyError(
+                f"wasi: expected a plugsafe.Wasi or None, got {type(self.wasi).__name__}",
+                field="wasi",
+            )
         if not isinstance(self.fresh_instance, bool):
             raise PolicyError(
                 f"fresh_instance: expected True or False, got {self.fresh_instance!r}",

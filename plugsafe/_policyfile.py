@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from ._errors import PolicyError
 from ._policy import Policy
+from ._wasi import Preopen, Wasi
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +43,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = [
     "LAYOUT",
+    "SECTIONS",
+    "WASI_TABLE",
     "UNLIMITED",
     "describe",
     "parse_duration",
@@ -91,6 +94,13 @@ LAYOUT: dict[str, dict[str, tuple[str, Kind]]] = {
         "fresh_instance": ("fresh_instance", "bool"),
     },
 }
+
+# The [wasi] table sets one field, Policy.wasi, from several keys (see _parse_wasi).
+WASI_TABLE = "wasi"
+_WASI_KEYS = ("args", "env", "stdin", "stdout", "stderr", "preopens")
+_PREOPEN_KEYS = ("host", "guest", "writable")
+# Every table a policy may have.
+SECTIONS: tuple[str, ...] = (*LAYOUT, WASI_TABLE)
 
 # Policy field -> "table.key", for turning a Policy error back into a file location.
 _FIELD_PATH = {
@@ -260,13 +270,82 @@ def _table(value: object, path: str) -> Mapping[str, Any]:
     return value
 
 
-def parse_policy(data: object, *, prefix: str = "", base: Policy | None = None) -> Policy:
+def _parse_wasi(body: Mapping[str, Any], path: str, base_dir: Path | None) -> Wasi:
+    for key in body:
+        if key not in _WASI_KEYS:
+            raise _unknown_key(path, key, list(_WASI_KEYS))
+    args = body.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise _fail(f"{path}.args", "an array of strings", args, "wasi")
+    env = _table(body.get("env", {}), f"{path}.env")
+    for k, v in env.items():
+        if not isinstance(v, str):
+            raise _fail(f"{path}.env.{k}", "a string", v, "wasi")
+    stdin = body.get("stdin", "")
+    if isinstance(stdin, str):
+        stdin_bytes = stdin.encode("utf-8")
+    elif isinstance(stdin, list) and all(
+        isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in stdin
+    ):
+        stdin_bytes = bytes(stdin)
+    else:
+        raise _fail(f"{path}.stdin", "a string (or an array of byte values)", stdin, "wasi")
+    modes: dict[str, Any] = {}
+    for name in ("stdout", "stderr"):
+        mode = body.get(name, "capture")
+        if mode not in ("capture", "discard", "inherit"):
+            raise _fail(f"{path}.{name}", '"capture", "discard" or "inherit"', mode, "wasi")
+        modes[name] = mode
+    raw = body.get("preopens", [])
+    if not isinstance(raw, list):
+        raise _fail(f"{path}.preopens", "an array of tables {host, guest, writable}", raw, "wasi")
+    preopens = []
+    for i, item in enumerate(raw):
+        where = f"{path}.preopens[{i}]"
+        table = _table(item, where)
+        for key in table:
+            if key not in _PREOPEN_KEYS:
+                raise _unknown_key(where, key, list(_PREOPEN_KEYS))
+        host, guest = table.get("host"), table.get("guest")
+        if not isinstance(host, str) or not host:
+            raise _fail(f"{where}.host", "a directory path (relative to this file)", host, "wasi")
+        if not isinstance(guest, str):
+            raise _fail(f"{where}.guest", 'an absolute guest path like "/data"', guest, "wasi")
+        writable = table.get("writable", False)
+        if not isinstance(writable, bool):
+            raise _fail(f"{where}.writable", "true or false", writable, "wasi")
+        host_path = Path(host) if base_dir is None else Path(base_dir, host)
+        preopens.append(Preopen(host=str(host_path), guest=guest, writable=writable))
+    try:
+        return Wasi(
+            args=args,
+            env=dict(env),
+            stdin=stdin_bytes,
+            stdout=modes["stdout"],
+            stderr=modes["stderr"],
+            preopens=preopens,
+        )
+    except PolicyError as exc:
+        message = str(exc).replace("wasi.", f"{path}.", 1)
+        where = message.split(": ", 1)[0] if message.startswith(path) else path
+        raise PolicyError(message, field="wasi", path=where) from None
+
+
+def parse_policy(
+    data: object,
+    *,
+    prefix: str = "",
+    base: Policy | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Policy:
     """Build a :class:`Policy` from a dict in the file layout.
 
     Args:
         data: ``{"imports": {...}, "limits": {...}}``; every key is optional.
         prefix: prepended to key paths in errors (``"plugins.greet."`` for a host config).
         base: the policy that keys left out keep their values from (default: ``Policy()``).
+        base_dir: what relative ``[wasi]`` preopen paths are relative to (default: the current
+            directory); the policy or config file's directory when read from a file.
 
     Raises:
         PolicyError: with ``.path`` set to the offending key's dotted path.
@@ -275,13 +354,19 @@ def parse_policy(data: object, *, prefix: str = "", base: Policy | None = None) 
     table = _table(data, root or "policy")
     changes: dict[str, object] = {}
     for section, body in table.items():
+        if section == WASI_TABLE:
+            path = f"{prefix}{section}"
+            changes["wasi"] = _parse_wasi(
+                _table(body, path), path, None if base_dir is None else Path(base_dir)
+            )
+            continue
         keys = LAYOUT.get(section)
         if keys is None:
             hint = ""
             if section in _FIELD_PATH:
                 # The flat layout (``fuel = ...`` at the top) is a likely first guess.
                 hint = f"; did you mean {prefix}{_FIELD_PATH[section]}?"
-            raise _unknown_key(root, section, sorted(LAYOUT), hint)
+            raise _unknown_key(root, section, sorted(SECTIONS), hint)
         section_path = f"{prefix}{section}"
         for key, value in _table(body, section_path).items():
             spec = keys.get(key)
@@ -320,6 +405,23 @@ def policy_to_dict(policy: Policy) -> dict[str, dict[str, Any]]:
             else:
                 body[key] = value
         out[section] = body
+    w = policy.wasi
+    if w is not None:
+        try:
+            stdin: Any = w.stdin.decode("utf-8")
+        except UnicodeDecodeError:
+            stdin = list(w.stdin)
+        out[WASI_TABLE] = {
+            "args": list(w.args),
+            "env": dict(w.env),
+            "stdin": stdin,
+            "stdout": w.stdout,
+            "stderr": w.stderr,
+            "preopens": [
+                {"host": os.fspath(p.host), "guest": p.guest, "writable": p.writable}
+                for p in w.preopens
+            ],
+        }
     return out
 
 
@@ -348,6 +450,6 @@ def policy_from_toml(path: str | os.PathLike[str]) -> Policy:
     """Read a policy file (see ``docs/policy.md``)."""
     data = read_toml(path)
     try:
-        return parse_policy(data)
+        return parse_policy(data, base_dir=Path(path).parent)
     except PolicyError as exc:
         raise in_file(exc, path) from None

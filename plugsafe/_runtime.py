@@ -57,6 +57,7 @@ __all__ = [
     "Module",
     "WasmFailure",
     "library_fingerprint",
+    "wasi_config",
     "wasmtime_version",
     "wat_to_wasm",
 ]
@@ -106,10 +107,14 @@ class WasmFailure(Exception):
     ``"UNREACHABLE"``, ...) or None when it was an error rather than a coded trap.
     """
 
-    def __init__(self, message: str, trap_code: str | None = None) -> None:
+    def __init__(
+        self, message: str, trap_code: str | None = None, exit_code: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.trap_code = trap_code
+        # Set when a WASI program called proc_exit(exit_code).
+        self.exit_code = exit_code
 
 
 class GuestMemoryError(ValueError):
@@ -123,7 +128,10 @@ class GuestAllocError(GuestMemoryError):
 def _failure_from_addresses(error: int, trap: int) -> WasmFailure:
     """Wrap an owned wasmtime error or trap (given as addresses) into a WasmFailure."""
     if error:
-        return WasmFailure(str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ErrorPtr))))
+        ptr = ctypes.cast(error, _ErrorPtr)
+        status = ctypes.c_int()
+        exit_code = status.value if wf.wasmtime_error_exit_status(ptr, byref(status)) else None
+        return WasmFailure(str(wasmtime.WasmtimeError._from_ptr(ptr)), exit_code=exit_code)
     t = wasmtime.Trap._from_ptr(ctypes.cast(trap, _TrapPtr))
     code = t.trap_code
     return WasmFailure(t.message, None if code is None else code.name)
@@ -612,6 +620,10 @@ class Caller:
             return b""
         return _B.read(self._ctx, self._memory(), pointer, length)
 
+    def write(self, pointer: int, data: bytes) -> None:
+        """Copy ``data`` into the guest's memory at ``pointer`` (bounds-checked)."""
+        _B.write(self._ctx, self._memory(), pointer & _U32, data)
+
     def place(self, data: bytes, alloc_export: bytes) -> int:
         """Copy ``data`` into memory the guest allocates for it; return the guest pointer."""
         if not data:
@@ -642,6 +654,44 @@ def _make_functype(params: Sequence[str], results: Sequence[str]) -> wasmtime.Fu
     return wasmtime.FuncType(
         [_VALTYPE_FACTORIES[t]() for t in params], [_VALTYPE_FACTORIES[t]() for t in results]
     )
+
+
+def wasi_config(
+    *,
+    args: Sequence[str],
+    env: dict[str, str],
+    stdin: bytes,
+    stdout: tuple[str, Callable[[bytes], int]],
+    stderr: tuple[str, Callable[[bytes], int]],
+    preopens: Sequence[tuple[str, str, bool]],
+) -> Any:
+    """A wasmtime WasiConfig granting exactly this, and nothing of the host by default.
+
+    ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, anything else hands
+    every write to ``sink`` (which returns the bytes it took).
+    """
+    cfg = wasmtime.WasiConfig()
+    # wasmtime-py exposes these as write-only properties.
+    cfg.argv = list(args)
+    cfg.env = list(env.items())
+    vec = wf.wasm_byte_vec_t()
+    buf = (ctypes.c_uint8 * max(len(stdin), 1)).from_buffer_copy(stdin or b"\0")
+    # wasi_config_set_stdin_bytes takes ownership of the vector: stdin is an in-memory buffer, so
+    # reading it never blocks.
+    wf.wasm_byte_vec_new(byref(vec), len(stdin), buf)
+    wf.wasi_config_set_stdin_bytes(cfg.ptr(), byref(vec))
+    if stdout[0] == "inherit":
+        cfg.inherit_stdout()
+    else:
+        cfg.stdout_custom = stdout[1]
+    if stderr[0] == "inherit":
+        cfg.inherit_stderr()
+    else:
+        cfg.stderr_custom = stderr[1]
+    for host, guest, writable in preopens:
+        # wasmtime-py's default is writable: say so explicitly every time.
+        cfg.preopen_dir(host, guest, fs_mutable=writable)
+    return cfg
 
 
 class Linker:
@@ -696,6 +746,17 @@ class Linker:
         cb = _B.define_func(self._linker, module.encode(), name.encode(), ty, trampoline)
         self._keep.append((cb, ty))
 
+    def define_wasi(self) -> None:
+        """Offer wasmtime's WASI preview 1 functions (the store's WasiConfig says what they see).
+
+        Later definitions may shadow individual WASI functions (plugsafe replaces poll_oneoff).
+        """
+        self._linker.allow_shadowing = True
+        try:
+            self._linker.define_wasi()
+        except wasmtime.WasmtimeError as exc:
+            raise WasmFailure(str(exc)) from None
+
     def prepare(self, module: Module) -> None:
         """Type-check imports once (an InstancePre); later instantiations skip that work."""
         try:
@@ -743,9 +804,12 @@ class Instance:
         tables: int,
         fuel: int | None,
         deadline_ticks: int,
+        wasi: Any = None,
     ) -> None:
         self._metered = engine.metered
         self._store = wasmtime.Store(engine._engine)
+        if wasi is not None:
+            self._store.set_wasi(wasi)
         self._store.set_limits(
             memory_size=memory_size,
             table_elements=table_elements,

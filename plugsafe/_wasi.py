@@ -1,0 +1,166 @@
+"""WASI as an explicit, narrow capability: what a policy may grant, and what a run returns.
+
+Nothing is granted by default: no arguments, no environment (never the host's), empty stdin,
+output captured (and capped), no directories. ``docs/wasi.md`` has the threat table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ._errors import PolicyError
+
+__all__ = ["OutputMode", "Preopen", "RunResult", "Wasi"]
+
+OutputMode = Literal["capture", "discard", "inherit"]
+_MODES = ("capture", "discard", "inherit")
+_ENV_NAME = re.compile(r"^[^=\x00]+$")
+
+
+def _no_nul(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise PolicyError(f"{where}: must not contain NUL characters", field="wasi")
+
+
+@dataclass(frozen=True)
+class Preopen:
+    """A host directory the plugin may see at ``guest`` (read-only unless ``writable``).
+
+    The plugin can reach nothing outside it: ``..``, absolute paths and symlinks that point
+    outside are refused by wasmtime's capability-based file system.
+    """
+
+    host: str | os.PathLike[str]
+    guest: str
+    writable: bool = False
+
+    def _check(self, where: str) -> None:
+        if not isinstance(self.host, (str, os.PathLike)):
+            raise PolicyError(f"{where}.host: expected a path, got {self.host!r}", field="wasi")
+        host = os.fspath(self.host)
+        if not isinstance(host, str) or not host:
+            raise PolicyError(f"{where}.host: expected a non-empty path", field="wasi")
+        _no_nul(host, f"{where}.host")
+        if not Path(host).is_dir():
+            raise PolicyError(f"{where}.host: {host!r} is not a directory", field="wasi")
+        if not isinstance(self.guest, str) or not self.guest.startswith("/"):
+            raise PolicyError(
+                f"{where}.guest: expected an absolute guest path like '/data', got {self.guest!r}",
+                field="wasi",
+            )
+        _no_nul(self.guest, f"{where}.guest")
+        if not isinstance(self.writable, bool):
+            raise PolicyError(f"{where}.writable: expected True or False", field="wasi")
+
+
+@dataclass(frozen=True)
+class Wasi:
+    """The WASI capabilities a policy grants. Every default grants nothing.
+
+    Attributes:
+        args: the program's argv (``args[0]`` is conventionally its name).
+        env: environment variables; never the host's own.
+        stdin: the bytes the program reads from stdin (an in-memory buffer: reads never block).
+        stdout, stderr: ``"capture"`` (kept, up to the policy's ``max_output``), ``"discard"`` or
+            ``"inherit"`` (the host process's own stream).
+        preopens: directories the program may open files in.
+    """
+
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    stdin: bytes = b""
+    stdout: OutputMode = "capture"
+    stderr: OutputMode = "capture"
+    preopens: Sequence[Preopen] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.args, (str, bytes)) or not all(isinstance(a, str) for a in self.args):
+            raise PolicyError("wasi.args: expected a list of strings", field="wasi")
+        for i, a in enumerate(self.args):
+            _no_nul(a, f"wasi.args[{i}]")
+        object.__setattr__(self, "args", tuple(self.args))
+        if not isinstance(self.env, Mapping):
+            raise PolicyError("wasi.env: expected a mapping of names to strings", field="wasi")
+        for k, v in self.env.items():
+            if not isinstance(k, str) or not _ENV_NAME.match(k):
+                raise PolicyError(f"wasi.env: {k!r} is not a valid variable name", field="wasi")
+            if not isinstance(v, str):
+                raise PolicyError(f"wasi.env.{k}: expected a string, got {v!r}", field="wasi")
+            _no_nul(v, f"wasi.env.{k}")
+        object.__setattr__(self, "env", dict(self.env))
+        if not isinstance(self.stdin, (bytes, bytearray)):
+            raise PolicyError("wasi.stdin: expected bytes", field="wasi")
+        object.__setattr__(self, "stdin", bytes(self.stdin))
+        for name in ("stdout", "stderr"):
+            mode = getattr(self, name)
+            if mode not in _MODES:
+                raise PolicyError(
+                    f"wasi.{name}: expected one of {', '.join(_MODES)}, got {mode!r}",
+                    field="wasi",
+                )
+        if isinstance(self.preopens, (str, bytes)):
+            raise PolicyError("wasi.preopens: expected a list of Preopen", field="wasi")
+        guests: set[str] = set()
+        for i, p in enumerate(self.preopens):
+            if not isinstance(p, Preopen):
+                raise PolicyError(
+                    f"wasi.preopens[{i}]: expected a Preopen, got {p!r}", field="wasi"
+                )
+            p._check(f"wasi.preopens[{i}]")
+            if p.guest in guests:
+                raise PolicyError(
+                    f"wasi.preopens[{i}].guest: {p.guest!r} is preopened twice", field="wasi"
+                )
+            guests.add(p.guest)
+        object.__setattr__(self, "preopens", tuple(self.preopens))
+
+    def __hash__(self) -> int:
+        return hash((self.args, tuple(sorted(self.env.items())), self.stdin, self.stdout,
+                     self.stderr, self.preopens))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :meth:`Plugin.run` returns: the exit code and the captured output.
+
+    ``stdout_truncated``/``stderr_truncated`` say the stream went past the policy's
+    ``max_output`` and the rest was dropped.
+    """
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+class OutputSink:
+    """Collects one captured stream up to a cap (wasmtime's WASI calls it on the call's thread)."""
+
+    __slots__ = ("_chunks", "_left", "mode", "truncated")
+
+    def __init__(self, mode: OutputMode, cap: int) -> None:
+        self.mode = mode
+        self._chunks: list[bytes] = []
+        self._left = cap
+        self.truncated = False
+
+    def write(self, data: bytes) -> int:
+        """Take ``data``; always report it all written, so the guest never retries or fails."""
+        if self.mode == "capture":
+            keep = data[: self._left]
+            if keep:
+                self._chunks.append(keep)
+                self._left -= len(keep)
+            if len(keep) < len(data):
+                self.truncated = True
+        return len(data)
+
+    def value(self) -> bytes:
+        """Everything captured so far."""
+        return b"".join(self._chunks)
