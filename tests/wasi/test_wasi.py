@@ -249,3 +249,14 @@ def test_wasi_in_a_policy_file(build_wasi: Build, sandbox: Path) -> None:
     with plugsafe.Host() as host:
         r = host.load(build_wasi("escape.c"), policy=policy).run()
     assert r.stdout == b"ok inside\n"
+
+
+def test_a_loop_in_initialize_meets_the_limits() -> None:
+    """Attack: spin forever in a reactor's _initialize (called by plugsafe after instantiation)."""
+    wat = b'(module (func (export "_initialize") (loop $l (br $l))))'
+    with plugsafe.Host() as host:
+        with pytest.raises(plugsafe.FuelExhausted) as info:
+            host.load(wat, policy=Policy(fuel=100_000))
+        assert info.value.phase == "load"
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            host.load(wat, policy=Policy(timeout=0.05))
