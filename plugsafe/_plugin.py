@@ -540,13 +540,7 @@ class Plugin(Closing):
                 wait = min(t for _, t in clocks)
                 if state.deadline is not None and now_mono + wait > state.deadline:
                     time.sleep(max(state.deadline - now_mono, 0.0))
-                    raise DeadlineExceeded(
-                        f"plugin {self._name!r} in {state.function!r} slept past the policy's "
-                        f"timeout of {self._policy.timeout:g} s",
-                        limit="timeout",
-                        value=self._policy.timeout,
-                        phase="call",
-                    )
+                    raise self._deadline_error(state.function, "call", " (while it slept)")
                 time.sleep(wait)
                 ready = [i for i, t in clocks if t <= wait]
             events = bytearray()
@@ -838,12 +832,7 @@ class Plugin(Closing):
                 phase=phase,
             )
         if code == "INTERRUPT":
-            return DeadlineExceeded(
-                f"{where} ran past the policy's timeout of {self._policy.timeout:g} s",
-                limit="timeout",
-                value=self._policy.timeout,
-                phase=phase,
-            )
+            return self._deadline_error(function, phase)
         reason = _short_trap(failure.message)
         if code is None:
             if "memory" in reason and ("limit" in reason or "minimum" in reason):
@@ -862,6 +851,15 @@ class Plugin(Closing):
                 phase=phase,
             )
         return PluginTrap(f"{where} trapped: {reason}\n{failure.message}", trap_code=code)
+
+    def _deadline_error(self, function: str, phase: Phase, detail: str = "") -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"plugin {self._name!r} in {function!r} ran past the policy's timeout of "
+            f"{self._policy.timeout:g} s{detail}",
+            limit="timeout",
+            value=self._policy.timeout,
+            phase=phase,
+        )
 
     def _memory_exhausted(self, inst: rt.Instance, code: str) -> bool:
         """Guess whether a trap followed a refused ``memory.grow``.
@@ -901,12 +899,8 @@ class Plugin(Closing):
                 phase="call",
             )
         if state.deadline is not None and time.monotonic() > state.deadline:
-            raise DeadlineExceeded(
-                f"plugin {self._name!r} in {state.function!r} ran past the policy's timeout of "
-                f"{self._policy.timeout:g} s (noticed when it called {function!r})",
-                limit="timeout",
-                value=self._policy.timeout,
-                phase="call",
+            raise self._deadline_error(
+                state.function, "call", f" (noticed when it called {function!r})"
             )
 
     def _bind(self, bound: BoundFunction) -> None:
