@@ -52,6 +52,8 @@ _PAGE = 65536
 # what tables can cost.
 _MAX_TABLES = 10
 WASI_MODULE = "wasi_snapshot_preview1"
+_WASI_EINVAL = 28
+_WASI_EPERM = 63
 _I32 = (-(2**31), 2**32 - 1)
 _I64 = (-(2**63), 2**64 - 1)
 _NUMERIC_PY = (int, float)
@@ -231,6 +233,20 @@ class Plugin(Closing):
                 WASI_MODULE, "poll_oneoff", ("i32",) * 4, ("i32",), self._poll_oneoff(),
                 self._on_error,
             )  # fmt: skip
+            # The guest's monotonic clock is ours (so "sleep until T" agrees with poll_oneoff),
+            # starting near 0 (it learns nothing of the host's uptime); CPU-time clocks are
+            # refused.
+            self._linker.define_func(
+                WASI_MODULE, "clock_time_get", ("i32", "i64", "i32"), ("i32",),
+                self._clock_time_get(), self._on_error,
+            )  # fmt: skip
+            # Refuse creating symlinks: wasmtime never follows one out of a preopen, but a link
+            # planted in a writable preopen (say to ../secret) waits for the host app to follow.
+            self._linker.define_func(
+                WASI_MODULE, "path_symlink", ("i32",) * 5, ("i32",),
+                lambda _caller, _args: [_WASI_EPERM], self._on_error,
+            )  # fmt: skip
+        self._clock_base = time.monotonic_ns()
         self._out: OutputSink | None = None
         self._err: OutputSink | None = None
 
@@ -504,6 +520,22 @@ class Plugin(Closing):
                 self._out, self._err = saved
                 self._owner = None
 
+    def _clock_time_get(self) -> rt.HostCallback:
+        """WASI clock_time_get: realtime, and a monotonic clock shared with our poll_oneoff."""
+
+        def clock(caller: rt.Caller, args: list[Any]) -> list[Any]:
+            clock_id, _precision, out_ptr = args
+            if clock_id == 0:
+                now = time.time_ns()
+            elif clock_id == 1:
+                now = time.monotonic_ns() - self._clock_base
+            else:  # process or thread CPU time: not offered
+                return [_WASI_EINVAL]
+            caller.write(out_ptr, now.to_bytes(8, "little"))
+            return [0]
+
+        return clock
+
     def _poll_oneoff(self) -> rt.HostCallback:
         """WASI poll_oneoff that never sleeps past the call's deadline.
 
@@ -516,7 +548,7 @@ class Plugin(Closing):
             state = self._state
             sub_ptr, out_ptr, n, nevents_ptr = (a & 0xFFFF_FFFF for a in args)
             if n == 0 or n > 4096:
-                return [28]  # EINVAL
+                return [_WASI_EINVAL]
             subs = caller.read(sub_ptr, 48 * n)
             clocks: list[tuple[int, float]] = []  # (index, seconds from now)
             fds: list[int] = []
@@ -527,14 +559,16 @@ class Plugin(Closing):
                 if tag == 0:
                     clock_id = int.from_bytes(rec[16:20], "little")
                     timeout = int.from_bytes(rec[24:32], "little") / 1e9
-                    if rec[40] & 1:  # absolute time
-                        now = time.time() if clock_id == 0 else now_mono
-                        timeout -= now
+                    if rec[40] & 1:  # absolute time, on the clocks clock_time_get reports
+                        if clock_id == 0:
+                            timeout -= time.time()
+                        else:
+                            timeout -= (time.monotonic_ns() - self._clock_base) / 1e9
                     clocks.append((i, max(timeout, 0.0)))
                 elif tag in (1, 2):
                     fds.append(i)
                 else:
-                    return [28]
+                    return [_WASI_EINVAL]
             ready: list[int] = list(fds)
             if not fds and clocks:
                 wait = min(t for _, t in clocks)

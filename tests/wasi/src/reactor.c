@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT(name) __attribute__((export_name(name)))
@@ -30,6 +31,17 @@ EXPORT("do_exit") void do_exit(int32_t code) { exit(code); }
 EXPORT("nap") int32_t nap(int32_t seconds) { return (int32_t)sleep((unsigned)seconds); }
 EXPORT("say") int32_t say(void) { return printf("hello from the reactor\n"); }
 EXPORT("spin") void spin(void) { for (volatile int i = 0;; i++) {} }
+/* Milliseconds on the monotonic clock (plugsafe starts it near 0 for each plugin). */
+EXPORT("mono_ms") int64_t mono_ms(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return -1;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+/* 0 if the process CPU-time clock can be read, -1 if it is refused. */
+EXPORT("cpu_clock") int32_t cpu_clock(void) {
+    struct timespec ts;
+    return clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+}
 EXPORT("crash") void crash(void) { __builtin_trap(); }
 /* Allocates up to `mib` blocks of 1 MiB, touching and keeping each (so the compiler cannot drop
  * them); returns how many it got before malloc returned NULL. */
