@@ -479,6 +479,11 @@ class Plugin(Closing):
             raise TypeError("args must be a list of str")
         if stdin is not None and not isinstance(stdin, (bytes, bytearray)):
             raise TypeError("stdin must be bytes")
+        if stdin is not None and len(stdin) > self._policy.max_input:
+            raise AbiError(
+                f"plugin {self._name!r}: stdin of {len(stdin)} bytes is over the policy's "
+                f"max_input of {self._policy.max_input}"
+            )
         start = self._module.exports.get("_start")
         if start is None or start.kind != "func" or start.params or start.results:
             raise ExportNotFoundError(
@@ -718,6 +723,13 @@ class Plugin(Closing):
     # -- the ABI call -------------------------------------------------------------------------
 
     def _check_invoke(self, inst: rt.Instance, function: str) -> rt.FuncRef:
+        if function in ("_start", "_initialize"):
+            # WASI entry points: _start runs only through run() (with its own args, stdin and a
+            # fresh instance), and _initialize only once per instance, by plugsafe.
+            raise SignatureError(
+                f"plugin {self._name!r}: {function} is a WASI entry point; "
+                + ("use run()" if function == "_start" else "plugsafe calls it itself")
+            )
         ref = self._lookup(inst, function)
         for t in (*ref.params, *ref.results):
             if t not in rt.NUMERIC_TYPES:

@@ -65,6 +65,18 @@ def test_discarded_output(build_wasi: Build) -> None:
     assert (r.stdout, r.stderr) == (b"", b"")
 
 
+def test_entry_points_are_not_invoked_directly(build_wasi: Build) -> None:
+    with plugsafe.Host() as host:
+        p = host.load(build_wasi("filter.c"), policy=Policy(wasi=Wasi(), max_input=10))
+        with pytest.raises(plugsafe.SignatureError, match="use run"):
+            p.invoke("_start")
+        with pytest.raises(plugsafe.AbiError, match="max_input"):
+            p.run(stdin=b"x" * 11)
+        r = host.load(build_wasi("reactor.c", reactor=True), policy=Policy(wasi=Wasi()))
+        with pytest.raises(plugsafe.SignatureError, match="calls it itself"):
+            r.invoke("_initialize")
+
+
 def test_run_needs_wasi_and_a_command(build_wasi: Build) -> None:
     with plugsafe.Host() as host:
         reactor = host.load(build_wasi("reactor.c", reactor=True), policy=Policy(wasi=Wasi()))
