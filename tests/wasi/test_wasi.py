@@ -285,3 +285,38 @@ def test_a_loop_in_initialize_meets_the_limits() -> None:
         assert info.value.phase == "load"
         with pytest.raises(plugsafe.DeadlineExceeded):
             host.load(wat, policy=Policy(timeout=0.05))
+
+
+# -- Rust, where the toolchain allows -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rust_wasi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """rev.rs built for wasm32-wasi by a rustc that has that std (Debian: /usr/bin/rustc)."""
+    import shutil
+    import subprocess
+
+    src = Path(__file__).parent / "src" / "rev.rs"
+    out_dir = tmp_path_factory.mktemp("rust-wasi")
+    tried = []
+    for rustc in dict.fromkeys(p for p in ("/usr/bin/rustc", shutil.which("rustc")) if p):
+        for target in ("wasm32-wasi", "wasm32-wasip1"):
+            out = out_dir / f"rev-{target}.wasm"
+            cmd = [rustc, "--target", target, "-O", "-C", "debuginfo=0", str(src), "-o", str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0:
+                return out
+            tried.append(f"{rustc} --target {target}")
+    pytest.skip(
+        f"no rustc here builds wasm32-wasi (tried {tried}); Debian: apt-get install rustc "
+        "libstd-rust-dev-wasm32"
+    )
+
+
+def test_rust_wasi_command(rust_wasi: Path) -> None:
+    with plugsafe.Host() as host:
+        p = host.load(rust_wasi, policy=Policy(wasi=Wasi(args=["rev"])))
+        r = p.run(args=["rev", "3"], stdin=b"hello plugin world")
+    assert r.stdout == b"olleh nigulp dlrow\n"
+    assert r.stderr == b'args=["3"] env=0\n'
+    assert r.exit_code == 3
