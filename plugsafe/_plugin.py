@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from . import _abi
 from . import _runtime as rt
@@ -222,6 +222,8 @@ class Plugin(Closing):
         self._has_imports = bool(module.imports)
         self._idle_state = _CallState(None)
         self._fuel_budget = policy.fuel
+        # Unmetered and reusing its instance: stats need no fuel read and no eager memory size.
+        self._lean = policy.fuel is None and not policy.fresh_instance
         self._linker = rt.Linker(engine)
         for bound in functions.values():  # the imports the Host checked against the policy
             self._bind(bound)
@@ -660,20 +662,20 @@ class Plugin(Closing):
             return op(inst)
 
     def _guarded(self, function: str, op: Callable[[rt.Instance], T]) -> T:
-        """Run one call: lock, fresh budget, translate failures, record stats."""
-        if self._closed:
-            raise PluginClosedError(f"plugin {self._name!r} is closed")
-        if self._owner == threading.get_ident():
-            raise PluginCallError(
-                f"plugin {self._name!r} was called again from inside one of its own host "
-                "functions; re-entrant calls are not allowed"
-            )
+        """Run one call: lock, fresh budget, translate failures, record stats.
+
+        Every call goes through here, so it is written for speed: one thread-id lookup, the
+        common stats recorded inline, the rest in helpers that only failures reach.
+        """
+        me = threading.get_ident()
+        if self._closed or self._owner == me:
+            self._refuse(me)
         with self._lock:
             if self._closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
-            self._owner = threading.get_ident()
+            self._owner = me
+            inst = self._instance
             try:
-                inst = self._instance
                 if inst is None:
                     inst = self._instance = self._new_instance("call")
                 if self._has_imports:
@@ -693,16 +695,28 @@ class Plugin(Closing):
                     # Keep a host function's exception as __cause__; hide wasmtime's internals.
                     raise err from err.__cause__
                 finally:
-                    self._finish(inst, state, start)
-                    if self._policy.fresh_instance:
-                        # Nothing of this call may reach the next one: drop the instance now.
-                        self._instance = None
+                    if self._lean and inst is self._instance and not state.log_dropped:
+                        # The common case: memory is read lazily from the live instance.
+                        self._last = (None, time.perf_counter() - start, inst, state.host_calls)
+                    else:
+                        self._finish(inst, state, start)
+                        if self._policy.fresh_instance:
+                            # Nothing of this call may reach the next one: drop the instance.
+                            self._instance = None
             finally:
                 self._owner = None
                 if self._close_pending:
                     self._instance = None
                     self._close_pending = False
                     self._on_close(self)
+
+    def _refuse(self, me: int) -> NoReturn:
+        if self._closed:
+            raise PluginClosedError(f"plugin {self._name!r} is closed")
+        raise PluginCallError(
+            f"plugin {self._name!r} was called again from inside one of its own host "
+            "functions; re-entrant calls are not allowed"
+        )
 
     def _finish(self, inst: rt.Instance, state: _CallState, start: float) -> None:
         duration = time.perf_counter() - start

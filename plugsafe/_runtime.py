@@ -208,6 +208,10 @@ class _CtypesBackend:
     def trap_slot(self) -> Any:
         return None
 
+    def call_armed(self, ctx: Any, func: Any, buf: Any, n: int, trap: Any, ticks: int) -> None:
+        self._deadline(ctx, ticks)
+        self.call(ctx, func, buf, n, trap)
+
     def call(self, ctx: Any, func: Any, buf: Any, n: int, trap: Any = None) -> None:
         trap = _TrapPtr()
         error = self._call(ctx, byref(func), buf, n, byref(trap))
@@ -391,6 +395,14 @@ class _CffiBackend:
         # into a plugin are refused), or a fresh one.
         if trap is None:
             trap = self.ffi.new("wasm_trap_t **")
+        trap[0] = self._null
+        error = self._call(ctx, func, buf, n, trap)
+        if error or trap[0]:
+            self._raise(error, trap[0])
+
+    def call_armed(self, ctx: Any, func: Any, buf: Any, n: int, trap: Any, ticks: int) -> None:
+        # The deadline and the call in one Python frame: this is every invoke's hot path.
+        self._deadline(ctx, ticks)
         trap[0] = self._null
         error = self._call(ctx, func, buf, n, trap)
         if error or trap[0]:
@@ -901,8 +913,7 @@ class Instance:
         ctx = self._ctx
         if self._metered:
             _B.set_fuel(ctx, self._fuel)
-        _B.set_deadline(ctx, self._ticks)
-        _B.call(ctx, ref.func, ref.buf, ref.width, ref.trap)
+        _B.call_armed(ctx, ref.func, ref.buf, ref.width, ref.trap, self._ticks)
         return [view[index] for view, index in ref.slots_out]
 
     def abi_call(self, alloc: FuncRef, ref: FuncRef, payload: bytes) -> int:
@@ -916,13 +927,12 @@ class Instance:
         ctx = self._ctx
         if self._metered:
             _B.set_fuel(ctx, self._fuel)
-        _B.set_deadline(ctx, self._ticks)
         pointer = 0
         n = len(payload)
         if n:
             abuf = alloc.buf
             abuf[0].i32 = n
-            _B.call(ctx, alloc.func, abuf, 1, alloc.trap)
+            _B.call_armed(ctx, alloc.func, abuf, 1, alloc.trap, self._ticks)
             pointer = int(abuf[0].i32) & _U32
             if pointer == 0:
                 raise GuestAllocError(f"the plugin's allocator returned 0 for {n} input bytes")
@@ -932,7 +942,10 @@ class Instance:
         buf = ref.buf
         buf[0].i32 = pointer
         buf[1].i32 = n
-        _B.call(ctx, ref.func, buf, 2, ref.trap)
+        if n:
+            _B.call(ctx, ref.func, buf, 2, ref.trap)
+        else:  # no allocation armed the deadline
+            _B.call_armed(ctx, ref.func, buf, 2, ref.trap, self._ticks)
         return int(buf[0].i64)
 
     # -- memory -------------------------------------------------------------------------------
