@@ -221,6 +221,8 @@ class Plugin(Closing):
 
         self._has_imports = bool(module.imports)
         self._idle_state = _CallState(None)
+        self._call_state = _CallState(None)
+        self._timeout = policy.timeout
         self._fuel_budget = policy.fuel
         # Unmetered and reusing its instance: stats need no fuel read and no eager memory size.
         self._lean = policy.fuel is None and not policy.fresh_instance
@@ -559,7 +561,8 @@ class Plugin(Closing):
             subs = caller.read(sub_ptr, 48 * n)
             clocks: list[tuple[int, float]] = []  # (index, seconds from now)
             fds: list[int] = []
-            now_mono = time.monotonic()
+            # Deadlines are on the perf_counter clock (monotonic), like the call's start time.
+            now_mono = time.perf_counter()
             for i in range(n):
                 rec = subs[48 * i : 48 * (i + 1)]
                 tag = rec[8]
@@ -601,7 +604,7 @@ class Plugin(Closing):
 
     def _fresh_state(self) -> _CallState:
         t = self._policy.timeout
-        return _CallState(None if t is None else time.monotonic() + t)
+        return _CallState(None if t is None else time.perf_counter() + t)
 
     def _check_abi(self, inst: rt.Instance) -> None:
         exports = self._module.exports
@@ -678,14 +681,18 @@ class Plugin(Closing):
             try:
                 if inst is None:
                     inst = self._instance = self._new_instance("call")
-                if self._has_imports:
-                    # Only host callbacks read the per-call record; without imports one shared
-                    # (never written) record does, which keeps the hot path short.
-                    self._state = state = self._fresh_state()
-                    state.function = function
-                else:
-                    state = self._idle_state
                 start = time.perf_counter()
+                if self._has_imports:
+                    # Host callbacks write the per-call record. Calls never overlap, so one
+                    # record is reset in place rather than built anew on every call.
+                    self._state = state = self._call_state
+                    state.error = None
+                    state.function = function
+                    state.host_calls = state.log_count = state.log_dropped = 0
+                    state.deadline = None if self._timeout is None else start + self._timeout
+                else:
+                    # Without imports nothing writes the record: a shared, never-written one.
+                    state = self._idle_state
                 try:
                     return op(inst)
                 except rt.WasmFailure as failure:
@@ -958,7 +965,7 @@ class Plugin(Closing):
                 value=quota,
                 phase="call",
             )
-        if state.deadline is not None and time.monotonic() > state.deadline:
+        if state.deadline is not None and time.perf_counter() > state.deadline:
             raise self._deadline_error(
                 state.function, "call", f" (noticed when it called {function!r})"
             )
