@@ -226,3 +226,27 @@ class Policy:
         from ._policyfile import policy_to_dict
 
         return policy_to_dict(self)
+
+
+def _refuse_unknown_fields() -> None:
+    """Make ``Policy(fuell=...)`` a PolicyError that suggests the field, not a bare TypeError."""
+    import difflib
+    import functools
+
+    generated = Policy.__init__
+    names = {f.name for f in dataclasses.fields(Policy)}
+
+    @functools.wraps(generated)
+    def __init__(self: Policy, *args: Any, **kwargs: Any) -> None:
+        for key in kwargs:
+            if key not in names:
+                close = difflib.get_close_matches(key, sorted(names), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise PolicyError(f"{key}: not a policy field{hint}", field=key)
+        generated(self, *args, **kwargs)
+
+    # Assigned after the class is built, so mypy and editors still see the dataclass signature.
+    setattr(Policy, "__init__", __init__)  # noqa: B010
+
+
+_refuse_unknown_fields()

@@ -77,3 +77,10 @@ def test_policy_is_frozen_and_replace_validates() -> None:
 def test_none_means_unlimited_where_allowed() -> None:
     p = Policy(fuel=None, timeout=None, max_host_calls=None)
     assert p.fuel is None and p.timeout is None and p.max_host_calls is None
+
+
+def test_unknown_field_is_a_policy_error_with_a_suggestion() -> None:
+    with pytest.raises(PolicyError, match="fuell: not a policy field; did you mean 'fuel'") as info:
+        Policy(fuell=10)  # type: ignore[call-arg]
+    assert info.value.field == "fuell"
+    assert isinstance(info.value, ValueError)
