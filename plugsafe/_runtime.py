@@ -610,8 +610,15 @@ class Caller:
 
     def __init__(self, ptr: Any) -> None:
         self._ptr = ptr
-        self._ctx = _B.caller_ctx(ptr)
+        # Looked up on first use: numeric host functions never touch memory, so never pay it.
+        self._ctx: Any = None
         self._valid = True
+
+    def _context(self) -> Any:
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self._ctx = _B.caller_ctx(self._ptr)
+        return ctx
 
     def _export(self, name: bytes, kind: int) -> Any:
         if not self._valid:
@@ -630,11 +637,11 @@ class Caller:
         length &= _U32
         if length == 0:
             return b""
-        return _B.read(self._ctx, self._memory(), pointer, length)
+        return _B.read(self._context(), self._memory(), pointer, length)
 
     def write(self, pointer: int, data: bytes) -> None:
         """Copy ``data`` into the guest's memory at ``pointer`` (bounds-checked)."""
-        _B.write(self._ctx, self._memory(), pointer & _U32, data)
+        _B.write(self._context(), self._memory(), pointer & _U32, data)
 
     def place(self, data: bytes, alloc_export: bytes) -> int:
         """Copy ``data`` into memory the guest allocates for it; return the guest pointer."""
@@ -648,12 +655,12 @@ class Caller:
         buf = _B.buf(1)
         buf[0].i32 = len(data)
         # Re-entering the guest from inside a host call is allowed by wasmtime on the same store.
-        _B.call(self._ctx, func, buf, 1)
+        _B.call(self._context(), func, buf, 1)
         pointer = int(buf[0].i32) & _U32
         if pointer == 0:
             raise GuestAllocError(f"the plugin's allocator could not allocate {len(data)} bytes")
         try:
-            _B.write(self._ctx, self._memory(), pointer, data)
+            _B.write(self._context(), self._memory(), pointer, data)
         except GuestMemoryError as exc:
             raise GuestMemoryError(f"the plugin's allocator returned a bad buffer: {exc}") from None
         return pointer
