@@ -31,6 +31,7 @@ from ._errors import (
     ImportProblem,
     InvalidModuleError,
     LimitExceeded,
+    PluginExitError,
     PluginLoadError,
     PlugsafeError,
     PolicyError,
@@ -304,7 +305,19 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[byte
     with Host() as host:
         try:
             plugin = host.load(args.plugin, policy=_cli_policy(policy, host))
-            result = plugin.call(args.function, data)
+            if args.function == "_start" and policy.wasi is not None:
+                # A WASI command: run it with the input as its stdin; its stderr is passed on.
+                ran = plugin.run(stdin=data if data else None)
+                result = ran.stdout
+                if ran.stderr:
+                    _write_output(ran.stderr, err)
+                if ran.exit_code != 0:
+                    failure = PluginExitError(
+                        f"plugin {plugin.name!r} exited with code {ran.exit_code}",
+                        exit_code=ran.exit_code,
+                    )
+            else:
+                result = plugin.call(args.function, data)
         except PlugsafeError as exc:
             failure = exc
         stats = plugin.last_call if plugin is not None else None

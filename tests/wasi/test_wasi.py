@@ -320,3 +320,19 @@ def test_rust_wasi_command(rust_wasi: Path) -> None:
     assert r.stdout == b"olleh nigulp dlrow\n"
     assert r.stderr == b'args=["3"] env=0\n'
     assert r.exit_code == 3
+
+
+def test_cli_runs_a_wasi_command(build_wasi: Build, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[wasi]\nargs = ["filter", "-", "4"]\nenv = { LANG = "C" }\n')
+    cmd = [sys.executable, "-m", "plugsafe", "run", str(build_wasi("filter.c")), "_start"]
+    ok = subprocess.run(
+        [*cmd, "--policy", str(policy), "--input", "shout"], capture_output=True, text=True
+    )
+    assert ok.stdout == "SHOUT"
+    assert "LANG=C" in ok.stderr
+    assert "exited with code 4" in ok.stderr
+    assert ok.returncode == 5  # a plugin error (docs/cli.md); the program's own code is in the text
