@@ -91,24 +91,33 @@ SPIN = """(module (func (export "spin") (loop $l (br $l)))
   (func (export "one") (result i32) i32.const 1))"""
 
 
+def _spin_in_thread(
+    plugin: plugsafe.Plugin,
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``plugin.invoke("spin")`` on a thread; return it once the call is under way, and
+    the list that will hold what the call raised."""
+    started = threading.Event()
+    raised: list[BaseException] = []
+
+    def spin() -> None:
+        started.set()
+        try:
+            plugin.invoke("spin")
+        except BaseException as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    started.wait()
+    return t, raised
+
+
 def test_wasm_runs_without_holding_the_gil() -> None:
     # While one plugin spins in wasm, this thread keeps running Python and another plugin.
     with plugsafe.Host() as host:
         spinner = host.load(SPIN.encode(), policy=Policy(timeout=2.0), name="spinner")
         other = host.load(SPIN.encode(), name="other")
-        started = threading.Event()
-        outcome: list[BaseException] = []
-
-        def spin() -> None:
-            started.set()
-            try:
-                spinner.invoke("spin")
-            except BaseException as exc:
-                outcome.append(exc)
-
-        t = threading.Thread(target=spin)
-        t.start()
-        started.wait()
+        t, outcome = _spin_in_thread(spinner)
         total = sum(other.invoke("one") for _ in range(200))
         assert total == 200
         assert t.is_alive()  # the 200 calls finished while the spinner was still in wasm
@@ -119,19 +128,7 @@ def test_wasm_runs_without_holding_the_gil() -> None:
 def test_close_waits_for_a_running_call() -> None:
     with plugsafe.Host() as host:
         spinner = host.load(SPIN.encode(), policy=Policy(timeout=0.3))
-        errors: list[BaseException] = []
-        started = threading.Event()
-
-        def spin() -> None:
-            started.set()
-            try:
-                spinner.invoke("spin")
-            except BaseException as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=spin)
-        t.start()
-        started.wait()
+        t, errors = _spin_in_thread(spinner)
         spinner.close()
         t.join()
         assert spinner.closed
