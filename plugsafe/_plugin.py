@@ -431,6 +431,7 @@ class Plugin(Closing):
                 tables=_MAX_TABLES,
                 fuel=self._policy.fuel,
                 deadline_ticks=self._ticks,
+                epochs=None if self._policy.timeout is None else self._ticker,
                 wasi=wasi,
             )
             init = self._module.exports.get("_initialize")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import struct
 import threading
 import warnings
 import weakref
@@ -48,6 +49,7 @@ __all__ = [
     "TICK_SECONDS",
     "Caller",
     "Engine",
+    "ArgumentsDoNotFit",
     "EpochTicker",
     "FuncRef",
     "GuestAllocError",
@@ -205,12 +207,31 @@ class _CtypesBackend:
             return kind, item.of.memory
         return kind, None
 
-    def trap_slot(self) -> Any:
-        return None
+    # -- the fast path: raw calls on scratch buffers --
 
-    def call_armed(self, ctx: Any, func: Any, buf: Any, n: int, trap: Any, ticks: int) -> None:
-        self._deadline(ctx, ticks)
-        self.call(ctx, func, buf, n, trap)
+    @property
+    def raw_call(self) -> Any:
+        return self._call
+
+    def func_arg(self, func: Any) -> Any:
+        return byref(func)
+
+    def trap_arg(self, buf: Any, offset: int) -> Any:
+        return ctypes.cast(ctypes.addressof(buf) + offset, POINTER(_TrapPtr))
+
+    def bytes_view(self, buf: Any) -> memoryview:
+        return memoryview(buf).cast("B")
+
+    def window(self, ctx: Any, mem: Any) -> tuple[Any, int]:
+        size = int(self._size(ctx, byref(mem)))
+        if not size:
+            return b"", 0
+        base = ctypes.addressof(self._data(ctx, byref(mem)).contents)
+        # A c_char array: slices read as bytes, slice assignment writes.
+        return (ctypes.c_char * size).from_address(base), size
+
+    def address(self, ptr: Any) -> int:
+        return _address(ptr) if ptr else 0
 
     def call(self, ctx: Any, func: Any, buf: Any, n: int, trap: Any = None) -> None:
         trap = _TrapPtr()
@@ -340,8 +361,29 @@ class _CffiBackend:
         if kind_field.size != 1 or int(wf.WASMTIME_EXTERN_FUNC.value) != 0:
             raise ImportError("wasmtime_extern_t.kind is not the uint8 tag plugsafe expects")
 
-    def trap_slot(self) -> Any:
-        return self.ffi.new("wasm_trap_t **")
+    # -- the fast path: raw calls on scratch buffers --
+
+    @property
+    def raw_call(self) -> Any:
+        return self._call
+
+    def func_arg(self, func: Any) -> Any:
+        return func
+
+    def trap_arg(self, buf: Any, offset: int) -> Any:
+        return self.ffi.cast("wasm_trap_t **", self.ffi.cast("char *", buf) + offset)
+
+    def bytes_view(self, buf: Any) -> memoryview:
+        return memoryview(self.ffi.buffer(buf))
+
+    def window(self, ctx: Any, mem: Any) -> tuple[Any, int]:
+        size = int(self._size(ctx, mem))
+        if not size:
+            return b"", 0
+        return self.ffi.buffer(self._data(ctx, mem), size), size
+
+    def address(self, ptr: Any) -> int:
+        return int(self.ffi.cast("uintptr_t", ptr)) if ptr else 0
 
     def _from_ctypes(self, ctype_name: str, value: Any) -> Any:
         out = self.ffi.new(ctype_name + " *")
@@ -395,14 +437,6 @@ class _CffiBackend:
         # into a plugin are refused), or a fresh one.
         if trap is None:
             trap = self.ffi.new("wasm_trap_t **")
-        trap[0] = self._null
-        error = self._call(ctx, func, buf, n, trap)
-        if error or trap[0]:
-            self._raise(error, trap[0])
-
-    def call_armed(self, ctx: Any, func: Any, buf: Any, n: int, trap: Any, ticks: int) -> None:
-        # The deadline and the call in one Python frame: this is every invoke's hot path.
-        self._deadline(ctx, ticks)
         trap[0] = self._null
         error = self._call(ctx, func, buf, n, trap)
         if error or trap[0]:
@@ -499,6 +533,7 @@ def _select_backend() -> _CtypesBackend | _CffiBackend:
 
 _B = _select_backend()
 BACKEND: str = _B.name
+_raw_call = _B.raw_call
 
 
 def wat_to_wasm(text: str) -> bytes:
@@ -528,9 +563,15 @@ class Engine:
         cfg.wasm_gc = False
         cfg.wasm_component_model = False
         cfg.wasm_multi_memory = True
+        # A linear memory never moves once created (growth past the reservation, 4 GiB on 64-bit
+        # hosts, fails instead): an Instance may then keep a window on its memory across calls
+        # rather than asking wasmtime for the base address on every access.
+        cfg.memory_may_move = False
         self.metered = metered
         # Everything that changes compiled code: part of the on-disk cache key.
-        self.settings = f"fuel={metered};stack={max_stack};epoch;nothreads;no64;nogc;multimem"
+        self.settings = (
+            f"fuel={metered};stack={max_stack};epoch;nothreads;no64;nogc;multimem;nomove"
+        )
         self._engine = wasmtime.Engine(cfg)
         self._ptr = self._engine.ptr()
 
@@ -784,23 +825,68 @@ class Linker:
             raise WasmFailure(str(exc)) from None
 
 
+class ArgumentsDoNotFit(Exception):
+    """Instance.invoke could not pack the arguments as given (count, type or range)."""
+
+
+_STRUCT_CODES = {"i32": ("i", 4), "i64": ("q", 8), "f32": ("f", 4), "f64": ("d", 8)}
+
+
+def _slot_struct(types: Sequence[str], trap_slot: int | None = None) -> struct.Struct:
+    """A struct layout over 16-byte raw value slots: value i of type t sits at byte 16*i.
+
+    With ``trap_slot``, the 8-byte trap pointer kept in slot ``trap_slot`` is read last.
+    Integers are signed, as wasm's raw values are; packing refuses what does not fit.
+    """
+    fmt = "<"
+    pos = 0
+    for i, t in enumerate(types):
+        code, size = _STRUCT_CODES[t]
+        if 16 * i > pos:
+            fmt += f"{16 * i - pos}x"
+        fmt += code
+        pos = 16 * i + size
+    if trap_slot is not None:
+        if 16 * trap_slot > pos:
+            fmt += f"{16 * trap_slot - pos}x"
+        fmt += "Q"
+    return struct.Struct(fmt)
+
+
 @dataclass(eq=False)
 class FuncRef:
-    """An exported function of one instance, with its types and a reusable argument buffer."""
+    """An exported function of one instance, with its types and a reusable argument buffer.
+
+    The buffer holds ``width`` raw value slots and then one more for the trap pointer the C call
+    may store: the call path packs the arguments, calls, and reads back results and trap pointer
+    with one ``struct`` operation each. The trap slot is null between calls (the failure path
+    clears it), so no call has to clear it first.
+    """
 
     name: str
     func: Any
+    # ``func`` as the C call takes it.
+    arg: Any
     params: tuple[str, ...]
     results: tuple[str, ...]
     buf: Any
     width: int
-    # (typed view, index) of each parameter and result slot in ``buf``, for one-step access.
-    slots_in: tuple[tuple[Any, int], ...] = ()
-    slots_out: tuple[tuple[Any, int], ...] = ()
-    # Where the C call stores a trap pointer (reused: this function's calls never overlap).
-    trap: Any = None
+    # ``put(*args)`` packs the parameters into ``buf``; ``get()`` unpacks the results and then
+    # the trap pointer. None when a parameter or result is not a number (such a function is
+    # never called from here).
+    put: Callable[..., None] | None
+    get: Callable[[], tuple[Any, ...]] | None
+    view: memoryview
+    # Where the C call stores a trap pointer: ``buf``'s last slot.
+    trap: Any
     # Set by the Plugin once it has checked the signature for invoke().
     invoke_ok: bool = False
+
+
+class _NoTicks:
+    """Stands in for an EpochTicker when there is no deadline: its count never moves."""
+
+    count = 0
 
 
 class Instance:
@@ -823,6 +909,7 @@ class Instance:
         tables: int,
         fuel: int | None,
         deadline_ticks: int,
+        epochs: EpochTicker | None = None,
         wasi: Any = None,
     ) -> None:
         self._metered = engine.metered
@@ -837,10 +924,15 @@ class Instance:
             memories=memories,
         )
         self._ctx = _B.ctx(self._store)
-        # Every top-level entry (call, abi_call) re-arms this budget: a fresh per-call allowance.
+        # Every top-level entry (invoke, call, abi_call) refills fuel and makes sure the deadline
+        # is at least ``deadline_ticks`` away (see _arm).
         self._fuel = 0 if fuel is None else fuel
-        self._ticks = deadline_ticks
-        self.set_budget(fuel, deadline_ticks)
+        self._epochs: EpochTicker | _NoTicks = _NoTicks() if epochs is None else epochs
+        # One tick more than asked: a deadline armed in an earlier call of the same tick may
+        # have lost up to one tick already (see _arm).
+        self._ticks = deadline_ticks if epochs is None else deadline_ticks + 1
+        self._armed_at = -1
+        self.set_budget()
         ctx = self._store._context()
         instance = wf.wasmtime_instance_t()
         trap = _TrapPtr()
@@ -857,9 +949,15 @@ class Instance:
         self._instance = _B.instance(instance)
         self._exports = module.exports
         self._scratch = linker.scratch
-        self._funcs: dict[str, FuncRef] = {}
+        # Exported functions looked up so far, by name (read directly by the Plugin's hot path).
+        self.funcs: dict[str, FuncRef] = {}
         self._memories: list[Any] = []
         self.memory: Any = None
+        # A window on ``memory`` and a size it is known to have: memories never shrink and, on
+        # our engines, never move (Engine sets memory_may_move=False), so both stay valid and
+        # wasmtime is asked again only when an access reaches past ``_known``.
+        self._window: Any = b""
+        self._known = 0
         for exp in module.exports.values():
             if exp.kind == "memory":
                 found = _B.export(self._ctx, self._instance, exp.name.encode())
@@ -870,11 +968,22 @@ class Instance:
 
     # -- budget -------------------------------------------------------------------------------
 
-    def set_budget(self, fuel: int | None, deadline_ticks: int) -> None:
-        """Refill fuel (metered engines only) and arm the epoch deadline, for one call."""
+    def set_budget(self) -> None:
+        """Refill fuel (metered engines only) and arm the epoch deadline afresh."""
         if self._metered:
-            _B.set_fuel(self._ctx, fuel if fuel is not None else 0)
-        _B.set_deadline(self._ctx, deadline_ticks)
+            _B.set_fuel(self._ctx, self._fuel)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Set the deadline ``_ticks`` epochs from now and note the ticker's count.
+
+        Calls skip re-arming while the count has not moved: the deadline they would set is the
+        one already set. The ticker bumps the engine epoch before its count, so while the count
+        is unchanged the epoch is at most one past where it was at arming; the extra tick in
+        ``_ticks`` covers that.
+        """
+        self._armed_at = self._epochs.count
+        _B.set_deadline(self._ctx, self._ticks)
 
     def fuel_left(self) -> int:
         """Fuel remaining in the store (0 for an unmetered engine)."""
@@ -884,7 +993,7 @@ class Instance:
 
     def func(self, name: str) -> FuncRef | None:
         """The exported function ``name``, or None if there is none."""
-        ref = self._funcs.get(name)
+        ref = self.funcs.get(name)
         if ref is not None:
             return ref
         info = self._exports.get(name)
@@ -896,32 +1005,54 @@ class Instance:
         scratch = self._scratch.get(name)
         if scratch is None:
             scratch = self._scratch[name] = self._make_scratch(info)
-        ref = FuncRef(name, found[1], info.params, info.results, *scratch)
-        self._funcs[name] = ref
+        ref = FuncRef(name, found[1], _B.func_arg(found[1]), info.params, info.results, *scratch)
+        self.funcs[name] = ref
         return ref
 
     @staticmethod
     def _make_scratch(info: ExportInfo) -> tuple[Any, ...]:
         width = max(len(info.params), len(info.results), 1)
-        buf = _B.buf(width)
-        slots_in: tuple[tuple[Any, int], ...] = ()
-        slots_out: tuple[tuple[Any, int], ...] = ()
+        buf = _B.buf(width + 1)  # the last slot holds the trap pointer
+        view = _B.bytes_view(buf)
+        put = get = None
         if all(t in NUMERIC_TYPES for t in (*info.params, *info.results)):
-            views = _B.views(buf)
-            per_slot = {"i32": 4, "f32": 4, "i64": 2, "f64": 2}  # elements per 16-byte slot
-            slots_in = tuple((views[t], i * per_slot[t]) for i, t in enumerate(info.params))
-            slots_out = tuple((views[t], i * per_slot[t]) for i, t in enumerate(info.results))
-        return (buf, width, slots_in, slots_out, _B.trap_slot())
+            put = functools.partial(_slot_struct(info.params).pack_into, view, 0)
+            get = functools.partial(_slot_struct(info.results, width).unpack_from, view, 0)
+        return (buf, width, put, get, view, _B.trap_arg(buf, 16 * width))
 
-    def call(self, ref: FuncRef, args: Sequence[int | float]) -> list[int | float]:
-        """Call with already-checked numeric arguments under a fresh budget; the results."""
-        for (view, index), value in zip(ref.slots_in, args, strict=True):
-            view[index] = value
+    def _failed(self, ref: FuncRef, error: Any, trap: int) -> WasmFailure:
+        # Clear the trap slot: the call path relies on it being null before every call.
+        struct.pack_into("<Q", ref.view, 16 * ref.width, 0)
+        return _failure_from_addresses(_B.address(error), trap)
+
+    def invoke(self, ref: FuncRef, args: Sequence[int | float]) -> tuple[int | float, ...]:
+        """Call a numeric function under a fresh budget; its results, then a 0 (the trap slot).
+
+        Integers go in as signed values. Raises ArgumentsDoNotFit (before calling anything) if
+        the arguments are not exactly the parameters in number, type and signed range, and
+        WasmFailure if the call traps or fails.
+        """
+        put = ref.put
+        if put is None:
+            raise ArgumentsDoNotFit(f"{ref.name} has parameters or results that are not numbers")
+        try:
+            put(*args)
+        except (struct.error, TypeError, OverflowError):
+            raise ArgumentsDoNotFit(ref.name) from None
         ctx = self._ctx
         if self._metered:
             _B.set_fuel(ctx, self._fuel)
-        _B.call_armed(ctx, ref.func, ref.buf, ref.width, ref.trap, self._ticks)
-        return [view[index] for view, index in ref.slots_out]
+        if self._epochs.count != self._armed_at:
+            self._arm()
+        error = _raw_call(ctx, ref.arg, ref.buf, ref.width, ref.trap)
+        out: tuple[int | float, ...] = ref.get()  # type: ignore[misc]
+        if error or out[-1]:
+            raise self._failed(ref, error, out[-1])  # type: ignore[arg-type]
+        return out
+
+    def call(self, ref: FuncRef, args: Sequence[int | float]) -> list[int | float]:
+        """Call with already-checked numeric arguments under a fresh budget; the results."""
+        return list(self.invoke(ref, args)[:-1])
 
     def abi_call(self, alloc: FuncRef, ref: FuncRef, payload: bytes) -> int:
         """The plugin ABI's hot path: allocate, copy the input in once, call; the result word.
@@ -934,28 +1065,41 @@ class Instance:
         ctx = self._ctx
         if self._metered:
             _B.set_fuel(ctx, self._fuel)
-        pointer = 0
+        if self._epochs.count != self._armed_at:
+            self._arm()
         n = len(payload)
+        # Both go to the guest as i32: signed, as the slot layout packs them.
+        raw_n = n if n <= 0x7FFF_FFFF else n - 0x1_0000_0000
+        raw_pointer = 0
         if n:
-            abuf = alloc.buf
-            abuf[0].i32 = n
-            _B.call_armed(ctx, alloc.func, abuf, 1, alloc.trap, self._ticks)
-            pointer = int(abuf[0].i32) & _U32
+            alloc.put(raw_n)  # type: ignore[misc]
+            error = _raw_call(ctx, alloc.arg, alloc.buf, 1, alloc.trap)
+            raw_pointer, trap = alloc.get()  # type: ignore[misc]
+            if error or trap:
+                raise self._failed(alloc, error, trap)
+            pointer = raw_pointer & _U32
             if pointer == 0:
                 raise GuestAllocError(f"the plugin's allocator returned 0 for {n} input bytes")
-            if self.memory is None:
-                raise GuestMemoryError("the plugin exports no memory named 'memory'")
-            _B.write(ctx, self.memory, pointer, payload)
-        buf = ref.buf
-        buf[0].i32 = pointer
-        buf[1].i32 = n
-        if n:
-            _B.call(ctx, ref.func, buf, 2, ref.trap)
-        else:  # no allocation armed the deadline
-            _B.call_armed(ctx, ref.func, buf, 2, ref.trap, self._ticks)
-        return int(buf[0].i64)
+            end = pointer + n
+            if end > self._known:
+                self._refresh()
+                if end > self._known:
+                    raise _out_of_range(pointer, n, self._known)
+            self._window[pointer:end] = payload
+        ref.put(raw_pointer, raw_n)  # type: ignore[misc]
+        error = _raw_call(ctx, ref.arg, ref.buf, 2, ref.trap)
+        word, trap = ref.get()  # type: ignore[misc]
+        if error or trap:
+            raise self._failed(ref, error, trap)
+        return word  # type: ignore[no-any-return]
 
     # -- memory -------------------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Ask wasmtime for ``memory``'s current size (and a window covering all of it)."""
+        if self.memory is None:
+            raise GuestMemoryError("the plugin exports no memory named 'memory'")
+        self._window, self._known = _B.window(self._ctx, self.memory)
 
     def memory_size(self) -> int:
         """Current size in bytes of the ``memory`` export (0 if none)."""
@@ -970,15 +1114,25 @@ class Instance:
 
     def read(self, pointer: int, length: int) -> bytes:
         """Copy bytes out of ``memory`` (bounds-checked against its current size, one copy)."""
-        if self.memory is None:
-            raise GuestMemoryError("the plugin exports no memory named 'memory'")
-        return _B.read(self._ctx, self.memory, pointer, length)
+        end = pointer + length
+        if pointer < 0 or length < 0 or end > self._known:
+            self._refresh()
+            if pointer < 0 or length < 0 or end > self._known:
+                raise _out_of_range(pointer, length, self._known)
+        if not length:
+            return b""
+        return self._window[pointer:end]  # type: ignore[no-any-return]
 
     def write(self, pointer: int, data: bytes) -> None:
         """Copy bytes into ``memory`` (bounds-checked against its current size, one copy)."""
-        if self.memory is None:
-            raise GuestMemoryError("the plugin exports no memory named 'memory'")
-        _B.write(self._ctx, self.memory, pointer, data)
+        length = len(data)
+        end = pointer + length
+        if pointer < 0 or end > self._known:
+            self._refresh()
+            if pointer < 0 or end > self._known:
+                raise _out_of_range(pointer, length, self._known)
+        if length:
+            self._window[pointer:end] = data
 
 
 class EpochTicker:
@@ -991,6 +1145,8 @@ class EpochTicker:
 
     def __init__(self, engines: Sequence[Engine], owner: object) -> None:
         self._engines = list(engines)
+        # Ticks so far; bumped after the engines' epochs (Instance._arm relies on that order).
+        self.count = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -1022,6 +1178,7 @@ class EpochTicker:
         while not stop.wait(TICK_SECONDS):
             for engine in ticker._engines:
                 engine.increment_epoch()
+            ticker.count += 1
 
     def stop(self) -> None:
         """Stop the thread and wait for it."""
