@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 import os
 import threading
 import time
@@ -57,6 +58,9 @@ _WASI_EPERM = 63
 _I32 = (-(2**31), 2**32 - 1)
 _I64 = (-(2**63), 2**64 - 1)
 _NUMERIC_PY = (int, float)
+_F32_MAX = 3.4028234663852886e38
+_perf_counter = time.perf_counter
+_get_ident = threading.get_ident
 
 
 @dataclass(frozen=True)
@@ -79,17 +83,27 @@ class BoundFunction:
 
 
 class _CallState:
-    """What happened during one call; host callbacks write here, the caller reads it."""
+    """What happened during one call; host callbacks write here, the caller reads it.
 
-    __slots__ = ("deadline", "error", "function", "host_calls", "log_count", "log_dropped")
+    The counters are zero at the start of every call: whoever ends a call that made host calls
+    resets them (Plugin._settle), so calls that make none never touch them.
+    """
 
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
+    __slots__ = ("error", "function", "host_calls", "log_count", "log_dropped", "start", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.start = time.perf_counter()
         self.error: BaseException | None = None
         self.function = ""
         self.host_calls = 0
         self.log_count = 0
         self.log_dropped = 0
+
+    @property
+    def deadline(self) -> float | None:
+        """When the call runs out of time (``time.perf_counter`` seconds), or None."""
+        return None if self.timeout is None else self.start + self.timeout
 
 
 class _AppError(Exception):
@@ -197,7 +211,7 @@ class Plugin(Closing):
         self._closed = False
         self._close_pending = False
         self._instance: rt.Instance | None = None
-        self._state = _CallState(None)
+        self._state = _CallState(policy.timeout)
         # Stats of the last call as a plain tuple; CallStats is built only when asked for.
         # The memory size is read when asked for: memory changes only during calls, and the
         # instance is kept only while it is the current one (a discarded one is measured now).
@@ -220,10 +234,13 @@ class Plugin(Closing):
                 )
 
         self._has_imports = bool(module.imports)
-        self._idle_state = _CallState(None)
-        self._call_state = _CallState(None)
+        self._idle_state = _CallState(policy.timeout)
+        self._call_state = _CallState(policy.timeout)
         self._timeout = policy.timeout
         self._fuel_budget = policy.fuel
+        self._max_input = policy.max_input
+        self._host_call_quota = 2**64 if policy.max_host_calls is None else policy.max_host_calls
+        self._max_output = policy.max_output
         # Unmetered and reusing its instance: stats need no fuel read and no eager memory size.
         self._lean = policy.fuel is None and not policy.fresh_instance
         self._linker = rt.Linker(engine)
@@ -312,18 +329,40 @@ class Plugin(Closing):
         or an input/output over the policy's caps, PluginTrap on a trap, and LimitExceeded
         subclasses when fuel, time, memory or host calls run out.
         """
-        if isinstance(data, str):
-            payload = data.encode("utf-8")
-        elif isinstance(data, (bytes, bytearray, memoryview)):
-            payload = bytes(data)
-        else:
-            raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")
-        if len(payload) > self._policy.max_input:
+        payload = data if type(data) is bytes else self._payload(data)
+        if len(payload) > self._max_input:
             raise AbiError(
                 f"plugin {self._name!r}: input of {len(payload)} bytes is over the policy's "
-                f"max_input of {self._policy.max_input}"
+                f"max_input of {self._max_input}"
             )
+        lock = self._lock
+        # The common case (uncontended, a live instance, a function already checked) goes
+        # straight to the round trip; anything else takes the general path, _guarded.
+        if lock.acquire(False):
+            inst = self._instance
+            ref = None if inst is None else inst.funcs.get(function)
+            if ref is not None and ref.abi_ok:
+                assert inst is not None
+                start = _perf_counter()
+                state = self._begin(function, start) if self._has_imports else self._idle_state
+                try:
+                    return self._round_trip(inst, ref, function, payload)
+                except rt.WasmFailure as failure:
+                    err = self._call_failed(failure, state, function, inst)
+                    raise err from err.__cause__
+                finally:
+                    self._settle(inst, state, start)
+                    lock.release()
+            lock.release()
         return self._guarded(function, lambda inst: self._call_abi(inst, function, payload))
+
+    @staticmethod
+    def _payload(data: object) -> bytes:
+        if isinstance(data, str):
+            return data.encode("utf-8")
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return bytes(data)
+        raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")
 
     def call_json(self, function: str, value: Any) -> Any:
         """Call ``function`` with ``value`` as JSON and return the JSON it answers, decoded."""
@@ -339,33 +378,60 @@ class Plugin(Closing):
     def invoke(self, function: str, *args: int | float) -> Any:
         """Call any exported function with numeric params/results (no ABI involved).
 
-        Returns None, one value, or a tuple for several results.
+        Integer parameters take any int in the signed or unsigned range of their type (an
+        unsigned value is passed with the same bits); float parameters take any real number.
+        Integer results come back signed. Returns None, one value, or a tuple for several
+        results.
         """
+        lock = self._lock
+        # The common case in as few steps as possible (this is the per-call cost users see):
+        # an uncontended lock, a live instance, a function whose type was already checked.
+        # Anything else (first call, contention, re-entrance, closed, fresh instances) takes
+        # the general path. The bookkeeping at the end is _settle's, inlined.
+        if lock.acquire(False):
+            inst = self._instance
+            ref = None if inst is None else inst.funcs.get(function)
+            if ref is not None and ref.invoke_ok:
+                assert inst is not None
+                start = _perf_counter()
+                if self._has_imports:  # _begin, inlined
+                    self._owner = _get_ident()
+                    self._state = state = self._call_state
+                    state.function = function
+                    state.start = start
+                else:
+                    state = self._idle_state
+                try:
+                    try:
+                        out = inst.invoke(ref, args)
+                    except rt.ArgumentsDoNotFit:
+                        out = inst.invoke(ref, self._convert_args(ref, function, args))
+                except rt.WasmFailure as failure:
+                    err = self._call_failed(failure, state, function, inst)
+                    raise err from err.__cause__
+                finally:
+                    if inst is self._instance and self._lean and not state.host_calls:
+                        self._last = (None, _perf_counter() - start, inst, 0)
+                        self._owner = None
+                        if self._close_pending:
+                            self._complete_close()
+                    else:
+                        self._settle(inst, state, start)
+                    lock.release()
+                n = len(out) - 1  # the last item is the (empty) trap slot
+                return None if n == 0 else out[0] if n == 1 else out[:n]
+            lock.release()
 
         def op(inst: rt.Instance) -> Any:
             ref = inst.func(function)
             if ref is None or not ref.invoke_ok:
                 ref = self._check_invoke(inst, function)
-            params = ref.params
-            if len(args) != len(params):
-                raise SignatureError(
-                    f"plugin {self._name!r} export {function!r} takes {len(params)} "
-                    f"argument(s) ({', '.join(params)}), got {len(args)}"
-                )
-            values: list[int | float] = []
-            for i, t in enumerate(params):
-                a = args[i]
-                # Fast path for the common case; anything unusual goes through the full check.
-                if type(a) is int and t == "i32" and -0x8000_0000 <= a <= 0x7FFF_FFFF:
-                    values.append(a)
-                else:
-                    values.append(self._convert_arg(function, i, t, a))
-            out = inst.call(ref, values)
-            if not out:
-                return None
-            if len(out) == 1:
-                return out[0]
-            return tuple(out)
+            try:
+                out = inst.invoke(ref, args)
+            except rt.ArgumentsDoNotFit:
+                out = inst.invoke(ref, self._convert_args(ref, function, args))
+            n = len(out) - 1
+            return None if n == 0 else out[0] if n == 1 else out[:n]
 
         return self._guarded(function, op)
 
@@ -604,8 +670,7 @@ class Plugin(Closing):
         return poll
 
     def _fresh_state(self) -> _CallState:
-        t = self._policy.timeout
-        return _CallState(None if t is None else time.perf_counter() + t)
+        return _CallState(self._timeout)
 
     def _check_abi(self, inst: rt.Instance) -> None:
         exports = self._module.exports
@@ -666,57 +731,84 @@ class Plugin(Closing):
             return op(inst)
 
     def _guarded(self, function: str, op: Callable[[rt.Instance], T]) -> T:
-        """Run one call: lock, fresh budget, translate failures, record stats.
+        """Run one call the general way: wait for the lock, make an instance if there is none.
 
-        Every call goes through here, so it is written for speed: one thread-id lookup, the
-        common stats recorded inline, the rest in helpers that only failures reach.
+        ``call`` and ``invoke`` come here only when their fast path does not apply; ``op`` does
+        the lookups and checks that the fast path finds already done.
         """
         me = threading.get_ident()
         if self._closed or self._owner == me:
             self._refuse(me)
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
-            self._owner = me
             inst = self._instance
-            try:
-                if inst is None:
-                    inst = self._instance = self._new_instance("call")
-                start = time.perf_counter()
-                if self._has_imports:
-                    # Host callbacks write the per-call record. Calls never overlap, so one
-                    # record is reset in place rather than built anew on every call.
-                    self._state = state = self._call_state
-                    state.error = None
-                    state.function = function
-                    state.host_calls = state.log_count = state.log_dropped = 0
-                    state.deadline = None if self._timeout is None else start + self._timeout
-                else:
-                    # Without imports nothing writes the record: a shared, never-written one.
-                    state = self._idle_state
+            if inst is None:
+                self._owner = me  # the start function may call host functions
                 try:
-                    return op(inst)
-                except rt.WasmFailure as failure:
-                    # After any trap the instance may be in any state: throw it away.
-                    self._instance = None
-                    err = self._translate(failure, state, function, inst, "call")
-                    # Keep a host function's exception as __cause__; hide wasmtime's internals.
-                    raise err from err.__cause__
+                    inst = self._instance = self._new_instance("call")
                 finally:
-                    if self._lean and inst is self._instance and not state.log_dropped:
-                        # The common case: memory is read lazily from the live instance.
-                        self._last = (None, time.perf_counter() - start, inst, state.host_calls)
-                    else:
-                        self._finish(inst, state, start)
-                        if self._policy.fresh_instance:
-                            # Nothing of this call may reach the next one: drop the instance.
-                            self._instance = None
+                    self._owner = None
+            start = _perf_counter()
+            state = self._begin(function, start) if self._has_imports else self._idle_state
+            try:
+                return op(inst)
+            except rt.WasmFailure as failure:
+                err = self._call_failed(failure, state, function, inst)
+                raise err from err.__cause__
             finally:
-                self._owner = None
-                if self._close_pending:
-                    self._instance = None
-                    self._close_pending = False
-                    self._on_close(self)
+                self._settle(inst, state, start)
+        finally:
+            if self._close_pending:
+                self._complete_close()
+            lock.release()
+
+    def _begin(self, function: str, start: float) -> _CallState:
+        """Start a call of a plugin with imports: host callbacks write the per-call record.
+
+        Calls never overlap, so one record serves them all (its counters are zero: see
+        _CallState). The owner is recorded so that a host function calling back into this
+        plugin is refused rather than deadlocked (plugins without imports run no Python during
+        a call).
+        """
+        self._owner = threading.get_ident()
+        self._state = state = self._call_state
+        state.function = function
+        state.start = start
+        return state
+
+    def _call_failed(
+        self, failure: rt.WasmFailure, state: _CallState, function: str, inst: rt.Instance
+    ) -> BaseException:
+        # After any trap the instance may be in any state: throw it away.
+        self._instance = None
+        # The caller raises it from its __cause__: a host function's exception stays visible,
+        # wasmtime's internals do not.
+        return self._translate(failure, state, function, inst, "call")
+
+    def _settle(self, inst: rt.Instance, state: _CallState, start: float) -> None:
+        """End a call (lock still held): record its stats, drop what must not outlive it."""
+        if inst is self._instance and self._lean and not state.log_dropped:
+            # The common case: memory is read lazily from the live instance.
+            self._last = (None, time.perf_counter() - start, inst, state.host_calls)
+        else:
+            self._finish(inst, state, start)
+            if self._policy.fresh_instance:
+                # Nothing of this call may reach the next one: drop the instance.
+                self._instance = None
+        state.host_calls = state.log_count = state.log_dropped = 0
+        state.error = None
+        self._owner = None
+        if self._close_pending:
+            self._complete_close()
+
+    def _complete_close(self) -> None:
+        # close() was called from a host function during the call that is ending now.
+        self._instance = None
+        self._close_pending = False
+        self._on_close(self)
 
     def _refuse(self, me: int) -> NoReturn:
         if self._closed:
@@ -790,8 +882,17 @@ class Plugin(Closing):
                 f"({', '.join(ref.params)}) -> ({', '.join(ref.results)}); an ABI function "
                 "must be (i32, i32) -> i64"
             )
+        # The allocator is looked up too, so that the fast path finds both in inst.funcs.
         alloc = inst.func(_abi.ALLOC_EXPORT)
         assert alloc is not None
+        ref.abi_ok = True
+        return self._round_trip(inst, ref, function, payload)
+
+    def _round_trip(
+        self, inst: rt.Instance, ref: rt.FuncRef, function: str, payload: bytes
+    ) -> bytes:
+        """Input in, call, output out, for an ABI function already checked (``abi_ok``)."""
+        alloc = inst.funcs[_abi.ALLOC_EXPORT]
         try:
             word = inst.abi_call(alloc, ref, payload)
         except rt.GuestAllocError:
@@ -803,8 +904,8 @@ class Plugin(Closing):
                 f"{len(payload)} input bytes: {exc}"
             ) from None
         out_ptr, out_len, is_error = _abi.decode_result(word)
-        what = "error message" if is_error else "output"
-        if out_len > self._policy.max_output:
+        if out_len > self._max_output:
+            what = "error message" if is_error else "output"
             raise AbiError(
                 f"plugin {self._name!r} function {function!r} returned a {out_len}-byte {what}, "
                 f"over the policy's max_output of {self._policy.max_output}"
@@ -813,6 +914,7 @@ class Plugin(Closing):
             # docs/abi.md: an empty output may use any pointer, as for host-function arguments.
             out = inst.read(out_ptr, out_len) if out_len else b""
         except rt.GuestMemoryError as exc:
+            what = "error message" if is_error else "output"
             raise AbiError(
                 f"plugin {self._name!r} function {function!r} returned a bad {what} pointer: {exc}"
             ) from None
@@ -832,27 +934,45 @@ class Plugin(Closing):
             )
         raise AbiError(f"plugin {self._name!r}: {_abi.ALLOC_EXPORT}({n}) returned 0")
 
-    def _convert_arg(self, function: str, i: int, t: str, a: object) -> int | float:
-        if t in ("i32", "i64"):
-            if not isinstance(a, int):
-                raise SignatureError(
-                    f"plugin {self._name!r} export {function!r} argument {i} is {t}; "
-                    f"got {type(a).__name__}"
-                )
-            lo, hi = _I32 if t == "i32" else _I64
-            if not lo <= a <= hi:
-                raise SignatureError(
-                    f"plugin {self._name!r} export {function!r} argument {i} ({t}) is out of "
-                    f"range: {a}"
-                )
-            bits = 32 if t == "i32" else 64
-            return a - (1 << bits) if a >= 1 << (bits - 1) else a
-        if not isinstance(a, _NUMERIC_PY):
+    def _convert_args(
+        self, ref: rt.FuncRef, function: str, args: Sequence[object]
+    ) -> list[int | float]:
+        """The arguments as the call path packs them, or SignatureError saying which is wrong."""
+        params = ref.params
+        if len(args) != len(params):
             raise SignatureError(
-                f"plugin {self._name!r} export {function!r} argument {i} is {t}; "
-                f"got {type(a).__name__}"
+                f"plugin {self._name!r} export {function!r} takes {len(params)} "
+                f"argument(s) ({', '.join(params)}), got {len(args)}"
             )
-        return float(a)
+        return [
+            self._convert_arg(function, i, t, a)
+            for i, (t, a) in enumerate(zip(params, args, strict=True))
+        ]
+
+    def _convert_arg(self, function: str, i: int, t: str, a: object) -> int | float:
+        where = f"plugin {self._name!r} export {function!r} argument {i}"
+        if t in ("i32", "i64"):
+            try:
+                # Any integer, including numpy's: what operator.index accepts (not floats).
+                v = operator.index(a)  # type: ignore[arg-type]
+            except TypeError:
+                raise SignatureError(f"{where} is {t}; got {type(a).__name__}") from None
+            lo, hi = _I32 if t == "i32" else _I64
+            if not lo <= v <= hi:
+                raise SignatureError(f"{where} ({t}) is out of range: {v}")
+            bits = 32 if t == "i32" else 64
+            return v - (1 << bits) if v >= 1 << (bits - 1) else v
+        if isinstance(a, (str, bytes, bytearray)) or not hasattr(a, "__float__"):
+            raise SignatureError(f"{where} is {t}; got {type(a).__name__}")
+        try:
+            x = float(a)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SignatureError(
+                f"{where} is {t}; {type(a).__name__} did not convert: {exc}"
+            ) from None
+        if t == "f32" and math.isfinite(x) and abs(x) > _F32_MAX:
+            raise SignatureError(f"{where} (f32) is out of range: {x!r}")
+        return x
 
     # -- failures -----------------------------------------------------------------------------
 
@@ -957,29 +1077,81 @@ class Plugin(Closing):
 
     def _enter_host(self, state: _CallState, function: str) -> None:
         state.host_calls += 1
+        if state.host_calls > self._host_call_quota:
+            raise self._too_many_host_calls(state, function)
+        # wasm checks its deadline only at function entries and loop back-edges: without this,
+        # a run of host calls in straight-line code could stretch the call far past it.
+        timeout = self._timeout
+        if timeout is not None and _perf_counter() > state.start + timeout:
+            raise self._late_host_call(state, function)
+
+    def _late_host_call(self, state: _CallState, function: str) -> DeadlineExceeded:
+        return self._deadline_error(
+            state.function, "call", f" (noticed when it called {function!r})"
+        )
+
+    def _too_many_host_calls(self, state: _CallState, function: str) -> HostCallLimitExceeded:
         quota = self._policy.max_host_calls
-        if quota is not None and state.host_calls > quota:
-            raise HostCallLimitExceeded(
-                f"plugin {self._name!r} in {state.function!r} made more than {quota} host "
-                f"function calls (policy max_host_calls); the last was {function!r}",
-                limit="max_host_calls",
-                value=quota,
-                phase="call",
-            )
-        if state.deadline is not None and time.perf_counter() > state.deadline:
-            raise self._deadline_error(
-                state.function, "call", f" (noticed when it called {function!r})"
-            )
+        return HostCallLimitExceeded(
+            f"plugin {self._name!r} in {state.function!r} made more than {quota} host "
+            f"function calls (policy max_host_calls); the last was {function!r}",
+            limit="max_host_calls",
+            value=quota,
+            phase="call",
+        )
 
     def _bind(self, bound: BoundFunction) -> None:
+        params, results = bound.wasm
+        sig = bound.signature
+        if (
+            not bound.builtin
+            and all(k in ("int", "float") for k in sig.params)
+            and (sig.result in ("int", "float", "none"))
+        ):
+            # Numbers in, a number (or nothing) out: the common shape for counters and lookups
+            # by id, called with no Caller and no conversion.
+            self._linker.define_numeric(
+                _abi.HOST_MODULE, bound.name, params, results[0] if results else None,
+                self._numeric_callback(bound), self._on_error,
+            )  # fmt: skip
+            return
         if bound.builtin and bound.name == "log":
             callback = self._log_callback()
         else:
             callback = self._app_callback(bound)
-        params, results = bound.wasm
         self._linker.define_func(
             _abi.HOST_MODULE, bound.name, params, results, callback, self._on_error
         )
+
+    def _numeric_callback(self, bound: BoundFunction) -> Callable[..., Any]:
+        name = bound.name
+        fn = bound.fn
+        kind = bound.signature.result
+        want: Any = int if kind == "int" else float if kind == "float" else type(None)
+        # The checks of _enter_host, inlined: this runs on every host call.
+        quota = self._host_call_quota
+        timeout = self._timeout
+
+        def numeric(*args: Any) -> Any:
+            state = self._state
+            n = state.host_calls = state.host_calls + 1
+            if n > quota:
+                raise self._too_many_host_calls(state, name)
+            if timeout is not None and _perf_counter() > state.start + timeout:
+                raise self._late_host_call(state, name)
+            try:
+                result: Any = fn(*args)
+            except BaseException as exc:
+                raise _AppError(name, exc) from exc
+            if type(result) is want and (want is not int or -(2**63) <= result < 2**63):
+                return result
+            if kind == "none":
+                return None
+            encoded = self._encode_result(None, name, kind, result)
+            assert encoded is not None
+            return encoded[0]
+
+        return numeric
 
     def _log_callback(self) -> rt.HostCallback:
         policy = self._policy
@@ -1021,24 +1193,6 @@ class Plugin(Closing):
         name = bound.name
         fn = bound.fn
         arg_cap = self._policy.max_host_arg_size
-
-        if all(k in ("int", "float") for k in sig.params) and sig.result in ("int", "float"):
-            # Numbers in, a number out (the common shape for counters and lookups by id): the
-            # raw values pass straight through, with only the result checked.
-            want = int if sig.result == "int" else float
-
-            def numeric(caller: rt.Caller, args: list[Any]) -> list[Any] | None:
-                state = self._state
-                self._enter_host(state, name)
-                try:
-                    result = fn(*args)
-                except BaseException as exc:
-                    raise _AppError(name, exc) from exc
-                if type(result) is want and (want is float or _I64[0] <= result <= 2**63 - 1):
-                    return [result]
-                return self._encode_result(caller, name, sig.result, result)
-
-            return numeric
 
         def call(caller: rt.Caller, args: list[Any]) -> list[Any] | None:
             state = self._state
@@ -1089,8 +1243,10 @@ class Plugin(Closing):
         return call
 
     def _encode_result(
-        self, caller: rt.Caller, name: str, kind: str, result: Any
+        self, caller: rt.Caller | None, name: str, kind: str, result: Any
     ) -> list[Any] | None:
+        """The wasm results for a host function's ``result`` (``caller`` only for str/bytes)."""
+
         def wrong(expected: str) -> _AppError:
             return _AppError(
                 name,
@@ -1137,6 +1293,7 @@ class Plugin(Closing):
             data = bytes(result)
         if len(data) > 0x7FFF_FFFF:
             raise _AppError(name, OverflowError(f"host function {name!r} returned over 2 GiB"))
+        assert caller is not None
         try:
             pointer = caller.place(data, _abi.ALLOC_EXPORT.encode())
         except rt.GuestAllocError:

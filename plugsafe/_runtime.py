@@ -164,7 +164,9 @@ def _out_of_range(pointer: int, length: int, size: int) -> GuestMemoryError:
 # are read and written as ``buf[i].i32`` etc. in both backends.
 # ---------------------------------------------------------------------------------------------
 
-HostTrampoline = Callable[[Any, Any], "str | None"]
+# A host function as the C API calls it: (env, caller, args_and_results, count) -> the backend's
+# ``ok`` or ``trap(message)``. It must not raise: nothing may unwind through wasmtime's frames.
+HostEntry = Callable[[Any, Any, Any, int], Any]
 
 
 class _CtypesBackend:
@@ -288,16 +290,16 @@ class _CtypesBackend:
             return None
         return item.of.func if kind == _KIND_FUNC else item.of.memory
 
-    def define_func(
-        self, linker: wasmtime.Linker, module: bytes, name: bytes, ty: Any, tramp: HostTrampoline
-    ) -> Any:
-        def callback(_env: Any, caller: Any, raw: Any, _n: int) -> int:
-            message = tramp(caller, raw)
-            if message is None:
-                return 0
-            data = message.encode("utf-8", "replace")
-            return _address(wf.wasmtime_trap_new(data, len(data)))
+    # What a host callback returns: ``ok`` when it succeeded, else ``trap(message)``.
+    ok = 0
 
+    def trap(self, message: str) -> Any:
+        data = message.encode("utf-8", "replace")
+        return _address(wf.wasmtime_trap_new(data, len(data)))
+
+    def define_func(
+        self, linker: wasmtime.Linker, module: bytes, name: bytes, ty: Any, callback: HostEntry
+    ) -> Any:
         cb = wf.wasmtime_func_unchecked_callback_t(callback)
         error = wf.wasmtime_linker_define_func_unchecked(
             linker.ptr(), module, len(module), name, len(name), ty.ptr(), cb, None,
@@ -332,6 +334,8 @@ class _CffiBackend:
         self._size = lib.wasmtime_memory_data_size
         self._deadline = lib.wasmtime_context_set_epoch_deadline
         self._null = ffi.NULL
+        # What a host callback returns: ``ok`` when it succeeded, else ``trap(message)``.
+        self.ok = ffi.NULL
 
     @staticmethod
     def _check_layouts(ffi: Any) -> None:
@@ -490,28 +494,23 @@ class _CffiBackend:
         out[0] = item.of.func if kind == _KIND_FUNC else item.of.memory
         return out
 
+    def trap(self, message: str) -> Any:
+        data = message.encode("utf-8", "replace")
+        return self.lib.wasmtime_trap_new(data, len(data))
+
     def define_func(
-        self, linker: wasmtime.Linker, module: bytes, name: bytes, ty: Any, tramp: HostTrampoline
+        self, linker: wasmtime.Linker, module: bytes, name: bytes, ty: Any, callback: HostEntry
     ) -> Any:
-        ffi, lib = self.ffi, self.lib
-        null = ffi.NULL
-
-        def callback(_env: Any, caller: Any, raw: Any, _n: int) -> Any:
-            message = tramp(caller, raw)
-            if message is None:
-                return null
-            data = message.encode("utf-8", "replace")
-            return lib.wasmtime_trap_new(data, len(data))
-
+        ffi = self.ffi
         cb = ffi.callback("wasmtime_func_unchecked_callback_t", callback)
-        error = lib.wasmtime_linker_define_func_unchecked(
+        error = self.lib.wasmtime_linker_define_func_unchecked(
             ffi.cast("wasmtime_linker_t *", _address(linker.ptr())),
             module, len(module), name, len(name),
             ffi.cast("wasm_functype_t *", _address(ty.ptr())),
-            cb, null, null,
+            cb, ffi.NULL, ffi.NULL,
         )  # fmt: skip
         if error:
-            self._raise(error, null)
+            self._raise(error, ffi.NULL)
         return cb
 
 
@@ -710,6 +709,13 @@ class Caller:
         self._valid = False
 
 
+def _trap_message(on_error: ErrorSink, exc: BaseException) -> str:
+    try:
+        return on_error(exc)
+    except BaseException:  # the sink must not fail, but never unwind into C
+        return "plugsafe: host function failed"
+
+
 def _make_functype(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncType:
     return wasmtime.FuncType(
         [_VALTYPE_FACTORIES[t]() for t in params], [_VALTYPE_FACTORIES[t]() for t in results]
@@ -783,8 +789,9 @@ class Linker:
         """
         param_fields = tuple(params)
         result_fields = tuple(results)
+        ok, trap = _B.ok, _B.trap
 
-        def trampoline(caller_ptr: Any, raw: Any) -> str | None:
+        def entry(_env: Any, caller_ptr: Any, raw: Any, _n: int) -> Any:
             caller = Caller(caller_ptr)
             try:
                 args = [getattr(raw[i], t) for i, t in enumerate(param_fields)]
@@ -793,17 +800,65 @@ class Linker:
                     assert out is not None
                     for i, t in enumerate(result_fields):
                         setattr(raw[i], t, out[i])
-                return None
+                return ok
             except BaseException as exc:
-                try:
-                    return on_error(exc)
-                except BaseException:  # the sink must not fail, but never unwind into C
-                    return "plugsafe: host function failed"
+                return trap(_trap_message(on_error, exc))
             finally:
                 caller._invalidate()
 
-        ty = _make_functype(param_fields, result_fields)
-        cb = _B.define_func(self._linker, module.encode(), name.encode(), ty, trampoline)
+        self._define(module, name, param_fields, result_fields, entry)
+
+    def define_numeric(
+        self,
+        module: str,
+        name: str,
+        params: Sequence[str],
+        result: str | None,
+        fn: Callable[..., Any],
+        on_error: ErrorSink,
+    ) -> None:
+        """Define ``module.name`` as ``fn(*values) -> value`` (or None with no result).
+
+        For host functions that only take and return numbers: no Caller, no argument list, the
+        result written straight into its slot. Failures go to ``on_error`` as for define_func.
+        """
+        fields = tuple(params)
+        ok, trap = _B.ok, _B.trap
+        if len(fields) == 1 and result is not None:
+            # The common shape (one number in, one out), with no loop at all.
+            (field,) = fields
+
+            def entry(_env: Any, _caller: Any, raw: Any, _n: int) -> Any:
+                try:
+                    slot = raw[0]
+                    setattr(slot, result, fn(getattr(slot, field)))
+                    return ok
+                except BaseException as exc:
+                    return trap(_trap_message(on_error, exc))
+
+        else:
+
+            def entry(_env: Any, _caller: Any, raw: Any, _n: int) -> Any:
+                try:
+                    out = fn(*[getattr(raw[i], t) for i, t in enumerate(fields)])
+                    if result is not None:
+                        setattr(raw[0], result, out)
+                    return ok
+                except BaseException as exc:
+                    return trap(_trap_message(on_error, exc))
+
+        self._define(module, name, fields, (result,) if result is not None else (), entry)
+
+    def _define(
+        self,
+        module: str,
+        name: str,
+        params: tuple[str, ...],
+        results: tuple[str, ...],
+        entry: HostEntry,
+    ) -> None:
+        ty = _make_functype(params, results)
+        cb = _B.define_func(self._linker, module.encode(), name.encode(), ty, entry)
         self._keep.append((cb, ty))
 
     def define_wasi(self) -> None:
@@ -879,8 +934,9 @@ class FuncRef:
     view: memoryview
     # Where the C call stores a trap pointer: ``buf``'s last slot.
     trap: Any
-    # Set by the Plugin once it has checked the signature for invoke().
+    # Set by the Plugin once it has checked the signature for invoke() / for the plugin ABI.
     invoke_ok: bool = False
+    abi_ok: bool = False
 
 
 class _NoTicks:
