@@ -1,0 +1,289 @@
+"""The fast call path: repeated calls must behave exactly like the first one.
+
+``invoke`` and ``call`` take a short path once a function has been checked on the live
+instance (see docs/performance.md). These tests call each function once to get there, then
+check that arguments, errors, stats, deadlines, memory growth and host functions behave as the
+general path does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from fractions import Fraction
+
+import pytest
+
+import plugsafe
+from plugsafe import Policy
+
+from conftest import LoadFn
+from wat import ECHO, abi_module
+
+NUMBERS = """(module
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+  (func (export "wide") (param i64 f32 f64) (result i64 f32 f64)
+    local.get 0 local.get 1 local.get 2)
+  (func (export "spin") (loop $l (br $l))))"""
+
+
+class Index:
+    """An integer-like object (as numpy's integers are): it has __index__ and nothing else."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((1,), "takes 2 argument"),
+        ((1, 2, 3), "takes 2 argument"),
+        (("1", 2), "argument 0 is i32; got str"),
+        ((1.5, 2), "argument 0 is i32; got float"),
+        ((1, None), "argument 1 is i32; got NoneType"),
+        ((2**32, 0), "out of range"),
+        ((-(2**31) - 1, 0), "out of range"),
+    ],
+)
+def test_repeated_invoke_checks_arguments_like_the_first(
+    load: LoadFn, args: tuple[object, ...], message: str
+) -> None:
+    p = load(NUMBERS)
+    assert p.invoke("add", 1, 2) == 3  # the function is now checked: the short path applies
+    with pytest.raises(plugsafe.SignatureError, match=message):
+        p.invoke("add", *args)  # type: ignore[arg-type]
+    assert p.invoke("add", 2, 3) == 5  # a refused call changes nothing
+
+
+def test_invoke_takes_any_integer_and_any_real_number(load: LoadFn) -> None:
+    p = load(NUMBERS)
+    for _ in range(2):  # first call (general path), then the short path
+        assert p.invoke("add", Index(40), True) == 41
+        assert p.invoke("add", 2**32 - 1, 0) == -1  # unsigned in, the same bits, signed out
+        assert p.invoke("add", 2**31, 0) == -(2**31)
+        assert p.invoke("wide", Index(-5), Fraction(1, 4), Fraction(1, 3)) == (
+            -5,
+            0.25,
+            float(Fraction(1, 3)),
+        )
+        assert p.invoke("wide", 2**64 - 1, 7, 8) == (-1, 7.0, 8.0)
+
+
+def test_f32_argument_out_of_range_is_refused(load: LoadFn) -> None:
+    p = load(NUMBERS)
+    assert p.invoke("wide", 0, 1.5, 0.0) == (0, 1.5, 0.0)
+    with pytest.raises(plugsafe.SignatureError, match=r"argument 1 \(f32\) is out of range"):
+        p.invoke("wide", 0, 1e39, 0.0)
+    inf = p.invoke("wide", 0, float("inf"), 0.0)[1]
+    assert inf == float("inf")
+    with pytest.raises(plugsafe.SignatureError, match="argument 2 is f64; got str"):
+        p.invoke("wide", 0, 0.0, "1.0")
+
+
+def test_a_burst_of_calls_keeps_the_whole_timeout_for_each(load: LoadFn) -> None:
+    # Deadlines are re-armed only when the epoch ticker has moved: a call made right after
+    # others in the same tick must still get the policy's whole timeout, and no more than
+    # about a tick beyond it.
+    p = load(NUMBERS, timeout=0.05)
+    for _ in range(2000):
+        p.invoke("add", 1, 1)
+    t0 = time.monotonic()
+    with pytest.raises(plugsafe.DeadlineExceeded):
+        p.invoke("spin")
+    elapsed = time.monotonic() - t0
+    assert elapsed >= 0.05
+    assert elapsed < 5  # generous: only "it was stopped" is asserted, not how fast
+    assert p.invoke("add", 1, 1) == 2
+
+
+def test_deadline_holds_for_the_abi_path_too(load: LoadFn) -> None:
+    spin = abi_module(
+        """(func (export "spin") (param i32 i32) (result i64) (loop $l (br $l)) (i64.const 0))"""
+    )
+    p = load(spin + "", timeout=0.05)
+    p2 = load(ECHO, name="e", timeout=0.05)
+    for _ in range(500):
+        p2.call("echo", b"x")
+    with pytest.raises(plugsafe.DeadlineExceeded):
+        p.call("spin", b"abc")
+    with pytest.raises(plugsafe.DeadlineExceeded):
+        p.call("spin", b"abc")  # on a fresh instance after the trap
+
+
+GROW = abi_module(
+    """
+  (func (export "echo") (param $p i32) (param $n i32) (result i64)
+    (call $ok (local.get $p) (local.get $n)))
+  ;; Grows memory by $pages pages and writes 0xAB into the last byte of the new memory.
+  (func (export "grow") (param $pages i32) (result i32)
+    (local $old i32)
+    (local.set $old (memory.grow (local.get $pages)))
+    (if (i32.ne (local.get $old) (i32.const -1))
+      (then (i32.store8 (i32.sub (i32.mul (memory.size) (i32.const 65536)) (i32.const 1))
+                        (i32.const 0xAB))))
+    (local.get $old))
+"""
+)
+
+
+def test_memory_grown_by_the_guest_is_seen_by_every_access(load: LoadFn) -> None:
+    p = load(GROW)
+    assert p.call("echo", b"small") == b"small"
+    assert p.memory.size == 65536
+    with pytest.raises(plugsafe.MemoryAccessError):
+        p.memory.read(65536, 1)
+    assert p.invoke("grow", 3) == 1
+    assert p.memory.size == 4 * 65536
+    assert p.memory.read(4 * 65536 - 1, 1) == b"\xab"
+    p.memory.write(3 * 65536, b"after growth")
+    assert p.memory.read(3 * 65536, 12) == b"after growth"
+    big = bytes(range(256)) * 1024  # 256 KiB: the allocator grows memory again
+    assert p.call("echo", big) == big
+    assert p.memory.size > 4 * 65536
+    with pytest.raises(plugsafe.MemoryAccessError):
+        p.memory.read(p.memory.size, 1)
+
+
+def test_memory_never_moves_when_it_grows(load: LoadFn) -> None:
+    # The window an instance keeps on its memory relies on this (Engine sets
+    # memory_may_move=False); if a wasmtime upgrade changed it, this fails loudly.
+    from plugsafe import _runtime as rt
+
+    p = load(GROW, memory=64 * 2**20)
+    p.invoke("grow", 0)
+    inst = p._instance
+    assert inst is not None and inst.memory is not None
+    ctx = inst._ctx
+
+    def base() -> int:
+        window, _ = rt._B.window(ctx, inst.memory)
+        if rt.BACKEND == "cffi":
+            return int(rt._B.ffi.cast("uintptr_t", rt._B.ffi.from_buffer(window)))
+        return ctypes.addressof(window)
+
+    before = base()
+    assert p.invoke("grow", 900) == 1  # about 56 MiB more
+    assert base() == before
+
+
+def test_host_call_counts_are_per_call(host: plugsafe.Host) -> None:
+    @host.function
+    def tick(x: int) -> int:  # numeric: the dedicated host-function entry
+        return x + 1
+
+    wat = """(module
+      (import "plugsafe" "tick" (func $t (param i64) (result i64)))
+      (import "plugsafe" "log" (func $log (param i32 i32 i32)))
+      (memory (export "memory") 1)
+      (func (export "many") (param $n i32) (result i64)
+        (local $acc i64)
+        (block $done (loop $l
+          (br_if $done (i32.eqz (local.get $n)))
+          (local.set $acc (call $t (local.get $acc)))
+          (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+          (br $l)))
+        (local.get $acc))
+      (func (export "say") (call $log (i32.const 2) (i32.const 0) (i32.const 1))))"""
+    p = host.load(wat.encode(), policy=Policy(allow={"tick", "log"}, max_host_calls=10))
+    for n in (5, 0, 2, 10, 0, 7):
+        assert p.invoke("many", n) == n
+        assert p.last_call is not None and p.last_call.host_calls == n
+    p.invoke("say")
+    assert p.last_call is not None and p.last_call.host_calls == 1
+    p.invoke("many", 0)
+    assert p.last_call is not None and p.last_call.host_calls == 0
+    with pytest.raises(plugsafe.HostCallLimitExceeded):
+        p.invoke("many", 11)
+    assert p.invoke("many", 10) == 10  # the quota starts again on the next call
+
+
+def test_numeric_host_function_failures(host: plugsafe.Host) -> None:
+    calls: list[int] = []
+
+    @host.function
+    def num(x: int) -> int:
+        calls.append(x)
+        if x == 1:
+            raise KeyError("no such id")
+        if x == 2:
+            return "two"  # type: ignore[return-value]
+        if x == 3:
+            return 2**63
+        if x == 4:
+            return True  # a bool is not the int the annotation promises
+        return x * 10
+
+    @host.function
+    def ratio(x: int, y: float) -> float:
+        return x  # an int where a float is declared: taken as that float
+
+    @host.function
+    def notify(x: int) -> None:
+        calls.append(-x)
+
+    wat = """(module
+      (import "plugsafe" "num" (func $num (param i64) (result i64)))
+      (import "plugsafe" "ratio" (func $ratio (param i64 f64) (result f64)))
+      (import "plugsafe" "notify" (func $notify (param i64)))
+      (func (export "num") (param i64) (result i64) (call $num (local.get 0)))
+      (func (export "ratio") (param i64 f64) (result f64) (call $ratio (local.get 0) (local.get 1)))
+      (func (export "notify") (param i64) (call $notify (local.get 0))))"""
+    p = host.load(wat.encode(), policy=Policy(allow={"num", "ratio", "notify"}))
+    assert p.invoke("num", 5) == 50
+    with pytest.raises(plugsafe.HostFunctionError, match="KeyError") as info:
+        p.invoke("num", 1)
+    assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(plugsafe.HostFunctionError, match="returned str"):
+        p.invoke("num", 2)
+    with pytest.raises(plugsafe.HostFunctionError, match="does not fit in i64"):
+        p.invoke("num", 3)
+    with pytest.raises(plugsafe.HostFunctionError, match="returned bool"):
+        p.invoke("num", 4)
+    assert p.invoke("num", 6) == 60  # a fresh instance after each failure
+    assert p.invoke("ratio", 7, 0.5) == 7.0
+    assert p.invoke("notify", 9) is None
+    assert calls == [5, 1, 2, 3, 4, 6, -9]
+
+
+def test_numeric_host_function_cannot_reenter_its_plugin(host: plugsafe.Host) -> None:
+    holder: list[plugsafe.Plugin] = []
+
+    @host.function
+    def again(x: int) -> int:
+        return int(holder[0].invoke("outer", x))
+
+    wat = """(module
+      (import "plugsafe" "again" (func $a (param i64) (result i64)))
+      (func (export "outer") (param i64) (result i64) (call $a (local.get 0))))"""
+    p = host.load(wat.encode(), policy=Policy(allow={"again"}))
+    holder.append(p)
+    for _ in range(2):
+        with pytest.raises(plugsafe.HostFunctionError) as info:
+            p.invoke("outer", 1)
+        assert isinstance(info.value.__cause__, plugsafe.PluginCallError)
+        assert "re-entrant" in str(info.value.__cause__)
+
+
+def test_close_from_a_host_function_ends_after_the_call(host: plugsafe.Host) -> None:
+    holder: list[plugsafe.Plugin] = []
+
+    @host.function
+    def bye(x: int) -> int:
+        holder[0].close()
+        return x
+
+    wat = """(module
+      (import "plugsafe" "bye" (func $b (param i64) (result i64)))
+      (func (export "id") (param i64) (result i64) (local.get 0))
+      (func (export "bye") (param i64) (result i64) (call $b (local.get 0))))"""
+    p = host.load(wat.encode(), policy=Policy(allow={"bye"}))
+    holder.append(p)
+    assert p.invoke("id", 1) == 1
+    assert p.invoke("bye", 4) == 4  # the call that closed it still completes
+    assert p.closed
+    with pytest.raises(plugsafe.PluginClosedError):
+        p.invoke("id", 1)
