@@ -6,7 +6,8 @@ can take over the process. This cache therefore only ever deserializes entries i
 - the directory must be owned by the current user and not writable by anyone else (it is created
   with mode 0700); otherwise the cache is not used at all, with one warning;
 - an entry is named by a key over the module's sha256, the wasmtime version, the engine settings
-  and the plugsafe version, and it carries the sha256 of the artifact, checked before use;
+  and the plugsafe version, and it carries the sha256 of its contents (the artifact and the
+  module's import/export description), checked before use;
 - an entry that is corrupt (wrong header, wrong digest, or refused by wasmtime) is deleted and the
   module is compiled again. Entries are written to a temporary file and renamed into place, so a
   crash never leaves half an entry.
@@ -27,8 +28,10 @@ from pathlib import Path
 
 __all__ = ["ArtifactCache", "default_cache_dir"]
 
-_MAGIC = b"plugsafe-artifact-v1\n"
+# v2: after the digest, a 4-byte length and the module's description, then the artifact.
+_MAGIC = b"plugsafe-artifact-v2\n"
 _DIGEST = 32
+_LENGTH = 4
 
 
 def default_cache_dir() -> Path:
@@ -66,8 +69,8 @@ class ArtifactCache:
         """The entry name for a module with sha256 ``wasm_digest``."""
         return hashlib.sha256(self._salt + b"\0" + wasm_digest).hexdigest()
 
-    def get(self, key: str) -> bytes | None:
-        """The artifact stored under ``key`` if it is intact; None (and the entry removed) else."""
+    def get(self, key: str) -> tuple[bytes, bytes] | None:
+        """(description, artifact) stored under ``key`` if intact; None (entry removed) else."""
         if not self.usable:
             return None
         path = self.directory / key
@@ -76,26 +79,31 @@ class ArtifactCache:
         except OSError:
             return None
         header = len(_MAGIC) + _DIGEST
-        artifact = data[header:]
+        body = data[header:]
         if (
             not data.startswith(_MAGIC)
-            or len(data) <= header
-            or hashlib.sha256(artifact).digest() != data[len(_MAGIC) : header]
+            or len(body) <= _LENGTH
+            or hashlib.sha256(body).digest() != data[len(_MAGIC) : header]
         ):
             self.discard(key)
             return None
-        return artifact
+        split = _LENGTH + int.from_bytes(body[:_LENGTH], "little")
+        if split >= len(body):
+            self.discard(key)
+            return None
+        return body[_LENGTH:split], body[split:]
 
-    def put(self, key: str, artifact: bytes) -> None:
-        """Store ``artifact`` under ``key`` atomically; failures only cost a later recompile."""
+    def put(self, key: str, artifact: bytes, description: bytes) -> None:
+        """Store an entry under ``key`` atomically; failures only cost a later recompile."""
         if not self.usable:
             return
-        digest = hashlib.sha256(artifact).digest()
+        body = len(description).to_bytes(_LENGTH, "little") + description + artifact
+        digest = hashlib.sha256(body).digest()
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(_MAGIC + digest + artifact)
+                    f.write(_MAGIC + digest + body)
                 os.replace(tmp, self.directory / key)
             except BaseException:
                 with contextlib.suppress(OSError):

@@ -377,12 +377,13 @@ class Host(Closing):
         if cache is None:
             return None
         key = cache.key(digest)
-        artifact = cache.get(key)
-        if artifact is None:
+        entry = cache.get(key)
+        if entry is None:
             return None
+        description, artifact = entry
         try:
             # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
-            return engine.deserialize(artifact)
+            return engine.deserialize(artifact, description)
         except rt.WasmFailure:
             cache.discard(key)
             return None
@@ -390,7 +391,7 @@ class Host(Closing):
     def _to_disk(self, engine: rt.Engine, digest: bytes, module: rt.Module) -> None:
         cache = self._disk_cache(engine)
         if cache is not None:
-            cache.put(cache.key(digest), module.serialize())
+            cache.put(cache.key(digest), module.serialize(), module.describe())
 
     def _check_imports(
         self, module: rt.Module, policy: Policy, name: str

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 import struct
 import threading
@@ -585,13 +586,14 @@ class Engine:
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
 
-    def deserialize(self, artifact: bytes) -> Module:
+    def deserialize(self, artifact: bytes, description: bytes | None = None) -> Module:
         """Load an artifact that ``Module.serialize`` of *this plugsafe* produced.
 
+        ``description`` is what ``Module.describe`` gave for it (asked of wasmtime if None).
         Never call this on bytes from anywhere else: a crafted artifact runs arbitrary code.
         """
         try:
-            return Module(wasmtime.Module.deserialize(self._engine, artifact))
+            return Module(wasmtime.Module.deserialize(self._engine, artifact), description)
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
 
@@ -615,8 +617,13 @@ def _kind_and_detail(ty: Any) -> tuple[ExternKind, tuple[str, ...], tuple[str, .
 class Module:
     """A compiled module and a plain-data description of its imports and exports."""
 
-    def __init__(self, module: wasmtime.Module) -> None:
+    def __init__(self, module: wasmtime.Module, description: bytes | None = None) -> None:
         self._module = module
+        self.imports: tuple[ImportInfo, ...]
+        self.exports: dict[str, ExportInfo]
+        if description is not None:
+            self.imports, self.exports = _parse_description(description)
+            return
         imports = []
         for imp in module.imports:
             kind, params, results, detail = _kind_and_detail(imp.type)
@@ -625,12 +632,68 @@ class Module:
         for exp in module.exports:
             kind, params, results, detail = _kind_and_detail(exp.type)
             exports.append(ExportInfo(exp.name, kind, params, results, detail))
-        self.imports: tuple[ImportInfo, ...] = tuple(imports)
-        self.exports: dict[str, ExportInfo] = {e.name: e for e in exports}
+        self.imports = tuple(imports)
+        self.exports = {e.name: e for e in exports}
 
     def serialize(self) -> bytes:
         """The compiled artifact, for plugsafe's own on-disk cache."""
         return bytes(self._module.serialize())
+
+    def describe(self) -> bytes:
+        """Imports and exports as JSON, stored beside the artifact in the on-disk cache.
+
+        Asking wasmtime for them costs a fresh process far more than deserializing the module
+        does (hundreds of microseconds of type objects); reading them back costs microseconds.
+        """
+        return json.dumps(
+            {
+                "imports": [
+                    [i.module, i.name, i.kind, i.params, i.results, i.detail] for i in self.imports
+                ],
+                "exports": [
+                    [e.name, e.kind, e.params, e.results, e.detail] for e in self.exports.values()
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+_KINDS = frozenset({"func", "memory", "table", "global", "tag", "unknown"})
+
+
+def _parse_description(
+    description: bytes,
+) -> tuple[tuple[ImportInfo, ...], dict[str, ExportInfo]]:
+    """Module.describe's output back as infos; WasmFailure if it is not exactly that shape."""
+
+    def strs(v: Any) -> tuple[str, ...]:
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ValueError("not a list of strings")
+        return tuple(v)
+
+    def kind(v: Any) -> ExternKind:
+        if v not in _KINDS:
+            raise ValueError(f"unknown kind {v!r}")
+        return v  # type: ignore[no-any-return]
+
+    def text(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError("not a string")
+        return v
+
+    try:
+        data = json.loads(description)
+        imports = tuple(
+            ImportInfo(text(n), kind(k), strs(p), strs(r), text(d), text(m))
+            for m, n, k, p, r, d in data["imports"]
+        )
+        exports = {
+            text(n): ExportInfo(n, kind(k), strs(p), strs(r), text(d))
+            for n, k, p, r, d in data["exports"]
+        }
+    except (ValueError, TypeError, KeyError) as exc:
+        raise WasmFailure(f"unreadable module description: {exc}") from None
+    return imports, exports
 
 
 # A host callback: receives a Caller and the wasm arguments as Python numbers, returns the wasm
@@ -1196,7 +1259,8 @@ class EpochTicker:
 
     Deadlines are per store (``set_epoch_deadline``), so one plugin running out of time never
     interrupts another. The thread holds no reference to the Host; it stops on ``stop()`` or when
-    the Host is garbage-collected.
+    the Host is garbage-collected. A child made by ``os.fork()`` starts a ticker thread of its
+    own (only the forking thread survives a fork, and without a ticker no deadline would pass).
     """
 
     def __init__(self, engines: Sequence[Engine], owner: object) -> None:
@@ -1206,7 +1270,11 @@ class EpochTicker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        weakref.finalize(owner, self._stop.set)
+        weakref.finalize(owner, self._halt)
+        _TICKERS.add(self)
+
+    def _halt(self) -> None:
+        self._stop.set()
 
     def add(self, engine: Engine) -> None:
         """Tick ``engine`` too from now on."""
@@ -1242,3 +1310,28 @@ class EpochTicker:
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=1.0)
+
+    def _after_fork(self) -> None:
+        # In the child: the parent's thread is gone, and it may have held these locks when the
+        # fork happened. Fresh ones, the same stop state, and a thread of our own if one ran.
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
+        self._lock = threading.Lock()
+        running = self._thread is not None
+        self._thread = None
+        if running:
+            self.ensure_running()
+
+
+_TICKERS: weakref.WeakSet[EpochTicker] = weakref.WeakSet()
+
+
+def _restart_tickers_in_child() -> None:
+    for ticker in list(_TICKERS):
+        ticker._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_tickers_in_child)

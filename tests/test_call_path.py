@@ -9,7 +9,10 @@ general path does.
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 import time
+import warnings
 from fractions import Fraction
 
 import pytest
@@ -287,3 +290,35 @@ def test_close_from_a_host_function_ends_after_the_call(host: plugsafe.Host) -> 
     assert p.closed
     with pytest.raises(plugsafe.PluginClosedError):
         p.invoke("id", 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_deadlines_still_fire_in_a_forked_child(load: LoadFn) -> None:
+    # Pre-forking servers load plugins and then fork workers. Only the forking thread survives
+    # a fork: without a ticker of its own the child's deadlines would never pass.
+    p = load(NUMBERS, timeout=0.1)
+    assert p.invoke("add", 1, 1) == 2  # the parent's ticker is running
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 3
+        try:
+            p.invoke("spin")
+        except plugsafe.DeadlineExceeded:
+            code = 0
+        except BaseException:
+            code = 2
+        finally:
+            os._exit(code)
+    give_up = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > give_up:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's call never timed out: it has no epoch ticker")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0

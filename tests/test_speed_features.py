@@ -16,7 +16,7 @@ import pytest
 import plugsafe
 from plugsafe import Policy, _runtime
 
-from wat import ECHO
+from wat import ECHO, abi_module
 
 COUNTER = """(module
   (global $n (mut i32) (i32.const 0))
@@ -129,6 +129,43 @@ def test_foreign_bytes_in_the_cache_are_never_deserialized(tmp_path: Path) -> No
     entry.write_bytes(b"\x7fELF not ours at all")
     with plugsafe.Host(cache_dir=cache) as host:
         assert host.load(ECHO.encode()).invoke("add", 1, 1) == 2
+
+
+def test_cached_description_matches_what_wasmtime_reports(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    wat = abi_module(
+        '(func (export "pair") (param i64 f64) (result i64 f64) local.get 0 local.get 1)'
+        '(global (export "g") (mut i32) (i32.const 3)) (table (export "t") 2 funcref)',
+        imports='(import "plugsafe" "log" (func (param i32 i32 i32)))',
+    )
+    policy = Policy(allow={"log"})
+    with plugsafe.Host() as host:
+        fresh = host.load(wat.encode(), policy=policy)
+        expected = (dict(fresh.exports), fresh.imports)
+    with plugsafe.Host(cache_dir=cache) as host:
+        host.load(wat.encode(), policy=policy)  # compiles and fills the cache
+    with plugsafe.Host(cache_dir=cache) as host:
+        cached = host.load(wat.encode(), policy=policy)  # from the cache entry
+        assert (dict(cached.exports), cached.imports) == expected
+        assert cached.invoke("pair", 5, 0.5) == (5, 0.5)
+
+
+def test_unreadable_description_is_discarded_and_recompiled(tmp_path: Path) -> None:
+    from plugsafe._cache import ArtifactCache
+
+    cache = tmp_path / "cache"
+    with plugsafe.Host(cache_dir=cache) as host:
+        host.load(ECHO.encode())
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    reader = ArtifactCache(cache, salt="unused")
+    got = reader.get(entry.name)
+    assert got is not None
+    # A well-formed entry (its digest matches) whose description is not what plugsafe writes.
+    reader.put(entry.name, got[1], b'{"imports": [], "exports": [["add", "bogus"]]}')
+    with plugsafe.Host(cache_dir=cache) as host:
+        assert host.load(ECHO.encode()).invoke("add", 2, 2) == 4
+    again = reader.get(entry.name)
+    assert again is not None and again[0] != b'{"imports": [], "exports": [["add", "bogus"]]}'
 
 
 def test_cache_dir_writable_by_others_is_not_used(tmp_path: Path) -> None:
