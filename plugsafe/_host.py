@@ -130,6 +130,9 @@ class Host(Closing):
             cache_dir = default_cache_dir()
         self._cache_dir = None if cache_dir is None or cache_dir is False else Path(cache_dir)
         self._disk: dict[bool, ArtifactCache] = {}
+        # The unmetered engine (what most policies use) is made now, as part of the Host, the
+        # way a wasmtime user makes an Engine once; the metered one when a policy first needs it.
+        self._engine(metered=False)
 
     # -- host functions -----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
 from . import _abi
 from . import _runtime as rt
@@ -375,7 +375,7 @@ class Plugin(Closing):
                 f"plugin {self._name!r} function {function!r} did not return valid JSON: {exc}"
             ) from None
 
-    def invoke(self, function: str, *args: int | float) -> Any:
+    def invoke(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
         """Call any exported function with numeric params/results (no ABI involved).
 
         Integer parameters take any int in the signed or unsigned range of their type (an
@@ -445,7 +445,7 @@ class Plugin(Closing):
         """:meth:`call_json` from asyncio."""
         return await run_in_thread(None, functools.partial(self.call_json, function, value))
 
-    async def invoke_async(self, function: str, *args: int | float) -> Any:
+    async def invoke_async(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
         """:meth:`invoke` from asyncio."""
         return await run_in_thread(None, functools.partial(self.invoke, function, *args))
 
@@ -962,10 +962,13 @@ class Plugin(Closing):
                 raise SignatureError(f"{where} ({t}) is out of range: {v}")
             bits = 32 if t == "i32" else 64
             return v - (1 << bits) if v >= 1 << (bits - 1) else v
-        if isinstance(a, (str, bytes, bytearray)) or not hasattr(a, "__float__"):
+        # Any real number: what struct packs as a double (__float__, or __index__).
+        if isinstance(a, (str, bytes, bytearray)) or not (
+            hasattr(a, "__float__") or hasattr(a, "__index__")
+        ):
             raise SignatureError(f"{where} is {t}; got {type(a).__name__}")
         try:
-            x = float(a)
+            x = float(a)  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError) as exc:
             raise SignatureError(
                 f"{where} is {t}; {type(a).__name__} did not convert: {exc}"

@@ -7,7 +7,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 
 from ._aio import run_in_thread
 from ._closing import Closing
@@ -91,7 +91,7 @@ class PluginPool(Closing):
         """:meth:`Plugin.call_json` on a free instance."""
         return self._with_plugin(lambda p: p.call_json(function, value))
 
-    def invoke(self, function: str, *args: int | float) -> Any:
+    def invoke(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
         """:meth:`Plugin.invoke` on a free instance."""
         return self._with_plugin(lambda p: p.invoke(function, *args))
 
@@ -107,7 +107,7 @@ class PluginPool(Closing):
             self._executor, functools.partial(self.call_json, function, value)
         )
 
-    async def invoke_async(self, function: str, *args: int | float) -> Any:
+    async def invoke_async(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
         """:meth:`invoke` from asyncio."""
         return await run_in_thread(self._executor, functools.partial(self.invoke, function, *args))
 

@@ -25,6 +25,7 @@ the per-call path.
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import functools
 import json
@@ -1144,11 +1145,13 @@ class Instance:
         struct.pack_into("<Q", ref.view, 16 * ref.width, 0)
         return _failure_from_addresses(_B.address(error), trap)
 
-    def invoke(self, ref: FuncRef, args: Sequence[int | float]) -> tuple[int | float, ...]:
+    def invoke(self, ref: FuncRef, args: Sequence[object]) -> tuple[int | float, ...]:
         """Call a numeric function under a fresh budget; its results, then a 0 (the trap slot).
 
-        Integers go in as signed values. Raises ArgumentsDoNotFit (before calling anything) if
-        the arguments are not exactly the parameters in number, type and signed range, and
+        Integers go in as signed values: anything ``struct`` packs as one (ints, objects with
+        ``__index__``; for floats also objects with ``__float__``). Raises ArgumentsDoNotFit
+        (before calling anything) if the arguments are not exactly the parameters in number,
+        type and signed range, and
         WasmFailure if the call traps or fails.
         """
         put = ref.put
@@ -1169,7 +1172,7 @@ class Instance:
             raise self._failed(ref, error, out[-1])  # type: ignore[arg-type]
         return out
 
-    def call(self, ref: FuncRef, args: Sequence[int | float]) -> list[int | float]:
+    def call(self, ref: FuncRef, args: Sequence[object]) -> list[int | float]:
         """Call with already-checked numeric arguments under a fresh budget; the results."""
         return list(self.invoke(ref, args)[:-1])
 
@@ -1268,7 +1271,8 @@ class EpochTicker:
         # Ticks so far; bumped after the engines' epochs (Instance._arm relies on that order).
         self.count = 0
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Held by the running thread, released when it ends (stop() waits on it).
+        self._running: Any = None
         self._lock = threading.Lock()
         weakref.finalize(owner, self._halt)
         _TICKERS.add(self)
@@ -1284,32 +1288,40 @@ class EpochTicker:
 
     def ensure_running(self) -> None:
         """Start the thread if it is not running yet (idempotent)."""
-        if self._thread is not None:
+        if self._running is not None:
             return
         with self._lock:
-            if self._thread is None and not self._stop.is_set():
-                t = threading.Thread(
-                    target=self._run,
-                    args=(self._stop, self),
-                    name="plugsafe-epoch-ticker",
-                    daemon=True,
-                )
-                t.start()
-                self._thread = t
+            if self._running is None and not self._stop.is_set():
+                # A bare thread rather than threading.Thread: Thread.start() waits until the new
+                # thread has run, which costs a fresh process more than the rest of a cached
+                # load. Nothing needs that wait: the first tick is due a full period later.
+                running = _thread.allocate_lock()
+                running.acquire()
+                _thread.start_new_thread(self._run, (self._stop, self, running))
+                self._running = running
 
     @staticmethod
-    def _run(stop: threading.Event, ticker: EpochTicker) -> None:
-        while not stop.wait(TICK_SECONDS):
-            for engine in ticker._engines:
-                engine.increment_epoch()
-            ticker.count += 1
+    def _run(stop: threading.Event, ticker: EpochTicker, running: Any) -> None:
+        try:
+            while not stop.wait(TICK_SECONDS):
+                for engine in ticker._engines:
+                    engine.increment_epoch()
+                ticker.count += 1
+        finally:
+            running.release()
+
+    @property
+    def running(self) -> bool:
+        """Whether the ticker thread has been started and has not ended."""
+        running = self._running
+        return running is not None and running.locked()
 
     def stop(self) -> None:
-        """Stop the thread and wait for it."""
+        """Stop the thread and wait (up to a second) for it to end."""
         self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=1.0)
+        running = self._running
+        if running is not None and running.acquire(timeout=1.0):
+            running.release()
 
     def _after_fork(self) -> None:
         # In the child: the parent's thread is gone, and it may have held these locks when the
@@ -1319,9 +1331,9 @@ class EpochTicker:
         if stopped:
             self._stop.set()
         self._lock = threading.Lock()
-        running = self._thread is not None
-        self._thread = None
-        if running:
+        started = self._running is not None
+        self._running = None
+        if started:
             self.ensure_running()
 
 

@@ -9,6 +9,7 @@ general path does.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ import pytest
 
 import plugsafe
 from plugsafe import Policy
+from plugsafe import _runtime as rt
 
 from conftest import LoadFn
 from wat import ECHO, abi_module
@@ -74,6 +76,7 @@ def test_invoke_takes_any_integer_and_any_real_number(load: LoadFn) -> None:
             float(Fraction(1, 3)),
         )
         assert p.invoke("wide", 2**64 - 1, 7, 8) == (-1, 7.0, 8.0)
+        assert p.invoke("wide", 0, Index(3), Index(4)) == (0, 3.0, 4.0)
 
 
 def test_f32_argument_out_of_range_is_refused(load: LoadFn) -> None:
@@ -154,8 +157,6 @@ def test_memory_grown_by_the_guest_is_seen_by_every_access(load: LoadFn) -> None
 def test_memory_never_moves_when_it_grows(load: LoadFn) -> None:
     # The window an instance keeps on its memory relies on this (Engine sets
     # memory_may_move=False); if a wasmtime upgrade changed it, this fails loudly.
-    from plugsafe import _runtime as rt
-
     p = load(GROW, memory=64 * 2**20)
     p.invoke("grow", 0)
     inst = p._instance
@@ -322,3 +323,24 @@ def test_deadlines_still_fire_in_a_forked_child(load: LoadFn) -> None:
             pytest.fail("the forked child's call never timed out: it has no epoch ticker")
         time.sleep(0.02)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_ticker_thread_ends_with_its_host() -> None:
+    host = plugsafe.Host()
+    host.load(NUMBERS.encode(), policy=Policy(timeout=1.0))
+    ticker = host._ticker
+    assert ticker.running
+    host.close()
+    assert not ticker.running
+
+    def orphan() -> rt.EpochTicker:
+        h = plugsafe.Host()
+        h.load(NUMBERS.encode(), policy=Policy(timeout=1.0)).close()
+        return h._ticker
+
+    left = orphan()
+    gc.collect()  # the Host is gone: its ticker must stop on its own
+    give_up = time.monotonic() + 5
+    while left.running and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert not left.running
