@@ -8,7 +8,7 @@ import pytest
 
 import plugsafe
 
-from conftest import LoadFn
+from conftest import BAD_I32_PAIRS, LoadFn
 from wat import ECHO, abi_module
 
 # Upper-cases ASCII in place and returns it: a real transform through the ABI.
@@ -120,17 +120,7 @@ def test_invoke_unsigned_i32_argument(load: LoadFn) -> None:
     assert load(ECHO).invoke("add", 2**32 - 1, 2) == 1
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ((1,), "takes 2 argument"),
-        ((1, 2, 3), "takes 2 argument"),
-        (("1", 2), "argument 0 is i32; got str"),
-        ((1.5, 2), "argument 0 is i32; got float"),
-        ((2**32, 0), "out of range"),
-        ((-(2**31) - 1, 0), "out of range"),
-    ],
-)
+@pytest.mark.parametrize(("args", "message"), BAD_I32_PAIRS)
 def test_invoke_bad_arguments(load: LoadFn, args: tuple[object, ...], message: str) -> None:
     with pytest.raises(plugsafe.SignatureError, match=message):
         load(ECHO).invoke("add", *args)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import plugsafe
 from plugsafe import Policy
 from plugsafe import _runtime as rt
 
-from conftest import LoadFn
+from conftest import BAD_I32_PAIRS, LoadFn
 from wat import ECHO, abi_module
 
 NUMBERS = """(module
@@ -42,18 +42,7 @@ class Index:
         return self.value
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ((1,), "takes 2 argument"),
-        ((1, 2, 3), "takes 2 argument"),
-        (("1", 2), "argument 0 is i32; got str"),
-        ((1.5, 2), "argument 0 is i32; got float"),
-        ((1, None), "argument 1 is i32; got NoneType"),
-        ((2**32, 0), "out of range"),
-        ((-(2**31) - 1, 0), "out of range"),
-    ],
-)
+@pytest.mark.parametrize(("args", "message"), BAD_I32_PAIRS)
 def test_repeated_invoke_checks_arguments_like_the_first(
     load: LoadFn, args: tuple[object, ...], message: str
 ) -> None:
