@@ -36,6 +36,7 @@ from ._errors import (
     PlugsafeError,
     PolicyError,
 )
+from ._files import read_capped
 from ._host import Host
 from ._log import escape
 from ._plugin import Plugin
@@ -144,12 +145,12 @@ def _read_input(args: argparse.Namespace, limit: int, stdin: IO[bytes]) -> bytes
         what = f"input file {args.input_file!r}"
         try:
             with open(args.input_file, "rb") as f:
-                data = f.read(limit + 1)
+                data = read_capped(f, limit)
         except OSError as exc:
             raise UsageError(f"cannot read {what}: {exc.strerror or exc}") from None
     elif args.input_file == "-" or not stdin.isatty():
         what = "standard input"
-        data = stdin.read(limit + 1)
+        data = read_capped(stdin, limit)
     else:
         # Nothing given and a terminal on stdin: an empty input rather than a silent wait.
         return b""
@@ -200,7 +201,7 @@ def _plugin_logs_to(stream: IO[str], level: str) -> Iterator[None]:
 def _read_file(path: str, limit: int) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            data = read_capped(f, limit)
     except OSError as exc:
         raise PluginLoadError(f"cannot read plugin file {path!r}: {exc.strerror or exc}") from exc
     if len(data) > limit:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import InvalidModuleError, PluginLoadError, PolicyError
+from ._files import read_capped
 from ._policy import Policy
 from ._policyfile import SECTIONS, describe, in_file, parse_policy, read_toml
 
@@ -152,7 +153,7 @@ def read_module(spec: PluginSpec) -> bytes:
     limit = spec.policy.max_module_size
     try:
         with spec.source.open("rb") as f:
-            data = f.read(limit + 1)
+            data = read_capped(f, limit)
     except OSError as exc:
         raise PluginLoadError(
             f"plugin {spec.name!r}: cannot read {str(spec.source)!r}: {exc.strerror or exc}"

@@ -24,6 +24,7 @@ from ._errors import (
     PluginLoadError,
     PolicyError,
 )
+from ._files import read_capped
 from ._isolate import compile_isolated
 from ._plugin import BoundFunction, Plugin
 from ._policy import Policy
@@ -279,7 +280,7 @@ class Host(Closing):
             try:
                 with path.open("rb") as f:
                     # Read one byte past the cap so a huge file is refused without reading it all.
-                    data = f.read(max_size + 1)
+                    data = read_capped(f, max_size)
             except OSError as exc:
                 raise PluginLoadError(
                     f"cannot read plugin file {str(path)!r}: {exc.strerror or exc}"
