@@ -403,9 +403,9 @@ class Plugin(Closing):
                     state = self._idle_state
                 try:
                     try:
-                        out = inst.invoke(ref, args)
+                        out = ref.invoke(args)
                     except rt.ArgumentsDoNotFit:
-                        out = inst.invoke(ref, self._convert_args(ref, function, args))
+                        out = ref.invoke(self._convert_args(ref, function, args))
                 except rt.WasmFailure as failure:
                     err = self._call_failed(failure, state, function, inst)
                     raise err from err.__cause__

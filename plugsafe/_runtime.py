@@ -972,8 +972,8 @@ def _slot_struct(types: Sequence[str], trap_slot: int | None = None) -> struct.S
     return struct.Struct(fmt)
 
 
-def _unbound() -> Any:
-    raise RuntimeError("FuncRef.call used before Instance.func bound it")
+def _unbound(*_args: object) -> Any:
+    raise RuntimeError("FuncRef.call or .invoke used before Instance.func bound it")
 
 
 @dataclass(eq=False)
@@ -1004,9 +1004,59 @@ class FuncRef:
     trap: Any
     # ``call()`` makes the C call on ``buf`` (set by Instance.func).
     call: Callable[[], Any] = _unbound
+    # ``invoke(args)``: Instance.invoke for this function as one closure (set by Instance.func
+    # for numeric functions): the per-call path with no method lookups.
+    invoke: Callable[[Sequence[object]], tuple[Any, ...]] = _unbound
     # Set by the Plugin once it has checked the signature for invoke() / for the plugin ABI.
     invoke_ok: bool = False
     abi_ok: bool = False
+
+
+def _call_failed(view: memoryview, trap_at: int, error: Any, trap: int) -> WasmFailure:
+    # Clear the trap slot: the call path relies on it being null before every call.
+    struct.pack_into("<Q", view, trap_at, 0)
+    return _failure_from_addresses(_B.address(error), trap)
+
+
+def _invoker(
+    name: str,
+    put: Callable[..., None],
+    get: Callable[[], tuple[Any, ...]],
+    call: Callable[[], Any],
+    view: memoryview,
+    trap_at: int,
+    ctx: Any,
+    epochs: EpochTicker | _NoTicks,
+    arming: list[int],
+    ticks: int,
+    fuel: int | None,
+) -> Callable[[Sequence[object]], tuple[Any, ...]]:
+    """Instance.invoke for one function as a closure: every call's cost in one frame.
+
+    It holds no reference to the Instance (so dropping an instance frees its store at once):
+    the deadline's arming state is the instance's shared one-item list.
+    """
+    set_deadline = _B.set_deadline
+    set_fuel = _B.set_fuel
+
+    def invoke(args: Sequence[object]) -> tuple[Any, ...]:
+        try:
+            put(*args)
+        except (struct.error, TypeError, OverflowError):
+            raise ArgumentsDoNotFit(name) from None
+        if fuel is not None:
+            set_fuel(ctx, fuel)
+        count = epochs.count
+        if count != arming[0]:  # Instance._arm, inlined
+            arming[0] = count
+            set_deadline(ctx, ticks)
+        error = call()
+        out = get()
+        if error or out[-1]:
+            raise _call_failed(view, trap_at, error, out[-1])
+        return out
+
+    return invoke
 
 
 class _NoTicks:
@@ -1057,7 +1107,9 @@ class Instance:
         # One tick more than asked: a deadline armed in an earlier call of the same tick may
         # have lost up to one tick already (see _arm).
         self._ticks = deadline_ticks if epochs is None else deadline_ticks + 1
-        self._armed_at = -1
+        # The ticker's count when the deadline was last armed, shared with every invoker of
+        # this instance (a list, so the invokers need no reference back to the instance).
+        self._arming = [-1]
         self.set_budget()
         ctx = self._store._context()
         instance = wf.wasmtime_instance_t()
@@ -1108,7 +1160,7 @@ class Instance:
         is unchanged the epoch is at most one past where it was at arming; the extra tick in
         ``_ticks`` covers that.
         """
-        self._armed_at = self._epochs.count
+        self._arming[0] = self._epochs.count
         _B.set_deadline(self._ctx, self._ticks)
 
     def fuel_left(self) -> int:
@@ -1135,6 +1187,11 @@ class Instance:
         ref = FuncRef(name, found[1], arg, info.params, info.results, *scratch)
         # The C call with every argument bound: one attribute load on the hot path, not five.
         ref.call = functools.partial(_raw_call, self._ctx, arg, ref.buf, ref.width, ref.trap)
+        if ref.put is not None and ref.get is not None:
+            ref.invoke = _invoker(
+                ref.name, ref.put, ref.get, ref.call, ref.view, 16 * ref.width, self._ctx,
+                self._epochs, self._arming, self._ticks, self._fuel if self._metered else None,
+            )  # fmt: skip
         self.funcs[name] = ref
         return ref
 
@@ -1150,9 +1207,7 @@ class Instance:
         return (buf, width, put, get, view, _B.trap_arg(buf, 16 * width))
 
     def _failed(self, ref: FuncRef, error: Any, trap: int) -> WasmFailure:
-        # Clear the trap slot: the call path relies on it being null before every call.
-        struct.pack_into("<Q", ref.view, 16 * ref.width, 0)
-        return _failure_from_addresses(_B.address(error), trap)
+        return _call_failed(ref.view, 16 * ref.width, error, trap)
 
     def invoke(self, ref: FuncRef, args: Sequence[object]) -> tuple[int | float, ...]:
         """Call a numeric function under a fresh budget; its results, then a 0 (the trap slot).
@@ -1160,26 +1215,12 @@ class Instance:
         Integers go in as signed values: anything ``struct`` packs as one (ints, objects with
         ``__index__``; for floats also objects with ``__float__``). Raises ArgumentsDoNotFit
         (before calling anything) if the arguments are not exactly the parameters in number,
-        type and signed range, and
-        WasmFailure if the call traps or fails.
+        type and signed range, and WasmFailure if the call traps or fails. ``ref.invoke(args)``
+        is the same without this method's frame.
         """
-        put = ref.put
-        if put is None:
+        if ref.put is None:
             raise ArgumentsDoNotFit(f"{ref.name} has parameters or results that are not numbers")
-        try:
-            put(*args)
-        except (struct.error, TypeError, OverflowError):
-            raise ArgumentsDoNotFit(ref.name) from None
-        ctx = self._ctx
-        if self._metered:
-            _B.set_fuel(ctx, self._fuel)
-        if self._epochs.count != self._armed_at:
-            self._arm()
-        error = ref.call()
-        out: tuple[int | float, ...] = ref.get()  # type: ignore[misc]
-        if error or out[-1]:
-            raise self._failed(ref, error, out[-1])  # type: ignore[arg-type]
-        return out
+        return ref.invoke(args)
 
     def call(self, ref: FuncRef, args: Sequence[object]) -> list[int | float]:
         """Call with already-checked numeric arguments under a fresh budget; the results."""
@@ -1196,7 +1237,7 @@ class Instance:
         ctx = self._ctx
         if self._metered:
             _B.set_fuel(ctx, self._fuel)
-        if self._epochs.count != self._armed_at:
+        if self._epochs.count != self._arming[0]:
             self._arm()
         n = len(payload)
         # Both go to the guest as i32: signed, as the slot layout packs them.
