@@ -115,6 +115,20 @@ class _AppError(Exception):
         self.exc = exc
 
 
+def _raise(err: BaseException) -> NoReturn:
+    """Raise ``err`` from its own ``__cause__``, keeping no reference to it in any frame.
+
+    A frame that holds, as a local, the exception it raises makes a reference cycle (exception,
+    traceback, frame, exception): every local of the frames in between, the discarded instance
+    and its store among them, would then live until the garbage collector ran. Call this with
+    the exception as an expression, never bound to a local.
+    """
+    try:
+        raise err from err.__cause__
+    finally:
+        del err
+
+
 def _fmt_bytes(n: int) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size and n % size == 0:
@@ -348,8 +362,7 @@ class Plugin(Closing):
                 try:
                     return self._round_trip(inst, ref, function, payload)
                 except rt.WasmFailure as failure:
-                    err = self._call_failed(failure, state, function, inst)
-                    raise err from err.__cause__
+                    _raise(self._call_failed(failure, state, function, inst))
                 finally:
                     self._settle(inst, state, start)
                     lock.release()
@@ -407,8 +420,7 @@ class Plugin(Closing):
                     except rt.ArgumentsDoNotFit:
                         out = ref.invoke(self._convert_args(ref, function, args))
                 except rt.WasmFailure as failure:
-                    err = self._call_failed(failure, state, function, inst)
-                    raise err from err.__cause__
+                    _raise(self._call_failed(failure, state, function, inst))
                 finally:
                     if inst is self._instance and self._lean and not state.host_calls:
                         self._last = (None, _perf_counter() - start, inst, 0)
@@ -508,12 +520,16 @@ class Plugin(Closing):
                 inst.call(ref, [])
             return inst
         except rt.WasmFailure as failure:
-            err = self._translate(failure, state, state.function, inst, phase)
-            if phase == "load" and isinstance(err, PluginCallError):
-                raise PluginLoadError(
-                    f"plugin {self._name!r} failed while being instantiated: {err}"
-                ) from err
-            raise err from err.__cause__
+            err: BaseException | None = self._translate(failure, state, state.function, inst, phase)
+            try:
+                if phase == "load" and isinstance(err, PluginCallError):
+                    raise PluginLoadError(
+                        f"plugin {self._name!r} failed while being instantiated: {err}"
+                    ) from err
+                assert err is not None
+                raise err from err.__cause__
+            finally:
+                err = None  # no cycle through this frame (see _raise)
 
     def _wasi_config(self, args: Sequence[str] | None, stdin: bytes | None) -> object:
         """A WasiConfig for one new instance, with fresh output sinks (kept as _out/_err)."""
@@ -586,8 +602,7 @@ class Plugin(Closing):
                     inst.call(ref, [])
                 except rt.WasmFailure as failure:
                     if failure.exit_code is None:
-                        e = self._translate(failure, state, "_start", inst, "call")
-                        raise e from e.__cause__
+                        _raise(self._translate(failure, state, "_start", inst, "call"))
                     code = failure.exit_code
                 finally:
                     self._finish(inst, state, t0)
@@ -688,10 +703,15 @@ class Plugin(Closing):
         try:
             out = inst.call(ref, [])
         except rt.WasmFailure as failure:
-            err = self._translate(failure, state, _abi.VERSION_EXPORT, inst, "load")
-            if isinstance(err, LimitExceeded):
-                raise err from err.__cause__
-            raise PluginLoadError(f"plugin {self._name!r}: {err}") from err
+            err: BaseException | None = self._translate(
+                failure, state, _abi.VERSION_EXPORT, inst, "load"
+            )
+            try:
+                if isinstance(err, LimitExceeded):
+                    raise err from err.__cause__
+                raise PluginLoadError(f"plugin {self._name!r}: {err}") from err
+            finally:
+                err = None  # no cycle through this frame (see _raise)
         declared = int(out[0])
         if declared != _abi.ABI_VERSION:
             raise AbiVersionError(self._name, declared, _abi.ABI_VERSION)
@@ -756,8 +776,7 @@ class Plugin(Closing):
             try:
                 return op(inst)
             except rt.WasmFailure as failure:
-                err = self._call_failed(failure, state, function, inst)
-                raise err from err.__cause__
+                _raise(self._call_failed(failure, state, function, inst))
             finally:
                 self._settle(inst, state, start)
         finally:

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 import warnings
+import weakref
 from fractions import Fraction
 
 import pytest
@@ -333,3 +334,53 @@ def test_ticker_thread_ends_with_its_host() -> None:
     while left.running and time.monotonic() < give_up:
         time.sleep(0.01)
     assert not left.running
+
+
+LOOP = abi_module(
+    """
+  ;; Counts down from n; a negative n never ends.
+  (func (export "loop") (param $n i32)
+    (loop $l
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br_if $l (i32.ne (local.get $n) (i32.const 0)))))
+  (func (export "aloop") (param $p i32) (param $n i32) (result i64)
+    (loop $l
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br_if $l (i32.ne (local.get $n) (i32.const 0))))
+    (call $ok (i32.const 0) (i32.const 0)))
+"""
+)
+
+
+@pytest.mark.parametrize("path", ["first call", "short path", "abi short path"])
+def test_a_discarded_instance_frees_its_store_without_the_garbage_collector(
+    load: LoadFn, path: str
+) -> None:
+    # After a trap the instance is discarded, and nothing may keep it alive through a reference
+    # cycle (an exception held by a frame of its own traceback, a call path that points back
+    # at its instance): its store, and the memory it maps, must go at once, not at the next
+    # garbage collection.
+    p = load(LOOP, timeout=0.05)
+    if path == "short path":
+        p.invoke("loop", 3)  # checked: the runaway call below takes the short path
+    elif path == "abi short path":
+        assert p.call("aloop", b"\x05") == b""
+    inst = p._instance
+    assert inst is not None
+    store = weakref.ref(inst._store)
+    del inst
+    gc.collect()
+    gc.disable()
+    try:
+        try:
+            if path == "abi short path":
+                p.call("aloop", b"")  # n = 0: counts down from 2^32, past the deadline
+            else:
+                p.invoke("loop", -1)
+        except plugsafe.DeadlineExceeded:
+            pass  # (pytest.raises would keep the traceback, and with it the instance)
+        else:
+            pytest.fail("the loop did not time out")
+        assert store() is None
+    finally:
+        gc.enable()
