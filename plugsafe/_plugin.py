@@ -870,6 +870,7 @@ class Plugin(Closing):
                     f"plugin {self._name!r} export {function!r} uses type {t}; invoke() "
                     "handles only i32, i64, f32 and f64"
                 )
+        inst.prepare_invoke(ref)  # the short path calls ref.invoke directly
         ref.invoke_ok = True
         return ref
 

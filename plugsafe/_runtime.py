@@ -1004,8 +1004,8 @@ class FuncRef:
     trap: Any
     # ``call()`` makes the C call on ``buf`` (set by Instance.func).
     call: Callable[[], Any] = _unbound
-    # ``invoke(args)``: Instance.invoke for this function as one closure (set by Instance.func
-    # for numeric functions): the per-call path with no method lookups.
+    # ``invoke(args)``: Instance.invoke for this function as one closure (set by
+    # Instance.prepare_invoke for numeric functions): the per-call path with no method lookups.
     invoke: Callable[[Sequence[object]], tuple[Any, ...]] = _unbound
     # Set by the Plugin once it has checked the signature for invoke() / for the plugin ABI.
     invoke_ok: bool = False
@@ -1187,11 +1187,6 @@ class Instance:
         ref = FuncRef(name, found[1], arg, info.params, info.results, *scratch)
         # The C call with every argument bound: one attribute load on the hot path, not five.
         ref.call = functools.partial(_raw_call, self._ctx, arg, ref.buf, ref.width, ref.trap)
-        if ref.put is not None and ref.get is not None:
-            ref.invoke = _invoker(
-                ref.name, ref.put, ref.get, ref.call, ref.view, 16 * ref.width, self._ctx,
-                self._epochs, self._arming, self._ticks, self._fuel if self._metered else None,
-            )  # fmt: skip
         self.funcs[name] = ref
         return ref
 
@@ -1218,9 +1213,21 @@ class Instance:
         type and signed range, and WasmFailure if the call traps or fails. ``ref.invoke(args)``
         is the same without this method's frame.
         """
-        if ref.put is None:
+        invoke = ref.invoke
+        if invoke is _unbound:
+            invoke = self.prepare_invoke(ref)
+        return invoke(args)
+
+    def prepare_invoke(self, ref: FuncRef) -> Callable[[Sequence[object]], tuple[Any, ...]]:
+        """Build ``ref.invoke`` (on first use: a fresh instance used only through the ABI never
+        pays for it)."""
+        if ref.put is None or ref.get is None:
             raise ArgumentsDoNotFit(f"{ref.name} has parameters or results that are not numbers")
-        return ref.invoke(args)
+        ref.invoke = _invoker(
+            ref.name, ref.put, ref.get, ref.call, ref.view, 16 * ref.width, self._ctx,
+            self._epochs, self._arming, self._ticks, self._fuel if self._metered else None,
+        )  # fmt: skip
+        return ref.invoke
 
     def call(self, ref: FuncRef, args: Sequence[object]) -> list[int | float]:
         """Call with already-checked numeric arguments under a fresh budget; the results."""
