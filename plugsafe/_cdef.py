@@ -22,6 +22,7 @@ typedef struct wasmtime_linker wasmtime_linker_t;
 typedef struct wasm_functype_t wasm_functype_t;
 typedef struct wasm_trap_t wasm_trap_t;
 typedef struct wasmtime_error wasmtime_error_t;
+typedef struct wasmtime_instance_pre wasmtime_instance_pre_t;
 typedef struct { uint64_t store_id; void *private_; } wasmtime_func_t;
 typedef struct { struct { uint64_t store_id; uint32_t private1; } a; uint32_t private2; }
     wasmtime_memory_t;
@@ -47,6 +48,8 @@ bool wasmtime_instance_export_get(const wasmtime_context_t *, const wasmtime_ins
     const char *, size_t, wasmtime_extern_t *);
 bool wasmtime_caller_export_get(wasmtime_caller_t *, const char *, size_t, wasmtime_extern_t *);
 wasm_trap_t *wasmtime_trap_new(const char *, size_t);
+wasmtime_error_t *wasmtime_instance_pre_instantiate(
+    const wasmtime_instance_pre_t *, wasmtime_context_t *, wasmtime_instance_t *, wasm_trap_t **);
 wasmtime_error_t *wasmtime_linker_define_func_unchecked(
     wasmtime_linker_t *, const char *, size_t, const char *, size_t, const wasm_functype_t *,
     wasmtime_func_unchecked_callback_t, void *, void (*)(void *));

@@ -197,7 +197,15 @@ class _CtypesBackend:
             "f64": ctypes.cast(address, POINTER(ctypes.c_double)),
         }
 
-    def instance(self, instance: Any) -> Any:
+    def pre(self, pre: Any) -> Any:
+        return pre
+
+    def instantiate(self, pre: Any, ctx: Any) -> Any:
+        instance = wf.wasmtime_instance_t()
+        trap = _TrapPtr()
+        error = wf.wasmtime_instance_pre_instantiate(pre.ptr(), ctx, byref(instance), byref(trap))
+        if error or trap:
+            raise _failure(error, trap)
         return instance
 
     def export(self, ctx: Any, instance: Any, name: bytes) -> tuple[int, Any] | None:
@@ -391,12 +399,6 @@ class _CffiBackend:
     def address(self, ptr: Any) -> int:
         return int(self.ffi.cast("uintptr_t", ptr)) if ptr else 0
 
-    def _from_ctypes(self, ctype_name: str, value: Any) -> Any:
-        out = self.ffi.new(ctype_name + " *")
-        self.ffi.memmove(out, ctypes.string_at(ctypes.addressof(value), ctypes.sizeof(value)),
-                         ctypes.sizeof(value))  # fmt: skip
-        return out
-
     def ctx(self, store: wasmtime.Store) -> Any:
         return self.ffi.cast("wasmtime_context_t *", _address(store._context()))
 
@@ -413,8 +415,18 @@ class _CffiBackend:
             "f64": cast("double *", buf),
         }
 
-    def instance(self, instance: Any) -> Any:
-        return self._from_ctypes("wasmtime_instance_t", instance)
+    def pre(self, pre: Any) -> Any:
+        # Kept as a cffi pointer (with the wasmtime-py object that owns it) for instantiate.
+        return (self.ffi.cast("wasmtime_instance_pre_t *", _address(pre.ptr())), pre)
+
+    def instantiate(self, pre: Any, ctx: Any) -> Any:
+        ffi = self.ffi
+        instance = ffi.new("wasmtime_instance_t *")
+        trap = ffi.new("wasm_trap_t **")
+        error = self.lib.wasmtime_instance_pre_instantiate(pre[0], ctx, instance, trap)
+        if error or trap[0]:
+            self._raise(error, trap[0])
+        return instance
 
     def export(self, ctx: Any, instance: Any, name: bytes) -> tuple[int, Any] | None:
         ffi = self.ffi
@@ -939,7 +951,7 @@ class Linker:
     def prepare(self, module: Module) -> None:
         """Type-check imports once (an InstancePre); later instantiations skip that work."""
         try:
-            self._pre = self._linker.instantiate_pre(module._module)
+            self._pre = _B.pre(self._linker.instantiate_pre(module._module))
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
 
@@ -1111,20 +1123,9 @@ class Instance:
         # this instance (a list, so the invokers need no reference back to the instance).
         self._arming = [-1]
         self.set_budget()
-        ctx = self._store._context()
-        instance = wf.wasmtime_instance_t()
-        trap = _TrapPtr()
-        if linker._pre is not None:
-            error = wf.wasmtime_instance_pre_instantiate(
-                linker._pre.ptr(), ctx, byref(instance), byref(trap)
-            )
-        else:
-            error = wf.wasmtime_linker_instantiate(
-                linker._linker.ptr(), ctx, module._module.ptr(), byref(instance), byref(trap)
-            )
-        if error or trap:
-            raise _failure(error, trap)
-        self._instance = _B.instance(instance)
+        if linker._pre is None:
+            linker.prepare(module)
+        self._instance = _B.instantiate(linker._pre, self._ctx)
         self._exports = module.exports
         self._scratch = linker.scratch
         # Exported functions looked up so far, by name (read directly by the Plugin's hot path).
