@@ -12,6 +12,7 @@ import ctypes
 import gc
 import os
 import signal
+import threading
 import time
 import warnings
 import weakref
@@ -384,3 +385,42 @@ def test_a_discarded_instance_frees_its_store_without_the_garbage_collector(
         assert store() is None
     finally:
         gc.enable()
+
+
+def test_close_while_threads_are_calling(host: plugsafe.Host) -> None:
+    # Calls on the short path and a close from another thread: every call either completes
+    # with the right answer or raises PluginClosedError; nothing else, and nothing hangs.
+    p = host.load(ECHO.encode(), policy=Policy(timeout=1.0))
+    assert p.invoke("add", 1, 1) == 2 and p.call("echo", b"x") == b"x"
+    errors: list[BaseException] = []
+    counts = [0] * 4
+    started = threading.Barrier(5)
+
+    def worker(k: int) -> None:
+        started.wait()
+        while True:
+            try:
+                if k % 2:
+                    assert p.invoke("add", k, 1) == k + 1
+                else:
+                    assert p.call("echo", b"abc") == b"abc"
+                counts[k] += 1
+            except plugsafe.PluginClosedError:
+                return
+            except BaseException as exc:  # anything else is a failure of the test
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    started.wait()
+    give_up = time.monotonic() + 10
+    while not all(counts) and not errors and time.monotonic() < give_up:
+        time.sleep(0.005)  # every thread is calling before the close
+    p.close()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert all(counts)
