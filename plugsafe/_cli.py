@@ -36,7 +36,7 @@ from ._errors import (
     PlugsafeError,
     PolicyError,
 )
-from ._files import read_capped
+from ._files import read_capped, read_plugin_file
 from ._host import Host
 from ._log import escape
 from ._plugin import Plugin
@@ -198,17 +198,6 @@ def _plugin_logs_to(stream: IO[str], level: str) -> Iterator[None]:
 # -- reading modules --------------------------------------------------------------------------
 
 
-def _read_file(path: str, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = read_capped(f, limit)
-    except OSError as exc:
-        raise PluginLoadError(f"cannot read plugin file {path!r}: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise InvalidModuleError(f"{path!r} is over {limit} bytes")
-    return data
-
-
 def _to_wasm(data: bytes, path: str) -> tuple[bytes, str]:
     """(wasm binary, "wasm" or "wat") for a file's bytes."""
     if data.startswith(WASM_MAGIC):
@@ -355,7 +344,7 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[by
         builtins = set(host.functions)
         app_functions = sorted(policy.allow - builtins)
         try:
-            data = _read_file(path, policy.max_module_size)
+            data = read_plugin_file(path, policy.max_module_size)
             module = _compile(_to_wasm(data, path)[0], path)
             problems: dict[tuple[str, str], ImportProblem] = {}
             try:
@@ -503,7 +492,7 @@ def _import_json(i: ImportInfo) -> dict[str, Any]:
 def cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[bytes]) -> int:
     """``plugsafe inspect``: what a plugin imports, exports and declares."""
     path = args.plugin
-    data = _read_file(path, _MAX_READ)
+    data = read_plugin_file(path, _MAX_READ)
     wasm, fmt = _to_wasm(data, path)
     module = _compile(wasm, path)
     decls = parse_memories(wasm)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import InvalidModuleError, PluginLoadError, PolicyError
-from ._files import read_capped
+from ._files import read_plugin_file
 from ._policy import Policy
 from ._policyfile import SECTIONS, describe, in_file, parse_policy, read_toml
 
@@ -150,19 +150,9 @@ def read_module(spec: PluginSpec) -> bytes:
     The same bytes are hashed and loaded, so the file cannot change between the check and the
     load.
     """
-    limit = spec.policy.max_module_size
-    try:
-        with spec.source.open("rb") as f:
-            data = read_capped(f, limit)
-    except OSError as exc:
-        raise PluginLoadError(
-            f"plugin {spec.name!r}: cannot read {str(spec.source)!r}: {exc.strerror or exc}"
-        ) from exc
-    if len(data) > limit:
-        raise InvalidModuleError(
-            f"plugin {spec.name!r}: {str(spec.source)!r} is over the policy's max_module_size "
-            f"of {limit} bytes"
-        )
+    data = read_plugin_file(
+        spec.source, spec.policy.max_module_size, label=f"plugin {spec.name!r}: "
+    )
     if spec.sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != spec.sha256:

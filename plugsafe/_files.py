@@ -6,7 +6,9 @@ import io
 import os
 from typing import IO
 
-__all__ = ["read_capped"]
+from ._errors import InvalidModuleError, PluginLoadError
+
+__all__ = ["read_capped", "read_plugin_file"]
 
 
 def read_capped(f: IO[bytes], limit: int) -> bytes:
@@ -24,4 +26,25 @@ def read_capped(f: IO[bytes], limit: int) -> bytes:
     data = f.read(min(hint, limit) + 1)
     if hint < len(data) <= limit:
         data += f.read(limit + 1 - len(data))
+    return data
+
+
+def read_plugin_file(path: str | os.PathLike[str], limit: int, *, label: str = "") -> bytes:
+    """The bytes of the plugin file ``path``, refused if over ``limit`` bytes.
+
+    Raises PluginLoadError if it cannot be read and InvalidModuleError if it is too big, with
+    ``label`` (such as ``"plugin 'x': "``) at the start of either message.
+    """
+    shown = repr(str(path))
+    try:
+        with open(path, "rb") as f:
+            data = read_capped(f, limit)
+    except OSError as exc:
+        raise PluginLoadError(
+            f"{label}cannot read plugin file {shown}: {exc.strerror or exc}"
+        ) from exc
+    if len(data) > limit:
+        raise InvalidModuleError(
+            f"{label}{shown} is over the policy's max_module_size of {limit} bytes"
+        )
     return data

@@ -21,10 +21,9 @@ from ._errors import (
     ImportProblem,
     InvalidModuleError,
     PluginClosedError,
-    PluginLoadError,
     PolicyError,
 )
-from ._files import read_capped
+from ._files import read_plugin_file
 from ._isolate import compile_isolated
 from ._plugin import BoundFunction, Plugin
 from ._policy import Policy
@@ -277,18 +276,7 @@ class Host(Closing):
             return self._to_wasm(data, "module", max_size), f"plugin-{digest}"
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
-            try:
-                with path.open("rb") as f:
-                    # Read one byte past the cap so a huge file is refused without reading it all.
-                    data = read_capped(f, max_size)
-            except OSError as exc:
-                raise PluginLoadError(
-                    f"cannot read plugin file {str(path)!r}: {exc.strerror or exc}"
-                ) from exc
-            if len(data) > max_size:
-                raise InvalidModuleError(
-                    f"{str(path)!r} is over the policy's max_module_size of {max_size} bytes"
-                )
+            data = read_plugin_file(path, max_size)
             return self._to_wasm(data, repr(str(path)), max_size), path.stem or "plugin"
         raise TypeError(
             "source must be a path (str or os.PathLike) or the module as bytes, "
