@@ -163,7 +163,8 @@ def _out_of_range(pointer: int, length: int, size: int) -> GuestMemoryError:
 # Backends. Each turns wasmtime-py objects into its own handles once, then does the per-call C
 # calls with as little Python as possible. Handles: ``ctx`` (a store context), ``func``
 # (wasmtime_func_t), ``mem`` (wasmtime_memory_t), ``buf`` (wasmtime_val_raw_t[n]); raw values
-# are read and written as ``buf[i].i32`` etc. in both backends.
+# are read and written as ``buf[i].i32`` etc. in both backends, or through ``bytes_view(buf)``
+# with struct layouts on the hot path.
 # ---------------------------------------------------------------------------------------------
 
 # A host function as the C API calls it: (env, caller, args_and_results, count) -> the backend's
@@ -186,16 +187,6 @@ class _CtypesBackend:
 
     def buf(self, n: int) -> Any:
         return (wf.wasmtime_val_raw_t * n)()
-
-    def views(self, buf: Any) -> dict[str, Any]:
-        # Typed views over the 16-byte raw value slots: slot i's i32 is int32 index 4*i, etc.
-        address = ctypes.addressof(buf)
-        return {
-            "i32": ctypes.cast(address, POINTER(ctypes.c_int32)),
-            "i64": ctypes.cast(address, POINTER(ctypes.c_int64)),
-            "f32": ctypes.cast(address, POINTER(ctypes.c_float)),
-            "f64": ctypes.cast(address, POINTER(ctypes.c_double)),
-        }
 
     def pre(self, pre: Any) -> Any:
         return pre
@@ -404,16 +395,6 @@ class _CffiBackend:
 
     def buf(self, n: int) -> Any:
         return self.ffi.new("wasmtime_val_raw_t[]", n)
-
-    def views(self, buf: Any) -> dict[str, Any]:
-        # Typed views over the 16-byte raw value slots: slot i's i32 is int32 index 4*i, etc.
-        cast = self.ffi.cast
-        return {
-            "i32": cast("int32_t *", buf),
-            "i64": cast("int64_t *", buf),
-            "f32": cast("float *", buf),
-            "f64": cast("double *", buf),
-        }
 
     def pre(self, pre: Any) -> Any:
         # Kept as a cffi pointer (with the wasmtime-py object that owns it) for instantiate.
@@ -844,8 +825,9 @@ class Linker:
         # The callback objects must outlive every store that can call them.
         self._keep: list[Any] = []
         self._pre: Any = None
-        # Per-function scratch (argument buffer, typed views, trap slot) shared by every instance
-        # made from this linker: they belong to one Plugin, whose calls never overlap.
+        # Per-function scratch (argument buffer with its trap slot, struct layouts) shared by
+        # every instance made from this linker: they belong to one Plugin, whose calls never
+        # overlap.
         self.scratch: dict[str, tuple[Any, ...]] = {}
 
     def define_func(
