@@ -167,7 +167,16 @@ class Host(Closing):
             LimitExceeded: a limit bit while instantiating (e.g. a start function that loops),
                 or compiling in a child process ran over compile_timeout or compile_memory.
         """
-        loaded = self._prepare(source, policy=policy, name=name)
+        return self._instantiate(self._prepare(source, policy=policy, name=name))
+
+    def _instantiate(self, loaded: LoadedModule) -> Plugin:
+        """The import check, then a new Plugin (instance) of a module ``_prepare`` gave.
+
+        A PluginPool prepares once and instantiates ``size`` times: one read of the file, so
+        every instance runs the same bytes.
+        """
+        if self._closed:
+            raise PluginClosedError("this Host is closed")
         functions = check_imports(loaded.module, self._functions, loaded.policy, loaded.name)
         plugin = Plugin(
             name=loaded.name,

@@ -73,8 +73,7 @@ class LoadedModule:
         memories: the memories the module defines itself (imports excluded), in bytes.
         wasm: the binary that was compiled (WAT already translated).
         format: what the source was: ``"wasm"`` or ``"wat"``.
-        source_size: bytes of the source as read (the WAT text for WAT).
-        source_sha256: hex sha256 of the source as read (what a host config pins).
+        source: the source as read (the WAT text for WAT; the same object as ``wasm`` else).
         policy: the policy it was checked against.
         engine: the engine it was compiled for (metered or not, as the policy asks).
     """
@@ -84,10 +83,22 @@ class LoadedModule:
     memories: tuple[MemoryDecl, ...]
     wasm: bytes
     format: Format
-    source_size: int
-    source_sha256: str
+    source: bytes
     policy: Policy
     engine: rt.Engine
+
+    @property
+    def source_size(self) -> int:
+        """Bytes of the source as read."""
+        return len(self.source)
+
+    @property
+    def source_sha256(self) -> str:
+        """Hex sha256 of the source as read (what a host config pins).
+
+        Computed when asked, not on every load: only the command line wants it.
+        """
+        return hashlib.sha256(self.source).hexdigest()
 
 
 def read_source(source: Source, max_size: int) -> tuple[bytes, str, str]:
@@ -210,8 +221,7 @@ class ModuleLoader:
             memories=memories,
             wasm=wasm,
             format=fmt,
-            source_size=len(data),
-            source_sha256=hashlib.sha256(data).hexdigest(),
+            source=data,
             policy=policy,
             engine=engine,
         )

@@ -12,7 +12,8 @@ from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 from ._aio import run_in_thread
 from ._closing import Closing
 from ._errors import PluginClosedError
-from ._host import Host, Source
+from ._host import Host
+from ._loader import Source
 from ._plugin import Plugin
 from ._policy import Policy
 
@@ -54,8 +55,10 @@ class PluginPool(Closing):
         self._closed = False
         self._lock = threading.Lock()
         try:
+            # Read, checked and compiled once (see _loader); each instance from the same bytes.
+            loaded = self._host._prepare(source, policy=policy, name=name)
             for _ in range(size):
-                plugin = self._host.load(source, policy=policy, name=name)
+                plugin = self._host._instantiate(loaded)
                 self._plugins.append(plugin)
                 self._idle.put(plugin)
         except BaseException:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import plugsafe
-from plugsafe import _cli
+from plugsafe import _cli, _loader
 from plugsafe._loader import LoadedModule
 
 from wat import ECHO
@@ -98,3 +98,22 @@ def test_no_deferred_imports_of_our_own_modules(module: str) -> None:
     deferred = [name for name, nested in _imports(module) if nested]
     # _cli imports the optional SDK templates late on purpose (importlib, not an import).
     assert deferred == [], deferred
+
+
+def test_a_pool_reads_and_checks_its_file_once(
+    host: plugsafe.Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[object] = []
+    real = _loader.read_plugin_file
+
+    def counting(path: object, limit: int, **kwargs: str) -> bytes:
+        reads.append(path)
+        return real(path, limit, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_loader, "read_plugin_file", counting)
+    path = tmp_path / "echo.wat"
+    path.write_text(ECHO)
+    with plugsafe.PluginPool(path, size=3, host=host) as pool:
+        assert pool.call("echo", b"x") == b"x"
+        assert pool.name == "echo"
+    assert len(reads) == 1
