@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
 import pytest
 import wasmtime
+from security.bombs import module
 
 from plugsafe import _runtime as rt
+from plugsafe import _wasmbin
 from plugsafe._wasmbin import MemoryDecl, WasmFormatError, describe, parse_memories, valtype_name
 
 from wat import ECHO
@@ -116,3 +119,30 @@ def test_value_type_names() -> None:
 def test_memories_defined_not_imported() -> None:
     wasm = bytes(wasmtime.wat2wasm(MIXED))
     assert parse_memories(wasm) == [MemoryDecl(2 * 65536, None), MemoryDecl(65536, 4 * 65536)]
+
+
+def _outcome(wasm: bytes) -> tuple[object, ...]:
+    try:
+        return ("ok", tuple(_wasmbin.nesting_depths(wasm)))
+    except WasmFormatError as exc:
+        return ("error", str(exc), exc.cap)
+
+
+def test_skipping_plain_runs_changes_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder's fast path (one regex match per run of plain instructions) gives the same
+    depths and the same errors as decoding every instruction, on random instruction soup."""
+    rng = random.Random(11)
+    alphabet = [0x02, 0x03, 0x04, 0x0B, 0x40, 0x41, 0x42, 0x43, 0x44, 0x1A, 0x20, 0x28, 0x36]
+    alphabet += [0x80, 0xFF, 0x7F, 0x00, 0x0E, 0xFC, 0xFD, 0x11, 0x1C, 0x1F, 0xD0, 0x18, 0x06]
+    cases = []
+    for _ in range(3000):
+        body = bytes(
+            rng.choice(alphabet) if rng.random() < 0.8 else rng.randrange(256)
+            for _ in range(rng.randint(0, 40))
+        )
+        cases.append(module([body, b"\x41\x02\x1a" * rng.randint(0, 5)]))
+    fast = [_outcome(w) for w in cases]
+    monkeypatch.setattr(_wasmbin, "_PLAIN_START", [False] * 256)
+    slow = [_outcome(w) for w in cases]
+    assert fast == slow
+    assert {o[0] for o in fast} == {"ok", "error"}
