@@ -24,8 +24,9 @@ from ._errors import (
     PolicyError,
 )
 from ._files import read_plugin_file
+from ._hostfn import BUILTIN_FUNCTIONS, BoundFunction, signature_from_annotations
 from ._isolate import compile_isolated
-from ._plugin import BoundFunction, Plugin
+from ._plugin import Plugin
 from ._policy import Policy
 from ._precheck import Caps, PrecheckError, precheck
 from ._version import __version__
@@ -42,22 +43,6 @@ WASI_MODULE = "wasi_snapshot_preview1"
 _MIN_STACK = 16 * 1024
 _MAX_STACK = 2 * 1024 * 1024
 _BINARY_JUNK = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def _log_stub(level: int, message: bytes) -> None:  # signature holder; the real one is in _plugin
-    raise AssertionError("the built-in log is bound by the Plugin")
-
-
-BUILTIN_FUNCTIONS: dict[str, BoundFunction] = {
-    # log's level is an i32, not the i64 an ``int`` annotation would give.
-    "log": BoundFunction(
-        "log",
-        _log_stub,
-        _abi.HostSignature(("int", "bytes"), "none"),
-        builtin=True,
-        wasm_override=(("i32", "i32", "i32"), ()),
-    ),
-}
 
 
 def _check_shape(wasm: bytes, policy: Policy, name: str) -> None:
@@ -162,7 +147,7 @@ class Host(Closing):
             )
         if fname in BUILTIN_FUNCTIONS:
             raise ValueError(f"host function name {fname!r} is built in and cannot be replaced")
-        signature = _abi.signature_from_annotations(fn, fname)
+        signature = signature_from_annotations(fn, fname)
         with self._lock:
             if fname in self._functions:
                 raise ValueError(f"a host function named {fname!r} is already registered")
