@@ -14,7 +14,7 @@ import operator
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
 from . import _abi
 from . import _runtime as rt
@@ -134,78 +134,105 @@ class CallPath:
         self.fresh = policy.fresh_instance
         # Unmetered and reusing its instance: stats need no fuel read and no eager memory size.
         self.lean = policy.fuel is None and not policy.fresh_instance
+        # Plugin.call and Plugin.invoke.
+        self.call, self.invoke = self._short_paths()
 
     # -- the two short paths ------------------------------------------------------------------
 
-    def call(self, function: str, payload: bytes) -> bytes:
-        """``Plugin.call`` once ``payload`` is bytes."""
-        if len(payload) > self.max_input:
-            raise AbiError(
-                f"plugin {self.name!r}: input of {len(payload)} bytes is over the policy's "
-                f"max_input of {self.max_input}"
-            )
-        lock = self.lock
-        if lock.acquire(False):
-            inst = self.instance
-            ref = None if inst is None else inst.funcs.get(function)
-            if ref is not None and ref.abi_ok:
-                assert inst is not None
-                start = _perf_counter()
-                if self.has_imports:
-                    self.owner = _get_ident()
-                    state = self.state
-                    state.function = function
-                    state.start = start
-                try:
-                    return self.round_trip(inst, ref, function, payload)
-                except rt.WasmFailure as failure:
-                    raise_clean(self.failed(failure, function, inst))
-                finally:
-                    self.settle(inst, start)
-                    lock.release()
-            lock.release()
-        return self.guarded(function, lambda inst: self.call_abi(inst, function, payload))
+    def _short_paths(self) -> tuple[Callable[..., bytes], Callable[..., Any]]:
+        """``Plugin.call`` and ``Plugin.invoke`` as closures over this call path.
 
-    def invoke(self, function: str, args: Sequence[object]) -> Any:
-        """``Plugin.invoke``."""
+        The common case (an uncontended lock, a live instance, a function already checked) goes
+        straight to the C call; anything else goes to :meth:`guarded`. Closures, and the Plugin
+        sets them on its instance: a call is then one Python frame besides the runtime's, with
+        no attribute lookups for what never changes (the per-call cost users see).
+        """
+        calls = self
         lock = self.lock
-        if lock.acquire(False):
-            inst = self.instance
-            ref = None if inst is None else inst.funcs.get(function)
-            if ref is not None and ref.invoke_ok:
-                assert inst is not None
-                start = _perf_counter()
-                if self.has_imports:
-                    self.owner = _get_ident()
-                    state = self.state
-                    state.function = function
-                    state.start = start
-                try:
+        state = self.state
+        settle = self.settle
+        has_imports = self.has_imports
+        # settle()'s first case holds for the whole call when lean and no host call was made.
+        lean = self.lean
+        max_input = self.max_input
+        round_trip = self.round_trip
+
+        def call(function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
+            payload = data if type(data) is bytes else _payload(data)
+            if len(payload) > max_input:
+                raise AbiError(
+                    f"plugin {calls.name!r}: input of {len(payload)} bytes is over the policy's "
+                    f"max_input of {max_input}"
+                )
+            if lock.acquire(False):
+                inst = calls.instance
+                ref = None if inst is None else inst.funcs.get(function)
+                if ref is not None and ref.abi_ok:
+                    assert inst is not None
+                    start = _perf_counter()
+                    if has_imports:
+                        calls.owner = _get_ident()
+                        state.function = function
+                        state.start = start
                     try:
-                        out = ref.invoke(args)
-                    except rt.ArgumentsDoNotFit:
-                        out = ref.invoke(self.convert_args(ref, function, args))
-                except rt.WasmFailure as failure:
-                    raise_clean(self.failed(failure, function, inst))
-                finally:
-                    self.settle(inst, start)
-                    lock.release()
-                n = len(out) - 1  # the last item is the (empty) trap slot
-                return None if n == 0 else out[0] if n == 1 else out[:n]
-            lock.release()
+                        return round_trip(inst, ref, function, payload)
+                    except rt.WasmFailure as failure:
+                        raise_clean(calls.failed(failure, function, inst))
+                    finally:
+                        if lean and inst is calls.instance and not state.host_calls:
+                            # settle(), its first case: provably the same (see settle).
+                            calls.last = (None, _perf_counter() - start, inst, 0)
+                            calls.owner = None
+                        else:
+                            settle(inst, start)
+                        lock.release()
+                lock.release()
+            return calls.guarded(function, lambda inst: calls.call_abi(inst, function, payload))
 
-        def op(inst: rt.Instance) -> Any:
-            ref = inst.func(function)
-            if ref is None or not ref.invoke_ok:
-                ref = self.check_invoke(inst, function)
-            try:
-                out = inst.invoke(ref, args)
-            except rt.ArgumentsDoNotFit:
-                out = inst.invoke(ref, self.convert_args(ref, function, args))
-            n = len(out) - 1  # the last item is the (empty) trap slot
-            return None if n == 0 else out[0] if n == 1 else out[:n]
+        def invoke(function: str, *args: SupportsIndex | SupportsFloat) -> Any:
+            if lock.acquire(False):
+                inst = calls.instance
+                ref = None if inst is None else inst.funcs.get(function)
+                if ref is not None and ref.invoke_ok:
+                    assert inst is not None
+                    start = _perf_counter()
+                    if has_imports:
+                        calls.owner = _get_ident()
+                        state.function = function
+                        state.start = start
+                    try:
+                        try:
+                            out = ref.invoke(args)
+                        except rt.ArgumentsDoNotFit:
+                            out = ref.invoke(calls.convert_args(ref, function, args))
+                    except rt.WasmFailure as failure:
+                        raise_clean(calls.failed(failure, function, inst))
+                    finally:
+                        if lean and inst is calls.instance and not state.host_calls:
+                            # settle(), its first case: provably the same (see settle).
+                            calls.last = (None, _perf_counter() - start, inst, 0)
+                            calls.owner = None
+                        else:
+                            settle(inst, start)
+                        lock.release()
+                    n = len(out) - 1  # the last item is the (empty) trap slot
+                    return None if n == 0 else out[0] if n == 1 else out[:n]
+                lock.release()
+            return calls.guarded(function, lambda inst: calls.invoke_checked(inst, function, args))
 
-        return self.guarded(function, op)
+        return call, invoke
+
+    def invoke_checked(self, inst: rt.Instance, function: str, args: Sequence[object]) -> Any:
+        """Invoke ``function`` on ``inst``, checking it first if not yet done (general path)."""
+        ref = inst.func(function)
+        if ref is None or not ref.invoke_ok:
+            ref = self.check_invoke(inst, function)
+        try:
+            out = inst.invoke(ref, args)
+        except rt.ArgumentsDoNotFit:
+            out = inst.invoke(ref, self.convert_args(ref, function, args))
+        n = len(out) - 1  # the last item is the (empty) trap slot
+        return None if n == 0 else out[0] if n == 1 else out[:n]
 
     # -- the general path ---------------------------------------------------------------------
 
@@ -289,11 +316,14 @@ class CallPath:
     def settle(self, inst: rt.Instance, start: float) -> None:
         """End a call (lock still held): record its stats, drop what must not outlive it.
 
-        The short paths call this too: in the common case it is one test and one tuple.
+        The short paths inline the first case for a call that made no host call, where it is
+        provably the whole of it: ``log_dropped`` is 0 (dropping a log message is a host call),
+        there are no counters to reset, and ``close_pending`` is False (only a host function
+        can close the plugin during its call). They still clear ``owner``.
         """
         state = self.state
         calls = state.host_calls
-        if inst is self.instance and self.lean and not state.log_dropped:
+        if self.lean and inst is self.instance and not state.log_dropped:
             # Memory is read lazily from the live instance.
             self.last = (None, _perf_counter() - start, inst, calls)
         else:
@@ -504,3 +534,11 @@ class CallPath:
         if t == "f32" and math.isfinite(x) and abs(x) > _F32_MAX:
             raise SignatureError(f"{where} (f32) is out of range: {x!r}")
         return x
+
+
+def _payload(data: object) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")

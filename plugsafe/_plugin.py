@@ -163,6 +163,18 @@ class Plugin(Closing):
             self._wasi = WasiShims(policy.wasi, policy.max_output, calls.state, diagnosis)
             self._wasi.define(self._linker, host.on_error)
         self.memory = PluginMemory(self)
+        # The per-call entry points, set on the instance so that ``plugin.call(...)`` is the
+        # call path's closure itself, with no delegating frame (the methods below document them
+        # and serve calls made through the class, ``Plugin.call(plugin, ...)``).
+        for fn, method in ((calls.call, Plugin.call), (calls.invoke, Plugin.invoke)):
+            fn.__name__, fn.__qualname__, fn.__doc__ = (
+                method.__name__,
+                method.__qualname__,
+                method.__doc__,
+            )
+            fn.__module__ = "plugsafe"
+        self.call = calls.call  # type: ignore[method-assign]
+        self.invoke = calls.invoke  # type: ignore[method-assign]
 
         # Resolve and type-check the imports once; every later instance (after a trap, or per
         # call with fresh_instance) skips that work.
@@ -217,7 +229,7 @@ class Plugin(Closing):
         or an input/output over the policy's caps, PluginTrap on a trap, and LimitExceeded
         subclasses when fuel, time, memory or host calls run out.
         """
-        return self._calls.call(function, data if type(data) is bytes else _payload(data))
+        return self._calls.call(function, data)
 
     def call_json(self, function: str, value: Any) -> Any:
         """Call ``function`` with ``value`` as JSON and return the JSON it answers, decoded."""
@@ -238,7 +250,7 @@ class Plugin(Closing):
         Integer results come back signed. Returns None, one value, or a tuple for several
         results.
         """
-        return self._calls.invoke(function, args)
+        return self._calls.invoke(function, *args)
 
     async def call_async(
         self, function: str, data: bytes | bytearray | memoryview | str = b""
@@ -445,11 +457,3 @@ class Plugin(Closing):
                 + " and ".join(problems)
             )
         self._calls.abi = True
-
-
-def _payload(data: object) -> bytes:
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")
