@@ -85,3 +85,25 @@ __all__ = [
     "Wasi",
     "__version__",
 ]
+
+
+# Every public class is documented, printed and pickled as ``plugsafe.X``, its public home, not
+# the private module it happens to be defined in (``plugsafe._plugin.Plugin``). typing resolves
+# a class's string annotations in the namespace of its ``__module__``, so they are resolved here
+# first, in their own module (get_type_hints(plugsafe.Policy) keeps working).
+def _rehome() -> None:
+    import inspect
+    import typing
+
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and obj.__module__ != __name__:
+            own = inspect.get_annotations(obj)
+            if own:
+                hints = typing.get_type_hints(obj, include_extras=True)
+                obj.__annotations__ = {k: hints[k] for k in own}
+            obj.__module__ = __name__
+
+
+_rehome()
+del _rehome

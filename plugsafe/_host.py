@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from . import _abi
 from . import _runtime as rt
 from ._cache import default_cache_dir
 from ._closing import Closing
 from ._config import load_config
 from ._errors import PluginClosedError, PolicyError
+from ._hostfn import BUILTIN_FUNCTIONS, BoundFunction, signature_from_annotations
 from ._loader import LoadedModule, ModuleLoader, Source, check_imports
-from ._plugin import BoundFunction, Plugin
+from ._plugin import Plugin
 from ._policy import Policy
 
 __all__ = ["BUILTIN_FUNCTIONS", "Host", "Source"]
@@ -27,22 +27,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIN_STACK = 16 * 1024
 _MAX_STACK = 2 * 1024 * 1024
-
-
-def _log_stub(level: int, message: bytes) -> None:  # signature holder; the real one is in _plugin
-    raise AssertionError("the built-in log is bound by the Plugin")
-
-
-BUILTIN_FUNCTIONS: dict[str, BoundFunction] = {
-    # log's level is an i32, not the i64 an ``int`` annotation would give.
-    "log": BoundFunction(
-        "log",
-        _log_stub,
-        _abi.HostSignature(("int", "bytes"), "none"),
-        builtin=True,
-        wasm_override=(("i32", "i32", "i32"), ()),
-    ),
-}
 
 
 class Host(Closing):
@@ -121,7 +105,7 @@ class Host(Closing):
             )
         if fname in BUILTIN_FUNCTIONS:
             raise ValueError(f"host function name {fname!r} is built in and cannot be replaced")
-        signature = _abi.signature_from_annotations(fn, fname)
+        signature = signature_from_annotations(fn, fname)
         with self._lock:
             if fname in self._functions:
                 raise ValueError(f"a host function named {fname!r} is already registered")

@@ -40,10 +40,10 @@ from ._files import read_plugin_file
 from ._isolate import compile_isolated
 from ._policy import Policy
 from ._version import __version__
+from ._wasi import WASI_MODULE
 from ._wasmbin import WASM_MAGIC, Caps, MemoryDecl, WasmFormatError, parse_memories, precheck
 
 __all__ = [
-    "WASI_MODULE",
     "Format",
     "LoadedModule",
     "ModuleLoader",
@@ -58,7 +58,6 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 Format = Literal["wasm", "wat"]
 
 # The WASI module plugsafe offers (preview 1); the one definition on this side of the merge.
-WASI_MODULE = "wasi_snapshot_preview1"
 _MODULE_CACHE_SIZE = 64
 _BINARY_JUNK = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 

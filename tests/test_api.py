@@ -92,3 +92,14 @@ def test_errors_docstring_draws_the_tree() -> None:
         obj = getattr(plugsafe, name)
         if inspect.isclass(obj) and issubclass(obj, BaseException):
             assert name in doc, name
+
+
+def test_public_classes_live_at_plugsafe() -> None:
+    # Reprs, tracebacks and generated docs show the public home, never a private module.
+    for name in plugsafe.__all__:
+        obj = getattr(plugsafe, name)
+        if inspect.isclass(obj):
+            assert obj.__module__ == "plugsafe", name
+            assert repr(obj) == f"<class 'plugsafe.{name}'>", name
+            assert "._" not in repr(obj), name
+            typing.get_type_hints(obj)  # annotations still resolve from the new home
