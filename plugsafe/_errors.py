@@ -247,7 +247,11 @@ _PAGE = 65536
 
 
 def fmt_bytes(n: int) -> str:
-    """``n`` bytes in words: whole GiB/MiB/KiB when exact, else bytes."""
+    """``n`` bytes for people: the largest binary unit that divides it exactly, else bytes.
+
+    Exact on purpose: error messages compare a need with a cap, and a rounded "1.5 MiB" could
+    hide the byte that made the difference.
+    """
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size and n % size == 0:
             return f"{n // size} {unit}"

@@ -39,7 +39,7 @@ from ._log import logger_for
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._wasi import RunResult, WasiShims
-from ._wasmparse import MemoryDecl
+from ._wasmbin import MemoryDecl
 
 __all__ = ["Plugin", "PluginMemory"]
 

@@ -7,7 +7,8 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal
 
-from ._errors import PolicyError
+# fmt_bytes lives with the errors (their messages need it); re-exported here for the CLI.
+from ._errors import PolicyError, fmt_bytes
 
 __all__ = ["GiB", "KiB", "MiB", "describe", "fail", "fmt_bytes", "parse_duration", "parse_size"]
 
@@ -41,18 +42,6 @@ _QUANTITY = re.compile(r"^\s*(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})\s*([A-Za-zµ]*
 
 _SIZE_EXPECTED = 'a size: bytes as an integer >= 0, or a string like "64MiB", "512KiB", "4096B"'
 _DURATION_EXPECTED = 'a duration > 0: seconds as a number, or a string like "250ms", "1.5s", "2m"'
-
-
-def fmt_bytes(n: int) -> str:
-    """``n`` bytes for people: the largest binary unit that divides it exactly, else bytes.
-
-    Exact on purpose: error messages compare a need with a cap, and a rounded "1.5 MiB" could
-    hide the byte that made the difference.
-    """
-    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= size and n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} bytes"
 
 
 def describe(value: object) -> str:
