@@ -430,8 +430,8 @@ class Plugin(Closing):
                     else:
                         self._settle(inst, state, start)
                     lock.release()
-                n = len(out) - 1  # the last item is the (empty) trap slot
-                return None if n == 0 else out[0] if n == 1 else out[:n]
+                n = len(out)
+                return None if n == 0 else out[0] if n == 1 else out
             lock.release()
 
         def op(inst: rt.Instance) -> Any:
@@ -442,8 +442,8 @@ class Plugin(Closing):
                 out = inst.invoke(ref, args)
             except rt.ArgumentsDoNotFit:
                 out = inst.invoke(ref, self._convert_args(ref, function, args))
-            n = len(out) - 1
-            return None if n == 0 else out[0] if n == 1 else out[:n]
+            n = len(out)
+            return None if n == 0 else out[0] if n == 1 else out
 
         return self._guarded(function, op)
 
