@@ -92,6 +92,7 @@ class Rig:
         raise KeyboardInterrupt("not through C")  # a BaseException: it must not unwind into C
 
     def _peek(self, caller: Caller, args: list[Any]) -> list[Any]:
+        caller.check(args[0], args[1])
         data = caller.read(args[0], args[1])
         self.seen.append(data)
         return [sum(data)]
@@ -179,6 +180,7 @@ def test_hostile_spans_are_refused_everywhere(backend: Backend, pointer: int, le
         with pytest.raises(rt.WasmFailure, match="host failed: GuestMemoryError"):
             rig.invoke("peek", pointer, length)
         assert isinstance(rig.errors[-1], rt.GuestMemoryError)
+        assert "runs past the end" in str(rig.errors[-1])
 
 
 def test_check_span_takes_i32_values_as_unsigned() -> None:

@@ -25,6 +25,7 @@ from ._backend import (
     PreHandle,
     RawSlots,
     WasmFailure,
+    check_span,
 )
 from ._engine import Engine
 from ._funcref import Scratch
@@ -73,6 +74,15 @@ class Caller:
         if mem is None:
             raise GuestMemoryError("the plugin exports no memory named 'memory'")
         return mem  # type: ignore[return-value]  # KIND_MEMORY gives a MemHandle
+
+    def check(self, pointer: int, length: int) -> None:
+        """Raise GuestMemoryError unless the whole span lies in the guest's memory (no copy).
+
+        As for ``read``, an empty span may point anywhere.
+        """
+        length &= U32
+        if length:
+            check_span(pointer & U32, length, self._b.size(self._context(), self._memory()))
 
     def read(self, pointer: int, length: int) -> bytes:
         """Copy ``length`` bytes at ``pointer`` out of the guest's memory."""
