@@ -260,3 +260,15 @@ def test_abi_call_round_trip(backend: Backend) -> None:
     pointer, length = word >> 32, word & 0x7FFF_FFFF
     assert inst.read(pointer, length) == b"hello"
     assert inst.abi_call(alloc, echo, b"") & 0x7FFF_FFFF == 0
+
+
+def test_a_trapping_start_function_fails_instantiation(backend: Backend) -> None:
+    engine = rt.Engine(metered=False, max_stack=512 * 1024)
+    linker = rt.Linker(engine, backend)
+    module = engine.compile(rt.wat_to_wasm("(module (func $s unreachable) (start $s))"))
+    with pytest.raises(rt.WasmFailure) as info:
+        rt.Instance(
+            engine, linker, module, memory_size=PAGE, memories=1, table_elements=10, tables=1,
+            fuel=None, deadline_ticks=1 << 40,
+        )  # fmt: skip
+    assert info.value.trap_code == "UNREACHABLE"
