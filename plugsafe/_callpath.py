@@ -215,8 +215,8 @@ class CallPath:
                         else:
                             settle(inst, start)
                         lock.release()
-                    n = len(out) - 1  # the last item is the (empty) trap slot
-                    return None if n == 0 else out[0] if n == 1 else out[:n]
+                    n = len(out)
+                    return None if n == 0 else out[0] if n == 1 else out
                 lock.release()
             return calls.guarded(function, lambda inst: calls.invoke_checked(inst, function, args))
 
@@ -231,8 +231,8 @@ class CallPath:
             out = inst.invoke(ref, args)
         except rt.ArgumentsDoNotFit:
             out = inst.invoke(ref, self.convert_args(ref, function, args))
-        n = len(out) - 1  # the last item is the (empty) trap slot
-        return None if n == 0 else out[0] if n == 1 else out[:n]
+        n = len(out)
+        return None if n == 0 else out[0] if n == 1 else out
 
     # -- the general path ---------------------------------------------------------------------
 

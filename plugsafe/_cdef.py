@@ -3,7 +3,7 @@
 ``_wasmtime_cffi.py`` is generated from ``CDEF`` by ``python -m plugsafe._cdef`` (cffi's
 out-of-line ABI mode: no compiler, and no C parsing when plugsafe is imported). A test checks
 that the generated file is up to date. The layouts declared here are checked against
-wasmtime-py's own ctypes declarations every time plugsafe starts (see ``_runtime``).
+wasmtime-py's own ctypes declarations every time plugsafe starts (see ``_runtime._cffi``).
 """
 
 from __future__ import annotations
