@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
@@ -75,32 +77,47 @@ class Child:
         assert not any(ln.startswith("UNTYPED") for ln in self.lines), self.describe()
 
 
+class Pending:
+    """A child process started by :func:`start_child`; :meth:`finish` waits for it."""
+
+    def __init__(self, code: str, env: dict[str, str] | None = None) -> None:
+        full = PRELUDE + textwrap.dedent(code)
+        child_env = dict(os.environ)
+        child_env.setdefault("PYTHONFAULTHANDLER", "1")
+        if env:
+            child_env.update(env)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", full],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env,
+            start_new_session=True,  # so a hung child and whatever it forked die together
+        )
+
+    def finish(self, timeout: float) -> Child:
+        """Wait up to ``timeout`` seconds from the child's start, then kill it if still running."""
+        proc = self.proc
+        left = max(timeout - (time.monotonic() - self.started), 0.1)
+        try:
+            out, err = proc.communicate(timeout=left)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
+            out, err = proc.communicate()
+            timed_out = True
+        return Child(proc.returncode, out, err, timed_out, time.monotonic() - self.started)
+
+
+def start_child(code: str, env: dict[str, str] | None = None) -> Pending:
+    """Start ``PRELUDE + code`` in a fresh interpreter without waiting (run many at once)."""
+    return Pending(code, env)
+
+
 def run_child(code: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> Child:
     """Run ``PRELUDE + code`` in a fresh interpreter; never raises for a crash or a hang."""
-    import time
-
-    full = PRELUDE + textwrap.dedent(code)
-    child_env = dict(os.environ)
-    child_env.setdefault("PYTHONFAULTHANDLER", "1")
-    if env:
-        child_env.update(env)
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", full],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env,
-        start_new_session=True,  # so a hung child and anything it forked can be killed together
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, 9)
-        except OSError:
-            proc.kill()
-        out, err = proc.communicate()
-        timed_out = True
-    return Child(proc.returncode, out, err, timed_out, time.monotonic() - t0)
+    return start_child(code, env).finish(timeout)
