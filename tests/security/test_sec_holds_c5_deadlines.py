@@ -137,9 +137,12 @@ def test_c5_deadline_covers_waiting_for_a_plugin_another_thread_is_using(
     host: plugsafe.Host,
 ) -> None:
     plugin = host.load(ECHO.encode(), policy=plugsafe.Policy(timeout=0.5))
-    other = threading.Thread(
-        target=lambda: pytest.raises(plugsafe.DeadlineExceeded, plugin.invoke, "spin")
-    )
+
+    def hold() -> None:
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("spin")
+
+    other = threading.Thread(target=hold)
     other.start()
     time.sleep(0.05)  # the other thread holds the plugin now, for 0.5 s
     t0 = time.perf_counter()
