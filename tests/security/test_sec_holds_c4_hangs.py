@@ -325,6 +325,36 @@ outcome(lambda: os.waitstatus_to_exitcode(status))
 for _how, _run in FORK_RUNS.items():
     case(f"fork-{_how}", FORK.format(run=_run))
 
+# The trigger is not the timed call: a parent that only loaded (compiled) a plugin, with no
+# timeout at all, is enough for an os.fork() child that compiles one of its own to hang.
+case(
+    "fork-os_fork_after_untimed_load",
+    """
+h = plugsafe.Host()
+p = h.load(ECHO.encode(), policy=plugsafe.Policy(timeout=None))
+pid = os.fork()
+if pid == 0:
+    try:
+        h2 = plugsafe.Host()
+        q = h2.load(ECHO.encode(), policy=plugsafe.Policy(timeout=1.0))
+        os._exit(0 if q.call("echo", b"child") == b"child" else 3)
+    except BaseException:
+        os._exit(5)
+_, status = os.waitpid(pid, 0)
+outcome(lambda: os.waitstatus_to_exitcode(status))
+""",
+)
+
+
+@pytest.mark.xfail(strict=True, reason=C4 + "a fork child that compiles hangs once the parent has")
+def test_c4_forked_child_compiling_after_the_parent_compiled_does_not_hang(
+    children: dict[str, Pending],
+) -> None:
+    child = result(children, "fork-os_fork_after_untimed_load")
+    child.assert_clean()
+    assert child.outcomes() == ["OK 0"], child.describe()
+
+
 # Measured: a fork()ed worker that loads and calls a plugin of its own hangs (and its parent
 # with it); a plain os.fork() child using the parent's plugin is fine.
 FORK_HANGS = {"process_pool", "multiprocessing_process"}
