@@ -7,6 +7,7 @@ that loads and refuses the unusable export with a SignatureError), never SIGABRT
 from __future__ import annotations
 
 import pytest
+
 from child import run_child
 
 C1 = "issue 12 class 1: "

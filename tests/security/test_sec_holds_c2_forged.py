@@ -9,6 +9,7 @@ Correct: any failure at the C boundary traps the guest, and the call raises a ty
 from __future__ import annotations
 
 import pytest
+
 from child import run_child
 
 C2 = "issue 12 class 2: "

@@ -7,6 +7,7 @@ one thread uses are bounded, and going past the bound is a typed error.
 from __future__ import annotations
 
 import pytest
+
 from child import run_child
 
 C3 = "issue 12 class 3: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from child import Child, Pending, start_child
 
 C4 = "issue 12 class 4: "
