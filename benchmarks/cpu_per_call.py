@@ -15,7 +15,7 @@ from pathlib import Path
 import plugsafe
 
 sys.path.insert(0, str(Path(__file__).parent))
-from guests import PLUGSAFE_PURE_GUEST  # noqa: E402
+from guests import PLUGSAFE_PURE_GUEST
 
 ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 HOST_CALLS = """
