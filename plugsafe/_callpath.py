@@ -323,11 +323,7 @@ class CallPath:
                 raise PluginClosedError(f"plugin {self.name!r} is closed")
             inst = self.instance
             if inst is None:
-                self.owner = me  # the start function may call host functions
-                try:
-                    inst = self.instance = self.new_instance("call")
-                finally:
-                    self.owner = None
+                inst = self.instance = self.instantiate(me)
             start = _perf_counter()
             if self.has_imports:
                 self.owner = me
@@ -355,6 +351,21 @@ class CallPath:
             if self.close_pending:
                 self.complete_close()
             lock.release()
+
+    def instantiate(self, me: int) -> rt.Instance:
+        """A new instance for calls, made with thread ``me`` as owner (lock held).
+
+        The start function may call host functions, and they may touch the plugin: as owner,
+        they are served (``with_instance``) or refused (calls), never deadlocked.
+        """
+        self.owner = me
+        try:
+            return self.new_instance("call")
+        except PYTHON_FAILED as exc:
+            self.host_record.spent = self.host_record.leak = True  # see the short paths
+            raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+        finally:
+            self.owner = None
 
     def acquire(self, me: int) -> None:
         """Take the lock; a wait is bounded by the deadline of the calls this thread is inside.
@@ -438,11 +449,9 @@ class CallPath:
                     raise self.too_deep(th)
                 if self.has_imports:
                     th.room = left
-                self.owner = me  # the start function may call host functions
                 try:
-                    inst = self.instance = self.new_instance("call")
+                    inst = self.instance = self.instantiate(me)
                 finally:
-                    self.owner = None
                     th.room = room
             return op(inst)
         finally:

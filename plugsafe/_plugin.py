@@ -425,16 +425,16 @@ class Plugin(Closing):
     def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:
         """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget."""
         state = self._calls.state
-        if self._linker.spent:
-            # A host callback returned its spare trap (Python failed at the C boundary): wasmtime
-            # freed it, so new callbacks with new spares serve from now on (see rt.HostRecord).
-            linker = self._build_linker()
-            linker.prepare(self._module)
-            self._linker = self._calls.linker = linker
-            self._calls.host_record = linker.record
         state.begin("(start)")
         inst = None
         try:
+            if self._linker.spent:
+                # A host callback returned its spare trap (Python failed at the C boundary):
+                # wasmtime freed it, so new callbacks with new spares serve from now on.
+                linker = self._build_linker()
+                linker.prepare(self._module)
+                self._linker = self._calls.linker = linker
+                self._calls.host_record = linker.record
             inst = rt.Instance(
                 self._engine,
                 self._linker,
