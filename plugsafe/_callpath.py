@@ -181,6 +181,7 @@ class CallPath:
         max_input = self.max_input
         round_trip = self.round_trip
         cost = self.cost
+        tls = _nesting.tls
 
         def call(function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
             payload = data if type(data) is bytes else _payload(data)
@@ -189,8 +190,12 @@ class CallPath:
                     f"plugin {calls.name!r}: input of {len(payload)} bytes is over the policy's "
                     f"max_input of {max_input}"
                 )
-            # The thread's stack room (_nesting): refused before anything is taken.
-            th = _thread_room()
+            # The thread's stack room (_nesting): refused before anything is taken. Inlined
+            # (a threading.local read): this runs on every call.
+            try:
+                th = tls.room
+            except AttributeError:
+                th = _thread_room()
             room = th.room
             left = room - cost
             if left < 0 or left & 8:
@@ -237,7 +242,10 @@ class CallPath:
             return calls.guarded(function, lambda inst: calls.call_abi(inst, function, payload))
 
         def invoke(function: str, *args: SupportsIndex | SupportsFloat) -> Any:
-            th = _thread_room()
+            try:  # as in call()
+                th = tls.room
+            except AttributeError:
+                th = _thread_room()
             room = th.room
             left = room - cost
             if left < 0 or left & 8:

@@ -40,6 +40,7 @@ __all__ = [
     "call_cost",
     "register",
     "room_left",
+    "tls",
     "thread_room",
     "thread_stack_size",
     "wait_deadline",
@@ -53,7 +54,9 @@ LEVEL_RESERVE = 64 * 1024
 BASE_RESERVE = 192 * 1024
 _DEFAULT_STACK = 8 * 1024 * 1024
 
-_tls = threading.local()
+# ``tls.room`` is the thread's ThreadRoom once it made a plugin call (read inline by the call
+# path; thread_room() makes it).
+tls = threading.local()
 
 
 class ThreadRoom:
@@ -79,9 +82,9 @@ def room_left(room: int) -> tuple[int, int]:
 def thread_room() -> ThreadRoom:
     """This thread's ThreadRoom (made on its first plugin call)."""
     try:
-        t: ThreadRoom = _tls.room
+        t: ThreadRoom = tls.room
     except AttributeError:
-        t = _tls.room = ThreadRoom(thread_stack_size())
+        t = tls.room = ThreadRoom(thread_stack_size())
     return t
 
 
