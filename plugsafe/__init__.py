@@ -39,6 +39,7 @@ from ._errors import (
     PlugsafeError,
     PolicyError,
     SignatureError,
+    StackLimitExceeded,
 )
 from ._host import Host
 from ._plugin import Plugin, PluginMemory
@@ -82,6 +83,7 @@ __all__ = [
     "Preopen",
     "RunResult",
     "SignatureError",
+    "StackLimitExceeded",
     "Wasi",
     "__version__",
 ]

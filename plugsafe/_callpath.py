@@ -8,6 +8,7 @@ Every call, short or not, ends in the one :meth:`CallPath.settle`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import operator
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
-from . import _abi
+from . import _abi, _nesting
 from . import _runtime as rt
 from ._errors import (
     AbiError,
@@ -26,14 +27,16 @@ from ._errors import (
     Phase,
     PluginCallError,
     PluginClosedError,
+    PlugsafeError,
     SignatureError,
+    StackLimitExceeded,
     fmt_bytes,
     raise_clean,
 )
 from ._policy import Policy
 from ._types import CallStats, ExportInfo
 
-__all__ = ["CallPath", "CallState"]
+__all__ = ["PYTHON_FAILED", "PYTHON_FAILED_MESSAGE", "CallPath", "CallState"]
 
 T = TypeVar("T")
 
@@ -42,6 +45,17 @@ _I64 = (-(2**63), 2**64 - 1)
 _F32_MAX = 3.4028234663852886e38
 _perf_counter = time.perf_counter
 _get_ident = threading.get_ident
+_thread_room = _nesting.thread_room
+
+# What Python itself raises when it fails around a call into wasm (the recursion limit reached
+# in a host callback or in converting a trap; ctypes wraps the RecursionError of an argument
+# conversion): a guest can drive this by nesting host calls through its allocator, so the call
+# raises a documented error. Built from constants: this runs near the recursion limit.
+PYTHON_FAILED = (RecursionError, MemoryError, ctypes.ArgumentError)
+PYTHON_FAILED_MESSAGE = (
+    "the call failed in Python itself, around the plugin's wasm (the recursion limit, or out "
+    "of memory); its instance was discarded"
+)
 
 
 class CallState:
@@ -104,6 +118,7 @@ class CallPath:
         exports: Mapping[str, ExportInfo],
         new_instance: Callable[[Phase], rt.Instance],
         on_closed: Callable[[], None],
+        max_stack: int = 512 * 1024,
     ) -> None:
         self.name = name
         self.exports = exports
@@ -134,6 +149,15 @@ class CallPath:
         self.fresh = policy.fresh_instance
         # Unmetered and reusing its instance: stats need no fuel read and no eager memory size.
         self.lean = policy.fuel is None and not policy.fresh_instance
+        # The native stack one call may use, and its packed cost in a thread's room (_nesting).
+        self.max_stack = max_stack
+        self.cost = _nesting.call_cost(max_stack)
+        # The Plugin's current Linker (Plugin.memory reads through its Caller while the start
+        # function runs: there is no instance yet) and its HostRecord (set with it).
+        self.linker: rt.Linker | None = None
+        self.host_record = rt.HostRecord(lambda _trap: None)
+        if has_imports:
+            _nesting.register(self)
         # Plugin.call and Plugin.invoke.
         self.call, self.invoke = self._short_paths()
 
@@ -156,6 +180,8 @@ class CallPath:
         lean = self.lean
         max_input = self.max_input
         round_trip = self.round_trip
+        cost = self.cost
+        tls = _nesting.tls
 
         def call(function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
             payload = data if type(data) is bytes else _payload(data)
@@ -164,6 +190,16 @@ class CallPath:
                     f"plugin {calls.name!r}: input of {len(payload)} bytes is over the policy's "
                     f"max_input of {max_input}"
                 )
+            # The thread's stack room (_nesting): refused before anything is taken. Inlined
+            # (a threading.local read): this runs on every call.
+            try:
+                th = tls.room
+            except AttributeError:
+                th = _thread_room()
+            room = th.room
+            left = room - cost
+            if left < 0 or left & 8:
+                raise calls.too_deep(th)
             if lock.acquire(False):
                 inst = calls.instance
                 ref = None if inst is None else inst.funcs.get(function)
@@ -174,11 +210,27 @@ class CallPath:
                         calls.owner = _get_ident()
                         state.function = function
                         state.start = start
+                        th.room = left
                     try:
                         return round_trip(inst, ref, function, payload)
                     except rt.WasmFailure as failure:
                         raise_clean(calls.failed(failure, function, inst))
+                    except PlugsafeError:
+                        raise
+                    except PYTHON_FAILED as exc:
+                        # Python failed around the C call: plain stores only (see
+                        # rt.HostRecord), then a documented error made from constants.
+                        calls.instance = None
+                        calls.host_record.spent = calls.host_record.leak = True
+                        raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                    except BaseException:
+                        # An exception raised asynchronously (KeyboardInterrupt): as above,
+                        # and it propagates as itself.
+                        calls.instance = None
+                        calls.host_record.spent = calls.host_record.leak = True
+                        raise
                     finally:
+                        th.room = room
                         if lean and inst is calls.instance and not state.host_calls:
                             # settle(), its first case: provably the same (see settle).
                             calls.last = (None, _perf_counter() - start, inst, 0)
@@ -190,6 +242,14 @@ class CallPath:
             return calls.guarded(function, lambda inst: calls.call_abi(inst, function, payload))
 
         def invoke(function: str, *args: SupportsIndex | SupportsFloat) -> Any:
+            try:  # as in call()
+                th = tls.room
+            except AttributeError:
+                th = _thread_room()
+            room = th.room
+            left = room - cost
+            if left < 0 or left & 8:
+                raise calls.too_deep(th)
             if lock.acquire(False):
                 inst = calls.instance
                 ref = None if inst is None else inst.funcs.get(function)
@@ -200,6 +260,7 @@ class CallPath:
                         calls.owner = _get_ident()
                         state.function = function
                         state.start = start
+                        th.room = left
                     try:
                         try:
                             out = ref.invoke(args)
@@ -207,7 +268,18 @@ class CallPath:
                             out = ref.invoke(calls.convert_args(ref, function, args))
                     except rt.WasmFailure as failure:
                         raise_clean(calls.failed(failure, function, inst))
+                    except PlugsafeError:
+                        raise
+                    except PYTHON_FAILED as exc:
+                        calls.instance = None  # as in call() above
+                        calls.host_record.spent = calls.host_record.leak = True
+                        raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                    except BaseException:
+                        calls.instance = None
+                        calls.host_record.spent = calls.host_record.leak = True
+                        raise
                     finally:
+                        th.room = room
                         if lean and inst is calls.instance and not state.host_calls:
                             # settle(), its first case: provably the same (see settle).
                             calls.last = (None, _perf_counter() - start, inst, 0)
@@ -245,18 +317,21 @@ class CallPath:
         me = _get_ident()
         if self.closed or self.owner == me:
             self.refuse()
+        th = _thread_room()
+        room = th.room
+        left = room - self.cost
+        if left < 0 or left & 8:
+            raise self.too_deep(th)
+        self.acquire(me)
         lock = self.lock
-        lock.acquire()
         try:
+            if self.has_imports:
+                th.room = left
             if self.closed:
                 raise PluginClosedError(f"plugin {self.name!r} is closed")
             inst = self.instance
             if inst is None:
-                self.owner = me  # the start function may call host functions
-                try:
-                    inst = self.instance = self.new_instance("call")
-                finally:
-                    self.owner = None
+                inst = self.instance = self.instantiate(me)
             start = _perf_counter()
             if self.has_imports:
                 self.owner = me
@@ -267,28 +342,130 @@ class CallPath:
                 return op(inst)
             except rt.WasmFailure as failure:
                 raise_clean(self.failed(failure, function, inst))
+            except PlugsafeError:
+                raise
+            except PYTHON_FAILED as exc:
+                self.instance = None  # see the short paths
+                self.host_record.spent = self.host_record.leak = True
+                raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+            except BaseException:
+                self.instance = None
+                self.host_record.spent = self.host_record.leak = True
+                raise
             finally:
                 self.settle(inst, start)
         finally:
+            th.room = room
             if self.close_pending:
                 self.complete_close()
             lock.release()
 
-    def with_instance(self, op: Callable[[rt.Instance], T]) -> T:
-        """Run ``op`` on the current instance under the lock (no wasm call budget)."""
+    def instantiate(self, me: int) -> rt.Instance:
+        """A new instance for calls, made with thread ``me`` as owner (lock held).
+
+        The start function may call host functions, and they may touch the plugin: as owner,
+        they are served (``with_instance``) or refused (calls), never deadlocked.
+        """
+        self.owner = me
+        try:
+            return self.new_instance("call")
+        except PYTHON_FAILED as exc:
+            self.host_record.spent = self.host_record.leak = True  # see the short paths
+            raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+        finally:
+            self.owner = None
+
+    def acquire(self, me: int) -> None:
+        """Take the lock; a wait is bounded by the deadline of the calls this thread is inside.
+
+        Without the bound, two plugins whose host functions call each other's plugin from two
+        threads would each hold its own lock and wait for the other's forever, whatever their
+        timeouts. The wait ends with the DeadlineExceeded of the call whose deadline it hit.
+        """
+        lock = self.lock
+        if lock.acquire(False):
+            return
+        bound = _nesting.wait_deadline(me)
+        if bound is None:
+            lock.acquire()
+            return
+        deadline, outer = bound
+        if not lock.acquire(timeout=_nesting.seconds_until(deadline)):
+            assert isinstance(outer, CallPath)
+            raise outer.diagnosis.deadline(
+                outer.state.function,
+                "call",
+                f" (waiting for plugin {self.name!r}, busy in another thread)",
+            )
+
+    @property
+    def active_deadline(self) -> float | None:
+        """The deadline of the call running now (read only by a thread it owns)."""
+        return self.state.deadline
+
+    def too_deep(self, th: _nesting.ThreadRoom) -> StackLimitExceeded:
+        """Why a call on this thread is refused: too deeply nested, or not enough stack left."""
+        size, levels = _nesting.room_left(th.room)
+        if levels == 0:
+            return StackLimitExceeded(
+                f"plugin {self.name!r} was called {_nesting.NESTING_CAP} plugin calls deep on "
+                "one thread (host functions calling plugins); plugsafe allows no deeper nesting",
+                limit="nesting",
+                value=_nesting.NESTING_CAP,
+                phase="call",
+            )
+        return StackLimitExceeded(
+            f"plugin {self.name!r} may use {fmt_bytes(self.max_stack)} of stack (Host "
+            f"max_stack), but this thread ({fmt_bytes(th.size)} of stack) has only "
+            f"{fmt_bytes(size)} left for plugin calls; call it from a thread with a larger "
+            "stack (threading.stack_size) or nest fewer plugin calls",
+            limit="max_stack",
+            value=self.max_stack,
+            phase="call",
+        )
+
+    def with_instance(self, op: Callable[[Any], T]) -> T:
+        """Run ``op`` on the current instance under the lock (no wasm call budget).
+
+        From one of the plugin's own host functions (this thread owns the plugin) ``op`` runs at
+        once, on the instance of the running call, or while the start function runs (there is
+        no instance yet) on the calling guest's :class:`~plugsafe._runtime.Caller`. Otherwise
+        the lock is taken as for a call (a wait is bounded by the deadlines of the calls this
+        thread is inside), and an instance made if there is none, with this thread as owner.
+        """
         if self.closed:
             raise PluginClosedError(f"plugin {self.name!r} is closed")
-        if self.owner == _get_ident():  # from one of the plugin's own host functions
+        me = _get_ident()
+        if self.owner == me:  # from one of the plugin's own host functions
             inst = self.instance
-            assert inst is not None
-            return op(inst)
-        with self.lock:
+            if inst is not None:
+                return op(inst)
+            caller = None if self.linker is None else self.linker.caller()
+            if caller is None:
+                self.refuse()
+            return op(caller)
+        th = _thread_room()
+        room = th.room
+        self.acquire(me)
+        try:
             if self.closed:
                 raise PluginClosedError(f"plugin {self.name!r} is closed")
             inst = self.instance
             if inst is None:
-                inst = self.instance = self.new_instance("call")
+                left = room - self.cost
+                if left < 0 or left & 8:
+                    raise self.too_deep(th)
+                if self.has_imports:
+                    th.room = left
+                try:
+                    inst = self.instance = self.instantiate(me)
+                finally:
+                    th.room = room
             return op(inst)
+        finally:
+            if self.close_pending:
+                self.complete_close()
+            self.lock.release()
 
     def refuse(self) -> NoReturn:
         """Raise why this thread may not call now: closed, or re-entering from a host function."""

@@ -21,7 +21,8 @@ The tree, which ``docs/errors.md`` explains case by case::
     │   ├── FuelExhausted
     │   ├── DeadlineExceeded
     │   ├── MemoryLimitExceeded
-    │   └── HostCallLimitExceeded
+    │   ├── HostCallLimitExceeded
+    │   └── StackLimitExceeded      nested plugin calls would overrun the thread's stack
     └── PluginClosedError              the plugin or host was used after ``close()``
 
 ``LimitExceeded`` is raised both while loading (a start function that loops, an initial memory
@@ -57,6 +58,7 @@ __all__ = [
     "PlugsafeError",
     "PolicyError",
     "SignatureError",
+    "StackLimitExceeded",
 ]
 
 Phase = Literal["load", "call"]
@@ -232,6 +234,20 @@ class MemoryLimitExceeded(LimitExceeded):
 
 class HostCallLimitExceeded(LimitExceeded):
     """The plugin made more host-function calls in one call than its policy allows."""
+
+
+class StackLimitExceeded(LimitExceeded):
+    """A call was refused: it would overrun the native stack of the thread making it.
+
+    Each plugin call may use its Host's ``max_stack`` of native stack, and a call made from a
+    host function (plugin A -> host function -> plugin B -> ...) stacks on top of the calls it
+    is nested in. plugsafe counts, per thread, the calls running and the stack they may use, and
+    refuses a call (before any wasm runs, ``phase="call"``) that would nest deeper than
+    ``value`` levels (``limit="nesting"``) or need more stack than the thread has left
+    (``limit="max_stack"``, ``value`` the Host's ``max_stack``; a thread smaller than
+    ``max_stack`` refuses even an outermost call). Nothing of the plugin changed: the calls
+    outside it go on.
+    """
 
 
 class PluginClosedError(PlugsafeError):

@@ -3,8 +3,9 @@
 A host function is registered on the Host as a :class:`BoundFunction`; each Plugin binds the ones
 its module imports through a :class:`HostCalls`. Every callback runs inside the runtime's entry
 (``_runtime.Linker``), which catches any BaseException (nothing may unwind into wasmtime's C
-frames) and hands it to :meth:`HostCalls.on_error`: the single place where a host failure
-becomes a trap for the guest and this call's record (``CallState.error``) for the caller.
+frames), stores it and traps the guest; once the trap is back out of wasm the runtime hands the
+exception to :meth:`HostCalls.on_error`, and :meth:`HostCalls.typed` is the single place where
+a host failure becomes this call's documented error (``CallState.error``) for the caller.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ._errors import (
     Diagnosis,
     HostCallLimitExceeded,
     HostFunctionError,
+    PlugsafeError,
 )
 from ._log import LEVELS, escape
 from ._policy import Policy
@@ -189,21 +191,54 @@ class HostCalls:
 
     # -- the one error sink ---------------------------------------------------------------------
 
-    def on_error(self, exc: BaseException) -> str:
+    def on_error(self, exc: BaseException, function: str | None = None) -> str:
         """Record why a host callback failed (the call's first failure wins); the trap text.
 
-        An app function's exception becomes a HostFunctionError (KeyboardInterrupt, SystemExit
-        and the like are kept as they are, to propagate unchanged); plugsafe's own errors, and a
-        nested WasmFailure (the guest's allocator trapped), are kept for the caller to raise.
+        The runtime calls this once the callback's trap is back out of wasm, in plain Python
+        (the callback itself only stored the exception: see ``_runtime.HostRecord``).
         """
         state = self.state
-        if isinstance(exc, _AppError):
-            if state.error is None:
-                state.error = self._app_error(exc)
-            return f"plugsafe: host function {exc.function!r} raised {type(exc.exc).__name__}"
         if state.error is None:
-            state.error = exc
+            state.error = self.typed(exc, function)
+        if isinstance(exc, _AppError):
+            return f"plugsafe: host function {exc.function!r} raised {type(exc.exc).__name__}"
         return f"plugsafe: {type(exc).__name__}"
+
+    def sink(self, function: str | None) -> Callable[[BaseException], str]:
+        """The error sink for host function ``function`` (None: WASI's shims)."""
+
+        def sink(exc: BaseException) -> str:
+            return self.on_error(exc, function)
+
+        return sink
+
+    def typed(self, exc: BaseException, function: str | None) -> BaseException:
+        """The documented error for what a host callback raised: the one conversion.
+
+        An app function's exception becomes a HostFunctionError with it as ``__cause__``
+        (KeyboardInterrupt, SystemExit and the like are kept as they are, to propagate
+        unchanged); plugsafe's own errors, and a nested WasmFailure (the guest's allocator
+        trapped), are kept for the caller to raise. Anything else was raised by plugsafe's own
+        marshalling (an unencodable result, the recursion limit reached in it, ...): it becomes a
+        HostFunctionError too, so that no internal exception type ever reaches the app.
+        """
+        if isinstance(exc, _AppError):
+            return self._app_error(exc)
+        if isinstance(exc, (PlugsafeError, rt.WasmFailure)) or not isinstance(exc, Exception):
+            return exc
+        name = function or "(a WASI function)"
+        if isinstance(exc, rt.GuestMemoryError):
+            return AbiError(
+                f"plugin {self.name!r} passed a bad pointer to host function {name!r}: {exc}"
+            )
+        err = HostFunctionError(
+            f"host function {name!r} failed in plugsafe's handling of its arguments or result: "
+            f"{type(exc).__name__}: {exc} (called by plugin {self.name!r} in "
+            f"{self.state.function!r})",
+            function=name,
+        )
+        err.__cause__ = exc
+        return err
 
     def _app_error(self, raised: _AppError) -> BaseException:
         exc = raised.exc
@@ -265,12 +300,13 @@ class HostCalls:
             # by id, called with no Caller and no conversion.
             linker.define_numeric(
                 _abi.HOST_MODULE, bound.name, params, results[0] if results else None,
-                self._numeric(bound), self.on_error,
+                self._numeric(bound), self.sink(bound.name),
             )  # fmt: skip
             return
         else:
             callback = self._marshalled(bound)
-        linker.define_func(_abi.HOST_MODULE, bound.name, params, results, callback, self.on_error)
+        sink = self.sink(bound.name)
+        linker.define_func(_abi.HOST_MODULE, bound.name, params, results, callback, sink)
 
     def _builtin(self, bound: BoundFunction) -> rt.HostCallback:
         name = bound.name
@@ -450,17 +486,19 @@ def log(calls: HostCalls, caller: rt.Caller, level: int, pointer: int, length: i
             "to 4 (error)"
         )
     length &= 0xFFFF_FFFF
+    keep = min(length, policy.log_message_size)
     try:
-        # The whole span must be valid even though only a prefix is kept.
-        caller.read(pointer + length - 1 if length else pointer, 1 if length else 0)
+        # The whole span must be valid even though only a prefix is kept (checked as unsigned
+        # 32-bit numbers, with no wrap-around: Caller.check).
+        caller.check(pointer, length)
+        drop = state.log_count >= policy.log_messages
+        raw = b"" if drop else caller.read(pointer, keep)
     except rt.GuestMemoryError as exc:
         raise AbiError(f"plugin {calls.name!r} called log with a bad message: {exc}") from None
-    if state.log_count >= policy.log_messages:
+    if drop:
         state.log_dropped += 1
         return
     state.log_count += 1
-    keep = min(length, policy.log_message_size)
-    raw = caller.read(pointer, keep)
     text = escape(raw.decode("utf-8", "replace"))
     if keep < length:
         text += f"... [cut: {length} bytes in all]"

@@ -17,7 +17,7 @@ from typing import Any, SupportsFloat, SupportsIndex
 from . import _abi
 from . import _runtime as rt
 from ._aio import run_in_thread
-from ._callpath import CallPath
+from ._callpath import PYTHON_FAILED, PYTHON_FAILED_MESSAGE, CallPath
 from ._closing import Closing
 from ._errors import (
     AbiError,
@@ -31,17 +31,35 @@ from ._errors import (
     PluginCallError,
     PluginClosedError,
     PluginLoadError,
+    PlugsafeError,
     fmt_bytes,
     raise_clean,
 )
 from ._hostfn import BoundFunction, HostCalls
 from ._log import logger_for
+from ._nesting import thread_room
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._wasi import RunResult, WasiShims
 from ._wasmbin import MemoryDecl
 
 __all__ = ["Plugin", "PluginMemory"]
+
+
+class ReleaseAfter:
+    """``with ReleaseAfter(lock):`` releases a lock already acquired (bounded, elsewhere)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        self._lock.release()
+
 
 # Enough tables for any toolchain seen in practice; together with max_table_elements this bounds
 # what tables can cost.
@@ -70,9 +88,10 @@ class PluginMemory:
         """Copy ``length`` bytes starting at ``offset``; MemoryAccessError if out of range."""
         self._check(offset, length)
 
-        def op(inst: rt.Instance) -> bytes:
+        def op(target: rt.Instance | rt.Caller) -> bytes:
             try:
-                return inst.read(offset, length)
+                self._within(target, offset, length)
+                return target.read(offset, length)
             except rt.GuestMemoryError as exc:
                 raise MemoryAccessError(f"plugin {self._plugin.name!r}: {exc}") from None
 
@@ -83,18 +102,30 @@ class PluginMemory:
         payload = bytes(data)
         self._check(offset, len(payload))
 
-        def op(inst: rt.Instance) -> None:
+        def op(target: rt.Instance | rt.Caller) -> None:
             try:
-                inst.write(offset, payload)
+                self._within(target, offset, len(payload))
+                target.write(offset, payload)
             except rt.GuestMemoryError as exc:
                 raise MemoryAccessError(f"plugin {self._plugin.name!r}: {exc}") from None
 
         self._plugin._calls.with_instance(op)
 
+    @staticmethod
+    def _within(target: rt.Instance | rt.Caller, offset: int, length: int) -> None:
+        # A Caller (the start function is running) takes pointers as unsigned 32-bit: check the
+        # full span first, so that an offset past 4 GiB is refused rather than wrapped.
+        if isinstance(target, rt.Caller):
+            rt.check_span(offset, length, target.memory_size())
+
     @property
     def size(self) -> int:
         """Current size in bytes."""
-        return self._plugin._calls.with_instance(lambda inst: inst.memory_size())
+
+        def op(target: rt.Instance | rt.Caller) -> int:
+            return target.memory_size()
+
+        return self._plugin._calls.with_instance(op)
 
 
 class Plugin(Closing):
@@ -151,17 +182,16 @@ class Plugin(Closing):
             exports=module.exports,
             new_instance=self._new_instance,
             on_closed=self._released,
+            max_stack=engine.max_stack,
         )
-        host = HostCalls(
+        self._host_calls = HostCalls(
             name=name, policy=policy, state=calls.state, diagnosis=diagnosis, logger=logger
         )
-        self._linker = rt.Linker(engine)
-        for bound in functions.values():  # the imports the Host checked against the policy
-            host.define(self._linker, bound)
+        self._functions = functions  # the imports the Host checked against the policy
         self._wasi: WasiShims | None = None
         if policy.wasi is not None:
             self._wasi = WasiShims(policy.wasi, policy.max_output, calls.state, diagnosis)
-            self._wasi.define(self._linker, host.on_error)
+        self._linker = self._build_linker()
         self.memory = PluginMemory(self)
         # The per-call entry points, set on the instance so that ``plugin.call(...)`` is the
         # call path's closure itself, with no delegating frame (the methods below document them
@@ -182,6 +212,7 @@ class Plugin(Closing):
             self._linker.prepare(module)
         except rt.WasmFailure as failure:
             raise PluginLoadError(f"plugin {name!r}: {failure.message}") from None
+        calls.linker, calls.host_record = self._linker, self._linker.record
         self._ticks = self._deadline_ticks()
         self._epochs = None if policy.timeout is None else ticker
         if policy.timeout is not None:
@@ -299,12 +330,20 @@ class Plugin(Closing):
         calls = self._calls
         if calls.closed:
             raise PluginClosedError(f"plugin {self._name!r} is closed")
-        if calls.owner == _get_ident():
+        me = _get_ident()
+        if calls.owner == me:
             raise PluginCallError(f"plugin {self._name!r}: run() from its own host function")
-        with calls.lock:
+        th = thread_room()
+        room = th.room
+        left = room - calls.cost
+        if left < 0 or left & 8:
+            raise calls.too_deep(th)
+        calls.acquire(me)
+        with ReleaseAfter(calls.lock):
             if calls.closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
-            calls.owner = _get_ident()
+            calls.owner = me
+            th.room = left
             try:
                 cfg, out, err = shims.config(
                     None if args is None else list(args), None if stdin is None else bytes(stdin)
@@ -325,12 +364,21 @@ class Plugin(Closing):
                             )
                         )
                     code = failure.exit_code
+                except PlugsafeError:
+                    raise
+                except PYTHON_FAILED as exc:
+                    self._linker.record.spent = self._linker.record.leak = True  # _instantiate
+                    raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                except BaseException:
+                    self._linker.record.spent = self._linker.record.leak = True
+                    raise
                 finally:
                     calls.record(inst, state.start)
                     state.reset()
                 return RunResult(code, out.value(), err.value(), out.truncated, err.truncated)
             finally:
                 calls.owner = None
+                th.room = room
 
     def close(self) -> None:
         """Release the instance. Later use raises PluginClosedError. Idempotent."""
@@ -360,6 +408,15 @@ class Plugin(Closing):
         # +1: the first tick may come at once, so one more guarantees at least `timeout`.
         return math.ceil(t / rt.TICK_SECONDS) + 1
 
+    def _build_linker(self) -> rt.Linker:
+        """A Linker with this plugin's host functions (and WASI) bound to its callbacks."""
+        linker = rt.Linker(self._engine)
+        for bound in self._functions.values():
+            self._host_calls.define(linker, bound)
+        if self._wasi is not None:
+            self._wasi.define(linker, self._host_calls.sink(None))
+        return linker
+
     def _new_instance(self, phase: Phase) -> rt.Instance:
         """A fresh instance for calls (its WASI output, if any, goes to sinks nobody reads)."""
         cfg = None if self._wasi is None else self._wasi.config(None, None)[0]
@@ -371,6 +428,13 @@ class Plugin(Closing):
         state.begin("(start)")
         inst = None
         try:
+            if self._linker.spent:
+                # A host callback returned its spare trap (Python failed at the C boundary):
+                # wasmtime freed it, so new callbacks with new spares serve from now on.
+                linker = self._build_linker()
+                linker.prepare(self._module)
+                self._linker = self._calls.linker = linker
+                self._calls.host_record = linker.record
             inst = rt.Instance(
                 self._engine,
                 self._linker,
@@ -391,6 +455,8 @@ class Plugin(Closing):
                 assert ref is not None
                 inst.call(ref, [])
             return inst
+        except PlugsafeError:
+            raise
         except rt.WasmFailure as failure:
             err: BaseException | None = self._diagnosis.translate(
                 failure, state.take_error(), state.function, inst, phase
@@ -404,9 +470,19 @@ class Plugin(Closing):
                 raise err from err.__cause__
             finally:
                 err = None  # no cycle through this frame (see raise_clean)
+        except PYTHON_FAILED as exc:
+            # Python failed around the C calls (see _callpath.PYTHON_FAILED): plain stores
+            # only (rt.HostRecord), then a documented error.
+            self._linker.record.spent = self._linker.record.leak = True
+            raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+        except BaseException:
+            self._linker.record.spent = self._linker.record.leak = True
+            raise
         finally:
-            # What the start function did is no part of the next call's record.
+            # What the start function did is no part of the next call's record; the Caller it
+            # used is gone (Plugin.memory must not find it).
             state.reset()
+            self._linker.record.caller = None
 
     def _check_abi(self, inst: rt.Instance) -> None:
         exports = self._module.exports
@@ -434,6 +510,14 @@ class Plugin(Closing):
                 raise PluginLoadError(f"plugin {self._name!r}: {err}") from err
             finally:
                 err = None  # no cycle through this frame (see raise_clean)
+        except PlugsafeError:
+            raise
+        except PYTHON_FAILED as exc:
+            self._linker.record.spent = self._linker.record.leak = True  # see _instantiate
+            raise PluginLoadError(PYTHON_FAILED_MESSAGE) from exc
+        except BaseException:
+            self._linker.record.spent = self._linker.record.leak = True
+            raise
         finally:
             state.reset()
         declared = int(out[0])

@@ -35,6 +35,8 @@ from ._backend import (
     Backend,
     GuestAllocError,
     GuestMemoryError,
+    HostCallbackFailed,
+    HostRecord,
     WasmFailure,
     check_span,
 )
@@ -65,6 +67,8 @@ __all__ = [
     "GuestAllocError",
     "GuestMemoryError",
     "HostCallback",
+    "HostCallbackFailed",
+    "HostRecord",
     "Instance",
     "Linker",
     "Module",

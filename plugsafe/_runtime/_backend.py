@@ -13,6 +13,9 @@ function handle) at no cost at run time.
 from __future__ import annotations
 
 import ctypes
+import itertools
+import re
+import weakref
 from collections.abc import Callable
 from ctypes import POINTER, byref
 from typing import NewType, Protocol, cast
@@ -30,6 +33,8 @@ __all__ = [
     "GuestAllocError",
     "GuestMemoryError",
     "HostEntry",
+    "HostRecord",
+    "HostSink",
     "InstanceHandle",
     "KIND_FUNC",
     "KIND_MEMORY",
@@ -97,8 +102,12 @@ EMPTY_WINDOW = cast(Window, b"")
 
 
 # A host function as the C API calls it: (env, caller, args_and_results, count) -> the backend's
-# ``ok`` or ``trap(message)``. It must not raise: nothing may unwind through wasmtime's frames.
+# ``ok`` or a new trap. It must not raise: nothing may unwind through wasmtime's frames (and if
+# Python fails even so, the callback's spare trap is returned: see HostRecord).
 HostEntry = Callable[[object, CallerPtr, RawSlots, int], object]
+# Receives what a host callback raised once its trap has come back out of wasm; returns the
+# message of the WasmFailure that trap becomes.
+HostSink = Callable[[BaseException], str]
 
 
 class WasmFailure(Exception):
@@ -152,16 +161,151 @@ _TrapPtr = POINTER(wf.wasm_trap_t)
 _ErrorPtr = POINTER(wf.wasmtime_error_t)
 
 
+class HostCallbackFailed(RuntimeError):
+    """A host callback failed before it could record why (it returned its spare trap).
+
+    Python could not run the callback at all (the recursion limit reached at its first frame, or
+    an exception raised asynchronously on entry), nor its error hook.
+    """
+
+
+class HostRecord:
+    """The C-boundary side of one Linker's host callbacks: pending failure, spares, the Caller.
+
+    A host callback that fails records the exception in ``pending`` with plain attribute stores
+    (no call that could itself fail) and returns a new trap whose message carries this record's
+    marker ``plugsafe-host#<id>.<function>``. When that trap has unwound out of wasm, the one
+    conversion of traps into WasmFailures (:func:`failure_from_addresses`) finds the marker,
+    takes ``pending`` and hands it to the function's sink, in ordinary Python, outside any C
+    frame.
+
+    If Python cannot run the callback at all, cffi returns the callback's *spare*: a trap made up
+    front (``error=`` of the cffi callback), marked ``spare``. wasmtime frees a trap it is
+    given, so each spare serves once: the conversion marks it used and sets ``spent``, and the
+    Plugin rebuilds its Linker (new callbacks, new spares) before it makes its next instance.
+
+    Why a spare can never be returned twice before that happens: a returned trap unwinds every
+    wasm frame up to the nearest host frame, and every host frame that calls into wasm is
+    plugsafe's own code, which converts the trap at once (the top-level call, or ``Caller.place``
+    inside an outer host call). A callback active further out on the stack that fails in turn
+    is shallower than the one that could not start, so its ``except`` path, and failing that its
+    error hook (``onerror``, which makes a fresh trap), run; the spare is returned only if both
+    fail. And a plugin's own host functions may not call back into that plugin (refused), so
+    nothing re-enters a spent Linker's callbacks through a new call before it is rebuilt.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_free",
+        "caller",
+        "ident",
+        "leak",
+        "names",
+        "pending",
+        "sinks",
+        "spares",
+        "spent",
+        "used",
+    )  # fmt: skip
+
+    def __init__(self, free: Callable[[object], None]) -> None:
+        self.ident = next(_IDS)
+        # What the failing callback raised, until its trap is converted.
+        self.pending: BaseException | None = None
+        # The wasmtime_caller_t of the host call running now (or the last one): Plugin.memory
+        # reads through it while the plugin's start function runs (there is no instance yet).
+        self.caller: object = None
+        self.names: list[str] = []
+        self.sinks: list[HostSink] = []
+        self.spares: list[object] = []
+        self.used: set[int] = set()
+        self.spent = False
+        # Set when Python failed somewhere around a call into wasm (the recursion limit, an
+        # exception raised asynchronously): a spare may have been used without its trap being
+        # converted. The record is then spent, and its spares are never freed (a few hundred
+        # bytes each) rather than risk freeing one wasmtime already freed.
+        self.leak = False
+        self._free = free
+        _RECORDS[self.ident] = self
+
+    def marker(self, function: int, spare: bool = False) -> str:
+        """The text that ties a trap to this record and function (and says if it is a spare)."""
+        return f"[plugsafe-host#{self.ident}.{function}{' spare' if spare else ''}]"
+
+    def distrust(self) -> None:
+        """Python failed around a call into wasm: never reuse these callbacks, never free."""
+        self.spent = True
+        self.leak = True
+
+    def __del__(self) -> None:
+        # Spares wasmtime never received are still ours to free (every callback that could
+        # return them is gone: the record lives as long as the Linker's callbacks).
+        if self.leak:
+            return
+        free = self._free
+        for i, spare in enumerate(self.spares):
+            if i not in self.used:
+                free(spare)
+
+
+_IDS = itertools.count(1)
+_RECORDS: weakref.WeakValueDictionary[int, HostRecord] = weakref.WeakValueDictionary()
+_MARKER = re.compile(r"\[plugsafe-host#(\d+)\.(\d+)( spare)?\]")
+
+
+def _host_failure(message: str, code: str | None) -> WasmFailure:
+    """The WasmFailure for a trap a host callback returned (its marker is in ``message``)."""
+    m = _MARKER.search(message)
+    record = None if m is None else _RECORDS.get(int(m.group(1)))
+    if m is None or record is None:
+        return WasmFailure(message, code)
+    function = int(m.group(2))
+    exc, record.pending = record.pending, None
+    if exc is not None and (
+        isinstance(exc, (RecursionError, MemoryError, ctypes.ArgumentError))
+        or not isinstance(exc, Exception)
+    ):
+        # Python itself failed inside the callback (a nested conversion may have been cut
+        # short with it): see HostRecord.leak.
+        record.distrust()
+    if m.group(3):
+        record.used.add(function)
+        record.spent = True
+        if exc is None:
+            exc = HostCallbackFailed(
+                f"host function {record.names[function]!r} could not run: Python failed on "
+                "entering it (recursion limit, or an exception raised on entry)"
+            )
+    if exc is None:  # cannot happen: a fresh trap is made only after recording
+        exc = HostCallbackFailed(f"host function {record.names[function]!r} failed")
+    try:
+        text = record.sinks[function](exc)
+    except BaseException:  # the sink must not fail; if it does, the trap still says what failed
+        text = f"plugsafe: host function {record.names[function]!r} failed"
+    return WasmFailure(text, code)
+
+
 def failure_from_addresses(error: int, trap: int) -> WasmFailure:
-    """Wrap an owned wasmtime error or trap (given as addresses) into a WasmFailure."""
+    """Wrap an owned wasmtime error or trap (given as addresses) into a WasmFailure.
+
+    The one place a trap becomes a WasmFailure: a trap returned by a host callback is matched
+    with what that callback recorded (see HostRecord).
+    """
     if error:
         ptr = ctypes.cast(error, _ErrorPtr)
         status = ctypes.c_int()
         exit_code = status.value if wf.wasmtime_error_exit_status(ptr, byref(status)) else None
-        return WasmFailure(str(wasmtime.WasmtimeError._from_ptr(ptr)), exit_code=exit_code)
+        message = str(wasmtime.WasmtimeError._from_ptr(ptr))
+        if exit_code is None and "[plugsafe-host#" in message:
+            return _host_failure(message, None)
+        return WasmFailure(message, exit_code=exit_code)
     t = wasmtime.Trap._from_ptr(ctypes.cast(trap, _TrapPtr))
     code = t.trap_code
-    return WasmFailure(t.message, None if code is None else code.name)
+    message = t.message
+    name = None if code is None else code.name
+    if "[plugsafe-host#" in message:
+        return _host_failure(message, name)
+    return WasmFailure(message, name)
 
 
 def address(ptr: object) -> int:
@@ -261,6 +405,13 @@ class Backend(Protocol):
     def trap(self, message: str) -> object:
         """A new trap for a host callback to return."""
 
+    @property
+    def trap_new(self) -> Callable[[bytes, int], object]:
+        """``wasmtime_trap_new`` itself: (message, length) -> a trap a host callback returns."""
+
+    def free_trap(self, trap: object) -> None:
+        """Delete a trap made by ``trap_new`` that was never handed to wasmtime."""
+
     def define_func(
         self,
         linker: wasmtime.Linker,
@@ -268,5 +419,12 @@ class Backend(Protocol):
         name: bytes,
         ty: wasmtime.FuncType,
         callback: HostEntry,
+        spare: object,
+        onerror: Callable[[object, object, object], object],
     ) -> object:
-        """Define ``module.name`` as ``callback``; returns what must outlive every store."""
+        """Define ``module.name`` as ``callback``; returns what must outlive every store.
+
+        The callback is a cffi callback on both backends (ctypes callbacks have no error value:
+        one that raises returns an undefined pointer): if Python fails in it, ``onerror`` gets
+        (type, exception, traceback) and its result is returned; if that fails too, ``spare``.
+        """

@@ -233,6 +233,13 @@ class CffiBackend:
         data = message.encode("utf-8", "replace")
         return self.lib.wasmtime_trap_new(data, len(data))
 
+    @property
+    def trap_new(self) -> Callable[[bytes, int], object]:
+        return cast(Callable[[bytes, int], object], self.lib.wasmtime_trap_new)
+
+    def free_trap(self, trap: object) -> None:
+        self.lib.wasm_trap_delete(trap)
+
     def define_func(
         self,
         linker: wasmtime.Linker,
@@ -240,9 +247,15 @@ class CffiBackend:
         name: bytes,
         ty: wasmtime.FuncType,
         callback: HostEntry,
+        spare: object,
+        onerror: Callable[[object, object, object], object],
     ) -> object:
         ffi = self.ffi
-        cb = ffi.callback("wasmtime_func_unchecked_callback_t", callback)
+        # error=/onerror=: if Python fails in the callback, cffi returns what onerror returns
+        # (a fresh trap) or, if onerror fails too, the spare trap: never NULL (= "success").
+        cb = ffi.callback(
+            "wasmtime_func_unchecked_callback_t", callback, error=spare, onerror=onerror
+        )
         error = self.lib.wasmtime_linker_define_func_unchecked(
             ffi.cast("wasmtime_linker_t *", address(linker.ptr())),
             module, len(module), name, len(name),

@@ -34,10 +34,12 @@ from ._backend import (
     check_span,
     failure_from_addresses,
 )
+from ._cffi import _load_ffi
 
 __all__ = ["CtypesBackend"]
 
 _TrapPtr = POINTER(wf.wasm_trap_t)
+_CallerPtr = POINTER(wf.wasmtime_caller_t)
 
 
 def _raise(error: object, trap: object) -> None:
@@ -49,8 +51,6 @@ class CtypesBackend:
     """The Backend over ctypes. Handles are wasmtime-py's ctypes structs and pointers."""
 
     name = "ctypes"
-    # What a host callback returns when it succeeded: a null trap pointer.
-    ok = 0
 
     def __init__(self) -> None:
         self._call = wf.wasmtime_func_call_unchecked
@@ -58,6 +58,12 @@ class CtypesBackend:
         self._size = wf.wasmtime_memory_data_size
         self._deadline = wf.wasmtime_context_set_epoch_deadline
         self._null_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+        # cffi for the host callbacks only (see define_func): their declarations involve no
+        # struct layout, so they hold whatever made the cffi backend unusable.
+        self._ffi = _load_ffi()
+        self._lib = self._ffi.dlopen(str(wf.filename))
+        # What a host callback returns when it succeeded: a null trap pointer.
+        self.ok: object = self._ffi.NULL
 
     def ctx(self, store: wasmtime.Store) -> Ctx:
         return Ctx(store._context())
@@ -158,13 +164,15 @@ class CtypesBackend:
     # -- inside host callbacks --
 
     def caller_ctx(self, caller: CallerPtr) -> Ctx:
-        return Ctx(wf.wasmtime_caller_context(caller))
+        # The cffi callback passes the caller as an address.
+        return Ctx(wf.wasmtime_caller_context(ctypes.cast(caller, _CallerPtr)))  # type: ignore[arg-type]
 
     def caller_export(
         self, caller: CallerPtr, name: bytes, kind: int
     ) -> FuncHandle | MemHandle | None:
         item = wf.wasmtime_extern_t()
-        if not wf.wasmtime_caller_export_get(caller, name, len(name), byref(item)):
+        ptr = ctypes.cast(caller, _CallerPtr)  # type: ignore[arg-type]
+        if not wf.wasmtime_caller_export_get(ptr, name, len(name), byref(item)):
             return None
         if int(item.kind) != kind:
             return None
@@ -175,7 +183,14 @@ class CtypesBackend:
 
     def trap(self, message: str) -> object:
         data = message.encode("utf-8", "replace")
-        return address(wf.wasmtime_trap_new(data, len(data)))
+        return self._lib.wasmtime_trap_new(data, len(data))
+
+    @property
+    def trap_new(self) -> Callable[[bytes, int], object]:
+        return cast(Callable[[bytes, int], object], self._lib.wasmtime_trap_new)
+
+    def free_trap(self, trap: object) -> None:
+        self._lib.wasm_trap_delete(trap)
 
     def define_func(
         self,
@@ -184,12 +199,25 @@ class CtypesBackend:
         name: bytes,
         ty: wasmtime.FuncType,
         callback: HostEntry,
+        spare: object,
+        onerror: Callable[[object, object, object], object],
     ) -> object:
-        cb = wf.wasmtime_func_unchecked_callback_t(callback)
+        # A cffi callback, not a ctypes one: a ctypes callback that raises returns an undefined
+        # pointer (NULL, "success", in practice), where cffi returns onerror's trap or the spare.
+        # Its pointers arrive as integers: the argument slots become a ctypes array here (the
+        # host callbacks' code is the same on both backends), the caller is cast when used.
+        slots = wf.wasmtime_val_raw_t * max(len(ty.params), len(ty.results), 1)
+        from_address = slots.from_address
+
+        def entry(env: object, caller: CallerPtr, raw: int, n: int) -> object:
+            return callback(env, caller, from_address(raw), n)
+
+        cb = self._ffi.callback("plugsafe_addr_callback_t", entry, error=spare, onerror=onerror)
+        fn = wf.wasmtime_func_unchecked_callback_t(int(self._ffi.cast("uintptr_t", cb)))
         error = wf.wasmtime_linker_define_func_unchecked(
-            linker.ptr(), module, len(module), name, len(name), ty.ptr(), cb, None,
+            linker.ptr(), module, len(module), name, len(name), ty.ptr(), fn, None,
             self._null_finalizer,
         )  # fmt: skip
         if error:
             _raise(error, None)
-        return cb
+        return cb, fn

@@ -70,6 +70,8 @@ class Engine:
     """
 
     def __init__(self, *, metered: bool, max_stack: int) -> None:
+        # The native stack one call may use (plugsafe counts it per thread: _nesting).
+        self.max_stack = max_stack
         cfg = wasmtime.Config()
         cfg.consume_fuel = metered
         cfg.epoch_interruption = True

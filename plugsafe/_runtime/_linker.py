@@ -21,6 +21,8 @@ from ._backend import (
     GuestAllocError,
     GuestMemoryError,
     HostEntry,
+    HostRecord,
+    HostSink,
     MemHandle,
     PreHandle,
     RawSlots,
@@ -37,7 +39,8 @@ __all__ = ["Caller", "ErrorSink", "HostCallback", "Linker", "wasi_config"]
 # A host callback: receives a Caller and the wasm arguments as Python numbers, returns the wasm
 # results as a sequence (or None when there are none). It may raise; see Linker.define_func.
 HostCallback = Callable[["Caller", list[Any]], Sequence[Any] | None]
-ErrorSink = Callable[[BaseException], str]
+# Receives what a host callback raised (once its trap is back out of wasm); returns the message.
+ErrorSink = HostSink
 
 
 class Caller:
@@ -119,6 +122,10 @@ class Caller:
             raise GuestMemoryError(f"the plugin's allocator returned a bad buffer: {exc}") from None
         return pointer
 
+    def memory_size(self) -> int:
+        """The size in bytes of the guest's ``memory`` now."""
+        return self._b.size(self._context(), self._memory())
+
     def _invalidate(self) -> None:
         self._valid = False
 
@@ -132,13 +139,6 @@ def caller_class(backend: Backend) -> type[Caller]:
     if cls is None:
         cls = _CALLERS[backend] = type("Caller", (Caller,), {"__slots__": (), "_b": backend})
     return cls
-
-
-def _trap_message(on_error: ErrorSink, exc: BaseException) -> str:
-    try:
-        return on_error(exc)
-    except BaseException:  # the sink must not fail, but never unwind into C
-        return "plugsafe: host function failed"
 
 
 def _make_functype(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncType:
@@ -196,8 +196,11 @@ class Linker:
         self.backend = backend
         self._caller = caller_class(backend)
         self._linker = wasmtime.Linker(engine._engine)
-        # The callback objects must outlive every store that can call them.
-        self._keep: list[tuple[object, wasmtime.FuncType]] = []
+        # What the host callbacks record, their spare traps (see HostRecord).
+        self.record = HostRecord(backend.free_trap)
+        # The callback objects (and the record with their spares) must outlive every store that
+        # can call them.
+        self._keep: list[object] = [self.record]
         self._pre: PreHandle | None = None
         # Per-function scratch (argument buffer with its trap slot, struct layouts) shared by
         # every instance made from this linker: they belong to one Plugin, whose calls never
@@ -216,30 +219,40 @@ class Linker:
         """Define ``module.name`` with the given wasm types.
 
         If ``callback`` raises anything (BaseException included: nothing may unwind through
-        wasmtime's C frames), ``on_error(exc)`` records it and returns the trap message the guest
-        traps with.
+        wasmtime's C frames), the guest traps; once the trap is back out of wasm,
+        ``on_error(exc)`` records the exception and returns the WasmFailure's message.
         """
         param_fields = tuple(params)
         result_fields = tuple(results)
-        ok, trap = self.backend.ok, self.backend.trap
+        ok = self.backend.ok
         make_caller = self._caller
+        record = self.record
+        fid, message, trap_new = self._function(name, on_error)
+        size = len(message)
 
         def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
-            caller = make_caller(caller_ptr)
+            caller = None
             try:
+                record.caller = caller_ptr
+                caller = make_caller(caller_ptr)
                 args = [getattr(raw[i], t) for i, t in enumerate(param_fields)]
                 out = callback(caller, args)
                 if result_fields:
                     assert out is not None
                     for i, t in enumerate(result_fields):
                         setattr(raw[i], t, out[i])
+                caller._valid = False
                 return ok
             except BaseException as exc:
-                return trap(_trap_message(on_error, exc))
-            finally:
-                caller._invalidate()
+                # Plain stores and one C call only: see HostRecord. Whatever fails from here on
+                # still traps (onerror's trap, or the spare).
+                if caller is not None:
+                    caller._valid = False
+                if record.pending is None:
+                    record.pending = exc
+                return trap_new(message, size)
 
-        self._define(module, name, param_fields, result_fields, entry)
+        self._define(module, name, param_fields, result_fields, entry, fid, message)
 
     def define_numeric(
         self,
@@ -256,32 +269,53 @@ class Linker:
         result written straight into its slot. Failures go to ``on_error`` as for define_func.
         """
         fields = tuple(params)
-        ok, trap = self.backend.ok, self.backend.trap
+        ok = self.backend.ok
+        record = self.record
+        fid, message, trap_new = self._function(name, on_error)
+        size = len(message)
         entry: HostEntry
         if len(fields) == 1 and result is not None:
             # The common shape (one number in, one out), with no loop at all.
             (field,) = fields
 
-            def entry(_env: object, _caller: CallerPtr, raw: RawSlots, _n: int) -> object:
+            def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
                 try:
+                    record.caller = caller_ptr
                     slot = raw[0]
                     setattr(slot, result, fn(getattr(slot, field)))
                     return ok
                 except BaseException as exc:
-                    return trap(_trap_message(on_error, exc))
+                    if record.pending is None:
+                        record.pending = exc
+                    return trap_new(message, size)
 
         else:
 
-            def entry(_env: object, _caller: CallerPtr, raw: RawSlots, _n: int) -> object:
+            def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
                 try:
+                    record.caller = caller_ptr
                     out = fn(*[getattr(raw[i], t) for i, t in enumerate(fields)])
                     if result is not None:
                         setattr(raw[0], result, out)
                     return ok
                 except BaseException as exc:
-                    return trap(_trap_message(on_error, exc))
+                    if record.pending is None:
+                        record.pending = exc
+                    return trap_new(message, size)
 
-        self._define(module, name, fields, (result,) if result is not None else (), entry)
+        results = (result,) if result is not None else ()
+        self._define(module, name, fields, results, entry, fid, message)
+
+    def _function(
+        self, name: str, on_error: ErrorSink
+    ) -> tuple[int, bytes, Callable[[bytes, int], object]]:
+        """Register host function ``name`` with the record: its index, trap message, trap maker."""
+        record = self.record
+        fid = len(record.names)
+        record.names.append(name)
+        record.sinks.append(on_error)
+        message = f"plugsafe: host function {name!r} failed {record.marker(fid)}".encode()
+        return fid, message, self.backend.trap_new
 
     def _define(
         self,
@@ -290,9 +324,30 @@ class Linker:
         params: tuple[str, ...],
         results: tuple[str, ...],
         entry: HostEntry,
+        fid: int,
+        message: bytes,
     ) -> None:
+        backend = self.backend
+        record = self.record
+        trap_new = backend.trap_new
+        size = len(message)
+
+        def onerror(_type: object, exc: object, _tb: object) -> object:
+            # cffi calls this when the entry itself failed (it could not even start, or its
+            # except path failed): record if nothing was, and trap with a fresh trap.
+            if record.pending is None:
+                record.pending = exc  # type: ignore[assignment]  # cffi passes the exception
+            return trap_new(message, size)
+
+        spare_text = (
+            f"plugsafe: host function {name!r} could not run {record.marker(fid, spare=True)}"
+        ).encode()
+        spare = trap_new(spare_text, len(spare_text))
+        record.spares.append(spare)
         ty = _make_functype(params, results)
-        cb = self.backend.define_func(self._linker, module.encode(), name.encode(), ty, entry)
+        cb = backend.define_func(
+            self._linker, module.encode(), name.encode(), ty, entry, spare, onerror
+        )
         self._keep.append((cb, ty))
 
     def define_wasi(self) -> None:
@@ -305,6 +360,20 @@ class Linker:
             self._linker.define_wasi()
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
+
+    @property
+    def spent(self) -> bool:
+        """A callback returned its spare trap: build a new Linker before the next instance."""
+        return self.record.spent
+
+    def caller(self) -> Caller | None:
+        """A Caller for the host call running now on this Linker's callbacks, if any.
+
+        Only for the owner thread while one of its host callbacks runs (``Plugin.memory`` during
+        instantiation): outside a host call the pointer is stale.
+        """
+        ptr = self.record.caller
+        return None if ptr is None else self._caller(CallerPtr(ptr))
 
     def prepare(self, module: Module) -> None:
         """Type-check imports once (an InstancePre); later instantiations skip that work."""

@@ -8,8 +8,6 @@ Correct: any failure at the C boundary traps the guest, and the call raises a ty
 
 from __future__ import annotations
 
-import pytest
-
 from child import run_child
 
 C2 = "issue 12 class 2: "
@@ -91,13 +89,9 @@ def _forge(env: dict[str, str] | None = None) -> None:
     assert "callback" not in child.stderr.lower(), child.describe()
 
 
-@pytest.mark.xfail(strict=True, reason=C2 + "RecursionError in the trampoline forges a result")
 def test_c2_recursion_limit_inside_nested_host_calls_never_forges_a_result() -> None:
     _forge()
 
 
-@pytest.mark.xfail(
-    strict=True, reason=C2 + "ctypes path: RecursionError escapes callbacks, calls leak it untyped"
-)
 def test_c2_recursion_limit_inside_nested_host_calls_never_forges_a_result_ctypes() -> None:
     _forge({"PLUGSAFE_BACKEND": "ctypes"})

@@ -6,8 +6,6 @@ one thread uses are bounded, and going past the bound is a typed error.
 
 from __future__ import annotations
 
-import pytest
-
 from child import run_child
 
 C3 = "issue 12 class 3: "
@@ -69,23 +67,19 @@ def _nest(max_stack: int, levels: int, thread_stack: int) -> None:
     assert out == f"OK {levels}" or out.startswith("TYPED"), child.describe()
 
 
-@pytest.mark.xfail(strict=True, reason=C3 + "nested plugins each get a full max_stack: SIGSEGV")
 def test_c3_six_nested_plugins_at_2_mib_on_an_8_mib_thread() -> None:
     _nest(2 * MiB, 6, 8 * MiB)
 
 
-@pytest.mark.xfail(strict=True, reason=C3 + "nested plugins each get a full max_stack: SIGSEGV")
 def test_c3_many_nested_plugins_at_the_default_stack_on_the_main_thread() -> None:
     _nest(512 * 1024, 40, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=C3 + "nested plugins each get a full max_stack: SIGSEGV")
 def test_c3_two_nested_plugins_on_a_small_thread() -> None:
     # 2 x 512 KiB of wasm stack on a 768 KiB thread.
     _nest(512 * 1024, 2, 768 * 1024)
 
 
-@pytest.mark.xfail(strict=True, reason=C3 + "max_stack is not bounded by the thread's own stack")
 def test_c3_one_plugin_on_a_thread_smaller_than_max_stack() -> None:
     # A thread made with threading.stack_size(256 KiB) running one plugin allowed 2 MiB.
     _nest(2 * MiB, 1, 256 * 1024)
