@@ -11,6 +11,9 @@ fuel, time and memory it may use per call::
     print(plugin.call("greet", b"world"))
 
 Everything plugsafe raises derives from :class:`PlugsafeError`; see ``docs/errors.md``.
+
+PYTEST_DONT_REWRITE: plugsafe registers a pytest plugin (``plugsafe.testing``), so pytest would
+rewrite the asserts of the whole package and add its helper names to this namespace.
 """
 
 from __future__ import annotations
