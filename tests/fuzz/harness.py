@@ -19,6 +19,7 @@ This file only uses the standard library and plugsafe's public API, so it runs a
 
     python tests/fuzz/harness.py --smith SEED    # generate smith's module for SEED, run it here
     python tests/fuzz/harness.py --file x.wasm   # run the smith case on a module file, here
+    python tests/fuzz/harness.py --abi x.wat '{"policy": {...}, "ops": [...]}'  # any case
 
 (both in-process, so a crash shows as the crash itself).
 """
@@ -409,6 +410,16 @@ def _main(argv: list[str]) -> int:
         wasm = smith(int(argv[1]), exe)
     elif argv[:1] == ["--file"] and len(argv) == 2:
         wasm = Path(argv[1]).read_bytes()
+    elif argv[:1] == ["--abi"] and len(argv) == 3:  # a module file and '{"policy":..,"ops":..}'
+        case = {
+            "wasm": base64.b64encode(Path(argv[1]).read_bytes()).decode(),
+            **json.loads(argv[2]),
+        }
+        host = plugsafe.Host()
+        _menu(host)
+        for r in run_case(host, case):
+            print(*r, sep="  ")
+        return 0
     else:
         print(__doc__, file=sys.stderr)
         return 2
