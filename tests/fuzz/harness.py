@@ -91,6 +91,16 @@ SMITH_FLAGS: tuple[str, ...] = (
     "--max-nesting-depth=10",
 )
 
+
+def smith_flags() -> tuple[str, ...]:
+    """SMITH_FLAGS with ``PLUGSAFE_FUZZ_SMITH_FLAGS`` applied (``--name=value`` words that
+    replace or add to the defaults, e.g. ``--simd-enabled=false`` to look past the v128 abort)."""
+    flags = {f.split("=", 1)[0]: f for f in SMITH_FLAGS}
+    for extra in os.environ.get("PLUGSAFE_FUZZ_SMITH_FLAGS", "").split():
+        flags[extra.split("=", 1)[0]] = extra
+    return tuple(flags.values())
+
+
 # The policy every smith module is loaded under: tight fuel and memory, a short timeout.
 SMITH_POLICY: dict[str, Any] = {"fuel": 200_000, "timeout": 1.0, "memory": 4 * 1024 * 1024}
 
@@ -113,7 +123,7 @@ def seed_bytes(seed: int) -> bytes:
 def smith(seed: int, exe: str) -> bytes:
     """The module smith builds from ``seed``'s bytes."""
     out = subprocess.run(
-        [exe, "smith", *SMITH_FLAGS], input=seed_bytes(seed), capture_output=True, timeout=60
+        [exe, "smith", *smith_flags()], input=seed_bytes(seed), capture_output=True, timeout=60
     )
     if out.returncode != 0:
         raise RuntimeError(f"wasm-tools smith failed for seed {seed}: {out.stderr.decode()}")
@@ -131,7 +141,7 @@ def smith_repro(seed: int, path: Path | str = "case.wasm") -> str:
     gen = (
         f"import random,sys; sys.stdout.buffer.write(random.Random({seed}).randbytes({SEED_BYTES}))"
     )
-    flags = " ".join(SMITH_FLAGS)
+    flags = " ".join(smith_flags())
     load = (
         f"import plugsafe; p = plugsafe.Host().load(open({str(path)!r}, 'rb').read(), "
         f"policy=plugsafe.Policy(**{SMITH_POLICY!r})); print(p.exports)"

@@ -7,11 +7,12 @@ untyped exception, a crash of the worker or a hang fails the test with the seed,
 (written to a temp file) and the commands that reproduce it.
 
 The default run covers :data:`QUICK_SEEDS` seeds; ``PLUGSAFE_FUZZ=N`` runs N seeds (starting at
-``PLUGSAFE_FUZZ_START``, default 0).
+``PLUGSAFE_FUZZ_START``, default 0), logging each outcome to ``PLUGSAFE_FUZZ_LOG`` if set.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -65,6 +66,10 @@ def test_smith_modules_load_and_run_or_fail_typed(
     outcomes: dict[int, Outcome] = {}
     lock = threading.Lock()
 
+    # A long run can log every seed's outcome as it goes (one JSON line each).
+    log_path = os.environ.get("PLUGSAFE_FUZZ_LOG")
+    log = open(log_path, "a") if log_path else None  # noqa: SIM115
+
     def work(my_seeds: range) -> None:
         runner = Runner(WALL)
         try:
@@ -72,12 +77,22 @@ def test_smith_modules_load_and_run_or_fail_typed(
                 o = runner.run(smith_case(smith(seed, wasm_tools_exe)), seed)
                 with lock:
                     outcomes[seed] = o
+                    if log is not None:
+                        entry = {"seed": seed, "outcome": o.outcome, "detail": o.detail}
+                        if o.failed:
+                            entry["class"] = classify(o, KNOWN_FAILURES) or _shape(o)
+                        log.write(json.dumps(entry) + "\n")
+                        log.flush()
         finally:
             runner.close()
 
-    with ThreadPoolExecutor(JOBS) as pool:
-        for f in [pool.submit(work, seeds[i::JOBS]) for i in range(JOBS)]:
-            f.result()
+    try:
+        with ThreadPoolExecutor(JOBS) as pool:
+            for f in [pool.submit(work, seeds[i::JOBS]) for i in range(JOBS)]:
+                f.result()
+    finally:
+        if log is not None:
+            log.close()
 
     known: dict[str, list[int]] = defaultdict(list)
     unknown: dict[str, list[int]] = defaultdict(list)
