@@ -380,19 +380,26 @@ class Runner:
 
 @dataclass(frozen=True)
 class Known:
-    """A failure class already reported: matched by outcome and a text in detail or stderr."""
+    """A failure class already reported: an outcome and a text found in its detail or stderr
+    (any text if empty), and, if ``tag`` is set, only for cases the test tagged so."""
 
     name: str
     outcome: str
-    text: str
+    text: str = ""
+    tag: str = ""
 
-    def matches(self, o: Outcome) -> bool:
-        return o.outcome == self.outcome and (self.text in o.detail or self.text in o.stderr)
+    def matches(self, o: Outcome, tags: Iterable[str] = ()) -> bool:
+        return (
+            o.outcome == self.outcome
+            and (self.text in o.detail or self.text in o.stderr)
+            and (not self.tag or self.tag in tags)
+        )
 
 
-def classify(o: Outcome, known: Iterable[Known]) -> str | None:
+def classify(o: Outcome, known: Iterable[Known], tags: Iterable[str] = ()) -> str | None:
     """The name of the known class ``o`` falls in, or None."""
-    return next((k.name for k in known if k.matches(o)), None)
+    tags = tuple(tags)
+    return next((k.name for k in known if k.matches(o, tags)), None)
 
 
 def report(label: str, o: Outcome, wasm_path: Path | None, repro: str) -> str:
