@@ -35,11 +35,13 @@ JOBS = max(1, min(2, os.cpu_count() or 1))
 # falls in one is reported as an xfail instead of a failure; empty this tuple (or drop an entry)
 # once the fix lands, and the seeds fail again if it did not fix them.
 KNOWN_FAILURES: tuple[Known, ...] = (
-    # Describing a signature with a v128 in it calls str() on the ValType: Rust panic, abort.
+    # Describing a v128 (an export's or import's signature, an exported global) calls str() on
+    # wasmtime-py's ValType: a Rust panic, the process aborts. '(func (export "f") (param v128))'
     Known("v128 in a signature aborts the process", CRASH, "support for v128"),
-    # The same for typed function references, e.g. (ref null $t) or (ref func).
+    # The same for every reference type but externref/funcref: exnref, (ref func), (ref null $t),
+    # in a signature or a table. '(func (export "f") (param exnref))'
     Known(
-        "typed reference in a signature aborts the process",
+        "exnref or typed reference in a signature aborts the process",
         CRASH,
         "support for non-externref and non-funcref references",
     ),
