@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import os
 import random
@@ -73,9 +74,10 @@ SMITH_FLAGS: tuple[str, ...] = (
     "--memory64-enabled=false",
     "--threads-enabled=false",
     "--custom-page-sizes-enabled=false",
+    "--compact-imports-enabled=false",
     "--export-everything=true",
     "--allow-start-export=true",
-    "--max-imports=0",
+    "--max-imports=6",
     "--min-funcs=2",
     "--max-funcs=30",
     "--max-instructions=300",
@@ -101,8 +103,50 @@ def smith_flags() -> tuple[str, ...]:
     return tuple(flags.values())
 
 
-# The policy every smith module is loaded under: tight fuel and memory, a short timeout.
-SMITH_POLICY: dict[str, Any] = {"fuel": 200_000, "timeout": 1.0, "memory": 4 * 1024 * 1024}
+# The host functions of _menu (and the built-in log) with their wasm signatures (docs/abi.md).
+IMPORTS = {
+    "log": "(param i32 i32 i32)",
+    "echo": "(param i32 i32) (result i64)",
+    "blob": "(param i64) (result i64)",
+    "text": "(param i32 i32) (result i64)",
+    "maybe": "(param i32 i32) (result i64)",
+    "num": "(param i64 f64 i32) (result i64)",
+    "boom": "(param i32 i32) (result i64)",
+}
+
+# The policy every smith module is loaded under: tight fuel and memory, a short timeout, and
+# every host function smith may import (see smith_imports).
+SMITH_POLICY: dict[str, Any] = {
+    "fuel": 200_000,
+    "timeout": 1.0,
+    "memory": 4 * 1024 * 1024,
+    "allow": sorted(IMPORTS),
+}
+
+
+def smith_imports(exe: str) -> Path:
+    """A module importing every host function, for smith's ``--available-imports``.
+
+    Built once (with ``wasm-tools parse``) at a path named after its content, so the
+    reproduction commands a failure prints keep working.
+    """
+    wat = (
+        "(module\n"
+        + "".join(
+            f'  (import "plugsafe" "{n}" (func {sig}))\n' for n, sig in sorted(IMPORTS.items())
+        )
+        + ")\n"
+    )
+    digest = hashlib.sha256(wat.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"plugsafe-fuzz-imports-{digest}.wasm"
+    if not path.exists():
+        src = path.with_suffix(f".{os.getpid()}.wat")
+        src.write_text(wat)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run([exe, "parse", str(src), "-o", str(tmp)], check=True, timeout=60)
+        os.replace(tmp, path)  # atomic: parallel runs may build it at the same time
+        src.unlink()
+    return path
 
 
 def wasm_tools() -> str | None:
@@ -123,7 +167,10 @@ def seed_bytes(seed: int) -> bytes:
 def smith(seed: int, exe: str) -> bytes:
     """The module smith builds from ``seed``'s bytes."""
     out = subprocess.run(
-        [exe, "smith", *smith_flags()], input=seed_bytes(seed), capture_output=True, timeout=60
+        [exe, "smith", *smith_flags(), f"--available-imports={smith_imports(exe)}"],
+        input=seed_bytes(seed),
+        capture_output=True,
+        timeout=60,
     )
     if out.returncode != 0:
         raise RuntimeError(f"wasm-tools smith failed for seed {seed}: {out.stderr.decode()}")
@@ -135,16 +182,19 @@ def smith_case(wasm: bytes) -> dict[str, Any]:
     return {"wasm": base64.b64encode(wasm).decode(), "policy": SMITH_POLICY, "ops": [["zeros"]]}
 
 
-def smith_repro(seed: int, path: Path | str = "case.wasm") -> str:
+def smith_repro(seed: int, exe: str, path: Path | str = "case.wasm") -> str:
     """Shell commands that rebuild ``seed``'s module at ``path`` and run it."""
     py = shlex.quote(sys.executable)
     gen = (
         f"import random,sys; sys.stdout.buffer.write(random.Random({seed}).randbytes({SEED_BYTES}))"
     )
-    flags = " ".join(smith_flags())
+    flags = " ".join([*smith_flags(), f"--available-imports={smith_imports(exe)}"])
+    policy = {**SMITH_POLICY, "allow": set(SMITH_POLICY["allow"])}
     load = (
-        f"import plugsafe; p = plugsafe.Host().load(open({str(path)!r}, 'rb').read(), "
-        f"policy=plugsafe.Policy(**{SMITH_POLICY!r})); print(p.exports)"
+        "import plugsafe, sys; sys.path.insert(0, 'tests/fuzz'); import harness; "
+        "h = plugsafe.Host(); harness._menu(h); "
+        f"p = h.load(open({str(path)!r}, 'rb').read(), policy=plugsafe.Policy(**{policy!r})); "
+        "print(p.exports)"
     )
     return (
         f"{py} -c {shlex.quote(gen)} | wasm-tools smith {flags} -o {shlex.quote(str(path))}\n"

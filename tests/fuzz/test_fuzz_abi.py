@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import fuzz_budget
-from .harness import CRASH, HERE, UNTYPED, Known, Runner, classify, report
+from .harness import CRASH, HERE, IMPORTS, UNTYPED, Known, Runner, classify, report
 
 QUICK_EXAMPLES = 150
 # The tag of guests whose allocator calls a host function that answers with bytes: the host
@@ -60,16 +60,6 @@ i64s = st.one_of(
 )
 f64s = st.sampled_from(["0", "-0", "1.5", "inf", "-inf", "nan", "nan:0x1", "1e308"])
 
-# The host functions of harness._menu with their wasm signatures, plus the built-in log.
-IMPORTS = {
-    "log": "(param i32 i32 i32)",
-    "echo": "(param i32 i32) (result i64)",
-    "blob": "(param i64) (result i64)",
-    "text": "(param i32 i32) (result i64)",
-    "maybe": "(param i32 i32) (result i64)",
-    "num": "(param i64 f64 i32) (result i64)",
-    "boom": "(param i32 i32) (result i64)",
-}
 # A signature that matches none of them, for imports the host must refuse.
 WRONG = "(param i32) (result i32)"
 

@@ -119,7 +119,9 @@ def test_smith_modules_load_and_run_or_fail_typed(
             path.write_bytes(smith(seed, wasm_tools_exe))
             details.append(
                 f"{shape}\n  seeds ({len(bad)}): {bad[:20]}\n"
-                + report(f"  seed {seed}", outcomes[seed], path, smith_repro(seed, path))
+                + report(
+                    f"  seed {seed}", outcomes[seed], path, smith_repro(seed, wasm_tools_exe, path)
+                )
             )
         pytest.fail(f"{summary}\nNEW FAILURE CLASSES:\n" + "\n\n".join(details), pytrace=False)
     if known:
