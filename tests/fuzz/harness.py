@@ -30,6 +30,7 @@ import base64
 import functools
 import hashlib
 import json
+import operator
 import os
 import random
 import selectors
@@ -39,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 OK, TYPED, UNTYPED, CRASH, HANG = "ok", "typed", "untyped", "crash", "hang"
 FAILURES = (UNTYPED, CRASH, HANG)
+STARTUP = 300.0  # seconds a worker may take to start (a loaded CI machine); not a case's time
 
 # -- wasm-tools smith ------------------------------------------------------------------------
 
@@ -269,6 +272,13 @@ def _ops(
         elif op[0] == "call":
             data = bytes.fromhex(op[2])
             yield f"call {op[1]}({len(data)} bytes)", functools.partial(plugin.call, op[1], data)
+        # For the harness's own test: a crash, a hang and an untyped error on demand.
+        elif op[0] == "_abort":
+            yield "abort", os.abort
+        elif op[0] == "_sleep":
+            yield f"sleep {op[1]}", functools.partial(time.sleep, op[1])
+        elif op[0] == "_raise":
+            yield "raise", functools.partial(operator.truediv, 1, 0)
         else:
             raise ValueError(f"unknown operation {op!r}")
 
@@ -308,6 +318,8 @@ def worker() -> None:
     faulthandler.enable()
     host = plugsafe.Host()
     _menu(host)
+    answers.write('{"ready": true}\n')  # the wall bound per case starts after this
+    answers.flush()
     for line in sys.stdin:
         case = json.loads(line)
         try:
@@ -366,7 +378,17 @@ class Runner:
             env=self.env,
         )
         self.spawned += 1
+        # Start-up (importing plugsafe, making a Host) is not part of any case's time.
+        assert self.proc.stdout is not None
+        if not self._readable(self.proc.stdout, STARTUP) or not self.proc.stdout.readline():
+            raise RuntimeError(f"the fuzz worker did not start:\n{self._stderr_tail()}")
         return self.proc
+
+    @staticmethod
+    def _readable(stream: Any, timeout: float) -> bool:
+        with selectors.DefaultSelector() as sel:
+            sel.register(stream, selectors.EVENT_READ)
+            return bool(sel.select(timeout))
 
     def _stderr_tail(self) -> str:
         self.stderr.seek(0)
@@ -390,10 +412,8 @@ class Runner:
             proc.stdin.flush()
         except BrokenPipeError:
             return self._dead(CRASH, self._exit_text(proc.wait()))
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            if not sel.select(self.wall):
-                return self._dead(HANG, f"no answer within {self.wall} s")
+        if not self._readable(proc.stdout, self.wall):
+            return self._dead(HANG, f"no answer within {self.wall} s")
         line = proc.stdout.readline()
         if not line:
             return self._dead(CRASH, self._exit_text(proc.wait()))
