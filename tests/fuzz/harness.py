@@ -192,12 +192,15 @@ def smith_repro(seed: int, exe: str, path: Path | str = "case.wasm") -> str:
         f"import random,sys; sys.stdout.buffer.write(random.Random({seed}).randbytes({SEED_BYTES}))"
     )
     flags = " ".join([*smith_flags(), f"--available-imports={smith_imports(exe)}"])
-    policy = {**SMITH_POLICY, "allow": set(SMITH_POLICY["allow"])}
+    # Written with double quotes only, so the shell quoting stays readable.
+    fields = ", ".join(f"{k}={v!r}" for k, v in SMITH_POLICY.items() if k != "allow")
     load = (
-        "import plugsafe, sys; sys.path.insert(0, 'tests/fuzz'); import harness; "
+        f'import sys; sys.path.insert(0, "{HERE}"); import harness, plugsafe; '
         "h = plugsafe.Host(); harness._menu(h); "
-        f"p = h.load(open({str(path)!r}, 'rb').read(), policy=plugsafe.Policy(**{policy!r})); "
-        "print(p.exports)"
+        f'p = h.load(open("{path}", "rb").read(), '
+        f"policy=plugsafe.Policy({fields}, allow=set(harness.IMPORTS))); "
+        "print([p.invoke(n, *[harness.ZERO.get(t, 0) for t in e.params]) "
+        'for n, e in p.exports.items() if e.kind == "func"])'
     )
     return (
         f"{py} -c {shlex.quote(gen)} | wasm-tools smith {flags} -o {shlex.quote(str(path))}\n"
@@ -478,7 +481,14 @@ def report(label: str, o: Outcome, wasm_path: Path | None, repro: str) -> str:
     if wasm_path is not None:
         lines.append(f"  module written to {wasm_path}")
     if o.stderr.strip():
-        lines.append("  stderr: " + o.stderr.strip()[-600:].replace("\n", "\n          "))
+        # The panic or fatal error line first (the top of the output), then the tail.
+        key = [
+            ln
+            for ln in o.stderr.splitlines()
+            if "panicked" in ln or "not implemented" in ln or "Fatal Python error" in ln
+        ]
+        text = "\n".join([*key[:3], "...", o.stderr.strip()[-800:]])
+        lines.append("  stderr: " + text.replace("\n", "\n          "))
     lines.append("  reproduce:\n    " + repro.replace("\n", "\n    "))
     return "\n".join(lines)
 
