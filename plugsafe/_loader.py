@@ -294,7 +294,7 @@ class ModuleLoader:
         description, artifact = entry
         try:
             # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
-            return engine.deserialize(artifact, description)
+            return engine.deserialize(artifact, rt.parse_description(description))
         except rt.WasmFailure:
             cache.discard(key)
             return None
