@@ -174,3 +174,25 @@ def test_the_phase_is_back_to_call_once_loaded(host: plugsafe.Host) -> None:
     plugin = host.load(wat.encode(), policy=plugsafe.Policy(allow={"tick"}))
     assert plugin._calls.state.phase == "call"
     assert plugin.call("go") == b""
+
+
+@pytest.mark.parametrize(
+    ("imp", "expected"),
+    [
+        ("(func (param v128) (result i32))", "wrong type"),
+        ("(func (param exnref))", "wrong type"),
+        ("(global v128)", "WASI preview 1 has no global imports"),
+    ],
+)
+def test_exotic_wasi_imports_are_refused_by_the_import_check(imp: str, expected: str) -> None:
+    child = run_child(
+        f"""
+        h = plugsafe.Host()
+        wat = '(module (import "wasi_snapshot_preview1" "fd_write" {imp}) (memory 1))'
+        e = outcome(h.load, wat.encode(), policy=plugsafe.Policy(wasi=plugsafe.Wasi()))
+        print("MESSAGE", str(e).replace("\\n", " "), flush=True)
+        """
+    )
+    child.assert_clean()
+    assert child.outcomes()[0].startswith("TYPED ImportNotAllowedError"), child.describe()
+    assert expected in next(ln for ln in child.lines if ln.startswith("MESSAGE"))
