@@ -140,10 +140,61 @@ def results(draw: st.DrawFn) -> str:
     return "(local.get $last)"
 
 
+# Exports plugsafe calls itself, with types it must refuse to call (issue 12, class 1): each is
+# type-checked before its first call, so these end in a load error or an AbiError, never a call
+# through the wrong type (SIGILL, SIGABRT, or an unchecked pointer).
+MISTYPED_ALLOCATORS = [
+    "(param i32) (result i32 i32) i32.const 1024 i32.const 1024",
+    "(param i32)",
+    "(result i32) i32.const 1024",
+    "(param i64) (result i32) i32.const 1024",
+    "(param i32) (result i64) i64.const 1024",
+    "(param i32) (result f32) f32.const 1024",
+    "(param i32 i32 i32) (result i32) i32.const 1024",
+    "(param i32) (result v128) v128.const i32x4 1024 0 0 0",
+    "(param v128) (result i32) i32.const 1024",
+]
+MISTYPED_ENTRIES = [
+    "(param i32)",
+    "(result i32) i32.const 0",
+    "(param v128)",
+    "(result v128) v128.const i64x2 0 0",
+]
+
+
+@st.composite
+def exports_plugsafe_calls(draw: st.DrawFn, alloc: str) -> tuple[str, bool]:
+    """The ABI version, allocator and ``_initialize`` exports, now and then mistyped or missing.
+
+    Returns their WAT and whether the allocator is the real (well-typed) one.
+    """
+    version = draw(st.sampled_from([1] * 8 + [0, 2, -1]))
+    version_fn = draw(
+        st.sampled_from(
+            [f"(result i32) (i32.const {version})"] * 12
+            + ["", "(param i32) (result i32) (i32.const 1)", "(result i64) (i64.const 1)"]
+        )
+    )
+    wat = f'(func (export "plugsafe_abi_version") {version_fn})' if version_fn else ""
+    real = draw(st.integers(0, 9)) > 0
+    if real:
+        wat += f"""
+  (func $alloc (export "plugsafe_alloc") (param $n i32) (result i32)
+      (local $q i32) (local $end i32) (local $p i32) (local $last i64)
+      {alloc})"""
+    else:
+        wat += f'\n  (func (export "plugsafe_alloc") {draw(st.sampled_from(MISTYPED_ALLOCATORS))})'
+    if draw(st.integers(0, 19)) == 0:
+        entry = draw(st.sampled_from(["", *MISTYPED_ENTRIES]))
+        wat += f'\n  (func (export "_initialize") {entry})'
+    return wat, real
+
+
 @st.composite
 def guests(draw: st.DrawFn) -> tuple[str, frozenset[str], tuple[str, ...]]:
     """A hostile guest's WAT, the host functions its policy allows, and its tags."""
     alloc, alloc_imports = draw(allocators())
+    abi_exports, real_alloc = draw(exports_plugsafe_calls(alloc))
     calls = draw(st.lists(host_calls(), max_size=4))
     used = alloc_imports | {name for name, _ in calls}
     imports = [f'(import "plugsafe" "{n}" (func ${n} {IMPORTS[n]}))' for n in sorted(used)]
@@ -153,22 +204,19 @@ def guests(draw: st.DrawFn) -> tuple[str, frozenset[str], tuple[str, ...]]:
         )
     lo = draw(st.sampled_from([0, 1, 1, 2]))
     hi = draw(st.sampled_from(["", "", str(max(lo, 1)), "3", "40"]))
-    version = draw(st.sampled_from([1] * 8 + [0, 2, -1]))
     body = "\n    ".join(_emit(c) for c in calls)
     wat = f"""(module
   {" ".join(imports)}
   (memory (export "memory") {lo} {hi})
   (global $bump (mut i32) (i32.const 1024))
-  (func (export "plugsafe_abi_version") (result i32) (i32.const {version}))
-  (func $alloc (export "plugsafe_alloc") (param $n i32) (result i32)
-      (local $q i32) (local $end i32) (local $p i32) (local $last i64)
-      {alloc})
+  {abi_exports}
   (func (export "f") (param $p i32) (param $n i32) (result i64) (local $last i64)
     (global.set $bump (i32.const 1024))
     {body}
     {draw(results())}))"""
     allow = used if draw(st.integers(0, 9)) else used - {draw(st.sampled_from(sorted(IMPORTS)))}
-    tags = (RECURSES,) if alloc_imports & ANSWERS_WITH_BYTES else ()
+    # Only a real allocator is ever called: a mistyped one cannot recurse.
+    tags = (RECURSES,) if real_alloc and alloc_imports & ANSWERS_WITH_BYTES else ()
     return wat, frozenset(allow), tags
 
 
