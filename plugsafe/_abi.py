@@ -85,7 +85,7 @@ def export_problem(exports: Mapping[str, ExportInfo], name: str, want: Signature
     if info is None:
         return f"it exports no {name!r}"
     if info.kind != "func":
-        return f"its export {name!r} is a {info.kind}, not a function"
+        return f"its export {name!r} is a {info.kind}, not a function {fmt_signature(want)}"
     have = (info.params, info.results)
     if have != want:
         return f"its export {name!r} has type {fmt_signature(have)}, not {fmt_signature(want)}"

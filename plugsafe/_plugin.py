@@ -430,10 +430,7 @@ class Plugin(Closing):
             if name in exports:
                 problem = _abi.export_problem(exports, name, want)
                 if problem is not None:
-                    raise PluginLoadError(
-                        f"plugin {self._name!r}: {problem} (plugsafe calls it as "
-                        f"{_abi.fmt_signature(want)})"
-                    )
+                    raise PluginLoadError(f"plugin {self._name!r}: {problem}")
         self._reactor = "_initialize" in exports
         alloc_ok = _abi.export_problem(exports, _abi.ALLOC_EXPORT, _abi.ALLOC_TYPE) is None
         self._allocator = _abi.ALLOC_EXPORT.encode() if alloc_ok else None

@@ -101,7 +101,9 @@ def test_export_problem_is_the_one_check() -> None:
     }
     assert _abi.export_problem(exports, "a", _abi.ALLOC_TYPE) is None
     assert _abi.export_problem(exports, "x", _abi.ALLOC_TYPE) == "it exports no 'x'"
-    assert "is a memory, not a function" in str(_abi.export_problem(exports, "m", _abi.ALLOC_TYPE))
+    assert _abi.export_problem(exports, "m", _abi.ALLOC_TYPE) == (
+        "its export 'm' is a memory, not a function (i32) -> i32"
+    )
     assert _abi.export_problem(exports, "v", _abi.ALLOC_TYPE) == (
         "its export 'v' has type (v128) -> i32, not (i32) -> i32"
     )
