@@ -6,15 +6,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from ._types import ExportInfo
+
 __all__ = [
     "ABI_VERSION",
     "ALLOC_EXPORT",
+    "ALLOC_TYPE",
+    "ENTRY_TYPE",
+    "FUNCTION_TYPE",
     "HOST_MODULE",
     "MEMORY_EXPORT",
     "NONE_WORD",
     "VERSION_EXPORT",
+    "VERSION_TYPE",
+    "Signature",
     "decode_result",
     "encode_result",
+    "export_problem",
+    "fmt_signature",
 ]
 
 ABI_VERSION = 1
@@ -22,6 +33,16 @@ HOST_MODULE = "plugsafe"
 MEMORY_EXPORT = "memory"
 ALLOC_EXPORT = "plugsafe_alloc"
 VERSION_EXPORT = "plugsafe_abi_version"
+
+# A function type as (params, results), value types named as ``_wasmbin`` names them.
+Signature = tuple[tuple[str, ...], tuple[str, ...]]
+# The one type plugsafe calls each of these exports with: never call one without checking it
+# (export_problem) first. A guest function called with a type it does not have reads and writes
+# raw value slots that are not there (SIGILL and worse; issue 12, class 1).
+VERSION_TYPE: Signature = ((), ("i32",))
+ALLOC_TYPE: Signature = (("i32",), ("i32",))
+FUNCTION_TYPE: Signature = (("i32", "i32"), ("i64",))  # every ABI function
+ENTRY_TYPE: Signature = ((), ())  # WASI's _start and _initialize
 
 _ERROR_BIT = 0x8000_0000
 _LENGTH_MASK = 0x7FFF_FFFF
@@ -44,3 +65,28 @@ def encode_result(pointer: int, length: int, *, error: bool = False) -> int:
         raise ValueError("pointer or length out of range for the ABI result word")
     word = (pointer << 32) | length | (_ERROR_BIT if error else 0)
     return word - (1 << 64) if word >= 1 << 63 else word
+
+
+def fmt_signature(sig: Signature) -> str:
+    """``(i32, i32) -> i64``: a signature as error messages print it."""
+    params, results = sig
+    res = ", ".join(results)
+    return f"({', '.join(params)}) -> {res if len(results) == 1 else f'({res})'}"
+
+
+def export_problem(exports: Mapping[str, ExportInfo], name: str, want: Signature) -> str | None:
+    """Why plugsafe may not call export ``name`` as a function of type ``want`` (None: it may).
+
+    The one check every export goes through before plugsafe calls it: the ABI's version and
+    allocator, WASI's entry points, ABI functions. The types come from the module's binary, so
+    this costs a dictionary lookup and a tuple comparison, once per plugin (or function).
+    """
+    info = exports.get(name)
+    if info is None:
+        return f"it exports no {name!r}"
+    if info.kind != "func":
+        return f"its export {name!r} is a {info.kind}, not a function {fmt_signature(want)}"
+    have = (info.params, info.results)
+    if have != want:
+        return f"its export {name!r} has type {fmt_signature(have)}, not {fmt_signature(want)}"
+    return None

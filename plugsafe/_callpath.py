@@ -24,6 +24,7 @@ from ._errors import (
     Diagnosis,
     ExportNotFoundError,
     GuestError,
+    LimitExceeded,
     Phase,
     PluginCallError,
     PluginClosedError,
@@ -66,7 +67,16 @@ class CallState:
     calls, and whoever reads ``error`` (:meth:`take_error`) clears it.
     """
 
-    __slots__ = ("error", "function", "host_calls", "log_count", "log_dropped", "start", "timeout")
+    __slots__ = (
+        "error",
+        "function",
+        "host_calls",
+        "log_count",
+        "log_dropped",
+        "phase",
+        "start",
+        "timeout",
+    )
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
@@ -75,6 +85,10 @@ class CallState:
         # WasmFailure to translate), never what wasmtime-py's module-global says.
         self.error: BaseException | None = None
         self.function = ""
+        # "load" while the plugin is being loaded (instantiation, start function, _initialize,
+        # the ABI check), else "call": what every limit error's ``phase`` says (the one
+        # translation, Diagnosis.translate, reads it here). Idle state: "call".
+        self.phase: Phase = "call"
         self.host_calls = 0
         self.log_count = 0
         self.log_dropped = 0
@@ -84,9 +98,14 @@ class CallState:
         """When the call runs out of time (``time.perf_counter`` seconds), or None."""
         return None if self.timeout is None else self.start + self.timeout
 
-    def begin(self, function: str) -> None:
-        """Start timing ``function`` (instantiation, the ABI check, ``run``: not the short path)."""
+    def begin(self, function: str, phase: Phase = "call") -> None:
+        """Start timing ``function`` in ``phase`` (instantiation, the ABI check, ``run``).
+
+        The short paths set ``function`` and ``start`` themselves; their phase is the idle
+        state's "call".
+        """
         self.function = function
+        self.phase = phase
         self.start = _perf_counter()
 
     def take_error(self) -> BaseException | None:
@@ -98,6 +117,7 @@ class CallState:
         """Back to the idle state (after work that is not a call: instantiation, the ABI check)."""
         self.host_calls = self.log_count = self.log_dropped = 0
         self.error = None
+        self.phase = "call"
 
 
 class CallPath:
@@ -477,16 +497,21 @@ class CallPath:
         )
 
     def failed(
-        self, failure: rt.WasmFailure, function: str, inst: rt.Instance, phase: Phase = "call"
+        self, failure: rt.WasmFailure | LimitExceeded, function: str, inst: rt.Instance
     ) -> BaseException:
         """The error a failed call raises; the instance is thrown away.
 
+        ``failure`` is what the runtime reported, or a limit error the call path itself found
+        (the input could not be allocated): every limit error of a call comes through here, so
+        none leaves the instance behind (docs/errors.md).
         The caller raises it from its ``__cause__`` (``raise_clean``): a host function's
         exception stays visible, wasmtime's internals do not.
         """
-        # After any trap the instance may be in any state.
+        # After any trap or limit the instance may be in any state.
         self.instance = None
-        return self.diagnosis.translate(failure, self.state.take_error(), function, inst, phase)
+        if isinstance(failure, LimitExceeded):
+            return failure
+        return self.diagnosis.translate(failure, self.state, function, inst)
 
     # -- the end of every call ----------------------------------------------------------------
 
@@ -631,7 +656,7 @@ class CallPath:
         try:
             word = inst.abi_call(alloc, ref, payload)
         except rt.GuestAllocError:
-            self._raise_alloc_failure(inst, len(payload))
+            self._raise_alloc_failure(inst, function, len(payload))
         except rt.GuestMemoryError as exc:
             raise AbiError(
                 f"plugin {self.name!r}: {_abi.ALLOC_EXPORT} returned a bad buffer for "
@@ -656,14 +681,20 @@ class CallPath:
             raise GuestError(self.name, function, out.decode("utf-8", "replace"))
         return out
 
-    def _raise_alloc_failure(self, inst: rt.Instance, n: int) -> NoReturn:
+    def _raise_alloc_failure(self, inst: rt.Instance, function: str, n: int) -> NoReturn:
         limit = self.diagnosis.memory_per
         if inst.memory_size() + n > limit:
-            raise self.diagnosis.memory_error(
-                f"plugin {self.name!r} could not allocate {n} input bytes: its memory "
-                f"({fmt_bytes(inst.memory_size())}) cannot grow past the policy's "
-                f"{fmt_bytes(limit)}",
-                "call",
+            raise_clean(
+                self.failed(
+                    self.diagnosis.memory_error(
+                        f"plugin {self.name!r} could not allocate {n} input bytes: its memory "
+                        f"({fmt_bytes(inst.memory_size())}) cannot grow past the policy's "
+                        f"{fmt_bytes(limit)}",
+                        "call",
+                    ),
+                    function,
+                    inst,
+                )
             )
         raise AbiError(f"plugin {self.name!r}: {_abi.ALLOC_EXPORT}({n}) returned 0")
 

@@ -290,6 +290,15 @@ class Failure(Protocol):
     exit_code: int | None
 
 
+class CallRecord(Protocol):
+    """What the translation reads of a plugin's call state (``_callpath.CallState``)."""
+
+    @property
+    def phase(self) -> Phase: ...
+
+    def take_error(self) -> BaseException | None: ...
+
+
 class Memories(Protocol):
     """The memory sizes of the instance a failure happened in (``_runtime.Instance``)."""
 
@@ -339,6 +348,20 @@ class Diagnosis:
         return MemoryLimitExceeded(message, limit="memory", value=self.memory, phase=phase)
 
     def translate(
+        self, failure: Failure, state: CallRecord, function: str, inst: Memories | None
+    ) -> BaseException:
+        """Decide what a failed wasm call means, from the call's own record first.
+
+        ``state`` is the plugin's call state: what a host function of *this* plugin raised
+        during the call (``take_error``: already the error to raise, or a nested failure to
+        translate) and the phase the work ran in. wasmtime-py keeps host exceptions in a
+        module-global shared by every thread, so plugsafe never relies on it; and the phase is
+        the state's, never a guess of the code that noticed the limit (a host function cannot
+        know whether it was called from a start function).
+        """
+        return self._translate(failure, state.take_error(), function, inst, state.phase)
+
+    def _translate(
         self,
         failure: Failure,
         recorded: BaseException | None,
@@ -346,15 +369,13 @@ class Diagnosis:
         inst: Memories | None,
         phase: Phase,
     ) -> BaseException:
-        """Decide what a failed wasm call means, from the call's own record first.
-
-        ``recorded`` is what a host function of *this* plugin raised during the call (already
-        the error to raise, or a nested failure to translate): wasmtime-py keeps host exceptions
-        in a module-global shared by every thread, so plugsafe never relies on it.
-        """
         if recorded is not None:
             if isinstance(recorded, _failure_type()):
-                return self.translate(recorded, None, function, inst, phase)  # type: ignore[arg-type]
+                return self._translate(recorded, None, function, inst, phase)  # type: ignore[arg-type]
+            if isinstance(recorded, LimitExceeded):
+                # Raised by plugsafe's own host-side checks during this work (quota, deadline,
+                # placing a result): the state knows whether that was a load or a call.
+                recorded.phase = phase
             return recorded
         where = f"plugin {self.plugin!r} in {function!r}"
         if failure.exit_code is not None:

@@ -188,6 +188,10 @@ class HostCalls:
         self.logger = logger
         self.quota = 2**64 if policy.max_host_calls is None else policy.max_host_calls
         self.timeout = policy.timeout
+        # The export Caller.place may call to receive a bytes result: plugsafe_alloc once its
+        # type was checked to be (i32) -> i32 (Plugin._check_exports), else None and such a
+        # result is an AbiError. Never call an export whose type was not checked.
+        self.allocator: bytes | None = None
 
     # -- the one error sink ---------------------------------------------------------------------
 
@@ -457,7 +461,7 @@ class HostCalls:
             raise _AppError(name, OverflowError(f"host function {name!r} returned over 2 GiB"))
         assert caller is not None
         try:
-            pointer = caller.place(data, _abi.ALLOC_EXPORT.encode())
+            pointer = caller.place(data, self.allocator)
         except rt.GuestAllocError:
             raise self.diagnosis.memory_error(
                 f"plugin {self.name!r} could not allocate {len(data)} bytes for the result "

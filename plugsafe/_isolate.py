@@ -134,10 +134,10 @@ def compile_isolated(
         raise PluginLoadError(
             f"the compiler process for plugin {name!r} failed ({how}): {_tail(done.stderr)}"
         )
-    return _deserialize(engine, done.stdout, name)
+    return _deserialize(engine, done.stdout, name, wasm)
 
 
-def _deserialize(engine: rt.Engine, out: bytes, name: str) -> rt.Module:
+def _deserialize(engine: rt.Engine, out: bytes, name: str, wasm: bytes) -> rt.Module:
     head = len(_FRAME) + _LENGTH_BYTES
     if not out.startswith(_FRAME) or len(out) < head:
         raise PluginLoadError(f"the compiler process for plugin {name!r} sent no module")
@@ -148,7 +148,11 @@ def _deserialize(engine: rt.Engine, out: bytes, name: str) -> rt.Module:
             f"announced {length}"
         )
     try:
-        return engine.deserialize(out[head:])
+        description = rt.describe_binary(wasm)
+    except rt.WasmFailure as exc:
+        raise InvalidModuleError(f"plugin {name!r}: {exc.message}") from None
+    try:
+        return engine.deserialize(out[head:], description)
     except rt.WasmFailure as exc:
         raise PluginLoadError(
             f"cannot load the module the compiler process built for plugin {name!r}: {exc.message}"

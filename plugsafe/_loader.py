@@ -59,6 +59,7 @@ Format = Literal["wasm", "wat"]
 
 # The WASI module plugsafe offers (preview 1); the one definition on this side of the merge.
 _MODULE_CACHE_SIZE = 64
+_WASI_TYPES = frozenset({"i32", "i64"})
 _BINARY_JUNK = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -279,7 +280,9 @@ class ModuleLoader:
         with self._lock:
             cache = self._disk.get(engine.metered)
             if cache is None:
-                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}"
+                # "desc=bin": the stored description is _wasmbin's (entries written when it was
+                # wasmtime's named externref "anyref"); such entries are never read back.
+                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin"
                 cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
             return cache
 
@@ -294,7 +297,7 @@ class ModuleLoader:
         description, artifact = entry
         try:
             # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
-            return engine.deserialize(artifact, description)
+            return engine.deserialize(artifact, rt.parse_description(description))
         except rt.WasmFailure:
             cache.discard(key)
             return None
@@ -328,14 +331,27 @@ def import_problems(
     bound: dict[str, F] = {}
     for imp in module.imports:
         if imp.module == WASI_MODULE and policy.wasi is not None and imp.kind == "func":
-            # Granted as a whole by the policy's Wasi; wasmtime checks names and types when
-            # the plugin is linked (an unknown one is a PluginLoadError then).
+            # Granted as a whole by the policy's Wasi; wasmtime checks names and exact types
+            # when the plugin is linked (an unknown one is a PluginLoadError then). Every WASI
+            # preview 1 function takes and returns only i32/i64: anything else is refused here.
+            if not all(t in _WASI_TYPES for t in (*imp.params, *imp.results)):
+                problems.append(
+                    ImportProblem(
+                        imp.module,
+                        imp.name,
+                        "wrong type",
+                        "WASI preview 1 functions take and return only i32 and i64; the plugin "
+                        f"imports {_fmt_sig((imp.params, imp.results))}",
+                    )
+                )
             continue
         if imp.module != _abi.HOST_MODULE:
             if imp.module.startswith("wasi"):
                 detail = (
                     "WASI is not enabled for this plugin"
                     if policy.wasi is None
+                    else f"WASI preview 1 has no {imp.kind} imports"
+                    if imp.module == WASI_MODULE
                     else f"plugsafe offers WASI preview 1 ({WASI_MODULE}) only"
                 )
             else:

@@ -169,6 +169,7 @@ class Plugin(Closing):
                     value=policy.memory,
                     phase="load",
                 )
+        self._check_exports()
 
         self._diagnosis = diagnosis = Diagnosis(
             name, policy.fuel, policy.timeout, policy.memory, memory_per
@@ -187,6 +188,7 @@ class Plugin(Closing):
         self._host_calls = HostCalls(
             name=name, policy=policy, state=calls.state, diagnosis=diagnosis, logger=logger
         )
+        self._host_calls.allocator = self._allocator
         self._functions = functions  # the imports the Host checked against the policy
         self._wasi: WasiShims | None = None
         if policy.wasi is not None:
@@ -272,6 +274,13 @@ class Plugin(Closing):
             raise AbiError(
                 f"plugin {self._name!r} function {function!r} did not return valid JSON: {exc}"
             ) from None
+        except RecursionError:
+            # json's decoder recurses once per level: a few KiB of "[[[[" from the plugin would
+            # otherwise leak Python's RecursionError (issue 12, class 6).
+            raise AbiError(
+                f"plugin {self._name!r} function {function!r} returned JSON nested too deeply "
+                "for Python's decoder (its recursion limit)"
+            ) from None
 
     def invoke(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
         """Call any exported function with numeric params/results (no ABI involved).
@@ -322,8 +331,7 @@ class Plugin(Closing):
                 f"plugin {self._name!r}: stdin of {len(stdin)} bytes is over the policy's "
                 f"max_input of {self._policy.max_input}"
             )
-        start = self._module.exports.get("_start")
-        if start is None or start.kind != "func" or start.params or start.results:
+        if _abi.export_problem(self._module.exports, "_start", _abi.ENTRY_TYPE) is not None:
             raise ExportNotFoundError(
                 f"plugin {self._name!r} is not a WASI command: it exports no _start() function"
             )
@@ -358,11 +366,7 @@ class Plugin(Closing):
                     inst.call(ref, [])
                 except rt.WasmFailure as failure:
                     if failure.exit_code is None:
-                        raise_clean(
-                            self._diagnosis.translate(
-                                failure, state.take_error(), "_start", inst, "call"
-                            )
-                        )
+                        raise_clean(self._diagnosis.translate(failure, state, "_start", inst))
                     code = failure.exit_code
                 except PlugsafeError:
                     raise
@@ -425,7 +429,7 @@ class Plugin(Closing):
     def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:
         """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget."""
         state = self._calls.state
-        state.begin("(start)")
+        state.begin("(start)", phase)
         inst = None
         try:
             if self._linker.spent:
@@ -448,8 +452,7 @@ class Plugin(Closing):
                 epochs=self._epochs,
                 wasi=wasi,
             )
-            init = self._module.exports.get("_initialize")
-            if init is not None and init.kind == "func" and not init.params and not init.results:
+            if self._reactor:  # its type was checked at load (_check_exports)
                 state.function = "_initialize"
                 ref = inst.func("_initialize")
                 assert ref is not None
@@ -459,7 +462,7 @@ class Plugin(Closing):
             raise
         except rt.WasmFailure as failure:
             err: BaseException | None = self._diagnosis.translate(
-                failure, state.take_error(), state.function, inst, phase
+                failure, state, state.function, inst
             )
             try:
                 if phase == "load" and isinstance(err, PluginCallError):
@@ -484,25 +487,43 @@ class Plugin(Closing):
             state.reset()
             self._linker.record.caller = None
 
+    def _check_exports(self) -> None:
+        """Check the type of every export plugsafe itself calls, before anything runs.
+
+        From the module's description (its binary): ``plugsafe_abi_version`` and
+        ``_initialize`` must have their one type or the load fails; ``plugsafe_alloc`` is
+        handed to the host functions (to place bytes results) only if its type is right. A
+        function called with a type it does not have reads and writes value slots that are not
+        there (issue 12, class 1: SIGILL). ABI functions and ``invoke`` targets are checked
+        when first called (``CallPath.call_abi``, ``CallPath.check_invoke``), ``_start`` by
+        ``run``.
+        """
+        exports = self._module.exports
+        for name, want in (
+            (_abi.VERSION_EXPORT, _abi.VERSION_TYPE),
+            ("_initialize", _abi.ENTRY_TYPE),
+        ):
+            if name in exports:
+                problem = _abi.export_problem(exports, name, want)
+                if problem is not None:
+                    raise PluginLoadError(f"plugin {self._name!r}: {problem}")
+        self._reactor = "_initialize" in exports
+        alloc_ok = _abi.export_problem(exports, _abi.ALLOC_EXPORT, _abi.ALLOC_TYPE) is None
+        self._allocator = _abi.ALLOC_EXPORT.encode() if alloc_ok else None
+
     def _check_abi(self, inst: rt.Instance) -> None:
         exports = self._module.exports
-        version = exports.get(_abi.VERSION_EXPORT)
-        if version is None:
+        if _abi.VERSION_EXPORT not in exports:
             return
-        if version.kind != "func" or version.params or version.results != ("i32",):
-            raise PluginLoadError(
-                f"plugin {self._name!r}: export {_abi.VERSION_EXPORT!r} must be a function "
-                f"() -> i32, found {version}"
-            )
-        ref = inst.func(_abi.VERSION_EXPORT)
+        ref = inst.func(_abi.VERSION_EXPORT)  # its type was checked by _check_exports
         assert ref is not None
         state = self._calls.state
-        state.begin(_abi.VERSION_EXPORT)
+        state.begin(_abi.VERSION_EXPORT, "load")
         try:
             out = inst.call(ref, [])
         except rt.WasmFailure as failure:
             err: BaseException | None = self._diagnosis.translate(
-                failure, state.take_error(), _abi.VERSION_EXPORT, inst, "load"
+                failure, state, _abi.VERSION_EXPORT, inst
             )
             try:
                 if isinstance(err, LimitExceeded):
@@ -527,13 +548,7 @@ class Plugin(Closing):
         mem = exports.get(_abi.MEMORY_EXPORT)
         if mem is None or mem.kind != "memory":
             problems.append(f"a memory export named {_abi.MEMORY_EXPORT!r}")
-        alloc = exports.get(_abi.ALLOC_EXPORT)
-        if (
-            alloc is None
-            or alloc.kind != "func"
-            or alloc.params != ("i32",)
-            or alloc.results != ("i32",)
-        ):
+        if self._allocator is None:
             problems.append(f"a function export {_abi.ALLOC_EXPORT!r} of type (i32) -> i32")
         if problems:
             raise PluginLoadError(

@@ -39,7 +39,10 @@ class ExportInfo(_ExternInfo):
     """One export of a plugin.
 
     For functions ``params`` and ``results`` are wasm value types (``"i32"``, ``"i64"``, ``"f32"``,
-    ``"f64"``, ...); for other kinds they are empty and ``detail`` describes the item.
+    ``"f64"``, and also ``"v128"``, ``"funcref"``, ``"externref"``, ``"exnref"``, ``"(ref null 0)"``
+    ...: names read from the module's binary); for other kinds they are empty and ``detail``
+    describes the item. A function with a type other than the four numbers is listed, but
+    ``invoke`` refuses it with a SignatureError.
     """
 
 

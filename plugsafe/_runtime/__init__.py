@@ -25,8 +25,9 @@ instantiation) uses wasmtime-py's objects, which are not on the per-call path.
 
 Modules: ``_backend`` (the Backend protocol, handles, failures, the one bounds check),
 ``_cffi``/``_ctypes`` (the backends), ``_select`` (choosing one), ``_engine`` (Engine, the epoch
-ticker, wat_to_wasm), ``_module`` (Module), ``_linker`` (Linker, Caller, wasi_config),
-``_funcref`` (FuncRef and the invoke closure), ``_instance`` (Instance).
+ticker, wat_to_wasm), ``_module`` (Module and its description, read from the binary),
+``_linker`` (Linker, Caller, wasi_config), ``_funcref`` (FuncRef and the invoke closure),
+``_instance`` (Instance).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from ._engine import (
 from ._funcref import ArgumentsDoNotFit, FuncRef
 from ._instance import Instance
 from ._linker import Caller, ErrorSink, HostCallback, Linker, wasi_config
-from ._module import NUMERIC_TYPES, Module
+from ._module import NUMERIC_TYPES, Description, Module, describe_binary, parse_description
 from ._select import BACKEND, DEFAULT, select_backend
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "BACKEND",
     "Backend",
     "Caller",
+    "Description",
     "Engine",
     "EpochTicker",
     "ErrorSink",
@@ -77,7 +79,9 @@ __all__ = [
     "TICK_SECONDS",
     "WasmFailure",
     "check_span",
+    "describe_binary",
     "library_fingerprint",
+    "parse_description",
     "wasi_config",
     "wasmtime_version",
     "wat_to_wasm",

@@ -17,7 +17,7 @@ import wasmtime
 from wasmtime import _ffi as wf
 
 from ._backend import WasmFailure
-from ._module import Module
+from ._module import Description, Module, describe_binary
 
 __all__ = [
     "Engine",
@@ -100,16 +100,21 @@ class Engine:
         wf.wasmtime_engine_increment_epoch(self._ptr)
 
     def compile(self, wasm: bytes) -> Module:
-        """Compile and validate a wasm binary (the GIL is released while wasmtime compiles)."""
+        """Compile and validate a wasm binary (the GIL is released while wasmtime compiles).
+
+        Its imports and exports are described from ``wasm`` itself (``describe_binary``).
+        """
         try:
-            return Module(wasmtime.Module(self._engine, wasm))
+            compiled = wasmtime.Module(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
+        return Module(compiled, describe_binary(wasm))
 
-    def deserialize(self, artifact: bytes, description: bytes | None = None) -> Module:
+    def deserialize(self, artifact: bytes, description: Description) -> Module:
         """Load an artifact that ``Module.serialize`` of *this plugsafe* produced.
 
-        ``description`` is what ``Module.describe`` gave for it (asked of wasmtime if None).
+        ``description`` is the module's, from ``parse_description`` of what ``Module.describe``
+        stored, or ``describe_binary`` of the binary it was compiled from.
         Never call this on bytes from anywhere else: a crafted artifact runs arbitrary code.
         """
         try:

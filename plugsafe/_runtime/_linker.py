@@ -99,14 +99,20 @@ class Caller:
         """Copy ``data`` into the guest's memory at ``pointer`` (bounds-checked)."""
         self._b.write(self._context(), self._memory(), pointer & U32, data)
 
-    def place(self, data: bytes, alloc_export: bytes) -> int:
-        """Copy ``data`` into memory the guest allocates for it; return the guest pointer."""
+    def place(self, data: bytes, alloc_export: bytes | None) -> int:
+        """Copy ``data`` into memory the guest allocates for it; return the guest pointer.
+
+        ``alloc_export`` is the allocator's export name, which the caller must have checked to
+        be a function (i32) -> i32 (the call below trusts that type), or None when the module
+        has no such export.
+        """
         if not data:
             return 0
-        func = self._export(alloc_export, KIND_FUNC)
+        func = None if alloc_export is None else self._export(alloc_export, KIND_FUNC)
         if func is None:
             raise GuestMemoryError(
-                f"the plugin exports no allocator {alloc_export.decode()!r} to receive a result"
+                "the plugin exports no allocator 'plugsafe_alloc' of type (i32) -> i32 to "
+                "receive a result"
             )
         b = self._b
         buf = b.buf(1)

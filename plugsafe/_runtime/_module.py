@@ -1,4 +1,8 @@
-"""Compiled modules and the plain-data description of their imports and exports."""
+"""Compiled modules and the plain-data description of their imports and exports.
+
+The description comes from the binary (``_wasmbin.describe``), never from wasmtime-py's type
+objects: turning a ``v128`` ValType into a string aborts the process (issue 12, class 1).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,18 @@ from typing import cast
 
 import wasmtime
 
+from .. import _wasmbin
 from .._types import ExportInfo, ExternKind, ImportInfo
 from ._backend import WasmFailure
 
-__all__ = ["NUMERIC_TYPES", "VALTYPE_FACTORIES", "Module"]
+__all__ = [
+    "NUMERIC_TYPES",
+    "VALTYPE_FACTORIES",
+    "Description",
+    "Module",
+    "describe_binary",
+    "parse_description",
+]
 
 VALTYPE_FACTORIES: dict[str, Callable[[], wasmtime.ValType]] = {
     "i32": wasmtime.ValType.i32,
@@ -22,43 +34,36 @@ VALTYPE_FACTORIES: dict[str, Callable[[], wasmtime.ValType]] = {
 # The value types a function may have for Instance.invoke and for host functions.
 NUMERIC_TYPES = frozenset(VALTYPE_FACTORIES)
 
+# A module's imports, and its exports by name, as plain data.
+Description = tuple[tuple[ImportInfo, ...], dict[str, ExportInfo]]
 
-def _kind_and_detail(ty: object) -> tuple[ExternKind, tuple[str, ...], tuple[str, ...], str]:
-    if isinstance(ty, wasmtime.FuncType):
-        return "func", tuple(map(str, ty.params)), tuple(map(str, ty.results)), ""
-    if isinstance(ty, wasmtime.MemoryType):
-        lim = ty.limits
-        top = "" if lim.max is None else f" max {lim.max}"
-        return "memory", (), (), f"min {lim.min}{top} pages"
-    if isinstance(ty, wasmtime.TableType):
-        lim = ty.limits
-        top = "" if lim.max is None else f" max {lim.max}"
-        return "table", (), (), f"{ty.element} min {lim.min}{top}"
-    if isinstance(ty, wasmtime.GlobalType):
-        return "global", (), (), f"{'mut ' if ty.mutable else ''}{ty.content}"
-    return "unknown", (), (), type(ty).__name__
+
+def describe_binary(wasm: bytes) -> Description:
+    """The imports and exports of ``wasm``, read from the binary by ``_wasmbin``.
+
+    Never from wasmtime-py's type objects: ``str()`` of a ``v128`` ValType is a Rust panic that
+    aborts the process, and every other type (references, exnref, typed references) would need
+    a case of its own. The binary names every value type the same way. Raises WasmFailure if
+    the reader cannot make sense of a module wasmtime accepted.
+    """
+    try:
+        imports, exports = _wasmbin.describe(wasm)
+    except _wasmbin.WasmFormatError as exc:
+        raise WasmFailure(f"cannot describe its imports and exports: {exc}") from None
+    return imports, {e.name: e for e in exports}
 
 
 class Module:
-    """A compiled module and a plain-data description of its imports and exports."""
+    """A compiled module and a plain-data description of its imports and exports.
 
-    def __init__(self, module: wasmtime.Module, description: bytes | None = None) -> None:
+    Made by ``Engine.compile`` (described from the binary) or ``Engine.deserialize`` (with the
+    description stored beside the artifact); nothing asks wasmtime for types.
+    """
+
+    def __init__(self, module: wasmtime.Module, description: Description) -> None:
         self._module = module
-        self.imports: tuple[ImportInfo, ...]
-        self.exports: dict[str, ExportInfo]
-        if description is not None:
-            self.imports, self.exports = _parse_description(description)
-            return
-        imports = []
-        for imp in module.imports:
-            kind, params, results, detail = _kind_and_detail(imp.type)
-            imports.append(ImportInfo(imp.name or "", kind, params, results, detail, imp.module))
-        exports = []
-        for exp in module.exports:
-            kind, params, results, detail = _kind_and_detail(exp.type)
-            exports.append(ExportInfo(exp.name, kind, params, results, detail))
-        self.imports = tuple(imports)
-        self.exports = {e.name: e for e in exports}
+        self.imports: tuple[ImportInfo, ...] = description[0]
+        self.exports: dict[str, ExportInfo] = description[1]
 
     def serialize(self) -> bytes:
         """The compiled artifact, for plugsafe's own on-disk cache."""
@@ -67,8 +72,8 @@ class Module:
     def describe(self) -> bytes:
         """Imports and exports as JSON, stored beside the artifact in the on-disk cache.
 
-        Asking wasmtime for them costs a fresh process far more than deserializing the module
-        does (hundreds of microseconds of type objects); reading them back costs microseconds.
+        A cache hit then needs neither the binary nor a parse of it: reading the JSON back costs
+        microseconds.
         """
         return json.dumps(
             {
@@ -86,9 +91,7 @@ class Module:
 _KINDS = frozenset({"func", "memory", "table", "global", "tag", "unknown"})
 
 
-def _parse_description(
-    description: bytes,
-) -> tuple[tuple[ImportInfo, ...], dict[str, ExportInfo]]:
+def parse_description(description: bytes) -> Description:
     """Module.describe's output back as infos; WasmFailure if it is not exactly that shape."""
 
     def strs(v: object) -> tuple[str, ...]:

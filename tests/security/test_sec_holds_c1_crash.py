@@ -10,8 +10,6 @@ import pytest
 
 from child import run_child
 
-C1 = "issue 12 class 1: "
-
 # A v128 anywhere the host describes a signature: str() of a v128 ValType is a Rust panic.
 V128_EXPORTS = {
     "param": '(module (func (export "f") (param v128)))',
@@ -39,7 +37,6 @@ if isinstance(p, plugsafe.Plugin):
 """
 
 
-@pytest.mark.xfail(strict=True, reason=C1 + "v128 in an export's type aborts the process at load")
 @pytest.mark.parametrize("where", sorted(V128_EXPORTS))
 def test_c1_v128_export_is_refused_or_typed_not_abort(where: str) -> None:
     child = run_child(LOAD_AND_DESCRIBE.format(wat=V128_EXPORTS[where]))
@@ -62,7 +59,6 @@ V128_IMPORTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=C1 + "v128 in an import's type aborts the process at load")
 @pytest.mark.parametrize("where", sorted(V128_IMPORTS))
 def test_c1_v128_import_is_import_not_allowed_not_abort(where: str) -> None:
     child = run_child(
@@ -136,24 +132,14 @@ if isinstance(p, plugsafe.Plugin):
 """
 
 
-# Measured on today's code: two_results/three_params die with SIGILL, v128_result with SIGABRT,
-# and i64_param/i64_result/no_param/no_result "work" with a pointer the host never checked (the
-# no_result allocator hands back its own argument). f32_result fails by luck (its bits are an
-# out-of-range pointer) and must stay typed.
-UNCHECKED_ALLOCATORS = set(BAD_ALLOCATORS) - {"f32_result"}
+# Measured before the fix: two_results/three_params died with SIGILL, v128_result with SIGABRT,
+# and i64_param/i64_result/no_param/no_result "worked" with a pointer the host never checked (the
+# no_result allocator handed back its own argument). f32_result failed by luck (its bits are an
+# out-of-range pointer). Now the allocator's type is checked before its first call.
 
 
 @pytest.mark.parametrize("shape", sorted(BAD_ALLOCATORS))
-def test_c1_mistyped_allocator_without_abi_version_is_typed_not_crash(
-    shape: str, request: pytest.FixtureRequest
-) -> None:
-    # Which shapes crash today was measured; the others already fail cleanly and must stay so.
-    if shape in UNCHECKED_ALLOCATORS:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason=C1 + f"plugsafe_alloc {shape} is called unchecked"
-            )
-        )
+def test_c1_mistyped_allocator_without_abi_version_is_typed_not_crash(shape: str) -> None:
     child = run_child(GET_BYTES.format(alloc=BAD_ALLOCATORS[shape]))
     child.assert_clean()
     outs = child.outcomes()

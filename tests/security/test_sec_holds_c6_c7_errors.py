@@ -116,9 +116,6 @@ def _emits(host: plugsafe.Host, text: bytes) -> plugsafe.Plugin:
     return host.load(wat.encode(), name="emit")
 
 
-@pytest.mark.xfail(
-    strict=True, reason=C6 + "call_json on deeply nested output leaks RecursionError"
-)
 @pytest.mark.parametrize("opener", [b"[", b'{"a":'])
 def test_c6_call_json_deeply_nested_output_is_abi_error(host: plugsafe.Host, opener: bytes) -> None:
     plugin = _emits(host, opener * 100_000)
@@ -181,7 +178,6 @@ def _host_calls_in(where: str, n: int, straight: bool = False) -> str:
       {body})"""
 
 
-@pytest.mark.xfail(strict=True, reason=C7 + "max_host_calls hit while loading says phase 'call'")
 @pytest.mark.parametrize("where", ["start", "initialize", "abi_version"])
 def test_c7_host_call_limit_while_loading_says_phase_load(host: plugsafe.Host, where: str) -> None:
     _with_tick(host)
@@ -191,7 +187,6 @@ def test_c7_host_call_limit_while_loading_says_phase_load(host: plugsafe.Host, w
     assert (info.value.phase, info.value.limit, info.value.value) == ("load", "max_host_calls", 10)
 
 
-@pytest.mark.xfail(strict=True, reason=C7 + "a slow host function while loading says phase 'call'")
 @pytest.mark.parametrize("where", ["start", "initialize", "abi_version"])
 def test_c7_deadline_in_a_host_call_while_loading_says_phase_load(
     host: plugsafe.Host, where: str
@@ -227,9 +222,6 @@ def _start_gets_bytes(host: plugsafe.Host, size: int) -> str:
       (func $s call $blob drop) (start $s))"""
 
 
-@pytest.mark.xfail(
-    strict=True, reason=C7 + "a host result too big to place while loading says 'call'"
-)
 def test_c7_host_result_memory_limit_while_loading_says_phase_load(host: plugsafe.Host) -> None:
     wat = _start_gets_bytes(host, 100)
     with pytest.raises(plugsafe.MemoryLimitExceeded) as info:
@@ -248,9 +240,6 @@ GROWS = abi_module(
 )
 
 
-@pytest.mark.xfail(
-    strict=True, reason=C7 + "the instance is kept after MemoryLimitExceeded on the input"
-)
 def test_c7_memory_limit_on_the_input_discards_the_instance(host: plugsafe.Host) -> None:
     plugin = host.load(GROWS.encode(), policy=plugsafe.Policy(memory=2 * 65536))
     assert plugin.call("count") == (1).to_bytes(4, "little")

@@ -1,0 +1,1 @@
+"""Fuzzing: wasm-tools smith modules and hypothesis-built hostile ABI guests (see README.md)."""
