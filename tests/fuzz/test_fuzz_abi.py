@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import fuzz_budget
-from .harness import CRASH, HERE, IMPORTS, UNTYPED, Known, Runner, classify, report
+from .harness import HERE, IMPORTS, Known, Runner, classify, report
 
 QUICK_EXAMPLES = 150
 # The tag of guests whose allocator calls a host function that answers with bytes: the host
@@ -33,17 +33,10 @@ QUICK_EXAMPLES = 150
 RECURSES = "allocator-recursion"
 ANSWERS_WITH_BYTES = frozenset({"echo", "blob", "text", "maybe"})
 # Failure classes already reported (see test_fuzz_smith.KNOWN_FAILURES for how these work).
-KNOWN_FAILURES: tuple[Known, ...] = (
-    # A guest allocator that calls a host function returning bytes recurses host -> guest ->
-    # host ... through Python frames; Python's recursion limit comes before max_host_calls and
-    # the RecursionError leaves Plugin.call untyped.
-    Known("allocator recursion raises RecursionError", UNTYPED, "RecursionError", tag=RECURSES),
-    # The same recursion with PLUGSAFE_BACKEND=ctypes: the RecursionError is raised inside
-    # ctypes' callback glue and crosses the C boundary ("Exception ignored on calling ctypes
-    # callback function", hundreds of times), and now and then the process dies (SIGSEGV or
-    # SIGABRT) instead.
-    Known("allocator recursion crashes the process", CRASH, tag=RECURSES),
-)
+# Empty: the allocator recursion (host -> guest allocator -> host ...) that once raised an
+# untyped RecursionError (and crashed the ctypes path) is bounded since issue 12: nesting is
+# counted per thread and failures at the C boundary trap the guest with a typed error.
+KNOWN_FAILURES: tuple[Known, ...] = ()
 FUZZ = settings(
     max_examples=fuzz_budget() or QUICK_EXAMPLES,
     deadline=None,
