@@ -80,7 +80,25 @@ def check_layouts(ffi: Any) -> None:
         raise ImportError("wasmtime_extern_t.kind is not the uint8 tag plugsafe expects")
 
 
-class CffiBackend:
+class CffiTraps:
+    """Traps for host callbacks, made and freed through cffi: shared by both backends, since
+    host callbacks are cffi callbacks on both (a ctypes callback has no failure value)."""
+
+    _traps: Any  # the cffi library object that has wasmtime_trap_new and wasm_trap_delete
+
+    def trap(self, message: str) -> object:
+        data = message.encode("utf-8", "replace")
+        return self._traps.wasmtime_trap_new(data, len(data))
+
+    @property
+    def trap_new(self) -> Callable[[bytes, int], object]:
+        return cast(Callable[[bytes, int], object], self._traps.wasmtime_trap_new)
+
+    def free_trap(self, trap: object) -> None:
+        self._traps.wasm_trap_delete(trap)
+
+
+class CffiBackend(CffiTraps):
     """The Backend over cffi. Handles are cffi pointers into memory cffi owns."""
 
     name = "cffi"
@@ -90,7 +108,7 @@ class CffiBackend:
         check_layouts(ffi)
         lib = ffi.dlopen(str(wf.filename))
         self.ffi = ffi
-        self.lib = lib
+        self.lib = self._traps = lib
         self._call = lib.wasmtime_func_call_unchecked
         self._data = lib.wasmtime_memory_data
         self._size = lib.wasmtime_memory_data_size
@@ -228,17 +246,6 @@ class CffiBackend:
         mem: MemHandle = self.ffi.new("wasmtime_memory_t *")
         mem[0] = item.of.memory  # type: ignore[index]
         return mem
-
-    def trap(self, message: str) -> object:
-        data = message.encode("utf-8", "replace")
-        return self.lib.wasmtime_trap_new(data, len(data))
-
-    @property
-    def trap_new(self) -> Callable[[bytes, int], object]:
-        return cast(Callable[[bytes, int], object], self.lib.wasmtime_trap_new)
-
-    def free_trap(self, trap: object) -> None:
-        self.lib.wasm_trap_delete(trap)
 
     def define_func(
         self,

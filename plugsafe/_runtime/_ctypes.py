@@ -34,7 +34,7 @@ from ._backend import (
     check_span,
     failure_from_addresses,
 )
-from ._cffi import _load_ffi
+from ._cffi import CffiTraps, _load_ffi
 
 __all__ = ["CtypesBackend"]
 
@@ -47,7 +47,7 @@ def _raise(error: object, trap: object) -> None:
     raise failure_from_addresses(address(error), address(trap))
 
 
-class CtypesBackend:
+class CtypesBackend(CffiTraps):
     """The Backend over ctypes. Handles are wasmtime-py's ctypes structs and pointers."""
 
     name = "ctypes"
@@ -61,7 +61,7 @@ class CtypesBackend:
         # cffi for the host callbacks only (see define_func): their declarations involve no
         # struct layout, so they hold whatever made the cffi backend unusable.
         self._ffi = _load_ffi()
-        self._lib = self._ffi.dlopen(str(wf.filename))
+        self._traps = self._ffi.dlopen(str(wf.filename))
         # What a host callback returns when it succeeded: a null trap pointer.
         self.ok: object = self._ffi.NULL
 
@@ -180,17 +180,6 @@ class CtypesBackend:
         # a NewType call costs a Python frame.
         handle: FuncHandle | MemHandle = item.of.func if kind == KIND_FUNC else item.of.memory  # type: ignore[assignment]
         return handle
-
-    def trap(self, message: str) -> object:
-        data = message.encode("utf-8", "replace")
-        return self._lib.wasmtime_trap_new(data, len(data))
-
-    @property
-    def trap_new(self) -> Callable[[bytes, int], object]:
-        return cast(Callable[[bytes, int], object], self._lib.wasmtime_trap_new)
-
-    def free_trap(self, trap: object) -> None:
-        self._lib.wasm_trap_delete(trap)
 
     def define_func(
         self,
