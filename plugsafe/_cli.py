@@ -30,6 +30,7 @@ from ._errors import (
     LimitExceeded,
     PluginExitError,
     PluginLoadError,
+    PluginTrap,
     PlugsafeError,
     PolicyError,
 )
@@ -99,7 +100,15 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _error_json(exc: BaseException) -> dict[str, Any]:
-    return {"type": type(exc).__name__, "message": str(exc), "exit_code": _exit_code(exc)}
+    report: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "exit_code": _exit_code(exc),
+    }
+    if isinstance(exc, PluginTrap):
+        report["trap_code"] = exc.trap_code
+        report["backtrace"] = exc.backtrace
+    return report
 
 
 def _print_json(value: object, out: IO[str]) -> None:

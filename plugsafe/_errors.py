@@ -150,11 +150,19 @@ class PluginCallError(PlugsafeError):
 
 
 class PluginTrap(PluginCallError):
-    """The guest trapped. ``trap_code`` is wasmtime's code name (e.g. ``"UNREACHABLE"``) or None."""
+    """The guest trapped.
 
-    def __init__(self, message: str, *, trap_code: str | None = None) -> None:
+    The message is one line (which plugin, which function, why). ``trap_code`` is wasmtime's
+    code name (e.g. ``"UNREACHABLE"``) or None; ``backtrace`` is wasmtime's full report, wasm
+    backtrace included (several lines), or None.
+    """
+
+    def __init__(
+        self, message: str, *, trap_code: str | None = None, backtrace: str | None = None
+    ) -> None:
         super().__init__(message)
         self.trap_code = trap_code
+        self.backtrace = backtrace
 
 
 class HostFunctionError(PluginCallError):
@@ -400,7 +408,10 @@ class Diagnosis:
                 f"{fmt_bytes(self.memory)}: a memory.grow was refused",
                 phase,
             )
-        return PluginTrap(f"{where} trapped: {reason}\n{failure.message}", trap_code=code)
+        # One line for people and logs; wasmtime's multi-line report stays on the exception.
+        return PluginTrap(
+            f"{where} trapped: {reason}", trap_code=code, backtrace=failure.message.strip()
+        )
 
     def _memory_exhausted(self, inst: Memories, code: str) -> bool:
         """Guess whether a trap followed a refused ``memory.grow``.

@@ -203,3 +203,15 @@ def test_json_input_must_be_serialisable(load: LoadFn) -> None:
     with pytest.raises(ValueError):
         load(ECHO).call_json("echo", float("nan"))
     assert json.dumps({"a": 1})
+
+
+def test_a_trap_message_is_one_line_and_the_backtrace_is_kept_apart() -> None:
+    wat = '(module (func (export "boom") unreachable))'
+    with plugsafe.Host() as host:
+        plugin = host.load(wat.encode(), name="boomer")
+        with pytest.raises(plugsafe.PluginTrap) as info:
+            plugin.invoke("boom")
+    err = info.value
+    assert str(err) == "plugin 'boomer' in 'boom' trapped: wasm `unreachable` instruction executed"
+    assert err.trap_code == "UNREACHABLE"
+    assert err.backtrace is not None and "wasm backtrace" in err.backtrace

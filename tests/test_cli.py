@@ -444,3 +444,16 @@ def test_numeric_plugin_cannot_be_run_with_the_abi(tmp_path: Path) -> None:
     result = plugsafe("run", plugin, "add")
     assert result.returncode == _cli.EXIT_PLUGIN
     assert b"AbiError" in result.stderr
+
+
+def test_a_trap_is_one_line_with_the_backtrace_in_its_own_json_field(echo: Path) -> None:
+    result = plugsafe("run", str(echo), "trap", "--json")
+    assert result.returncode == _cli.EXIT_PLUGIN, text(result)
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "PluginTrap"
+    assert "\n" not in error["message"] and "trapped" in error["message"]
+    assert error["trap_code"] == "UNREACHABLE"
+    assert "wasm backtrace" in error["backtrace"]
+    # The human form leads with the same single line.
+    plain = plugsafe("run", str(echo), "trap")
+    assert plain.stderr.decode().count("\n") == 1, text(plain)
