@@ -87,6 +87,11 @@ class Engine:
         # hosts, fails instead): an Instance may then keep a window on its memory across calls
         # rather than asking wasmtime for the base address on every access.
         cfg.memory_may_move = False
+        # wasmtime compiles on a thread pool of its own, whose threads do not survive fork(): a
+        # forked worker (ProcessPoolExecutor, pre-forking servers) that compiled after its
+        # parent had compiled hung forever, with its parent waiting on it. One thread compiles
+        # instead (no slower on the 2-core machines measured; compile_timeout bounds it anyway).
+        cfg.parallel_compilation = False
         self.metered = metered
         # Everything that changes compiled code: part of the on-disk cache key.
         self.settings = (

@@ -349,7 +349,6 @@ outcome(lambda: os.waitstatus_to_exitcode(status))
 )
 
 
-@pytest.mark.xfail(strict=True, reason=C4 + "a fork child that compiles hangs once the parent has")
 def test_c4_forked_child_compiling_after_the_parent_compiled_does_not_hang(
     children: dict[str, Pending],
 ) -> None:
@@ -358,19 +357,14 @@ def test_c4_forked_child_compiling_after_the_parent_compiled_does_not_hang(
     assert child.outcomes() == ["OK 0"], child.describe()
 
 
-# Measured: a fork()ed worker that loads and calls a plugin of its own hangs (and its parent
-# with it); a plain os.fork() child using the parent's plugin is fine.
-FORK_HANGS = {"process_pool", "multiprocessing_process"}
+# Measured: a fork()ed worker that loaded and called a plugin of its own hung (and its parent
+# with it) once the parent had compiled: wasmtime's compile thread pool does not survive fork.
 
 
 @pytest.mark.parametrize("how", sorted(FORK_RUNS))
 def test_c4_forked_worker_using_plugsafe_does_not_hang(
-    children: dict[str, Pending], how: str, request: pytest.FixtureRequest
+    children: dict[str, Pending], how: str
 ) -> None:
-    if how in FORK_HANGS:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason=C4 + f"{how}: a forked worker hangs")
-        )
     child = result(children, f"fork-{how}")
     child.assert_clean()
     out = child.outcomes()[0]
