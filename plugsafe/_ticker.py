@@ -55,10 +55,11 @@ __all__ = [
     "FALLBACK_PERIOD",
     "MARGIN",
     "NATIVE_PERIOD",
+    "QUICK",
     "Ticker",
     "guard",
     "native_available",
-    "reaper_running",
+    "reaper_pending",
     "ticker_for",
 ]
 
@@ -76,6 +77,8 @@ _FANOUT = 8
 # it gets back to wasm, so the timer must have ticked all its ticks by then; this covers
 # scheduling hiccups many times over, and costs one extra half second of ticking per burst.
 MARGIN = 0.5
+# How often the reaper looks at armed tickers (while any is armed).
+QUICK = 0.05
 # Ticks added to every deadline: one because the first tick after arming can come at once,
 # one because a call may reuse a deadline armed up to one period before it started (see
 # Ticker.ticks). With them the guard's wall-clock check (see guard) passes the first time
@@ -152,12 +155,13 @@ class _Native:
         self.timer_create, self.timer_settime = create, settime
         self.increment = increment.value
 
-    def create(self, engine_ptr: int) -> ctypes.c_void_p | None:
-        """A new (disarmed) timer ticking ``engine_ptr``; None if the system refused one."""
+    def create(self, function: int, value: int) -> ctypes.c_void_p | None:
+        """A new (disarmed) timer calling ``function(value)`` on a glibc thread at each expiry;
+        None if the system refused one."""
         event = _Sigevent()
-        event.sigev_value = engine_ptr
+        event.sigev_value = value
         event.sigev_notify = _SIGEV_THREAD
-        event.sigev_notify_function = self.increment
+        event.sigev_notify_function = function
         timer = ctypes.c_void_p()
         if self.timer_create(_CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(timer)) != 0:
             return None
@@ -192,15 +196,17 @@ def _increment_fn() -> Any:
 
 
 # -- process-wide state -------------------------------------------------------------------------
-# One lock orders arming against disarming (see Ticker.arm and _reap). Replaced, never waited
-# for, in a forked child.
+# One lock orders arming against disarming (see Ticker.arm and _reap_once). Replaced, never
+# waited for, in a forked child.
 _lock = threading.Lock()
-# Set whenever a ticker is armed: wakes the reaper (and the fallback ticker) from an idle wait.
+# Wakes the Python thread (fallback ticking and reaping) from its idle wait.
 _wake = threading.Event()
-_fallback_wake = threading.Event()
-_state = {
-    "reaper": False,
-    "fallback": False,
+_state: dict[str, Any] = {
+    # The Python thread (see _python_thread) has been started in this process.
+    "thread": False,
+    # The native reaper's one-shot timer (see _reap_native), and whether it is set.
+    "reap_timer": None,
+    "reap_pending": False,
     # A native timer was created in this process: glibc's timer helper thread exists.
     "native_used": False,
     # This process was forked from one whose timer helper thread existed (see the at-fork
@@ -229,6 +235,10 @@ class Ticker:
     where ``arming`` is the store's one-item list given to :func:`guard`. A deadline then never
     fires before ``timeout`` has passed since ``start`` (the guard checks the wall clock), and
     fires within about three periods after it, plus delays in getting the GIL back.
+
+    When is it disarmed? The reaper looks every ``QUICK`` seconds while it is armed. A ticker
+    that :meth:`watch`\\ es the locks its timed calls hold is disarmed as soon as none of them
+    is held; any ticker once ``last`` + the longest timeout used + ``MARGIN`` has passed.
     """
 
     def __init__(self, engine: Any, *, native: bool | None = None) -> None:
@@ -254,6 +264,9 @@ class Ticker:
         self.last = -math.inf
         # The largest timeout used with this ticker: it stays armed that long after ``last``.
         self._longest = 0.0
+        # Locks held by every timed call on this ticker, from before it stamps ``last`` until it
+        # ends (the Plugins' call locks): while none is held, no timed call runs.
+        self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
         # The POSIX timers (created on first arm; forgotten in a forked child).
         self._timers: list[ctypes.c_void_p] = []
         # Fallback bookkeeping: when ticking (re)started and how many ticks were given since.
@@ -274,18 +287,25 @@ class Ticker:
         return math.ceil(timeout / self.period) + _SLACK_TICKS
 
     def use_timeout(self, timeout: float) -> None:
-        """Note that calls with ``timeout`` run on this engine (the ticker stays armed at least
-        that long after the last of them started)."""
+        """Note that calls with ``timeout`` run on this engine (without watched locks, the
+        ticker stays armed that long after the last of them started)."""
         if timeout > self._longest:
             self._longest = timeout
 
+    def watch(self, lock: Any) -> None:
+        """Every timed call on this ticker holds ``lock`` (or another watched one) from before
+        it stamps ``last`` until it ends: the ticker may stop as soon as none is held. Only
+        for tickers *all* of whose timed calls hold a watched lock. Weakly held."""
+        with _lock:
+            self._watched.add(lock)
+
     def arm(self) -> None:
-        """Start ticking (if not already); starts the reaper on first use. Idempotent.
+        """Start ticking (if not already), and the reaper. Idempotent.
 
         Callers stamp ``last`` *before* checking ``armed``: the reaper clears ``armed`` before
-        it reads ``last`` and disarms only under the lock, so a call either sees ``armed`` still
-        set and has its stamp seen by the reaper, or sees it cleared and comes here, where it
-        waits for the reaper's decision and re-arms if needed.
+        it reads ``last`` or the watched locks and disarms only under the lock, so a call
+        either sees ``armed`` still set and is seen by the reaper, or sees it cleared and comes
+        here, where it waits for the reaper's decision and re-arms if needed.
         """
         with _lock:
             if self.armed:
@@ -298,20 +318,23 @@ class Ticker:
             if not self.native:
                 self._base = time.perf_counter()
                 self._done = 0
-                if not _state["fallback"]:
-                    _start(_fallback_run)
-                    _state["fallback"] = True
-                _fallback_wake.set()
             self.armed = True
-            if not _state["reaper"]:
-                _start(_reap)
-                _state["reaper"] = True
+            if self.native and _schedule_native_reap(QUICK):
+                return
+            # The Python thread ticks fallback tickers and reaps what the native reaper cannot.
+            if not _state["thread"]:
+                _start(_python_thread)
+                _state["thread"] = True
             _wake.set()
 
     # -- reaper side (lock held) ----------------------------------------------------------------
 
-    def _expiry(self) -> float:
-        return self.last + self._longest + MARGIN
+    def _idle(self, now: float) -> bool:
+        """Whether no timed call can be running (``armed`` must be clear: see :meth:`arm`)."""
+        if now >= self.last + self._longest + MARGIN:
+            return True
+        watched = self._watched
+        return bool(watched) and not any(lock.locked() for lock in watched)
 
     def _disarm(self) -> None:
         self.armed = False
@@ -327,7 +350,7 @@ class Ticker:
         if not self._timers:
             _state["native_used"] = True
             for _ in range(_FANOUT):
-                timer = _NATIVE.create(self._ptr)
+                timer = _NATIVE.create(_NATIVE.increment, self._ptr)
                 if timer is None:
                     return False
                 self._timers.append(timer)
@@ -349,50 +372,96 @@ class Ticker:
         self._done = due
 
 
+def _reap_once(native_only: bool) -> float | None:
+    """(Lock held.) Disarm the tickers no timed call can still be using; seconds until the next
+    look at those left armed, or None if none is. ``native_only``: look at native ones only."""
+    now = time.perf_counter()
+    wait: float | None = None
+    for tk in _TICKERS:
+        if not tk.armed or (native_only and not tk.native):
+            continue
+        # Clear first, then look at the stamp and the locks (see Ticker.arm for why).
+        tk.armed = False
+        if tk._idle(now):
+            tk._disarm()
+        else:
+            tk.armed = True
+            # Look again within QUICK even if the horizon is far: a lock may be watched or
+            # released meanwhile.
+            look = max(min(tk.last + tk._longest + MARGIN - now, QUICK), 0.001)
+            wait = look if wait is None else min(wait, look)
+    return wait
+
+
+# -- the native reaper: a one-shot POSIX timer whose notify function is Python ------------------
+# No thread of ours sleeps: glibc runs _reap_native on a thread of its own when the timer
+# expires (a ctypes callback takes the GIL there), and it sets the timer again only while
+# something is still armed. Idle: no timer set, no wake-ups.
+
+_ReapFunction = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def _reap_native(_value: Any) -> None:
+    try:
+        with _lock:
+            _state["reap_pending"] = False
+            wait = _reap_once(native_only=True)
+            if wait is not None:
+                _schedule_native_reap(wait)
+    except BaseException:  # nothing may cross into glibc; the next arm schedules a reap again
+        pass
+
+
+_REAP_CALLBACK = _ReapFunction(_reap_native)
+
+
+def _schedule_native_reap(wait: float) -> bool:
+    """(Lock held.) Make sure the native reaper looks within ``wait`` seconds; False if there
+    is no native reaper (the Python thread must reap)."""
+    if _state["reap_pending"]:
+        return True
+    timer = _state["reap_timer"]
+    if timer is None:
+        address = ctypes.cast(_REAP_CALLBACK, ctypes.c_void_p).value or 0
+        timer = _state["reap_timer"] = _NATIVE.create(address, 0)
+        if timer is None:
+            return False
+    if not _NATIVE.set(timer, 0.0, wait):
+        return False
+    _state["reap_pending"] = True
+    return True
+
+
 def _start(target: Any) -> None:
     # A bare thread (daemon by nature): threading.Thread.start() waits until the thread runs,
     # which a first timed call should not pay for; and nothing must join it at exit.
     _thread.start_new_thread(target, ())
 
 
-def _reap() -> None:
-    """The reaper thread: disarm tickers once no timed call can still be running on them."""
+def _python_thread() -> None:
+    """Ticks armed fallback tickers (catching up with the wall clock) and reaps every ticker
+    the native reaper does not; waits on ``_wake``, with no timeout, while none is armed."""
+    next_reap = 0.0
     while True:
-        wait: float | None = None
         with _lock:
             now = time.perf_counter()
-            for tk in _TICKERS:
-                if not tk.armed:
-                    continue
-                # Clear first, then read the stamp (see Ticker.arm for why this order).
-                tk.armed = False
-                end = tk._expiry()
-                if now < end:
-                    tk.armed = True
-                    wait = end - now if wait is None else min(wait, end - now)
-                else:
-                    tk._disarm()
-            if wait is None:
+            mine = [
+                tk for tk in _TICKERS if tk.armed and not (tk.native and _state["reap_pending"])
+            ]
+            if now >= next_reap and mine:
+                wait = _reap_once(native_only=False)
+                next_reap = now + (QUICK if wait is None else wait)
+                mine = [tk for tk in mine if tk.armed]
+            ticking = [tk for tk in mine if not tk.native]
+            if not mine:
                 _wake.clear()  # under the lock: an arm after this sets it again
-        if wait is None:
+        if not mine:
             _wake.wait()
-        else:
-            time.sleep(wait)
-
-
-def _fallback_run() -> None:
-    """The Python ticker thread: ticks armed fallback tickers, sleeps while none is."""
-    while True:
-        with _lock:
-            armed = [tk for tk in _TICKERS if tk.armed and not tk.native]
-            if not armed:
-                _fallback_wake.clear()
-        if not armed:
-            _fallback_wake.wait()
+            next_reap = 0.0
             continue
-        time.sleep(FALLBACK_PERIOD)
+        time.sleep(FALLBACK_PERIOD if ticking else max(next_reap - now, 0.001))
         now = time.perf_counter()
-        for tk in armed:
+        for tk in ticking:
             if tk.armed:
                 tk._catch_up(now)
 
@@ -482,20 +551,20 @@ def ticker_for(engine: Any) -> Ticker:
     return tk
 
 
-def reaper_running() -> bool:
-    """Whether this process has started its reaper thread (for tests)."""
-    return _state["reaper"]
+def reaper_pending() -> bool:
+    """Whether a reaper will look at the armed tickers (for tests)."""
+    return bool(_state["reap_pending"] or _state["thread"])
 
 
 def _after_fork_in_child() -> None:
-    # Only this thread survived the fork: the reaper, the fallback thread and every POSIX timer
-    # are gone, and the lock may have been held by one of them. Forget them all; the next timed
-    # call re-creates what it needs. Nothing here may block.
-    global _lock, _wake, _fallback_wake
+    # Only this thread survived the fork: the Python thread and every POSIX timer are gone,
+    # and the lock may have been held by one of them. Forget them all; the next timed call
+    # re-creates what it needs. Nothing here may block.
+    global _lock, _wake
     _lock = threading.Lock()
     _wake = threading.Event()
-    _fallback_wake = threading.Event()
-    _state["reaper"] = _state["fallback"] = False
+    _state["thread"] = _state["reap_pending"] = False
+    _state["reap_timer"] = None
     # glibc's SIGEV_THREAD helper thread takes an internal lock for every expiry and glibc does
     # not reset it in the child: forked while it was held, the child's first timer_create
     # blocks forever (measured: 1 fork in 5 with armed timers; a ProcessPoolExecutor worker
@@ -518,6 +587,9 @@ def _disarm_all_at_exit() -> None:
         if tk.native:
             tk.armed = False
             tk._stop_timers()
+    timer = _state["reap_timer"]
+    if timer is not None:
+        _NATIVE.set(timer, 0.0)
 
 
 if hasattr(os, "register_at_fork"):

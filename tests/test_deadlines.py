@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import gc
 import multiprocessing
 import os
 import platform
@@ -192,7 +193,8 @@ def test_late_by_little(rig: Rig) -> None:
     timeout = 0.2
     late = sorted(rig.run(timeout) - timeout for _ in range(5))
     assert late[0] >= 0
-    assert late[2] < 0.15, late
+    # The fallback needs the GIL to tick (it catches up by the wall clock when it gets it).
+    assert late[2] < (0.15 if rig.ticker.native else 0.4), late
 
 
 def _wait_disarmed(tk: _ticker.Ticker, limit: float) -> float:
@@ -207,12 +209,34 @@ def test_reaper_disarms_then_rearms(rig: Rig, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(_ticker, "MARGIN", 0.05)
     rig.run(0.02)
     assert rig.ticker.armed
-    assert _ticker.reaper_running()
+    assert _ticker.reaper_pending()
     # It stays armed while a call could still run: longest timeout in use + margin.
     _wait_disarmed(rig.ticker, 5.0 + rig.ticker._longest)
     # Disarmed: the epoch stands still, and the next timed call arms it again.
     assert rig.run(0.02) >= 0.02
     assert rig.ticker.armed
+
+
+def test_a_watching_ticker_stops_once_no_call_holds_its_locks(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ticker, "MARGIN", 30.0)  # so only the locks can explain a stop
+    tk = rig.ticker
+    lock = threading.Lock()
+    tk.watch(lock)
+    try:
+        with lock:  # "a timed call is running"
+            rig.run(0.01)
+            time.sleep(_ticker.QUICK * 3)
+            assert tk.armed
+        took = _wait_disarmed(tk, 2.0)
+        assert took < _ticker.QUICK * 4
+        with lock:  # every timed call on a watching ticker holds a watched lock
+            assert rig.run(0.01) >= 0.01  # and it re-arms
+    finally:
+        del lock
+        gc.collect()
+        assert not tk._watched
 
 
 def test_a_call_outliving_its_deadline_in_the_host_still_stops(
