@@ -11,6 +11,9 @@ fuel, time and memory it may use per call::
     print(plugin.call("greet", b"world"))
 
 Everything plugsafe raises derives from :class:`PlugsafeError`; see ``docs/errors.md``.
+
+PYTEST_DONT_REWRITE: plugsafe registers a pytest plugin (``plugsafe.testing``), so pytest would
+rewrite the asserts of the whole package and add its helper names to this namespace.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ._errors import (
     PlugsafeError,
     PolicyError,
     SignatureError,
+    StackLimitExceeded,
 )
 from ._host import Host
 from ._plugin import Plugin, PluginMemory
@@ -82,6 +86,29 @@ __all__ = [
     "Preopen",
     "RunResult",
     "SignatureError",
+    "StackLimitExceeded",
     "Wasi",
     "__version__",
 ]
+
+
+# Every public class is documented, printed and pickled as ``plugsafe.X``, its public home, not
+# the private module it happens to be defined in (``plugsafe._plugin.Plugin``). typing resolves
+# a class's string annotations in the namespace of its ``__module__``, so they are resolved here
+# first, in their own module (get_type_hints(plugsafe.Policy) keeps working).
+def _rehome() -> None:
+    import inspect
+    import typing
+
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and obj.__module__ != __name__:
+            own = inspect.get_annotations(obj)
+            if own:
+                hints = typing.get_type_hints(obj, include_extras=True)
+                obj.__annotations__ = {k: hints[k] for k in own}
+            obj.__module__ = __name__
+
+
+_rehome()
+del _rehome

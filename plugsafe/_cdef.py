@@ -3,7 +3,7 @@
 ``_wasmtime_cffi.py`` is generated from ``CDEF`` by ``python -m plugsafe._cdef`` (cffi's
 out-of-line ABI mode: no compiler, and no C parsing when plugsafe is imported). A test checks
 that the generated file is up to date. The layouts declared here are checked against
-wasmtime-py's own ctypes declarations every time plugsafe starts (see ``_runtime``).
+wasmtime-py's own ctypes declarations every time plugsafe starts (see ``_runtime._cffi``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ typedef struct {
 } wasmtime_extern_t;
 typedef wasm_trap_t *(*wasmtime_func_unchecked_callback_t)(
     void *, wasmtime_caller_t *, wasmtime_val_raw_t *, size_t);
+typedef wasm_trap_t *(*plugsafe_addr_callback_t)(void *, uintptr_t, uintptr_t, size_t);
 
 wasmtime_error_t *wasmtime_func_call_unchecked(
     wasmtime_context_t *, const wasmtime_func_t *, wasmtime_val_raw_t *, size_t, wasm_trap_t **);
@@ -48,6 +49,7 @@ bool wasmtime_instance_export_get(const wasmtime_context_t *, const wasmtime_ins
     const char *, size_t, wasmtime_extern_t *);
 bool wasmtime_caller_export_get(wasmtime_caller_t *, const char *, size_t, wasmtime_extern_t *);
 wasm_trap_t *wasmtime_trap_new(const char *, size_t);
+void wasm_trap_delete(wasm_trap_t *);
 wasmtime_error_t *wasmtime_instance_pre_instantiate(
     const wasmtime_instance_pre_t *, wasmtime_context_t *, wasmtime_instance_t *, wasm_trap_t **);
 wasmtime_error_t *wasmtime_linker_define_func_unchecked(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
@@ -23,27 +22,26 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from . import _runtime as rt
 from ._abi import ABI_VERSION, VERSION_EXPORT
 from ._errors import (
     AbiVersionError,
     ImportNotAllowedError,
     ImportProblem,
-    InvalidModuleError,
     LimitExceeded,
     PluginExitError,
     PluginLoadError,
     PlugsafeError,
     PolicyError,
 )
-from ._files import read_capped, read_plugin_file
+from ._files import read_capped
 from ._host import Host
+from ._loader import LoadedModule
 from ._log import escape
 from ._plugin import Plugin
-from ._policy import Policy
-from ._policyfile import parse_policy
+from ._policy import Policy, parse_policy
 from ._types import CallStats, ExportInfo, ImportInfo
-from ._wasmparse import WASM_MAGIC, parse_memories
+from ._units import fmt_bytes
+from ._version import __version__
 
 __all__ = [
     "EXIT_CHECK_FAILED",
@@ -68,10 +66,17 @@ EXIT_INTERNAL = 70  # a bug in plugsafe (EX_SOFTWARE); a traceback is printed
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 PROG = "plugsafe"
-# inspect runs the plugin's start function and ABI-version export under this policy only.
-_INSPECT_POLICY = Policy(fuel=10_000_000, timeout=2.0, memory=256 * 2**20, max_host_calls=1000)
-# What inspect reads at most: the largest module any policy can admit.
+# inspect reads, prechecks and compiles under this policy (the default structural caps, and
+# the largest module any policy can admit), and runs the plugin's start function and
+# ABI-version export under it.
 _MAX_READ = 2**30
+_INSPECT_POLICY = Policy(
+    fuel=10_000_000,
+    timeout=2.0,
+    memory=256 * 2**20,
+    max_host_calls=1000,
+    max_module_size=_MAX_READ,
+)
 # Control characters except newline and tab: a plugin's output must not drive the terminal.
 _TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -196,31 +201,8 @@ def _plugin_logs_to(stream: IO[str], level: str) -> Iterator[None]:
 
 
 # -- reading modules --------------------------------------------------------------------------
-
-
-def _to_wasm(data: bytes, path: str) -> tuple[bytes, str]:
-    """(wasm binary, "wasm" or "wat") for a file's bytes."""
-    if data.startswith(WASM_MAGIC):
-        return data, "wasm"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidModuleError(
-            f"{path!r} is not a WebAssembly module (no \\0asm header) and not WAT text"
-        ) from None
-    try:
-        return rt.wat_to_wasm(text), "wat"
-    except rt.WasmFailure as exc:
-        raise InvalidModuleError(f"{path!r} is neither wasm nor valid WAT: {exc.message}") from None
-
-
-def _compile(wasm: bytes, path: str) -> rt.Module:
-    try:
-        return rt.Engine(metered=False, max_stack=512 * 1024).compile(wasm)
-    except rt.WasmFailure as exc:
-        raise InvalidModuleError(
-            f"{path!r} is not a valid WebAssembly module: {exc.message}"
-        ) from None
+# Every command reads, prechecks and compiles through the Host's loader (``_loader``), so the
+# command line refuses exactly what ``Host.load`` refuses, as fast.
 
 
 def _plugin_name(path: str) -> str:
@@ -243,13 +225,6 @@ def _stats_json(stats: CallStats | None, policy: Policy) -> dict[str, Any] | Non
     }
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.4g} {unit}"
-    return f"{n} bytes"
-
-
 def _print_stats(stats: CallStats | None, policy: Policy, err: IO[str]) -> None:
     if stats is None:
         return
@@ -259,7 +234,7 @@ def _print_stats(stats: CallStats | None, policy: Policy, err: IO[str]) -> None:
     err.write(
         f"fuel:       {fuel}\n"
         f"time:       {stats.duration * 1000:.3f} ms\n"
-        f"memory:     {_fmt_bytes(stats.memory_bytes)} peak of {_fmt_bytes(policy.memory)}\n"
+        f"memory:     {fmt_bytes(stats.memory_bytes)} peak of {fmt_bytes(policy.memory)}\n"
         f"host calls: {stats.host_calls}\n"
     )
 
@@ -344,11 +319,13 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[by
         builtins = set(host.functions)
         app_functions = sorted(policy.allow - builtins)
         try:
-            data = read_plugin_file(path, policy.max_module_size)
-            module = _compile(_to_wasm(data, path)[0], path)
+            cli_policy = _cli_policy(policy, host)
+            loaded = host._prepare(path, policy=cli_policy, name=_plugin_name(path))
+            module = loaded.module
             problems: dict[tuple[str, str], ImportProblem] = {}
             try:
-                host.load(data, policy=_cli_policy(policy, host), name=_plugin_name(path)).close()
+                # The same bytes again: a hit in the host's module cache, no second compile.
+                host.load(loaded.wasm, policy=cli_policy, name=loaded.name).close()
             except ImportNotAllowedError as exc:
                 problems = {(p.module, p.name): p for p in exc.problems}
             except PolicyError:
@@ -446,14 +423,15 @@ def _import_row(
 # -- inspect ----------------------------------------------------------------------------------
 
 
-def _abi_version(host: Host, data: bytes, module: rt.Module, name: str) -> tuple[int | None, str]:
+def _abi_version(host: Host, loaded: LoadedModule) -> tuple[int | None, str]:
     """Ask the plugin its ABI version by loading it under a strict policy."""
+    module = loaded.module
     if VERSION_EXPORT not in module.exports:
         return None, f"no {VERSION_EXPORT} export: not a plugsafe ABI plugin (numeric exports only)"
     wanted = {i.name for i in module.imports if i.module == "plugsafe"}
-    policy = _INSPECT_POLICY.replace(allow=wanted & set(host.functions))
+    policy = loaded.policy.replace(allow=wanted & set(host.functions))
     try:
-        host.load(data, policy=policy, name=name).close()
+        host.load(loaded.wasm, policy=policy, name=loaded.name).close()
     except AbiVersionError as exc:
         return exc.declared, f"this plugsafe implements ABI version {exc.supported}"
     except ImportNotAllowedError as exc:
@@ -492,21 +470,24 @@ def _import_json(i: ImportInfo) -> dict[str, Any]:
 def cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[bytes]) -> int:
     """``plugsafe inspect``: what a plugin imports, exports and declares."""
     path = args.plugin
-    data = read_plugin_file(path, _MAX_READ)
-    wasm, fmt = _to_wasm(data, path)
-    module = _compile(wasm, path)
-    decls = parse_memories(wasm)
+    with Host() as host:
+        # Read, precheck and compile as Host.load would under the inspect policy: a module
+        # built to be expensive to compile is refused here as it would be there.
+        loaded = host._prepare(path, policy=_INSPECT_POLICY, name=_plugin_name(path))
+        version, abi_note = _abi_version(host, loaded)
+    module = loaded.module
+    fmt = loaded.format
+    wasm = loaded.wasm
+    decls = loaded.memories
     memories = [
         {"index": i, "min_bytes": m.minimum, "max_bytes": m.maximum} for i, m in enumerate(decls)
     ]
-    with Host() as host:
-        version, abi_note = _abi_version(host, data, module, _plugin_name(path))
     report: dict[str, Any] = {
         "file": path,
         "format": fmt,
-        "size": len(data),
+        "size": loaded.source_size,
         "wasm_size": len(wasm),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": loaded.source_sha256,
         "abi_version": version,
         "abi_note": abi_note,
         "imports": [_import_json(i) for i in module.imports],
@@ -516,7 +497,7 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[
     if args.json:
         _print_json(report, out)
         return EXIT_OK
-    size = f"{len(data)} bytes"
+    size = f"{loaded.source_size} bytes"
     if fmt == "wat":
         size += f" of WAT text, {len(wasm)} bytes of wasm"
     lines = [
@@ -531,8 +512,8 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[
         *(f"  {_safe(str(e))}" for e in module.exports.values()),
         f"memories defined ({len(memories)}):",
         *(
-            f"  memory {i}: min {_fmt_bytes(m.minimum)}, max "
-            + ("none" if m.maximum is None else _fmt_bytes(m.maximum))
+            f"  memory {i}: min {fmt_bytes(m.minimum)}, max "
+            + ("none" if m.maximum is None else fmt_bytes(m.maximum))
             for i, m in enumerate(decls)
         ),
     ]
@@ -575,8 +556,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``plugsafe --help``)."""
-    from . import __version__
-
     parser = _Parser(
         prog=PROG,
         description="Run, check and inspect untrusted WebAssembly plugins under a sandbox policy.",

@@ -28,15 +28,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import InvalidModuleError, PluginLoadError, PolicyError
 from ._files import read_plugin_file
-from ._policy import Policy
-from ._policyfile import SECTIONS, describe, in_file, parse_policy, read_toml
+from ._policy import Policy, parse_policy
+from ._policyfile import SECTIONS, as_table, describe, in_file, read_toml
 
 if TYPE_CHECKING:
-    from ._host import Host
     from ._plugin import Plugin
 
 __all__ = ["HostConfig", "PluginSpec", "load_config", "parse_config", "read_config"]
@@ -65,12 +64,6 @@ class HostConfig:
     plugins: tuple[PluginSpec, ...]
 
 
-def _table(value: object, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise PolicyError(f"{path}: expected a table, got {describe(value)}", path=path)
-    return value
-
-
 def _check_keys(table: Mapping[str, Any], path: str, known: tuple[str, ...]) -> None:
     for key in table:
         if key not in known:
@@ -86,14 +79,14 @@ def parse_config(data: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> H
     Raises:
         PolicyError: an unknown key or a bad value; ``.path`` names it.
     """
-    root = _table(data, "config")
+    root = as_table(data, "config")
     _check_keys(root, "", _TOP_KEYS)
     defaults_data = root.get("defaults", {})
     defaults = parse_policy(
-        _table(defaults_data, "defaults"), prefix="defaults.", base_dir=base_dir
+        as_table(defaults_data, "defaults"), prefix="defaults.", base_dir=base_dir
     )
     specs: list[PluginSpec] = []
-    for name, body in _table(root.get("plugins", {}), "plugins").items():
+    for name, body in as_table(root.get("plugins", {}), "plugins").items():
         path = f"plugins.{name}"
         if not isinstance(name, str) or not _PLUGIN_NAME.match(name):
             raise PolicyError(
@@ -101,7 +94,7 @@ def parse_config(data: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> H
                 f"'-' or '.' (at most 128), got {describe(name)}",
                 path=path,
             )
-        table = _table(body, path)
+        table = as_table(body, path)
         _check_keys(table, path, _PLUGIN_KEYS)
         source = table.get("source")
         if not isinstance(source, str) or not source:
@@ -163,7 +156,13 @@ def read_module(spec: PluginSpec) -> bytes:
     return data
 
 
-def load_config(host: Host, path: str | os.PathLike[str]) -> dict[str, Plugin]:
+class _Loads(Protocol):
+    """What load_config needs of a Host (``_host`` imports this module, not the reverse)."""
+
+    def load(self, source: bytes, *, policy: Policy, name: str) -> Plugin: ...
+
+
+def load_config(host: _Loads, path: str | os.PathLike[str]) -> dict[str, Plugin]:
     """Load every plugin a host config file describes; see :meth:`Host.load_config`."""
     config = read_config(path)
     plugins: dict[str, Plugin] = {}

@@ -21,7 +21,8 @@ The tree, which ``docs/errors.md`` explains case by case::
     │   ├── FuelExhausted
     │   ├── DeadlineExceeded
     │   ├── MemoryLimitExceeded
-    │   └── HostCallLimitExceeded
+    │   ├── HostCallLimitExceeded
+    │   └── StackLimitExceeded      nested plugin calls would overrun the thread's stack
     └── PluginClosedError              the plugin or host was used after ``close()``
 
 ``LimitExceeded`` is raised both while loading (a start function that loops, an initial memory
@@ -30,9 +31,9 @@ over the cap) and while calling; ``.phase`` says which.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn, Protocol
 
 __all__ = [
     "AbiError",
@@ -57,6 +58,7 @@ __all__ = [
     "PlugsafeError",
     "PolicyError",
     "SignatureError",
+    "StackLimitExceeded",
 ]
 
 Phase = Literal["load", "call"]
@@ -234,5 +236,192 @@ class HostCallLimitExceeded(LimitExceeded):
     """The plugin made more host-function calls in one call than its policy allows."""
 
 
+class StackLimitExceeded(LimitExceeded):
+    """A call was refused: it would overrun the native stack of the thread making it.
+
+    Each plugin call may use its Host's ``max_stack`` of native stack, and a call made from a
+    host function (plugin A -> host function -> plugin B -> ...) stacks on top of the calls it
+    is nested in. plugsafe counts, per thread, the calls running and the stack they may use, and
+    refuses a call (before any wasm runs, ``phase="call"``) that would nest deeper than
+    ``value`` levels (``limit="nesting"``) or need more stack than the thread has left
+    (``limit="max_stack"``, ``value`` the Host's ``max_stack``; a thread smaller than
+    ``max_stack`` refuses even an outermost call). Nothing of the plugin changed: the calls
+    outside it go on.
+    """
+
+
 class PluginClosedError(PlugsafeError):
     """The plugin (or the host that owns it) was used after ``close()``."""
+
+
+# -- translating a failed wasm call ---------------------------------------------------------------
+#
+# Everything below is internal (not in __all__): how a failure the runtime reports becomes one of
+# the errors above. A Plugin builds one Diagnosis when it loads; the call path asks it.
+
+_PAGE = 65536
+
+
+def fmt_bytes(n: int) -> str:
+    """``n`` bytes for people: the largest binary unit that divides it exactly, else bytes.
+
+    Exact on purpose: error messages compare a need with a cap, and a rounded "1.5 MiB" could
+    hide the byte that made the difference.
+    """
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+def short_trap(message: str) -> str:
+    """wasmtime's trap text ends with the reason after a backtrace; keep the reason."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "trap"
+    return lines[-1].removeprefix("wasm trap: ")
+
+
+class Failure(Protocol):
+    """What the runtime reports about a failed wasm call (``_runtime.WasmFailure``)."""
+
+    message: str
+    trap_code: str | None
+    exit_code: int | None
+
+
+class Memories(Protocol):
+    """The memory sizes of the instance a failure happened in (``_runtime.Instance``)."""
+
+    def memory_size(self) -> int: ...
+
+    def memory_total(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One plugin's limits, and the single translation from a failed wasm call to an error.
+
+    ``memory_per`` is the cap of each of the plugin's memories (the policy's ``memory`` split
+    over them).
+    """
+
+    plugin: str
+    fuel: int | None
+    timeout: float | None
+    memory: int
+    memory_per: int
+
+    def deadline(self, function: str, phase: Phase, detail: str = "") -> DeadlineExceeded:
+        """The plugin ran past its timeout in ``function`` (``detail`` says where we noticed)."""
+        return DeadlineExceeded(
+            f"plugin {self.plugin!r} in {function!r} ran past the policy's timeout of "
+            f"{self.timeout:g} s{detail}",
+            limit="timeout",
+            value=self.timeout,
+            phase=phase,
+        )
+
+    def _fuel(self, function: str, phase: Phase, _failure: Failure) -> LimitExceeded:
+        return FuelExhausted(
+            f"plugin {self.plugin!r} in {function!r} used all {self.fuel} units of fuel the "
+            "policy allows per call",
+            limit="fuel",
+            value=self.fuel,
+            phase=phase,
+        )
+
+    def _interrupt(self, function: str, phase: Phase, _failure: Failure) -> LimitExceeded:
+        return self.deadline(function, phase)
+
+    def memory_error(self, message: str, phase: Phase) -> MemoryLimitExceeded:
+        """The memory limit, with ``message``."""
+        return MemoryLimitExceeded(message, limit="memory", value=self.memory, phase=phase)
+
+    def translate(
+        self,
+        failure: Failure,
+        recorded: BaseException | None,
+        function: str,
+        inst: Memories | None,
+        phase: Phase,
+    ) -> BaseException:
+        """Decide what a failed wasm call means, from the call's own record first.
+
+        ``recorded`` is what a host function of *this* plugin raised during the call (already
+        the error to raise, or a nested failure to translate): wasmtime-py keeps host exceptions
+        in a module-global shared by every thread, so plugsafe never relies on it.
+        """
+        if recorded is not None:
+            if isinstance(recorded, _failure_type()):
+                return self.translate(recorded, None, function, inst, phase)  # type: ignore[arg-type]
+            return recorded
+        where = f"plugin {self.plugin!r} in {function!r}"
+        if failure.exit_code is not None:
+            return PluginExitError(
+                f"{where} called proc_exit({failure.exit_code})", exit_code=failure.exit_code
+            )
+        code = failure.trap_code
+        limit = _LIMIT_TRAPS.get(code) if code is not None else None
+        if limit is not None:
+            return limit(self, function, phase, failure)
+        reason = short_trap(failure.message)
+        if code is None:
+            # Not a trap: wasmtime's own error (instantiation, a resource limit).
+            if "memory" in reason and ("limit" in reason or "minimum" in reason):
+                return self.memory_error(f"{where}: {reason}", phase)
+            if phase == "load":
+                return PluginLoadError(f"{where}: {reason}")
+        elif inst is not None and self._memory_exhausted(inst, code):
+            return self.memory_error(
+                f"{where} trapped ({reason}) with its memory at "
+                f"{fmt_bytes(inst.memory_total())} of the policy's "
+                f"{fmt_bytes(self.memory)}: a memory.grow was refused",
+                phase,
+            )
+        return PluginTrap(f"{where} trapped: {reason}\n{failure.message}", trap_code=code)
+
+    def _memory_exhausted(self, inst: Memories, code: str) -> bool:
+        """Guess whether a trap followed a refused ``memory.grow``.
+
+        WebAssembly reports a refused growth only to the guest (``memory.grow`` returns -1), and
+        wasmtime's C API cannot make it trap. Allocators then trap (``unreachable``). So: a trap
+        with a memory less than a page from its cap, or an ``unreachable`` with a memory that
+        could not have doubled, is reported as the memory limit. docs/errors.md explains this.
+        """
+        limit = self.memory_per
+        size = inst.memory_size()
+        if size == 0 or limit == 0:
+            return False
+        if size + _PAGE > limit:
+            return True
+        return code == "UNREACHABLE" and size * 2 > limit
+
+
+# The trap codes that mean a policy limit stopped the call (any other code is a PluginTrap, or
+# the memory limit by Diagnosis._memory_exhausted's guess).
+_LIMIT_TRAPS: dict[str, Callable[[Diagnosis, str, Phase, Failure], LimitExceeded]] = {
+    "OUT_OF_FUEL": Diagnosis._fuel,
+    "INTERRUPT": Diagnosis._interrupt,
+}
+
+
+def _failure_type() -> type[Exception]:
+    # Imported late: _runtime loads wasmtime, which the error tree must not need.
+    from ._runtime import WasmFailure
+
+    return WasmFailure
+
+
+def raise_clean(err: BaseException) -> NoReturn:
+    """Raise ``err`` from its own ``__cause__``, keeping no reference to it in any frame.
+
+    A frame that holds, as a local, the exception it raises makes a reference cycle (exception,
+    traceback, frame, exception): every local of the frames in between, the discarded instance
+    and its store among them, would then live until the garbage collector ran. Call this with
+    the exception as an expression, never bound to a local.
+    """
+    try:
+        raise err from err.__cause__
+    finally:
+        del err

@@ -1,7 +1,8 @@
 """Compiling a module in a child process with a time and a memory limit.
 
-wasmtime's threat model excludes compilation, and the precheck (``_precheck``) only bounds a
-module's *shape*: a module that passes it can still take seconds and hundreds of MiB to compile.
+wasmtime's threat model excludes compilation, and the precheck (``_wasmbin.precheck``) only
+bounds a module's *shape*: a module that passes it can still take seconds and hundreds of MiB to
+compile.
 With ``Policy(compile_timeout=..., compile_memory=...)`` the Host compiles in a child instead:
 
 - the child is this same Python running this same plugsafe (its package directory is put first

@@ -9,16 +9,15 @@ import re
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._errors import PolicyError
+from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
+from ._units import GiB, KiB, MiB
 from ._wasi import Wasi
 
-__all__ = ["Policy"]
-
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
+__all__ = ["Policy", "parse_policy", "policy_from_toml"]
 
 # wasm32 pointers cannot address more than 4 GiB, and a plugin input or output is a (pointer,
 # length) pair whose length has 31 bits in the ABI's result word.
@@ -190,7 +189,8 @@ class Policy:
         """Return a copy with ``changes`` applied (validated like a new policy)."""
         return dataclasses.replace(self, **changes)
 
-    # The file layout lives in _policyfile; these delegate so the layout has one implementation.
+    # The file layout lives in _policyfile; these go through it so the layout has one
+    # implementation.
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Policy:
@@ -200,8 +200,6 @@ class Policy:
             PolicyError: unreadable file, invalid TOML, an unknown key or a bad value; ``.path``
                 names the key (e.g. ``"limits.fuel"``) and the message names the file.
         """
-        from ._policyfile import policy_from_toml
-
         return policy_from_toml(path)
 
     @classmethod
@@ -213,8 +211,6 @@ class Policy:
         Raises:
             PolicyError: an unknown key or a bad value; ``.path`` names the key.
         """
-        from ._policyfile import parse_policy
-
         return parse_policy(data)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -223,9 +219,42 @@ class Policy:
         Sizes are in bytes, the timeout in seconds, ``None`` is ``"unlimited"`` and ``allow`` is
         a sorted list, so the result is also ready for JSON or a TOML writer.
         """
-        from ._policyfile import policy_to_dict
+        return layout_of({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
-        return policy_to_dict(self)
+
+def parse_policy(
+    data: object,
+    *,
+    prefix: str = "",
+    base: Policy | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Policy:
+    """Build a :class:`Policy` from a dict in the file layout (see ``_policyfile``).
+
+    Args:
+        data: ``{"imports": {...}, "limits": {...}}``; every key is optional.
+        prefix: prepended to key paths in errors (``"plugins.greet."`` for a host config).
+        base: the policy that keys left out keep their values from (default: ``Policy()``).
+        base_dir: what relative ``[wasi]`` preopen paths are relative to (default: the current
+            directory); the policy or config file's directory when read from a file.
+
+    Raises:
+        PolicyError: with ``.path`` set to the offending key's dotted path.
+    """
+    changes = parse_changes(data, prefix=prefix, base_dir=base_dir)
+    try:
+        return dataclasses.replace(base, **changes) if base is not None else Policy(**changes)  # type: ignore[arg-type]
+    except PolicyError as exc:
+        raise relocate(exc, prefix) from None
+
+
+def policy_from_toml(path: str | os.PathLike[str]) -> Policy:
+    """Read a policy file (see ``docs/policy.md``)."""
+    data = read_toml(path)
+    try:
+        return parse_policy(data, base_dir=Path(path).parent)
+    except PolicyError as exc:
+        raise in_file(exc, path) from None
 
 
 def _refuse_unknown_fields() -> None:

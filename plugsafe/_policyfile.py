@@ -11,29 +11,28 @@ sets, so a reviewer can map the file to the API one to one::
     timeout = "250ms"
     memory = "64MiB"
 
-``docs/policy.md`` lists every key. This module is the single implementation of the layout:
-``Policy.from_toml``, ``Policy.from_dict`` and ``Policy.to_dict`` delegate here, and the host
-config file (``_config``) parses its policy tables with :func:`parse_policy`.
+``docs/policy.md`` lists every key. This module is the single implementation of the layout,
+and it knows nothing of the ``Policy`` class: it turns a file's tables into field values
+(:func:`parse_changes`) and field values back into tables (:func:`layout_of`). ``_policy``
+builds on it (``parse_policy``, ``Policy.from_toml``/``from_dict``/``to_dict``), so the
+dependency runs one way and neither module needs to import the other late.
 
-Values are checked for type and unit here, with messages that name the key path; ranges are
-left to ``Policy`` itself (one source of truth), and its errors are re-raised with the path.
+Values are checked for type and unit here (units in ``_units``), with messages that name the key
+path; ranges are left to ``Policy`` itself (one source of truth), and its errors are re-raised
+with the path (:func:`relocate`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
 import os
-import re
 import sys
 from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import PolicyError
-from ._policy import Policy
+from ._units import describe, fail, parse_duration, parse_size
 from ._wasi import Preopen, Wasi
 
 if sys.version_info >= (3, 11):
@@ -46,13 +45,15 @@ __all__ = [
     "SECTIONS",
     "WASI_TABLE",
     "UNLIMITED",
+    "as_table",
     "describe",
+    "in_file",
+    "layout_of",
+    "parse_changes",
     "parse_duration",
-    "parse_policy",
     "parse_size",
-    "policy_from_toml",
-    "policy_to_dict",
     "read_toml",
+    "relocate",
 ]
 
 Kind = Literal["names", "bool", "count", "count?", "size", "size?", "duration?"]
@@ -107,113 +108,11 @@ _FIELD_PATH = {
     field: f"{table}.{key}" for table, keys in LAYOUT.items() for key, (field, _) in keys.items()
 }
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-}
-_DURATION_UNITS = {
-    "": Decimal(1),
-    "s": Decimal(1),
-    "us": Decimal("0.000001"),
-    "µs": Decimal("0.000001"),
-    "ms": Decimal("0.001"),
-    "m": Decimal(60),
-    "min": Decimal(60),
-    "h": Decimal(3600),
-}
-# At most 30 digits before the point: enough for any real limit, and it keeps Decimal and int
-# conversions cheap whatever a file holds.
-_QUANTITY = re.compile(r"^\s*(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})\s*([A-Za-zµ]*)\s*$")
-
-_SIZE_EXPECTED = 'a size: bytes as an integer >= 0, or a string like "64MiB", "512KiB", "4096B"'
-_DURATION_EXPECTED = 'a duration > 0: seconds as a number, or a string like "250ms", "1.5s", "2m"'
-
-
-def describe(value: object) -> str:
-    """Say what ``value`` is, in TOML's words, short enough for an error message."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        text = repr(value)
-    elif isinstance(value, str):
-        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        # The value came from a file someone else may have written: keep it on one line.
-        text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
-    elif isinstance(value, Mapping):
-        return "a table"
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        return "an array"
-    else:
-        return f"a {type(value).__name__} value"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _fail(path: str, expected: str, value: object, field: str | None = None) -> PolicyError:
-    return PolicyError(
-        f"{path}: expected {expected}, got {describe(value)}", field=field, path=path
-    )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def parse_size(value: object, path: str, field: str | None = None) -> int:
-    """Bytes from an integer or a string with a unit (``"64MiB"``, ``"1.5KiB"``, ``"100kB"``)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise _fail(path, _SIZE_EXPECTED, value, field)
-        return value
-    if isinstance(value, str):
-        m = _QUANTITY.match(value)
-        unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
-        if m is not None and unit is not None:
-            n = Decimal(m.group(1)) * unit
-            if n == n.to_integral_value():
-                return int(n)
-            raise PolicyError(
-                f"{path}: {describe(value)} is not a whole number of bytes", field=field, path=path
-            )
-        raise PolicyError(
-            f"{path}: expected {_SIZE_EXPECTED} (units: B, KiB, MiB, GiB, kB, MB, GB), "
-            f"got {describe(value)}",
-            field=field,
-            path=path,
-        )
-    raise _fail(path, _SIZE_EXPECTED, value, field)
-
-
-def parse_duration(value: object, path: str, field: str | None = None) -> float:
-    """Seconds from a number or a string with a unit (``"250ms"``, ``"1.5s"``, ``"2m"``)."""
-    seconds: float | None = None
-    if _is_number(value):
-        seconds = float(value)  # type: ignore[arg-type]
-    elif isinstance(value, str):
-        m = _QUANTITY.match(value)
-        unit = _DURATION_UNITS.get(m.group(2).lower()) if m else None
-        if m is None or unit is None:
-            raise PolicyError(
-                f"{path}: expected {_DURATION_EXPECTED} (units: us, ms, s, m, h), "
-                f"got {describe(value)}",
-                field=field,
-                path=path,
-            )
-        seconds = float(Decimal(m.group(1)) * unit)
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise _fail(path, _DURATION_EXPECTED, value, field)
-    return seconds
-
 
 def _parse_count(value: object, path: str, field: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    raise _fail(path, "an integer >= 0", value, field)
+    raise fail(path, "an integer >= 0", value, field)
 
 
 def _parse_value(value: object, path: str, field: str, kind: Kind) -> object:
@@ -226,7 +125,7 @@ def _parse_value(value: object, path: str, field: str, kind: Kind) -> object:
         if kind == "bool":
             if isinstance(value, bool):
                 return value
-            raise _fail(path, "true or false", value, field)
+            raise fail(path, "true or false", value, field)
         if kind.startswith("count"):
             return _parse_count(value, path, field)
         if kind.startswith("size"):
@@ -244,10 +143,10 @@ def _parse_value(value: object, path: str, field: str, kind: Kind) -> object:
 
 def _parse_names(value: object, path: str, field: str) -> frozenset[str]:
     if not isinstance(value, (list, tuple, set, frozenset)):
-        raise _fail(path, 'an array of host function names, like ["log"]', value, field)
+        raise fail(path, 'an array of host function names, like ["log"]', value, field)
     for i, name in enumerate(value):
         if not isinstance(name, str):
-            raise _fail(f"{path}[{i}]", "a host function name (a string)", name, field)
+            raise fail(f"{path}[{i}]", "a host function name (a string)", name, field)
     return frozenset(value)
 
 
@@ -261,9 +160,10 @@ def _unknown_key(path: str, key: str, known: list[str], hint: str = "") -> Polic
     )
 
 
-def _table(value: object, path: str) -> Mapping[str, Any]:
+def as_table(value: object, path: str) -> Mapping[str, Any]:
+    """``value`` if it is a table with string keys, else a PolicyError naming ``path``."""
     if not isinstance(value, Mapping):
-        raise _fail(path, "a table", value)
+        raise fail(path, "a table", value)
     for key in value:
         if not isinstance(key, str):
             raise PolicyError(f"{path}: keys must be strings, got {describe(key)}", path=path)
@@ -276,11 +176,11 @@ def _parse_wasi(body: Mapping[str, Any], path: str, base_dir: Path | None) -> Wa
             raise _unknown_key(path, key, list(_WASI_KEYS))
     args = body.get("args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise _fail(f"{path}.args", "an array of strings", args, "wasi")
-    env = _table(body.get("env", {}), f"{path}.env")
+        raise fail(f"{path}.args", "an array of strings", args, "wasi")
+    env = as_table(body.get("env", {}), f"{path}.env")
     for k, v in env.items():
         if not isinstance(v, str):
-            raise _fail(f"{path}.env.{k}", "a string", v, "wasi")
+            raise fail(f"{path}.env.{k}", "a string", v, "wasi")
     stdin = body.get("stdin", "")
     if isinstance(stdin, str):
         stdin_bytes = stdin.encode("utf-8")
@@ -289,31 +189,31 @@ def _parse_wasi(body: Mapping[str, Any], path: str, base_dir: Path | None) -> Wa
     ):
         stdin_bytes = bytes(stdin)
     else:
-        raise _fail(f"{path}.stdin", "a string (or an array of byte values)", stdin, "wasi")
+        raise fail(f"{path}.stdin", "a string (or an array of byte values)", stdin, "wasi")
     modes: dict[str, Any] = {}
     for name in ("stdout", "stderr"):
         mode = body.get(name, "capture")
         if mode not in ("capture", "discard", "inherit"):
-            raise _fail(f"{path}.{name}", '"capture", "discard" or "inherit"', mode, "wasi")
+            raise fail(f"{path}.{name}", '"capture", "discard" or "inherit"', mode, "wasi")
         modes[name] = mode
     raw = body.get("preopens", [])
     if not isinstance(raw, list):
-        raise _fail(f"{path}.preopens", "an array of tables {host, guest, writable}", raw, "wasi")
+        raise fail(f"{path}.preopens", "an array of tables {host, guest, writable}", raw, "wasi")
     preopens = []
     for i, item in enumerate(raw):
         where = f"{path}.preopens[{i}]"
-        table = _table(item, where)
+        table = as_table(item, where)
         for key in table:
             if key not in _PREOPEN_KEYS:
                 raise _unknown_key(where, key, list(_PREOPEN_KEYS))
         host, guest = table.get("host"), table.get("guest")
         if not isinstance(host, str) or not host:
-            raise _fail(f"{where}.host", "a directory path (relative to this file)", host, "wasi")
+            raise fail(f"{where}.host", "a directory path (relative to this file)", host, "wasi")
         if not isinstance(guest, str):
-            raise _fail(f"{where}.guest", 'an absolute guest path like "/data"', guest, "wasi")
+            raise fail(f"{where}.guest", 'an absolute guest path like "/data"', guest, "wasi")
         writable = table.get("writable", False)
         if not isinstance(writable, bool):
-            raise _fail(f"{where}.writable", "true or false", writable, "wasi")
+            raise fail(f"{where}.writable", "true or false", writable, "wasi")
         host_path = Path(host) if base_dir is None else Path(base_dir, host)
         preopens.append(Preopen(host=str(host_path), guest=guest, writable=writable))
     try:
@@ -331,33 +231,34 @@ def _parse_wasi(body: Mapping[str, Any], path: str, base_dir: Path | None) -> Wa
         raise PolicyError(message, field="wasi", path=where) from None
 
 
-def parse_policy(
+def parse_changes(
     data: object,
     *,
     prefix: str = "",
-    base: Policy | None = None,
     base_dir: str | os.PathLike[str] | None = None,
-) -> Policy:
-    """Build a :class:`Policy` from a dict in the file layout.
+) -> dict[str, object]:
+    """The Policy fields a dict in the file layout sets, by field name, checked for type and unit.
 
     Args:
         data: ``{"imports": {...}, "limits": {...}}``; every key is optional.
         prefix: prepended to key paths in errors (``"plugins.greet."`` for a host config).
-        base: the policy that keys left out keep their values from (default: ``Policy()``).
         base_dir: what relative ``[wasi]`` preopen paths are relative to (default: the current
             directory); the policy or config file's directory when read from a file.
+
+    Ranges are left to ``Policy`` itself; ``_policy.parse_policy`` builds the policy and turns
+    its errors into file locations with :func:`relocate`.
 
     Raises:
         PolicyError: with ``.path`` set to the offending key's dotted path.
     """
     root = prefix.rstrip(".")
-    table = _table(data, root or "policy")
+    table = as_table(data, root or "policy")
     changes: dict[str, object] = {}
     for section, body in table.items():
         if section == WASI_TABLE:
             path = f"{prefix}{section}"
             changes["wasi"] = _parse_wasi(
-                _table(body, path), path, None if base_dir is None else Path(base_dir)
+                as_table(body, path), path, None if base_dir is None else Path(base_dir)
             )
             continue
         keys = LAYOUT.get(section)
@@ -368,19 +269,16 @@ def parse_policy(
                 hint = f"; did you mean {prefix}{_FIELD_PATH[section]}?"
             raise _unknown_key(root, section, sorted(SECTIONS), hint)
         section_path = f"{prefix}{section}"
-        for key, value in _table(body, section_path).items():
+        for key, value in as_table(body, section_path).items():
             spec = keys.get(key)
             if spec is None:
                 raise _unknown_key(section_path, key, list(keys))
             field, kind = spec
             changes[field] = _parse_value(value, f"{section_path}.{key}", field, kind)
-    try:
-        return dataclasses.replace(base, **changes) if base is not None else Policy(**changes)  # type: ignore[arg-type]
-    except PolicyError as exc:
-        raise _relocate(exc, prefix) from None
+    return changes
 
 
-def _relocate(exc: PolicyError, prefix: str) -> PolicyError:
+def relocate(exc: PolicyError, prefix: str) -> PolicyError:
     """Re-raise a Policy validation error with the file path of the field it names."""
     if exc.field is None or exc.field not in _FIELD_PATH:
         return exc
@@ -389,13 +287,14 @@ def _relocate(exc: PolicyError, prefix: str) -> PolicyError:
     return PolicyError(f"{path}: {message}", field=exc.field, path=path)
 
 
-def policy_to_dict(policy: Policy) -> dict[str, dict[str, Any]]:
-    """The policy in the file layout: every key, plain numbers, ``"unlimited"`` for None."""
+def layout_of(fields: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A policy's fields (by name) in the file layout: every key, plain numbers, ``"unlimited"``
+    for None."""
     out: dict[str, dict[str, Any]] = {}
     for section, keys in LAYOUT.items():
         body: dict[str, Any] = {}
         for key, (field, kind) in keys.items():
-            value = getattr(policy, field)
+            value = fields[field]
             if kind == "names":
                 body[key] = sorted(value)
             elif kind == "bool":
@@ -405,7 +304,7 @@ def policy_to_dict(policy: Policy) -> dict[str, dict[str, Any]]:
             else:
                 body[key] = value
         out[section] = body
-    w = policy.wasi
+    w: Wasi | None = fields["wasi"]
     if w is not None:
         try:
             stdin: Any = w.stdin.decode("utf-8")
@@ -444,12 +343,3 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
 def in_file(exc: PolicyError, file: str | os.PathLike[str]) -> PolicyError:
     """The same error, saying which file it is in (for errors raised while parsing one)."""
     return PolicyError(f"{exc} (in {str(file)!r})", field=exc.field, path=exc.path)
-
-
-def policy_from_toml(path: str | os.PathLike[str]) -> Policy:
-    """Read a policy file (see ``docs/policy.md``)."""
-    data = read_toml(path)
-    try:
-        return parse_policy(data, base_dir=Path(path).parent)
-    except PolicyError as exc:
-        raise in_file(exc, path) from None

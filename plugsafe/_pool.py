@@ -10,9 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 
 from ._aio import run_in_thread
+from ._callpath import CallPath
 from ._closing import Closing
 from ._errors import PluginClosedError
-from ._host import Host, Source
+from ._host import Host
+from ._loader import Source
+from ._nesting import seconds_until, wait_deadline
 from ._plugin import Plugin
 from ._policy import Policy
 
@@ -54,8 +57,10 @@ class PluginPool(Closing):
         self._closed = False
         self._lock = threading.Lock()
         try:
+            # Read, checked and compiled once (see _loader); each instance from the same bytes.
+            loaded = self._host._prepare(source, policy=policy, name=name)
             for _ in range(size):
-                plugin = self._host.load(source, policy=policy, name=name)
+                plugin = self._host._instantiate(loaded)
                 self._plugins.append(plugin)
                 self._idle.put(plugin)
         except BaseException:
@@ -77,11 +82,34 @@ class PluginPool(Closing):
     def _with_plugin(self, op: Callable[[Plugin], T]) -> T:
         if self._closed:
             raise PluginClosedError("this PluginPool is closed")
-        plugin = self._idle.get()
+        try:
+            plugin = self._idle.get(False)
+        except queue.Empty:
+            plugin = self._wait()
         try:
             return op(plugin)
         finally:
             self._idle.put(plugin)
+
+    def _wait(self) -> Plugin:
+        """Wait for a free instance, no longer than the calls this thread is inside may last.
+
+        From a host function of one of the pool's own plugins (or any plugin call), every
+        instance may be busy for good: the wait ends at that call's deadline, typed.
+        """
+        bound = wait_deadline(threading.get_ident())
+        if bound is None:
+            return self._idle.get()
+        deadline, outer = bound
+        try:
+            return self._idle.get(timeout=seconds_until(deadline))
+        except queue.Empty:
+            assert isinstance(outer, CallPath)
+            raise outer.diagnosis.deadline(
+                outer.state.function,
+                "call",
+                f" (waiting for a free instance of pool {self.name!r})",
+            ) from None
 
     def call(self, function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
         """:meth:`Plugin.call` on a free instance."""

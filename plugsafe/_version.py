@@ -1,3 +1,4 @@
-"""The package version (one place; pyproject.toml must agree)."""
+"""The package version, in this one place: setuptools reads it for the distribution's metadata
+(``dynamic = ["version"]`` in pyproject.toml) and ``plugsafe.__version__`` re-exports it."""
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""WASI as an explicit, narrow capability: what a policy may grant, and what a run returns.
+"""WASI as an explicit, narrow capability: what a policy may grant, what a run returns, and
+the host side that enforces it (the WasiConfig of each instance and plugsafe's own shims).
 
 Nothing is granted by default: no arguments, no environment (never the host's), empty stdin,
 output captured (and capped), no directories. ``docs/wasi.md`` has the threat table.
@@ -8,14 +9,23 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ._errors import PolicyError
+from ._errors import Diagnosis, PolicyError
 
-__all__ = ["OutputMode", "Preopen", "RunResult", "Wasi"]
+if TYPE_CHECKING:  # _runtime loads wasmtime; policies must not need it
+    from . import _runtime as rt
+    from ._callpath import CallState
+
+__all__ = ["WASI_MODULE", "OutputMode", "OutputSink", "Preopen", "RunResult", "Wasi", "WasiShims"]
+
+WASI_MODULE = "wasi_snapshot_preview1"
+_EINVAL = 28
+_EPERM = 63
 
 OutputMode = Literal["capture", "discard", "inherit"]
 _MODES = ("capture", "discard", "inherit")
@@ -164,3 +174,125 @@ class OutputSink:
     def value(self) -> bytes:
         """Everything captured so far."""
         return b"".join(self._chunks)
+
+
+class WasiShims:
+    """The host side of one plugin's WASI: each instance's WasiConfig, and plugsafe's shims.
+
+    wasmtime's own WASI functions serve everything except three, which plugsafe replaces:
+    ``poll_oneoff`` (wasmtime's sleeps in the host, where no epoch can interrupt it; ours sleeps
+    only until the call's deadline), ``clock_time_get`` (the guest's monotonic clock is ours, so
+    "sleep until T" agrees with poll_oneoff, and starts near 0 so the guest learns nothing of the
+    host's uptime; CPU-time clocks are refused) and ``path_symlink`` (refused: wasmtime never
+    follows a link out of a preopen, but a link planted in a writable preopen, say to
+    ../secret, waits for the host app to follow it).
+    """
+
+    def __init__(self, wasi: Wasi, max_output: int, state: CallState, diagnosis: Diagnosis) -> None:
+        self.wasi = wasi
+        self.max_output = max_output
+        self.state = state
+        self.diagnosis = diagnosis
+        self.clock_base = time.monotonic_ns()
+
+    def define(self, linker: rt.Linker, on_error: rt.ErrorSink) -> None:
+        """Offer WASI preview 1 in ``linker``, with plugsafe's shims shadowing wasmtime's."""
+        linker.define_wasi()
+        linker.define_func(WASI_MODULE, "poll_oneoff", ("i32",) * 4, ("i32",), self.poll_oneoff,
+                           on_error)  # fmt: skip
+        linker.define_func(WASI_MODULE, "clock_time_get", ("i32", "i64", "i32"), ("i32",),
+                           self.clock_time_get, on_error)  # fmt: skip
+        linker.define_func(WASI_MODULE, "path_symlink", ("i32",) * 5, ("i32",),
+                           _refuse_symlink, on_error)  # fmt: skip
+
+    def config(
+        self, args: Sequence[str] | None, stdin: bytes | None
+    ) -> tuple[object, OutputSink, OutputSink]:
+        """A WasiConfig for one new instance, with its fresh stdout and stderr sinks.
+
+        ``args`` and ``stdin`` replace the policy's for this instance (``Plugin.run``).
+        """
+        from . import _runtime as rt
+
+        w = self.wasi
+        out = OutputSink(w.stdout, self.max_output)
+        err = OutputSink(w.stderr, self.max_output)
+        cfg = rt.wasi_config(
+            args=w.args if args is None else args,
+            env=dict(w.env),
+            stdin=w.stdin if stdin is None else stdin,
+            stdout=(w.stdout, out.write),
+            stderr=(w.stderr, err.write),
+            preopens=[(os.fspath(p.host), p.guest, p.writable) for p in w.preopens],
+        )
+        return cfg, out, err
+
+    def clock_time_get(self, caller: rt.Caller, args: list[Any]) -> list[Any]:
+        """WASI clock_time_get: realtime, and a monotonic clock shared with our poll_oneoff."""
+        clock_id, _precision, out_ptr = args
+        if clock_id == 0:
+            now = time.time_ns()
+        elif clock_id == 1:
+            now = time.monotonic_ns() - self.clock_base
+        else:  # process or thread CPU time: not offered
+            return [_EINVAL]
+        caller.write(out_ptr, now.to_bytes(8, "little"))
+        return [0]
+
+    def poll_oneoff(self, caller: rt.Caller, args: list[Any]) -> list[Any]:
+        """WASI poll_oneoff that never sleeps past the call's deadline.
+
+        Clock subscriptions sleep (in Python, releasing the GIL) until the earliest one is due,
+        or the deadline, whichever comes first; fd subscriptions are always ready (stdin is an
+        in-memory buffer and outputs never block), so they end the poll at once.
+        """
+        state = self.state
+        sub_ptr, out_ptr, n, nevents_ptr = (a & 0xFFFF_FFFF for a in args)
+        if n == 0 or n > 4096:
+            return [_EINVAL]
+        subs = caller.read(sub_ptr, 48 * n)
+        clocks: list[tuple[int, float]] = []  # (index, seconds from now)
+        fds: list[int] = []
+        # Deadlines are on the perf_counter clock (monotonic), like the call's start time.
+        now_mono = time.perf_counter()
+        for i in range(n):
+            rec = subs[48 * i : 48 * (i + 1)]
+            tag = rec[8]
+            if tag == 0:
+                clock_id = int.from_bytes(rec[16:20], "little")
+                timeout = int.from_bytes(rec[24:32], "little") / 1e9
+                if rec[40] & 1:  # absolute time, on the clocks clock_time_get reports
+                    if clock_id == 0:
+                        timeout -= time.time()
+                    else:
+                        timeout -= (time.monotonic_ns() - self.clock_base) / 1e9
+                clocks.append((i, max(timeout, 0.0)))
+            elif tag in (1, 2):
+                fds.append(i)
+            else:
+                return [_EINVAL]
+        ready: list[int] = list(fds)
+        if not fds and clocks:
+            wait = min(t for _, t in clocks)
+            deadline = state.deadline
+            if deadline is not None and now_mono + wait > deadline:
+                time.sleep(max(deadline - now_mono, 0.0))
+                raise self.diagnosis.deadline(state.function, "call", " (while it slept)")
+            time.sleep(wait)
+            ready = [i for i, t in clocks if t <= wait]
+        events = bytearray()
+        for i in ready:
+            rec = subs[48 * i : 48 * (i + 1)]
+            event = bytearray(32)
+            event[0:8] = rec[0:8]  # userdata
+            event[10] = rec[8]  # type
+            if rec[8] in (1, 2):
+                event[16:24] = (0).to_bytes(8, "little")
+            events += event
+        caller.write(out_ptr, bytes(events))
+        caller.write(nevents_ptr, len(ready).to_bytes(4, "little"))
+        return [0]
+
+
+def _refuse_symlink(_caller: rt.Caller, _args: list[Any]) -> list[Any]:
+    return [_EPERM]

@@ -92,3 +92,31 @@ def test_errors_docstring_draws_the_tree() -> None:
         obj = getattr(plugsafe, name)
         if inspect.isclass(obj) and issubclass(obj, BaseException):
             assert name in doc, name
+
+
+def test_public_classes_live_at_plugsafe() -> None:
+    # Reprs, tracebacks and generated docs show the public home, never a private module.
+    for name in plugsafe.__all__:
+        obj = getattr(plugsafe, name)
+        if inspect.isclass(obj):
+            assert obj.__module__ == "plugsafe", name
+            assert repr(obj) == f"<class 'plugsafe.{name}'>", name
+            assert "._" not in repr(obj), name
+            typing.get_type_hints(obj)  # annotations still resolve from the new home
+
+
+def test_a_plugins_entry_points_look_like_its_methods() -> None:
+    # plugin.call and plugin.invoke are the call path's closures, set on the instance (one frame
+    # per call); they must still read as the documented methods.
+    with plugsafe.Host() as host:
+        plugin = host.load(b'(module (func (export "one") (result i32) i32.const 1))', name="p")
+        assert plugin.invoke("one") == 1
+        assert plugsafe.Plugin.invoke(plugin, "one") == 1  # through the class: the same path
+        for name in ("call", "invoke"):
+            entry = getattr(plugin, name)
+            method = getattr(plugsafe.Plugin, name)
+            assert entry.__qualname__ == f"Plugin.{name}"
+            assert entry.__doc__ == method.__doc__
+            assert "._" not in repr(entry) and "<locals>" not in repr(entry)
+            params = list(inspect.signature(method).parameters)[1:]  # without self
+            assert list(inspect.signature(entry).parameters) == params

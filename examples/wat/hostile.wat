@@ -3,6 +3,8 @@
 (module
   (import "plugsafe" "log" (func $log (param i32 i32 i32)))
   (memory (export "memory") 1)
+  ;; what the flood sends (the rest of its 64 KiB memory is zeros; the log cap cuts it short)
+  (data (i32.const 0) "BUY CHEAP FUEL! BUY CHEAP FUEL! BUY CHEAP FUEL! ")
   (func (export "plugsafe_abi_version") (result i32) i32.const 1)
   (func (export "plugsafe_alloc") (param i32) (result i32) i32.const 1024)
 

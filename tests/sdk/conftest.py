@@ -1,15 +1,15 @@
 """Fixtures that build the SDK examples and templates from source, once per test session.
 
 Building needs the wasm toolchains (see ``plugins-sdk/build_plugins.py``). When one is missing
-the tests that need it are skipped with a message saying what to install, except in CI
-(``CI`` set to a true value), where a missing toolchain is a failure: CI must test the SDKs.
+the tests that need it are skipped with a message saying what to install, except where the
+toolchains are required (``PLUGSAFE_REQUIRE_TOOLCHAINS=1``, which ``.ci/run`` sets, or a true
+``CI``), where a missing toolchain is a failure: CI must test the SDKs (``tests/toolchains.py``).
 
 Tests that only need the committed ``.wasm`` files in ``examples/plugins/wasm/`` run anywhere.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +28,7 @@ COMMITTED = ROOT / "examples" / "plugins" / "wasm"
 
 def in_ci() -> bool:
     """Whether the suite runs in CI, where missing toolchains must fail instead of skip."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return build_plugins.toolchains_required()
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +49,8 @@ def require(toolchains: build_plugins.Toolchains) -> RequireFn:
             toolchains.require(what)
         except build_plugins.ToolchainMissing as e:
             if in_ci():
-                pytest.fail(f"CI must build the SDK examples, but: {e}")
-            pytest.skip(str(e))
+                pytest.fail(f"{e} ({build_plugins.REQUIRE_ENV} or CI: toolchains must be here)")
+            pytest.skip(f"{build_plugins.SKIP_PREFIX}: {e}")
 
     return _require
 

@@ -78,3 +78,41 @@ def test_c_guide_examples(
             with pytest.raises(plugsafe.GuestError) as info:
                 plugin.call("title", "b")
             assert info.value.message == "no such key"
+
+
+def test_rust_guide_host_functions_and_their_test(
+    require: RequireFn, toolchains: build_plugins.Toolchains, tmp_path: Path
+) -> None:
+    """docs/guest-rust.md step 7: the plugin's `visit` and the test with stubs that the guide
+    shows, added to a new project, build and pass (4 tests: the template's 3 and the guide's)."""
+    import os
+    import subprocess
+    import sys
+
+    require("rust")
+    doc = ROOT / "docs" / "guest-rust.md"
+    (rust,) = [b for b in code_blocks(doc, "rust") if "fn visit" in b]
+    (python,) = [b for b in code_blocks(doc, "python") if "def test_visit" in b]
+    project = new_project("rust", "visits", tmp_path / "visits")
+    lib = project / "src" / "lib.rs"
+    lib.write_text(
+        lib.read_text().replace(
+            "plugsafe::export!(shout);", rust + "\nplugsafe::export!(shout, visit);"
+        )
+    )
+    tests = project / "test_plugin.py"
+    tests.write_text(tests.read_text() + "\n\n" + python)
+    assert toolchains.cargo is not None and toolchains.rustc is not None
+    env = {**os.environ, "CARGO": toolchains.cargo, "RUSTC": toolchains.rustc}
+    env.pop("CARGO_TARGET_DIR", None)
+    for cmd in (["build.py"], ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_plugin.py"]):
+        res = subprocess.run(
+            [sys.executable, *cmd],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 passed" in res.stdout

@@ -10,8 +10,10 @@ generated in binary form (``bombs.py``); tests use small caps so they stay fast.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import wasmtime
 
 import plugsafe
 from plugsafe import Policy
-from plugsafe._precheck import nesting_depths
+from plugsafe._wasmbin import nesting_depths
 
 from bombs import deep_nesting, many_functions, module
 from sec import assert_healthy
@@ -230,3 +232,40 @@ def test_bad_compile_caps_are_policy_errors(field: str, value: object) -> None:
     with pytest.raises(plugsafe.PolicyError) as info:
         Policy(**{field: value})  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+# -- the command line refuses what Host.load refuses -----------------------------------------
+
+
+def _cli(*args: str | Path) -> tuple[subprocess.CompletedProcess[bytes], float]:
+    root = HERE.parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "plugsafe", *map(str, args)],
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    return result, time.monotonic() - start
+
+
+def test_the_command_line_refuses_a_compile_bomb_as_fast_as_the_host(tmp_path: Path) -> None:
+    """Attack: one 2 MiB function of 300k small loops, handed to `plugsafe check`, `inspect` and
+    `run` (all three once compiled it with no caps: minutes and over 1 GB)."""
+    bomb = tmp_path / "bomb.wasm"
+    bomb.write_bytes(module([b"\x03\x40\x41\x00\x0d\x00\x0b" * 300_000]))
+    with plugsafe.Host() as host, pytest.raises(plugsafe.InvalidModuleError) as info:
+        host.load(bomb)
+    assert "max_function_size" in str(info.value)
+    for args, code in (
+        (("check", bomb), 1),  # EXIT_CHECK_FAILED
+        (("inspect", bomb), 3),  # EXIT_LOAD
+        (("run", bomb, "f"), 3),
+    ):
+        result, took = _cli(*args)
+        output = (result.stdout + result.stderr).decode()
+        assert result.returncode == code, output
+        assert took < 5.0, (args, took)
+        # The same refusal, word for word, as Host.load's.
+        assert "InvalidModuleError" in output and str(info.value) in output, output

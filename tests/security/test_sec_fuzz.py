@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import plugsafe
 from plugsafe import Policy
-from plugsafe._precheck import Caps, PrecheckError, nesting_depths, precheck
+from plugsafe._wasmbin import Caps, PrecheckError, nesting_depths, precheck
 
 from bombs import module
 from sec import attacker

@@ -12,6 +12,8 @@ import pytest
 import plugsafe
 from plugsafe import Policy, Preopen, Wasi
 
+import toolchains
+
 Build = Callable[..., Path]
 
 
@@ -292,24 +294,31 @@ def test_a_loop_in_initialize_meets_the_limits() -> None:
 
 @pytest.fixture(scope="session")
 def rust_wasi(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """rev.rs built for wasm32-wasi by a rustc that has that std (Debian: /usr/bin/rustc)."""
-    import shutil
+    """rev.rs built for WASI by a rustc that has that std (Debian: /usr/bin/rustc).
+
+    The target is ``wasm32-wasip1``; rustc before 1.78 (Debian's 1.63) calls it ``wasm32-wasi``,
+    a name newer ones removed, so both are tried.
+    """
     import subprocess
 
     src = Path(__file__).parent / "src" / "rev.rs"
     out_dir = tmp_path_factory.mktemp("rust-wasi")
     tried = []
-    for rustc in dict.fromkeys(p for p in ("/usr/bin/rustc", shutil.which("rustc")) if p):
-        for target in ("wasm32-wasi", "wasm32-wasip1"):
+    for rustc in toolchains.rustc_candidates():
+        for target in ("wasm32-wasip1", "wasm32-wasi"):
             out = out_dir / f"rev-{target}.wasm"
             cmd = [rustc, "--target", target, "-O", "-C", "debuginfo=0", str(src), "-o", str(out)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            except OSError as e:
+                tried.append(f"{rustc}: {e}")
+                break
             if proc.returncode == 0:
                 return out
             tried.append(f"{rustc} --target {target}")
-    pytest.skip(
-        f"no rustc here builds wasm32-wasi (tried {tried}); Debian: apt-get install rustc "
-        "libstd-rust-dev-wasm32"
+    toolchains.missing(
+        f"no rustc here builds wasm32-wasip1 (tried {tried or 'none: rustc is not installed'})",
+        "apt-get install rustc libstd-rust-dev-wasm32",
     )
 
 

@@ -1,4 +1,4 @@
-//! A plugsafe plugin. Build it with `cargo build --release`; the plugin is
+//! A plugsafe plugin. Build it with `python build.py` (or `cargo wasm`); the plugin is
 //! `target/wasm32-unknown-unknown/release/plugsafe_template.wasm`. Test it with
 //! `python -m pytest` (see `test_plugin.py`).
 
@@ -20,3 +20,20 @@ fn shout(mut input: Vec<u8>) -> plugsafe::Result<Vec<u8>> {
 }
 
 plugsafe::export!(shout);
+
+// Unit tests run on this machine, not in wasm: `cargo test` (or `python build.py test`).
+// The plugin as the host sees it is tested by test_plugin.py, through plugsafe.
+#[cfg(test)]
+mod tests {
+    use super::shout;
+
+    #[test]
+    fn shouts() {
+        assert_eq!(shout(b"hello".to_vec()).unwrap(), b"HELLO");
+    }
+
+    #[test]
+    fn empty_input_is_an_error() {
+        assert!(shout(Vec::new()).is_err());
+    }
+}

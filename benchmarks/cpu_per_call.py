@@ -1,0 +1,79 @@
+"""Per-call CPU time of invoke, an 11-byte echo and a guest→host call (best of 7 rounds).
+
+For comparing two versions of plugsafe on a busy machine, where wall-clock medians move too much:
+run it under each version in turn, alternating, e.g. from two checkouts with their own venvs
+(``.venv/bin/python benchmarks/cpu_per_call.py``). docs/performance.md has a use of it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import plugsafe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from guests import PLUGSAFE_PURE_GUEST
+
+ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+HOST_CALLS = """
+(module
+  (import "plugsafe" "inc" (func $inc (param i64) (result i64)))
+  (func (export "run") (param i32) (result i64) (local i64)
+    (block (loop
+      (br_if 1 (i32.eqz (local.get 0)))
+      (local.set 1 (call $inc (local.get 1)))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br 0)))
+    (local.get 1)))
+"""
+
+
+def best(run: Callable[[int], object], n: int, rounds: int = 7) -> float:
+    """The least CPU seconds per operation over ``rounds`` runs of ``run(n)``."""
+    times = []
+    for _ in range(rounds):
+        t = time.thread_time()
+        run(n)
+        times.append((time.thread_time() - t) / n)
+    return min(times)
+
+
+def main() -> None:
+    with plugsafe.Host() as host:
+
+        @host.function
+        def inc(x: int) -> int:
+            return x + 1
+
+        add = host.load(ADD.encode())
+        echo = host.load(PLUGSAFE_PURE_GUEST.encode())
+        name = next(n for n, e in echo.exports.items() if e.params == ("i32", "i32"))
+        calls = host.load(
+            HOST_CALLS.encode(), policy=plugsafe.Policy(allow={"inc"}, max_host_calls=10**9)
+        )
+
+        def invoke(n: int) -> None:
+            f = add.invoke
+            for _ in range(n):
+                f("add", 1, 2)
+
+        def call(n: int) -> None:
+            f = echo.call
+            for _ in range(n):
+                f(name, b"hello world")
+
+        invoke(10)
+        call(10)
+        calls.invoke("run", 10)
+        print(
+            f"invoke {best(invoke, 20_000) * 1e9:.0f} ns  "
+            f"echo11 {best(call, 20_000) * 1e9:.0f} ns  "
+            f"hostcall {best(lambda n: calls.invoke('run', n), 20_000) * 1e9:.0f} ns"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,721 @@
+"""How one call into a plugin runs: its state, the lock, the short paths, the ABI round trip.
+
+A :class:`CallPath` belongs to one Plugin and serializes its calls. ``call`` and ``invoke`` take
+a short path when the lock is free, the instance is live and the function was already checked
+(the per-call cost users see, docs/performance.md); anything else goes through ``guarded``.
+Every call, short or not, ends in the one :meth:`CallPath.settle`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import operator
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
+
+from . import _abi, _nesting
+from . import _runtime as rt
+from ._errors import (
+    AbiError,
+    Diagnosis,
+    ExportNotFoundError,
+    GuestError,
+    Phase,
+    PluginCallError,
+    PluginClosedError,
+    PlugsafeError,
+    SignatureError,
+    StackLimitExceeded,
+    fmt_bytes,
+    raise_clean,
+)
+from ._policy import Policy
+from ._types import CallStats, ExportInfo
+
+__all__ = ["PYTHON_FAILED", "PYTHON_FAILED_MESSAGE", "CallPath", "CallState"]
+
+T = TypeVar("T")
+
+_I32 = (-(2**31), 2**32 - 1)
+_I64 = (-(2**63), 2**64 - 1)
+_F32_MAX = 3.4028234663852886e38
+_perf_counter = time.perf_counter
+_get_ident = threading.get_ident
+_thread_room = _nesting.thread_room
+
+# What Python itself raises when it fails around a call into wasm (the recursion limit reached
+# in a host callback or in converting a trap; ctypes wraps the RecursionError of an argument
+# conversion): a guest can drive this by nesting host calls through its allocator, so the call
+# raises a documented error. Built from constants: this runs near the recursion limit.
+PYTHON_FAILED = (RecursionError, MemoryError, ctypes.ArgumentError)
+PYTHON_FAILED_MESSAGE = (
+    "the call failed in Python itself, around the plugin's wasm (the recursion limit, or out "
+    "of memory); its instance was discarded"
+)
+
+
+class CallState:
+    """What is happening in the plugin's current call; host callbacks write here.
+
+    One per plugin: its calls never overlap. The counters and ``error`` are zero/None whenever
+    no call is running: :meth:`CallPath.settle` resets the counters of a call that made host
+    calls, and whoever reads ``error`` (:meth:`take_error`) clears it.
+    """
+
+    __slots__ = ("error", "function", "host_calls", "log_count", "log_dropped", "start", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.start = _perf_counter()
+        # The first failure of this call's host functions: the error to raise (or a nested
+        # WasmFailure to translate), never what wasmtime-py's module-global says.
+        self.error: BaseException | None = None
+        self.function = ""
+        self.host_calls = 0
+        self.log_count = 0
+        self.log_dropped = 0
+
+    @property
+    def deadline(self) -> float | None:
+        """When the call runs out of time (``time.perf_counter`` seconds), or None."""
+        return None if self.timeout is None else self.start + self.timeout
+
+    def begin(self, function: str) -> None:
+        """Start timing ``function`` (instantiation, the ABI check, ``run``: not the short path)."""
+        self.function = function
+        self.start = _perf_counter()
+
+    def take_error(self) -> BaseException | None:
+        """The recorded host failure, cleared."""
+        err, self.error = self.error, None
+        return err
+
+    def reset(self) -> None:
+        """Back to the idle state (after work that is not a call: instantiation, the ABI check)."""
+        self.host_calls = self.log_count = self.log_dropped = 0
+        self.error = None
+
+
+class CallPath:
+    """The call machinery of one plugin: lock and owner, current instance, state and stats.
+
+    ``exports`` are the module's; ``new_instance(phase)`` makes a fresh instance (the Plugin's
+    lifecycle); ``on_closed()`` runs once the plugin is closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        policy: Policy,
+        diagnosis: Diagnosis,
+        logger: logging.Logger,
+        has_imports: bool,
+        exports: Mapping[str, ExportInfo],
+        new_instance: Callable[[Phase], rt.Instance],
+        on_closed: Callable[[], None],
+        max_stack: int = 512 * 1024,
+    ) -> None:
+        self.name = name
+        self.exports = exports
+        self.policy = policy
+        self.diagnosis = diagnosis
+        self.logger = logger
+        self.new_instance = new_instance
+        self.on_closed = on_closed
+        self.lock = threading.Lock()
+        # The thread inside a call of a plugin with imports: a host function calling back into
+        # its own plugin is refused rather than deadlocked.
+        self.owner: int | None = None
+        self.closed = False
+        self.close_pending = False
+        self.instance: rt.Instance | None = None
+        self.state = CallState(policy.timeout)
+        # Set once the plugin passed the ABI check at load.
+        self.abi = False
+        # Stats of the last call as a plain tuple; CallStats is built only when asked for.
+        # The memory size is read when asked for: memory changes only during calls, and the
+        # instance is kept only while it is the current one (a discarded one is measured now).
+        self.last: tuple[int | None, float, int | rt.Instance, int] | None = None
+        # Plugins without imports run no Python during a call: no owner, no state to set.
+        self.has_imports = has_imports
+        self.max_input = policy.max_input
+        self.max_output = policy.max_output
+        self.fuel = policy.fuel
+        self.fresh = policy.fresh_instance
+        # Unmetered and reusing its instance: stats need no fuel read and no eager memory size.
+        self.lean = policy.fuel is None and not policy.fresh_instance
+        # The native stack one call may use, and its packed cost in a thread's room (_nesting).
+        self.max_stack = max_stack
+        self.cost = _nesting.call_cost(max_stack)
+        # The Plugin's current Linker (Plugin.memory reads through its Caller while the start
+        # function runs: there is no instance yet) and its HostRecord (set with it).
+        self.linker: rt.Linker | None = None
+        self.host_record = rt.HostRecord(lambda _trap: None)
+        if has_imports:
+            _nesting.register(self)
+        # Plugin.call and Plugin.invoke.
+        self.call, self.invoke = self._short_paths()
+
+    # -- the two short paths ------------------------------------------------------------------
+
+    def _short_paths(self) -> tuple[Callable[..., bytes], Callable[..., Any]]:
+        """``Plugin.call`` and ``Plugin.invoke`` as closures over this call path.
+
+        The common case (an uncontended lock, a live instance, a function already checked) goes
+        straight to the C call; anything else goes to :meth:`guarded`. Closures, and the Plugin
+        sets them on its instance: a call is then one Python frame besides the runtime's, with
+        no attribute lookups for what never changes (the per-call cost users see).
+        """
+        calls = self
+        lock = self.lock
+        state = self.state
+        settle = self.settle
+        has_imports = self.has_imports
+        # settle()'s first case holds for the whole call when lean and no host call was made.
+        lean = self.lean
+        max_input = self.max_input
+        round_trip = self.round_trip
+        cost = self.cost
+        tls = _nesting.tls
+
+        def call(function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
+            payload = data if type(data) is bytes else _payload(data)
+            if len(payload) > max_input:
+                raise AbiError(
+                    f"plugin {calls.name!r}: input of {len(payload)} bytes is over the policy's "
+                    f"max_input of {max_input}"
+                )
+            # The thread's stack room (_nesting): refused before anything is taken. Inlined
+            # (a threading.local read): this runs on every call.
+            try:
+                th = tls.room
+            except AttributeError:
+                th = _thread_room()
+            room = th.room
+            left = room - cost
+            if left < 0 or left & 8:
+                raise calls.too_deep(th)
+            if lock.acquire(False):
+                inst = calls.instance
+                ref = None if inst is None else inst.funcs.get(function)
+                if ref is not None and ref.abi_ok:
+                    assert inst is not None
+                    start = _perf_counter()
+                    if has_imports:
+                        calls.owner = _get_ident()
+                        state.function = function
+                        state.start = start
+                        th.room = left
+                    try:
+                        return round_trip(inst, ref, function, payload)
+                    except rt.WasmFailure as failure:
+                        raise_clean(calls.failed(failure, function, inst))
+                    except PlugsafeError:
+                        raise
+                    except PYTHON_FAILED as exc:
+                        # Python failed around the C call: plain stores only (see
+                        # rt.HostRecord), then a documented error made from constants.
+                        calls.instance = None
+                        calls.host_record.spent = calls.host_record.leak = True
+                        raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                    except BaseException:
+                        # An exception raised asynchronously (KeyboardInterrupt): as above,
+                        # and it propagates as itself.
+                        calls.instance = None
+                        calls.host_record.spent = calls.host_record.leak = True
+                        raise
+                    finally:
+                        th.room = room
+                        if lean and inst is calls.instance and not state.host_calls:
+                            # settle(), its first case: provably the same (see settle).
+                            calls.last = (None, _perf_counter() - start, inst, 0)
+                            calls.owner = None
+                        else:
+                            settle(inst, start)
+                        lock.release()
+                lock.release()
+            return calls.guarded(function, lambda inst: calls.call_abi(inst, function, payload))
+
+        def invoke(function: str, *args: SupportsIndex | SupportsFloat) -> Any:
+            try:  # as in call()
+                th = tls.room
+            except AttributeError:
+                th = _thread_room()
+            room = th.room
+            left = room - cost
+            if left < 0 or left & 8:
+                raise calls.too_deep(th)
+            if lock.acquire(False):
+                inst = calls.instance
+                ref = None if inst is None else inst.funcs.get(function)
+                if ref is not None and ref.invoke_ok:
+                    assert inst is not None
+                    start = _perf_counter()
+                    if has_imports:
+                        calls.owner = _get_ident()
+                        state.function = function
+                        state.start = start
+                        th.room = left
+                    try:
+                        try:
+                            out = ref.invoke(args)
+                        except rt.ArgumentsDoNotFit:
+                            out = ref.invoke(calls.convert_args(ref, function, args))
+                    except rt.WasmFailure as failure:
+                        raise_clean(calls.failed(failure, function, inst))
+                    except PlugsafeError:
+                        raise
+                    except PYTHON_FAILED as exc:
+                        calls.instance = None  # as in call() above
+                        calls.host_record.spent = calls.host_record.leak = True
+                        raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                    except BaseException:
+                        calls.instance = None
+                        calls.host_record.spent = calls.host_record.leak = True
+                        raise
+                    finally:
+                        th.room = room
+                        if lean and inst is calls.instance and not state.host_calls:
+                            # settle(), its first case: provably the same (see settle).
+                            calls.last = (None, _perf_counter() - start, inst, 0)
+                            calls.owner = None
+                        else:
+                            settle(inst, start)
+                        lock.release()
+                    n = len(out)
+                    return None if n == 0 else out[0] if n == 1 else out
+                lock.release()
+            return calls.guarded(function, lambda inst: calls.invoke_checked(inst, function, args))
+
+        return call, invoke
+
+    def invoke_checked(self, inst: rt.Instance, function: str, args: Sequence[object]) -> Any:
+        """Invoke ``function`` on ``inst``, checking it first if not yet done (general path)."""
+        ref = inst.func(function)
+        if ref is None or not ref.invoke_ok:
+            ref = self.check_invoke(inst, function)
+        try:
+            out = inst.invoke(ref, args)
+        except rt.ArgumentsDoNotFit:
+            out = inst.invoke(ref, self.convert_args(ref, function, args))
+        n = len(out)
+        return None if n == 0 else out[0] if n == 1 else out
+
+    # -- the general path ---------------------------------------------------------------------
+
+    def guarded(self, function: str, op: Callable[[rt.Instance], T]) -> T:
+        """Run one call the general way: wait for the lock, make an instance if there is none.
+
+        ``call`` and ``invoke`` come here only when their short path does not apply; ``op``
+        does the lookups and checks that the short path finds already done.
+        """
+        me = _get_ident()
+        if self.closed or self.owner == me:
+            self.refuse()
+        th = _thread_room()
+        room = th.room
+        left = room - self.cost
+        if left < 0 or left & 8:
+            raise self.too_deep(th)
+        self.acquire(me)
+        lock = self.lock
+        try:
+            if self.has_imports:
+                th.room = left
+            if self.closed:
+                raise PluginClosedError(f"plugin {self.name!r} is closed")
+            inst = self.instance
+            if inst is None:
+                inst = self.instance = self.instantiate(me)
+            start = _perf_counter()
+            if self.has_imports:
+                self.owner = me
+                state = self.state
+                state.function = function
+                state.start = start
+            try:
+                return op(inst)
+            except rt.WasmFailure as failure:
+                raise_clean(self.failed(failure, function, inst))
+            except PlugsafeError:
+                raise
+            except PYTHON_FAILED as exc:
+                self.instance = None  # see the short paths
+                self.host_record.spent = self.host_record.leak = True
+                raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+            except BaseException:
+                self.instance = None
+                self.host_record.spent = self.host_record.leak = True
+                raise
+            finally:
+                self.settle(inst, start)
+        finally:
+            th.room = room
+            if self.close_pending:
+                self.complete_close()
+            lock.release()
+
+    def instantiate(self, me: int) -> rt.Instance:
+        """A new instance for calls, made with thread ``me`` as owner (lock held).
+
+        The start function may call host functions, and they may touch the plugin: as owner,
+        they are served (``with_instance``) or refused (calls), never deadlocked.
+        """
+        self.owner = me
+        try:
+            return self.new_instance("call")
+        except PYTHON_FAILED as exc:
+            self.host_record.spent = self.host_record.leak = True  # see the short paths
+            raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+        finally:
+            self.owner = None
+
+    def acquire(self, me: int) -> None:
+        """Take the lock; a wait is bounded by the deadline of the calls this thread is inside.
+
+        Without the bound, two plugins whose host functions call each other's plugin from two
+        threads would each hold its own lock and wait for the other's forever, whatever their
+        timeouts. The wait ends with the DeadlineExceeded of the call whose deadline it hit.
+        """
+        lock = self.lock
+        if lock.acquire(False):
+            return
+        bound = _nesting.wait_deadline(me)
+        if bound is None:
+            lock.acquire()
+            return
+        deadline, outer = bound
+        if not lock.acquire(timeout=_nesting.seconds_until(deadline)):
+            assert isinstance(outer, CallPath)
+            raise outer.diagnosis.deadline(
+                outer.state.function,
+                "call",
+                f" (waiting for plugin {self.name!r}, busy in another thread)",
+            )
+
+    @property
+    def active_deadline(self) -> float | None:
+        """The deadline of the call running now (read only by a thread it owns)."""
+        return self.state.deadline
+
+    def too_deep(self, th: _nesting.ThreadRoom) -> StackLimitExceeded:
+        """Why a call on this thread is refused: too deeply nested, or not enough stack left."""
+        size, levels = _nesting.room_left(th.room)
+        if levels == 0:
+            return StackLimitExceeded(
+                f"plugin {self.name!r} was called {_nesting.NESTING_CAP} plugin calls deep on "
+                "one thread (host functions calling plugins); plugsafe allows no deeper nesting",
+                limit="nesting",
+                value=_nesting.NESTING_CAP,
+                phase="call",
+            )
+        return StackLimitExceeded(
+            f"plugin {self.name!r} may use {fmt_bytes(self.max_stack)} of stack (Host "
+            f"max_stack), but this thread ({fmt_bytes(th.size)} of stack) has only "
+            f"{fmt_bytes(size)} left for plugin calls; call it from a thread with a larger "
+            "stack (threading.stack_size) or nest fewer plugin calls",
+            limit="max_stack",
+            value=self.max_stack,
+            phase="call",
+        )
+
+    def with_instance(self, op: Callable[[Any], T]) -> T:
+        """Run ``op`` on the current instance under the lock (no wasm call budget).
+
+        From one of the plugin's own host functions (this thread owns the plugin) ``op`` runs at
+        once, on the instance of the running call, or while the start function runs (there is
+        no instance yet) on the calling guest's :class:`~plugsafe._runtime.Caller`. Otherwise
+        the lock is taken as for a call (a wait is bounded by the deadlines of the calls this
+        thread is inside), and an instance made if there is none, with this thread as owner.
+        """
+        if self.closed:
+            raise PluginClosedError(f"plugin {self.name!r} is closed")
+        me = _get_ident()
+        if self.owner == me:  # from one of the plugin's own host functions
+            inst = self.instance
+            if inst is not None:
+                return op(inst)
+            caller = None if self.linker is None else self.linker.caller()
+            if caller is None:
+                self.refuse()
+            return op(caller)
+        th = _thread_room()
+        room = th.room
+        self.acquire(me)
+        try:
+            if self.closed:
+                raise PluginClosedError(f"plugin {self.name!r} is closed")
+            inst = self.instance
+            if inst is None:
+                left = room - self.cost
+                if left < 0 or left & 8:
+                    raise self.too_deep(th)
+                if self.has_imports:
+                    th.room = left
+                try:
+                    inst = self.instance = self.instantiate(me)
+                finally:
+                    th.room = room
+            return op(inst)
+        finally:
+            if self.close_pending:
+                self.complete_close()
+            self.lock.release()
+
+    def refuse(self) -> NoReturn:
+        """Raise why this thread may not call now: closed, or re-entering from a host function."""
+        if self.closed:
+            raise PluginClosedError(f"plugin {self.name!r} is closed")
+        raise PluginCallError(
+            f"plugin {self.name!r} was called again from inside one of its own host "
+            "functions; re-entrant calls are not allowed"
+        )
+
+    def failed(
+        self, failure: rt.WasmFailure, function: str, inst: rt.Instance, phase: Phase = "call"
+    ) -> BaseException:
+        """The error a failed call raises; the instance is thrown away.
+
+        The caller raises it from its ``__cause__`` (``raise_clean``): a host function's
+        exception stays visible, wasmtime's internals do not.
+        """
+        # After any trap the instance may be in any state.
+        self.instance = None
+        return self.diagnosis.translate(failure, self.state.take_error(), function, inst, phase)
+
+    # -- the end of every call ----------------------------------------------------------------
+
+    def settle(self, inst: rt.Instance, start: float) -> None:
+        """End a call (lock still held): record its stats, drop what must not outlive it.
+
+        The short paths inline the first case for a call that made no host call, where it is
+        provably the whole of it: ``log_dropped`` is 0 (dropping a log message is a host call),
+        there are no counters to reset, and ``close_pending`` is False (only a host function
+        can close the plugin during its call). They still clear ``owner``.
+        """
+        state = self.state
+        calls = state.host_calls
+        if self.lean and inst is self.instance and not state.log_dropped:
+            # Memory is read lazily from the live instance.
+            self.last = (None, _perf_counter() - start, inst, calls)
+        else:
+            self.record(inst, start)
+            if self.fresh:
+                # Nothing of this call may reach the next one: drop the instance.
+                self.instance = None
+        if calls:  # log calls count as host calls: log_count/log_dropped are 0 otherwise
+            state.host_calls = state.log_count = state.log_dropped = 0
+        self.owner = None
+        if self.close_pending:
+            self.complete_close()
+
+    def record(self, inst: rt.Instance, start: float) -> None:
+        """Record the full stats of a call on ``inst`` (fuel, memory) and warn of dropped logs."""
+        duration = _perf_counter() - start
+        state = self.state
+        fuel = self.fuel
+        consumed = None if fuel is None else max(fuel - inst.fuel_left(), 0)
+        memory: int | rt.Instance = inst
+        if inst is not self.instance or self.fresh:
+            memory = inst.memory_total()
+        self.last = (consumed, duration, memory, state.host_calls)
+        if state.log_dropped:
+            self.logger.warning(
+                "plugin %s dropped %d log message(s) beyond its limit of %d per call",
+                self.name,
+                state.log_dropped,
+                self.policy.log_messages,
+            )
+
+    def last_call(self) -> CallStats | None:
+        """``Plugin.last_call``."""
+        last = self.last
+        if last is None:
+            return None
+        fuel, duration, memory, host_calls = last
+        if not isinstance(memory, int):
+            memory = memory.memory_total()
+        return CallStats(fuel, duration, memory, host_calls)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def close(self) -> bool:
+        """Mark closed; True if the plugin is released now, False if when its call ends."""
+        if self.owner == _get_ident():
+            # Called from one of this plugin's own host functions: finish when the call ends.
+            self.closed = True
+            self.close_pending = True
+            return False
+        with self.lock:
+            self.closed = True
+            self.instance = None
+        return True
+
+    def complete_close(self) -> None:
+        """Finish a close() made from a host function, as the call ends (lock held)."""
+        self.instance = None
+        self.close_pending = False
+        self.on_closed()
+
+    # -- checks made once per function and instance -------------------------------------------
+
+    def check_invoke(self, inst: rt.Instance, function: str) -> rt.FuncRef:
+        """Check ``function`` can be invoked (numeric types only) and prepare its short path."""
+        if function in ("_start", "_initialize"):
+            # WASI entry points: _start runs only through run() (with its own args, stdin and a
+            # fresh instance), and _initialize only once per instance, by plugsafe.
+            raise SignatureError(
+                f"plugin {self.name!r}: {function} is a WASI entry point; "
+                + ("use run()" if function == "_start" else "plugsafe calls it itself")
+            )
+        ref = self.lookup(inst, function)
+        for t in (*ref.params, *ref.results):
+            if t not in rt.NUMERIC_TYPES:
+                raise SignatureError(
+                    f"plugin {self.name!r} export {function!r} uses type {t}; invoke() "
+                    "handles only i32, i64, f32 and f64"
+                )
+        inst.prepare_invoke(ref)  # the short path calls ref.invoke directly
+        ref.invoke_ok = True
+        return ref
+
+    def lookup(self, inst: rt.Instance, function: str) -> rt.FuncRef:
+        """The exported function ``function``, or ExportNotFoundError listing what there is."""
+        ref = inst.func(function)
+        if ref is None:
+            exports = self.exports
+            info = exports.get(function)
+            if info is None:
+                names = sorted(n for n, e in exports.items() if e.kind == "func")
+                raise ExportNotFoundError(
+                    f"plugin {self.name!r} has no export {function!r} "
+                    f"(its functions: {', '.join(names) or 'none'})"
+                )
+            raise ExportNotFoundError(
+                f"plugin {self.name!r} export {function!r} is a {info.kind}, not a function"
+            )
+        return ref
+
+    def call_abi(self, inst: rt.Instance, function: str, payload: bytes) -> bytes:
+        """Check ``function`` fits the plugin ABI, mark it for the short path, and call it."""
+        if not self.abi:
+            raise AbiError(
+                f"plugin {self.name!r} does not implement the plugsafe ABI (it exports no "
+                f"{_abi.VERSION_EXPORT!r}); use invoke() for plain numeric exports"
+            )
+        ref = self.lookup(inst, function)
+        if ref.params != ("i32", "i32") or ref.results != ("i64",):
+            raise SignatureError(
+                f"plugin {self.name!r} export {function!r} has type "
+                f"({', '.join(ref.params)}) -> ({', '.join(ref.results)}); an ABI function "
+                "must be (i32, i32) -> i64"
+            )
+        # The allocator is looked up too, so that the short path finds both in inst.funcs.
+        alloc = inst.func(_abi.ALLOC_EXPORT)
+        assert alloc is not None
+        ref.abi_ok = True
+        return self.round_trip(inst, ref, function, payload)
+
+    # -- the ABI round trip ---------------------------------------------------------------------
+
+    def round_trip(
+        self, inst: rt.Instance, ref: rt.FuncRef, function: str, payload: bytes
+    ) -> bytes:
+        """Input in, call, output out, for an ABI function already checked (``abi_ok``)."""
+        alloc = inst.funcs[_abi.ALLOC_EXPORT]
+        try:
+            word = inst.abi_call(alloc, ref, payload)
+        except rt.GuestAllocError:
+            self._raise_alloc_failure(inst, len(payload))
+        except rt.GuestMemoryError as exc:
+            raise AbiError(
+                f"plugin {self.name!r}: {_abi.ALLOC_EXPORT} returned a bad buffer for "
+                f"{len(payload)} input bytes: {exc}"
+            ) from None
+        out_ptr, out_len, is_error = _abi.decode_result(word)
+        if out_len > self.max_output:
+            what = "error message" if is_error else "output"
+            raise AbiError(
+                f"plugin {self.name!r} function {function!r} returned a {out_len}-byte {what}, "
+                f"over the policy's max_output of {self.max_output}"
+            )
+        try:
+            # docs/abi.md: an empty output may use any pointer, as for host-function arguments.
+            out = inst.read(out_ptr, out_len) if out_len else b""
+        except rt.GuestMemoryError as exc:
+            what = "error message" if is_error else "output"
+            raise AbiError(
+                f"plugin {self.name!r} function {function!r} returned a bad {what} pointer: {exc}"
+            ) from None
+        if is_error:
+            raise GuestError(self.name, function, out.decode("utf-8", "replace"))
+        return out
+
+    def _raise_alloc_failure(self, inst: rt.Instance, n: int) -> NoReturn:
+        limit = self.diagnosis.memory_per
+        if inst.memory_size() + n > limit:
+            raise self.diagnosis.memory_error(
+                f"plugin {self.name!r} could not allocate {n} input bytes: its memory "
+                f"({fmt_bytes(inst.memory_size())}) cannot grow past the policy's "
+                f"{fmt_bytes(limit)}",
+                "call",
+            )
+        raise AbiError(f"plugin {self.name!r}: {_abi.ALLOC_EXPORT}({n}) returned 0")
+
+    # -- invoke()'s arguments -------------------------------------------------------------------
+
+    def convert_args(
+        self, ref: rt.FuncRef, function: str, args: Sequence[object]
+    ) -> list[int | float]:
+        """The arguments as the call path packs them, or SignatureError saying which is wrong."""
+        params = ref.params
+        if len(args) != len(params):
+            raise SignatureError(
+                f"plugin {self.name!r} export {function!r} takes {len(params)} "
+                f"argument(s) ({', '.join(params)}), got {len(args)}"
+            )
+        return [
+            self._convert_arg(function, i, t, a)
+            for i, (t, a) in enumerate(zip(params, args, strict=True))
+        ]
+
+    def _convert_arg(self, function: str, i: int, t: str, a: object) -> int | float:
+        where = f"plugin {self.name!r} export {function!r} argument {i}"
+        if t in ("i32", "i64"):
+            try:
+                # Any integer, including numpy's: what operator.index accepts (not floats).
+                v = operator.index(a)  # type: ignore[arg-type]
+            except TypeError:
+                raise SignatureError(f"{where} is {t}; got {type(a).__name__}") from None
+            lo, hi = _I32 if t == "i32" else _I64
+            if not lo <= v <= hi:
+                raise SignatureError(f"{where} ({t}) is out of range: {v}")
+            bits = 32 if t == "i32" else 64
+            return v - (1 << bits) if v >= 1 << (bits - 1) else v
+        # Any real number: what struct packs as a double (__float__, or __index__).
+        if isinstance(a, (str, bytes, bytearray)) or not (
+            hasattr(a, "__float__") or hasattr(a, "__index__")
+        ):
+            raise SignatureError(f"{where} is {t}; got {type(a).__name__}")
+        try:
+            x = float(a)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SignatureError(
+                f"{where} is {t}; {type(a).__name__} did not convert: {exc}"
+            ) from None
+        if t == "f32" and math.isfinite(x) and abs(x) > _F32_MAX:
+            raise SignatureError(f"{where} (f32) is out of range: {x!r}")
+        return x
+
+
+def _payload(data: object) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")

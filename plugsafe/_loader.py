@@ -1,0 +1,393 @@
+"""The one way bytes become a checked, compiled module.
+
+Every loader of plugins (``Host.load``, ``Host.load_config`` through it, ``PluginPool``, and the
+command line's ``run``, ``check`` and ``inspect``) goes through :class:`ModuleLoader`, so they
+refuse the same modules with the same errors at the same speed. The steps, in order:
+
+1. read: a file by its size (never more than the policy's ``max_module_size`` + 1 bytes), or
+   the caller's bytes;
+2. WAT: text is translated to a binary (and the binary capped again);
+3. precheck: the policy's structural caps, read from the binary before anything compiles
+   (``_wasmbin.precheck``; compiling is outside wasmtime's threat model);
+4. compile: in-process, or in a child process killed at ``compile_timeout`` /
+   ``compile_memory`` when the policy sets either (``_isolate``);
+5. caches: an in-memory LRU of compiled modules per loader (one per Host), and the optional
+   on-disk :class:`ArtifactCache`;
+6. the import check against the host's functions and the policy (:func:`check_imports`).
+
+Steps 1-5 give a :class:`LoadedModule`, which the command line can inspect without
+instantiating anything; step 6 is separate because the command line reports every import's
+verdict rather than stopping at the first refusal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar
+
+from . import _abi
+from . import _runtime as rt
+from ._cache import ArtifactCache
+from ._errors import ImportNotAllowedError, ImportProblem, InvalidModuleError
+from ._files import read_plugin_file
+from ._isolate import compile_isolated
+from ._policy import Policy
+from ._version import __version__
+from ._wasi import WASI_MODULE
+from ._wasmbin import WASM_MAGIC, Caps, MemoryDecl, WasmFormatError, parse_memories, precheck
+
+__all__ = [
+    "Format",
+    "LoadedModule",
+    "ModuleLoader",
+    "Source",
+    "check_imports",
+    "import_problems",
+    "read_source",
+    "to_wasm",
+]
+
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+Format = Literal["wasm", "wat"]
+
+# The WASI module plugsafe offers (preview 1); the one definition on this side of the merge.
+_MODULE_CACHE_SIZE = 64
+_BINARY_JUNK = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    """A module that passed every check up to instantiation.
+
+    Attributes:
+        name: the plugin's name (given, or derived from the file or the bytes' hash).
+        module: the compiled module, for the engine the policy asked for.
+        memories: the memories the module defines itself (imports excluded), in bytes.
+        wasm: the binary that was compiled (WAT already translated).
+        format: what the source was: ``"wasm"`` or ``"wat"``.
+        source: the source as read (the WAT text for WAT; the same object as ``wasm`` else).
+        policy: the policy it was checked against.
+        engine: the engine it was compiled for (metered or not, as the policy asks).
+    """
+
+    name: str
+    module: rt.Module
+    memories: tuple[MemoryDecl, ...]
+    wasm: bytes
+    format: Format
+    source: bytes
+    policy: Policy
+    engine: rt.Engine
+
+    @property
+    def source_size(self) -> int:
+        """Bytes of the source as read."""
+        return len(self.source)
+
+    @property
+    def source_sha256(self) -> str:
+        """Hex sha256 of the source as read (what a host config pins).
+
+        Computed when asked, not on every load: only the command line wants it.
+        """
+        return hashlib.sha256(self.source).hexdigest()
+
+
+def read_source(source: Source, max_size: int) -> tuple[bytes, str, str]:
+    """(the source's bytes, its default plugin name, what to call it in errors).
+
+    A file is read by its size, never more than ``max_size`` + 1 bytes.
+
+    Raises InvalidModuleError if over ``max_size``, PluginLoadError if a file cannot be read,
+    TypeError for anything that is neither a path nor bytes.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > max_size:
+            raise InvalidModuleError(
+                f"module is {len(data)} bytes, over the policy's max_module_size of {max_size}"
+            )
+        return data, f"plugin-{hashlib.sha256(data).hexdigest()[:8]}", "module"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return read_plugin_file(path, max_size), path.stem or "plugin", repr(str(path))
+    raise TypeError(
+        "source must be a path (str or os.PathLike) or the module as bytes, "
+        f"not {type(source).__name__}"
+    )
+
+
+def to_wasm(data: bytes, what: str, max_size: int) -> tuple[bytes, Format]:
+    """(the wasm binary, ``"wasm"`` or ``"wat"``) for a source's bytes; ``what`` names it."""
+    if not data:
+        raise InvalidModuleError(f"{what} is empty")
+    if data.startswith(WASM_MAGIC):
+        return data, "wasm"
+    try:
+        text = data.decode("utf-8")
+        # WAT is text: control characters other than white space mean binary junk.
+        if _BINARY_JUNK.search(text):
+            raise UnicodeDecodeError("utf-8", data, 0, 1, "control characters")
+    except UnicodeDecodeError:
+        raise InvalidModuleError(
+            f"{what} is not a WebAssembly module: it does not start with \\0asm "
+            f"(starts with {data[:4]!r}) and is not WAT text"
+        ) from None
+    try:
+        wasm = rt.wat_to_wasm(text)
+    except rt.WasmFailure as exc:
+        raise InvalidModuleError(
+            f"{what} is neither a wasm binary (no \\0asm header) nor valid WAT: {exc.message}"
+        ) from None
+    if len(wasm) > max_size:
+        raise InvalidModuleError(
+            f"{what} compiles to {len(wasm)} bytes, over the policy's max_module_size"
+        )
+    return wasm, "wat"
+
+
+def check_shape(wasm: bytes, policy: Policy, name: str) -> None:
+    """Enforce the policy's structural caps before anything compiles (see ``_wasmbin``).
+
+    Runs on every load, cache hits included: the caps belong to the policy, and a module another
+    policy let through must not skip this one's.
+    """
+    caps = Caps(
+        max_functions=policy.max_functions,
+        max_imports=policy.max_imports,
+        max_exports=policy.max_exports,
+        max_function_size=policy.max_function_size,
+        max_nesting=policy.max_nesting,
+    )
+    try:
+        precheck(wasm, caps)
+    except WasmFormatError as exc:
+        if exc.cap is None:  # unreadable: wasmtime would refuse it as well
+            raise InvalidModuleError(
+                f"plugin {name!r} is not a valid WebAssembly module: {exc}"
+            ) from None
+        raise InvalidModuleError(f"plugin {name!r}: {exc}") from None
+
+
+class ModuleLoader:
+    """Reads, checks, compiles and caches modules for one Host (see the module docstring).
+
+    Args:
+        max_stack: the engines' ``max_stack`` (the compiler child builds the same engine).
+        cache_dir: the on-disk cache's directory, or None for none.
+
+    Safe to use from many threads.
+    """
+
+    def __init__(self, *, max_stack: int, cache_dir: Path | None) -> None:
+        self._max_stack = max_stack
+        self._cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._modules: OrderedDict[tuple[bool, bytes], tuple[rt.Module, tuple[MemoryDecl, ...]]]
+        self._modules = OrderedDict()
+        self._disk: dict[bool, ArtifactCache] = {}
+
+    def load(
+        self, source: Source, policy: Policy, engine: rt.Engine, name: str | None = None
+    ) -> LoadedModule:
+        """Steps 1-5: read, translate WAT, precheck, compile (or hit a cache) for ``engine``.
+
+        Raises:
+            InvalidModuleError: empty, not wasm, truncated, invalid, too big, or over a
+                structural cap.
+            PluginLoadError: the file cannot be read, or the compiler child failed.
+            LimitExceeded: the compiler child ran over compile_timeout or compile_memory.
+            TypeError: ``source`` or ``name`` of the wrong type.
+        """
+        data, default_name, what = read_source(source, policy.max_module_size)
+        if name is None:
+            name = default_name
+        elif not isinstance(name, str) or not name:
+            raise TypeError("name must be a non-empty str")
+        wasm, fmt = to_wasm(data, what, policy.max_module_size)
+        check_shape(wasm, policy, name)
+        module, memories = self._compile(engine, wasm, name, policy)
+        return LoadedModule(
+            name=name,
+            module=module,
+            memories=memories,
+            wasm=wasm,
+            format=fmt,
+            source=data,
+            policy=policy,
+            engine=engine,
+        )
+
+    def clear(self) -> None:
+        """Forget every module held in memory (the disk cache stays)."""
+        with self._lock:
+            self._modules.clear()
+
+    def _compile(
+        self, engine: rt.Engine, wasm: bytes, name: str, policy: Policy
+    ) -> tuple[rt.Module, tuple[MemoryDecl, ...]]:
+        # Compiled modules are immutable and shareable between stores of one engine, so loading
+        # the same bytes again (another tenant, a pool) skips the compiler.
+        key = (engine.metered, hashlib.sha256(wasm).digest())
+        with self._lock:
+            hit = self._modules.get(key)
+            if hit is not None:
+                self._modules.move_to_end(key)
+                return hit
+        module = self._from_disk(engine, key[1])
+        if module is None:
+            try:
+                if policy.compile_timeout is not None or policy.compile_memory is not None:
+                    module = compile_isolated(
+                        engine,
+                        wasm,
+                        max_stack=self._max_stack,
+                        timeout=policy.compile_timeout,
+                        memory=policy.compile_memory,
+                        name=name,
+                    )
+                else:
+                    module = engine.compile(wasm)
+            except rt.WasmFailure as exc:
+                raise InvalidModuleError(
+                    f"plugin {name!r} is not a valid WebAssembly module: {exc.message}"
+                ) from None
+            self._to_disk(engine, key[1], module)
+        try:
+            memories = tuple(parse_memories(wasm))
+        except ValueError as exc:  # wasmtime accepted it, so this would be our bug; say so
+            raise InvalidModuleError(
+                f"plugin {name!r}: cannot read its memory section: {exc}"
+            ) from exc
+        entry = (module, memories)
+        with self._lock:
+            self._modules[key] = entry
+            while len(self._modules) > _MODULE_CACHE_SIZE:
+                self._modules.popitem(last=False)
+        return entry
+
+    def _disk_cache(self, engine: rt.Engine) -> ArtifactCache | None:
+        if self._cache_dir is None:
+            return None
+        with self._lock:
+            cache = self._disk.get(engine.metered)
+            if cache is None:
+                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}"
+                cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
+            return cache
+
+    def _from_disk(self, engine: rt.Engine, digest: bytes) -> rt.Module | None:
+        cache = self._disk_cache(engine)
+        if cache is None:
+            return None
+        key = cache.key(digest)
+        entry = cache.get(key)
+        if entry is None:
+            return None
+        description, artifact = entry
+        try:
+            # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
+            return engine.deserialize(artifact, description)
+        except rt.WasmFailure:
+            cache.discard(key)
+            return None
+
+    def _to_disk(self, engine: rt.Engine, digest: bytes, module: rt.Module) -> None:
+        cache = self._disk_cache(engine)
+        if cache is not None:
+            cache.put(cache.key(digest), module.serialize(), module.describe())
+
+
+class HostFunction(Protocol):
+    """What the import check needs of a host function: its wasm signature."""
+
+    @property
+    def wasm(self) -> tuple[tuple[str, ...], tuple[str, ...]]: ...
+
+
+F = TypeVar("F", bound=HostFunction)
+
+
+def _fmt_sig(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    params, results = sig
+    return f"({', '.join(params)}) -> ({', '.join(results)})"
+
+
+def import_problems(
+    module: rt.Module, functions: Mapping[str, F], policy: Policy
+) -> tuple[dict[str, F], list[ImportProblem]]:
+    """Step 6 without raising: (the host functions the imports bind, every refused import)."""
+    problems: list[ImportProblem] = []
+    bound: dict[str, F] = {}
+    for imp in module.imports:
+        if imp.module == WASI_MODULE and policy.wasi is not None and imp.kind == "func":
+            # Granted as a whole by the policy's Wasi; wasmtime checks names and types when
+            # the plugin is linked (an unknown one is a PluginLoadError then).
+            continue
+        if imp.module != _abi.HOST_MODULE:
+            if imp.module.startswith("wasi"):
+                detail = (
+                    "WASI is not enabled for this plugin"
+                    if policy.wasi is None
+                    else f"plugsafe offers WASI preview 1 ({WASI_MODULE}) only"
+                )
+            else:
+                detail = f"the host offers imports only from the {_abi.HOST_MODULE!r} module"
+            problems.append(ImportProblem(imp.module, imp.name, "unknown", detail))
+            continue
+        if imp.kind != "func":
+            problems.append(
+                ImportProblem(
+                    imp.module, imp.name, "unknown", f"the host offers no {imp.kind} imports"
+                )
+            )
+            continue
+        fn = functions.get(imp.name)
+        if fn is None:
+            problems.append(
+                ImportProblem(
+                    imp.module, imp.name, "unknown", "the host has no function by that name"
+                )
+            )
+            continue
+        if imp.name not in policy.allow:
+            problems.append(
+                ImportProblem(
+                    imp.module,
+                    imp.name,
+                    "not allowed",
+                    "the host has it, but the policy's allow list does not include it",
+                )
+            )
+            continue
+        want = fn.wasm
+        have = (imp.params, imp.results)
+        if want != have:
+            problems.append(
+                ImportProblem(
+                    imp.module,
+                    imp.name,
+                    "wrong type",
+                    f"the host defines {_fmt_sig(want)}, the plugin imports {_fmt_sig(have)}",
+                )
+            )
+            continue
+        bound[imp.name] = fn
+    return bound, problems
+
+
+def check_imports(
+    module: rt.Module, functions: Mapping[str, F], policy: Policy, name: str
+) -> dict[str, F]:
+    """Step 6: the host functions the imports bind; ImportNotAllowedError lists every refusal."""
+    bound, problems = import_problems(module, functions, policy)
+    if problems:
+        raise ImportNotAllowedError(name, problems)
+    return bound

@@ -1,0 +1,191 @@
+"""What one thread is running: the native stack its plugin calls may still use, and their deadlines.
+
+wasmtime bounds a store's wasm stack (``max_stack``) from the store's first entry. A host function
+that calls another plugin enters *another* store, which gets a full ``max_stack`` of its own on
+top of the first: without a count per thread, nesting enough plugins (or running one on a thread
+smaller than ``max_stack``) runs off the end of the thread's stack and kills the process.
+
+So each thread has a :class:`ThreadRoom`: the bytes of stack its plugin calls may still take and
+how many more calls may nest, packed into one int so that the per-call check is one attribute
+read, one subtraction and one test (``CallPath`` inlines it on its short paths):
+
+    room = (bytes left) * 16 + (levels left)        levels left <= NESTING_CAP = 8
+    cost = (max_stack + LEVEL_RESERVE) * 16 + 1     per call
+
+``left = room - cost`` is refused when ``left < 0`` (not enough bytes, or no level and no byte to
+spare) or ``left & 8`` (no level left: the borrow sets the low nibble to 15). Only a call that
+can nest (its plugin imports host functions) stores ``left`` for the calls inside it, and puts
+``room`` back when it ends: calls on one thread nest strictly.
+
+The second half is for lock waits: a call that waits for a plugin busy in another thread waits
+no longer than the deadline of the calls it is nested in (:func:`wait_deadline`), so two plugins
+that call each other from two threads end with typed errors instead of a deadlock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = [
+    "BASE_RESERVE",
+    "LEVEL_RESERVE",
+    "NESTING_CAP",
+    "ThreadRoom",
+    "call_cost",
+    "register",
+    "room_left",
+    "tls",
+    "thread_room",
+    "thread_stack_size",
+    "wait_deadline",
+]
+
+NESTING_CAP = 8
+# Stack kept for what runs between two nested plugins (wasmtime's trampolines, cffi, the
+# interpreter's C frames, plugsafe's own call path and the app's host function).
+LEVEL_RESERVE = 64 * 1024
+# Stack kept for the thread's own frames below its first plugin call.
+BASE_RESERVE = 192 * 1024
+_DEFAULT_STACK = 8 * 1024 * 1024
+
+# ``tls.room`` is the thread's ThreadRoom once it made a plugin call (read inline by the call
+# path; thread_room() makes it).
+tls = threading.local()
+
+
+class ThreadRoom:
+    """One thread's packed room (see the module docstring)."""
+
+    __slots__ = ("room", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.room = (max(size - BASE_RESERVE, 0) << 4) | NESTING_CAP
+
+
+def call_cost(max_stack: int) -> int:
+    """The packed cost of one call on an engine with ``max_stack``."""
+    return ((max_stack + LEVEL_RESERVE) << 4) | 1
+
+
+def room_left(room: int) -> tuple[int, int]:
+    """(bytes, levels) still available in a packed ``room``."""
+    return room >> 4, room & 15
+
+
+def thread_room() -> ThreadRoom:
+    """This thread's ThreadRoom (made on its first plugin call)."""
+    try:
+        t: ThreadRoom = tls.room
+    except AttributeError:
+        t = tls.room = ThreadRoom(thread_stack_size())
+    return t
+
+
+def _pthread_stack_size() -> int | None:
+    """The current thread's stack size as the C library knows it (Linux, macOS), or None."""
+    if sys.platform == "darwin":
+        try:
+            libc = ctypes.CDLL(None)
+            libc.pthread_self.restype = ctypes.c_void_p
+            get = libc.pthread_get_stacksize_np
+            get.argtypes = [ctypes.c_void_p]
+            get.restype = ctypes.c_size_t
+            return int(get(libc.pthread_self())) or None
+        except (OSError, AttributeError):
+            return None
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        self_ = libc.pthread_self
+        self_.restype = ctypes.c_ulong
+        getattr_np = libc.pthread_getattr_np
+        getattr_np.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
+        attr = ctypes.create_string_buffer(512)  # pthread_attr_t is 56-64 bytes
+        if getattr_np(self_(), attr) != 0:
+            return None
+        try:
+            addr = ctypes.c_void_p()
+            size = ctypes.c_size_t()
+            if libc.pthread_attr_getstack(attr, ctypes.byref(addr), ctypes.byref(size)) != 0:
+                return None
+            return size.value or None
+        finally:
+            libc.pthread_attr_destroy(attr)
+    except (OSError, AttributeError):
+        return None
+
+
+def thread_stack_size() -> int:
+    """The native stack size of the current thread, as well as it can be known.
+
+    Linux: what ``pthread_getattr_np`` says (for the main thread, glibc derives it from
+    RLIMIT_STACK); macOS: ``pthread_get_stacksize_np``. Elsewhere: the main thread's
+    RLIMIT_STACK, for other threads ``threading.stack_size()`` if set, else 8 MiB.
+    """
+    size = _pthread_stack_size()
+    if size is not None:
+        return size
+    if threading.current_thread() is threading.main_thread():
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+            if soft > 0 and soft != resource.RLIM_INFINITY:
+                return soft
+        except (ImportError, OSError, ValueError):
+            pass
+        return _DEFAULT_STACK
+    return threading.stack_size() or _DEFAULT_STACK
+
+
+# -- deadlines of the calls a thread is inside ----------------------------------------------------
+
+
+class Active(Protocol):
+    """What :func:`wait_deadline` reads of a call path (``_callpath.CallPath``)."""
+
+    owner: int | None
+
+    @property
+    def active_deadline(self) -> float | None: ...
+
+
+# Every call path whose plugin imports host functions (only those run app code mid-call): a
+# plain dict of weak references, so that copying its values is atomic under the GIL.
+_PATHS: dict[int, Callable[[], Active | None]] = {}
+
+
+def register(path: Active) -> None:
+    """Remember ``path`` (until it is garbage) for :func:`wait_deadline`."""
+    key = id(path)
+    _PATHS[key] = weakref.ref(path, lambda _r: _PATHS.pop(key, None))
+
+
+def wait_deadline(me: int) -> tuple[float, Active] | None:
+    """The earliest deadline of the calls thread ``me`` is inside, and whose it is (or None).
+
+    Called only before a wait (a lock or a pool's free instance is taken by another thread):
+    the wait must not outlast the calls it is nested in.
+    """
+    best: tuple[float, Active] | None = None
+    for ref in list(_PATHS.values()):
+        path = ref()
+        if path is None or path.owner != me:
+            continue
+        deadline = path.active_deadline
+        if deadline is not None and (best is None or deadline < best[0]):
+            best = (deadline, path)
+    return best
+
+
+def seconds_until(deadline: float) -> float:
+    """Seconds from now until ``deadline`` (``time.perf_counter``), at least 0."""
+    return max(deadline - time.perf_counter(), 0.0)

@@ -1,0 +1,199 @@
+"""Exported functions and their call path: scratch slots, struct layouts, the invoke closure."""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from ._backend import (
+    Backend,
+    Ctx,
+    FuncHandle,
+    RawSlots,
+    TrapSlot,
+    WasmFailure,
+    failure_from_addresses,
+)
+from ._module import NUMERIC_TYPES
+
+__all__ = [
+    "ArgumentsDoNotFit",
+    "Budget",
+    "FuncRef",
+    "Results",
+    "Scratch",
+    "Ticks",
+    "call_failed",
+    "invoker",
+    "make_scratch",
+    "unbound",
+]
+
+# Results as ``struct`` unpacks them (ints and floats; struct's own annotation says Any).
+Results = tuple[Any, ...]
+
+
+class ArgumentsDoNotFit(Exception):
+    """Instance.invoke could not pack the arguments as given (count, type or range)."""
+
+
+_STRUCT_CODES = {"i32": ("i", 4), "i64": ("q", 8), "f32": ("f", 4), "f64": ("d", 8)}
+
+
+def _slot_struct(types: Sequence[str], trap_slot: int | None = None) -> struct.Struct:
+    """A struct layout over 16-byte raw value slots: value i of type t sits at byte 16*i.
+
+    With ``trap_slot``, the 8-byte trap pointer kept in slot ``trap_slot`` is read last.
+    Integers are signed, as wasm's raw values are; packing refuses what does not fit.
+    """
+    fmt = "<"
+    pos = 0
+    for i, t in enumerate(types):
+        code, size = _STRUCT_CODES[t]
+        if 16 * i > pos:
+            fmt += f"{16 * i - pos}x"
+        fmt += code
+        pos = 16 * i + size
+    if trap_slot is not None:
+        if 16 * trap_slot > pos:
+            fmt += f"{16 * trap_slot - pos}x"
+        fmt += "Q"
+    return struct.Struct(fmt)
+
+
+class Scratch(NamedTuple):
+    """One function's reusable call buffer and its accessors (shared per Linker, see there)."""
+
+    buf: RawSlots
+    width: int
+    put: Callable[..., None] | None
+    get: Callable[[], Results] | None
+    view: memoryview
+    trap: TrapSlot
+    get_results: Callable[[], Results] | None
+    trap_word: memoryview
+
+
+def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]) -> Scratch:
+    """The buffer (with its trap slot last) and struct accessors for one signature."""
+    width = max(len(params), len(results), 1)
+    buf = backend.buf(width + 1)  # the last slot holds the trap pointer
+    view = backend.bytes_view(buf)
+    trap_at = 16 * width
+    put = get = get_results = None
+    if all(t in NUMERIC_TYPES for t in (*params, *results)):
+        put = functools.partial(_slot_struct(params).pack_into, view, 0)
+        get = functools.partial(_slot_struct(results, width).unpack_from, view, 0)
+        get_results = functools.partial(_slot_struct(results).unpack_from, view, 0)
+    return Scratch(
+        buf, width, put, get, view, backend.trap_arg(buf, trap_at), get_results,
+        view[trap_at : trap_at + 8].cast("Q"),
+    )  # fmt: skip
+
+
+def unbound(*_args: object) -> Any:
+    raise RuntimeError("FuncRef.call or .invoke used before Instance.func bound it")
+
+
+@dataclass(eq=False)
+class FuncRef:
+    """An exported function of one instance, with its types and a reusable argument buffer.
+
+    The buffer holds ``width`` raw value slots and then one more for the trap pointer the C call
+    may store: the call path packs the arguments, calls, and reads back results and trap pointer
+    with one ``struct`` operation each. The trap slot is null between calls (the failure path
+    clears it), so no call has to clear it first.
+    """
+
+    name: str
+    func: FuncHandle
+    # ``func`` as the C call takes it.
+    arg: object
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+    buf: RawSlots
+    width: int
+    # ``put(*args)`` packs the parameters into ``buf``; ``get()`` unpacks the results and then
+    # the trap pointer. None when a parameter or result is not a number (such a function is
+    # never called from here).
+    put: Callable[..., None] | None
+    get: Callable[[], Results] | None
+    view: memoryview
+    # Where the C call stores a trap pointer: ``buf``'s last slot.
+    trap: TrapSlot
+    # ``get_results()`` unpacks the results alone, and ``trap_word[0]`` is the trap pointer: what
+    # invoke uses, so that it returns just the results with no slicing.
+    get_results: Callable[[], Results] | None
+    trap_word: memoryview
+    # ``call()`` makes the C call on ``buf`` (set by Instance.func).
+    call: Callable[[], object] = unbound
+    # ``invoke(args)``: Instance.invoke for this function as one closure (set by
+    # Instance.prepare_invoke for numeric functions): the per-call path with no method lookups.
+    invoke: Callable[[Sequence[object]], Results] = unbound
+    # Set by the Plugin once it has checked the signature for invoke() / for the plugin ABI.
+    invoke_ok: bool = False
+    abi_ok: bool = False
+
+
+def call_failed(view: memoryview, trap_at: int, address: int, trap: int) -> WasmFailure:
+    """The failure of a call that returned error ``address`` or stored ``trap``."""
+    # Clear the trap slot: the call path relies on it being null before every call.
+    struct.pack_into("<Q", view, trap_at, 0)
+    return failure_from_addresses(address, trap)
+
+
+class Ticks(Protocol):
+    """What the call path reads of an EpochTicker: how many ticks so far."""
+
+    @property
+    def count(self) -> int: ...
+
+
+class Budget(NamedTuple):
+    """An instance's per-call budget, as its invoke closures need it."""
+
+    backend: Backend
+    ctx: Ctx
+    # The epoch ticker (or a stand-in that never ticks), and the instance's shared one-item
+    # list holding the ticker's count when the deadline was last armed.
+    epochs: Ticks
+    arming: list[int]
+    ticks: int
+    # Fuel to refill before every call (None: unmetered).
+    fuel: int | None
+
+
+def invoker(ref: FuncRef, budget: Budget) -> Callable[[Sequence[object]], Results]:
+    """Instance.invoke for one function as a closure: every call's cost in one frame.
+
+    It holds no reference to the Instance (so dropping an instance frees its store at once):
+    the deadline's arming state is the instance's shared one-item list. It returns the results
+    only: they are unpacked without the trap slot, which is read on its own.
+    """
+    name, put, get, call, view = ref.name, ref.put, ref.get_results, ref.call, ref.view
+    assert put is not None and get is not None
+    trapped, trap_at = ref.trap_word, 16 * ref.width
+    backend, ctx, epochs, arming, ticks, fuel = budget
+    set_deadline, set_fuel, address = backend.set_deadline, backend.set_fuel, backend.address
+
+    def invoke(args: Sequence[object]) -> Results:
+        try:
+            put(*args)
+        except (struct.error, TypeError, OverflowError):
+            raise ArgumentsDoNotFit(name) from None
+        if fuel is not None:
+            set_fuel(ctx, fuel)
+        count = epochs.count
+        if count != arming[0]:  # Instance._arm, inlined
+            arming[0] = count
+            set_deadline(ctx, ticks)
+        error = call()
+        out = get()
+        if error or trapped[0]:
+            raise call_failed(view, trap_at, address(error), trapped[0])
+        return out
+
+    return invoke

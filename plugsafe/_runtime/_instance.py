@@ -1,0 +1,282 @@
+"""Instances: one store each, with their budget (fuel, deadline), functions and memory."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import cast
+
+import wasmtime
+
+from ._backend import (
+    EMPTY_WINDOW,
+    KIND_FUNC,
+    KIND_MEMORY,
+    U32,
+    FuncHandle,
+    GuestAllocError,
+    GuestMemoryError,
+    MemHandle,
+    WasmFailure,
+    Window,
+    check_span,
+)
+from ._engine import Engine, EpochTicker
+from ._funcref import (
+    ArgumentsDoNotFit,
+    Budget,
+    FuncRef,
+    Results,
+    Ticks,
+    call_failed,
+    invoker,
+    make_scratch,
+    unbound,
+)
+from ._linker import Linker
+from ._module import Module
+
+__all__ = ["Instance"]
+
+
+class _NoTicks:
+    """Stands in for an EpochTicker when there is no deadline: its count never moves."""
+
+    count = 0
+
+
+class Instance:
+    """One store holding one instance of a module.
+
+    Not thread-safe: the owning Plugin serializes every use. A store is never shared between
+    instances, so a function is always called with the store it belongs to (mixing them up
+    aborts the process in wasmtime). The backend is the linker's.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        linker: Linker,
+        module: Module,
+        *,
+        memory_size: int,
+        memories: int,
+        table_elements: int,
+        tables: int,
+        fuel: int | None,
+        deadline_ticks: int,
+        epochs: EpochTicker | None = None,
+        wasi: object = None,
+    ) -> None:
+        self._b = b = linker.backend
+        # Bound once: abi_call, the plugin ABI's hot path, calls it on every call.
+        self._set_fuel = b.set_fuel
+        self._metered = engine.metered
+        self._store = wasmtime.Store(engine._engine)
+        if wasi is not None:
+            # What wasi_config made (the Plugin keeps it as a plain object).
+            self._store.set_wasi(cast(wasmtime.WasiConfig, wasi))
+        self._store.set_limits(
+            memory_size=memory_size,
+            table_elements=table_elements,
+            instances=1,
+            tables=tables,
+            memories=memories,
+        )
+        self._ctx = b.ctx(self._store)
+        # Every top-level entry (invoke, call, abi_call) refills fuel and makes sure the deadline
+        # is at least ``deadline_ticks`` away (see _arm).
+        self._fuel = 0 if fuel is None else fuel
+        self._epochs: Ticks = _NoTicks() if epochs is None else epochs
+        # One tick more than asked: a deadline armed in an earlier call of the same tick may
+        # have lost up to one tick already (see _arm).
+        self._ticks = deadline_ticks if epochs is None else deadline_ticks + 1
+        # The ticker's count when the deadline was last armed, shared with every invoker of
+        # this instance (a list, so the invokers need no reference back to the instance).
+        self._arming = [-1]
+        self.set_budget()
+        if linker._pre is None:
+            linker.prepare(module)
+        assert linker._pre is not None
+        self._instance = b.instantiate(linker._pre, self._ctx)
+        self._exports = module.exports
+        self._scratch = linker.scratch
+        # The host callbacks must outlive this store: freeing them while it can still call
+        # them would send wasm to freed code. Held here too, so dropping the Linker is safe.
+        self._callbacks = linker._keep
+        # Exported functions looked up so far, by name (read directly by the Plugin's hot path).
+        self.funcs: dict[str, FuncRef] = {}
+        self._memories: list[MemHandle] = []
+        self.memory: MemHandle | None = None
+        # A window on ``memory`` and a size it is known to have: memories never shrink and, on
+        # our engines, never move (Engine sets memory_may_move=False), so both stay valid and
+        # wasmtime is asked again only when an access reaches past ``_known``.
+        self._window: Window = EMPTY_WINDOW
+        self._known = 0
+        self._find_memories(module)
+
+    def _find_memories(self, module: Module) -> None:
+        for exp in module.exports.values():
+            if exp.kind == "memory":
+                found = self._b.export(self._ctx, self._instance, exp.name.encode())
+                if found is not None and found[0] == KIND_MEMORY:
+                    mem: MemHandle = found[1]  # type: ignore[assignment]  # a memory's handle
+                    self._memories.append(mem)
+                    if exp.name == "memory":
+                        self.memory = mem
+
+    # -- budget -------------------------------------------------------------------------------
+
+    def set_budget(self) -> None:
+        """Refill fuel (metered engines only) and arm the epoch deadline afresh."""
+        if self._metered:
+            self._set_fuel(self._ctx, self._fuel)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Set the deadline ``_ticks`` epochs from now and note the ticker's count.
+
+        Calls skip re-arming while the count has not moved: the deadline they would set is the
+        one already set. The ticker bumps the engine epoch before its count, so while the count
+        is unchanged the epoch is at most one past where it was at arming; the extra tick in
+        ``_ticks`` covers that.
+        """
+        self._arming[0] = self._epochs.count
+        self._b.set_deadline(self._ctx, self._ticks)
+
+    def fuel_left(self) -> int:
+        """Fuel remaining in the store (0 for an unmetered engine)."""
+        return self._b.get_fuel(self._ctx) if self._metered else 0
+
+    # -- functions ----------------------------------------------------------------------------
+
+    def func(self, name: str) -> FuncRef | None:
+        """The exported function ``name``, or None if there is none."""
+        ref = self.funcs.get(name)
+        if ref is not None:
+            return ref
+        info = self._exports.get(name)
+        if info is None or info.kind != "func":
+            return None
+        b = self._b
+        found = b.export(self._ctx, self._instance, name.encode())
+        if found is None or found[0] != KIND_FUNC:
+            return None
+        scratch = self._scratch.get(name)
+        if scratch is None:
+            scratch = self._scratch[name] = make_scratch(b, info.params, info.results)
+        func: FuncHandle = found[1]  # type: ignore[assignment]  # KIND_FUNC: a function's handle
+        arg = b.func_arg(func)
+        ref = FuncRef(name, func, arg, info.params, info.results, *scratch)
+        # The C call with every argument bound: one attribute load on the hot path, not five.
+        ref.call = functools.partial(b.raw_call, self._ctx, arg, ref.buf, ref.width, ref.trap)
+        self.funcs[name] = ref
+        return ref
+
+    def _failed(self, ref: FuncRef, error: object, trap: int) -> WasmFailure:
+        return call_failed(ref.view, 16 * ref.width, self._b.address(error), trap)
+
+    def invoke(self, ref: FuncRef, args: Sequence[object]) -> Results:
+        """Call a numeric function under a fresh budget; its results.
+
+        Integers go in as signed values: anything ``struct`` packs as one (ints, objects with
+        ``__index__``; for floats also objects with ``__float__``). Raises ArgumentsDoNotFit
+        (before calling anything) if the arguments are not exactly the parameters in number,
+        type and signed range, and WasmFailure if the call traps or fails. ``ref.invoke(args)``
+        is the same without this method's frame.
+        """
+        invoke = ref.invoke
+        if invoke is unbound:
+            invoke = self.prepare_invoke(ref)
+        return invoke(args)
+
+    def prepare_invoke(self, ref: FuncRef) -> Callable[[Sequence[object]], Results]:
+        """Build ``ref.invoke`` (on first use: a fresh instance used only through the ABI never
+        pays for it)."""
+        if ref.put is None or ref.get is None:
+            raise ArgumentsDoNotFit(f"{ref.name} has parameters or results that are not numbers")
+        fuel = self._fuel if self._metered else None
+        budget = Budget(self._b, self._ctx, self._epochs, self._arming, self._ticks, fuel)
+        ref.invoke = invoker(ref, budget)
+        return ref.invoke
+
+    def call(self, ref: FuncRef, args: Sequence[object]) -> list[int | float]:
+        """Call with already-checked numeric arguments under a fresh budget; the results."""
+        return list(self.invoke(ref, args))
+
+    def abi_call(self, alloc: FuncRef, ref: FuncRef, payload: bytes) -> int:
+        """The plugin ABI's hot path: allocate, copy the input in once, call; the result word.
+
+        The budget (fuel, deadline) is re-armed once and covers the allocation and the call.
+
+        Raises GuestAllocError if the guest's allocator returned 0, GuestMemoryError if it
+        returned a buffer outside its memory.
+        """
+        ctx = self._ctx
+        if self._metered:
+            self._set_fuel(ctx, self._fuel)
+        if self._epochs.count != self._arming[0]:
+            self._arm()
+        n = len(payload)
+        # Both go to the guest as i32: signed, as the slot layout packs them.
+        raw_n = n if n <= 0x7FFF_FFFF else n - 0x1_0000_0000
+        raw_pointer = 0
+        if n:
+            alloc.put(raw_n)  # type: ignore[misc]
+            error = alloc.call()
+            raw_pointer, trap = alloc.get()  # type: ignore[misc]
+            if error or trap:
+                raise self._failed(alloc, error, trap)
+            pointer = raw_pointer & U32
+            if pointer == 0:
+                raise GuestAllocError(f"the plugin's allocator returned 0 for {n} input bytes")
+            end = pointer + n
+            if end > self._known:
+                self._span(pointer, n)
+            self._window[pointer:end] = payload
+        ref.put(raw_pointer, raw_n)  # type: ignore[misc]
+        error = ref.call()
+        word, trap = ref.get()  # type: ignore[misc]
+        if error or trap:
+            raise self._failed(ref, error, trap)
+        return word  # type: ignore[no-any-return]
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def _span(self, pointer: int, length: int) -> tuple[int, int]:
+        """check_span against ``memory``'s current size (fetching a window covering all of it).
+
+        The slow path of every access: the fast one only compares with ``_known``.
+        """
+        if self.memory is None:
+            raise GuestMemoryError("the plugin exports no memory named 'memory'")
+        self._window, self._known = self._b.window(self._ctx, self.memory)
+        return check_span(pointer, length, self._known)
+
+    def memory_size(self) -> int:
+        """Current size in bytes of the ``memory`` export (0 if none)."""
+        return 0 if self.memory is None else self._b.size(self._ctx, self.memory)
+
+    def memory_total(self) -> int:
+        """Bytes held by all exported memories."""
+        mems = self._memories
+        if len(mems) == 1:
+            return self._b.size(self._ctx, mems[0])
+        return sum(self._b.size(self._ctx, m) for m in mems)
+
+    def read(self, pointer: int, length: int) -> bytes:
+        """Copy bytes out of ``memory`` (bounds-checked against its current size, one copy)."""
+        end = pointer + length
+        if pointer < 0 or length < 0 or end > self._known:
+            pointer, end = self._span(pointer, length)
+        if pointer == end:
+            return b""
+        return self._window[pointer:end]
+
+    def write(self, pointer: int, data: bytes) -> None:
+        """Copy bytes into ``memory`` (bounds-checked against its current size, one copy)."""
+        end = pointer + len(data)
+        if pointer < 0 or end > self._known:
+            pointer, end = self._span(pointer, len(data))
+        if pointer != end:
+            self._window[pointer:end] = data

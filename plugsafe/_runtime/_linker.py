@@ -1,0 +1,383 @@
+"""Linkers (the host functions a plugin may import), the Caller they see, and WASI settings."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Sequence
+from ctypes import byref
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi as wf
+
+from ._backend import (
+    KIND_FUNC,
+    KIND_MEMORY,
+    U32,
+    Backend,
+    CallerPtr,
+    Ctx,
+    FuncHandle,
+    GuestAllocError,
+    GuestMemoryError,
+    HostEntry,
+    HostRecord,
+    HostSink,
+    MemHandle,
+    PreHandle,
+    RawSlots,
+    WasmFailure,
+    check_span,
+)
+from ._engine import Engine
+from ._funcref import Scratch
+from ._module import VALTYPE_FACTORIES, Module
+from ._select import DEFAULT
+
+__all__ = ["Caller", "ErrorSink", "HostCallback", "Linker", "wasi_config"]
+
+# A host callback: receives a Caller and the wasm arguments as Python numbers, returns the wasm
+# results as a sequence (or None when there are none). It may raise; see Linker.define_func.
+HostCallback = Callable[["Caller", list[Any]], Sequence[Any] | None]
+# Receives what a host callback raised (once its trap is back out of wasm); returns the message.
+ErrorSink = HostSink
+
+
+class Caller:
+    """The guest as seen from inside a host callback: its memory and its allocator.
+
+    Valid only while the callback runs. Every pointer and length is taken as unsigned 32-bit and
+    checked against the memory's size at the moment of access.
+    """
+
+    __slots__ = ("_ctx", "_ptr", "_valid")
+    # The backend, as a class attribute: a Caller is made for every host call, and one more
+    # constructor argument would cost each of them. Other backends get a subclass (caller_class).
+    _b: Backend = DEFAULT
+
+    def __init__(self, ptr: CallerPtr) -> None:
+        self._ptr = ptr
+        # Looked up on first use: numeric host functions never touch memory, so never pay it.
+        self._ctx: Ctx | None = None
+        self._valid = True
+
+    def _context(self) -> Ctx:
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self._ctx = self._b.caller_ctx(self._ptr)
+        return ctx
+
+    def _export(self, name: bytes, kind: int) -> FuncHandle | MemHandle | None:
+        if not self._valid:
+            raise RuntimeError("caller used after its host call returned")
+        return self._b.caller_export(self._ptr, name, kind)
+
+    def _memory(self) -> MemHandle:
+        mem = self._export(b"memory", KIND_MEMORY)
+        if mem is None:
+            raise GuestMemoryError("the plugin exports no memory named 'memory'")
+        return mem  # type: ignore[return-value]  # KIND_MEMORY gives a MemHandle
+
+    def check(self, pointer: int, length: int) -> None:
+        """Raise GuestMemoryError unless the whole span lies in the guest's memory (no copy).
+
+        As for ``read``, an empty span may point anywhere.
+        """
+        length &= U32
+        if length:
+            check_span(pointer & U32, length, self._b.size(self._context(), self._memory()))
+
+    def read(self, pointer: int, length: int) -> bytes:
+        """Copy ``length`` bytes at ``pointer`` out of the guest's memory."""
+        pointer &= U32
+        length &= U32
+        if length == 0:
+            return b""
+        return self._b.read(self._context(), self._memory(), pointer, length)
+
+    def write(self, pointer: int, data: bytes) -> None:
+        """Copy ``data`` into the guest's memory at ``pointer`` (bounds-checked)."""
+        self._b.write(self._context(), self._memory(), pointer & U32, data)
+
+    def place(self, data: bytes, alloc_export: bytes) -> int:
+        """Copy ``data`` into memory the guest allocates for it; return the guest pointer."""
+        if not data:
+            return 0
+        func = self._export(alloc_export, KIND_FUNC)
+        if func is None:
+            raise GuestMemoryError(
+                f"the plugin exports no allocator {alloc_export.decode()!r} to receive a result"
+            )
+        b = self._b
+        buf = b.buf(1)
+        buf[0].i32 = len(data)
+        # Re-entering the guest from inside a host call is allowed by wasmtime on the same store.
+        b.call(self._context(), func, buf, 1)  # type: ignore[arg-type]  # KIND_FUNC: a FuncHandle
+        pointer = int(buf[0].i32) & U32
+        if pointer == 0:
+            raise GuestAllocError(f"the plugin's allocator could not allocate {len(data)} bytes")
+        try:
+            b.write(self._context(), self._memory(), pointer, data)
+        except GuestMemoryError as exc:
+            raise GuestMemoryError(f"the plugin's allocator returned a bad buffer: {exc}") from None
+        return pointer
+
+    def memory_size(self) -> int:
+        """The size in bytes of the guest's ``memory`` now."""
+        return self._b.size(self._context(), self._memory())
+
+    def _invalidate(self) -> None:
+        self._valid = False
+
+
+_CALLERS: dict[Backend, type[Caller]] = {DEFAULT: Caller}
+
+
+def caller_class(backend: Backend) -> type[Caller]:
+    """Caller, or a subclass bound to ``backend`` (made once per backend)."""
+    cls = _CALLERS.get(backend)
+    if cls is None:
+        cls = _CALLERS[backend] = type("Caller", (Caller,), {"__slots__": (), "_b": backend})
+    return cls
+
+
+def _make_functype(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncType:
+    return wasmtime.FuncType(
+        [VALTYPE_FACTORIES[t]() for t in params], [VALTYPE_FACTORIES[t]() for t in results]
+    )
+
+
+def wasi_config(
+    *,
+    args: Sequence[str],
+    env: dict[str, str],
+    stdin: bytes,
+    stdout: tuple[str, Callable[[bytes], int]],
+    stderr: tuple[str, Callable[[bytes], int]],
+    preopens: Sequence[tuple[str, str, bool]],
+) -> wasmtime.WasiConfig:
+    """A wasmtime WasiConfig granting exactly this, and nothing of the host by default.
+
+    ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, anything else hands
+    every write to ``sink`` (which returns the bytes it took).
+    """
+    cfg = wasmtime.WasiConfig()
+    # wasmtime-py exposes these as write-only properties.
+    cfg.argv = list(args)
+    cfg.env = list(env.items())
+    vec = wf.wasm_byte_vec_t()
+    buf = (ctypes.c_uint8 * max(len(stdin), 1)).from_buffer_copy(stdin or b"\0")
+    # wasi_config_set_stdin_bytes takes ownership of the vector: stdin is an in-memory buffer, so
+    # reading it never blocks.
+    wf.wasm_byte_vec_new(byref(vec), len(stdin), buf)
+    wf.wasi_config_set_stdin_bytes(cfg.ptr(), byref(vec))
+    if stdout[0] == "inherit":
+        cfg.inherit_stdout()
+    else:
+        cfg.stdout_custom = stdout[1]
+    if stderr[0] == "inherit":
+        cfg.inherit_stderr()
+    else:
+        cfg.stderr_custom = stderr[1]
+    for host, guest, writable in preopens:
+        # wasmtime-py's default is writable: say so explicitly every time.
+        cfg.preopen_dir(host, guest, fs_mutable=writable)
+    return cfg
+
+
+class Linker:
+    """The host functions one plugin may import, bound to that plugin's callbacks.
+
+    ``backend`` is the one every instance made through this linker uses (the selected one
+    unless a test asks for another).
+    """
+
+    def __init__(self, engine: Engine, backend: Backend = DEFAULT) -> None:
+        self.backend = backend
+        self._caller = caller_class(backend)
+        self._linker = wasmtime.Linker(engine._engine)
+        # What the host callbacks record, their spare traps (see HostRecord).
+        self.record = HostRecord(backend.free_trap)
+        # The callback objects (and the record with their spares) must outlive every store that
+        # can call them.
+        self._keep: list[object] = [self.record]
+        self._pre: PreHandle | None = None
+        # Per-function scratch (argument buffer with its trap slot, struct layouts) shared by
+        # every instance made from this linker: they belong to one Plugin, whose calls never
+        # overlap.
+        self.scratch: dict[str, Scratch] = {}
+
+    def define_func(
+        self,
+        module: str,
+        name: str,
+        params: Sequence[str],
+        results: Sequence[str],
+        callback: HostCallback,
+        on_error: ErrorSink,
+    ) -> None:
+        """Define ``module.name`` with the given wasm types.
+
+        If ``callback`` raises anything (BaseException included: nothing may unwind through
+        wasmtime's C frames), the guest traps; once the trap is back out of wasm,
+        ``on_error(exc)`` records the exception and returns the WasmFailure's message.
+        """
+        param_fields = tuple(params)
+        result_fields = tuple(results)
+        ok = self.backend.ok
+        make_caller = self._caller
+        record = self.record
+        fid, message, trap_new = self._function(name, on_error)
+        size = len(message)
+
+        def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
+            caller = None
+            try:
+                record.caller = caller_ptr
+                caller = make_caller(caller_ptr)
+                args = [getattr(raw[i], t) for i, t in enumerate(param_fields)]
+                out = callback(caller, args)
+                if result_fields:
+                    assert out is not None
+                    for i, t in enumerate(result_fields):
+                        setattr(raw[i], t, out[i])
+                caller._valid = False
+                return ok
+            except BaseException as exc:
+                # Plain stores and one C call only: see HostRecord. Whatever fails from here on
+                # still traps (onerror's trap, or the spare).
+                if caller is not None:
+                    caller._valid = False
+                if record.pending is None:
+                    record.pending = exc
+                return trap_new(message, size)
+
+        self._define(module, name, param_fields, result_fields, entry, fid, message)
+
+    def define_numeric(
+        self,
+        module: str,
+        name: str,
+        params: Sequence[str],
+        result: str | None,
+        fn: Callable[..., object],
+        on_error: ErrorSink,
+    ) -> None:
+        """Define ``module.name`` as ``fn(*values) -> value`` (or None with no result).
+
+        For host functions that only take and return numbers: no Caller, no argument list, the
+        result written straight into its slot. Failures go to ``on_error`` as for define_func.
+        """
+        fields = tuple(params)
+        ok = self.backend.ok
+        record = self.record
+        fid, message, trap_new = self._function(name, on_error)
+        size = len(message)
+        entry: HostEntry
+        if len(fields) == 1 and result is not None:
+            # The common shape (one number in, one out), with no loop at all.
+            (field,) = fields
+
+            def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
+                try:
+                    record.caller = caller_ptr
+                    slot = raw[0]
+                    setattr(slot, result, fn(getattr(slot, field)))
+                    return ok
+                except BaseException as exc:
+                    if record.pending is None:
+                        record.pending = exc
+                    return trap_new(message, size)
+
+        else:
+
+            def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
+                try:
+                    record.caller = caller_ptr
+                    out = fn(*[getattr(raw[i], t) for i, t in enumerate(fields)])
+                    if result is not None:
+                        setattr(raw[0], result, out)
+                    return ok
+                except BaseException as exc:
+                    if record.pending is None:
+                        record.pending = exc
+                    return trap_new(message, size)
+
+        results = (result,) if result is not None else ()
+        self._define(module, name, fields, results, entry, fid, message)
+
+    def _function(
+        self, name: str, on_error: ErrorSink
+    ) -> tuple[int, bytes, Callable[[bytes, int], object]]:
+        """Register host function ``name`` with the record: its index, trap message, trap maker."""
+        record = self.record
+        fid = len(record.names)
+        record.names.append(name)
+        record.sinks.append(on_error)
+        message = f"plugsafe: host function {name!r} failed {record.marker(fid)}".encode()
+        return fid, message, self.backend.trap_new
+
+    def _define(
+        self,
+        module: str,
+        name: str,
+        params: tuple[str, ...],
+        results: tuple[str, ...],
+        entry: HostEntry,
+        fid: int,
+        message: bytes,
+    ) -> None:
+        backend = self.backend
+        record = self.record
+        trap_new = backend.trap_new
+        size = len(message)
+
+        def onerror(_type: object, exc: object, _tb: object) -> object:
+            # cffi calls this when the entry itself failed (it could not even start, or its
+            # except path failed): record if nothing was, and trap with a fresh trap.
+            if record.pending is None:
+                record.pending = exc  # type: ignore[assignment]  # cffi passes the exception
+            return trap_new(message, size)
+
+        spare_text = (
+            f"plugsafe: host function {name!r} could not run {record.marker(fid, spare=True)}"
+        ).encode()
+        spare = trap_new(spare_text, len(spare_text))
+        record.spares.append(spare)
+        ty = _make_functype(params, results)
+        cb = backend.define_func(
+            self._linker, module.encode(), name.encode(), ty, entry, spare, onerror
+        )
+        self._keep.append((cb, ty))
+
+    def define_wasi(self) -> None:
+        """Offer wasmtime's WASI preview 1 functions (the store's WasiConfig says what they see).
+
+        Later definitions may shadow individual WASI functions (plugsafe replaces poll_oneoff).
+        """
+        self._linker.allow_shadowing = True
+        try:
+            self._linker.define_wasi()
+        except wasmtime.WasmtimeError as exc:
+            raise WasmFailure(str(exc)) from None
+
+    @property
+    def spent(self) -> bool:
+        """A callback returned its spare trap: build a new Linker before the next instance."""
+        return self.record.spent
+
+    def caller(self) -> Caller | None:
+        """A Caller for the host call running now on this Linker's callbacks, if any.
+
+        Only for the owner thread while one of its host callbacks runs (``Plugin.memory`` during
+        instantiation): outside a host call the pointer is stale.
+        """
+        ptr = self.record.caller
+        return None if ptr is None else self._caller(CallerPtr(ptr))
+
+    def prepare(self, module: Module) -> None:
+        """Type-check imports once (an InstancePre); later instantiations skip that work."""
+        try:
+            self._pre = self.backend.pre(self._linker.instantiate_pre(module._module))
+        except wasmtime.WasmtimeError as exc:
+            raise WasmFailure(str(exc)) from None

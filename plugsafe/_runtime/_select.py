@@ -1,0 +1,37 @@
+"""Which backend this process uses: chosen once, here, when plugsafe is imported."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from ._backend import Backend
+from ._ctypes import CtypesBackend
+
+__all__ = ["BACKEND", "DEFAULT", "select_backend"]
+
+
+def select_backend() -> Backend:
+    """cffi unless ``PLUGSAFE_BACKEND=ctypes`` or cffi is unusable here (then warn once).
+
+    Returning both classes as a ``Backend`` is also what makes mypy prove they implement it.
+    """
+    wanted = os.environ.get("PLUGSAFE_BACKEND", "").strip().lower()
+    if wanted == "ctypes":
+        return CtypesBackend()
+    try:
+        from ._cffi import CffiBackend
+
+        return CffiBackend()
+    except Exception as exc:  # cffi missing, or layouts that do not match this wasmtime
+        warnings.warn(
+            f"plugsafe: using the slower ctypes call path because the cffi one is unavailable: "
+            f"{exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return CtypesBackend()
+
+
+DEFAULT: Backend = select_backend()
+BACKEND: str = DEFAULT.name

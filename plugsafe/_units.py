@@ -1,0 +1,120 @@
+"""Byte sizes and durations: parsing them from policy files and printing them for people."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+
+# fmt_bytes lives with the errors (their messages need it); re-exported here for the CLI.
+from ._errors import PolicyError, fmt_bytes
+
+__all__ = ["GiB", "KiB", "MiB", "describe", "fail", "fmt_bytes", "parse_duration", "parse_size"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+}
+_DURATION_UNITS = {
+    "": Decimal(1),
+    "s": Decimal(1),
+    "us": Decimal("0.000001"),
+    "µs": Decimal("0.000001"),
+    "ms": Decimal("0.001"),
+    "m": Decimal(60),
+    "min": Decimal(60),
+    "h": Decimal(3600),
+}
+# At most 30 digits before the point: enough for any real limit, and it keeps Decimal and int
+# conversions cheap whatever a file holds.
+_QUANTITY = re.compile(r"^\s*(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})\s*([A-Za-zµ]*)\s*$")
+
+_SIZE_EXPECTED = 'a size: bytes as an integer >= 0, or a string like "64MiB", "512KiB", "4096B"'
+_DURATION_EXPECTED = 'a duration > 0: seconds as a number, or a string like "250ms", "1.5s", "2m"'
+
+
+def describe(value: object) -> str:
+    """Say what ``value`` is, in TOML's words, short enough for an error message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # The value came from a file someone else may have written: keep it on one line.
+        text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    elif isinstance(value, Mapping):
+        return "a table"
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        return "an array"
+    else:
+        return f"a {type(value).__name__} value"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fail(path: str, expected: str, value: object, field: str | None = None) -> PolicyError:
+    """A PolicyError saying what ``path`` expected and what it got."""
+    return PolicyError(
+        f"{path}: expected {expected}, got {describe(value)}", field=field, path=path
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_size(value: object, path: str, field: str | None = None) -> int:
+    """Bytes from an integer or a string with a unit (``"64MiB"``, ``"1.5KiB"``, ``"100kB"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise fail(path, _SIZE_EXPECTED, value, field)
+        return value
+    if isinstance(value, str):
+        m = _QUANTITY.match(value)
+        unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+        if m is not None and unit is not None:
+            n = Decimal(m.group(1)) * unit
+            if n == n.to_integral_value():
+                return int(n)
+            raise PolicyError(
+                f"{path}: {describe(value)} is not a whole number of bytes", field=field, path=path
+            )
+        raise PolicyError(
+            f"{path}: expected {_SIZE_EXPECTED} (units: B, KiB, MiB, GiB, kB, MB, GB), "
+            f"got {describe(value)}",
+            field=field,
+            path=path,
+        )
+    raise fail(path, _SIZE_EXPECTED, value, field)
+
+
+def parse_duration(value: object, path: str, field: str | None = None) -> float:
+    """Seconds from a number or a string with a unit (``"250ms"``, ``"1.5s"``, ``"2m"``)."""
+    seconds: float | None = None
+    if _is_number(value):
+        seconds = float(value)  # type: ignore[arg-type]
+    elif isinstance(value, str):
+        m = _QUANTITY.match(value)
+        unit = _DURATION_UNITS.get(m.group(2).lower()) if m else None
+        if m is None or unit is None:
+            raise PolicyError(
+                f"{path}: expected {_DURATION_EXPECTED} (units: us, ms, s, m, h), "
+                f"got {describe(value)}",
+                field=field,
+                path=path,
+            )
+        seconds = float(Decimal(m.group(1)) * unit)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise fail(path, _DURATION_EXPECTED, value, field)
+    return seconds
