@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 import wasmtime
 
-from plugsafe import _ticker
+from plugsafe._runtime import _ticker
 
 SPIN = '(module (func (export "spin") (loop br 0)))'
 LINUX_GLIBC = sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
@@ -269,7 +269,7 @@ def test_engine_kept_alive(rig: Rig) -> None:
 def _script(body: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     prelude = (
         "import time, gc, wasmtime\n"
-        "from plugsafe import _ticker\n"
+        "from plugsafe._runtime import _ticker\n"
         "def engine():\n"
         "    cfg = wasmtime.Config(); cfg.epoch_interruption = True\n"
         "    return wasmtime.Engine(cfg)\n"

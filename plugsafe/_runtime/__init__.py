@@ -46,6 +46,7 @@ from ._engine import (
     Engine,
     EpochTicker,
     library_fingerprint,
+    shared_engine,
     wasmtime_version,
     wat_to_wasm,
 )
@@ -54,6 +55,7 @@ from ._instance import Instance
 from ._linker import Caller, ErrorSink, HostCallback, Linker, wasi_config
 from ._module import NUMERIC_TYPES, Module
 from ._select import BACKEND, DEFAULT, select_backend
+from ._ticker import Ticker
 
 __all__ = [
     "ArgumentsDoNotFit",
@@ -62,6 +64,8 @@ __all__ = [
     "Caller",
     "Engine",
     "EpochTicker",
+    "Ticker",
+    "shared_engine",
     "ErrorSink",
     "FuncRef",
     "GuestAllocError",

@@ -311,10 +311,10 @@ class Ticker:
             if self.armed:
                 return
             if self.native and not self._start_timers():
-                # The system refused a timer (say, RLIMIT_SIGPENDING): tick from Python.
+                # The system refused a timer (say, RLIMIT_SIGPENDING): tick from Python, in
+                # ticks of the same period (instances already count their deadlines in them).
                 self._stop_timers()
                 self.native = False
-                self.period = FALLBACK_PERIOD
             if not self.native:
                 self._base = time.perf_counter()
                 self._done = 0
@@ -331,10 +331,12 @@ class Ticker:
 
     def _idle(self, now: float) -> bool:
         """Whether no timed call can be running (``armed`` must be clear: see :meth:`arm`)."""
-        if now >= self.last + self._longest + MARGIN:
-            return True
         watched = self._watched
-        return bool(watched) and not any(lock.locked() for lock in watched)
+        if watched:
+            # Exact: a timed call holds one of these from before its stamp until it ends. (A
+            # call outliving its deadline, say in a host function, keeps the ticker armed.)
+            return not any(lock.locked() for lock in watched)
+        return now >= self.last + self._longest + MARGIN
 
     def _disarm(self) -> None:
         self.armed = False
@@ -576,8 +578,9 @@ def _after_fork_in_child() -> None:
         tk.armed = False
         tk._timers = []  # the parent's; glibc's bookkeeping for them is leaked, harmlessly
         if tk.native and _state["forked_from_native"]:
+            # The same period: stores armed in the parent count their deadlines in its ticks
+            # (the Python thread gives ticks of any period, catching up every FALLBACK_PERIOD).
             tk.native = False
-            tk.period = FALLBACK_PERIOD
 
 
 def _disarm_all_at_exit() -> None:
