@@ -123,7 +123,8 @@ class Host(Closing):
         with self._lock:
             engine = self._engines.get(metered)
             if engine is None:
-                engine = rt.Engine(metered=metered, max_stack=self._max_stack)
+                # Process-wide: hosts share engines and their tickers (see rt.shared_engine).
+                engine = rt.shared_engine(metered=metered, max_stack=self._max_stack)
                 self._engines[metered] = engine
                 self._ticker.add(engine)
             return engine
@@ -230,7 +231,11 @@ class Host(Closing):
         return self._closed
 
     def close(self) -> None:
-        """Close every plugin this host loaded and stop the ticker thread. Idempotent."""
+        """Close every plugin this host loaded. Idempotent.
+
+        Nothing shared stops: a call still running (say, the one whose host function closes
+        the host) keeps its deadline.
+        """
         with self._lock:
             if self._closed:
                 return

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -215,13 +214,26 @@ class Plugin(Closing):
         except rt.WasmFailure as failure:
             raise PluginLoadError(f"plugin {name!r}: {failure.message}") from None
         calls.linker, calls.host_record = self._linker, self._linker.record
-        self._ticks = self._deadline_ticks()
-        self._epochs = None if policy.timeout is None else ticker
+        self._ticks = rt.NO_DEADLINE_TICKS
+        self._epochs: rt.Ticker | None = None
+        loading = None
         if policy.timeout is not None:
             ticker.ensure_running()
-        inst = self._new_instance("load")
-        calls.instance = inst
-        self._check_abi(inst)
+            self._epochs = epochs = engine.ticker
+            epochs.use_timeout(policy.timeout)
+            # The ticker stops as soon as none of the locks its timed calls hold is held: every
+            # call holds the call lock; the load (instantiating, the ABI check) a lock of its own.
+            epochs.watch(calls.lock)
+            loading = threading.Lock()
+            epochs.watch(loading)
+            loading.acquire()
+        try:
+            inst = self._new_instance("load")
+            calls.instance = inst
+            self._check_abi(inst)
+        finally:
+            if loading is not None:
+                loading.release()
 
     # -- public surface -----------------------------------------------------------------------
 
@@ -405,13 +417,6 @@ class Plugin(Closing):
     def _released(self) -> None:
         self._on_close(self)
 
-    def _deadline_ticks(self) -> int:
-        t = self._policy.timeout
-        if t is None:
-            return rt.NO_DEADLINE_TICKS
-        # +1: the first tick may come at once, so one more guarantees at least `timeout`.
-        return math.ceil(t / rt.TICK_SECONDS) + 1
-
     def _build_linker(self) -> rt.Linker:
         """A Linker with this plugin's host functions (and WASI) bound to its callbacks."""
         linker = rt.Linker(self._engine)
@@ -450,6 +455,7 @@ class Plugin(Closing):
                 fuel=self._policy.fuel,
                 deadline_ticks=self._ticks,
                 epochs=self._epochs,
+                timeout=self._policy.timeout,
                 wasi=wasi,
             )
             if self._reactor:  # its type was checked at load (_check_exports)

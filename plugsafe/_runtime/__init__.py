@@ -47,6 +47,7 @@ from ._engine import (
     Engine,
     EpochTicker,
     library_fingerprint,
+    shared_engine,
     wasmtime_version,
     wat_to_wasm,
 )
@@ -55,6 +56,7 @@ from ._instance import Instance
 from ._linker import Caller, ErrorSink, HostCallback, Linker, wasi_config
 from ._module import NUMERIC_TYPES, Description, Module, describe_binary, parse_description
 from ._select import BACKEND, DEFAULT, select_backend
+from ._ticker import Ticker
 
 __all__ = [
     "ArgumentsDoNotFit",
@@ -64,6 +66,8 @@ __all__ = [
     "Description",
     "Engine",
     "EpochTicker",
+    "Ticker",
+    "shared_engine",
     "ErrorSink",
     "FuncRef",
     "GuestAllocError",

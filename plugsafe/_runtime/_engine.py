@@ -1,12 +1,11 @@
-"""Engines, the epoch ticker that enforces deadlines, and compiling text and binaries.
+"""Engines (process-wide, each with its epoch ticker) and compiling text and binaries.
 
-The EpochTicker is self-contained here on purpose: it is due to be replaced, and nothing else in
-``_runtime`` depends on more than its ``count`` attribute.
+Deadlines are enforced by ``_ticker``: each Engine owns a :class:`~._ticker.Ticker` (kept, like
+the engine, for the life of the process). ``EpochTicker`` is only a Host's view of it.
 """
 
 from __future__ import annotations
 
-import _thread
 import functools
 import os
 import threading
@@ -18,6 +17,7 @@ from wasmtime import _ffi as wf
 
 from ._backend import WasmFailure
 from ._module import Description, Module, describe_binary
+from ._ticker import Ticker
 
 __all__ = [
     "Engine",
@@ -25,11 +25,13 @@ __all__ = [
     "NO_DEADLINE_TICKS",
     "TICK_SECONDS",
     "library_fingerprint",
+    "shared_engine",
     "wasmtime_version",
     "wat_to_wasm",
 ]
 
-# Epoch ticker period. A deadline is enforced to within about one tick.
+# The Python fallback ticker's period (kept for compatibility: deadlines are counted by each
+# engine's Ticker, whose period is Ticker.period).
 TICK_SECONDS = 0.005
 # "No deadline": wasmtime traps at once if none is set, so unlimited calls get a far-off one.
 NO_DEADLINE_TICKS = 1 << 62
@@ -99,6 +101,19 @@ class Engine:
         )
         self._engine = wasmtime.Engine(cfg)
         self._ptr = self._engine.ptr()
+        self._ticker: Ticker | None = None
+
+    @property
+    def ticker(self) -> Ticker:
+        """This engine's epoch ticker, made on first use (timed plugins only). From then on the
+        engine is never freed: a timer must not tick a freed engine (see ``_ticker``)."""
+        ticker = self._ticker
+        if ticker is None:
+            with _SHARED_LOCK:
+                if self._ticker is None:
+                    self._ticker = Ticker(self._engine)
+                ticker = self._ticker
+        return ticker
 
     def increment_epoch(self) -> None:
         """Advance the epoch; safe from any thread."""
@@ -129,92 +144,54 @@ class Engine:
 
 
 class EpochTicker:
-    """One background thread per Host that advances its engines' epochs every TICK_SECONDS.
+    """A Host's view of deadline enforcement (the ticking itself is process-wide).
 
-    Deadlines are per store (``set_epoch_deadline``), so one plugin running out of time never
-    interrupts another. The thread holds no reference to the Host; it stops on ``stop()`` or when
-    the Host is garbage-collected. A child made by ``os.fork()`` starts a ticker thread of its
-    own (only the forking thread survives a fork, and without a ticker no deadline would pass).
+    Epochs are advanced by each engine's :class:`~._ticker.Ticker` (a native POSIX timer, or one
+    Python thread for the whole process), armed only while timed calls may run; a Host owns
+    nothing that must be stopped, so closing one (even from inside a host function) never stops
+    another call's deadline. This object only answers whether the Host has timed plugins.
     """
 
     def __init__(self, engines: Sequence[Engine], owner: object) -> None:
         self._engines = list(engines)
-        # Ticks so far; bumped after the engines' epochs (Instance._arm relies on that order).
-        self.count = 0
-        self._stop = threading.Event()
-        # Held by the running thread, released when it ends (stop() waits on it).
-        self._running: _thread.LockType | None = None
-        self._lock = threading.Lock()
-        weakref.finalize(owner, self._halt)
-        _TICKERS.add(self)
-
-    def _halt(self) -> None:
-        self._stop.set()
+        self._started = False
+        self._stopped = threading.Event()
+        weakref.finalize(owner, self._stopped.set)
 
     def add(self, engine: Engine) -> None:
-        """Tick ``engine`` too from now on."""
-        with self._lock:
-            if engine not in self._engines:
-                self._engines = [*self._engines, engine]
+        """Note that the Host uses ``engine`` (its ticker is process-wide)."""
+        if engine not in self._engines:
+            self._engines = [*self._engines, engine]
 
     def ensure_running(self) -> None:
-        """Start the thread if it is not running yet (idempotent)."""
-        if self._running is not None:
-            return
-        with self._lock:
-            if self._running is None and not self._stop.is_set():
-                # A bare thread rather than threading.Thread: Thread.start() waits until the new
-                # thread has run, which costs a fresh process more than the rest of a cached
-                # load. Nothing needs that wait: the first tick is due a full period later.
-                running = _thread.allocate_lock()
-                running.acquire()
-                _thread.start_new_thread(self._run, (self._stop, self, running))
-                self._running = running
-
-    @staticmethod
-    def _run(stop: threading.Event, ticker: EpochTicker, running: _thread.LockType) -> None:
-        try:
-            while not stop.wait(TICK_SECONDS):
-                for engine in ticker._engines:
-                    engine.increment_epoch()
-                ticker.count += 1
-        finally:
-            running.release()
+        """Note that the Host loaded a plugin with a timeout (idempotent; starts nothing)."""
+        self._started = True
 
     @property
     def running(self) -> bool:
-        """Whether the ticker thread has been started and has not ended."""
-        running = self._running
-        return running is not None and running.locked()
+        """Whether the Host has loaded a timed plugin and is neither closed nor collected."""
+        return self._started and not self._stopped.is_set()
 
     def stop(self) -> None:
-        """Stop the thread and wait (up to a second) for it to end."""
-        self._stop.set()
-        running = self._running
-        if running is not None and running.acquire(timeout=1.0):
-            running.release()
-
-    def _after_fork(self) -> None:
-        # In the child: the parent's thread is gone, and it may have held these locks when the
-        # fork happened. Fresh ones, the same stop state, and a thread of our own if one ran.
-        stopped = self._stop.is_set()
-        self._stop = threading.Event()
-        if stopped:
-            self._stop.set()
-        self._lock = threading.Lock()
-        started = self._running is not None
-        self._running = None
-        if started:
-            self.ensure_running()
+        """The Host is closing. Stops nothing shared: calls still running keep their deadlines."""
+        self._stopped.set()
 
 
-_TICKERS: weakref.WeakSet[EpochTicker] = weakref.WeakSet()
+_SHARED: dict[tuple[bool, int], Engine] = {}
+_SHARED_LOCK = threading.Lock()
 
 
-def _restart_tickers_in_child() -> None:
-    for ticker in list(_TICKERS):
-        ticker._after_fork()
+def shared_engine(*, metered: bool, max_stack: int) -> Engine:
+    """The process-wide engine for this configuration (created on first use, never freed).
 
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_tickers_in_child)
+    Hosts share engines (compiled modules stay per Host): each engine carries a native timer
+    that must never outlive it, and one ticker per engine keeps idle processes at zero wake-ups.
+    """
+    key = (metered, max_stack)
+    engine = _SHARED.get(key)
+    if engine is None:
+        with _SHARED_LOCK:
+            engine = _SHARED.get(key)
+            if engine is None:
+                engine = _SHARED[key] = Engine(metered=metered, max_stack=max_stack)
+    return engine

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from ._backend import (
     Backend,
@@ -18,6 +19,9 @@ from ._backend import (
     failure_from_addresses,
 )
 from ._module import NUMERIC_TYPES
+from ._ticker import Ticker
+
+_perf_counter = time.perf_counter
 
 __all__ = [
     "ArgumentsDoNotFit",
@@ -25,7 +29,6 @@ __all__ = [
     "FuncRef",
     "Results",
     "Scratch",
-    "Ticks",
     "call_failed",
     "invoker",
     "make_scratch",
@@ -145,22 +148,15 @@ def call_failed(view: memoryview, trap_at: int, address: int, trap: int) -> Wasm
     return failure_from_addresses(address, trap)
 
 
-class Ticks(Protocol):
-    """What the call path reads of an EpochTicker: how many ticks so far."""
-
-    @property
-    def count(self) -> int: ...
-
-
 class Budget(NamedTuple):
     """An instance's per-call budget, as its invoke closures need it."""
 
     backend: Backend
     ctx: Ctx
-    # The epoch ticker (or a stand-in that never ticks), and the instance's shared one-item
-    # list holding the ticker's count when the deadline was last armed.
-    epochs: Ticks
-    arming: list[int]
+    # The engine's epoch ticker (None: no deadline), and the instance's shared one-item list
+    # holding the perf_counter() time its deadline was last armed.
+    ticker: Ticker | None
+    arming: list[float]
     ticks: int
     # Fuel to refill before every call (None: unmetered).
     fuel: int | None
@@ -176,19 +172,44 @@ def invoker(ref: FuncRef, budget: Budget) -> Callable[[Sequence[object]], Result
     name, put, get, call, view = ref.name, ref.put, ref.get_results, ref.call, ref.view
     assert put is not None and get is not None
     trapped, trap_at = ref.trap_word, 16 * ref.width
-    backend, ctx, epochs, arming, ticks, fuel = budget
+    backend, ctx, ticker, arming, ticks, fuel = budget
     set_deadline, set_fuel, address = backend.set_deadline, backend.set_fuel, backend.address
 
-    def invoke(args: Sequence[object]) -> Results:
+    if ticker is None:
+        # No deadline: the far-off one set when the store was made never needs re-arming.
+
+        def invoke(args: Sequence[object]) -> Results:
+            try:
+                put(*args)
+            except (struct.error, TypeError, OverflowError):
+                raise ArgumentsDoNotFit(name) from None
+            if fuel is not None:
+                set_fuel(ctx, fuel)
+            error = call()
+            out = get()
+            if error or trapped[0]:
+                raise call_failed(view, trap_at, address(error), trapped[0])
+            return out
+
+        return invoke
+
+    period = ticker.period
+
+    def invoke_timed(args: Sequence[object]) -> Results:
         try:
             put(*args)
         except (struct.error, TypeError, OverflowError):
             raise ArgumentsDoNotFit(name) from None
         if fuel is not None:
             set_fuel(ctx, fuel)
-        count = epochs.count
-        if count != arming[0]:  # Instance._arm, inlined
-            arming[0] = count
+        # The ticker protocol (see _ticker.Ticker), inlined: stamp, arm if idle, and re-arm the
+        # store's deadline when its last arming is over a period old.
+        now = _perf_counter()
+        ticker.last = now
+        if not ticker.armed:
+            ticker.arm()
+        if now - arming[0] > period:
+            arming[0] = now
             set_deadline(ctx, ticks)
         error = call()
         out = get()
@@ -196,4 +217,4 @@ def invoker(ref: FuncRef, budget: Budget) -> Callable[[Sequence[object]], Result
             raise call_failed(view, trap_at, address(error), trapped[0])
         return out
 
-    return invoke
+    return invoke_timed

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -21,13 +24,12 @@ from ._backend import (
     Window,
     check_span,
 )
-from ._engine import Engine, EpochTicker
+from ._engine import Engine
 from ._funcref import (
     ArgumentsDoNotFit,
     Budget,
     FuncRef,
     Results,
-    Ticks,
     call_failed,
     invoker,
     make_scratch,
@@ -35,14 +37,11 @@ from ._funcref import (
 )
 from ._linker import Linker
 from ._module import Module
+from ._ticker import Ticker, guard
 
 __all__ = ["Instance"]
 
-
-class _NoTicks:
-    """Stands in for an EpochTicker when there is no deadline: its count never moves."""
-
-    count = 0
+_perf_counter = time.perf_counter
 
 
 class Instance:
@@ -65,7 +64,8 @@ class Instance:
         tables: int,
         fuel: int | None,
         deadline_ticks: int,
-        epochs: EpochTicker | None = None,
+        epochs: Ticker | None = None,
+        timeout: float | None = None,
         wasi: object = None,
     ) -> None:
         self._b = b = linker.backend
@@ -87,13 +87,19 @@ class Instance:
         # Every top-level entry (invoke, call, abi_call) refills fuel and makes sure the deadline
         # is at least ``deadline_ticks`` away (see _arm).
         self._fuel = 0 if fuel is None else fuel
-        self._epochs: Ticks = _NoTicks() if epochs is None else epochs
-        # One tick more than asked: a deadline armed in an earlier call of the same tick may
-        # have lost up to one tick already (see _arm).
-        self._ticks = deadline_ticks if epochs is None else deadline_ticks + 1
-        # The ticker's count when the deadline was last armed, shared with every invoker of
-        # this instance (a list, so the invokers need no reference back to the instance).
-        self._arming = [-1]
+        # ``epochs``: the engine's ticker when calls have a ``timeout`` (then the deadline, in
+        # ticks, is the ticker's for it, and ``deadline_ticks`` is unused); None for a fixed
+        # ``deadline_ticks`` (the far-off NO_DEADLINE_TICKS, or a test's).
+        self._ticker = epochs
+        self._ticks = deadline_ticks if epochs is None else epochs.ticks(cast(float, timeout))
+        self._period = 0.0 if epochs is None else epochs.period
+        # When (perf_counter) the deadline was last armed, shared with every invoker of this
+        # instance (a list, so the invokers need no reference back to the instance).
+        self._arming = [-math.inf]
+        if epochs is not None:
+            # The store checks the wall clock when its epoch deadline comes (never early).
+            store_ptr = ctypes.cast(self._store.ptr(), ctypes.c_void_p).value or 0
+            guard(self, store_ptr, self._arming, cast(float, timeout), epochs)
         self.set_budget()
         if linker._pre is None:
             linker.prepare(module)
@@ -134,14 +140,18 @@ class Instance:
         self._arm()
 
     def _arm(self) -> None:
-        """Set the deadline ``_ticks`` epochs from now and note the ticker's count.
+        """Set the deadline ``_ticks`` epochs from now (and start the ticker if it sleeps).
 
-        Calls skip re-arming while the count has not moved: the deadline they would set is the
-        one already set. The ticker bumps the engine epoch before its count, so while the count
-        is unchanged the epoch is at most one past where it was at arming; the extra tick in
-        ``_ticks`` covers that.
+        Calls then re-arm only when the last arming is over a period old (see _ticker.Ticker):
+        the ticks count from the arming, and the store's guard checks the wall clock.
         """
-        self._arming[0] = self._epochs.count
+        ticker = self._ticker
+        if ticker is not None:
+            now = _perf_counter()
+            ticker.last = now
+            if not ticker.armed:
+                ticker.arm()
+            self._arming[0] = now
         self._b.set_deadline(self._ctx, self._ticks)
 
     def fuel_left(self) -> int:
@@ -196,7 +206,7 @@ class Instance:
         if ref.put is None or ref.get is None:
             raise ArgumentsDoNotFit(f"{ref.name} has parameters or results that are not numbers")
         fuel = self._fuel if self._metered else None
-        budget = Budget(self._b, self._ctx, self._epochs, self._arming, self._ticks, fuel)
+        budget = Budget(self._b, self._ctx, self._ticker, self._arming, self._ticks, fuel)
         ref.invoke = invoker(ref, budget)
         return ref.invoke
 
@@ -215,8 +225,15 @@ class Instance:
         ctx = self._ctx
         if self._metered:
             self._set_fuel(ctx, self._fuel)
-        if self._epochs.count != self._arming[0]:
-            self._arm()
+        ticker = self._ticker
+        if ticker is not None:  # the ticker protocol, as in _funcref.invoker
+            now = _perf_counter()
+            ticker.last = now
+            if not ticker.armed:
+                ticker.arm()
+            if now - self._arming[0] > self._period:
+                self._arming[0] = now
+                self._b.set_deadline(ctx, self._ticks)
         n = len(payload)
         # Both go to the guest as i32: signed, as the slot layout packs them.
         raw_n = n if n <= 0x7FFF_FFFF else n - 0x1_0000_0000

@@ -156,7 +156,6 @@ def _seconds(child: Child) -> float:
 HOST_CLOSE = case("host-close", CLOSE_INSIDE.format(close="h.close()"))
 
 
-@pytest.mark.xfail(strict=True, reason=C4 + "host.close() in a host function stops the ticker")
 def test_c4_host_close_inside_a_host_function_still_times_out(
     children: dict[str, Pending],
 ) -> None:
@@ -196,7 +195,6 @@ print("SECONDS", round(time.monotonic() - t0, 2), flush=True)
 )
 
 
-@pytest.mark.xfail(strict=True, reason=C4 + "host.close() elsewhere stops a running call's ticker")
 def test_c4_host_close_from_another_thread_during_a_deferred_close_still_times_out(
     children: dict[str, Pending],
 ) -> None:

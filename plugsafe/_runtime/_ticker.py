@@ -1,0 +1,600 @@
+"""Epoch tickers: what makes a wasm deadline fire on time, and costs nothing while idle.
+
+wasmtime interrupts wasm when its store's *epoch deadline* passes, and the epoch is a counter
+on the engine that somebody must advance. A Python thread doing that needs the GIL, and with
+busy Python threads a 5 ms ticker ticked only every 15-30 ms, so deadlines stretched 3-6x
+(issue 12). This module advances epochs without Python:
+
+* **Native ticker** (Linux/glibc on x86_64 and aarch64): a POSIX timer, ``timer_create(
+  CLOCK_MONOTONIC)`` with ``SIGEV_THREAD``, whose notify function *is* libwasmtime's
+  ``wasmtime_engine_increment_epoch`` and whose ``sigev_value`` is the engine pointer (a
+  ``union sigval`` is passed like a pointer on the SysV ABIs). glibc calls it on a thread of
+  its own: no Python, no GIL, so a deadline holds whatever Python threads do.
+* **Python fallback** (elsewhere, when the probe fails, or with ``PLUGSAFE_TICKER=python``):
+  one thread for the whole process that, whenever it gets the GIL, advances each armed
+  engine's epoch by the ticks the *wall clock* says are due (not one per wake-up).
+
+Ticks can come late (a starved thread) and, after a stall, several at once, so a count of
+ticks alone could fire a deadline early. A store's epoch deadline is therefore only the moment
+to *look*: :func:`guard` gives each timed store an epoch-deadline callback that compares the
+wall clock with the call's deadline and either extends the epoch deadline (too early) or
+interrupts the call with wasmtime's own ``INTERRUPT`` trap. Deadlines never fire early.
+
+A timer must never outlive its engine (a tick on a freed engine is a use-after-free: the first
+experiment segfaulted at interpreter exit). So a :class:`Ticker` keeps its engine alive for the
+rest of the process (engines are process-wide anyway: one per configuration), and timers are
+disarmed at exit.
+
+Idle costs nothing: a timer runs only while timed calls may run. A call with a timeout stamps
+its start time on its engine's ticker and arms it if needed (two attribute accesses when it is
+armed already). One *reaper* thread per process disarms a ticker once no timed call can still
+be running (its last stamp + the largest timeout used on it + a margin), then sleeps on an
+Event until the next arm: no wake-ups at all while idle.
+
+Fork: POSIX timers and threads do not survive ``fork()``. The at-fork child handler only
+forgets them (plain assignments: no thread start, no lock wait, nothing that can block on a
+lock another thread held at the fork); the next timed call in the child re-creates them.
+"""
+
+from __future__ import annotations
+
+import _thread
+import atexit
+import ctypes
+import ctypes.util
+import math
+import os
+import platform
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+__all__ = [
+    "FALLBACK_PERIOD",
+    "MARGIN",
+    "NATIVE_PERIOD",
+    "QUICK",
+    "Ticker",
+    "guard",
+    "native_available",
+    "reaper_pending",
+    "ticker_for",
+]
+
+# Native tick period. glibc starts a thread per expiry (about 20-40 us of CPU each), so a
+# period is a trade: 1 ms costs 3-5% of a core while armed and deadlines land within ~1-3 ms;
+# 2 ms costs ~2.5% and lands within ~2-6 ms. Only while timed calls run.
+NATIVE_PERIOD = 0.002
+# The Python fallback's wake-up period (it catches up with the wall clock on every wake-up,
+# so a longer period costs precision, not correctness).
+FALLBACK_PERIOD = 0.005
+# Native timers per engine (see Ticker._start_timers).
+_FANOUT = 8
+# How long after the last timed call's deadline could have passed the ticker stays armed. A
+# call that outlives its deadline in a host function must find its epoch deadline passed when
+# it gets back to wasm, so the timer must have ticked all its ticks by then; this covers
+# scheduling hiccups many times over, and costs one extra half second of ticking per burst.
+MARGIN = 0.5
+# How often the reaper looks at armed tickers (while any is armed).
+QUICK = 0.05
+# Ticks added to every deadline: one because the first tick after arming can come at once,
+# one because a call may reuse a deadline armed up to one period before it started (see
+# Ticker.ticks). With them the guard's wall-clock check (see guard) passes the first time
+# unless ticks came in a burst.
+_SLACK_TICKS = 2
+
+_CLOCK_MONOTONIC = 1
+_SIGEV_THREAD = 2
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _Sigevent(ctypes.Structure):
+    # glibc's struct sigevent on LP64 (x86_64, aarch64): 64 bytes.
+    _fields_ = [
+        ("sigev_value", ctypes.c_void_p),
+        ("sigev_signo", ctypes.c_int),
+        ("sigev_notify", ctypes.c_int),
+        ("sigev_notify_function", ctypes.c_void_p),
+        ("sigev_notify_attributes", ctypes.c_void_p),
+        ("_pad", ctypes.c_byte * 32),
+    ]
+
+
+class _Native:
+    """The libc and libwasmtime entry points a native timer needs (None if unavailable)."""
+
+    def __init__(self) -> None:
+        self.timer_create: Any = None
+        self.timer_settime: Any = None
+        self.increment: int = 0  # address of wasmtime_engine_increment_epoch
+        self.why_not = ""
+        self._probe()
+
+    def _probe(self) -> None:
+        if os.environ.get("PLUGSAFE_TICKER", "").lower() == "python":
+            self.why_not = "PLUGSAFE_TICKER=python"
+            return
+        if not sys.platform.startswith("linux"):
+            self.why_not = f"no POSIX timers with SIGEV_THREAD on {sys.platform}"
+            return
+        if platform.machine() not in ("x86_64", "aarch64") or ctypes.sizeof(ctypes.c_void_p) != 8:
+            # struct sigevent's layout below is glibc's on LP64.
+            self.why_not = f"struct sigevent layout unchecked on {platform.machine()}"
+            return
+        if platform.libc_ver()[0] != "glibc":
+            self.why_not = "not glibc"
+            return
+        try:
+            from wasmtime import _ffi
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if not hasattr(libc, "timer_create"):  # glibc < 2.34 keeps them in librt
+                libc = ctypes.CDLL(ctypes.util.find_library("rt") or "librt.so.1", use_errno=True)
+            create = libc.timer_create
+            create.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+            create.restype = ctypes.c_int
+            settime = libc.timer_settime
+            settime.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+            settime.restype = ctypes.c_int
+            increment = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p)
+        except (OSError, AttributeError, ImportError) as exc:
+            self.why_not = f"probe failed: {exc}"
+            return
+        if not increment.value:
+            self.why_not = "wasmtime_engine_increment_epoch not found"
+            return
+        self.timer_create, self.timer_settime = create, settime
+        self.increment = increment.value
+
+    def create(self, function: int, value: int) -> ctypes.c_void_p | None:
+        """A new (disarmed) timer calling ``function(value)`` on a glibc thread at each expiry;
+        None if the system refused one."""
+        event = _Sigevent()
+        event.sigev_value = value
+        event.sigev_notify = _SIGEV_THREAD
+        event.sigev_notify_function = function
+        timer = ctypes.c_void_p()
+        if self.timer_create(_CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(timer)) != 0:
+            return None
+        return timer
+
+    def set(self, timer: ctypes.c_void_p, period: float, first: float = 0.0) -> bool:
+        """Arm ``timer`` to expire first after ``first`` seconds (default: ``period``), then
+        every ``period`` seconds; period 0 disarms it. Whether it worked."""
+        its = _Itimerspec(_timespec(period), _timespec(first or period))
+        return bool(self.timer_settime(timer, 0, ctypes.byref(its), None) == 0)
+
+
+def _timespec(seconds: float) -> _Timespec:
+    ns = round(seconds * 1e9)
+    return _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+
+
+_NATIVE = _Native()
+
+
+def native_available() -> bool:
+    """Whether epochs tick from POSIX timers here (else a Python thread ticks them)."""
+    return _NATIVE.increment != 0 and not _state["forked_from_native"]
+
+
+def _increment_fn() -> Any:
+    """wasmtime_engine_increment_epoch taking the engine as a plain address."""
+    from wasmtime import _ffi
+
+    address = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value
+    return ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address or 0)
+
+
+# -- process-wide state -------------------------------------------------------------------------
+# One lock orders arming against disarming (see Ticker.arm and _reap_once). Replaced, never
+# waited for, in a forked child.
+_lock = threading.Lock()
+# Wakes the Python thread (fallback ticking and reaping) from its idle wait.
+_wake = threading.Event()
+_state: dict[str, Any] = {
+    # The Python thread (see _python_thread) has been started in this process.
+    "thread": False,
+    # The native reaper's one-shot timer (see _reap_native), and whether it is set.
+    "reap_timer": None,
+    "reap_pending": False,
+    # A native timer was created in this process: glibc's timer helper thread exists.
+    "native_used": False,
+    # This process was forked from one whose timer helper thread existed (see the at-fork
+    # handler): it must not create native timers.
+    "forked_from_native": False,
+}
+_TICKERS: list[Ticker] = []
+# Engines kept alive for the rest of the process: never freed while a timer may tick them, not
+# even while the interpreter tears modules down at exit (each also holds an extra reference).
+_KEEP: list[object] = []
+
+
+class Ticker:
+    """Advances one engine's epoch while timed calls may run on it.
+
+    Process-wide and never freed (it keeps its engine alive). The call path's protocol, for a
+    call with a timeout (the order matters, see :meth:`arm`)::
+
+        ticker.last = start            # the call's start, time.perf_counter()
+        if not ticker.armed:
+            ticker.arm()
+        if start - arming[0] > ticker.period:   # armed over a period ago: arm afresh
+            arming[0] = start
+            set_epoch_deadline(ticks)          # ticks = ticker.ticks(timeout)
+
+    where ``arming`` is the store's one-item list given to :func:`guard`. A deadline then never
+    fires before ``timeout`` has passed since ``start`` (the guard checks the wall clock), and
+    fires within about three periods after it, plus delays in getting the GIL back.
+
+    When is it disarmed? The reaper looks every ``QUICK`` seconds while it is armed. A ticker
+    that :meth:`watch`\\ es the locks its timed calls hold is disarmed as soon as none of them
+    is held; any ticker once ``last`` + the longest timeout used + ``MARGIN`` has passed.
+    """
+
+    def __init__(self, engine: Any, *, native: bool | None = None) -> None:
+        """Tick ``engine`` (a ``wasmtime.Engine`` with ``epoch_interruption`` on).
+
+        ``native`` forces the POSIX-timer ticker (True; raises OSError if unavailable) or the
+        Python fallback (False); None picks the native one where it works.
+        """
+        # Kept for the rest of the process: see _KEEP.
+        _KEEP.append(engine)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))
+        self._ptr: int = ctypes.cast(engine.ptr(), ctypes.c_void_p).value or 0
+        use_native = native_available() if native is None else native
+        if use_native and not native_available():
+            why = _NATIVE.why_not or "forked from a process whose native timers ran"
+            raise OSError(f"no native epoch ticker: {why}")
+        self.native = use_native
+        #: Seconds per tick.
+        self.period = NATIVE_PERIOD if use_native else FALLBACK_PERIOD
+        #: Whether the epoch is ticking now (read on every timed call: keep it a plain attribute).
+        self.armed = False
+        #: perf_counter() start time of the latest timed call (written on every timed call).
+        self.last = -math.inf
+        # The largest timeout used with this ticker: it stays armed that long after ``last``.
+        self._longest = 0.0
+        # Locks held by every timed call on this ticker, from before it stamps ``last`` until it
+        # ends (the Plugins' call locks): while none is held, no timed call runs.
+        self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The POSIX timers (created on first arm; forgotten in a forked child).
+        self._timers: list[ctypes.c_void_p] = []
+        # Fallback bookkeeping: when ticking (re)started and how many ticks were given since.
+        self._base = 0.0
+        self._done = 0
+        self._increment = _increment_fn()
+        with _lock:
+            _TICKERS.append(self)
+
+    # -- per call --------------------------------------------------------------------------
+
+    def ticks(self, timeout: float) -> int:
+        """The epoch deadline (in ticks) for ``timeout`` seconds.
+
+        ``timeout / period`` rounded up, plus two: the first tick after arming may come at
+        once, and a call may reuse a deadline armed up to one period before it started.
+        """
+        return math.ceil(timeout / self.period) + _SLACK_TICKS
+
+    def use_timeout(self, timeout: float) -> None:
+        """Note that calls with ``timeout`` run on this engine (without watched locks, the
+        ticker stays armed that long after the last of them started)."""
+        if timeout > self._longest:
+            self._longest = timeout
+
+    def watch(self, lock: Any) -> None:
+        """Every timed call on this ticker holds ``lock`` (or another watched one) from before
+        it stamps ``last`` until it ends: the ticker may stop as soon as none is held. Only
+        for tickers *all* of whose timed calls hold a watched lock. Weakly held."""
+        with _lock:
+            self._watched.add(lock)
+
+    def arm(self) -> None:
+        """Start ticking (if not already), and the reaper. Idempotent.
+
+        Callers stamp ``last`` *before* checking ``armed``: the reaper clears ``armed`` before
+        it reads ``last`` or the watched locks and disarms only under the lock, so a call
+        either sees ``armed`` still set and is seen by the reaper, or sees it cleared and comes
+        here, where it waits for the reaper's decision and re-arms if needed.
+        """
+        with _lock:
+            if self.armed:
+                return
+            if self.native and not self._start_timers():
+                # The system refused a timer (say, RLIMIT_SIGPENDING): tick from Python, in
+                # ticks of the same period (instances already count their deadlines in them).
+                self._stop_timers()
+                self.native = False
+            if not self.native:
+                self._base = time.perf_counter()
+                self._done = 0
+            self.armed = True
+            if self.native and _schedule_native_reap(QUICK):
+                return
+            # The Python thread ticks fallback tickers and reaps what the native reaper cannot.
+            if not _state["thread"]:
+                _start(_python_thread)
+                _state["thread"] = True
+            _wake.set()
+
+    # -- reaper side (lock held) ----------------------------------------------------------------
+
+    def _idle(self, now: float) -> bool:
+        """Whether no timed call can be running (``armed`` must be clear: see :meth:`arm`)."""
+        watched = self._watched
+        if watched:
+            # Exact: a timed call holds one of these from before its stamp until it ends. (A
+            # call outliving its deadline, say in a host function, keeps the ticker armed.)
+            return not any(lock.locked() for lock in watched)
+        return now >= self.last + self._longest + MARGIN
+
+    def _disarm(self) -> None:
+        self.armed = False
+        if self.native:
+            self._stop_timers()
+
+    def _start_timers(self) -> bool:
+        # FANOUT timers, each every FANOUT periods, staggered one period apart. The kernel
+        # merges expiries of one timer whose signal glibc's helper thread has not taken yet
+        # (an overrun): on a loaded machine a single 2 ms timer lost 40% of its ticks. Each
+        # timer has its own pending signal, so ticks are lost only when the helper thread
+        # waits longer than FANOUT periods; the number of expiries (the CPU cost) is the same.
+        if not self._timers:
+            _state["native_used"] = True
+            for _ in range(_FANOUT):
+                timer = _NATIVE.create(_NATIVE.increment, self._ptr)
+                if timer is None:
+                    return False
+                self._timers.append(timer)
+        every = self.period * _FANOUT
+        return all(
+            _NATIVE.set(timer, every, self.period * (i + 1)) for i, timer in enumerate(self._timers)
+        )
+
+    def _stop_timers(self) -> None:
+        for timer in self._timers:
+            _NATIVE.set(timer, 0.0)
+
+    def _catch_up(self, now: float) -> None:
+        """Fallback: give the ticks the wall clock says are due."""
+        due = int((now - self._base) / self.period)
+        increment, ptr = self._increment, self._ptr
+        for _ in range(due - self._done):
+            increment(ptr)
+        self._done = due
+
+
+def _reap_once(native_only: bool) -> float | None:
+    """(Lock held.) Disarm the tickers no timed call can still be using; seconds until the next
+    look at those left armed, or None if none is. ``native_only``: look at native ones only."""
+    now = time.perf_counter()
+    wait: float | None = None
+    for tk in _TICKERS:
+        if not tk.armed or (native_only and not tk.native):
+            continue
+        # Clear first, then look at the stamp and the locks (see Ticker.arm for why).
+        tk.armed = False
+        if tk._idle(now):
+            tk._disarm()
+        else:
+            tk.armed = True
+            # Look again within QUICK even if the horizon is far: a lock may be watched or
+            # released meanwhile.
+            look = max(min(tk.last + tk._longest + MARGIN - now, QUICK), 0.001)
+            wait = look if wait is None else min(wait, look)
+    return wait
+
+
+# -- the native reaper: a one-shot POSIX timer whose notify function is Python ------------------
+# No thread of ours sleeps: glibc runs _reap_native on a thread of its own when the timer
+# expires (a ctypes callback takes the GIL there), and it sets the timer again only while
+# something is still armed. Idle: no timer set, no wake-ups.
+
+_ReapFunction = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def _reap_native(_value: Any) -> None:
+    try:
+        with _lock:
+            _state["reap_pending"] = False
+            wait = _reap_once(native_only=True)
+            if wait is not None:
+                _schedule_native_reap(wait)
+    except BaseException:  # nothing may cross into glibc; the next arm schedules a reap again
+        pass
+
+
+_REAP_CALLBACK = _ReapFunction(_reap_native)
+
+
+def _schedule_native_reap(wait: float) -> bool:
+    """(Lock held.) Make sure the native reaper looks within ``wait`` seconds; False if there
+    is no native reaper (the Python thread must reap)."""
+    if _state["reap_pending"]:
+        return True
+    timer = _state["reap_timer"]
+    if timer is None:
+        address = ctypes.cast(_REAP_CALLBACK, ctypes.c_void_p).value or 0
+        timer = _state["reap_timer"] = _NATIVE.create(address, 0)
+        if timer is None:
+            return False
+    if not _NATIVE.set(timer, 0.0, wait):
+        return False
+    _state["reap_pending"] = True
+    return True
+
+
+def _start(target: Any) -> None:
+    # A bare thread (daemon by nature): threading.Thread.start() waits until the thread runs,
+    # which a first timed call should not pay for; and nothing must join it at exit.
+    _thread.start_new_thread(target, ())
+
+
+def _python_thread() -> None:
+    """Ticks armed fallback tickers (catching up with the wall clock) and reaps every ticker
+    the native reaper does not; waits on ``_wake``, with no timeout, while none is armed."""
+    next_reap = 0.0
+    while True:
+        with _lock:
+            now = time.perf_counter()
+            mine = [
+                tk for tk in _TICKERS if tk.armed and not (tk.native and _state["reap_pending"])
+            ]
+            if now >= next_reap and mine:
+                wait = _reap_once(native_only=False)
+                next_reap = now + (QUICK if wait is None else wait)
+                mine = [tk for tk in mine if tk.armed]
+            ticking = [tk for tk in mine if not tk.native]
+            if not mine:
+                _wake.clear()  # under the lock: an arm after this sets it again
+        if not mine:
+            _wake.wait()
+            next_reap = 0.0
+            continue
+        time.sleep(FALLBACK_PERIOD if ticking else max(next_reap - now, 0.001))
+        now = time.perf_counter()
+        for tk in ticking:
+            if tk.armed:
+                tk._catch_up(now)
+
+
+# -- the wall-clock guard -------------------------------------------------------------------
+
+_DeadlineCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,  # wasmtime_error_t*: NULL to continue
+    ctypes.c_void_p,  # wasmtime_context_t*
+    ctypes.c_void_p,  # env: our key
+    ctypes.POINTER(ctypes.c_uint64),  # the epoch deadline delta to continue with
+    ctypes.POINTER(ctypes.c_uint8),  # wasmtime_update_deadline_kind_t (stays CONTINUE)
+)
+_TRAP_CODE_INTERRUPT = 10
+# Each guarded store's (arming, timeout, ticker) by key.
+_GUARDS: dict[int, tuple[list[float], float, Ticker]] = {}
+_next_key = iter(range(1, 1 << 62)).__next__
+
+
+def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
+    """A store's epoch deadline came: go on (too early by the wall clock) or interrupt."""
+    try:
+        arming, timeout, tk = _GUARDS[key]
+        period = tk.period
+        # The store's deadline was armed at arming[0] by a call that started then, and calls
+        # starting up to one period later reuse it: none of them is due before ``end``.
+        end = arming[0] + timeout + period
+        left = end - time.perf_counter()
+        if left > 0:
+            delta[0] = math.ceil(left / period) or 1
+            return 0
+    except BaseException:  # nothing may cross into wasmtime: interrupt instead
+        pass
+    # wasmtime's own trap: the call fails exactly as an epoch interruption without a callback
+    # does (a wasm_trap_t is returned as the wasmtime_error_t: both are one boxed error, and
+    # wasmtime reports a returned trap as that trap).
+    return int(_NATIVE_API.trap_new_code(_TRAP_CODE_INTERRUPT) or 0)
+
+
+class _Api:
+    """The two wasmtime C functions the guard uses, declared here rather than borrowed from
+    wasmtime-py (changing argtypes on its shared function objects would change its own)."""
+
+    def __init__(self) -> None:
+        from wasmtime import _ffi
+
+        def address(name: str) -> int:
+            return ctypes.cast(getattr(_ffi.dll, name), ctypes.c_void_p).value or 0
+
+        self.trap_new_code = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint8)(
+            address("wasmtime_trap_new_code")
+        )
+        self.set_callback = ctypes.CFUNCTYPE(
+            None, ctypes.c_void_p, _DeadlineCallback, ctypes.c_void_p, ctypes.c_void_p
+        )(address("wasmtime_store_epoch_deadline_callback"))
+
+
+_NATIVE_API = _Api()
+# Kept for the life of the process (wasmtime holds its address).
+_CALLBACK = _DeadlineCallback(_deadline_reached)
+
+
+def guard(owner: object, store_ptr: int, arming: list[float], timeout: float, tk: Ticker) -> None:
+    """Make the store at ``store_ptr`` (a ``wasmtime_store_t*``) check the wall clock when its
+    epoch deadline comes, as the deadline of a call with ``timeout`` armed at ``arming[0]``.
+
+    ``arming`` is the store's one-item list of the ``perf_counter()`` time its deadline was
+    last armed (see :class:`Ticker`); ``owner`` is the object whose life the store shares (the
+    bookkeeping goes with it). The check runs only when the epoch deadline comes (Python, with
+    the GIL): never on a call that ends in time.
+    """
+    key = _next_key()
+    _GUARDS[key] = (arming, timeout, tk)
+    weakref.finalize(owner, _GUARDS.pop, key, None)
+    _NATIVE_API.set_callback(store_ptr, _CALLBACK, key, None)
+
+
+_BY_ENGINE: dict[int, Ticker] = {}
+
+
+def ticker_for(engine: Any) -> Ticker:
+    """The process-wide ticker of ``engine`` (created on first use; keeps the engine alive)."""
+    key = id(engine)
+    tk = _BY_ENGINE.get(key)
+    if tk is None:
+        tk = _BY_ENGINE[key] = Ticker(engine)
+    return tk
+
+
+def reaper_pending() -> bool:
+    """Whether a reaper will look at the armed tickers (for tests)."""
+    return bool(_state["reap_pending"] or _state["thread"])
+
+
+def _after_fork_in_child() -> None:
+    # Only this thread survived the fork: the Python thread and every POSIX timer are gone,
+    # and the lock may have been held by one of them. Forget them all; the next timed call
+    # re-creates what it needs. Nothing here may block.
+    global _lock, _wake
+    _lock = threading.Lock()
+    _wake = threading.Event()
+    _state["thread"] = _state["reap_pending"] = False
+    _state["reap_timer"] = None
+    # glibc's SIGEV_THREAD helper thread takes an internal lock for every expiry and glibc does
+    # not reset it in the child: forked while it was held, the child's first timer_create
+    # blocks forever (measured: 1 fork in 5 with armed timers; a ProcessPoolExecutor worker
+    # hung on its first timed call). A child of a process that used native timers therefore
+    # ticks from Python (still counted in wall-clock time).
+    if _state["native_used"]:
+        _state["forked_from_native"] = True
+    for tk in _TICKERS:
+        tk.armed = False
+        tk._timers = []  # the parent's; glibc's bookkeeping for them is leaked, harmlessly
+        if tk.native and _state["forked_from_native"]:
+            # The same period: stores armed in the parent count their deadlines in its ticks
+            # (the Python thread gives ticks of any period, catching up every FALLBACK_PERIOD).
+            tk.native = False
+
+
+def _disarm_all_at_exit() -> None:
+    # Engines are never freed (see _KEEP), so this is belt and braces: no ticks while the
+    # interpreter finalizes. No lock: the reaper may hold it, and exit must not wait.
+    for tk in list(_TICKERS):
+        if tk.native:
+            tk.armed = False
+            tk._stop_timers()
+    timer = _state["reap_timer"]
+    if timer is not None:
+        _NATIVE.set(timer, 0.0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_disarm_all_at_exit)

@@ -1,0 +1,383 @@
+"""Deadlines are wall-clock promises (issue 12, classes 4 and 5).
+
+Never early, late by a few milliseconds even while Python threads hold the GIL, no cost while
+idle, and nothing that hangs across fork() or at exit. The tickers are driven here with plain
+wasmtime-py engines and stores, following the call path's protocol (see plugsafe._ticker),
+on both the native POSIX-timer ticker and the Python fallback.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import gc
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import wasmtime
+
+from plugsafe._runtime import _ticker
+
+SPIN = '(module (func (export "spin") (loop br 0)))'
+LINUX_GLIBC = sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
+
+MODES = [
+    pytest.param(
+        True,
+        id="native",
+        marks=pytest.mark.skipif(not _ticker.native_available(), reason="no native ticker here"),
+    ),
+    pytest.param(False, id="python"),
+]
+
+
+class Rig:
+    """One engine with its ticker and a store running ``spin`` (an endless loop)."""
+
+    def __init__(self, native: bool) -> None:
+        cfg = wasmtime.Config()
+        cfg.epoch_interruption = True
+        self.engine = wasmtime.Engine(cfg)
+        self.ticker = _ticker.Ticker(self.engine, native=native)
+        self.module = wasmtime.Module(self.engine, SPIN)
+        self.new_store()
+
+    def new_store(self) -> None:
+        self.store = wasmtime.Store(self.engine)
+        self.spin = wasmtime.Instance(self.store, self.module, []).exports(self.store)["spin"]
+        self.arming = [-1e9]
+        self.guarded: float | None = None
+
+    def arm(self, timeout: float, start: float) -> None:
+        """The call path's arming: the store's deadline, if the last arming is over a period
+        old (and its wall-clock guard, once per store and timeout)."""
+        tk = self.ticker
+        if self.guarded != timeout:
+            store_ptr = ctypes.cast(self.store.ptr(), ctypes.c_void_p).value or 0
+            _ticker.guard(self.store, store_ptr, self.arming, timeout, tk)
+            self.guarded = timeout
+        if start - self.arming[0] > tk.period:
+            self.arming[0] = start
+            self.store.set_epoch_deadline(tk.ticks(timeout))
+
+    def run(self, timeout: float) -> float:
+        """One timed call of ``spin`` as the call path makes it; seconds until it stopped."""
+        tk = self.ticker
+        tk.use_timeout(timeout)
+        start = time.perf_counter()
+        tk.last = start
+        if not tk.armed:
+            tk.arm()
+        self.arm(timeout, start)
+        try:
+            self.spin(self.store)
+        except wasmtime.Trap as trap:
+            assert trap.trap_code == wasmtime.TrapCode.INTERRUPT
+        else:
+            raise AssertionError("spin returned")
+        return time.perf_counter() - start
+
+
+# Process-wide tickers are never freed: one rig per mode for the whole module.
+_RIGS: dict[bool, Rig] = {}
+
+
+@pytest.fixture(params=MODES)
+def rig(request: pytest.FixtureRequest) -> Rig:
+    native: bool = request.param
+    if native not in _RIGS:
+        _RIGS[native] = Rig(native)
+    return _RIGS[native]
+
+
+@pytest.fixture
+def busy(request: pytest.FixtureRequest) -> Iterator[None]:
+    """``request.param`` plain Python threads spinning (each wants the GIL all the time)."""
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            pass
+
+    threads = [threading.Thread(target=burn, daemon=True) for _ in range(request.param)]
+    for t in threads:
+        t.start()
+    yield
+    stop.set()
+    for t in threads:
+        t.join()
+
+
+def test_native_ticker_on_linux() -> None:
+    if not (LINUX_GLIBC and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("the native ticker is for Linux/glibc on x86_64 and aarch64")
+    if os.environ.get("PLUGSAFE_TICKER", "").lower() == "python":
+        assert not _ticker.native_available()
+    else:
+        assert _ticker.native_available(), _ticker._NATIVE.why_not
+
+
+@pytest.mark.parametrize("timeout", [0.001, 0.004, 0.011, 0.03])
+def test_never_early(rig: Rig, timeout: float) -> None:
+    for _ in range(10):
+        assert rig.run(timeout) >= timeout
+
+
+def test_never_early_on_a_reused_deadline(rig: Rig) -> None:
+    # The call path re-arms a store's deadline only when the last arming is over a period old:
+    # a call starting just under a period after the arming still gets its full timeout.
+    timeout = 0.01
+    tk = rig.ticker
+    for _ in range(10):
+        tk.last = armed_at = time.perf_counter()
+        if not tk.armed:
+            tk.arm()
+        rig.arming[0] = -1e9
+        rig.arm(timeout, armed_at)
+        while time.perf_counter() - armed_at < tk.period * 0.95:
+            pass
+        assert rig.run(timeout) >= timeout
+
+
+def test_a_burst_of_ticks_does_not_fire_early(rig: Rig) -> None:
+    # A starved ticking thread delivers its backlog at once: the epoch deadline comes long
+    # before the wall-clock one, and the guard must let the call run on.
+    timeout = 0.05
+    engine = rig.engine
+
+    def burst() -> None:
+        time.sleep(0.005)
+        for _ in range(10_000):
+            engine.increment_epoch()
+
+    t = threading.Thread(target=burst)
+    t.start()
+    try:
+        took = rig.run(timeout)
+    finally:
+        t.join()
+    assert timeout <= took < timeout + 0.5
+
+
+def test_a_store_without_guard_state_is_interrupted(rig: Rig) -> None:
+    # The guard's callback never lets an exception into wasmtime: with its bookkeeping gone
+    # (say, torn down at exit) it interrupts the call rather than letting it run forever.
+    rig.new_store()
+    rig.run(0.01)
+    for key, entry in list(_ticker._GUARDS.items()):
+        if entry[0] is rig.arming:
+            del _ticker._GUARDS[key]
+    rig.arming[0] = time.perf_counter()
+    rig.store.set_epoch_deadline(1)
+    t0 = time.perf_counter()
+    with pytest.raises(wasmtime.Trap) as trap:
+        rig.spin(rig.store)
+    assert trap.value.trap_code == wasmtime.TrapCode.INTERRUPT
+    assert time.perf_counter() - t0 < 0.5
+    rig.new_store()
+
+
+@pytest.mark.parametrize("busy", [0, 2, 4], indirect=True, ids=["idle", "2busy", "4busy"])
+@pytest.mark.usefixtures("busy")
+def test_late_by_little(rig: Rig) -> None:
+    # Before: a 0.2 s timeout fired at 0.5-1.5 s with two busy threads. The bound is loose for
+    # noisy CI machines (the measured figures are in benchmarks/test_bench_deadlines.py); it
+    # includes getting the GIL back after the trap.
+    timeout = 0.2
+    late = sorted(rig.run(timeout) - timeout for _ in range(5))
+    assert late[0] >= 0
+    # The fallback needs the GIL to tick (it catches up by the wall clock when it gets it).
+    assert late[2] < (0.15 if rig.ticker.native else 0.4), late
+
+
+def _wait_disarmed(tk: _ticker.Ticker, limit: float) -> float:
+    t0 = time.perf_counter()
+    while tk.armed:
+        assert time.perf_counter() - t0 < limit, "the reaper never disarmed the ticker"
+        time.sleep(0.01)
+    return time.perf_counter() - t0
+
+
+def test_reaper_disarms_then_rearms(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ticker, "MARGIN", 0.05)
+    rig.run(0.02)
+    assert rig.ticker.armed
+    assert _ticker.reaper_pending()
+    # It stays armed while a call could still run: longest timeout in use + margin.
+    _wait_disarmed(rig.ticker, 5.0 + rig.ticker._longest)
+    # Disarmed: the epoch stands still, and the next timed call arms it again.
+    assert rig.run(0.02) >= 0.02
+    assert rig.ticker.armed
+
+
+def test_a_watching_ticker_stops_once_no_call_holds_its_locks(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ticker, "MARGIN", 30.0)  # so only the locks can explain a stop
+    tk = rig.ticker
+    lock = threading.Lock()
+    tk.watch(lock)
+    try:
+        with lock:  # "a timed call is running"
+            rig.run(0.01)
+            time.sleep(_ticker.QUICK * 3)
+            assert tk.armed
+        took = _wait_disarmed(tk, 2.0)
+        assert took < _ticker.QUICK * 4
+        with lock:  # every timed call on a watching ticker holds a watched lock
+            assert rig.run(0.01) >= 0.01  # and it re-arms
+    finally:
+        del lock
+        gc.collect()
+        assert not tk._watched
+
+
+def test_a_call_outliving_its_deadline_in_the_host_still_stops(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A call that spends longer than its timeout outside wasm (a slow host function) must
+    # find its deadline passed when it gets back, even if the reaper disarmed meanwhile.
+    monkeypatch.setattr(_ticker, "MARGIN", 0.05)
+    tk = rig.ticker
+    timeout = 0.02
+    tk.use_timeout(timeout)
+    start = time.perf_counter()
+    tk.last = start
+    if not tk.armed:
+        tk.arm()
+    rig.arming[0] = -1e9
+    rig.arm(timeout, start)
+    _wait_disarmed(tk, 5.0 + tk._longest)  # "in the host function"
+    t0 = time.perf_counter()
+    with pytest.raises(wasmtime.Trap):
+        rig.spin(rig.store)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_engine_kept_alive(rig: Rig) -> None:
+    assert any(e is rig.engine for e in _ticker._KEEP)
+    assert _ticker.ticker_for(rig.engine) is _ticker.ticker_for(rig.engine)
+
+
+def _script(body: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    prelude = (
+        "import time, gc, wasmtime\n"
+        "from plugsafe._runtime import _ticker\n"
+        "def engine():\n"
+        "    cfg = wasmtime.Config(); cfg.epoch_interruption = True\n"
+        "    return wasmtime.Engine(cfg)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + body],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("native", MODES)
+def test_exit_while_ticking_is_clean(native: bool) -> None:
+    # The first native experiment segfaulted at exit: a tick on an engine already freed.
+    body = (
+        f"for _ in range(4):\n"
+        f"    e = engine(); tk = _ticker.Ticker(e, native={native}); tk.use_timeout(9)\n"
+        f"    tk.last = time.perf_counter(); tk.arm()\n"
+        f"    del e, tk; gc.collect()\n"
+        f"time.sleep(0.05)\n"
+        f"print('ok')\n"
+    )
+    for _ in range(3):
+        done = _script(body)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "ok"
+
+
+def test_idle_hosts_cost_nothing() -> None:
+    # 20 engines with timed calls behind them: once the reaper has disarmed, no thread wakes.
+    body = (
+        "_ticker.MARGIN = 0.05\n"
+        "tks = [_ticker.Ticker(engine()) for _ in range(20)]\n"
+        "for tk in tks:\n"
+        "    tk.use_timeout(0.05); tk.last = time.perf_counter(); tk.arm()\n"
+        "time.sleep(0.3)\n"
+        "assert not any(tk.armed for tk in tks)\n"
+        "t0 = time.process_time(); time.sleep(1.0)\n"
+        "print(time.process_time() - t0)\n"
+    )
+    done = _script(body)
+    assert done.returncode == 0, done.stderr
+    # Was ~0.2 s of CPU per second (20 Python tickers at 5 ms); now ~0.
+    assert float(done.stdout) < 0.02
+
+
+# -- fork ------------------------------------------------------------------------------------
+
+
+def _child_spin(native: bool, timeout: float) -> float:
+    """In a forked worker: a timed call on the rig inherited from the parent."""
+    rig = _RIGS[native]
+    rig.new_store()  # a store of its own (the parent's may have been mid-call in a thread)
+    return rig.run(timeout)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("workers", [1, 3])
+def test_process_pool_fork_workers(rig: Rig, workers: int) -> None:
+    native = rig.ticker.native
+    assert rig.run(0.01) >= 0.01  # the parent made a timed call: ticker armed, reaper running
+    assert rig.ticker.armed
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_child_spin, native, 0.05) for _ in range(workers * 2)]
+        results = [f.result(timeout=30) for f in futures]
+    assert all(0.05 <= r < 1.0 for r in results), results
+    assert rig.run(0.01) >= 0.01  # and the parent still works
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_another_thread_arms(rig: Rig) -> None:
+    # Fork while a second thread keeps making timed calls (holding the ticker's lock at times).
+    stop = threading.Event()
+    other = Rig(rig.ticker.native)
+
+    def caller() -> None:
+        while not stop.is_set():
+            other.run(0.002)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    try:
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    code = 0 if 0.02 <= _child_spin(rig.ticker.native, 0.02) < 1.0 else 2
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 30
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    pytest.fail("the forked child hung")
+                time.sleep(0.01)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_forced_fallback_by_environment() -> None:
+    done = _script("print(_ticker.native_available())", {"PLUGSAFE_TICKER": "python"})
+    assert done.stdout.strip() == "False", done.stderr
