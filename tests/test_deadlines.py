@@ -193,8 +193,9 @@ def test_late_by_little(rig: Rig) -> None:
     timeout = 0.2
     late = sorted(rig.run(timeout) - timeout for _ in range(5))
     assert late[0] >= 0
-    # The fallback needs the GIL to tick (it catches up by the wall clock when it gets it).
-    assert late[2] < (0.15 if rig.ticker.native else 0.4), late
+    # Both tickers: the interrupted call needs the GIL back to return, a few switch intervals
+    # with busy threads on a shared 2-core machine (the fallback also needs it to tick).
+    assert late[2] < 0.4, late
 
 
 def _wait_disarmed(tk: _ticker.Ticker, limit: float) -> float:
