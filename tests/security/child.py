@@ -31,17 +31,27 @@ sys.path.insert(0, {str(TESTS / "security")!r})
 import plugsafe
 from wat import abi_module, ECHO, ABI_PRELUDE
 
+_said = threading.Lock()
+# A fork child starts with a fresh lock (another thread may hold this one at the fork).
+os.register_at_fork(after_in_child=lambda: globals().__setitem__("_said", threading.Lock()))
+
+def _say(*parts):
+    # One whole line per outcome, even when several threads report at once.
+    with _said:
+        sys.stdout.write(" ".join(parts) + "\\n")
+        sys.stdout.flush()
+
 def outcome(fn, *args, **kwargs):
     try:
         r = fn(*args, **kwargs)
     except plugsafe.PlugsafeError as e:
-        print("TYPED", type(e).__name__, "phase=%s" % getattr(e, "phase", None),
-              "limit=%s" % getattr(e, "limit", None), flush=True)
+        _say("TYPED", type(e).__name__, "phase=%s" % getattr(e, "phase", None),
+             "limit=%s" % getattr(e, "limit", None))
         return e
     except BaseException as e:
-        print("UNTYPED", type(e).__name__, str(e)[:200].replace("\\n", " "), flush=True)
+        _say("UNTYPED", type(e).__name__, str(e)[:200].replace("\\n", " "))
         return e
-    print("OK", repr(r)[:200], flush=True)
+    _say("OK", repr(r)[:200])
     return r
 """
 
