@@ -27,13 +27,19 @@ The tree, which ``docs/errors.md`` explains case by case::
 
 ``LimitExceeded`` is raised both while loading (a start function that loops, an initial memory
 over the cap) and while calling; ``.phase`` says which.
+
+Every one of them pickles (``PlugsafeError.__reduce__``): a ``FuelExhausted`` raised in a
+``ProcessPoolExecutor`` worker reaches the parent as a ``FuelExhausted``, with its message and
+attributes, instead of breaking the pool.
 """
 
 from __future__ import annotations
 
+import copyreg
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NoReturn, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 __all__ = [
     "AbiError",
@@ -65,7 +71,74 @@ Phase = Literal["load", "call"]
 
 
 class PlugsafeError(Exception):
-    """Root of every exception plugsafe raises."""
+    """Root of every exception plugsafe raises.
+
+    Every plugsafe error pickles and unpickles to the same type, message and attributes (so it
+    can cross a process boundary: ``ProcessPoolExecutor``, ``multiprocessing``), and so do
+    subclasses an app derives from these classes. The ``__cause__`` travels too when it can be
+    rebuilt on the other side; :class:`HostFunctionError` also keeps the cause's class and text
+    (``cause_type``, ``cause_message``) for when it cannot.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own __reduce__ rebuilds with ``type(self)(*self.args)``, which fails for
+        # every class here whose constructor takes other arguments than the message (keyword-only
+        # ``limit=``, ``function=``; GuestError's three parts), and an exception that cannot be
+        # unpickled breaks a whole ProcessPoolExecutor. So: rebuild without calling __init__
+        # (``cls.__new__(cls, *args)``, which sets ``args`` and so the message) and restore the
+        # attributes from the instance dict, whatever the class's constructor looks like.
+        state = dict(self.__dict__)
+        cause = self.__cause__
+        if cause is not None:
+            blob = _pickled(cause)
+            if blob is not None:
+                state[_CAUSE_KEY] = blob
+        return (_NEWOBJ, (type(self), *self.args), state)
+
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        state = dict(state or {})
+        blob = state.pop(_CAUSE_KEY, None)
+        self.__dict__.update(state)
+        if isinstance(blob, bytes):
+            cause = _unpickled(blob)
+            if cause is not None:
+                self.__cause__ = cause
+
+
+# ``cls.__new__(cls, *args)``, which pickle's protocol 2 writes as a single NEWOBJ opcode (and
+# older protocols as a call). Missing from typeshed, present in every CPython since 2.3.
+_NEWOBJ: Callable[..., Any] = copyreg.__newobj__  # type: ignore[attr-defined]
+
+# The cause is pickled separately, as bytes inside the error's state, so that a cause the other
+# process cannot rebuild (its class is not importable there, its constructor needs other
+# arguments) costs only the cause, never the error.
+_CAUSE_KEY = "_plugsafe_cause"
+
+
+def _pickled(exc: BaseException) -> bytes | None:
+    """``exc`` pickled, if it pickles and unpickles here; else None."""
+    try:
+        blob = pickle.dumps(exc)
+        pickle.loads(blob)
+    except Exception:  # any failure means: leave the cause behind
+        return None
+    return blob
+
+
+def _unpickled(blob: bytes) -> BaseException | None:
+    try:
+        value = pickle.loads(blob)
+    except Exception:  # any failure means: arrive without the cause
+        return None
+    return value if isinstance(value, BaseException) else None
+
+
+def _qualified(cls: type) -> str:
+    """A class's name as a person would import it (``"KeyError"``, ``"myapp.errors.Missing"``)."""
+    module = getattr(cls, "__module__", None)
+    if module in (None, "builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
 
 
 class PolicyError(PlugsafeError, ValueError):
@@ -166,11 +239,51 @@ class PluginTrap(PluginCallError):
 
 
 class HostFunctionError(PluginCallError):
-    """A host function raised while the plugin called it; ``__cause__`` is that exception."""
+    """A host function raised while the plugin called it; ``__cause__`` is that exception.
+
+    ``function`` is the host function's name. ``cause_type`` (the exception's class, qualified
+    by its module unless built in: ``"KeyError"``, ``"myapp.errors.Missing"``) and
+    ``cause_message`` (its ``str()``) say what it raised even where ``__cause__`` is gone: after
+    pickling into a process that cannot rebuild the app's exception, or in a
+    ``ProcessPoolExecutor`` parent, where ``__cause__`` is the worker's traceback.
+    """
 
     def __init__(self, message: str, *, function: str) -> None:
         super().__init__(message)
         self.function = function
+
+    @property
+    def cause_type(self) -> str | None:
+        """The class of the exception the host function raised, or None if none is known."""
+        saved = self.__dict__.get(_CAUSE_TEXT)
+        if saved is not None:
+            return str(saved[0])
+        cause = self.__cause__
+        return None if cause is None else _qualified(type(cause))
+
+    @property
+    def cause_message(self) -> str | None:
+        """``str()`` of the exception the host function raised, or None if none is known."""
+        saved = self.__dict__.get(_CAUSE_TEXT)
+        if saved is not None:
+            return str(saved[1])
+        cause = self.__cause__
+        if cause is None:
+            return None
+        try:
+            return str(cause)
+        except Exception:  # an app exception's __str__ may itself raise
+            return f"<{type(cause).__name__}: str() raised>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild, args, state = super().__reduce__()
+        if _CAUSE_TEXT not in state and self.__cause__ is not None:
+            # Frozen as text now: on the other side __cause__ may not survive (see above).
+            state[_CAUSE_TEXT] = (self.cause_type, self.cause_message)
+        return (rebuild, args, state)
+
+
+_CAUSE_TEXT = "_plugsafe_cause_text"
 
 
 class AbiError(PluginCallError):
