@@ -19,6 +19,7 @@ rewrite the asserts of the whole package and add its helper names to this namesp
 from __future__ import annotations
 
 from ._abi import ABI_VERSION
+from ._component import ComponentPlugin, Record, Variant
 from ._errors import (
     AbiError,
     AbiVersionError,
@@ -57,6 +58,7 @@ __all__ = [
     "AbiError",
     "AbiVersionError",
     "CallStats",
+    "ComponentPlugin",
     "DeadlineExceeded",
     "ExportInfo",
     "ExportNotFoundError",
@@ -84,9 +86,11 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Preopen",
+    "Record",
     "RunResult",
     "SignatureError",
     "StackLimitExceeded",
+    "Variant",
     "Wasi",
     "__version__",
 ]

@@ -13,6 +13,7 @@ from typing import Any, TypeVar, overload
 from . import _runtime as rt
 from ._cache import default_cache_dir
 from ._closing import Closing
+from ._component import ComponentLoader, ComponentPlugin, is_component_source, load_component
 from ._config import load_config
 from ._errors import PluginClosedError, PolicyError
 from ._hostfn import BUILTIN_FUNCTIONS, BoundFunction, signature_from_annotations
@@ -64,7 +65,7 @@ class Host(Closing):
         self._engines: dict[bool, rt.Engine] = {}
         self._functions: dict[str, BoundFunction] = dict(BUILTIN_FUNCTIONS)
         self._ticker = rt.EpochTicker([], self)
-        self._plugins: weakref.WeakSet[Plugin] = weakref.WeakSet()
+        self._plugins: weakref.WeakSet[Plugin | ComponentPlugin] = weakref.WeakSet()
         self._closed = False
         if cache_dir is True:
             cache_dir = default_cache_dir()
@@ -72,6 +73,10 @@ class Host(Closing):
         self._loader = ModuleLoader(
             max_stack=max_stack,
             cache_dir=None if cache_dir is None or cache_dir is False else Path(cache_dir),
+        )
+        # Components: compiled and cached apart (their own engines, see _component).
+        self._components = ComponentLoader(
+            None if cache_dir is None or cache_dir is False else Path(cache_dir)
         )
         # The unmetered engine (what most policies use) is made now, as part of the Host, the
         # way a wasmtime user makes an Engine once; the metered one when a policy first needs it.
@@ -151,8 +156,45 @@ class Host(Closing):
             AbiVersionError: the plugin declares an ABI version this plugsafe does not speak.
             LimitExceeded: a limit bit while instantiating (e.g. a start function that loops),
                 or compiling in a child process ran over compile_timeout or compile_memory.
+
+        A WebAssembly component (binary, or ``(component ...)`` text) loads as a
+        :class:`ComponentPlugin` instead (see :meth:`load_component`, typed as such).
         """
+        if is_component_source(source):
+            return self.load_component(source, policy=policy, name=name)  # type: ignore[return-value]
         return self._instantiate(self._prepare(source, policy=policy, name=name))
+
+    def load_component(
+        self, source: Source, *, policy: Policy | None = None, name: str | None = None
+    ) -> ComponentPlugin:
+        """Load a WebAssembly component under ``policy``: what :meth:`load` does for one.
+
+        Raises as :meth:`load` does; also PluginLoadError for a component whose exports use
+        types plugsafe cannot pass (resources, futures, streams), and InvalidModuleError for
+        one that is not a valid component.
+        """
+        if self._closed:
+            raise PluginClosedError("this Host is closed")
+        policy = Policy() if policy is None else policy
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a plugsafe.Policy, got {type(policy).__name__}")
+        plugin = load_component(
+            source,
+            policy,
+            name=name,
+            engine=self._component_engine,
+            loader=self._components,
+            on_close=self._forget,
+        )
+        with self._lock:
+            if self._closed:
+                plugin.close()
+                raise PluginClosedError("this Host was closed while the plugin loaded")
+            self._plugins.add(plugin)
+        return plugin
+
+    def _component_engine(self, metered: bool) -> rt.Engine:
+        return rt.shared_engine(metered=metered, max_stack=self._max_stack, components=True)
 
     def _instantiate(self, loaded: LoadedModule) -> Plugin:
         """The import check, then a new Plugin (instance) of a module ``_prepare`` gave.
@@ -221,7 +263,7 @@ class Host(Closing):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _forget(self, plugin: Plugin) -> None:
+    def _forget(self, plugin: Plugin | ComponentPlugin) -> None:
         with self._lock:
             self._plugins.discard(plugin)
 
@@ -245,6 +287,7 @@ class Host(Closing):
             plugin.close()
         self._ticker.stop()
         self._loader.clear()
+        self._components.clear()
 
     def __repr__(self) -> str:
         return f"<plugsafe.Host {'closed' if self._closed else 'open'}>"

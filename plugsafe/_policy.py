@@ -29,6 +29,11 @@ _MAX_FUEL = 2**63 - 1
 _MAX_TIMEOUT = 86_400.0
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What a component may be allowed to import (docs/components.md): a WIT interface
+# ("test:host/logging", optionally "@1.0.0") or one of its functions ("...#host-log").
+_WIT_NAME = re.compile(
+    r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*(@[0-9A-Za-z.+-]+)?(#[a-z][a-z0-9-]*)?$"
+)
 
 
 def _check_int(name: str, value: object, *, lo: int, hi: int, allow_none: bool) -> None:
@@ -176,7 +181,7 @@ class Policy:
             )
         names: set[str] = set()
         for name in allow:
-            if not isinstance(name, str) or not _NAME.match(name):
+            if not isinstance(name, str) or not (_NAME.match(name) or _WIT_NAME.match(name)):
                 raise PolicyError(
                     f"allow: {name!r} is not a valid host function name "
                     "(letters, digits and _, not starting with a digit)",

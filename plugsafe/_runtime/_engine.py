@@ -71,7 +71,7 @@ class Engine:
     metered and one unmetered engine and compiles each plugin for the one its policy needs.
     """
 
-    def __init__(self, *, metered: bool, max_stack: int) -> None:
+    def __init__(self, *, metered: bool, max_stack: int, components: bool = False) -> None:
         # The native stack one call may use (plugsafe counts it per thread: _nesting).
         self.max_stack = max_stack
         cfg = wasmtime.Config()
@@ -83,7 +83,10 @@ class Engine:
         cfg.shared_memory = False
         cfg.wasm_memory64 = False
         cfg.wasm_gc = False
-        cfg.wasm_component_model = False
+        # Components get engines of their own (``components=True``): core modules never see
+        # the component model's parser and validator.
+        cfg.wasm_component_model = components
+        self.components = components
         cfg.wasm_multi_memory = True
         # A linear memory never moves once created (growth past the reservation, 4 GiB on 64-bit
         # hosts, fails instead): an Instance may then keep a window on its memory across calls
@@ -98,6 +101,7 @@ class Engine:
         # Everything that changes compiled code: part of the on-disk cache key.
         self.settings = (
             f"fuel={metered};stack={max_stack};epoch;nothreads;no64;nogc;multimem;nomove"
+            + (";components" if components else "")
         )
         self._engine = wasmtime.Engine(cfg)
         self._ptr = self._engine.ptr()
@@ -177,21 +181,23 @@ class EpochTicker:
         self._stopped.set()
 
 
-_SHARED: dict[tuple[bool, int], Engine] = {}
+_SHARED: dict[tuple[bool, int, bool], Engine] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_engine(*, metered: bool, max_stack: int) -> Engine:
+def shared_engine(*, metered: bool, max_stack: int, components: bool = False) -> Engine:
     """The process-wide engine for this configuration (created on first use, never freed).
 
     Hosts share engines (compiled modules stay per Host): each engine carries a native timer
     that must never outlive it, and one ticker per engine keeps idle processes at zero wake-ups.
     """
-    key = (metered, max_stack)
+    key = (metered, max_stack, components)
     engine = _SHARED.get(key)
     if engine is None:
         with _SHARED_LOCK:
             engine = _SHARED.get(key)
             if engine is None:
-                engine = _SHARED[key] = Engine(metered=metered, max_stack=max_stack)
+                engine = _SHARED[key] = Engine(
+                    metered=metered, max_stack=max_stack, components=components
+                )
     return engine

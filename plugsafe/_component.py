@@ -1,0 +1,471 @@
+"""Component plugins: WIT-typed plugins (WebAssembly components) under the same policies.
+
+``Host.load`` hands a source here when its bytes start with the component preamble (version
+0x0d, layer 1) or it is component text (``(component ...)``). The steps mirror a module's
+(``_loader``): read (capped by ``max_module_size``), translate text, compile or hit a cache (the
+Host's in-memory LRU, then the disk cache, under a salt of their own), check the imports, then
+make the first instance. :class:`ComponentPlugin` is the plugin: ``invoke(name, *args)`` with
+WIT-typed values (``docs/components.md`` has the mapping), ``exports``, ``close``.
+
+Names: a world-level function by its name (``"greet"``), a function of an exported interface
+as ``"iface/func"`` (the interface's short name: ``"processor/grayscale"``), or fully qualified
+(``"ns:pkg/iface@1.0.0#func"``, always accepted). A short name two interfaces share is refused.
+
+One Store per instance: any trap poisons a component Store (every instance in it), so the
+instance is discarded after any failed call and the next call makes a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from . import _runtime as rt
+from ._cache import ArtifactCache
+from ._errors import (
+    Diagnosis,
+    ExportNotFoundError,
+    GuestError,
+    ImportNotAllowedError,
+    ImportProblem,
+    InvalidModuleError,
+    Phase,
+    PluginClosedError,
+    PluginLoadError,
+    SignatureError,
+    raise_clean,
+)
+from ._loader import Source, read_source
+from ._policy import Policy
+from ._runtime import _component as rc
+from ._version import __version__
+
+__all__ = [
+    "ComponentLoader",
+    "ComponentPlugin",
+    "Record",
+    "Variant",
+    "is_component_source",
+]
+
+Record = rc.Record
+Variant = rc.Variant
+
+_CACHE_SIZE = 16
+_TEXT = re.compile(rb"^\s*(?:;;[^\n]*\n\s*|\(;.*?;\)\s*)*\(\s*component\b", re.S)
+# Exports toolchains add for themselves, not part of the plugin's world: hidden from
+# ``exports`` (still callable by their qualified name).
+_TOOLCHAIN_INTERFACES = ("componentize-py:",)
+_WASI_PREFIX = "wasi:"
+
+
+def is_component_source(source: object) -> bool:
+    """Whether ``source`` (bytes or a path) holds a component: its binary preamble, or text
+    that starts with ``(component``. Reads at most 4 KiB of a file."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        head = bytes(source[:4096])
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as f:
+                head = f.read(4096)
+        except OSError:
+            return False  # the module loader reports unreadable files
+    else:
+        return False
+    return rc.is_component(head) or bool(_TEXT.match(head))
+
+
+def _short_interface(name: str) -> str:
+    """``ns:pkg/iface@1.0.0`` → ``iface``; a plain name stays as it is."""
+    return name.split("/")[-1].split("@")[0]
+
+
+class ComponentLoader:
+    """Compiles and caches components for one Host (in memory, and on disk if the Host has a
+    cache directory). Safe to use from many threads."""
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        self._cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._compiled: OrderedDict[tuple[bool, bytes], rc.CompiledComponent] = OrderedDict()
+        self._disk: dict[bool, ArtifactCache] = {}
+
+    def clear(self) -> None:
+        """Forget every component held in memory."""
+        with self._lock:
+            self._compiled.clear()
+
+    def compile(self, engine: rt.Engine, wasm: bytes, name: str) -> rc.CompiledComponent:
+        """The compiled component for ``wasm`` (a cache hit, or compiled now).
+
+        Policies that differ only in limits share the entry: the key is the engine's
+        configuration (metered or not) and the bytes' hash.
+        """
+        key = (engine.metered, hashlib.sha256(wasm).digest())
+        with self._lock:
+            hit = self._compiled.get(key)
+            if hit is not None:
+                self._compiled.move_to_end(key)
+                return hit
+        compiled = self._from_disk(engine, key[1])
+        if compiled is None:
+            try:
+                compiled = rc.compile_component(engine, wasm)
+            except rt.WasmFailure as exc:
+                raise InvalidModuleError(
+                    f"plugin {name!r} is not a valid WebAssembly component: {exc.message}"
+                ) from None
+            cache = self._disk_cache(engine)
+            if cache is not None:
+                cache.put(cache.key(key[1]), compiled.serialize(), b"component")
+        with self._lock:
+            self._compiled[key] = compiled
+            while len(self._compiled) > _CACHE_SIZE:
+                self._compiled.popitem(last=False)
+        return compiled
+
+    def _disk_cache(self, engine: rt.Engine) -> ArtifactCache | None:
+        if self._cache_dir is None:
+            return None
+        with self._lock:
+            cache = self._disk.get(engine.metered)
+            if cache is None:
+                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|component"
+                cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
+            return cache
+
+    def _from_disk(self, engine: rt.Engine, digest: bytes) -> rc.CompiledComponent | None:
+        cache = self._disk_cache(engine)
+        if cache is None:
+            return None
+        key = cache.key(digest)
+        entry = cache.get(key)
+        if entry is None:
+            return None
+        try:
+            return rc.deserialize_component(engine, entry[0])
+        except rt.WasmFailure:
+            cache.discard(key)  # written by another build of wasmtime: compile again
+            return None
+
+
+def load_component(
+    source: Source,
+    policy: Policy,
+    *,
+    name: str | None,
+    engine: Callable[[bool], rt.Engine],
+    loader: ComponentLoader,
+    on_close: Callable[[Any], None] | None = None,
+) -> ComponentPlugin:
+    """Read, compile (or hit a cache), check the imports and instantiate a component.
+
+    ``engine(metered)`` gives the Host's component engine.
+    """
+    if not rc.AVAILABLE:
+        raise PluginLoadError(
+            "this wasmtime-py has no component support (wasmtime.component): "
+            "install wasmtime>=48 to load components"
+        )
+    data, default_name, what = read_source(source, policy.max_module_size)
+    if name is None:
+        name = default_name
+    elif not isinstance(name, str) or not name:
+        raise TypeError("name must be a non-empty str")
+    wasm = data
+    if not rc.is_component(data):
+        try:
+            wasm = rt.wat_to_wasm(data.decode("utf-8"))
+        except (UnicodeDecodeError, rt.WasmFailure) as exc:
+            detail = exc.message if isinstance(exc, rt.WasmFailure) else "not UTF-8 text"
+            raise InvalidModuleError(f"{what} is not a valid component text: {detail}") from None
+        if len(wasm) > policy.max_module_size:
+            raise InvalidModuleError(
+                f"{what} compiles to {len(wasm)} bytes, over the policy's max_module_size"
+            )
+    compiled = loader.compile(engine(policy.fuel is not None), wasm, name)
+    check_component_imports(compiled.world, policy, name)
+    return ComponentPlugin(name, policy, compiled, on_close=on_close)
+
+
+def import_problems(world: rc.World, policy: Policy) -> list[ImportProblem]:
+    """Every import of ``world`` this policy does not grant (all of them, not the first)."""
+    problems: list[ImportProblem] = []
+    for imp in world.imports:
+        if imp.name.startswith(_WASI_PREFIX):
+            if policy.wasi is None:
+                problems.append(
+                    ImportProblem(
+                        imp.name, "*", "not allowed", "WASI needs the policy to grant Wasi(...)"
+                    )
+                )
+            continue
+        if imp.kind == "instance":
+            for func in imp.functions:
+                problems.append(
+                    ImportProblem(
+                        imp.name,
+                        func.name,
+                        "not allowed" if _allowed(policy, imp.name, func.name) else "unknown",
+                        f"{func.wit()}: components cannot import host functions yet",
+                    )
+                )
+            if not imp.functions:
+                problems.append(
+                    ImportProblem(imp.name, "*", "unknown", "the host offers no such interface")
+                )
+        else:
+            problems.append(
+                ImportProblem(
+                    "(world)", imp.name, "unknown", f"the host offers no {imp.kind} import"
+                )
+            )
+    return problems
+
+
+def _allowed(policy: Policy, interface: str, func: str) -> bool:
+    return interface in policy.allow or f"{interface}#{func}" in policy.allow
+
+
+def check_component_imports(world: rc.World, policy: Policy, name: str) -> None:
+    """Raise ImportNotAllowedError listing every import the policy does not grant."""
+    problems = import_problems(world, policy)
+    if problems:
+        raise ImportNotAllowedError(name, problems)
+
+
+class ComponentPlugin:
+    """A loaded component: call its exported functions with WIT-typed values.
+
+    Use as a context manager, or call :meth:`close`. Safe to share between threads (calls are
+    serialized). Made by :meth:`Host.load`, never directly.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: Policy,
+        compiled: rc.CompiledComponent,
+        *,
+        on_close: Callable[[Any], None] | None = None,
+    ) -> None:
+        self._name = name
+        self._policy = policy
+        self._compiled = compiled
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._closed = False
+        self._diagnosis = Diagnosis(
+            plugin=name,
+            fuel=policy.fuel,
+            timeout=policy.timeout,
+            memory=policy.memory,
+            memory_per=policy.memory,
+        )
+        world = compiled.world
+        refused = [f"{f.qualified} ({f.unsupported})" for f in world.exports if f.unsupported]
+        if refused:
+            raise PluginLoadError(
+                f"plugin {name!r} exports functions plugsafe cannot call: {'; '.join(refused)}"
+            )
+        self._by_name: dict[str, rc.FuncDesc] = {}
+        ambiguous: dict[str, list[str]] = {}
+        listed: dict[str, str] = {}
+        for f in world.exports:
+            self._by_name[f.qualified] = f
+            short = f.name if f.interface is None else f"{_short_interface(f.interface)}/{f.name}"
+            if short != f.qualified:
+                ambiguous.setdefault(short, []).append(f.qualified)
+            hidden = f.interface is not None and f.interface.startswith(_TOOLCHAIN_INTERFACES)
+            if not hidden:
+                listed[short] = f.wit()
+        self._ambiguous: dict[str, tuple[str, ...]] = {}
+        for short, full in ambiguous.items():
+            if len(full) == 1:
+                self._by_name.setdefault(short, self._by_name[full[0]])
+            else:
+                self._ambiguous[short] = tuple(full)
+                for q in full:  # listed under their qualified names instead
+                    listed.pop(short, None)
+                    listed[q] = self._by_name[q].wit()
+        self._exports = MappingProxyType(dict(sorted(listed.items())))
+        self._timeout = policy.timeout
+        self._ticker: rt.Ticker | None = None
+        if policy.timeout is not None:
+            self._ticker = compiled.engine.ticker
+            self._ticker.use_timeout(policy.timeout)
+            self._ticker.watch(self._lock)
+        self._inst: rc.ComponentInstance | None = None
+        with self._lock:
+            self._inst = self._new_instance("load")
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The plugin's name (used in errors)."""
+        return self._name
+
+    @property
+    def policy(self) -> Policy:
+        """The policy the plugin runs under."""
+        return self._policy
+
+    @property
+    def exports(self) -> Mapping[str, str]:
+        """The callable functions by short name, each with its WIT signature as text.
+
+        A short name two exported interfaces share is listed by both qualified names instead.
+        Exports toolchains add for themselves (componentize-py's) are not listed.
+        """
+        return self._exports
+
+    @property
+    def imports(self) -> tuple[str, ...]:
+        """The names of what the component imports (interfaces and functions)."""
+        return tuple(i.name for i in self._compiled.world.imports)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def _resolve(self, function: str) -> rc.FuncDesc:
+        if not isinstance(function, str):
+            raise TypeError(f"function must be a str, got {type(function).__name__}")
+        desc = self._by_name.get(function)
+        if desc is not None:
+            return desc
+        both = self._ambiguous.get(function)
+        if both is not None:
+            raise ExportNotFoundError(
+                f"plugin {self._name!r}: {function!r} is ambiguous: it could be "
+                f"{' or '.join(map(repr, both))}; use the full name"
+            )
+        raise ExportNotFoundError(
+            f"plugin {self._name!r} has no function {function!r} (it exports: "
+            f"{', '.join(self._exports) or 'nothing'})"
+        )
+
+    def invoke(self, function: str, *args: Any) -> Any:
+        """Call the exported ``function`` with ``args``; its result converted to Python.
+
+        Values are converted as ``docs/components.md`` describes (records from a dict or any
+        object with the fields as snake_case attributes; records come back as :class:`Record`).
+        A function returning ``result<T, E>`` returns ``T``, or raises :class:`GuestError`
+        whose ``value`` is ``E``.
+
+        Raises:
+            ExportNotFoundError: no such function, or an ambiguous short name.
+            SignatureError: the arguments do not fit (checked before anything runs).
+            GuestError: the function returned ``result``'s error case.
+            FuelExhausted, DeadlineExceeded, MemoryLimitExceeded, PluginTrap: as for modules.
+            PluginClosedError: after :meth:`close`.
+        """
+        desc = self._resolve(function)
+        if len(args) != len(desc.params):
+            raise SignatureError(
+                f"plugin {self._name!r} function {function!r} takes {len(desc.params)} "
+                f"argument(s) ({desc.wit()}), got {len(args)}"
+            )
+        try:
+            values = [
+                rc.normalise(a, ty, rc.snake(pname))
+                for (pname, ty), a in zip(desc.params, args, strict=True)
+            ]
+        except rc.ValueMismatch as exc:
+            raise SignatureError(
+                f"plugin {self._name!r} function {function!r} ({desc.wit()}): {exc}"
+            ) from None
+        with self._lock:
+            if self._closed:
+                raise PluginClosedError(f"plugin {self._name!r} is closed")
+            inst = self._inst
+            if inst is None:
+                inst = self._inst = self._new_instance("call")
+            try:
+                result = inst.call(desc, values)
+            except rt.WasmFailure as exc:
+                # A trap poisons the Store: the next call gets a fresh instance.
+                self._inst = None
+                raise_clean(self._diagnosis._translate(exc, None, function, None, "call"))
+        if desc.result is not None and desc.result.kind == "result":
+            if result.tag == "err":
+                err = GuestError(self._name, function, _describe_err(result.value))
+                err.value = result.value  # type: ignore[attr-defined]
+                raise err
+            return result.value
+        return result
+
+    def _new_instance(self, phase: Phase) -> rc.ComponentInstance:
+        p = self._policy
+        try:
+            return rc.ComponentInstance(
+                self._compiled,
+                memory_size=p.memory,
+                table_elements=p.max_table_elements,
+                fuel=p.fuel,
+                epochs=self._ticker,
+                timeout=p.timeout,
+                wasi=_wasi_config(p),
+            )
+        except rt.WasmFailure as exc:
+            raise_clean(self._diagnosis._translate(exc, None, "(instantiation)", None, phase))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the instance. Idempotent; later calls raise PluginClosedError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._inst = None
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def __enter__(self) -> ComponentPlugin:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<plugsafe.ComponentPlugin {self._name!r} ({len(self._exports)} exports, {state})>"
+
+
+def _describe_err(value: Any) -> str:
+    if value is None:
+        return "error"
+    if isinstance(value, str):
+        return value
+    return repr(value)
+
+
+def _wasi_config(policy: Policy) -> Any:
+    """A WasiConfig granting what ``policy.wasi`` grants, or None without WASI."""
+    w = policy.wasi
+    if w is None:
+        return None
+
+    def discard(data: bytes) -> int:
+        return len(data)
+
+    return rt.wasi_config(
+        args=list(w.args),
+        env=dict(w.env),
+        stdin=w.stdin,
+        stdout=(w.stdout, discard),
+        stderr=(w.stderr, discard),
+        preopens=[(os.fspath(p.host), p.guest, p.writable) for p in w.preopens],
+    )

@@ -1,0 +1,837 @@
+"""WebAssembly components: compiling, describing, instantiating and calling them.
+
+Everything here works on wasmtime-py's ``wasmtime.component`` objects and its ctypes
+declarations of the component C API, and hands the rest of plugsafe plain data:
+
+- :func:`describe` turns a compiled component's type into :class:`World` (imports and exported
+  functions, each value type a :class:`VType` tree). wasmtime-py's type objects are walked once,
+  at load, kind code first: a kind plugsafe does not handle is refused by its code without
+  asking wasmtime-py anything more about it (some type objects abort the process when misused).
+- :func:`lower` / :func:`lift` convert between checked Python values and the C API's
+  ``wasmtime_component_val_t``; the checking (:func:`normalise`) happens first and entirely in
+  Python, so a value that does not fit is refused before anything is allocated or run.
+- :class:`ComponentInstance` is one Store holding one instance: fuel, the epoch deadline (with the
+  same wall-clock guard as core instances, ``_ticker.guard``), store limits, and calls.
+
+A trap poisons the whole Store (measured: every instance in it, new ones included), so the owner
+discards the instance after any failed call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import wasmtime
+from wasmtime import _ffi as wf
+
+from ._backend import WasmFailure
+from ._engine import NO_DEADLINE_TICKS, Engine
+from ._ticker import Ticker, guard
+
+try:  # wasmtime-py grew ``wasmtime.component`` (Component, Linker, types) late: gate on it
+    import wasmtime.component as wc
+
+    AVAILABLE = hasattr(wc, "Component") and hasattr(wc, "Linker")
+except ImportError:  # pragma: no cover - depends on the installed wasmtime
+    wc = None  # type: ignore[assignment]
+    AVAILABLE = False
+
+__all__ = [
+    "AVAILABLE",
+    "COMPONENT_HEADER",
+    "ComponentInstance",
+    "CompiledComponent",
+    "FuncDesc",
+    "ImportDesc",
+    "Record",
+    "UnsupportedType",
+    "VType",
+    "ValueMismatch",
+    "Variant",
+    "World",
+    "compile_component",
+    "deserialize_component",
+    "is_component",
+    "normalise",
+]
+
+#: The preamble of a component binary: magic, version 0x0d, layer 1.
+COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"
+
+_INT_RANGES = {
+    "u8": (0, 0xFF),
+    "u16": (0, 0xFFFF),
+    "u32": (0, 0xFFFF_FFFF),
+    "u64": (0, 0xFFFF_FFFF_FFFF_FFFF),
+    "s8": (-0x80, 0x7F),
+    "s16": (-0x8000, 0x7FFF),
+    "s32": (-0x8000_0000, 0x7FFF_FFFF),
+    "s64": (-0x8000_0000_0000_0000, 0x7FFF_FFFF_FFFF_FFFF),
+}
+_SCALARS = frozenset({"bool", "f32", "f64", "char", "string", *_INT_RANGES})
+# Kinds plugsafe refuses at load (resources need handles' whole lifecycle; async types and error
+# contexts need the async ABI, which the engines do not enable).
+_REFUSED = {
+    "own": "resources",
+    "borrow": "resources",
+    "future": "futures",
+    "stream": "streams",
+    "error-context": "error contexts",
+    "map": "maps",
+}
+
+
+def is_component(wasm: bytes) -> bool:
+    """Whether ``wasm`` starts with the component preamble (version 0x0d, layer 1)."""
+    return wasm[:8] == COMPONENT_HEADER
+
+
+class UnsupportedType(ValueError):
+    """A function's type uses something plugsafe does not marshal (``kind`` says what)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ValueMismatch(TypeError):
+    """A Python value does not fit a component type; ``path`` locates it (``"img.width"``)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+# -- plain descriptions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VType:
+    """A component value type as plain data.
+
+    ``kind`` is the WIT name (``"u32"``, ``"string"``, ``"list"``, ``"record"``, ...). ``names``
+    are a record's fields, a variant's cases, an enum's or flags' names; ``of`` the element
+    types: a list's (one), an option's payload (one), a result's ok and err (None when absent),
+    a tuple's elements, a record's field types, a variant's case payloads (None for none).
+    """
+
+    kind: str
+    of: tuple[VType | None, ...] = ()
+    names: tuple[str, ...] = ()
+
+    def wit(self) -> str:
+        """The type as WIT text (records, variants, enums and flags spelled out structurally:
+        the C API does not give their names)."""
+        k = self.kind
+        if k in _SCALARS:
+            return k
+        if k == "list":
+            return f"list<{_wit(self.of[0])}>"
+        if k == "option":
+            return f"option<{_wit(self.of[0])}>"
+        if k == "result":
+            ok, err = self.of
+            if ok is None and err is None:
+                return "result"
+            if err is None:
+                return f"result<{_wit(ok)}>"
+            return f"result<{'_' if ok is None else ok.wit()}, {err.wit()}>"
+        if k == "tuple":
+            return f"tuple<{', '.join(_wit(t) for t in self.of)}>"
+        if k == "record":
+            inner = ", ".join(f"{n}: {_wit(t)}" for n, t in zip(self.names, self.of, strict=True))
+            return f"record {{ {inner} }}"
+        if k == "variant":
+            cases = ", ".join(
+                n if t is None else f"{n}({t.wit()})"
+                for n, t in zip(self.names, self.of, strict=True)
+            )
+            return f"variant {{ {cases} }}"
+        if k in ("enum", "flags"):
+            return f"{k} {{ {', '.join(self.names)} }}"
+        return k
+
+
+def _wit(t: VType | None) -> str:
+    return "_" if t is None else t.wit()
+
+
+@dataclass(frozen=True)
+class FuncDesc:
+    """One exported (or imported) function.
+
+    ``interface`` is the exported interface's full name (``"ns:pkg/iface@1.0.0"``) or None for a
+    world-level function; ``qualified`` is ``interface#name`` (or ``name``).
+    """
+
+    name: str
+    interface: str | None
+    params: tuple[tuple[str, VType], ...]
+    result: VType | None
+    #: Why the function cannot be called (a type plugsafe refuses), or None.
+    unsupported: str | None = None
+
+    @property
+    def qualified(self) -> str:
+        """``interface#name``, or ``name`` for a world-level function."""
+        return self.name if self.interface is None else f"{self.interface}#{self.name}"
+
+    def wit(self) -> str:
+        """The signature as WIT text: ``func(a: u32, b: u32) -> u32``."""
+        params = ", ".join(f"{n}: {t.wit()}" for n, t in self.params)
+        return f"func({params})" + ("" if self.result is None else f" -> {self.result.wit()}")
+
+
+@dataclass(frozen=True)
+class ImportDesc:
+    """One import: an interface instance (its functions) or a world-level function."""
+
+    name: str
+    kind: str  # "instance", "func", or what else a component may import ("resource", ...)
+    functions: tuple[FuncDesc, ...] = ()
+
+
+@dataclass(frozen=True)
+class World:
+    """What a component imports and exports (functions only; types are in the signatures)."""
+
+    imports: tuple[ImportDesc, ...]
+    exports: tuple[FuncDesc, ...]
+    #: Exports that are not functions or interfaces of functions (types, resources, modules).
+    other_exports: tuple[str, ...] = ()
+
+
+# -- describing (load time only) ------------------------------------------------------------------
+
+_KIND_NAMES = {
+    "BOOL": "bool",
+    "S8": "s8",
+    "S16": "s16",
+    "S32": "s32",
+    "S64": "s64",
+    "U8": "u8",
+    "U16": "u16",
+    "U32": "u32",
+    "U64": "u64",
+    "F32": "f32",
+    "F64": "f64",
+    "CHAR": "char",
+    "STRING": "string",
+}
+
+
+def _vtype(ty: Any, depth: int = 0) -> VType:
+    """Describe a wasmtime-py ValType object; raises UnsupportedType for refused kinds."""
+    if depth > 100:
+        # The component model caps type nesting far lower; a deeper one is not worth walking.
+        raise UnsupportedType("a type nested over 100 levels deep", "nesting")
+    name = type(ty).__name__
+    scalar = _KIND_NAMES.get(name.upper())
+    if scalar is not None:
+        return VType(scalar)
+    d = depth + 1
+    if name == "ListType":
+        return VType("list", (_vtype(ty.element, d),))
+    if name == "OptionType":
+        return VType("option", (_vtype(ty.payload, d),))
+    if name == "ResultType":
+        ok, err = ty.ok, ty.err
+        return VType(
+            "result",
+            (None if ok is None else _vtype(ok, d), None if err is None else _vtype(err, d)),
+        )
+    if name == "TupleType":
+        return VType("tuple", tuple(_vtype(t, d) for t in ty.elements))
+    if name == "RecordType":
+        fields = ty.fields
+        return VType("record", tuple(_vtype(t, d) for _, t in fields), tuple(n for n, _ in fields))
+    if name == "VariantType":
+        cases = ty.cases
+        return VType(
+            "variant",
+            tuple(None if t is None else _vtype(t, d) for _, t in cases),
+            tuple(n for n, _ in cases),
+        )
+    if name == "EnumType":
+        return VType("enum", (), tuple(ty.names))
+    if name == "FlagsType":
+        return VType("flags", (), tuple(ty.names))
+    kinds = {
+        "OwnType": "own",
+        "BorrowType": "borrow",
+        "FutureType": "future",
+        "StreamType": "stream",
+        "ErrorContext": "error-context",
+    }
+    kind = kinds.get(name, name)
+    raise UnsupportedType(f"{_REFUSED.get(kind, kind)} are not supported", kind)
+
+
+def _func(name: str, interface: str | None, fty: Any) -> FuncDesc:
+    try:
+        params = tuple((n, _vtype(t)) for n, t in fty.params)
+        res = fty.result
+        result = None if res is None else _vtype(res)
+    except UnsupportedType as exc:
+        return FuncDesc(name, interface, (), None, unsupported=str(exc))
+    return FuncDesc(name, interface, params, result)
+
+
+def _item_kind(item: Any) -> str:
+    return {
+        "FuncType": "func",
+        "ComponentInstanceType": "instance",
+        "ResourceType": "resource",
+        "ComponentType": "component",
+        "ModuleType": "module",
+    }.get(type(item).__name__, "type")
+
+
+def describe(component: Any, engine: Engine) -> World:
+    """The imports and exported functions of a compiled ``wasmtime.component.Component``."""
+    eng = engine._engine
+    cty = component.type
+    imports: list[ImportDesc] = []
+    for name, ext in cty.imports(eng).items():
+        item = ext.ty
+        kind = _item_kind(item)
+        if kind == "func":
+            imports.append(ImportDesc(name, "func", (_func(name, None, item),)))
+        elif kind == "instance":
+            funcs = []
+            for fname, fext in item.exports(eng).items():
+                fitem = fext.ty
+                if _item_kind(fitem) == "func":
+                    funcs.append(_func(fname, name, fitem))
+            imports.append(ImportDesc(name, "instance", tuple(funcs)))
+        else:
+            imports.append(ImportDesc(name, kind))
+    exports: list[FuncDesc] = []
+    other: list[str] = []
+    for name, ext in cty.exports(eng).items():
+        item = ext.ty
+        kind = _item_kind(item)
+        if kind == "func":
+            exports.append(_func(name, None, item))
+        elif kind == "instance":
+            for fname, fext in item.exports(eng).items():
+                fitem = fext.ty
+                if _item_kind(fitem) == "func":
+                    exports.append(_func(fname, name, fitem))
+                else:
+                    other.append(f"{name}#{fname}")
+        else:
+            other.append(name)
+    return World(tuple(imports), tuple(exports), tuple(other))
+
+
+# -- compiling ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompiledComponent:
+    """A compiled component and its plain description."""
+
+    component: Any  # wasmtime.component.Component
+    world: World
+    engine: Engine
+    # Export indexes by qualified name, found on first use (they belong to the component, not
+    # to an instance, so every instance of it reuses them).
+    _indexes: dict[str, Any] = field(default_factory=dict)
+
+    def serialize(self) -> bytes:
+        """The compiled artifact (for the disk cache of *this* plugsafe only)."""
+        return bytes(self.component.serialize())
+
+    def export_index(self, func: FuncDesc) -> Any:
+        """The ``ExportIndex`` of ``func`` (None if the component has no such export)."""
+        key = func.qualified
+        if key in self._indexes:
+            return self._indexes[key]
+        comp = self.component
+        if func.interface is None:
+            index = comp.get_export_index(func.name)
+        else:
+            outer = comp.get_export_index(func.interface)
+            index = None if outer is None else comp.get_export_index(func.name, outer)
+        self._indexes[key] = index
+        return index
+
+
+def _require() -> None:
+    if not AVAILABLE:
+        raise WasmFailure(
+            f"this wasmtime-py ({wasmtime.__name__}) has no wasmtime.component API: "
+            "components need wasmtime>=48 with component support"
+        )
+
+
+def compile_component(engine: Engine, wasm: bytes) -> CompiledComponent:
+    """Compile and validate a component binary; raises WasmFailure with wasmtime's message."""
+    _require()
+    try:
+        comp = wc.Component(engine._engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise WasmFailure(str(exc)) from None
+    return CompiledComponent(comp, describe(comp, engine), engine)
+
+
+def deserialize_component(engine: Engine, artifact: bytes) -> CompiledComponent:
+    """Load what :meth:`CompiledComponent.serialize` of this plugsafe wrote. Never call this on
+    bytes from anywhere else: a crafted artifact runs arbitrary code."""
+    _require()
+    try:
+        comp = wc.Component.deserialize(engine._engine, artifact)
+    except wasmtime.WasmtimeError as exc:
+        raise WasmFailure(str(exc)) from None
+    return CompiledComponent(comp, describe(comp, engine), engine)
+
+
+# -- values: Python side --------------------------------------------------------------------------
+
+
+class Record:
+    """A WIT record returned by a component: its fields as attributes (kebab-case names in
+    snake_case: ``new-width`` is ``new_width``).
+
+    Compares equal to another Record with the same fields; ``vars(r)`` gives them as a dict.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
+        return f"Record({inner})"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A WIT variant case: ``tag`` is the case's name, ``value`` its payload (None if none).
+
+    Also what a ``result`` nested inside another value comes back as (tags ``"ok"``/``"err"``);
+    a function's own ``result`` return value is unwrapped instead.
+    """
+
+    tag: str
+    value: Any = None
+
+
+def snake(name: str) -> str:
+    """A WIT name as a Python attribute: ``new-width`` → ``new_width``."""
+    return name.replace("-", "_")
+
+
+_MISSING = object()
+
+
+def _field(value: Any, name: str) -> Any:
+    if isinstance(value, Mapping):
+        for key in (snake(name), name):
+            if key in value:
+                return value[key]
+        return _MISSING
+    return getattr(value, snake(name), _MISSING)
+
+
+def normalise(value: Any, ty: VType, path: str) -> Any:
+    """Check ``value`` against ``ty`` and return the form :func:`lower` takes.
+
+    Pure Python: raises ValueMismatch (with ``path``) before anything is allocated or run.
+    Integers are range-checked here: wasmtime truncates them silently.
+    """
+    k = ty.kind
+    if k in _INT_RANGES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueMismatch(f"expected an int ({k}), got {type(value).__name__}", path)
+        lo, hi = _INT_RANGES[k]
+        if not lo <= value <= hi:
+            raise ValueMismatch(f"{value} is out of range for {k} ({lo} to {hi})", path)
+        return int(value)
+    if k == "bool":
+        if not isinstance(value, bool):
+            raise ValueMismatch(f"expected a bool, got {type(value).__name__}", path)
+        return value
+    if k in ("f32", "f64"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueMismatch(f"expected a float ({k}), got {type(value).__name__}", path)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueMismatch(f"{value} does not fit a {k}", path) from None
+    if k == "char":
+        if not isinstance(value, str) or len(value) != 1:
+            raise ValueMismatch("expected a str of one character", path)
+        if 0xD800 <= ord(value) <= 0xDFFF:
+            raise ValueMismatch("a surrogate is not a Unicode scalar value", path)
+        return ord(value)
+    if k == "string":
+        if not isinstance(value, str):
+            raise ValueMismatch(f"expected a str, got {type(value).__name__}", path)
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueMismatch("the str has lone surrogates (not valid UTF-8)", path) from None
+    if k == "list":
+        elem = cast(VType, ty.of[0])
+        if elem.kind == "u8" and isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        if isinstance(value, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(
+            value, Iterable
+        ):
+            want = "bytes" if elem.kind == "u8" else "a list"
+            raise ValueMismatch(f"expected {want}, got {type(value).__name__}", path)
+        return [normalise(v, elem, f"{path}[{i}]") for i, v in enumerate(value)]
+    if k == "option":
+        if value is None:
+            return None
+        return (normalise(value, cast(VType, ty.of[0]), path),)
+    if k == "tuple":
+        if not isinstance(value, (tuple, list)) or len(value) != len(ty.of):
+            raise ValueMismatch(f"expected a tuple of {len(ty.of)}", path)
+        return tuple(
+            normalise(v, cast(VType, t), f"{path}[{i}]")
+            for i, (v, t) in enumerate(zip(value, ty.of, strict=True))
+        )
+    if k == "record":
+        out = []
+        for name, t in zip(ty.names, ty.of, strict=True):
+            got = _field(value, name)
+            if got is _MISSING:
+                raise ValueMismatch(
+                    f"the record needs a field {snake(name)!r} (a key, or an attribute)", path
+                )
+            out.append(normalise(got, cast(VType, t), f"{path}.{snake(name)}" if path else name))
+        return tuple(out)
+    if k in ("variant", "result"):
+        names = ty.names if k == "variant" else ("ok", "err")
+        tag = _field(value, "tag")
+        payload = _field(value, "value")
+        if isinstance(tag, str) and tag not in names and snake(tag) != tag:
+            tag = _MISSING
+        if not isinstance(tag, str) or tag not in names:
+            raise ValueMismatch(
+                f"expected an object with tag (one of {', '.join(names)}) and value", path
+            )
+        i = names.index(tag)
+        pty = ty.of[i]
+        if pty is None:
+            if payload not in (None, _MISSING):
+                raise ValueMismatch(f"case {tag!r} has no payload", path)
+            return (i, None)
+        if payload is _MISSING:
+            raise ValueMismatch(f"case {tag!r} needs a value", path)
+        return (i, normalise(payload, pty, f"{path}<{tag}>"))
+    if k == "enum":
+        if not isinstance(value, str) or value not in ty.names:
+            raise ValueMismatch(f"expected one of {', '.join(map(repr, ty.names))}", path)
+        return value
+    if k == "flags":
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            raise ValueMismatch("expected a set of flag names", path)
+        got = set(value)
+        bad = [v for v in got if not isinstance(v, str) or v not in ty.names]
+        if bad:
+            raise ValueMismatch(
+                f"unknown flags {sorted(map(repr, bad))}; known: {', '.join(ty.names)}", path
+            )
+        return [n for n in ty.names if n in got]
+    raise ValueMismatch(f"{k} values are not supported", path)
+
+
+# -- values: C side -------------------------------------------------------------------------------
+
+_V = wf.wasmtime_component_val_t
+_K = {
+    name: int(getattr(wf, f"WASMTIME_COMPONENT_{name.upper()}").value)
+    for name in [
+        *("bool", "s8", "u8", "s16", "u16", "s32", "u32", "s64", "u64", "f32", "f64", "char"),
+        *("string", "list", "record", "tuple", "variant", "enum", "option", "result", "flags"),
+    ]
+}
+_SCALAR_FIELD = {**{k: k for k in _INT_RANGES}, "f32": "f32", "f64": "f64", "bool": "boolean"}
+
+
+def _name_vec(data: bytes) -> Any:
+    """A wasm_name_t (byte vec) owning a copy of ``data`` (wasmtime frees it)."""
+    return wf.bytes_to_capi(data)
+
+
+def lower(v: Any, ty: VType, out: Any) -> None:
+    """Write the normalised value ``v`` into the ``wasmtime_component_val_t`` ``out``."""
+    k = ty.kind
+    f = _SCALAR_FIELD.get(k)
+    if f is not None:
+        out.kind = _K[k]
+        setattr(out.of, f, v)
+        return
+    if k == "char":
+        out.kind = _K["char"]
+        out.of.character = v
+    elif k == "string":
+        out.kind = _K["string"]
+        out.of.string = _name_vec(v)
+    elif k == "enum":
+        out.kind = _K["enum"]
+        out.of.enumeration = _name_vec(v.encode())
+    elif k == "list":
+        elem = cast(VType, ty.of[0])
+        raw = wf.wasmtime_component_vallist_t()
+        wf.wasmtime_component_vallist_new_uninit(ctypes.byref(raw), len(v))
+        _fill(raw.data, v, [elem] * len(v))
+        out.kind = _K["list"]
+        out.of.list = raw
+    elif k == "tuple":
+        tup = wf.wasmtime_component_valtuple_t()
+        wf.wasmtime_component_valtuple_new_uninit(ctypes.byref(tup), len(v))
+        _fill(tup.data, v, list(ty.of))
+        out.kind = _K["tuple"]
+        out.of.tuple = tup
+    elif k == "record":
+        rec = wf.wasmtime_component_valrecord_t()
+        wf.wasmtime_component_valrecord_new_uninit(ctypes.byref(rec), len(v))
+        for i, (name, t, x) in enumerate(zip(ty.names, ty.of, v, strict=True)):
+            entry = rec.data[i]
+            entry.name = _name_vec(name.encode())
+            lower(x, cast(VType, t), entry.val)
+        out.kind = _K["record"]
+        out.of.record = rec
+    elif k == "option":
+        out.kind = _K["option"]
+        out.of.option = None if v is None else _boxed(v[0], cast(VType, ty.of[0]))
+    elif k == "result":
+        i, payload = v
+        pty = ty.of[i]
+        out.kind = _K["result"]
+        out.of.result.is_ok = i == 0
+        out.of.result.val = None if pty is None else _boxed(payload, pty)
+    elif k == "variant":
+        i, payload = v
+        pty = ty.of[i]
+        out.kind = _K["variant"]
+        out.of.variant.discriminant = _name_vec(ty.names[i].encode())
+        out.of.variant.val = None if pty is None else _boxed(payload, pty)
+    elif k == "flags":
+        flags = wf.wasmtime_component_valflags_t()
+        wf.wasmtime_component_valflags_new_uninit(ctypes.byref(flags), len(v))
+        for i, name in enumerate(v):
+            flags.data[i] = _name_vec(name.encode())
+        out.kind = _K["flags"]
+        out.of.flags = flags
+    else:  # normalise refused these already
+        raise ValueMismatch(f"{k} values are not supported", "")
+
+
+def _fill(data: Any, values: Sequence[Any], types: Sequence[VType | None]) -> None:
+    for i, (x, t) in enumerate(zip(values, types, strict=True)):
+        lower(x, cast(VType, t), data[i])
+
+
+def _boxed(v: Any, ty: VType) -> Any:
+    tmp = _V()
+    lower(v, ty, tmp)
+    # val_new moves the value into a heap box the enclosing value owns.
+    return wf.wasmtime_component_val_new(ctypes.byref(tmp))
+
+
+def _bytes_of(vec: Any) -> bytes:
+    n = vec.size
+    return ctypes.string_at(vec.data, n) if n else b""
+
+
+def lift(c: Any, ty: VType, top: bool = False) -> Any:
+    """The Python value of the ``wasmtime_component_val_t`` ``c`` (not freed here).
+
+    Kinds are checked against ``ty``: a mismatch would be wasmtime's bug, reported as one.
+    ``top``: a top-level ``result`` comes back as ``Variant`` for the caller to unwrap.
+    """
+    k = ty.kind
+    if c.kind != _K.get(k, -1):
+        raise WasmFailure(f"wasmtime returned a value of kind {c.kind} for a {k}")
+    f = _SCALAR_FIELD.get(k)
+    if f is not None:
+        x = getattr(c.of, f)
+        return bool(x) if k == "bool" else x
+    if k == "char":
+        return chr(c.of.character)
+    if k == "string":
+        return _bytes_of(c.of.string).decode("utf-8")
+    if k == "enum":
+        return _bytes_of(c.of.enumeration).decode("utf-8")
+    if k == "list":
+        elem = cast(VType, ty.of[0])
+        n = c.of.list.size
+        data = c.of.list.data
+        if elem.kind == "u8":
+            return bytes(data[i].of.u8 for i in range(n))
+        return [lift(data[i], elem) for i in range(n)]
+    if k == "tuple":
+        data = c.of.tuple.data
+        return tuple(lift(data[i], cast(VType, t)) for i, t in enumerate(ty.of))
+    if k == "record":
+        data = c.of.record.data
+        return Record(
+            **{
+                snake(n): lift(data[i].val, cast(VType, t))
+                for i, (n, t) in enumerate(zip(ty.names, ty.of, strict=True))
+            }
+        )
+    if k == "option":
+        ptr = c.of.option
+        return None if not ptr else lift(ptr.contents, cast(VType, ty.of[0]))
+    if k == "result":
+        i = 0 if c.of.result.is_ok else 1
+        pty = ty.of[i]
+        ptr = c.of.result.val
+        value = None if pty is None or not ptr else lift(ptr.contents, pty)
+        return Variant(("ok", "err")[i], value)
+    if k == "variant":
+        tag = _bytes_of(c.of.variant.discriminant).decode("utf-8")
+        if tag not in ty.names:
+            raise WasmFailure(f"wasmtime returned an unknown variant case {tag!r}")
+        pty = ty.of[ty.names.index(tag)]
+        ptr = c.of.variant.val
+        return Variant(tag, None if pty is None or not ptr else lift(ptr.contents, pty))
+    if k == "flags":
+        raw = c.of.flags
+        return {_bytes_of(raw.data[i]).decode("utf-8") for i in range(raw.size)}
+    raise WasmFailure(f"cannot lift a {k}")
+
+
+# -- instances ------------------------------------------------------------------------------------
+
+_perf_counter = time.perf_counter
+
+
+def _failure(err: Any) -> WasmFailure:
+    """A WasmFailure for a ``wasmtime_error_t*`` (freed here)."""
+    return _classify(str(wasmtime.WasmtimeError._from_ptr(err)))
+
+
+def _classify(message: str) -> WasmFailure:
+    """A WasmFailure with a trap code where the message says which limit stopped the call (the
+    component API reports traps as errors, without their codes)."""
+    code = None
+    if "all fuel consumed by WebAssembly" in message:
+        code = "OUT_OF_FUEL"
+    elif "wasm trap: interrupt" in message:
+        code = "INTERRUPT"
+    elif "call stack exhausted" in message:
+        code = "STACK_OVERFLOW"
+    elif "wasm trap:" in message:
+        code = "TRAP"
+    return WasmFailure(message, code)
+
+
+class ComponentInstance:
+    """One Store holding one instance of a component (discard it after any failure)."""
+
+    def __init__(
+        self,
+        compiled: CompiledComponent,
+        *,
+        memory_size: int,
+        table_elements: int,
+        fuel: int | None,
+        epochs: Ticker | None,
+        timeout: float | None,
+        wasi: bool,
+    ) -> None:
+        _require()
+        engine = compiled.engine
+        self._compiled = compiled
+        self._metered = engine.metered
+        self._fuel = 0 if fuel is None else fuel
+        store = self._store = wasmtime.Store(engine._engine)
+        store.set_limits(memory_size=memory_size, table_elements=table_elements)
+        if wasi:
+            cfg = wasmtime.WasiConfig()
+            store.set_wasi(cfg)
+        self._ticker = epochs
+        self._ticks = NO_DEADLINE_TICKS if epochs is None else epochs.ticks(cast(float, timeout))
+        self._arming = [-math.inf]
+        if epochs is not None:
+            store_ptr = ctypes.cast(store.ptr(), ctypes.c_void_p).value or 0
+            guard(self, store_ptr, self._arming, cast(float, timeout), epochs)
+        linker = wc.Linker(engine._engine)
+        if wasi:
+            linker.add_wasip2()
+        self.set_budget()
+        try:
+            self._instance = linker.instantiate(store, compiled.component)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            raise _classify(str(exc)) from None
+        self._funcs: dict[str, Any] = {}
+
+    def set_budget(self) -> None:
+        """Refill fuel and arm the deadline (the ticker protocol of ``_ticker.Ticker``)."""
+        if self._metered:
+            self._store.set_fuel(self._fuel)
+        ticker = self._ticker
+        if ticker is not None:
+            now = _perf_counter()
+            ticker.last = now
+            if not ticker.armed:
+                ticker.arm()
+            self._arming[0] = now
+        self._store.set_epoch_deadline(self._ticks)
+
+    def _func(self, desc: FuncDesc) -> Any:
+        func = self._funcs.get(desc.qualified)
+        if func is None:
+            index = self._compiled.export_index(desc)
+            func = None if index is None else self._instance.get_func(self._store, index)
+            if func is None:
+                raise WasmFailure(f"the instance has no function {desc.qualified!r}")
+            self._funcs[desc.qualified] = func
+        return func
+
+    def call(self, desc: FuncDesc, args: Sequence[Any]) -> Any:
+        """Call ``desc`` with normalised ``args`` under a fresh budget; its lifted result
+        (a top-level ``result`` as a :class:`Variant`). Raises WasmFailure."""
+        func = self._func(desc)
+        n = len(desc.params)
+        params = (_V * max(n, 1))()
+        lowered = 0
+        try:
+            for (_, ty), value in zip(desc.params, args, strict=True):
+                lower(value, ty, params[lowered])
+                lowered += 1
+            result = _V()
+            has_result = desc.result is not None
+            self.set_budget()
+            ctx = self._store._context()
+            err = wf.wasmtime_component_func_call(
+                ctypes.byref(func._func),
+                ctx,
+                params,
+                n,
+                ctypes.byref(result) if has_result else None,
+                1 if has_result else 0,
+            )
+            if err:
+                raise _failure(err)
+            try:
+                value = None if desc.result is None else lift(result, desc.result)
+            finally:
+                if has_result:
+                    wf.wasmtime_component_val_delete(ctypes.byref(result))
+            err = wf.wasmtime_component_func_post_return(ctypes.byref(func._func), ctx)
+            if err:
+                raise _failure(err)
+            return value
+        finally:
+            for i in range(lowered):
+                wf.wasmtime_component_val_delete(ctypes.byref(params[i]))

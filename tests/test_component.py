@@ -1,0 +1,282 @@
+"""WebAssembly components: loading, names, values both ways, limits, imports, caches.
+
+The fixtures are component text (tests/component_wat.py), compiled by wasmtime's own parser, so
+these run wherever plugsafe does: no guest toolchain needed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from component_wat import IMPORTS, RESOURCE, WASI_ONLY, WORLD
+
+import plugsafe
+from plugsafe import (
+    ComponentPlugin,
+    ExportNotFoundError,
+    GuestError,
+    Host,
+    Policy,
+    Record,
+    SignatureError,
+    Variant,
+)
+
+
+@pytest.fixture(scope="module")
+def chost() -> Any:
+    with Host() as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def world(chost: Host) -> Any:
+    with chost.load(WORLD.encode(), policy=Policy(fuel=1_000_000), name="world") as p:
+        yield p
+
+
+def test_load_recognises_a_component_by_its_header(chost: Host, tmp_path: Path) -> None:
+    binary = plugsafe._runtime.wat_to_wasm(WORLD)
+    assert binary[:8] == b"\0asm\x0d\x00\x01\x00"
+    for source in (binary, WORLD.encode()):
+        with chost.load(source) as plugin:
+            assert isinstance(plugin, ComponentPlugin)
+            assert plugin.invoke("add", 2, 3) == 5
+    path = tmp_path / "world.wasm"
+    path.write_bytes(binary)
+    with chost.load(path) as plugin:
+        assert plugin.name == "world"
+        assert plugin.invoke("add", 40, 2) == 42
+
+
+def test_exports_list_short_names_with_wit_signatures(world: ComponentPlugin) -> None:
+    exports = world.exports
+    assert exports["add"] == "func(a: u32, b: u32) -> u32"
+    assert exports["swap"] == (
+        "func(img: record { width: u32, height: u32, data: list<u8> }) -> "
+        "record { width: u32, height: u32, data: list<u8> }"
+    )
+    assert exports["res"] == "func(x: s32) -> result<s32, string>"
+    assert exports["math/triple"] == "func(x: u32) -> u32"
+    assert exports["util/triple"] == "func(x: u32) -> u32"
+    # Two interfaces named "math" both export "double": listed by their full names.
+    assert "math/double" not in exports
+    assert "test:demo/math@1.0.0#double" in exports
+    assert "test:other/math#double" in exports
+
+
+def test_interface_functions_by_short_and_qualified_names(world: ComponentPlugin) -> None:
+    assert world.invoke("math/triple", 3) == 9
+    assert world.invoke("test:demo/math@1.0.0#triple", 3) == 9
+    assert world.invoke("test:demo/math@1.0.0#double", 4) == 8
+    assert world.invoke("test:other/math#double", 5) == 10
+    assert world.invoke("util/triple", 5) == 15
+
+
+def test_an_ambiguous_short_name_is_refused_naming_both(world: ComponentPlugin) -> None:
+    with pytest.raises(ExportNotFoundError) as info:
+        world.invoke("math/double", 1)
+    assert "test:demo/math@1.0.0#double" in str(info.value)
+    assert "test:other/math#double" in str(info.value)
+
+
+def test_an_unknown_name_lists_the_exports(world: ComponentPlugin) -> None:
+    with pytest.raises(ExportNotFoundError, match="add"):
+        world.invoke("nope")
+
+
+def test_scalars_both_ways(world: ComponentPlugin) -> None:
+    assert world.invoke("not", False) is True
+    assert world.invoke("neg", 5) == -5
+    assert world.invoke("big", 2**64 - 2) == 2**64 - 1
+    assert world.invoke("mix", 1.5, 2) == 3.5
+    assert world.invoke("next-char", "a") == "b"
+    assert world.invoke("next-char", "\U0001f600") == "\U0001f601"
+    assert world.invoke("echo", "héllo wörld") == "héllo wörld"
+    assert world.invoke("echo", "") == ""
+
+
+def test_bytes_and_lists(world: ComponentPlugin) -> None:
+    assert world.invoke("echo-bytes", b"\x00\x01\xff") == b"\x00\x01\xff"
+    assert world.invoke("echo-bytes", bytearray(b"ab")) == b"ab"
+    assert world.invoke("echo-bytes", memoryview(b"cd")) == b"cd"
+    assert world.invoke("echo-bytes", b"") == b""
+    assert world.invoke("size", bytes(1000)) == 1000
+    assert world.invoke("sum", [1, 2, 2**32 - 1]) == 2**32 + 2
+    assert world.invoke("sum", []) == 0
+    assert world.invoke("sum", (5, 6)) == 11
+
+
+def test_records_from_dicts_or_objects_come_back_with_attributes(world: ComponentPlugin) -> None:
+    out = world.invoke("swap", {"width": 2, "height": 3, "data": b"abc"})
+    assert isinstance(out, Record)
+    assert (out.width, out.height, out.data) == (3, 2, b"abc")
+    assert out == Record(width=3, height=2, data=b"abc")
+    # Any object with the attributes works, the Record that came back included.
+    assert world.invoke("swap", out) == Record(width=2, height=3, data=b"abc")
+
+
+def test_tuples_options_enums_flags_variants(world: ComponentPlugin) -> None:
+    assert world.invoke("pair", (255, -(2**63))) == (-(2**63), 255)
+    assert world.invoke("opt", None) is None
+    assert world.invoke("opt", 4) == 5
+    assert world.invoke("next-color", "blue") == "red"
+    assert world.invoke("flip", {"read"}) == {"write", "exec"}
+    assert world.invoke("flip", set()) == {"read", "write", "exec"}
+    assert world.invoke("same-shape", Variant("txt", "hi")) == Variant("txt", "hi")
+    assert world.invoke("same-shape", {"tag": "num", "value": 7}) == Variant("num", 7)
+    assert world.invoke("same-shape", Variant("nothing")) == Variant("nothing", None)
+
+
+def test_result_is_the_value_or_a_guest_error_carrying_e(world: ComponentPlugin) -> None:
+    assert world.invoke("res", 21) == 42
+    with pytest.raises(GuestError) as info:
+        world.invoke("res", -1)
+    assert info.value.value == "negative"  # type: ignore[attr-defined]
+    assert "negative" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "match"),
+    [
+        ("add", (2**32, 1), "out of range for u32"),
+        ("add", (-1, 1), "out of range for u32"),
+        ("add", (True, 1), "expected an int"),
+        ("add", (1.0, 1), "expected an int"),
+        ("neg", (128,), "out of range for s8"),
+        ("big", (2**64,), "out of range for u64"),
+        ("not", (1,), "expected a bool"),
+        ("next-char", ("ab",), "one character"),
+        ("next-char", ("\ud800",), "surrogate"),
+        ("echo", ("\udc00",), "surrogates"),
+        ("echo", (b"x",), "expected a str"),
+        ("echo-bytes", ("x",), "expected bytes"),
+        ("sum", ([1, -1],), r"xs\[1\]"),
+        ("swap", ({"width": 1, "height": 2},), "needs a field 'data'"),
+        ("swap", ({"width": 1, "height": 2**40, "data": b""},), "img.height"),
+        ("pair", ((1,),), "tuple of 2"),
+        ("next-color", ("purple",), "one of"),
+        ("flip", ({"read", "fly"},), "unknown flags"),
+        ("same-shape", (Variant("circle", 1),), "tag"),
+        ("same-shape", (Variant("nothing", 3),), "no payload"),
+        ("add", (1,), "takes 2 argument"),
+    ],
+)
+def test_values_that_do_not_fit_are_signature_errors_before_running(
+    world: ComponentPlugin, function: str, args: tuple[Any, ...], match: str
+) -> None:
+    with pytest.raises(SignatureError, match=match):
+        world.invoke(function, *args)
+
+
+def test_fuel_is_per_call_and_a_trap_does_not_poison_the_next_call(world: ComponentPlugin) -> None:
+    for _ in range(2):
+        with pytest.raises(plugsafe.FuelExhausted) as info:
+            world.invoke("spin")
+        assert info.value.phase == "call"
+        assert world.invoke("add", 1, 1) == 2
+    with pytest.raises(plugsafe.PluginTrap) as trap:
+        world.invoke("boom")
+    assert "unreachable" in str(trap.value)
+    assert world.invoke("add", 2, 2) == 4
+
+
+def test_timeout_is_a_deadline_exceeded(chost: Host) -> None:
+    with chost.load(WORLD.encode(), policy=Policy(timeout=0.05)) as plugin:
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("spin")
+        assert plugin.invoke("add", 3, 4) == 7
+
+
+def test_the_memory_cap_applies_to_a_components_memory(chost: Host) -> None:
+    with chost.load(WORLD.encode(), policy=Policy(memory=1 << 20)) as plugin:
+        assert plugin.invoke("grow", 8) == 1  # 1 page -> 9 pages: under 16
+        assert plugin.invoke("grow", 8) == -1  # 17 pages: over 1 MiB, refused
+        assert plugin.invoke("grow", 6) == 9  # up to the cap exactly
+
+
+def test_imports_are_denied_by_default_every_offender_listed(chost: Host) -> None:
+    with pytest.raises(plugsafe.ImportNotAllowedError) as info:
+        chost.load(IMPORTS.encode())
+    listed = str(info.value)
+    assert "test:host/logging" in listed and "host-log" in listed
+    assert "test:host/clock" in listed and "now" in listed
+    assert "wasi:cli/environment@0.2.0" in listed
+    assert len(info.value.problems) == 3
+
+
+def test_wasi_imports_need_the_policy_to_grant_wasi(chost: Host) -> None:
+    with pytest.raises(plugsafe.ImportNotAllowedError, match="Wasi"):
+        chost.load(WASI_ONLY.encode())
+    with chost.load(WASI_ONLY.encode(), policy=Policy(wasi=plugsafe.Wasi())) as plugin:
+        assert plugin.invoke("seven") == 7
+
+
+def test_allow_accepts_wit_interface_and_function_names() -> None:
+    policy = Policy(allow={"test:host/logging", "test:host/clock@1.0.0#now", "log"})
+    assert "test:host/logging" in policy.allow
+    with pytest.raises(plugsafe.PolicyError):
+        Policy(allow={"test:host/logging#Bad Name"})
+
+
+def test_resources_are_refused_at_load(chost: Host) -> None:
+    with pytest.raises(plugsafe.PluginLoadError, match="resources are not supported"):
+        chost.load(RESOURCE.encode())
+
+
+def test_close_and_context_manager(chost: Host) -> None:
+    plugin = chost.load(WORLD.encode())
+    with plugin:
+        assert not plugin.closed
+    assert plugin.closed
+    with pytest.raises(plugsafe.PluginClosedError):
+        plugin.invoke("add", 1, 2)
+    plugin.close()  # idempotent
+
+
+def test_host_close_closes_components() -> None:
+    with Host() as host:
+        plugin = host.load(WORLD.encode())
+    assert plugin.closed
+
+
+def test_policies_differing_in_limits_share_one_compile(chost: Host) -> None:
+    loader = chost._components
+    before = len(loader._compiled)
+    # Another component (one more data segment), so the count below is about this one alone.
+    text = WORLD.replace("(global $bump", '(data (i32.const 300) "x")\n    (global $bump').encode()
+    with chost.load(text, policy=Policy(memory=1 << 20, timeout=2.0)):
+        pass
+    with chost.load(text, policy=Policy(memory=1 << 21, timeout=None)) as plugin:
+        assert plugin.invoke("add", 1, 2) == 3
+    assert len(loader._compiled) == before + 1
+
+
+def test_disk_cache_round_trip(tmp_path: Path) -> None:
+    with Host(cache_dir=tmp_path) as host, host.load(WORLD.encode()) as plugin:
+        assert plugin.invoke("add", 1, 2) == 3
+    assert any(p.is_file() for p in tmp_path.rglob("*"))
+    with Host(cache_dir=tmp_path) as host, host.load(WORLD.encode()) as plugin:
+        assert plugin.invoke("math/triple", 2) == 6
+
+
+def test_max_module_size_names_the_setting(chost: Host) -> None:
+    binary = plugsafe._runtime.wat_to_wasm(WORLD)
+    with pytest.raises(plugsafe.InvalidModuleError, match="max_module_size"):
+        chost.load(binary, policy=Policy(max_module_size=1024))
+
+
+def test_invalid_component_bytes_are_invalid_module_errors(chost: Host) -> None:
+    binary = plugsafe._runtime.wat_to_wasm(WORLD)
+    # (The 8-byte preamble alone is a valid, empty component.)
+    for broken in (binary[:9], binary[:40], binary[: len(binary) // 2]):
+        with pytest.raises(plugsafe.InvalidModuleError):
+            chost.load(broken)
+
+
+def test_float_edge_values(world: ComponentPlugin) -> None:
+    assert world.invoke("mix", math.inf, 1.0) == math.inf
+    assert math.isnan(world.invoke("mix", 0.0, math.nan))
