@@ -64,6 +64,10 @@ _TEXT = re.compile(rb"^\s*(?:;;[^\n]*\n\s*|\(;.*?;\)\s*)*\(\s*component\b", re.S
 # ``exports`` (still callable by their qualified name).
 _TOOLCHAIN_INTERFACES = ("componentize-py:",)
 _WASI_PREFIX = "wasi:"
+# The WASI preview 2 packages a Wasi(...) grant covers: what preview 1 gives a module (arguments,
+# environment, clocks, random, stdio, preopened directories). Network packages (sockets, http)
+# are never linked in, whatever the policy says.
+_WASI_GRANTED = ("wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/")
 
 
 def is_component_source(source: object) -> bool:
@@ -200,7 +204,11 @@ def import_problems(world: rc.World, policy: Policy) -> list[ImportProblem]:
     problems: list[ImportProblem] = []
     for imp in world.imports:
         if imp.name.startswith(_WASI_PREFIX):
-            if policy.wasi is None:
+            if not imp.name.startswith(_WASI_GRANTED):
+                problems.append(
+                    ImportProblem(imp.name, "*", "not allowed", "plugsafe grants no network access")
+                )
+            elif policy.wasi is None:
                 problems.append(
                     ImportProblem(
                         imp.name, "*", "not allowed", "WASI needs the policy to grant Wasi(...)"

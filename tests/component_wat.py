@@ -192,3 +192,40 @@ RESOURCE = r"""
   (export "use" (func $use))
 )
 """
+
+#: Calls wasi:cli/environment.get-arguments (lowered through the canonical ABI) and returns how
+#: many arguments it got.
+WASI_ARGS = r"""
+(component
+  (import "wasi:cli/environment@0.2.0"
+    (instance $env (export "get-arguments" (func (result (list string))))))
+  (core module $mem
+    (memory (export "memory") 1)
+    (global $b (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (i32.and (i32.add (global.get $b) (i32.sub (local.get 2) (i32.const 1)))
+                             (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $b (i32.add (local.get $p) (local.get 3)))
+      (local.get $p)))
+  (core instance $mi (instantiate $mem))
+  (core func $ga (canon lower (func $env "get-arguments") (memory (core memory $mi "memory"))
+                  (realloc (core func $mi "realloc"))))
+  (core module $m
+    (import "host" "ga" (func $ga (param i32)))
+    (import "mem" "memory" (memory 1))
+    (func (export "count") (result i32) (call $ga (i32.const 16)) (i32.load (i32.const 20))))
+  (core instance $i (instantiate $m (with "host" (instance (export "ga" (func $ga))))
+                                    (with "mem" (instance $mi))))
+  (func (export "count-args") (result u32) (canon lift (core func $i "count")))
+)
+"""
+
+#: Imports a network interface (never granted).
+SOCKETS = r"""
+(component
+  (import "wasi:sockets/instance-network@0.2.0" (instance))
+  (import "wasi:cli/environment@0.2.0"
+    (instance (export "get-arguments" (func (result (list string))))))
+)
+"""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from component_wat import IMPORTS, RESOURCE, WASI_ONLY, WORLD
+from component_wat import IMPORTS, RESOURCE, SOCKETS, WASI_ARGS, WASI_ONLY, WORLD
 
 import plugsafe
 from plugsafe import (
@@ -280,3 +280,51 @@ def test_invalid_component_bytes_are_invalid_module_errors(chost: Host) -> None:
 def test_float_edge_values(world: ComponentPlugin) -> None:
     assert world.invoke("mix", math.inf, 1.0) == math.inf
     assert math.isnan(world.invoke("mix", 0.0, math.nan))
+
+
+def test_an_initial_memory_over_the_cap_is_a_memory_limit_at_load(chost: Host) -> None:
+    big = WORLD.replace('(memory (export "memory") 1)', '(memory (export "memory") 20)')
+    with pytest.raises(plugsafe.MemoryLimitExceeded) as info:
+        chost.load(big.encode(), policy=Policy(memory=1 << 20))
+    assert info.value.phase == "load"
+
+
+def test_fuel_stops_a_start_function_that_loops_at_load(chost: Host) -> None:
+    looping = WORLD.replace(
+        '(func (export "boom") unreachable)',
+        '(func (export "boom") unreachable)\n    (func $start (loop br 0)) (start $start)',
+    )
+    with pytest.raises(plugsafe.FuelExhausted) as info:
+        chost.load(looping.encode(), policy=Policy(fuel=10_000))
+    assert info.value.phase == "load"
+
+
+def test_records_accept_snake_case_for_kebab_case_fields(chost: Host) -> None:
+    # The image-service world's resize takes new-width/new-height; a record field named
+    # "new-width" is given as new_width (or as the WIT name in a dict).
+    assert plugsafe._runtime._component.snake("new-width") == "new_width"
+    from plugsafe._runtime._component import VType, normalise
+
+    ty = VType("record", (VType("u32"), VType("u32")), ("new-width", "new-height"))
+    assert normalise({"new_width": 1, "new-height": 2}, ty, "r") == (1, 2)
+
+    class Size:
+        new_width = 3
+        new_height = 4
+
+    assert normalise(Size(), ty, "r") == (3, 4)
+
+
+def test_wasi_grants_exactly_the_policys_arguments(chost: Host) -> None:
+    wasi = plugsafe.Wasi(args=["prog", "--flag", "x"])
+    with chost.load(WASI_ARGS.encode(), policy=Policy(wasi=wasi)) as plugin:
+        assert plugin.invoke("count-args") == 3
+    with chost.load(WASI_ARGS.encode(), policy=Policy(wasi=plugsafe.Wasi())) as plugin:
+        assert plugin.invoke("count-args") == 0
+
+
+def test_network_wasi_is_never_granted(chost: Host) -> None:
+    with pytest.raises(plugsafe.ImportNotAllowedError) as info:
+        chost.load(SOCKETS.encode(), policy=Policy(wasi=plugsafe.Wasi()))
+    assert [p.module for p in info.value.problems] == ["wasi:sockets/instance-network@0.2.0"]
+    assert "network" in str(info.value)
