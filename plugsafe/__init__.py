@@ -45,10 +45,10 @@ from ._errors import (
     StackLimitExceeded,
 )
 from ._host import Host
-from ._plugin import Plugin, PluginMemory
+from ._plugin import CallInfo, Plugin, PluginMemory, current_call
 from ._policy import Policy
 from ._pool import PluginPool
-from ._types import CallStats, ExportInfo, ImportInfo
+from ._types import F32, F64, I32, I64, CallStats, ExportInfo, ImportInfo
 from ._version import __version__
 from ._wasi import Preopen, RunResult, Wasi
 
@@ -56,15 +56,20 @@ __all__ = [
     "ABI_VERSION",
     "AbiError",
     "AbiVersionError",
+    "CallInfo",
     "CallStats",
     "DeadlineExceeded",
     "ExportInfo",
     "ExportNotFoundError",
+    "F32",
+    "F64",
     "FuelExhausted",
     "GuestError",
     "Host",
     "HostCallLimitExceeded",
     "HostFunctionError",
+    "I32",
+    "I64",
     "ImportInfo",
     "ImportNotAllowedError",
     "ImportProblem",
@@ -89,6 +94,7 @@ __all__ = [
     "StackLimitExceeded",
     "Wasi",
     "__version__",
+    "current_call",
 ]
 
 
