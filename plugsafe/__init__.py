@@ -46,10 +46,10 @@ from ._errors import (
     StackLimitExceeded,
 )
 from ._host import Host
-from ._plugin import Plugin, PluginMemory
+from ._plugin import CallInfo, Plugin, PluginMemory, current_call
 from ._policy import Policy
 from ._pool import PluginPool
-from ._types import CallStats, ExportInfo, ImportInfo
+from ._types import F32, F64, I32, I64, CallStats, ExportInfo, ImportInfo
 from ._version import __version__
 from ._wasi import Preopen, RunResult, Wasi
 
@@ -57,16 +57,21 @@ __all__ = [
     "ABI_VERSION",
     "AbiError",
     "AbiVersionError",
+    "CallInfo",
     "CallStats",
     "ComponentPlugin",
     "DeadlineExceeded",
     "ExportInfo",
     "ExportNotFoundError",
+    "F32",
+    "F64",
     "FuelExhausted",
     "GuestError",
     "Host",
     "HostCallLimitExceeded",
     "HostFunctionError",
+    "I32",
+    "I64",
     "ImportInfo",
     "ImportNotAllowedError",
     "ImportProblem",
@@ -93,6 +98,7 @@ __all__ = [
     "Variant",
     "Wasi",
     "__version__",
+    "current_call",
 ]
 
 

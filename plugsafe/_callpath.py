@@ -14,6 +14,7 @@ import math
 import operator
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
@@ -37,7 +38,7 @@ from ._errors import (
 from ._policy import Policy
 from ._types import CallStats, ExportInfo
 
-__all__ = ["PYTHON_FAILED", "PYTHON_FAILED_MESSAGE", "CallPath", "CallState"]
+__all__ = ["PYTHON_FAILED", "PYTHON_FAILED_MESSAGE", "CallPath", "CallState", "CallToken"]
 
 T = TypeVar("T")
 
@@ -68,6 +69,7 @@ class CallState:
     """
 
     __slots__ = (
+        "context",
         "error",
         "function",
         "host_calls",
@@ -85,6 +87,9 @@ class CallState:
         # WasmFailure to translate), never what wasmtime-py's module-global says.
         self.error: BaseException | None = None
         self.function = ""
+        # The running call's ``context=`` (plugsafe.current_call()); None whenever no call runs.
+        # Set only by calls that pass one, to plugins with imports (nothing else can read it).
+        self.context: object = None
         # "load" while the plugin is being loaded (instantiation, start function, _initialize,
         # the ABI check), else "call": what every limit error's ``phase`` says (the one
         # translation, Diagnosis.translate, reads it here). Idle state: "call".
@@ -118,6 +123,42 @@ class CallState:
         self.host_calls = self.log_count = self.log_dropped = 0
         self.error = None
         self.phase = "call"
+
+
+class CallToken:
+    """One asynchronous call, so that cancelling the task awaiting it can stop it.
+
+    The call marks itself running (``begin``) and done (``end``) while it holds its plugin's
+    lock: whoever cancels it under the token's lock then interrupts exactly this call, never a
+    later one on the same instance.
+    """
+
+    __slots__ = ("cancelled", "inst", "lock", "path")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cancelled = False
+        self.path: CallPath | None = None
+        self.inst: rt.Instance | None = None
+
+    def begin(self, path: CallPath, inst: rt.Instance) -> None:
+        """The call starts on ``inst`` (lock held); PluginCallError if it was cancelled."""
+        with self.lock:
+            if self.cancelled:
+                raise PluginCallError(f"plugin {path.name!r}: the call was cancelled")
+            self.path, self.inst = path, inst
+
+    def end(self) -> None:
+        """The call is over (still under its plugin's lock)."""
+        with self.lock:
+            self.path = self.inst = None
+
+    def cancel(self) -> None:
+        """The awaiting task was cancelled: do not start, or stop the call now."""
+        with self.lock:
+            self.cancelled = True
+            if self.path is not None and self.inst is not None:
+                self.path.interrupt(self.inst)
 
 
 class CallPath:
@@ -160,7 +201,18 @@ class CallPath:
         # Stats of the last call as a plain tuple; CallStats is built only when asked for.
         # The memory size is read when asked for: memory changes only during calls, and the
         # instance is kept only while it is the current one (a discarded one is measured now).
-        self.last: tuple[int | None, float, int | rt.Instance, int] | None = None
+        # Per thread (Plugin.last_call): the tuple names its thread's ThreadRoom (free in the
+        # short paths), and when a call from another thread replaces it, it moves to
+        # ``others`` (see keep), which forgets a thread once its ThreadRoom is gone.
+        self.last: Last = _NO_LAST
+        self.others: weakref.WeakKeyDictionary[_nesting.ThreadRoom, Last] = (
+            weakref.WeakKeyDictionary()
+        )
+        # The Plugin (weakly: it owns this path), for plugsafe.current_call(); set by the Plugin.
+        self.plugin: Callable[[], object | None] = lambda: None
+        # While a call of a plugin with imports runs: the ThreadRoom.call it replaced (calls
+        # on a thread nest strictly, and a plugin's own calls never overlap).
+        self.outer: object = None
         # Plugins without imports run no Python during a call: no owner, no state to set.
         self.has_imports = has_imports
         self.max_input = policy.max_input
@@ -203,7 +255,9 @@ class CallPath:
         cost = self.cost
         tls = _nesting.tls
 
-        def call(function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
+        def call(
+            function: str, data: bytes | bytearray | memoryview | str = b"", *, context: Any = None
+        ) -> bytes:
             payload = data if type(data) is bytes else _payload(data)
             if len(payload) > max_input:
                 raise AbiError(
@@ -231,6 +285,11 @@ class CallPath:
                         state.function = function
                         state.start = start
                         th.room = left
+                        # plugsafe.current_call(): this call, until it ends (see CallPath.outer).
+                        calls.outer = th.call
+                        th.call = calls
+                        if context is not None:
+                            state.context = context
                     try:
                         return round_trip(inst, ref, function, payload)
                     except rt.WasmFailure as failure:
@@ -251,17 +310,24 @@ class CallPath:
                         raise
                     finally:
                         th.room = room
+                        if has_imports:
+                            th.call = calls.outer
+                            state.context = None
+                        if calls.last[4] is not th:
+                            calls.keep()
                         if lean and inst is calls.instance and not state.host_calls:
                             # settle(), its first case: provably the same (see settle).
-                            calls.last = (None, _perf_counter() - start, inst, 0)
+                            calls.last = (None, _perf_counter() - start, inst, 0, th, function)
                             calls.owner = None
                         else:
-                            settle(inst, start)
+                            settle(inst, start, function)
                         lock.release()
                 lock.release()
-            return calls.guarded(function, lambda inst: calls.call_abi(inst, function, payload))
+            return calls.guarded(
+                function, lambda inst: calls.call_abi(inst, function, payload), context
+            )
 
-        def invoke(function: str, *args: SupportsIndex | SupportsFloat) -> Any:
+        def invoke(function: str, *args: SupportsIndex | SupportsFloat, context: Any = None) -> Any:
             try:  # as in call()
                 th = tls.room
             except AttributeError:
@@ -281,6 +347,11 @@ class CallPath:
                         state.function = function
                         state.start = start
                         th.room = left
+                        # plugsafe.current_call(): this call, until it ends (see CallPath.outer).
+                        calls.outer = th.call
+                        th.call = calls
+                        if context is not None:
+                            state.context = context
                     try:
                         try:
                             out = ref.invoke(args)
@@ -300,19 +371,64 @@ class CallPath:
                         raise
                     finally:
                         th.room = room
+                        if has_imports:
+                            th.call = calls.outer
+                            state.context = None
+                        if calls.last[4] is not th:
+                            calls.keep()
                         if lean and inst is calls.instance and not state.host_calls:
                             # settle(), its first case: provably the same (see settle).
-                            calls.last = (None, _perf_counter() - start, inst, 0)
+                            calls.last = (None, _perf_counter() - start, inst, 0, th, function)
                             calls.owner = None
                         else:
-                            settle(inst, start)
+                            settle(inst, start, function)
                         lock.release()
                     n = len(out)
                     return None if n == 0 else out[0] if n == 1 else out
                 lock.release()
-            return calls.guarded(function, lambda inst: calls.invoke_checked(inst, function, args))
+            return calls.guarded(
+                function, lambda inst: calls.invoke_checked(inst, function, args), context
+            )
 
         return call, invoke
+
+    def call_tracked(
+        self,
+        function: str,
+        data: bytes | bytearray | memoryview | str,
+        context: object,
+        token: CallToken,
+    ) -> bytes:
+        """``call`` for an asynchronous call: the general path, marking ``token`` running."""
+        payload = data if type(data) is bytes else _payload(data)
+        if len(payload) > self.max_input:
+            raise AbiError(
+                f"plugin {self.name!r}: input of {len(payload)} bytes is over the policy's "
+                f"max_input of {self.max_input}"
+            )
+
+        def op(inst: rt.Instance) -> bytes:
+            token.begin(self, inst)
+            try:
+                return self.call_abi(inst, function, payload)
+            finally:
+                token.end()
+
+        return self.guarded(function, op, context)
+
+    def invoke_tracked(
+        self, function: str, args: Sequence[object], context: object, token: CallToken
+    ) -> Any:
+        """``invoke`` for an asynchronous call (as call_tracked)."""
+
+        def op(inst: rt.Instance) -> Any:
+            token.begin(self, inst)
+            try:
+                return self.invoke_checked(inst, function, args)
+            finally:
+                token.end()
+
+        return self.guarded(function, op, context)
 
     def invoke_checked(self, inst: rt.Instance, function: str, args: Sequence[object]) -> Any:
         """Invoke ``function`` on ``inst``, checking it first if not yet done (general path)."""
@@ -328,11 +444,12 @@ class CallPath:
 
     # -- the general path ---------------------------------------------------------------------
 
-    def guarded(self, function: str, op: Callable[[rt.Instance], T]) -> T:
+    def guarded(self, function: str, op: Callable[[rt.Instance], T], context: object = None) -> T:
         """Run one call the general way: wait for the lock, make an instance if there is none.
 
         ``call`` and ``invoke`` come here only when their short path does not apply; ``op``
-        does the lookups and checks that the short path finds already done.
+        does the lookups and checks that the short path finds already done. ``context`` is
+        the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions).
         """
         me = _get_ident()
         if self.closed or self.owner == me:
@@ -344,9 +461,15 @@ class CallPath:
             raise self.too_deep(th)
         self.acquire(me)
         lock = self.lock
+        state = self.state
         try:
             if self.has_imports:
                 th.room = left
+                # plugsafe.current_call(), from before the instance is made (a start function
+                # may call host functions): restored below.
+                self.outer = th.call
+                th.call = self
+                state.context = context
             if self.closed:
                 raise PluginClosedError(f"plugin {self.name!r} is closed")
             inst = self.instance
@@ -355,7 +478,6 @@ class CallPath:
             start = _perf_counter()
             if self.has_imports:
                 self.owner = me
-                state = self.state
                 state.function = function
                 state.start = start
             try:
@@ -373,9 +495,12 @@ class CallPath:
                 self.host_record.spent = self.host_record.leak = True
                 raise
             finally:
-                self.settle(inst, start)
+                self.settle(inst, start, function)
         finally:
             th.room = room
+            if self.has_imports:
+                th.call = self.outer
+                state.context = None
             if self.close_pending:
                 self.complete_close()
             lock.release()
@@ -496,6 +621,15 @@ class CallPath:
             "functions; re-entrant calls are not allowed"
         )
 
+    def interrupt(self, inst: rt.Instance) -> None:
+        """Stop the call running on ``inst`` (see CallToken): the next host call it makes and
+        its next step in wasm fail with DeadlineExceeded (only with a policy ``timeout``)."""
+        if self.has_imports:
+            # HostCalls.enter compares the clock with state.start + timeout (a call of a
+            # plugin with imports sets it afresh).
+            self.state.start = -math.inf
+        inst.interrupt()
+
     def failed(
         self, failure: rt.WasmFailure | LimitExceeded, function: str, inst: rt.Instance
     ) -> BaseException:
@@ -515,7 +649,7 @@ class CallPath:
 
     # -- the end of every call ----------------------------------------------------------------
 
-    def settle(self, inst: rt.Instance, start: float) -> None:
+    def settle(self, inst: rt.Instance, start: float, function: str) -> None:
         """End a call (lock still held): record its stats, drop what must not outlive it.
 
         The short paths inline the first case for a call that made no host call, where it is
@@ -527,9 +661,12 @@ class CallPath:
         calls = state.host_calls
         if self.lean and inst is self.instance and not state.log_dropped:
             # Memory is read lazily from the live instance.
-            self.last = (None, _perf_counter() - start, inst, calls)
+            th = _thread_room()
+            if self.last[4] is not th:
+                self.keep()
+            self.last = (None, _perf_counter() - start, inst, calls, th, function)
         else:
-            self.record(inst, start)
+            self.record(inst, start, function)
             if self.fresh:
                 # Nothing of this call may reach the next one: drop the instance.
                 self.instance = None
@@ -539,16 +676,19 @@ class CallPath:
         if self.close_pending:
             self.complete_close()
 
-    def record(self, inst: rt.Instance, start: float) -> None:
+    def record(self, inst: rt.Instance, start: float, function: str) -> None:
         """Record the full stats of a call on ``inst`` (fuel, memory) and warn of dropped logs."""
         duration = _perf_counter() - start
+        th = _thread_room()
+        if self.last[4] is not th:
+            self.keep()
         state = self.state
         fuel = self.fuel
         consumed = None if fuel is None else max(fuel - inst.fuel_left(), 0)
         memory: int | rt.Instance = inst
         if inst is not self.instance or self.fresh:
             memory = inst.memory_total()
-        self.last = (consumed, duration, memory, state.host_calls)
+        self.last = (consumed, duration, memory, state.host_calls, th, function)
         if state.log_dropped:
             self.logger.warning(
                 "plugin %s dropped %d log message(s) beyond its limit of %d per call",
@@ -557,15 +697,40 @@ class CallPath:
                 self.policy.log_messages,
             )
 
-    def last_call(self) -> CallStats | None:
-        """``Plugin.last_call``."""
+    def keep(self) -> None:
+        """Move the last call's record aside for its thread: another thread's call ends now.
+
+        Called before ``last`` is replaced, whenever the record is another thread's (rare in
+        a plugin used from one thread). The copy drops the ThreadRoom: a value that refers to
+        its weak key would keep it alive.
+        """
         last = self.last
+        th = last[4]
+        if th is not None:
+            self.others[th] = (*last[:4], None, last[5])
+
+    def raw_last(self, th: _nesting.ThreadRoom) -> Last | None:
+        """This thread's last record (``th`` is its ThreadRoom), or None."""
+        last = self.last
+        if last[4] is th:
+            return last
+        return self.others.get(th)
+
+    def last_call(self) -> CallStats | None:
+        """``Plugin.last_call``: the stats of this thread's last call of the plugin."""
+        last = self.raw_last(_thread_room())
         if last is None:
             return None
-        fuel, duration, memory, host_calls = last
+        return self.stats(last)
+
+    def stats(
+        self, last: Last, error: type[BaseException] | None = None, context: object = None
+    ) -> CallStats:
+        """The CallStats of a record (memory measured now if it was left to be read lazily)."""
+        fuel, duration, memory, host_calls, _th, function = last
         if not isinstance(memory, int):
             memory = memory.memory_total()
-        return CallStats(fuel, duration, memory, host_calls)
+        return CallStats(fuel, duration, memory, host_calls, self.name, function, error, context)
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -742,6 +907,12 @@ class CallPath:
         if t == "f32" and math.isfinite(x) and abs(x) > _F32_MAX:
             raise SignatureError(f"{where} (f32) is out of range: {x!r}")
         return x
+
+
+# A call's record: fuel, duration, memory (or the live instance to measure), host calls, the
+# calling thread's ThreadRoom and the function (see CallPath.last).
+Last = tuple[int | None, float, "int | rt.Instance", int, "_nesting.ThreadRoom | None", str]
+_NO_LAST: Last = (None, 0.0, 0, 0, None, "")
 
 
 def _payload(data: object) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -16,9 +17,14 @@ from ._closing import Closing
 from ._component import ComponentLoader, ComponentPlugin, is_component_source, load_component
 from ._config import load_config
 from ._errors import PluginClosedError, PolicyError
-from ._hostfn import BUILTIN_FUNCTIONS, BoundFunction, signature_from_annotations
+from ._hostfn import (
+    BUILTIN_FUNCTIONS,
+    BoundFunction,
+    annotated_target,
+    signature_from_annotations,
+)
 from ._loader import LoadedModule, ModuleLoader, Source, check_imports
-from ._plugin import Plugin
+from ._plugin import OnCall, Plugin
 from ._policy import Policy
 
 __all__ = ["BUILTIN_FUNCTIONS", "Host", "Source"]
@@ -40,6 +46,12 @@ class Host(Closing):
             compiling them again (``True`` for ``~/.cache/plugsafe``, None for no disk cache).
             It must be owned by this user and writable by no one else; entries are checked
             before use and only entries plugsafe wrote are ever loaded.
+        on_call: called after every call of every plugin this host loads (``call``,
+            ``call_json``, ``invoke``, their ``*_async`` forms, PluginPool calls) with its
+            :class:`CallStats`, including ``plugin``, ``function``, ``error`` and ``context``:
+            the place for metrics. It runs on the calling thread after the call released its
+            plugin; an exception it raises is logged (logger ``plugsafe``) and never changes
+            what the call returns or raises.
 
     A Host is safe to use from many threads. Use it as a context manager, or call
     :meth:`close` to stop its ticker thread and close every plugin it loaded.
@@ -50,6 +62,7 @@ class Host(Closing):
         *,
         max_stack: int = 512 * 1024,
         cache_dir: str | os.PathLike[str] | bool | None = None,
+        on_call: OnCall | None = None,
     ) -> None:
         if not isinstance(max_stack, int) or isinstance(max_stack, bool):
             raise TypeError("max_stack must be an int")
@@ -60,6 +73,9 @@ class Host(Closing):
                 f"max_stack must be from {_MIN_STACK} (16 KiB) to {_MAX_STACK} (2 MiB) bytes, "
                 f"got {max_stack}"
             )
+        if on_call is not None and not callable(on_call):
+            raise TypeError(f"on_call must be callable, got {type(on_call).__name__}")
+        self._on_call = on_call
         self._max_stack = max_stack
         self._lock = threading.Lock()
         self._engines: dict[bool, rt.Engine] = {}
@@ -94,15 +110,32 @@ class Host(Closing):
         """Register ``fn`` as a host function plugins may import as ``plugsafe.<name>``.
 
         Use as ``@host.function``, ``@host.function(name="kv_get")`` or
-        ``host.function(fn, name="kv_get")``. The wasm signature comes from the annotations
-        (see docs/abi.md): int → i64, float → f64, bool → i32, bytes/str → pointer and length.
-        A plugin still needs its policy to ``allow`` the name. Returns ``fn`` unchanged.
+        ``host.function(fn, name="kv_get")``. ``fn`` may be any callable with annotations: a
+        function, a bound method, a ``functools.partial`` (its remaining parameters are the
+        wasm ones) or an object with an annotated ``__call__``; ``async def`` is refused
+        (``TypeError``: host functions are synchronous). The wasm signature comes from the
+        annotations (docs/host-functions.md): int → i32 or i64 and float → f32 or f64 (the
+        width each plugin imports; ``Annotated[int, plugsafe.I32]`` pins one), bool → i32,
+        bytes/str → pointer and length. A plugin still needs its policy to ``allow`` the name.
+        Returns ``fn`` unchanged. The name defaults to the function's ``__name__`` (a
+        partial's: its function's); a callable object needs ``name=``.
         """
         if fn is None:
             return lambda f: self.function(f, name=name)
         if not callable(fn):
             raise TypeError(f"host function must be callable, got {type(fn).__name__}")
-        fname = name if name is not None else getattr(fn, "__name__", "")
+        fname = name if name is not None else getattr(annotated_target(fn), "__name__", "")
+        if (
+            name is None
+            and annotated_target(fn) is not fn
+            and not isinstance(fn, functools.partial)
+        ):
+            fname = ""  # a callable object: its class's "__call__" is no name for it
+        if fname == "" and name is None:
+            raise ValueError(
+                f"host function {fn!r} has no name of its own: pass name=, as in "
+                "host.function(fn, name='kv_get')"
+            )
         if not isinstance(fname, str) or not _NAME.match(fname):
             raise ValueError(
                 f"host function name {fname!r} is not valid (letters, digits and _, not "
@@ -214,6 +247,7 @@ class Host(Closing):
             functions=functions,
             ticker=self._ticker,
             on_close=self._forget,
+            on_call=self._on_call,
         )
         with self._lock:
             if self._closed:

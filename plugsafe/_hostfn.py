@@ -10,8 +10,10 @@ a host failure becomes this call's documented error (``CallState.error``) for th
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import math
 import time
 import types
 import typing
@@ -32,6 +34,7 @@ from ._errors import (
 )
 from ._log import LEVELS, escape
 from ._policy import Policy
+from ._types import Width
 
 __all__ = [
     "BUILTIN_FUNCTIONS",
@@ -46,9 +49,18 @@ __all__ = [
 _perf_counter = time.perf_counter
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
+_F32_MAX = 3.4028234663852886e38
+# The range of a Python int in a wasm integer result: signed, as C's int32_t/int64_t.
+_INT_RANGE = {"i32": (-(2**31), 2**31 - 1), "i64": (_I64_MIN, _I64_MAX)}
 
-ParamKind = Literal["int", "float", "bool", "bytes", "str"]
-ResultKind = Literal["none", "int", "float", "bool", "bytes", "str", "bytes?", "str?"]
+# "int"/"float": a Python int/float bound to whichever width the plugin imports (i32 or i64,
+# f32 or f64), per plugin at link time; "i32", "i64", "f32", "f64": one pinned with
+# Annotated[int, plugsafe.I32] and the like.
+ParamKind = Literal["int", "float", "bool", "bytes", "str", "i32", "i64", "f32", "f64"]
+ResultKind = Literal[
+    "none", "int", "float", "bool", "bytes", "str", "bytes?", "str?", "i32", "i64", "f32", "f64"
+]
+_NUMBERS = frozenset({"int", "float", "i32", "i64", "f32", "f64"})
 
 _WASM_PARAMS: dict[str, tuple[str, ...]] = {
     "int": ("i64",),
@@ -56,6 +68,10 @@ _WASM_PARAMS: dict[str, tuple[str, ...]] = {
     "bool": ("i32",),
     "bytes": ("i32", "i32"),
     "str": ("i32", "i32"),
+    "i32": ("i32",),
+    "i64": ("i64",),
+    "f32": ("f32",),
+    "f64": ("f64",),
 }
 _WASM_RESULTS: dict[str, tuple[str, ...]] = {
     "none": (),
@@ -66,6 +82,15 @@ _WASM_RESULTS: dict[str, tuple[str, ...]] = {
     "str": ("i64",),
     "bytes?": ("i64",),
     "str?": ("i64",),
+    "i32": ("i32",),
+    "i64": ("i64",),
+    "f32": ("f32",),
+    "f64": ("f64",),
+}
+# The wasm types each kind may bind to (one wasm value per kind; bytes/str are two i32).
+_BINDS: dict[str, frozenset[str]] = {
+    "int": frozenset({"i32", "i64"}),
+    "float": frozenset({"f32", "f64"}),
 }
 _SCALARS: dict[Any, str] = {int: "int", float: "float", bool: "bool", bytes: "bytes", str: "str"}
 
@@ -87,8 +112,63 @@ class HostSignature:
         """The wasm result types (zero or one)."""
         return _WASM_RESULTS[self.result]
 
+    def accepts(self, params: tuple[str, ...], results: tuple[str, ...]) -> bool:
+        """Whether a plugin may import this function with wasm type ``params -> results``.
+
+        A plain ``int`` binds to ``i32`` or ``i64`` and ``float`` to ``f32`` or ``f64``, each
+        parameter on its own; every other kind has its one wasm type.
+        """
+        want = self.wasm_params
+        if len(params) != len(want) or len(results) != len(self.wasm_results):
+            return False
+        i = 0
+        for kind in self.params:
+            allowed = _BINDS.get(kind)
+            n = len(_WASM_PARAMS[kind])
+            if allowed is not None:
+                if params[i] not in allowed:
+                    return False
+            elif params[i : i + n] != want[i : i + n]:
+                return False
+            i += n
+        allowed = _BINDS.get(self.result)
+        if allowed is not None:
+            return results[0] in allowed
+        return results == self.wasm_results
+
+    def describe(self) -> str:
+        """The wasm type, ``int`` and ``float`` shown with both widths: ``(i32|i64) -> ()``."""
+
+        def one(kind: str, types: tuple[str, ...]) -> list[str]:
+            allowed = _BINDS.get(kind)
+            return ["|".join(sorted(allowed))] if allowed is not None else list(types)
+
+        params = [t for k in self.params for t in one(k, _WASM_PARAMS[k])]
+        results = one(self.result, self.wasm_results)
+        return f"({', '.join(params)}) -> ({', '.join(results)})"
+
+
+def _pinned(annotation: Any, where: str, what: str) -> str | None:
+    """The pinned kind of ``Annotated[int, plugsafe.I32]`` and the like; None if not Annotated.
+
+    Any other metadata is refused: Annotated is never silently ignored.
+    """
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return None
+    base, *meta = typing.get_args(annotation)
+    if len(meta) == 1 and isinstance(meta[0], Width) and base is meta[0].python:
+        return meta[0].wasm
+    raise TypeError(
+        f"{where}: {what} is annotated {annotation!r}; the only Annotated forms are "
+        "Annotated[int, plugsafe.I32], Annotated[int, plugsafe.I64], "
+        "Annotated[float, plugsafe.F32] and Annotated[float, plugsafe.F64]"
+    )
+
 
 def _result_kind(annotation: Any, where: str) -> ResultKind:
+    pinned = _pinned(annotation, where, "the result")
+    if pinned is not None:
+        return typing.cast(ResultKind, pinned)
     if annotation is None or annotation is type(None):
         return "none"
     if annotation in _SCALARS:
@@ -104,21 +184,69 @@ def _result_kind(annotation: Any, where: str) -> ResultKind:
     )
 
 
+def annotated_target(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function whose annotations describe ``fn``.
+
+    A ``functools.partial`` is described by the function it wraps (its bound arguments are
+    left out by ``inspect.signature``), a callable object by its class's ``__call__``; a
+    function or bound method by itself.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn):
+        return fn
+    call = getattr(type(fn), "__call__", None)  # noqa: B004  # the class's, not the object's
+    return fn if call is None else call
+
+
+def _refuse_async(fn: Callable[..., Any], target: Callable[..., Any], where: str) -> None:
+    if (
+        inspect.iscoroutinefunction(fn)
+        or inspect.iscoroutinefunction(target)
+        or inspect.isasyncgenfunction(target)
+    ):
+        raise TypeError(
+            f"{where} is async (a coroutine function); host functions are called while the "
+            "plugin's wasm waits on the calling thread, so they must be plain functions. Make "
+            "it a def; to wait for async work of your event loop from it, use "
+            "asyncio.run_coroutine_threadsafe(coro, loop).result(timeout) (docs/host-functions.md)"
+        )
+
+
 def signature_from_annotations(fn: Callable[..., Any], name: str) -> HostSignature:
-    """Derive the wasm signature of host function ``fn`` from its type annotations."""
+    """Derive the wasm signature of host function ``fn`` from its type annotations.
+
+    ``fn`` may be a function, a bound method, a ``functools.partial`` (its remaining
+    parameters are the wasm ones) or a callable object (its ``__call__``'s annotations).
+    """
     where = f"host function {name!r}"
+    if inspect.isclass(fn):
+        raise TypeError(f"{where}: a class is not a host function; register a function")
+    target = annotated_target(fn)
+    _refuse_async(fn, target, where)
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(target, include_extras=True)
         sig = inspect.signature(fn)
     except (NameError, TypeError, ValueError) as exc:
         raise TypeError(f"{where}: cannot read its annotations: {exc}") from exc
     params: list[ParamKind] = []
     for p in sig.parameters.values():
+        if p.kind == p.KEYWORD_ONLY and p.default is not p.empty:
+            # Not passed by wasm: a keyword-only parameter with a default (one a partial
+            # bound by keyword, say) keeps its value.
+            continue
         if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            raise TypeError(f"{where}: parameter {p.name!r} must be positional (no *args/**kw)")
+            raise TypeError(
+                f"{where}: parameter {p.name!r} must be positional (no *args/**kw; a "
+                "functools.partial should bind leading parameters positionally)"
+            )
         if p.name not in hints:
             raise TypeError(f"{where}: parameter {p.name!r} has no type annotation")
         ann = hints[p.name]
+        pinned = _pinned(ann, where, f"parameter {p.name!r}")
+        if pinned is not None:
+            params.append(typing.cast(ParamKind, pinned))
+            continue
         if ann not in _SCALARS:
             raise TypeError(
                 f"{where}: parameter {p.name!r} is annotated {ann!r}; "
@@ -150,10 +278,23 @@ class BoundFunction:
 
     @property
     def wasm(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The wasm parameter and result types the import must have."""
+        """The wasm parameter and result types, ``int``/``float`` at their widest (i64/f64)."""
         if self.wasm_override is not None:
             return self.wasm_override
         return self.signature.wasm_params, self.signature.wasm_results
+
+    def accepts(self, have: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
+        """Whether a plugin may import it with wasm type ``have`` (params, results)."""
+        if self.wasm_override is not None:
+            return have == self.wasm_override
+        return self.signature.accepts(*have)
+
+    def describe(self) -> str:
+        """Its wasm type for messages (``int`` as ``i32|i64``, ``float`` as ``f32|f64``)."""
+        if self.wasm_override is not None:
+            params, results = self.wasm_override
+            return f"({', '.join(params)}) -> ({', '.join(results)})"
+        return self.signature.describe()
 
 
 class _AppError(Exception):
@@ -289,26 +430,35 @@ class HostCalls:
 
     # -- binding ----------------------------------------------------------------------------------
 
-    def define(self, linker: rt.Linker, bound: BoundFunction) -> None:
-        """Define ``bound`` in ``linker`` as ``plugsafe.<name>`` for this plugin."""
-        params, results = bound.wasm
+    def define(
+        self,
+        linker: rt.Linker,
+        bound: BoundFunction,
+        wasm: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+    ) -> None:
+        """Define ``bound`` in ``linker`` as ``plugsafe.<name>`` for this plugin.
+
+        ``wasm`` is the type the plugin imports it with (checked by ``bound.accepts`` at the
+        import check): a plain ``int``/``float`` binds to the width the plugin chose, for this
+        plugin only. None: the widest (a function the module does not import).
+        """
+        params, results = bound.wasm if wasm is None else wasm
         sig = bound.signature
+        rtype = results[0] if results else None
         if bound.builtin:
             callback = self._builtin(bound)
-        elif all(k in ("int", "float") for k in sig.params) and sig.result in (
-            "int",
-            "float",
-            "none",
+        elif all(k in _NUMBERS for k in sig.params) and (
+            sig.result in _NUMBERS or sig.result == "none"
         ):
             # Numbers in, a number (or nothing) out: the common shape for counters and lookups
             # by id, called with no Caller and no conversion.
             linker.define_numeric(
-                _abi.HOST_MODULE, bound.name, params, results[0] if results else None,
-                self._numeric(bound), self.sink(bound.name),
+                _abi.HOST_MODULE, bound.name, params, rtype,
+                self._numeric(bound, rtype), self.sink(bound.name),
             )  # fmt: skip
             return
         else:
-            callback = self._marshalled(bound)
+            callback = self._marshalled(bound, rtype)
         sink = self.sink(bound.name)
         linker.define_func(_abi.HOST_MODULE, bound.name, params, results, callback, sink)
 
@@ -323,11 +473,15 @@ class HostCalls:
 
         return builtin
 
-    def _numeric(self, bound: BoundFunction) -> Callable[..., Any]:
+    def _numeric(self, bound: BoundFunction, rtype: str | None) -> Callable[..., Any]:
         name = bound.name
         fn = bound.fn
         kind = bound.signature.result
-        want: Any = int if kind == "int" else float if kind == "float" else type(None)
+        want: Any = type(None) if rtype is None else int if rtype in _INT_RANGE else float
+        # The result's range for its width in this plugin; an f32 result always goes through
+        # encode_result (its range check), an f64 one is any float.
+        lo, hi = _INT_RANGE.get(rtype or "", (0, 0))
+        direct = rtype != "f32"
         # The checks of enter(), inlined: this runs on every host call.
         state = self.state
         quota = self.quota
@@ -343,17 +497,18 @@ class HostCalls:
                 result: Any = fn(*args)
             except BaseException as exc:
                 raise _AppError(name, exc) from exc
-            if type(result) is want and (want is not int or _I64_MIN <= result <= _I64_MAX):
+            if type(result) is want and (want is not int or lo <= result <= hi) and direct:
                 return result
             if kind == "none":
+                _check_none(name, result)
                 return None
-            encoded = self.encode_result(None, name, kind, result)
+            encoded = self.encode_result(None, name, kind, result, rtype)
             assert encoded is not None
             return encoded[0]
 
         return numeric
 
-    def _marshalled(self, bound: BoundFunction) -> rt.HostCallback:
+    def _marshalled(self, bound: BoundFunction, rtype: str | None) -> rt.HostCallback:
         sig = bound.signature
         name = bound.name
         fn = bound.fn
@@ -366,10 +521,10 @@ class HostCalls:
             py_args: list[Any] = []
             i = 0
             for kind in sig.params:
-                if kind == "int":
+                if kind in _INTS:
                     py_args.append(int(args[i]))
                     i += 1
-                elif kind == "float":
+                elif kind in _FLOATS:
                     py_args.append(float(args[i]))
                     i += 1
                 elif kind == "bool":
@@ -404,14 +559,22 @@ class HostCalls:
                 result = fn(*py_args)
             except BaseException as exc:
                 raise _AppError(name, exc) from exc
-            return self.encode_result(caller, name, sig.result, result)
+            return self.encode_result(caller, name, sig.result, result, rtype)
 
         return call
 
     def encode_result(
-        self, caller: rt.Caller | None, name: str, kind: str, result: Any
+        self,
+        caller: rt.Caller | None,
+        name: str,
+        kind: str,
+        result: Any,
+        rtype: str | None = None,
     ) -> list[Any] | None:
-        """The wasm results for a host function's ``result`` (``caller`` only for str/bytes)."""
+        """The wasm results for a host function's ``result`` (``caller`` only for str/bytes).
+
+        ``rtype`` is the wasm result type it is bound to in this plugin (a number's width).
+        """
 
         def wrong(expected: str) -> _AppError:
             return _AppError(
@@ -423,22 +586,41 @@ class HostCalls:
             )
 
         if kind == "none":
+            _check_none(name, result)
             return None
-        if kind == "int":
+        if kind in _INTS:
             if not isinstance(result, int) or isinstance(result, bool):
                 raise wrong("int")
-            if not _I64_MIN <= result <= _I64_MAX:
+            width = rtype if rtype in _INT_RANGE else _WASM_RESULTS[kind][0]
+            lo, hi = _INT_RANGE[width]
+            if not lo <= result <= hi:
                 raise _AppError(
                     name,
                     OverflowError(
-                        f"host function {name!r} returned {result}, which does not fit in i64"
+                        f"host function {name!r} returned {result}, which does not fit in "
+                        f"{width} ({lo} to {hi}), the type this plugin imports it with"
                     ),
                 )
-            return [result]
-        if kind == "float":
+            return [int(result)]
+        if kind in _FLOATS:
             if not isinstance(result, (int, float)) or isinstance(result, bool):
                 raise wrong("float")
-            return [float(result)]
+            try:
+                value = float(result)
+            except OverflowError:
+                value = math.inf  # an int too large for a float: refused just below
+            width = rtype if rtype in ("f32", "f64") else _WASM_RESULTS[kind][0]
+            if (math.isinf(value) and not isinstance(result, float)) or (
+                width == "f32" and math.isfinite(value) and abs(value) > _F32_MAX
+            ):
+                raise _AppError(
+                    name,
+                    OverflowError(
+                        f"host function {name!r} returned {result!r}, which does not fit in "
+                        f"{width}, the type this plugin imports it with"
+                    ),
+                )
+            return [value]
         if kind == "bool":
             if not isinstance(result, bool):
                 raise wrong("bool")
@@ -471,6 +653,25 @@ class HostCalls:
         except rt.GuestMemoryError as exc:
             raise AbiError(f"plugin {self.name!r}: {exc}") from None
         return [_abi.encode_result(pointer, len(data))]
+
+
+_INTS = frozenset({"int", "i32", "i64"})
+_FLOATS = frozenset({"float", "f32", "f64"})
+
+
+def _check_none(name: str, result: Any) -> None:
+    """A ``-> None`` host function must return None: a coroutine (an async function in a
+    sync wrapper) would otherwise be dropped unawaited, its work silently never done."""
+    if result is not None and inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # no "never awaited" warning: the error says it instead
+        raise _AppError(
+            name,
+            TypeError(
+                f"host function {name!r} returned an awaitable ({type(result).__name__}); host "
+                "functions must be synchronous (docs/host-functions.md)"
+            ),
+        )
 
 
 # -- the built-in functions ---------------------------------------------------------------------

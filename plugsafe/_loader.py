@@ -309,10 +309,11 @@ class ModuleLoader:
 
 
 class HostFunction(Protocol):
-    """What the import check needs of a host function: its wasm signature."""
+    """What the import check needs of a host function: which wasm types it accepts."""
 
-    @property
-    def wasm(self) -> tuple[tuple[str, ...], tuple[str, ...]]: ...
+    def accepts(self, have: tuple[tuple[str, ...], tuple[str, ...]]) -> bool: ...
+
+    def describe(self) -> str: ...
 
 
 F = TypeVar("F", bound=HostFunction)
@@ -383,15 +384,14 @@ def import_problems(
                 )
             )
             continue
-        want = fn.wasm
         have = (imp.params, imp.results)
-        if want != have:
+        if not fn.accepts(have):  # an int binds to i32 or i64, a float to f32 or f64
             problems.append(
                 ImportProblem(
                     imp.module,
                     imp.name,
                     "wrong type",
-                    f"the host defines {_fmt_sig(want)}, the plugin imports {_fmt_sig(have)}",
+                    f"the host defines {fn.describe()}, the plugin imports {_fmt_sig(have)}",
                 )
             )
             continue

@@ -62,11 +62,15 @@ tls = threading.local()
 class ThreadRoom:
     """One thread's packed room (see the module docstring)."""
 
-    __slots__ = ("room", "size")
+    # ``call``: the innermost plugin call running on this thread whose plugin imports host
+    # functions (a ``_callpath.CallPath``), for ``plugsafe.current_call()``; weakly referable:
+    # per-thread ``last_call`` records are keyed by it.
+    __slots__ = ("__weakref__", "call", "room", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.room = (max(size - BASE_RESERVE, 0) << 4) | NESTING_CAP
+        self.call: object = None
 
 
 def call_cost(max_stack: int) -> int:

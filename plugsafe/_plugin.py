@@ -6,17 +6,21 @@ How a call runs is in ``_callpath``, host functions in ``_hostfn``, WASI's host 
 
 from __future__ import annotations
 
-import functools
 import json
+import logging
 import threading
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, SupportsFloat, SupportsIndex
+from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 
 from . import _abi
 from . import _runtime as rt
-from ._aio import run_in_thread
-from ._callpath import PYTHON_FAILED, PYTHON_FAILED_MESSAGE, CallPath
+from ._aio import run_call
+from ._callpath import PYTHON_FAILED, PYTHON_FAILED_MESSAGE, CallPath, CallToken
 from ._closing import Closing
 from ._errors import (
     AbiError,
@@ -36,13 +40,65 @@ from ._errors import (
 )
 from ._hostfn import BoundFunction, HostCalls
 from ._log import logger_for
-from ._nesting import thread_room
+from ._nesting import thread_room, tls
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._wasi import RunResult, WasiShims
 from ._wasmbin import MemoryDecl
 
-__all__ = ["Plugin", "PluginMemory"]
+__all__ = ["CallInfo", "OnCall", "Plugin", "PluginMemory", "current_call"]
+
+T = TypeVar("T")
+# Host(on_call=...): called with the CallStats of every call.
+OnCall = Callable[[CallStats], object]
+_perf_counter = time.perf_counter
+_log = logging.getLogger("plugsafe")
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """The plugin call a host function is running in: what ``plugsafe.current_call()`` returns.
+
+    Attributes:
+        plugin: the :class:`Plugin` being called.
+        function: the export being called (``"(start)"`` while a start function runs,
+            ``"_initialize"`` while a reactor initializes, ``"_start"`` under ``Plugin.run``).
+        context: what the caller passed as ``context=`` (``None`` if nothing).
+    """
+
+    plugin: Plugin
+    function: str
+    context: Any = None
+
+
+def current_call() -> CallInfo | None:
+    """The plugin call the calling host function serves, or None outside any plugin call.
+
+    Call it inside a host function to learn which plugin called it, in which export, and the
+    ``context=`` its caller passed: one Host can then serve many tenants. In nested calls (a
+    host function that calls another plugin) each host function sees its own call; once a call
+    ends (returned or raised) the outer one, or None, is current again. Per thread: a call on
+    another thread is never seen.
+    """
+    try:
+        path = tls.room.call
+    except AttributeError:  # this thread never called a plugin
+        return None
+    if path is None:
+        return None
+    assert isinstance(path, CallPath)
+    plugin = path.plugin()
+    if plugin is None:
+        return None
+    assert isinstance(plugin, Plugin)
+    state = path.state
+    return CallInfo(plugin, state.function, state.context)
+
+
+def _json_in(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON (call_json's input)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8")
 
 
 class ReleaseAfter:
@@ -146,8 +202,14 @@ class Plugin(Closing):
         functions: Mapping[str, BoundFunction],
         ticker: rt.EpochTicker,
         on_close: Callable[[Plugin], None],
+        on_call: OnCall | None = None,
     ) -> None:
         self._name = name
+        self._on_call = on_call
+        # call_async's own worker (made on first use): one thread, as the plugin runs one call
+        # at a time; never the event loop's default executor (see _aio.run_call).
+        self._async: ThreadPoolExecutor | None = None
+        self._async_lock = threading.Lock()
         self._policy = policy
         self._engine = engine
         self._module = module
@@ -184,6 +246,7 @@ class Plugin(Closing):
             on_closed=self._released,
             max_stack=engine.max_stack,
         )
+        calls.plugin = weakref.ref(self)
         self._host_calls = HostCalls(
             name=name, policy=policy, state=calls.state, diagnosis=diagnosis, logger=logger
         )
@@ -206,6 +269,29 @@ class Plugin(Closing):
             fn.__module__ = "plugsafe"
         self.call = calls.call  # type: ignore[method-assign]
         self.invoke = calls.invoke  # type: ignore[method-assign]
+        if on_call is not None:
+            # Only then is there a frame around the short paths (no cost for hosts without).
+            short_call, short_invoke = calls.call, calls.invoke
+
+            def call(function: str, data: Any = b"", *, context: Any = None) -> bytes:
+                return self._reported(
+                    function, context, lambda: short_call(function, data, context=context)
+                )
+
+            def invoke(function: str, *args: Any, context: Any = None) -> Any:
+                return self._reported(
+                    function, context, lambda: short_invoke(function, *args, context=context)
+                )
+
+            for fn, method in ((call, Plugin.call), (invoke, Plugin.invoke)):
+                fn.__name__, fn.__qualname__, fn.__doc__ = (
+                    method.__name__,
+                    method.__qualname__,
+                    method.__doc__,
+                )
+                fn.__module__ = "plugsafe"
+            self.call = call  # type: ignore[method-assign]
+            self.invoke = invoke  # type: ignore[method-assign]
 
         # Resolve and type-check the imports once; every later instance (after a trap, or per
         # call with fresh_instance) skips that work.
@@ -259,7 +345,10 @@ class Plugin(Closing):
 
     @property
     def last_call(self) -> CallStats | None:
-        """Stats of the most recent call (from any thread), or None before the first."""
+        """Stats of this thread's most recent call of the plugin, or None before its first.
+
+        Per thread: calls from other threads never replace what this thread sees.
+        """
         return self._calls.last_call()
 
     @property
@@ -267,19 +356,29 @@ class Plugin(Closing):
         """Whether :meth:`close` has been called."""
         return self._calls.closed
 
-    def call(self, function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
+    def call(
+        self,
+        function: str,
+        data: bytes | bytearray | memoryview | str = b"",
+        *,
+        context: Any = None,
+    ) -> bytes:
         """Call ABI function ``function`` with ``data`` (str is sent as UTF-8); return its output.
+
+        ``context`` is anything the app wants its host functions to see for this call (a
+        tenant, a request): ``plugsafe.current_call().context`` inside them.
 
         Raises GuestError if the plugin reports a failure, AbiError for a bad pointer/length
         or an input/output over the policy's caps, PluginTrap on a trap, and LimitExceeded
         subclasses when fuel, time, memory or host calls run out.
         """
-        return self._calls.call(function, data)
+        return self._calls.call(function, data, context=context)
 
-    def call_json(self, function: str, value: Any) -> Any:
+    def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """Call ``function`` with ``value`` as JSON and return the JSON it answers, decoded."""
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        out = self.call(function, text.encode("utf-8"))
+        return self._json_out(function, self.call(function, _json_in(value), context=context))
+
+    def _json_out(self, function: str, out: bytes) -> Any:
         try:
             return json.loads(out)
         except (UnicodeDecodeError, ValueError) as exc:
@@ -294,29 +393,116 @@ class Plugin(Closing):
                 "for Python's decoder (its recursion limit)"
             ) from None
 
-    def invoke(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
+    def invoke(
+        self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
+    ) -> Any:
         """Call any exported function with numeric params/results (no ABI involved).
 
         Integer parameters take any int in the signed or unsigned range of their type (an
         unsigned value is passed with the same bits); float parameters take any real number.
         Integer results come back signed. Returns None, one value, or a tuple for several
-        results.
+        results. ``context`` as for :meth:`call`.
         """
-        return self._calls.invoke(function, *args)
+        return self._calls.invoke(function, *args, context=context)
 
     async def call_async(
-        self, function: str, data: bytes | bytearray | memoryview | str = b""
+        self,
+        function: str,
+        data: bytes | bytearray | memoryview | str = b"",
+        *,
+        context: Any = None,
     ) -> bytes:
-        """:meth:`call` from asyncio: runs on the loop's default executor, never blocking it."""
-        return await run_in_thread(None, functools.partial(self.call, function, data))
+        """:meth:`call` from asyncio, on the plugin's own worker thread (never the loop's).
 
-    async def call_json_async(self, function: str, value: Any) -> Any:
-        """:meth:`call_json` from asyncio."""
-        return await run_in_thread(None, functools.partial(self.call_json, function, value))
+        Host functions see the caller's ``contextvars``. If the awaiting task is cancelled
+        (or ``asyncio.wait_for`` times out), a call not yet started never runs and a running
+        one is interrupted (with a policy ``timeout``; without one it runs to its end).
+        """
+        return await run_call(
+            self._executor(), lambda token: self._call_with(token, function, data, context)
+        )
 
-    async def invoke_async(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
-        """:meth:`invoke` from asyncio."""
-        return await run_in_thread(None, functools.partial(self.invoke, function, *args))
+    async def call_json_async(self, function: str, value: Any, *, context: Any = None) -> Any:
+        """:meth:`call_json` from asyncio (as :meth:`call_async`)."""
+        text = _json_in(value)
+        out = await run_call(
+            self._executor(), lambda token: self._call_with(token, function, text, context)
+        )
+        return self._json_out(function, out)
+
+    async def invoke_async(
+        self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
+    ) -> Any:
+        """:meth:`invoke` from asyncio (as :meth:`call_async`)."""
+        return await run_call(
+            self._executor(), lambda token: self._invoke_with(token, function, args, context)
+        )
+
+    # -- what the asynchronous calls (and pools) run, and on_call ------------------------------
+
+    def _executor(self) -> ThreadPoolExecutor:
+        executor = self._async
+        if executor is None:
+            with self._async_lock:
+                if self._calls.closed:
+                    raise PluginClosedError(f"plugin {self._name!r} is closed")
+                executor = self._async
+                if executor is None:
+                    executor = self._async = ThreadPoolExecutor(
+                        1, thread_name_prefix=f"plugsafe-{self._name}"
+                    )
+        return executor
+
+    def _call_with(
+        self, token: CallToken, function: str, data: bytes | bytearray | memoryview | str,
+        context: Any,
+    ) -> bytes:  # fmt: skip
+        """:meth:`call` on the general path, stoppable through ``token`` (async calls)."""
+        return self._reported(
+            function, context, lambda: self._calls.call_tracked(function, data, context, token)
+        )
+
+    def _invoke_with(
+        self, token: CallToken, function: str, args: Sequence[object], context: Any
+    ) -> Any:
+        """:meth:`invoke` on the general path, stoppable through ``token`` (async calls)."""
+        return self._reported(
+            function, context, lambda: self._calls.invoke_tracked(function, args, context, token)
+        )
+
+    def _reported(self, function: str, context: Any, op: Callable[[], T]) -> T:
+        """Run the call ``op``; with an ``on_call`` callback, report it to it afterwards."""
+        on_call = self._on_call
+        if on_call is None:
+            return op()
+        calls = self._calls
+        th = thread_room()
+        before = calls.raw_last(th)
+        start = _perf_counter()
+        error: type[BaseException] | None = None
+        try:
+            return op()
+        except BaseException as exc:
+            error = type(exc)
+            raise
+        finally:
+            try:
+                after = calls.raw_last(th)
+                if after is None or after is before or after == before:
+                    # Refused before it ran (bad input, an unknown export, closed, ...).
+                    stats = CallStats(
+                        None, _perf_counter() - start, 0, 0, self._name, function, error, context
+                    )
+                else:
+                    stats = calls.stats(after, error, context)
+                on_call(stats)
+            except Exception:
+                # A metrics callback must never change what the call returns or raises.
+                _log.exception(
+                    "the on_call callback failed after a call of plugin %r (%s); ignored",
+                    self._name,
+                    function,
+                )
 
     def run(self, args: Sequence[str] | None = None, stdin: bytes | None = None) -> RunResult:
         """Run a WASI command's ``_start`` on a fresh instance and return its exit and output.
@@ -364,6 +550,7 @@ class Plugin(Closing):
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
             calls.owner = me
             th.room = left
+            outer, th.call = th.call, calls  # plugsafe.current_call()
             try:
                 cfg, out, err = shims.config(
                     None if args is None else list(args), None if stdin is None else bytes(stdin)
@@ -389,19 +576,27 @@ class Plugin(Closing):
                     self._linker.record.spent = self._linker.record.leak = True
                     raise
                 finally:
-                    calls.record(inst, state.start)
+                    calls.record(inst, state.start, "_start")
                     state.reset()
                 return RunResult(code, out.value(), err.value(), out.truncated, err.truncated)
             finally:
                 calls.owner = None
                 th.room = room
+                th.call = outer
 
     def close(self) -> None:
         """Release the instance. Later use raises PluginClosedError. Idempotent."""
         if self._calls.closed:
             return
+        with self._async_lock:
+            executor, self._async = self._async, None
         if self._calls.close():
             self._released()
+        if executor is not None:
+            # Queued async calls are dropped (their awaiters see CancelledError); a running
+            # one ends with PluginClosedError or finishes. Not waited for: close() may run on
+            # that very thread (from a host function).
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def __repr__(self) -> str:
         state = "closed" if self._calls.closed else "open"
@@ -420,8 +615,15 @@ class Plugin(Closing):
     def _build_linker(self) -> rt.Linker:
         """A Linker with this plugin's host functions (and WASI) bound to its callbacks."""
         linker = rt.Linker(self._engine)
+        # Each function is bound with the type this module imports it with (an ``int`` as i32
+        # or i64, ...): decided here, per plugin; the import check accepted that type.
+        imported = {
+            imp.name: (imp.params, imp.results)
+            for imp in self._module.imports
+            if imp.module == _abi.HOST_MODULE and imp.kind == "func"
+        }
         for bound in self._functions.values():
-            self._host_calls.define(linker, bound)
+            self._host_calls.define(linker, bound, imported.get(bound.name))
         if self._wasi is not None:
             self._wasi.define(linker, self._host_calls.sink(None))
         return linker
@@ -436,6 +638,10 @@ class Plugin(Closing):
         state = self._calls.state
         state.begin("(start)", phase)
         inst = None
+        # A start function's host functions see this plugin as current_call(), not the call
+        # (perhaps another tenant's) whose host function is loading or calling it.
+        th = thread_room()
+        outer, th.call = th.call, self._calls
         try:
             if self._linker.spent:
                 # A host callback returned its spare trap (Python failed at the C boundary):
@@ -492,6 +698,7 @@ class Plugin(Closing):
             # used is gone (Plugin.memory must not find it).
             state.reset()
             self._linker.record.caller = None
+            th.call = outer
 
     def _check_exports(self) -> None:
         """Check the type of every export plugsafe itself calls, before anything runs.

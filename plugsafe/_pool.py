@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 
-from ._aio import run_in_thread
-from ._callpath import CallPath
+from ._aio import run_call
+from ._callpath import CallPath, CallToken
 from ._closing import Closing
 from ._errors import PluginClosedError
 from ._host import Host
 from ._loader import Source
 from ._nesting import seconds_until, wait_deadline
-from ._plugin import Plugin
+from ._plugin import OnCall, Plugin, _json_in
 from ._policy import Policy
 
 __all__ = ["PluginPool"]
@@ -37,6 +36,9 @@ class PluginPool(Closing):
         size: how many instances (and so how many calls at once).
         host: the Host to load into; a private one is created (and closed with the pool) if None.
         name: the plugins' name (each instance's logger is ``plugsafe.plugin.<name>``).
+        on_call: for the private Host (``host=None``): called after every call with its
+            :class:`CallStats` (see :class:`Host`). With ``host=``, the Host's own ``on_call``
+            reports the pool's calls.
     """
 
     def __init__(
@@ -47,11 +49,17 @@ class PluginPool(Closing):
         size: int = 4,
         host: Host | None = None,
         name: str | None = None,
+        on_call: OnCall | None = None,
     ) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1024:
             raise ValueError(f"size must be an int from 1 to 1024, got {size!r}")
+        if host is not None and on_call is not None:
+            raise TypeError(
+                "PluginPool(on_call=...) is for the pool's private Host; with host=, pass "
+                "on_call to that Host (Host(on_call=...)): it reports the pool's calls"
+            )
         self._own_host = host is None
-        self._host = Host() if host is None else host
+        self._host = Host(on_call=on_call) if host is None else host
         self._idle: queue.SimpleQueue[Plugin] = queue.SimpleQueue()
         self._plugins: list[Plugin] = []
         self._closed = False
@@ -111,33 +119,64 @@ class PluginPool(Closing):
                 f" (waiting for a free instance of pool {self.name!r})",
             ) from None
 
-    def call(self, function: str, data: bytes | bytearray | memoryview | str = b"") -> bytes:
+    def call(
+        self,
+        function: str,
+        data: bytes | bytearray | memoryview | str = b"",
+        *,
+        context: Any = None,
+    ) -> bytes:
         """:meth:`Plugin.call` on a free instance."""
-        return self._with_plugin(lambda p: p.call(function, data))
+        return self._with_plugin(lambda p: p.call(function, data, context=context))
 
-    def call_json(self, function: str, value: Any) -> Any:
+    def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`Plugin.call_json` on a free instance."""
-        return self._with_plugin(lambda p: p.call_json(function, value))
+        return self._with_plugin(lambda p: p.call_json(function, value, context=context))
 
-    def invoke(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
+    def invoke(
+        self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
+    ) -> Any:
         """:meth:`Plugin.invoke` on a free instance."""
-        return self._with_plugin(lambda p: p.invoke(function, *args))
+        return self._with_plugin(lambda p: p.invoke(function, *args, context=context))
 
     async def call_async(
-        self, function: str, data: bytes | bytearray | memoryview | str = b""
+        self,
+        function: str,
+        data: bytes | bytearray | memoryview | str = b"",
+        *,
+        context: Any = None,
     ) -> bytes:
-        """:meth:`call` from asyncio, on the pool's own threads; never blocks the event loop."""
-        return await run_in_thread(self._executor, functools.partial(self.call, function, data))
+        """:meth:`call` from asyncio, on the pool's own threads; never blocks the event loop.
 
-    async def call_json_async(self, function: str, value: Any) -> Any:
+        As :meth:`Plugin.call_async`: the caller's ``contextvars`` are visible to host
+        functions, and a cancelled call does not start or is interrupted.
+        """
+
+        def run(token: CallToken) -> bytes:
+            return self._with_plugin(lambda p: p._call_with(token, function, data, context))
+
+        return await run_call(self._executor, run)
+
+    async def call_json_async(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`call_json` from asyncio."""
-        return await run_in_thread(
-            self._executor, functools.partial(self.call_json, function, value)
-        )
+        text = _json_in(value)
 
-    async def invoke_async(self, function: str, *args: SupportsIndex | SupportsFloat) -> Any:
+        def run(token: CallToken) -> Any:
+            return self._with_plugin(
+                lambda p: p._json_out(function, p._call_with(token, function, text, context))
+            )
+
+        return await run_call(self._executor, run)
+
+    async def invoke_async(
+        self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
+    ) -> Any:
         """:meth:`invoke` from asyncio."""
-        return await run_in_thread(self._executor, functools.partial(self.invoke, function, *args))
+
+        def run(token: CallToken) -> Any:
+            return self._with_plugin(lambda p: p._invoke_with(token, function, args, context))
+
+        return await run_call(self._executor, run)
 
     def close(self) -> None:
         """Close every instance (waiting for running calls) and the pool's threads."""

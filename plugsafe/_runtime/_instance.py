@@ -154,6 +154,25 @@ class Instance:
             self._arming[0] = now
         self._b.set_deadline(self._ctx, self._ticks)
 
+    def interrupt(self) -> bool:
+        """Stop the call running on this instance as soon as it is in wasm (from any thread).
+
+        Only for a store with a deadline guard (a ``timeout``): the guard is told the deadline
+        passed long ago and the engine's epoch is moved past the store's epoch deadline, so the
+        guard runs and traps with ``INTERRUPT``. Other stores of the engine reach their epoch
+        deadline too, and their guards find it early by the wall clock and go on. The caller
+        must know the call is still running on this instance (the call's lock is held): a
+        later call re-arms and would clear it. False if the store has no guard.
+        """
+        ticker = self._ticker
+        if ticker is None:
+            return False
+        self._arming[0] = -math.inf
+        increment, engine = ticker._increment, ticker._ptr
+        for _ in range(self._ticks + 2):
+            increment(engine)
+        return True
+
     def fuel_left(self) -> int:
         """Fuel remaining in the store (0 for an unmetered engine)."""
         return self._b.get_fuel(self._ctx) if self._metered else 0

@@ -1,0 +1,137 @@
+"""Issue 13 §2: a host function's int/float binds to the width each plugin imports, range-checked
+both ways; Annotated[int, plugsafe.I32] (and I64, F32, F64) pins one."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pytest
+
+import plugsafe
+from plugsafe import Policy
+
+from wat import abi_module
+
+
+def counter(t: str) -> str:
+    """A C-like guest importing ``<t> count(<t>)`` and exporting ``run(<t>) -> <t>``."""
+    return f"""(module (import "plugsafe" "count" (func $count (param {t}) (result {t})))
+      (func (export "run") (param {t}) (result {t}) (call $count (local.get 0))))"""
+
+
+def test_int_binds_to_i32_or_i64_per_plugin(host: plugsafe.Host) -> None:
+    @host.function
+    def count(x: int) -> int:
+        return x * 2
+
+    allow = Policy(allow={"count"})
+    p32 = host.load(counter("i32").encode(), policy=allow, name="c32")
+    p64 = host.load(counter("i64").encode(), policy=allow, name="c64")
+    assert p32.invoke("run", -21) == -42
+    assert p64.invoke("run", 2**40) == 2**41
+    # The same value does not fit the i32 plugin's result: a HostFunctionError saying so, and
+    # the i64 plugin, bound separately, is not affected.
+    with pytest.raises(plugsafe.HostFunctionError) as info:
+        p32.invoke("run", 2**30)
+    assert isinstance(info.value.__cause__, OverflowError)
+    assert "does not fit in i32" in str(info.value.__cause__)
+    assert p64.invoke("run", 2**30) == 2**31
+    assert p32.invoke("run", 2**30 - 1) == 2**31 - 2  # the largest that fits
+
+
+def test_float_binds_to_f32_or_f64_and_f32_results_are_range_checked(
+    host: plugsafe.Host,
+) -> None:
+    @host.function
+    def count(x: float) -> float:
+        return x * 1e30
+
+    allow = Policy(allow={"count"})
+    p32 = host.load(counter("f32").encode(), policy=allow, name="f32")
+    p64 = host.load(counter("f64").encode(), policy=allow, name="f64")
+    assert p32.invoke("run", 2.0) == pytest.approx(2e30, rel=1e-6)
+    assert p64.invoke("run", 1e10) == 1e40
+    with pytest.raises(plugsafe.HostFunctionError) as info:
+        p32.invoke("run", 1e10)  # 1e40 is past f32's 3.4e38
+    assert "does not fit in f32" in str(info.value.__cause__)
+
+
+def test_a_value_out_of_range_never_reaches_the_guest_on_the_marshalled_path(
+    host: plugsafe.Host,
+) -> None:
+    @host.function
+    def size(key: str) -> int:
+        return len(key) * 2**31
+
+    wat = abi_module(
+        """
+  (func (export "run") (param $p i32) (param $n i32) (result i64)
+    (drop (call $size (local.get $p) (local.get $n)))
+    (call $ok (i32.const 0) (i32.const 0)))
+""",
+        imports='(import "plugsafe" "size" (func $size (param i32 i32) (result i32)))',
+    )
+    p = host.load(wat.encode(), policy=Policy(allow={"size"}))
+    assert p.call("run", "") == b""  # 0 fits
+    with pytest.raises(plugsafe.HostFunctionError, match="OverflowError"):
+        p.call("run", "a")  # 2**31 is one past i32's largest
+
+
+def test_annotated_pins_a_width(host: plugsafe.Host) -> None:
+    @host.function
+    def count(x: Annotated[int, plugsafe.I32]) -> Annotated[int, plugsafe.I32]:
+        return x + 1
+
+    allow = Policy(allow={"count"})
+    assert host.load(counter("i32").encode(), policy=allow).invoke("run", 1) == 2
+    with pytest.raises(plugsafe.ImportNotAllowedError) as info:
+        host.load(counter("i64").encode(), policy=allow)
+    (problem,) = info.value.problems
+    assert problem.reason == "wrong type"
+    assert "(i32) -> (i32)" in problem.detail and "(i64) -> (i64)" in problem.detail
+
+
+def test_plain_int_import_problem_names_both_widths(host: plugsafe.Host) -> None:
+    @host.function
+    def count(x: int) -> int:
+        return x
+
+    with pytest.raises(plugsafe.ImportNotAllowedError) as info:
+        host.load(counter("f64").encode(), policy=Policy(allow={"count"}))
+    assert "(i32|i64) -> (i32|i64)" in info.value.problems[0].detail
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        'Annotated[int, "i32"]',
+        "Annotated[float, plugsafe.I32]",
+        "Annotated[int, plugsafe.F64]",
+        "Annotated[int, plugsafe.I32, plugsafe.I64]",
+        "Annotated[bool, plugsafe.I32]",
+        "Annotated[str, 'utf-8']",
+    ],
+)
+def test_other_annotated_metadata_is_refused_not_ignored(
+    host: plugsafe.Host, annotation: str
+) -> None:
+    ns: dict[str, object] = {"Annotated": Annotated, "plugsafe": plugsafe}
+    exec(f"def f(x: {annotation}) -> None: pass", ns)
+    with pytest.raises(TypeError, match="only Annotated forms"):
+        host.function(ns["f"])  # type: ignore[arg-type]
+    exec(f"def g() -> {annotation}: pass", ns)
+    with pytest.raises(TypeError, match="only Annotated forms"):
+        host.function(ns["g"])  # type: ignore[arg-type]
+
+
+def test_width_markers_read_well() -> None:
+    assert repr(plugsafe.I32) == "plugsafe.I32"
+    assert [w.python for w in (plugsafe.I32, plugsafe.I64, plugsafe.F32, plugsafe.F64)] == [
+        int,
+        int,
+        float,
+        float,
+    ]
+    import pickle
+
+    assert pickle.loads(pickle.dumps(plugsafe.F32)) is plugsafe.F32
