@@ -192,7 +192,10 @@ def test_compile_timeout_kills_a_slow_compile(host: plugsafe.Host) -> None:
     start = time.monotonic()
     with pytest.raises(plugsafe.DeadlineExceeded) as info:
         host.load(bomb, policy=Policy(max_functions=200_000, compile_timeout=0.3))
-    assert time.monotonic() - start < 2.0
+    # DeadlineExceeded with this limit already proves the compile was stopped (left alone it
+    # succeeds); the bound only catches a load that waited for the compile anyway. Generous: on a
+    # shared 2-core machine at load 8 the child's start-up alone took over 2 s.
+    assert time.monotonic() - start < 6.0
     assert info.value.limit == "compile_timeout" and info.value.phase == "load"
     assert_healthy(host)
 
