@@ -510,8 +510,11 @@ class Plugin(Closing):
         ``args`` and ``stdin`` replace the policy's ``Wasi.args``/``Wasi.stdin`` for this run.
         ``proc_exit(n)`` ends the run with ``exit_code == n``; returning from ``_start`` is 0.
         Traps and limits raise as for :meth:`call`. The plugin's own instance (used by
-        ``call``/``invoke``) is not touched.
+        ``call``/``invoke``) is not touched. ``Host(on_call=...)`` reports it as ``_start``.
         """
+        return self._reported("_start", None, lambda: self._run(args, stdin))
+
+    def _run(self, args: Sequence[str] | None, stdin: bytes | None) -> RunResult:
         shims = self._wasi
         if shims is None:
             raise PluginCallError(

@@ -299,7 +299,13 @@ def test_on_call_reports_every_call_with_plugin_function_error_and_context(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     reports: list[CallStats] = []
-    with plugsafe.Host(on_call=reports.append) as host:
+    inside: list[object] = []
+
+    def record(stats: CallStats) -> None:
+        reports.append(stats)
+        inside.append(plugsafe.current_call())  # the call is over: no context to see
+
+    with plugsafe.Host(on_call=record) as host:
 
         @host.function
         def tick() -> None:
@@ -316,6 +322,12 @@ def test_on_call_reports_every_call_with_plugin_function_error_and_context(
             p.call("missing")
         p.call_json("run", {"a": 1})
         asyncio.run(p.call_async("run", b"x", context="async"))
+        cmd = host.load(
+            b'(module (memory (export "memory") 1) (func (export "_start")))',
+            policy=Policy(wasi=plugsafe.Wasi()),
+            name="cmd",
+        )
+        assert cmd.run().exit_code == 0
     got = [(r.plugin, r.function, r.error, r.context, r.host_calls) for r in reports]
     assert got == [
         ("p", "run", None, "t1", 1),
@@ -324,8 +336,10 @@ def test_on_call_reports_every_call_with_plugin_function_error_and_context(
         ("p", "missing", plugsafe.ExportNotFoundError, None, 0),
         ("p", "run", None, None, 1),
         ("p", "run", None, "async", 1),
+        ("cmd", "_start", None, None, 0),
     ]
-    assert all(r.fuel_consumed and r.duration >= 0 for r in reports if r.error is None)
+    assert inside == [None] * len(reports)
+    assert all(r.fuel_consumed and r.duration >= 0 for r in reports[:-1] if r.error is None)
     assert reports[0].memory_bytes == 65536
     # last_call has the same figures, but never the context (it outlives the call).
     assert p.last_call is not None
