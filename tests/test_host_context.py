@@ -328,6 +328,18 @@ def test_on_call_reports_every_call_with_plugin_function_error_and_context(
             name="cmd",
         )
         assert cmd.run().exit_code == 0
+        bad = host.load(
+            abi_module(
+                """(data (i32.const 16) "nope")
+                (func (export "bad") (param i32 i32) (result i64)
+                  (call $ok (i32.const 16) (i32.const 4)))"""
+            ).encode(),
+            name="bad",
+        )
+        with pytest.raises(plugsafe.AbiError, match="valid JSON"):
+            bad.call_json("bad", 1)
+        with pytest.raises(plugsafe.AbiError, match="valid JSON"):
+            asyncio.run(bad.call_json_async("bad", 1, context="j"))
     got = [(r.plugin, r.function, r.error, r.context, r.host_calls) for r in reports]
     assert got == [
         ("p", "run", None, "t1", 1),
@@ -337,9 +349,11 @@ def test_on_call_reports_every_call_with_plugin_function_error_and_context(
         ("p", "run", None, None, 1),
         ("p", "run", None, "async", 1),
         ("cmd", "_start", None, None, 0),
+        ("bad", "bad", plugsafe.AbiError, None, 0),  # call_json: decoding is part of the call
+        ("bad", "bad", plugsafe.AbiError, "j", 0),
     ]
     assert inside == [None] * len(reports)
-    assert all(r.fuel_consumed and r.duration >= 0 for r in reports[:-1] if r.error is None)
+    assert all(r.fuel_consumed and r.duration >= 0 for r in reports[:-3] if r.error is None)
     assert reports[0].memory_bytes == 65536
     # last_call has the same figures, but never the context (it outlives the call).
     assert p.last_call is not None
