@@ -403,3 +403,36 @@ def test_pools_report_to_on_call() -> None:
     ]
     with plugsafe.Host() as host, pytest.raises(TypeError, match="pass on_call to that Host"):
         plugsafe.PluginPool(TICK_WAT.encode(), host=host, on_call=reports.append)
+
+
+def test_concurrent_async_calls_each_see_their_own_context_and_contextvars(
+    host: plugsafe.Host,
+) -> None:
+    seen: list[tuple[object, str]] = []
+    lock = threading.Lock()
+
+    @host.function
+    def tick() -> None:
+        info = plugsafe.current_call()
+        assert info is not None
+        with lock:
+            seen.append((info.context, VAR.get()))
+
+    pool = plugsafe.PluginPool(TICK_WAT.encode(), ALLOW, size=3, host=host)
+    single = host.load(TICK_WAT.encode(), policy=ALLOW)
+
+    async def one(i: int) -> None:
+        VAR.set(f"v{i}")  # each task has its own context
+        if i % 2:
+            await pool.call_async("run", b"", context=i)
+        else:
+            await single.invoke_async("num", 1, context=i)
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(30)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.close()
+    assert sorted(seen, key=lambda s: int(str(s[0]))) == [(i, f"v{i}") for i in range(30)]

@@ -183,3 +183,14 @@ def test_a_c_plugin_binds_int32_and_float_to_plain_python_annotations(
     assert p.invoke("half", 1.5) == 2.25
     with pytest.raises(plugsafe.HostFunctionError, match="count"):
         p.invoke("run", 2**30)  # 10 * 2**30 does not fit in int32_t
+
+
+def test_each_parameter_and_the_result_bind_on_their_own(host: plugsafe.Host) -> None:
+    @host.function
+    def mix(a: int, b: float) -> int:
+        return a + int(b)
+
+    wat = """(module (import "plugsafe" "mix" (func $m (param i32 f32) (result i64)))
+      (func (export "run") (param i32 f32) (result i64) (call $m (local.get 0) (local.get 1))))"""
+    p = host.load(wat.encode(), policy=Policy(allow={"mix"}))
+    assert p.invoke("run", -(2**31), 2.5) == -(2**31) + 2
