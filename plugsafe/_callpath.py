@@ -201,10 +201,12 @@ class CallPath:
         # Stats of the last call as a plain tuple; CallStats is built only when asked for.
         # The memory size is read when asked for: memory changes only during calls, and the
         # instance is kept only while it is the current one (a discarded one is measured now).
-        # Per thread (Plugin.last_call): the tuple names its thread's ThreadRoom (free in the
-        # short paths), and when a call from another thread replaces it, it moves to
-        # ``others`` (see keep), which forgets a thread once its ThreadRoom is gone.
+        # Per thread (Plugin.last_call): ``last_th`` is the ThreadRoom of the thread whose
+        # record ``last`` is (free in the short paths); when a call from another thread ends,
+        # the record moves to ``others`` (see keep), which forgets a thread once its ThreadRoom
+        # is gone.
         self.last: Last = _NO_LAST
+        self.last_th: _nesting.ThreadRoom | None = None
         self.others: weakref.WeakKeyDictionary[_nesting.ThreadRoom, Last] = (
             weakref.WeakKeyDictionary()
         )
@@ -255,8 +257,10 @@ class CallPath:
         cost = self.cost
         tls = _nesting.tls
 
+        # ``context`` is not keyword-only here (Plugin.call documents it so): CPython 3.11
+        # specializes calls of functions without keyword-only parameters (~30 ns a call).
         def call(
-            function: str, data: bytes | bytearray | memoryview | str = b"", *, context: Any = None
+            function: str, data: bytes | bytearray | memoryview | str = b"", context: Any = None
         ) -> bytes:
             payload = data if type(data) is bytes else _payload(data)
             if len(payload) > max_input:
@@ -313,14 +317,14 @@ class CallPath:
                         if has_imports:
                             th.call = calls.outer
                             state.context = None
-                        if calls.last[4] is not th:
-                            calls.keep()
+                        if calls.last_th is not th:
+                            calls.keep(th)
                         if lean and inst is calls.instance and not state.host_calls:
                             # settle(), its first case: provably the same (see settle).
-                            calls.last = (None, _perf_counter() - start, inst, 0, th, function)
+                            calls.last = (None, _perf_counter() - start, inst, 0, function)
                             calls.owner = None
                         else:
-                            settle(inst, start, function)
+                            settle(inst, start, function, th)
                         lock.release()
                 lock.release()
             return calls.guarded(
@@ -374,14 +378,14 @@ class CallPath:
                         if has_imports:
                             th.call = calls.outer
                             state.context = None
-                        if calls.last[4] is not th:
-                            calls.keep()
+                        if calls.last_th is not th:
+                            calls.keep(th)
                         if lean and inst is calls.instance and not state.host_calls:
                             # settle(), its first case: provably the same (see settle).
-                            calls.last = (None, _perf_counter() - start, inst, 0, th, function)
+                            calls.last = (None, _perf_counter() - start, inst, 0, function)
                             calls.owner = None
                         else:
-                            settle(inst, start, function)
+                            settle(inst, start, function, th)
                         lock.release()
                     n = len(out)
                     return None if n == 0 else out[0] if n == 1 else out
@@ -495,7 +499,7 @@ class CallPath:
                 self.host_record.spent = self.host_record.leak = True
                 raise
             finally:
-                self.settle(inst, start, function)
+                self.settle(inst, start, function, th)
         finally:
             th.room = room
             if self.has_imports:
@@ -649,7 +653,13 @@ class CallPath:
 
     # -- the end of every call ----------------------------------------------------------------
 
-    def settle(self, inst: rt.Instance, start: float, function: str) -> None:
+    def settle(
+        self,
+        inst: rt.Instance,
+        start: float,
+        function: str,
+        th: _nesting.ThreadRoom | None = None,
+    ) -> None:
         """End a call (lock still held): record its stats, drop what must not outlive it.
 
         The short paths inline the first case for a call that made no host call, where it is
@@ -661,12 +671,13 @@ class CallPath:
         calls = state.host_calls
         if self.lean and inst is self.instance and not state.log_dropped:
             # Memory is read lazily from the live instance.
-            th = _thread_room()
-            if self.last[4] is not th:
-                self.keep()
-            self.last = (None, _perf_counter() - start, inst, calls, th, function)
+            if th is None:
+                th = _thread_room()
+            if self.last_th is not th:
+                self.keep(th)
+            self.last = (None, _perf_counter() - start, inst, calls, function)
         else:
-            self.record(inst, start, function)
+            self.record(inst, start, function, th)
             if self.fresh:
                 # Nothing of this call may reach the next one: drop the instance.
                 self.instance = None
@@ -676,19 +687,29 @@ class CallPath:
         if self.close_pending:
             self.complete_close()
 
-    def record(self, inst: rt.Instance, start: float, function: str) -> None:
-        """Record the full stats of a call on ``inst`` (fuel, memory) and warn of dropped logs."""
+    def record(
+        self,
+        inst: rt.Instance,
+        start: float,
+        function: str,
+        th: _nesting.ThreadRoom | None = None,
+    ) -> None:
+        """Record the full stats of a call on ``inst`` (fuel, memory) and warn of dropped logs.
+
+        ``th`` is the calling thread's ThreadRoom (None: looked up here).
+        """
         duration = _perf_counter() - start
-        th = _thread_room()
-        if self.last[4] is not th:
-            self.keep()
+        if th is None:
+            th = _thread_room()
+        if self.last_th is not th:
+            self.keep(th)
         state = self.state
         fuel = self.fuel
         consumed = None if fuel is None else max(fuel - inst.fuel_left(), 0)
         memory: int | rt.Instance = inst
         if inst is not self.instance or self.fresh:
             memory = inst.memory_total()
-        self.last = (consumed, duration, memory, state.host_calls, th, function)
+        self.last = (consumed, duration, memory, state.host_calls, function)
         if state.log_dropped:
             self.logger.warning(
                 "plugin %s dropped %d log message(s) beyond its limit of %d per call",
@@ -697,23 +718,22 @@ class CallPath:
                 self.policy.log_messages,
             )
 
-    def keep(self) -> None:
-        """Move the last call's record aside for its thread: another thread's call ends now.
+    def keep(self, th: _nesting.ThreadRoom) -> None:
+        """Thread ``th``'s call ends and ``last`` is another thread's: move that one aside.
 
-        Called before ``last`` is replaced, whenever the record is another thread's (rare in
-        a plugin used from one thread). The copy drops the ThreadRoom: a value that refers to
-        its weak key would keep it alive.
+        Called before ``last`` is replaced (rare in a plugin used from one thread). ``th``'s
+        own earlier record, if any, is taken back out of ``others`` (it is replaced now).
         """
-        last = self.last
-        th = last[4]
-        if th is not None:
-            self.others[th] = (*last[:4], None, last[5])
+        before = self.last_th
+        if before is not None:
+            self.others[before] = self.last
+        self.others.pop(th, None)
+        self.last_th = th
 
     def raw_last(self, th: _nesting.ThreadRoom) -> Last | None:
         """This thread's last record (``th`` is its ThreadRoom), or None."""
-        last = self.last
-        if last[4] is th:
-            return last
+        if self.last_th is th:
+            return self.last
         return self.others.get(th)
 
     def last_call(self) -> CallStats | None:
@@ -727,7 +747,7 @@ class CallPath:
         self, last: Last, error: type[BaseException] | None = None, context: object = None
     ) -> CallStats:
         """The CallStats of a record (memory measured now if it was left to be read lazily)."""
-        fuel, duration, memory, host_calls, _th, function = last
+        fuel, duration, memory, host_calls, function = last
         if not isinstance(memory, int):
             memory = memory.memory_total()
         return CallStats(fuel, duration, memory, host_calls, self.name, function, error, context)
@@ -909,10 +929,10 @@ class CallPath:
         return x
 
 
-# A call's record: fuel, duration, memory (or the live instance to measure), host calls, the
-# calling thread's ThreadRoom and the function (see CallPath.last).
-Last = tuple[int | None, float, "int | rt.Instance", int, "_nesting.ThreadRoom | None", str]
-_NO_LAST: Last = (None, 0.0, 0, 0, None, "")
+# A call's record: fuel, duration, memory (or the live instance to measure), host calls and
+# the function (see CallPath.last).
+Last = tuple[int | None, float, "int | rt.Instance", int, str]
+_NO_LAST: Last = (None, 0.0, 0, 0, "")
 
 
 def _payload(data: object) -> bytes:

@@ -477,11 +477,13 @@ class HostCalls:
         name = bound.name
         fn = bound.fn
         kind = bound.signature.result
-        want: Any = type(None) if rtype is None else int if rtype in _INT_RANGE else float
-        # The result's range for its width in this plugin; an f32 result always goes through
-        # encode_result (its range check), an f64 one is any float.
+        # The result's type and range for its width in this plugin. An f32 result always goes
+        # through encode_result (its range check): no result's type is ``_Never``.
+        want: Any = (
+            type(None) if rtype is None else int if rtype in _INT_RANGE
+            else _Never if rtype == "f32" else float
+        )  # fmt: skip
         lo, hi = _INT_RANGE.get(rtype or "", (0, 0))
-        direct = rtype != "f32"
         # The checks of enter(), inlined: this runs on every host call.
         state = self.state
         quota = self.quota
@@ -497,7 +499,7 @@ class HostCalls:
                 result: Any = fn(*args)
             except BaseException as exc:
                 raise _AppError(name, exc) from exc
-            if type(result) is want and (want is not int or lo <= result <= hi) and direct:
+            if type(result) is want and (want is not int or lo <= result <= hi):
                 return result
             if kind == "none":
                 _check_none(name, result)
@@ -653,6 +655,10 @@ class HostCalls:
         except rt.GuestMemoryError as exc:
             raise AbiError(f"plugin {self.name!r}: {exc}") from None
         return [_abi.encode_result(pointer, len(data))]
+
+
+class _Never:
+    """A type no result has (see HostCalls._numeric)."""
 
 
 _INTS = frozenset({"int", "i32", "i64"})

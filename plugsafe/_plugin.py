@@ -376,7 +376,12 @@ class Plugin(Closing):
 
     def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """Call ``function`` with ``value`` as JSON and return the JSON it answers, decoded."""
-        return self._json_out(function, self.call(function, _json_in(value), context=context))
+        call = self._calls.call  # not self.call: on_call reports the whole, decoding included
+        return self._reported(
+            function,
+            context,
+            lambda: self._json_out(function, call(function, _json_in(value), context)),
+        )
 
     def _json_out(self, function: str, out: bytes) -> Any:
         try:
@@ -425,10 +430,10 @@ class Plugin(Closing):
     async def call_json_async(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`call_json` from asyncio (as :meth:`call_async`)."""
         text = _json_in(value)
-        out = await run_call(
-            self._executor(), lambda token: self._call_with(token, function, text, context)
+        return await run_call(
+            self._executor(),
+            lambda token: self._call_with(token, function, text, context, json_out=True),
         )
-        return self._json_out(function, out)
 
     async def invoke_async(
         self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
@@ -455,12 +460,16 @@ class Plugin(Closing):
 
     def _call_with(
         self, token: CallToken, function: str, data: bytes | bytearray | memoryview | str,
-        context: Any,
-    ) -> bytes:  # fmt: skip
-        """:meth:`call` on the general path, stoppable through ``token`` (async calls)."""
-        return self._reported(
-            function, context, lambda: self._calls.call_tracked(function, data, context, token)
-        )
+        context: Any, *, json_out: bool = False,
+    ) -> Any:  # fmt: skip
+        """:meth:`call` on the general path, stoppable through ``token`` (async calls); with
+        ``json_out`` its output decoded as JSON (within what on_call reports)."""
+
+        def op() -> Any:
+            out = self._calls.call_tracked(function, data, context, token)
+            return self._json_out(function, out) if json_out else out
+
+        return self._reported(function, context, op)
 
     def _invoke_with(
         self, token: CallToken, function: str, args: Sequence[object], context: Any
@@ -510,8 +519,11 @@ class Plugin(Closing):
         ``args`` and ``stdin`` replace the policy's ``Wasi.args``/``Wasi.stdin`` for this run.
         ``proc_exit(n)`` ends the run with ``exit_code == n``; returning from ``_start`` is 0.
         Traps and limits raise as for :meth:`call`. The plugin's own instance (used by
-        ``call``/``invoke``) is not touched.
+        ``call``/``invoke``) is not touched. ``Host(on_call=...)`` reports it as ``_start``.
         """
+        return self._reported("_start", None, lambda: self._run(args, stdin))
+
+    def _run(self, args: Sequence[str] | None, stdin: bytes | None) -> RunResult:
         shims = self._wasi
         if shims is None:
             raise PluginCallError(
@@ -593,10 +605,10 @@ class Plugin(Closing):
         if self._calls.close():
             self._released()
         if executor is not None:
-            # Queued async calls are dropped (their awaiters see CancelledError); a running
-            # one ends with PluginClosedError or finishes. Not waited for: close() may run on
-            # that very thread (from a host function).
-            executor.shutdown(wait=False, cancel_futures=True)
+            # Queued async calls still run, and raise PluginClosedError at once (a running one
+            # finishes first). Not waited for: close() may run on that very thread (from a
+            # host function); the thread ends when its queue is empty.
+            executor.shutdown(wait=False)
 
     def __repr__(self) -> str:
         state = "closed" if self._calls.closed else "open"

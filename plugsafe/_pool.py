@@ -153,7 +153,8 @@ class PluginPool(Closing):
         """
 
         def run(token: CallToken) -> bytes:
-            return self._with_plugin(lambda p: p._call_with(token, function, data, context))
+            out: bytes = self._with_plugin(lambda p: p._call_with(token, function, data, context))
+            return out
 
         return await run_call(self._executor, run)
 
@@ -163,7 +164,7 @@ class PluginPool(Closing):
 
         def run(token: CallToken) -> Any:
             return self._with_plugin(
-                lambda p: p._json_out(function, p._call_with(token, function, text, context))
+                lambda p: p._call_with(token, function, text, context, json_out=True)
             )
 
         return await run_call(self._executor, run)

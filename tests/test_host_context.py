@@ -299,7 +299,13 @@ def test_on_call_reports_every_call_with_plugin_function_error_and_context(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     reports: list[CallStats] = []
-    with plugsafe.Host(on_call=reports.append) as host:
+    inside: list[object] = []
+
+    def record(stats: CallStats) -> None:
+        reports.append(stats)
+        inside.append(plugsafe.current_call())  # the call is over: no context to see
+
+    with plugsafe.Host(on_call=record) as host:
 
         @host.function
         def tick() -> None:
@@ -316,6 +322,24 @@ def test_on_call_reports_every_call_with_plugin_function_error_and_context(
             p.call("missing")
         p.call_json("run", {"a": 1})
         asyncio.run(p.call_async("run", b"x", context="async"))
+        cmd = host.load(
+            b'(module (memory (export "memory") 1) (func (export "_start")))',
+            policy=Policy(wasi=plugsafe.Wasi()),
+            name="cmd",
+        )
+        assert cmd.run().exit_code == 0
+        bad = host.load(
+            abi_module(
+                """(data (i32.const 16) "nope")
+                (func (export "bad") (param i32 i32) (result i64)
+                  (call $ok (i32.const 16) (i32.const 4)))"""
+            ).encode(),
+            name="bad",
+        )
+        with pytest.raises(plugsafe.AbiError, match="valid JSON"):
+            bad.call_json("bad", 1)
+        with pytest.raises(plugsafe.AbiError, match="valid JSON"):
+            asyncio.run(bad.call_json_async("bad", 1, context="j"))
     got = [(r.plugin, r.function, r.error, r.context, r.host_calls) for r in reports]
     assert got == [
         ("p", "run", None, "t1", 1),
@@ -324,8 +348,12 @@ def test_on_call_reports_every_call_with_plugin_function_error_and_context(
         ("p", "missing", plugsafe.ExportNotFoundError, None, 0),
         ("p", "run", None, None, 1),
         ("p", "run", None, "async", 1),
+        ("cmd", "_start", None, None, 0),
+        ("bad", "bad", plugsafe.AbiError, None, 0),  # call_json: decoding is part of the call
+        ("bad", "bad", plugsafe.AbiError, "j", 0),
     ]
-    assert all(r.fuel_consumed and r.duration >= 0 for r in reports if r.error is None)
+    assert inside == [None] * len(reports)
+    assert all(r.fuel_consumed and r.duration >= 0 for r in reports[:-3] if r.error is None)
     assert reports[0].memory_bytes == 65536
     # last_call has the same figures, but never the context (it outlives the call).
     assert p.last_call is not None
@@ -375,3 +403,36 @@ def test_pools_report_to_on_call() -> None:
     ]
     with plugsafe.Host() as host, pytest.raises(TypeError, match="pass on_call to that Host"):
         plugsafe.PluginPool(TICK_WAT.encode(), host=host, on_call=reports.append)
+
+
+def test_concurrent_async_calls_each_see_their_own_context_and_contextvars(
+    host: plugsafe.Host,
+) -> None:
+    seen: list[tuple[object, str]] = []
+    lock = threading.Lock()
+
+    @host.function
+    def tick() -> None:
+        info = plugsafe.current_call()
+        assert info is not None
+        with lock:
+            seen.append((info.context, VAR.get()))
+
+    pool = plugsafe.PluginPool(TICK_WAT.encode(), ALLOW, size=3, host=host)
+    single = host.load(TICK_WAT.encode(), policy=ALLOW)
+
+    async def one(i: int) -> None:
+        VAR.set(f"v{i}")  # each task has its own context
+        if i % 2:
+            await pool.call_async("run", b"", context=i)
+        else:
+            await single.invoke_async("num", 1, context=i)
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(30)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.close()
+    assert sorted(seen, key=lambda s: int(str(s[0]))) == [(i, f"v{i}") for i in range(30)]

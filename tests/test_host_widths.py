@@ -3,6 +3,8 @@ both ways; Annotated[int, plugsafe.I32] (and I64, F32, F64) pins one."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 import plugsafe
 from plugsafe import Policy
 
+import toolchains
 from wat import abi_module
 
 
@@ -135,3 +138,59 @@ def test_width_markers_read_well() -> None:
     import pickle
 
     assert pickle.loads(pickle.dumps(plugsafe.F32)) is plugsafe.F32
+
+
+C_COUNTER = """
+typedef __INT32_TYPE__ int32_t;
+__attribute__((import_module("plugsafe"), import_name("count"))) int32_t count(int32_t n);
+__attribute__((import_module("plugsafe"), import_name("scale"))) float scale(float x);
+__attribute__((export_name("run"))) int32_t run(int32_t n) { return count(n) + 1; }
+__attribute__((export_name("half"))) float half(float x) { return scale(x) / 2; }
+"""
+
+
+def test_a_c_plugin_binds_int32_and_float_to_plain_python_annotations(
+    host: plugsafe.Host, tmp_path: Path
+) -> None:
+    clang = toolchains.which("CC", "clang")
+    if clang is None:
+        toolchains.missing("clang is not installed")
+    source = tmp_path / "counter.c"
+    source.write_text(C_COUNTER)
+    out = tmp_path / "counter.wasm"
+    build = subprocess.run(
+        [clang, "--target=wasm32", "-O2", "-nostdlib", "-ffreestanding", "-Wl,--no-entry",
+         "-o", str(out), str(source)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if build.returncode != 0:
+        toolchains.missing(f"clang cannot build for wasm32: {build.stderr.strip()[:200]}")
+
+    @host.function
+    def count(n: int) -> int:
+        return n * 10
+
+    @host.function
+    def scale(x: float) -> float:
+        return x * 3
+
+    p = host.load(out, policy=Policy(allow={"count", "scale"}), name="counter")
+    assert {(i.name, i.params, i.results) for i in p.imports} == {
+        ("count", ("i32",), ("i32",)),
+        ("scale", ("f32",), ("f32",)),
+    }
+    assert p.invoke("run", 4) == 41
+    assert p.invoke("half", 1.5) == 2.25
+    with pytest.raises(plugsafe.HostFunctionError, match="count"):
+        p.invoke("run", 2**30)  # 10 * 2**30 does not fit in int32_t
+
+
+def test_each_parameter_and_the_result_bind_on_their_own(host: plugsafe.Host) -> None:
+    @host.function
+    def mix(a: int, b: float) -> int:
+        return a + int(b)
+
+    wat = """(module (import "plugsafe" "mix" (func $m (param i32 f32) (result i64)))
+      (func (export "run") (param i32 f32) (result i64) (call $m (local.get 0) (local.get 1))))"""
+    p = host.load(wat.encode(), policy=Policy(allow={"mix"}))
+    assert p.invoke("run", -(2**31), 2.5) == -(2**31) + 2

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import wasmtime
 
@@ -42,6 +43,16 @@ from ._ticker import Ticker, guard
 __all__ = ["Instance"]
 
 _perf_counter = time.perf_counter
+
+
+# Epoch increments Instance.interrupt makes on the calling thread (more go to a helper thread).
+_INLINE_BUMP = 1024
+
+
+def _bump(increment: Any, engine: int, n: int) -> None:
+    """Advance ``engine``'s epoch ``n`` times (``increment`` is the ticker's C function)."""
+    for _ in range(n):
+        increment(engine)
 
 
 class Instance:
@@ -168,9 +179,19 @@ class Instance:
         if ticker is None:
             return False
         self._arming[0] = -math.inf
-        increment, engine = ticker._increment, ticker._ptr
-        for _ in range(self._ticks + 2):
-            increment(engine)
+        n = self._ticks + 2
+        if n <= _INLINE_BUMP:
+            _bump(ticker._increment, ticker._ptr, n)
+        else:
+            # ~1 us an increment: a long timeout's ticks (15,000 for 30 s) would hold up the
+            # caller (an event loop) for milliseconds. Whoever runs next re-arms its own
+            # deadline, so the increments need not be done before this returns.
+            threading.Thread(
+                target=_bump,
+                args=(ticker._increment, ticker._ptr, n),
+                name="plugsafe-interrupt",
+                daemon=True,
+            ).start()
         return True
 
     def fuel_left(self) -> int:
