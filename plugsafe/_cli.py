@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from . import _component_cli
 from ._abi import ABI_VERSION, VERSION_EXPORT
 from ._errors import (
     AbiVersionError,
@@ -273,6 +274,8 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[byte
     """``plugsafe run``: load, call one ABI function, print its output."""
     policy = _policy_from_args(args)
     data = _read_input(args, policy.max_input, stdin)
+    if _component_cli.is_component_source(args.plugin):  # components: _component_cli
+        return _component_cli.cmd_run(args, policy, data, out, err)
     plugin: Plugin | None = None
     result: bytes | None = None
     failure: PlugsafeError | None = None
@@ -320,6 +323,8 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[byte
 def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[bytes]) -> int:
     """``plugsafe check``: would the plugin load under the policy? Every import's verdict."""
     policy = _policy_from_args(args)
+    if _component_cli.is_component_source(args.plugin):  # components: _component_cli
+        return _component_cli.cmd_check(args, policy, out, err)
     path = args.plugin
     rows: list[dict[str, Any]] = []
     failure: PlugsafeError | None = None
@@ -479,6 +484,8 @@ def _import_json(i: ImportInfo) -> dict[str, Any]:
 def cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[bytes]) -> int:
     """``plugsafe inspect``: what a plugin imports, exports and declares."""
     path = args.plugin
+    if _component_cli.is_component_source(path):  # components: _component_cli
+        return _component_cli.cmd_inspect(args, out, err)
     with Host() as host:
         # Read, precheck and compile as Host.load would under the inspect policy: a module
         # built to be expensive to compile is refused here as it would be there.

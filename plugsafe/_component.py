@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from . import _nesting
 from . import _runtime as rt
 from ._cache import ArtifactCache
 from ._errors import (
@@ -40,6 +41,8 @@ from ._errors import (
     PluginClosedError,
     PluginLoadError,
     SignatureError,
+    StackLimitExceeded,
+    fmt_bytes,
     raise_clean,
 )
 from ._loader import Source, read_source
@@ -49,6 +52,7 @@ from ._version import __version__
 
 __all__ = [
     "ComponentLoader",
+    "prepare_component",
     "ComponentPlugin",
     "Record",
     "Variant",
@@ -173,6 +177,20 @@ def load_component(
 
     ``engine(metered)`` gives the Host's component engine.
     """
+    name, compiled = prepare_component(source, policy, name=name, engine=engine, loader=loader)
+    check_component_imports(compiled.world, policy, name)
+    return ComponentPlugin(name, policy, compiled, on_close=on_close)
+
+
+def prepare_component(
+    source: Source,
+    policy: Policy,
+    *,
+    name: str | None,
+    engine: Callable[[bool], rt.Engine],
+    loader: ComponentLoader,
+) -> tuple[str, rc.CompiledComponent]:
+    """Read and compile (or hit a cache): the plugin's name and its compiled component."""
     if not rc.AVAILABLE:
         raise PluginLoadError(
             "this wasmtime-py has no component support (wasmtime.component): "
@@ -194,9 +212,7 @@ def load_component(
             raise InvalidModuleError(
                 f"{what} compiles to {len(wasm)} bytes, over the policy's max_module_size"
             )
-    compiled = loader.compile(engine(policy.fuel is not None), wasm, name)
-    check_component_imports(compiled.world, policy, name)
-    return ComponentPlugin(name, policy, compiled, on_close=on_close)
+    return name, loader.compile(engine(policy.fuel is not None), wasm, name)
 
 
 def import_problems(world: rc.World, policy: Policy) -> list[ImportProblem]:
@@ -305,6 +321,10 @@ class ComponentPlugin:
                     listed[q] = self._by_name[q].wit()
         self._exports = MappingProxyType(dict(sorted(listed.items())))
         self._timeout = policy.timeout
+        # The native stack a call may use, in a thread's room (_nesting): a component can be
+        # called from another plugin's host function, on top of that plugin's stack.
+        self._max_stack = compiled.engine.max_stack
+        self._cost = _nesting.call_cost(self._max_stack)
         self._ticker: rt.Ticker | None = None
         if policy.timeout is not None:
             self._ticker = compiled.engine.ticker
@@ -394,6 +414,10 @@ class ComponentPlugin:
             raise SignatureError(
                 f"plugin {self._name!r} function {function!r} ({desc.wit()}): {exc}"
             ) from None
+        th = _nesting.thread_room()
+        left = th.room - self._cost
+        if left < 0 or left & 8:
+            raise self._too_deep(th)
         with self._lock:
             if self._closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
@@ -413,6 +437,28 @@ class ComponentPlugin:
                 raise err
             return result.value
         return result
+
+    def _too_deep(self, th: _nesting.ThreadRoom) -> StackLimitExceeded:
+        # A component imports no host functions, so its calls never nest further: it only needs
+        # room for itself (the room is not taken while it runs).
+        size, levels = _nesting.room_left(th.room)
+        if levels == 0:
+            return StackLimitExceeded(
+                f"plugin {self._name!r} was called {_nesting.NESTING_CAP} plugin calls deep on "
+                "one thread (host functions calling plugins); plugsafe allows no deeper nesting",
+                limit="nesting",
+                value=_nesting.NESTING_CAP,
+                phase="call",
+            )
+        return StackLimitExceeded(
+            f"plugin {self._name!r} may use {fmt_bytes(self._max_stack)} of stack (Host "
+            f"max_stack), but this thread ({fmt_bytes(th.size)} of stack) has only "
+            f"{fmt_bytes(size)} left for plugin calls; call it from a thread with a larger "
+            "stack (threading.stack_size) or nest fewer plugin calls",
+            limit="max_stack",
+            value=self._max_stack,
+            phase="call",
+        )
 
     def _new_instance(self, phase: Phase) -> rc.ComponentInstance:
         p = self._policy

@@ -6,7 +6,10 @@ these run wherever plugsafe does: no guest toolchain needed.
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from plugsafe import (
     SignatureError,
     Variant,
 )
+from plugsafe import _cli as cli
 
 
 @pytest.fixture(scope="module")
@@ -328,3 +332,92 @@ def test_network_wasi_is_never_granted(chost: Host) -> None:
         chost.load(SOCKETS.encode(), policy=Policy(wasi=plugsafe.Wasi()))
     assert [p.module for p in info.value.problems] == ["wasi:sockets/instance-network@0.2.0"]
     assert "network" in str(info.value)
+
+
+def test_a_thread_without_room_for_max_stack_is_refused(world: ComponentPlugin) -> None:
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            world.invoke("add", 1, 2)
+        except BaseException as exc:
+            caught.append(exc)
+
+    old = threading.stack_size(256 * 1024)
+    try:
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+    finally:
+        threading.stack_size(old)
+    assert len(caught) == 1 and isinstance(caught[0], plugsafe.StackLimitExceeded)
+    assert caught[0].limit == "max_stack"  # type: ignore[attr-defined]
+
+
+def test_a_component_called_from_a_host_function_of_a_module() -> None:
+    # A module's host function calls the component: the calls nest on one thread.
+    results: list[int] = []
+    with Host() as host:
+        comp = host.load_component(WORLD.encode())
+
+        @host.function
+        def via_component(x: int) -> int:
+            value = comp.invoke("add", x, 1)
+            results.append(value)
+            return int(value)
+
+        guest = """
+        (module
+          (import "plugsafe" "via_component" (func $v (param i64) (result i64)))
+          (func (export "run") (param i64) (result i64) (call $v (local.get 0))))
+        """
+        with host.load(guest.encode(), policy=Policy(allow={"via_component"})) as plugin:
+            assert plugin.invoke("run", 41) == 42
+    assert results == [42]
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_inspect_shows_the_world(tmp_path: Path) -> None:
+    path = tmp_path / "world.wasm"
+    path.write_bytes(plugsafe._runtime.wat_to_wasm(IMPORTS))
+    code, out, _ = _cli("inspect", str(path))
+    assert code == 0
+    assert "format:      component" in out
+    assert "test:host/logging (instance)" in out
+    assert "host-log: func(msg: string)" in out
+    assert "seven: func() -> u32" in out
+    code, out, _ = _cli("inspect", "--json", str(path))
+    report = json.loads(out)
+    assert report["exports"] == {"seven": "func() -> u32"}
+
+
+def test_cli_run_takes_json_arguments_and_prints_json(tmp_path: Path) -> None:
+    path = tmp_path / "world.wasm"
+    path.write_bytes(plugsafe._runtime.wat_to_wasm(WORLD))
+    code, out, _ = _cli("run", str(path), "add", "--input", "[2, 3]")
+    assert (code, json.loads(out)) == (0, 5)
+    img = '{"width": 2, "height": 3, "data": {"base64": "AAE="}}'
+    code, out, _ = _cli("run", str(path), "swap", "--input", img)
+    assert json.loads(out) == {"width": 3, "height": 2, "data": {"base64": "AAE="}}
+    code, out, _ = _cli("run", str(path), "add", "--json", "--input", "[4294967296, 1]")
+    report = json.loads(out)
+    assert code == 5 and report["error"]["type"] == "SignatureError"
+    code, out, _ = _cli("run", str(path), "spin", "--fuel", "1000", "--json", "--input", "")
+    assert code == 4 and json.loads(out)["error"]["type"] == "FuelExhausted"
+
+
+def test_cli_check_lists_every_offender(tmp_path: Path) -> None:
+    path = tmp_path / "imports.wasm"
+    path.write_bytes(plugsafe._runtime.wat_to_wasm(IMPORTS))
+    code, out, _ = _cli("check", str(path))
+    assert code == 1
+    assert "test:host/logging#host-log" in out and "test:host/clock#now" in out
+    assert "would NOT load" in out
+    path.write_bytes(plugsafe._runtime.wat_to_wasm(WORLD))
+    code, out, _ = _cli("check", str(path))
+    assert (code, out.strip()) == (0, "would load under this policy")

@@ -20,6 +20,8 @@ discards the instance after any failed call.
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib.util
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,13 +35,18 @@ from ._backend import WasmFailure
 from ._engine import NO_DEADLINE_TICKS, Engine
 from ._ticker import Ticker, guard
 
-try:  # wasmtime-py grew ``wasmtime.component`` (Component, Linker, types) late: gate on it
+# wasmtime-py's ``wasmtime.component`` (Component, Linker, types) is imported on first use: it
+# costs tens of milliseconds, which a process that never loads a component should not pay.
+#: Whether the installed wasmtime-py has it (wasmtime>=48 does).
+AVAILABLE = importlib.util.find_spec("wasmtime.component") is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _wc() -> Any:
     import wasmtime.component as wc
 
-    AVAILABLE = hasattr(wc, "Component") and hasattr(wc, "Linker")
-except ImportError:  # pragma: no cover - depends on the installed wasmtime
-    wc = None  # type: ignore[assignment]
-    AVAILABLE = False
+    return wc
+
 
 __all__ = [
     "AVAILABLE",
@@ -292,20 +299,26 @@ def _item_kind(item: Any) -> str:
     }.get(type(item).__name__, "type")
 
 
+def _item(ext: Any) -> Any:
+    """The type of one import or export: wasmtime-py 50 wraps it in a ComponentExtern (its
+    ``ty``), 48 gives the type itself."""
+    return ext.ty if type(ext).__name__ == "ComponentExtern" else ext
+
+
 def describe(component: Any, engine: Engine) -> World:
     """The imports and exported functions of a compiled ``wasmtime.component.Component``."""
     eng = engine._engine
     cty = component.type
     imports: list[ImportDesc] = []
     for name, ext in cty.imports(eng).items():
-        item = ext.ty
+        item = _item(ext)
         kind = _item_kind(item)
         if kind == "func":
             imports.append(ImportDesc(name, "func", (_func(name, None, item),)))
         elif kind == "instance":
             funcs = []
             for fname, fext in item.exports(eng).items():
-                fitem = fext.ty
+                fitem = _item(fext)
                 if _item_kind(fitem) == "func":
                     funcs.append(_func(fname, name, fitem))
             imports.append(ImportDesc(name, "instance", tuple(funcs)))
@@ -314,13 +327,13 @@ def describe(component: Any, engine: Engine) -> World:
     exports: list[FuncDesc] = []
     other: list[str] = []
     for name, ext in cty.exports(eng).items():
-        item = ext.ty
+        item = _item(ext)
         kind = _item_kind(item)
         if kind == "func":
             exports.append(_func(name, None, item))
         elif kind == "instance":
             for fname, fext in item.exports(eng).items():
-                fitem = fext.ty
+                fitem = _item(fext)
                 if _item_kind(fitem) == "func":
                     exports.append(_func(fname, name, fitem))
                 else:
@@ -375,7 +388,7 @@ def compile_component(engine: Engine, wasm: bytes) -> CompiledComponent:
     """Compile and validate a component binary; raises WasmFailure with wasmtime's message."""
     _require()
     try:
-        comp = wc.Component(engine._engine, wasm)
+        comp = _wc().Component(engine._engine, wasm)
     except wasmtime.WasmtimeError as exc:
         raise WasmFailure(str(exc)) from None
     return CompiledComponent(comp, describe(comp, engine), engine)
@@ -386,7 +399,7 @@ def deserialize_component(engine: Engine, artifact: bytes) -> CompiledComponent:
     bytes from anywhere else: a crafted artifact runs arbitrary code."""
     _require()
     try:
-        comp = wc.Component.deserialize(engine._engine, artifact)
+        comp = _wc().Component.deserialize(engine._engine, artifact)
     except wasmtime.WasmtimeError as exc:
         raise WasmFailure(str(exc)) from None
     return CompiledComponent(comp, describe(comp, engine), engine)
@@ -798,7 +811,7 @@ class ComponentInstance:
         if epochs is not None:
             store_ptr = ctypes.cast(store.ptr(), ctypes.c_void_p).value or 0
             guard(self, store_ptr, self._arming, cast(float, timeout), epochs)
-        linker = wc.Linker(engine._engine)
+        linker = _wc().Linker(engine._engine)
         if wasi is not None:
             linker.add_wasip2()
         self.set_budget()
