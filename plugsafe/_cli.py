@@ -1,9 +1,13 @@
 """The ``plugsafe`` command line: run, check and inspect plugins, and start new ones.
 
 ``docs/cli.md`` documents the commands and the exit codes. The CLI is a plain host: it offers
-plugins only the built-in host functions (``log``, routed to stderr), never app-defined ones.
-Everything a plugin produces (output, names of its imports and exports) is untrusted, so text
-meant for a terminal is escaped and JSON is ASCII-only.
+plugins the built-in host functions (``log``, routed to stderr) and, for the app's functions,
+either stubs built from the signatures the policy file (``[host_functions]``) or
+``--host-function`` declares, answering canned values, or the app's own Host
+(``--host module:factory``). A stub is registered like any app function, so its answers go
+through the same result checks as the app's would.
+Everything a plugin produces (output, names of its imports and exports, arguments it passes to
+stubs) is untrusted, so text meant for a terminal is escaped and JSON is ASCII-only.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import base64
 import contextlib
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -24,6 +29,7 @@ from typing import IO, Any, NoReturn
 
 from . import _component_cli
 from ._abi import ABI_VERSION, VERSION_EXPORT
+from ._config import read_config, read_module
 from ._errors import (
     AbiVersionError,
     ImportNotAllowedError,
@@ -37,10 +43,21 @@ from ._errors import (
 )
 from ._files import read_capped
 from ._host import Host
+from ._hostfn import HostSignature, signature_from_annotations
 from ._loader import LoadedModule
 from ._log import escape
 from ._plugin import Plugin
 from ._policy import Policy, parse_policy
+from ._policyfile import in_file, read_toml
+from ._signatures import (
+    HOST_FUNCTIONS_TABLE,
+    DeclaredFunction,
+    empty_answer,
+    parse_answer_text,
+    parse_host_functions,
+    parse_signature,
+    signature_text,
+)
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._units import fmt_bytes
 from ._version import __version__
@@ -126,8 +143,37 @@ def _safe(text: str) -> str:
 
 
 def _policy_from_args(args: argparse.Namespace) -> Policy:
-    """The policy file (or the default policy) with the command line's overrides on top."""
-    policy = Policy.from_toml(args.policy) if args.policy else Policy()
+    """The policy file (or the default policy) with the command line's overrides on top.
+
+    The file is read once: its ``[host_functions]`` table is kept in ``args.declared_table``
+    for :func:`_declared`.
+    """
+    args.declared_table = None
+    args.source = args.plugin
+    args.name = _plugin_name(args.plugin)
+    if args.config:
+        config = read_config(args.config)
+        specs = {spec.name: spec for spec in config.plugins}
+        spec = specs.get(args.plugin)
+        if spec is None:
+            raise UsageError(
+                f"with --config, PLUGIN is the name of a plugin in it; {args.config!r} has no "
+                f"plugin {args.plugin!r} (it has: {', '.join(specs) or 'none'})"
+            )
+        # Read once, pin checked: the bytes checked are the bytes loaded.
+        args.source = read_module(spec)
+        args.name = spec.name
+        args.declared_config = config.host_functions
+        policy = spec.policy
+    elif args.policy:
+        data = read_toml(args.policy)
+        try:
+            policy = parse_policy(data, base_dir=Path(args.policy).parent, units_required=True)
+        except PolicyError as exc:
+            raise in_file(exc, args.policy) from None
+        args.declared_table = data.get(HOST_FUNCTIONS_TABLE)
+    else:
+        policy = Policy()
     overrides: list[tuple[str, str, str, object]] = []
     for option, table, key in (
         ("--fuel", "limits", "fuel"),
@@ -145,7 +191,7 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
         overrides.append(("--allow", "imports", "allow", sorted(policy.allow | set(args.allow))))
     for option, table, key, value in overrides:
         try:
-            policy = parse_policy({table: {key: value}}, base=policy)
+            policy = parse_policy({table: {key: value}}, base=policy, units_required=True)
         except PolicyError as exc:
             message = str(exc).replace(f"{table}.{key}", option, 1)
             raise PolicyError(message, field=exc.field, path=exc.path) from None
@@ -172,6 +218,207 @@ def _read_input(args: argparse.Namespace, limit: int, stdin: IO[bytes]) -> bytes
     if len(data) > limit:
         raise UsageError(f"{what} is over the policy's max_input of {limit} bytes")
     return data
+
+
+# -- the app's host functions: declared stubs, or the app's own Host ----------------------------
+
+
+def _declared(args: argparse.Namespace) -> dict[str, DeclaredFunction]:
+    """The host functions the policy file and ``--host-function`` declare, with their answers."""
+    if args.host is not None and args.returns:
+        raise UsageError("--returns answers for stubs; with --host the app's own functions answer")
+    declared: dict[str, DeclaredFunction] = {}
+    if args.config:
+        declared = dict(args.declared_config)
+    elif args.declared_table is not None:
+        try:
+            declared = parse_host_functions(args.declared_table)
+        except PolicyError as exc:
+            raise in_file(exc, args.policy) from None
+    for spec in args.host_function:
+        name, sep, text = spec.partition("=")
+        name = name.strip()
+        where = f"--host-function {name}"
+        if not sep or not name:
+            raise UsageError(
+                f"--host-function: expected NAME=SIGNATURE, like 'lookup=(str) -> bytes | None', "
+                f"got {spec!r}"
+            )
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise UsageError(
+                f"--host-function: {name!r} is not a valid host function name (letters, "
+                "digits and _, not starting with a digit)"
+            )
+        params, result = parse_signature(text, where)
+        declared[name] = DeclaredFunction(name, text, params, result, empty_answer(result), where)
+    for spec in args.returns:
+        name, sep, text = spec.partition("=")
+        name = name.strip()
+        found = declared.get(name)
+        if found is None:
+            raise UsageError(
+                f"--returns {name}: no signature is declared for {name!r} (declare it in the "
+                f"policy file's [{HOST_FUNCTIONS_TABLE}] table or with --host-function)"
+            )
+        answer = parse_answer_text(text if sep else None, found.result, f"--returns {name}")
+        declared[name] = found.with_answer(answer)
+    return declared
+
+
+# What a stub shows of a plugin's argument or its own answer, at most.
+_SHOWN = 120
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    if len(text) > _SHOWN:
+        text = text[: _SHOWN - 3] + "..."
+    return _safe(text)
+
+
+def _stub(decl: DeclaredFunction) -> Callable[..., Any]:
+    """A host function with ``decl``'s annotations that answers ``decl.answer``.
+
+    It is registered with ``Host.function`` like an app's function: the annotations become
+    its wasm types through ``_hostfn.signature_from_annotations``, and its answer passes the
+    result checks an app function's answer passes (type, range, the plugin's allocator and
+    memory cap).
+    """
+    params, returns = decl.annotations()
+    answer = decl.answer
+    name = decl.name
+    logger = logging.getLogger("plugsafe.plugin.stub")
+
+    def stub(*args: Any) -> Any:
+        # Each call on stderr (with --log-level debug, the default): what the plugin asked the
+        # app. The arguments are the plugin's: shown as repr, escaped, cut.
+        logger.debug(
+            "%s(%s) -> %s",
+            name,
+            ", ".join(_shown(a) for a in args),
+            _shown(answer),
+            extra={"plugsafe_plugin": "stub"},
+        )
+        return answer
+
+    names = [f"arg{i}" for i in range(len(params))]
+    setattr(  # noqa: B010 - a function's signature, for inspect and typing
+        stub,
+        "__signature__",
+        inspect.Signature(
+            [
+                inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY, annotation=t)
+                for n, t in zip(names, params, strict=True)
+            ],
+            return_annotation=returns,
+        ),
+    )
+    stub.__annotations__ = {**dict(zip(names, params, strict=True)), "return": returns}
+    stub.__name__ = stub.__qualname__ = name
+    return stub
+
+
+def _signature_text(sig: HostSignature) -> str:
+    """A host function's signature in the declarations' spelling."""
+    return signature_text(tuple(sig.params), sig.result)
+
+
+def _app_host(spec: str) -> Host:
+    """The app's Host from ``--host MODULE:FACTORY`` (a Host, or a callable returning one)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(
+            f"--host: expected MODULE:FACTORY (a module and, in it, a plugsafe.Host or a function "
+            f"returning one), like 'myapp.plugins:make_host', got {spec!r}"
+        )
+    # As `python -m` would: the app's modules are found from the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UsageError(
+            f"--host: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UsageError(f"--host: {module_name!r} has no {attr!r}") from None
+    if not isinstance(obj, Host):
+        if not callable(obj):
+            raise UsageError(
+                f"--host: {spec} is a {type(obj).__name__}, not a plugsafe.Host or a function "
+                "returning one"
+            )
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise UsageError(f"--host: {spec}() raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(obj, Host):
+            raise UsageError(
+                f"--host: {spec}() returned a {type(obj).__name__}, not a plugsafe.Host"
+            )
+    if obj.closed:
+        raise UsageError(f"--host: the Host {spec} gave is closed")
+    return obj
+
+
+def _host_for(args: argparse.Namespace, declared: dict[str, DeclaredFunction]) -> Host:
+    """The Host a command runs plugins on: the app's (``--host``), or one with the stubs."""
+    if args.host is not None:
+        host = _app_host(args.host)
+        try:
+            _check_declared(host, declared, args.host)
+        except PolicyError as exc:
+            host.close()
+            raise _located(exc, args) from None
+        except BaseException:
+            host.close()
+            raise
+        return host
+    host = Host()
+    try:
+        for decl in declared.values():
+            try:
+                host.function(_stub(decl), name=decl.name)
+            except (TypeError, ValueError) as exc:
+                # The parser admits only what a host function can be; a name the Host refuses
+                # (a built-in such as log) is the declaration's mistake.
+                bad = PolicyError(f"{decl.path}: {exc}", path=decl.path)
+                raise _located(bad, args) from None
+    except BaseException:
+        host.close()
+        raise
+    return host
+
+
+def _located(exc: PolicyError, args: argparse.Namespace) -> PolicyError:
+    """A declaration's error, naming the file when the declaration came from one."""
+    file = args.config or args.policy
+    if file is None or (exc.path or "").startswith("--"):
+        return exc
+    return in_file(exc, file)
+
+
+def _check_declared(host: Host, declared: dict[str, DeclaredFunction], spec: str) -> None:
+    """Each declared function must be registered on the app's Host, with that signature."""
+    functions = host._functions
+    for decl in declared.values():
+        bound = functions.get(decl.name)
+        if bound is None or bound.builtin:
+            raise PolicyError(
+                f"{decl.path}: declared as {decl.text!r}, but the Host from {spec} does not "
+                f"register {decl.name!r} (it has: {', '.join(host.functions)})",
+                path=decl.path,
+            )
+        want = signature_from_annotations(_stub(decl), decl.name)
+        if bound.signature != want:
+            raise PolicyError(
+                f"{decl.path}: declared as {_signature_text(want)}, but the Host from {spec} "
+                f"registers {_signature_text(bound.signature)}",
+                path=decl.path,
+            )
 
 
 def _cli_policy(policy: Policy, host: Host) -> Policy:
@@ -273,15 +520,16 @@ def _output_json(data: bytes) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[bytes]) -> int:
     """``plugsafe run``: load, call one ABI function, print its output."""
     policy = _policy_from_args(args)
+    declared = _declared(args)
     data = _read_input(args, policy.max_input, stdin)
     if _component_cli.is_component_source(args.plugin):  # components: _component_cli
         return _component_cli.cmd_run(args, policy, data, out, err)
     plugin: Plugin | None = None
     result: bytes | None = None
     failure: PlugsafeError | None = None
-    with Host() as host:
+    with _host_for(args, declared) as host:
         try:
-            plugin = host.load(args.plugin, policy=_cli_policy(policy, host))
+            plugin = host.load(args.source, policy=_cli_policy(policy, host), name=args.name)
             if args.function == "_start" and policy.wasi is not None:
                 # A WASI command: run it with the input as its stdin; its stderr is passed on.
                 ran = plugin.run(stdin=data if data else None)
@@ -325,16 +573,24 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[by
     policy = _policy_from_args(args)
     if _component_cli.is_component_source(args.plugin):  # components: _component_cli
         return _component_cli.cmd_check(args, policy, out, err)
+    declared = _declared(args)
     path = args.plugin
     rows: list[dict[str, Any]] = []
     failure: PlugsafeError | None = None
     note: str | None = None
-    with Host() as host:
-        builtins = set(host.functions)
-        app_functions = sorted(policy.allow - builtins)
+    with _host_for(args, declared) as host:
+        # The functions the policy allows that this host has no stand-in for.
+        app_functions = sorted(policy.allow - set(host.functions))
+        provided = {
+            name: "declared: " + _signature_text(bound.signature)
+            if args.host is None
+            else f"registered by the Host from {args.host}: {_signature_text(bound.signature)}"
+            for name, bound in host._functions.items()
+            if not bound.builtin
+        }
         try:
             cli_policy = _cli_policy(policy, host)
-            loaded = host._prepare(path, policy=cli_policy, name=_plugin_name(path))
+            loaded = host._prepare(args.source, policy=cli_policy, name=args.name)
             module = loaded.module
             problems: dict[tuple[str, str], ImportProblem] = {}
             try:
@@ -349,21 +605,30 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[by
                 failure = exc
             needed_app: list[str] = []
             for imp in module.imports:
-                rows.append(_import_row(imp, problems.get((imp.module, imp.name)), app_functions))
-                if rows[-1]["status"] == "allowed" and imp.name in app_functions:
+                row = _import_row(imp, problems.get((imp.module, imp.name)), app_functions)
+                if (
+                    row["status"] == "allowed"
+                    and imp.module == "plugsafe"
+                    and imp.name in provided
+                    and not row["detail"]
+                ):
+                    row["detail"] = provided[imp.name]
+                rows.append(row)
+                if row["status"] == "allowed" and imp.name in app_functions:
                     needed_app.append(imp.name)
             bad = [r for r in rows if r["status"] != "allowed"]
             if failure is not None:
                 pass
             elif bad:
                 failure = ImportNotAllowedError(
-                    _plugin_name(path), [problems[(r["module"], r["name"])] for r in bad]
+                    args.name, [problems[(r["module"], r["name"])] for r in bad]
                 )
             elif needed_app:
                 note = (
                     f"the plugin imports {', '.join(needed_app)}, which the host app must "
-                    "register; the command line has no app functions, so its start function "
-                    "and ABI version were not tried"
+                    "register; nothing declares their signatures, so their types were not "
+                    "checked and the start function and ABI version were not tried (declare "
+                    f"them in the policy's [{HOST_FUNCTIONS_TABLE}] table, or use --host)"
                 )
         except PolicyError:
             raise
@@ -375,6 +640,9 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str], stdin: IO[by
             {
                 "plugin": path,
                 "policy": args.policy,
+                "config": args.config,
+                "host": args.host,
+                "declared": {name: d.text for name, d in sorted(declared.items())},
                 "loads": loads,
                 "imports": rows,
                 "error": None if failure is None else _error_json(failure),
@@ -411,7 +679,7 @@ def _import_row(
             and imp.name in app_functions
         ):
             # Allowed by the policy; the app, not the command line, provides it.
-            detail = "app-defined: the host app must register it with this signature"
+            detail = "app-defined and not declared: the host app must register it"
         elif problem.reason == "unknown" and imp.module == "plugsafe" and imp.kind == "func":
             # The command line cannot tell an app's function from a made-up one; what matters
             # for the policy under review is that it does not allow the name.
@@ -575,8 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Run, check and inspect untrusted WebAssembly plugins under a sandbox policy.",
-        epilog="Exit codes: 0 ok, 1 check says no, 2 usage error, 3 load failure, 4 limit hit, "
-        "5 plugin error, 70 internal error. See docs/cli.md.",
+        epilog="Exit codes: 0 ok, 1 check says no, 2 usage error (bad arguments, policy file, "
+        "host-function declaration or --host), 3 load failure, 4 limit hit, 5 plugin error, "
+        "70 internal error, 130 interrupted. See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -584,17 +853,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy_opts = _Parser(add_help=False)
     group = policy_opts.add_argument_group("policy")
-    group.add_argument("--policy", metavar="FILE", help="policy file (TOML; docs/policy.md)")
+    files = group.add_mutually_exclusive_group()
+    files.add_argument("--policy", metavar="FILE", help="policy file (TOML; docs/policy.md)")
+    files.add_argument(
+        "--config",
+        metavar="FILE",
+        help="host config file (docs/policy.md): PLUGIN is then the name of one of its plugins, "
+        "loaded from its source, pin checked, under its policy, with the file's host functions",
+    )
     group.add_argument(
         "--allow",
         metavar="NAME",
         action="append",
         default=[],
-        help="also allow this host function (repeatable); the command line offers only 'log'",
+        help="also allow this host function (repeatable)",
     )
     group.add_argument("--fuel", metavar="N", help='fuel per call, or "unlimited"')
     group.add_argument("--timeout", metavar="T", help='time per call, e.g. "250ms", "2s"')
     group.add_argument("--memory", metavar="SIZE", help='memory cap, e.g. "64MiB"')
+    app = policy_opts.add_argument_group(
+        "the app's host functions",
+        "stubs for the functions the policy file's [host_functions] table or --host-function "
+        "declares (each answers a canned value), or the app's own Host",
+    )
+    app.add_argument(
+        "--host-function",
+        metavar="NAME=SIGNATURE",
+        action="append",
+        default=[],
+        help="declare a host function, e.g. 'lookup=(str) -> bytes | None' (repeatable)",
+    )
+    app.add_argument(
+        "--returns",
+        metavar="NAME[=VALUE]",
+        action="append",
+        default=[],
+        help="what the stub NAME answers: VALUE as its result type reads it (text for str and "
+        "bytes), or None without '=VALUE' (repeatable; default: the file's returns, else empty)",
+    )
+    app.add_argument(
+        "--host",
+        metavar="MODULE:FACTORY",
+        help="run on the app's own Host: MODULE's FACTORY, a plugsafe.Host or a function "
+        "returning one (MODULE is found from the working directory)",
+    )
     logs = _Parser(add_help=False)
     logs.add_argument(
         "--log-level",
@@ -611,7 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the input, and write its output to stdout. Without --input or --input-file the input "
         "is read from stdin unless stdin is a terminal.",
     )
-    run.add_argument("plugin", metavar="PLUGIN", help=".wasm or .wat file")
+    run.add_argument(
+        "plugin", metavar="PLUGIN", help=".wasm or .wat file (with --config: a plugin's name)"
+    )
     run.add_argument("function", metavar="FUNCTION", help="the exported function to call")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="TEXT", help="the input, as UTF-8 text")
@@ -631,7 +935,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="List each import of PLUGIN as allowed, not allowed, unknown or wrong type "
         "under the policy, and say whether the plugin would load.",
     )
-    check.add_argument("plugin", metavar="PLUGIN", help=".wasm or .wat file")
+    check.add_argument(
+        "plugin", metavar="PLUGIN", help=".wasm or .wat file (with --config: a plugin's name)"
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(handler=cmd_check)
 
@@ -659,8 +965,9 @@ def _report_error(exc: BaseException, err: IO[str]) -> None:
         p.reason == "unknown" and p.module == "plugsafe" for p in exc.problems
     ):
         err.write(
-            f"{PROG}: note: the command line offers plugins only the built-in host functions "
-            "(log); functions an app registers are not available here\n"
+            f"{PROG}: note: the command line offers plugins the built-in host functions (log) "
+            f"and stubs of the functions the policy's [{HOST_FUNCTIONS_TABLE}] table or "
+            "--host-function declares; --host MODULE:FACTORY runs on the app's own Host\n"
         )
 
 

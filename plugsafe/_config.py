@@ -15,9 +15,14 @@ The layout (``docs/policy.md`` has every key)::
     [plugins.greet.imports]
     allow = ["log", "lookup"]   # replaces the default list: what you read is what it gets
 
+    [host_functions]            # optional: the app's host functions, as the operator knows them
+    lookup = "(key: str) -> str | None"
+
 :func:`load_config` is what ``Host.load_config`` runs. The whole file is checked before any
 plugin is loaded, and a failure while loading closes the plugins loaded so far, so a host
-either gets every plugin of the file or none.
+either gets every plugin of the file or none. Declared host functions (``[host_functions]``,
+see ``_signatures``) must be registered on the host with those signatures before anything
+loads: the file and the app cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,15 +39,29 @@ from ._errors import InvalidModuleError, PluginLoadError, PolicyError
 from ._files import read_plugin_file
 from ._policy import Policy, parse_policy
 from ._policyfile import SECTIONS, as_table, describe, in_file, read_toml
+from ._signatures import (
+    HOST_FUNCTIONS_TABLE,
+    DeclaredFunction,
+    parse_host_functions,
+    signature_text,
+)
 
 if TYPE_CHECKING:
     from ._plugin import Plugin
 
-__all__ = ["HostConfig", "PluginSpec", "load_config", "parse_config", "read_config"]
+__all__ = [
+    "HostConfig",
+    "PluginSpec",
+    "check_declared",
+    "load_config",
+    "parse_config",
+    "read_config",
+    "read_module",
+]
 
 _PLUGIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-_TOP_KEYS = ("defaults", "plugins")
+_TOP_KEYS = ("defaults", "plugins", HOST_FUNCTIONS_TABLE)
 _PLUGIN_KEYS = ("source", "sha256", *SECTIONS)
 
 
@@ -58,10 +77,11 @@ class PluginSpec:
 
 @dataclass(frozen=True)
 class HostConfig:
-    """A parsed host config file."""
+    """A parsed host config file; ``host_functions`` are its declared host functions."""
 
     defaults: Policy
     plugins: tuple[PluginSpec, ...]
+    host_functions: Mapping[str, DeclaredFunction] = field(default_factory=dict)
 
 
 def _check_keys(table: Mapping[str, Any], path: str, known: tuple[str, ...]) -> None:
@@ -83,7 +103,10 @@ def parse_config(data: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> H
     _check_keys(root, "", _TOP_KEYS)
     defaults_data = root.get("defaults", {})
     defaults = parse_policy(
-        as_table(defaults_data, "defaults"), prefix="defaults.", base_dir=base_dir
+        as_table(defaults_data, "defaults"),
+        prefix="defaults.",
+        base_dir=base_dir,
+        units_required=True,
     )
     specs: list[PluginSpec] = []
     for name, body in as_table(root.get("plugins", {}), "plugins").items():
@@ -111,7 +134,9 @@ def parse_config(data: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> H
                 path=f"{path}.sha256",
             )
         overrides = {k: v for k, v in table.items() if k in SECTIONS}
-        policy = parse_policy(overrides, prefix=f"{path}.", base=defaults, base_dir=base_dir)
+        policy = parse_policy(
+            overrides, prefix=f"{path}.", base=defaults, base_dir=base_dir, units_required=True
+        )
         specs.append(
             PluginSpec(
                 name=name,
@@ -120,7 +145,10 @@ def parse_config(data: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> H
                 policy=policy,
             )
         )
-    return HostConfig(defaults=defaults, plugins=tuple(specs))
+    declared = (
+        parse_host_functions(root[HOST_FUNCTIONS_TABLE]) if HOST_FUNCTIONS_TABLE in root else {}
+    )
+    return HostConfig(defaults=defaults, plugins=tuple(specs), host_functions=declared)
 
 
 def read_config(path: str | os.PathLike[str]) -> HostConfig:
@@ -161,10 +189,44 @@ class _Loads(Protocol):
 
     def load(self, source: bytes, *, policy: Policy, name: str) -> Plugin: ...
 
+    # name -> _hostfn.BoundFunction: read for .builtin and .signature (.params, .result).
+    @property
+    def _functions(self) -> Mapping[str, Any]: ...
+
+
+def check_declared(host: _Loads, declared: Mapping[str, DeclaredFunction]) -> None:
+    """Each declared host function must be registered on ``host`` with that signature.
+
+    Raises:
+        PolicyError: naming the declaration's key.
+    """
+    functions = host._functions
+    for decl in declared.values():
+        bound = functions.get(decl.name)
+        if bound is None or bound.builtin:
+            registered = sorted(n for n, b in functions.items() if not b.builtin)
+            raise PolicyError(
+                f"{decl.path}: declared as {decl.text!r}, but the host does not register "
+                f"{decl.name!r} (register it with @host.function before loading; it registers: "
+                f"{', '.join(registered) or 'nothing'})",
+                path=decl.path,
+            )
+        sig = bound.signature
+        if (tuple(sig.params), sig.result) != (decl.params, decl.result):
+            raise PolicyError(
+                f"{decl.path}: declared as {signature_text(decl.params, decl.result)}, but the "
+                f"host registers {signature_text(tuple(sig.params), sig.result)}",
+                path=decl.path,
+            )
+
 
 def load_config(host: _Loads, path: str | os.PathLike[str]) -> dict[str, Plugin]:
     """Load every plugin a host config file describes; see :meth:`Host.load_config`."""
     config = read_config(path)
+    try:
+        check_declared(host, config.host_functions)
+    except PolicyError as exc:
+        raise in_file(exc, path) from None
     plugins: dict[str, Plugin] = {}
     try:
         for spec in config.plugins:

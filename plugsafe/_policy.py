@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import PolicyError
 from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
-from ._units import GiB, KiB, MiB
+from ._units import GiB, KiB, MiB, parse_duration, parse_size
 from ._wasi import Wasi
 
 __all__ = ["Policy", "parse_policy", "policy_from_toml"]
@@ -34,6 +34,20 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _WIT_NAME = re.compile(
     r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*(@[0-9A-Za-z.+-]+)?(#[a-z][a-z0-9-]*)?$"
 )
+
+# The fields Policy(...) also takes as strings with units, read by the policy files' parsers
+# (one grammar: "16MiB" means the same in Python, in a file and on the command line).
+_SIZE_FIELDS = (
+    "memory",
+    "max_input",
+    "max_output",
+    "max_module_size",
+    "log_message_size",
+    "max_host_arg_size",
+    "max_function_size",
+    "compile_memory",
+)
+_DURATION_FIELDS = ("timeout", "compile_timeout")
 
 
 def _check_int(name: str, value: object, *, lo: int, hi: int, allow_none: bool) -> None:
@@ -118,7 +132,38 @@ class Policy:
     compile_timeout: float | None = None
     compile_memory: int | None = None
 
+    if TYPE_CHECKING:
+        # What type checkers see: the generated __init__, except that sizes and durations
+        # also take strings with units. Not defined at run time (the dataclass's own __init__
+        # runs); tests/test_policy_units.py keeps it in step with the fields.
+        def __init__(
+            self,
+            *,
+            fuel: int | None = None,
+            timeout: float | str | None = 1.0,
+            memory: int | str = 64 * MiB,
+            allow: Iterable[str] = frozenset(),
+            max_input: int | str = 16 * MiB,
+            max_output: int | str = 16 * MiB,
+            max_module_size: int | str = 16 * MiB,
+            max_table_elements: int = 100_000,
+            max_host_calls: int | None = 100_000,
+            log_messages: int = 100,
+            log_message_size: int | str = 4 * KiB,
+            fresh_instance: bool = False,
+            max_host_arg_size: int | str = 1 * MiB,
+            wasi: Wasi | None = None,
+            max_functions: int = 100_000,
+            max_imports: int = 10_000,
+            max_exports: int = 10_000,
+            max_function_size: int | str = 1 * MiB,
+            max_nesting: int = 10_000,
+            compile_timeout: float | str | None = None,
+            compile_memory: int | str | None = None,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
+        self._read_units()
         _check_int("fuel", self.fuel, lo=0, hi=_MAX_FUEL, allow_none=True)
         self._check_seconds("timeout")
         _check_int("memory", self.memory, lo=0, hi=_MAX_MEMORY, allow_none=False)
@@ -154,6 +199,23 @@ class Policy:
         self._check_seconds("compile_timeout")
         # Below a few MiB the compiler child cannot even start its threads.
         _check_int("compile_memory", self.compile_memory, lo=MiB, hi=2**48, allow_none=True)
+
+    def _read_units(self) -> None:
+        """Sizes and durations given as strings (``memory="16MiB"``, ``timeout="250ms"``).
+
+        Through the policy files' parsers, with a unit required for durations, as in a file:
+        a bare number given as a string is ambiguous (``"250"``: seconds or milliseconds?).
+        Numbers stay what they were: bytes and seconds.
+        """
+        for names, parse in ((_SIZE_FIELDS, _size), (_DURATION_FIELDS, _duration)):
+            for name in names:
+                value = getattr(self, name)
+                if isinstance(value, str):
+                    try:
+                        object.__setattr__(self, name, parse(value, name))
+                    except PolicyError as exc:
+                        # A Policy(...) error has no file path (docs/policy.md).
+                        raise PolicyError(str(exc), field=name) from None
 
     def _check_seconds(self, name: str) -> None:
         t = getattr(self, name)
@@ -227,12 +289,21 @@ class Policy:
         return layout_of({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
 
+def _size(value: str, name: str) -> int:
+    return parse_size(value, name, name)
+
+
+def _duration(value: str, name: str) -> float:
+    return parse_duration(value, name, name, unit_required=True)
+
+
 def parse_policy(
     data: object,
     *,
     prefix: str = "",
     base: Policy | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    units_required: bool = False,
 ) -> Policy:
     """Build a :class:`Policy` from a dict in the file layout (see ``_policyfile``).
 
@@ -242,11 +313,12 @@ def parse_policy(
         base: the policy that keys left out keep their values from (default: ``Policy()``).
         base_dir: what relative ``[wasi]`` preopen paths are relative to (default: the current
             directory); the policy or config file's directory when read from a file.
+        units_required: durations must carry a unit (a file, the command line).
 
     Raises:
         PolicyError: with ``.path`` set to the offending key's dotted path.
     """
-    changes = parse_changes(data, prefix=prefix, base_dir=base_dir)
+    changes = parse_changes(data, prefix=prefix, base_dir=base_dir, units_required=units_required)
     try:
         return dataclasses.replace(base, **changes) if base is not None else Policy(**changes)  # type: ignore[arg-type]
     except PolicyError as exc:
@@ -257,7 +329,7 @@ def policy_from_toml(path: str | os.PathLike[str]) -> Policy:
     """Read a policy file (see ``docs/policy.md``)."""
     data = read_toml(path)
     try:
-        return parse_policy(data, base_dir=Path(path).parent)
+        return parse_policy(data, base_dir=Path(path).parent, units_required=True)
     except PolicyError as exc:
         raise in_file(exc, path) from None
 

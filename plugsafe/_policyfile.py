@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import PolicyError
-from ._units import describe, fail, parse_duration, parse_size
+from ._signatures import HOST_FUNCTIONS_TABLE, parse_host_functions
+from ._units import describe, fail, fmt_duration, parse_duration, parse_size
 from ._wasi import Preopen, Wasi
 
 if sys.version_info >= (3, 11):
@@ -115,7 +116,9 @@ def _parse_count(value: object, path: str, field: str) -> int:
     raise fail(path, "an integer >= 0", value, field)
 
 
-def _parse_value(value: object, path: str, field: str, kind: Kind) -> object:
+def _parse_value(
+    value: object, path: str, field: str, kind: Kind, *, units_required: bool = False
+) -> object:
     nullable = kind.endswith("?")
     if nullable and (value is None or value == UNLIMITED):
         return None
@@ -130,7 +133,7 @@ def _parse_value(value: object, path: str, field: str, kind: Kind) -> object:
             return _parse_count(value, path, field)
         if kind.startswith("size"):
             return parse_size(value, path, field)
-        return parse_duration(value, path, field)
+        return parse_duration(value, path, field, unit_required=units_required)
     except PolicyError as exc:
         if not nullable or not isinstance(value, str):
             raise
@@ -236,6 +239,7 @@ def parse_changes(
     *,
     prefix: str = "",
     base_dir: str | os.PathLike[str] | None = None,
+    units_required: bool = False,
 ) -> dict[str, object]:
     """The Policy fields a dict in the file layout sets, by field name, checked for type and unit.
 
@@ -244,6 +248,13 @@ def parse_changes(
         prefix: prepended to key paths in errors (``"plugins.greet."`` for a host config).
         base_dir: what relative ``[wasi]`` preopen paths are relative to (default: the current
             directory); the policy or config file's directory when read from a file.
+        units_required: durations must carry a unit (files and the command line: a bare
+            ``timeout = 250`` is refused, not read as four minutes). ``from_dict`` keeps
+            reading numbers as seconds, as ``Policy(timeout=0.25)`` does.
+
+    A ``[host_functions]`` table (declared host-function signatures, see ``_signatures``) is
+    checked here, so a mistake in it is found wherever the file is read, but it sets no field:
+    it describes the host, not the policy.
 
     Ranges are left to ``Policy`` itself; ``_policy.parse_policy`` builds the policy and turns
     its errors into file locations with :func:`relocate`.
@@ -255,6 +266,9 @@ def parse_changes(
     table = as_table(data, root or "policy")
     changes: dict[str, object] = {}
     for section, body in table.items():
+        if section == HOST_FUNCTIONS_TABLE:
+            parse_host_functions(body, prefix)
+            continue
         if section == WASI_TABLE:
             path = f"{prefix}{section}"
             changes["wasi"] = _parse_wasi(
@@ -274,7 +288,9 @@ def parse_changes(
             if spec is None:
                 raise _unknown_key(section_path, key, list(keys))
             field, kind = spec
-            changes[field] = _parse_value(value, f"{section_path}.{key}", field, kind)
+            changes[field] = _parse_value(
+                value, f"{section_path}.{key}", field, kind, units_required=units_required
+            )
     return changes
 
 
@@ -301,6 +317,10 @@ def layout_of(fields: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 body[key] = bool(value)
             elif value is None:
                 body[key] = UNLIMITED
+            elif kind == "duration?":
+                # With its unit: what to_dict writes must read back from a file, where a bare
+                # number is refused.
+                body[key] = fmt_duration(value)
             else:
                 body[key] = value
         out[section] = body

@@ -11,7 +11,7 @@ from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 from ._aio import run_call
 from ._callpath import CallPath, CallToken
 from ._closing import Closing
-from ._errors import PluginClosedError
+from ._errors import ImportNotAllowedError, PluginClosedError, PolicyError
 from ._host import Host
 from ._loader import Source
 from ._nesting import seconds_until, wait_deadline
@@ -21,6 +21,27 @@ from ._policy import Policy
 __all__ = ["PluginPool"]
 
 T = TypeVar("T")
+
+
+def _hint_host(exc: PolicyError | ImportNotAllowedError, missing: list[str]) -> None:
+    """Say to pass ``host=`` when a pool's private Host lacks the app's functions.
+
+    The private Host has only the built-in functions, so a plugin that imports the app's is
+    refused; the error as Host.load words it (not a host function of this host / unknown) does
+    not say where the app's functions should have come from.
+    """
+    if isinstance(exc, ImportNotAllowedError):
+        missing = [p.name for p in exc.problems if p.reason == "unknown" and p.module == "plugsafe"]
+    elif exc.field != "allow":
+        return
+    if not missing:
+        return
+    names = ", ".join(repr(n) for n in missing)
+    exc.args = (
+        f"{exc}\n(this PluginPool has no host=, so it made a Host of its own, which has only the "
+        f"built-in host functions: to give its plugins {names}, pass host= a Host on which "
+        "the app registered them)",
+    )
 
 
 class PluginPool(Closing):
@@ -71,6 +92,12 @@ class PluginPool(Closing):
                 plugin = self._host._instantiate(loaded)
                 self._plugins.append(plugin)
                 self._idle.put(plugin)
+        except (PolicyError, ImportNotAllowedError) as exc:
+            self.close()
+            if self._own_host:
+                allowed = policy.allow if isinstance(policy, Policy) else frozenset()
+                _hint_host(exc, sorted(allowed - set(self._host.functions)))
+            raise
         except BaseException:
             self.close()
             raise

@@ -10,7 +10,17 @@ from decimal import Decimal
 # fmt_bytes lives with the errors (their messages need it); re-exported here for the CLI.
 from ._errors import PolicyError, fmt_bytes
 
-__all__ = ["GiB", "KiB", "MiB", "describe", "fail", "fmt_bytes", "parse_duration", "parse_size"]
+__all__ = [
+    "GiB",
+    "KiB",
+    "MiB",
+    "describe",
+    "fail",
+    "fmt_bytes",
+    "fmt_duration",
+    "parse_duration",
+    "parse_size",
+]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -39,6 +49,12 @@ _DURATION_UNITS = {
 # At most 30 digits before the point: enough for any real limit, and it keeps Decimal and int
 # conversions cheap whatever a file holds.
 _QUANTITY = re.compile(r"^\s*(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})\s*([A-Za-zµ]*)\s*$")
+# Durations may also carry an exponent ("1e-06s"): how Policy.to_dict writes a float such as
+# 1e-06 exactly. Three digits of exponent at most, so Decimal's work stays trivial.
+_DURATION = re.compile(
+    r"^\s*(\d{1,30}(?:\.\d{0,30})?(?:[eE][-+]?\d{1,3})?|\.\d{1,30}(?:[eE][-+]?\d{1,3})?)"
+    r"\s*([A-Za-zµ]*)\s*$"
+)
 
 _SIZE_EXPECTED = 'a size: bytes as an integer >= 0, or a string like "64MiB", "512KiB", "4096B"'
 _DURATION_EXPECTED = 'a duration > 0: seconds as a number, or a string like "250ms", "1.5s", "2m"'
@@ -99,13 +115,34 @@ def parse_size(value: object, path: str, field: str | None = None) -> int:
     raise fail(path, _SIZE_EXPECTED, value, field)
 
 
-def parse_duration(value: object, path: str, field: str | None = None) -> float:
-    """Seconds from a number or a string with a unit (``"250ms"``, ``"1.5s"``, ``"2m"``)."""
+def parse_duration(
+    value: object, path: str, field: str | None = None, *, unit_required: bool = False
+) -> float:
+    """Seconds from a number or a string with a unit (``"250ms"``, ``"1.5s"``, ``"2m"``).
+
+    With ``unit_required`` (policy files, host config files, the command line, and strings in
+    ``Policy(...)``), a bare number (``250``, ``"0.5"``) is refused with a message asking for a
+    unit: ``timeout = 250`` meant as milliseconds would otherwise wait four minutes.
+    """
     seconds: float | None = None
+    if unit_required:
+        bare = _is_number(value)
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            bare = m is not None and not m.group(2)
+        if bare:
+            number = describe(value).strip('"').strip()
+            raise PolicyError(
+                f"{path}: {describe(value)} has no unit; write the unit, e.g. "
+                f'"{number}s" for seconds or "{number}ms" for milliseconds '
+                "(units: us, ms, s, m, h)",
+                field=field,
+                path=path,
+            )
     if _is_number(value):
         seconds = float(value)  # type: ignore[arg-type]
     elif isinstance(value, str):
-        m = _QUANTITY.match(value)
+        m = _DURATION.match(value)
         unit = _DURATION_UNITS.get(m.group(2).lower()) if m else None
         if m is None or unit is None:
             raise PolicyError(
@@ -118,3 +155,15 @@ def parse_duration(value: object, path: str, field: str | None = None) -> float:
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         raise fail(path, _DURATION_EXPECTED, value, field)
     return seconds
+
+
+def fmt_duration(seconds: float) -> str:
+    """``seconds`` as a duration string that :func:`parse_duration` reads back exactly.
+
+    The shortest spelling that round-trips (``"0.25s"``, ``"2s"``, ``"1e-06s"``), always with
+    its unit, so that what ``Policy.to_dict`` writes is a valid policy file.
+    """
+    text = f"{seconds:g}"
+    if float(text) != seconds:
+        text = repr(seconds)
+    return text + "s"

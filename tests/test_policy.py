@@ -28,7 +28,10 @@ def test_defaults_deny_everything_and_bound_time_and_memory() -> None:
         ("timeout", 0),
         ("timeout", float("nan")),
         ("timeout", float("inf")),
-        ("timeout", "1s"),
+        # A string is read with its unit (issue 13: Policy(timeout="250ms")); these are not.
+        ("timeout", "1 fortnight"),
+        ("timeout", "250"),
+        ("memory", "16 parsecs"),
         ("memory", -1),
         ("memory", 5 * 2**30),
         ("memory", None),
