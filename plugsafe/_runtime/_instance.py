@@ -37,7 +37,7 @@ from ._funcref import (
 )
 from ._linker import Linker
 from ._module import Module
-from ._ticker import Ticker, guard
+from ._ticker import Ticker, guard, limit, unlimit
 
 __all__ = ["Instance"]
 
@@ -67,6 +67,7 @@ class Instance:
         epochs: Ticker | None = None,
         timeout: float | None = None,
         wasi: object = None,
+        until: float | None = None,
     ) -> None:
         self._b = b = linker.backend
         # Bound once: abi_call, the plugin ABI's hot path, calls it on every call.
@@ -94,13 +95,18 @@ class Instance:
         self._ticks = deadline_ticks if epochs is None else epochs.ticks(cast(float, timeout))
         self._period = 0.0 if epochs is None else epochs.period
         # When (perf_counter) the deadline was last armed, shared with every invoker of this
-        # instance (a list, so the invokers need no reference back to the instance).
-        self._arming = [-math.inf]
+        # instance (a list, so the invokers need no reference back to the instance), and a
+        # limit to one call's end (see _ticker.limit).
+        self._arming = [-math.inf, -math.inf, math.inf]
         if epochs is not None:
             # The store checks the wall clock when its epoch deadline comes (never early).
             store_ptr = ctypes.cast(self._store.ptr(), ctypes.c_void_p).value or 0
             guard(self, store_ptr, self._arming, cast(float, timeout), epochs)
         self.set_budget()
+        if until is not None:
+            # Made for a call that started earlier (``until`` is its deadline): the start
+            # function runs on what is left of that call's time, not on a timeout of its own.
+            self.limit_deadline(until)
         if linker._pre is None:
             linker.prepare(module)
         assert linker._pre is not None
@@ -153,6 +159,25 @@ class Instance:
                 ticker.arm()
             self._arming[0] = now
         self._b.set_deadline(self._ctx, self._ticks)
+
+    def limit_deadline(self, until: float | None) -> None:
+        """Make the deadline ``until`` (``perf_counter`` seconds): the end of a call that
+        started before this instance was made, or before it got the plugin. It holds, with no
+        re-arm, until lifted with None, which the caller must do when that call ends
+        (``_ticker.limit``). No-op without a timeout.
+        """
+        ticker = self._ticker
+        if ticker is None:
+            return
+        if until is None:
+            unlimit(self._arming)
+            return
+        now = _perf_counter()
+        ticker.last = now
+        if not ticker.armed:
+            ticker.arm()
+        limit(self._arming, now, until)
+        self._b.set_deadline(self._ctx, ticker.ticks(max(until - now, 0.0)))
 
     def fuel_left(self) -> int:
         """Fuel remaining in the store (0 for an unmetered engine)."""

@@ -52,15 +52,19 @@ import weakref
 from typing import Any
 
 __all__ = [
+    "BUSY",
     "FALLBACK_PERIOD",
     "MARGIN",
     "NATIVE_PERIOD",
     "QUICK",
+    "SLOW",
     "Ticker",
     "guard",
+    "limit",
     "native_available",
     "reaper_pending",
     "ticker_for",
+    "unlimit",
 ]
 
 # Native tick period. glibc starts a thread per expiry (about 20-40 us of CPU each), so a
@@ -77,8 +81,15 @@ _FANOUT = 8
 # it gets back to wasm, so the timer must have ticked all its ticks by then; this covers
 # scheduling hiccups many times over, and costs one extra half second of ticking per burst.
 MARGIN = 0.5
-# How often the reaper looks at armed tickers (while any is armed).
+# How often the reaper looks at armed tickers (while any is armed) ...
 QUICK = 0.05
+# ... and, once a ticker has been busy (armed, with timed calls running) for BUSY seconds, how
+# often it looks at that one. Each look is a glibc thread taking the GIL with a fresh thread
+# state (~0.4 ms of CPU): at QUICK that was about 1 % of a core, as much as a quarter of the
+# ticker's cost while armed. A ticker busy for a while is likely to stay busy; the cost is up to
+# SLOW of extra ticking after its last call.
+SLOW = 0.25
+BUSY = 1.0
 # Ticks added to every deadline: one because the first tick after arming can come at once,
 # one because a call may reuse a deadline armed up to one period before it started (see
 # Ticker.ticks). With them the guard's wall-clock check (see guard) passes the first time
@@ -236,7 +247,8 @@ class Ticker:
     fires before ``timeout`` has passed since ``start`` (the guard checks the wall clock), and
     fires within about three periods after it, plus delays in getting the GIL back.
 
-    When is it disarmed? The reaper looks every ``QUICK`` seconds while it is armed. A ticker
+    When is it disarmed? The reaper looks every ``QUICK`` seconds while it is armed (every
+    ``SLOW`` seconds once it has been armed for ``BUSY`` seconds). A ticker
     that :meth:`watch`\\ es the locks its timed calls hold is disarmed as soon as none of them
     is held; any ticker once ``last`` + the longest timeout used + ``MARGIN`` has passed.
     """
@@ -264,6 +276,8 @@ class Ticker:
         self.last = -math.inf
         # The largest timeout used with this ticker: it stays armed that long after ``last``.
         self._longest = 0.0
+        # When it was last armed (the reaper looks less often at a ticker busy for long).
+        self._since = 0.0
         # Locks held by every timed call on this ticker, from before it stamps ``last`` until it
         # ends (the Plugins' call locks): while none is held, no timed call runs.
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -319,6 +333,7 @@ class Ticker:
                 self._base = time.perf_counter()
                 self._done = 0
             self.armed = True
+            self._since = time.perf_counter()
             if self.native and _schedule_native_reap(QUICK):
                 return
             # The Python thread ticks fallback tickers and reaps what the native reaper cannot.
@@ -388,9 +403,10 @@ def _reap_once(native_only: bool) -> float | None:
             tk._disarm()
         else:
             tk.armed = True
-            # Look again within QUICK even if the horizon is far: a lock may be watched or
-            # released meanwhile.
-            look = max(min(tk.last + tk._longest + MARGIN - now, QUICK), 0.001)
+            # Look again within QUICK (SLOW once busy for BUSY seconds) even if the horizon is
+            # far: a lock may be watched or released meanwhile.
+            often = QUICK if now - tk._since < BUSY else SLOW
+            look = max(min(tk.last + tk._longest + MARGIN - now, often), 0.001)
             wait = look if wait is None else min(wait, look)
     return wait
 
@@ -488,9 +504,13 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
     try:
         arming, timeout, tk = _GUARDS[key]
         period = tk.period
-        # The store's deadline was armed at arming[0] by a call that started then, and calls
-        # starting up to one period later reuse it: none of them is due before ``end``.
-        end = arming[0] + timeout + period
+        armed = arming[0]
+        # Limited to one call's end (armed is +inf, see limit): that call started before the
+        # arming (it waited for the plugin, or instantiated it first), and no other call sees
+        # the limit (it is lifted before the plugin's lock is released). Otherwise the store's
+        # deadline was armed at arming[0] by a call that started then, and calls starting up
+        # to one period later reuse it: none of them is due before ``end``.
+        end = arming[2] if armed == math.inf else armed + timeout + period
         left = end - time.perf_counter()
         if left > 0:
             delta[0] = math.ceil(left / period) or 1
@@ -539,6 +559,30 @@ def guard(owner: object, store_ptr: int, arming: list[float], timeout: float, tk
     _GUARDS[key] = (arming, timeout, tk)
     weakref.finalize(owner, _GUARDS.pop, key, None)
     _NATIVE_API.set_callback(store_ptr, _CALLBACK, key, None)
+
+
+def limit(arming: list[float], now: float, end: float) -> None:
+    """Make a store's deadline, armed at ``now``, the deadline of one call ending at ``end``
+    (``perf_counter`` seconds), until :func:`unlimit`; the caller sets the store's epoch
+    deadline ``ticks(end - now)`` away.
+
+    ``arming`` is the store's list given to :func:`guard`, of three items: ``[armed at, armed
+    at while limited, the limit]``. While limited, ``arming[0]`` is +inf: the call path's
+    "re-arm when the last arming is over a period old" never fires (a re-arm would give the
+    call a whole timeout from then), and the guard reads the limit. The call path lifts the
+    limit before it releases the plugin's lock, so no other call ever runs under it.
+    """
+    arming[1] = now
+    arming[2] = end
+    arming[0] = math.inf
+
+
+def unlimit(arming: list[float]) -> None:
+    """Lift the limit :func:`limit` set (the call it was for has ended); no-op if none."""
+    if arming[0] == math.inf:
+        # Armed then, for ``ticks(end - now)``: a call reusing this arming within a period
+        # gets an early epoch deadline, which the guard extends (never early).
+        arming[0] = arming[1]
 
 
 _BY_ENGINE: dict[int, Ticker] = {}
