@@ -13,7 +13,9 @@ cost.
   in ``extra_info``. The promise: an idle host costs nothing (one ticker per process, asleep).
 - ``ticker while armed``: the ticker's own CPU while a timed call runs: the call waits
   ARMED_SECONDS in a host function (sleeping), so the process CPU over that time is the ticker's
-  (its timer expiries and the reaper's looks).
+  (its timer expiries and the reaper's looks). With only the call's own 30 s timeout on its
+  engine the ticker does not tick at all (no deadline can come for 30 s); with a 0.05 s timeout
+  also in use there, it ticks all along.
 
 Both also run (once, untimed) under ``--benchmark-disable``.
 """
@@ -138,8 +140,14 @@ def test_idle_hosts_cpu(benchmark: Any, n: int) -> None:
 WAITER = b"""(module (import "plugsafe" "wait" (func $w)) (func (export "go") call $w))"""
 
 
-def test_ticker_cpu_while_armed(benchmark: Any) -> None:
-    host = plugsafe.Host()
+@pytest.mark.parametrize("shortest", ["only_long", "short_too"])
+def test_ticker_cpu_while_armed(benchmark: Any, shortest: str) -> None:
+    # Engines are per configuration and process-wide: a max_stack of its own gives each case an
+    # engine (and so a ticker) that no other benchmark used. "only_long": the call's timeout
+    # (30 s) is the only one on the engine, and the call ends long before it could come;
+    # "short_too": a plugin with a 0.05 s timeout is loaded on the same engine, so the ticker
+    # must tick from about 0.04 s after it is armed.
+    host = plugsafe.Host(max_stack=(640 if shortest == "only_long" else 704) * 1024)
     figures: dict[str, float] = {}
 
     @host.function
@@ -151,6 +159,8 @@ def test_ticker_cpu_while_armed(benchmark: Any) -> None:
         figures["cpu_s"] = time.process_time() - cpu0
 
     try:
+        if shortest == "short_too":
+            host.load(SPIN, policy=plugsafe.Policy(timeout=TIMEOUT), name="short")
         policy = plugsafe.Policy(allow={"wait"}, timeout=ARMED_SECONDS * 10)
         plugin = host.load(WAITER, policy=policy, name="waiter")
         benchmark.pedantic(lambda: plugin.invoke("go"), rounds=1, iterations=1)
@@ -158,7 +168,7 @@ def test_ticker_cpu_while_armed(benchmark: Any) -> None:
         host.close()
     tag(
         benchmark,
-        f"ticker CPU while a timed call runs, {ARMED_SECONDS:g} s",
+        f"ticker CPU while a timed call runs, {ARMED_SECONDS:g} s, {shortest}",
         "plugsafe",
         cpu_s=round(figures["cpu_s"], 4),
         cpu_percent_of_a_core=round(100 * figures["cpu_s"] / figures["wall_s"], 2),

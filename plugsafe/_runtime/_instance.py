@@ -152,13 +152,15 @@ class Instance:
         the ticks count from the arming, and the store's guard checks the wall clock.
         """
         ticker = self._ticker
+        ticks = self._ticks
         if ticker is not None:
             now = _perf_counter()
             ticker.last = now
             if not ticker.armed:
                 ticker.arm()
             self._arming[0] = now
-        self._b.set_deadline(self._ctx, self._ticks)
+            ticks = ticker.deadline(now, ticks)
+        self._b.set_deadline(self._ctx, ticks)
 
     def limit_deadline(self, until: float | None) -> None:
         """Make the deadline ``until`` (``perf_counter`` seconds): the end of a call that
@@ -177,7 +179,7 @@ class Instance:
         if not ticker.armed:
             ticker.arm()
         limit(self._arming, now, until)
-        self._b.set_deadline(self._ctx, ticker.ticks(max(until - now, 0.0)))
+        self._b.set_deadline(self._ctx, ticker.deadline(now, ticker.ticks(max(until - now, 0.0))))
 
     def fuel_left(self) -> int:
         """Fuel remaining in the store (0 for an unmetered engine)."""
@@ -258,7 +260,7 @@ class Instance:
                 ticker.arm()
             if now - self._arming[0] > self._period:
                 self._arming[0] = now
-                self._b.set_deadline(ctx, self._ticks)
+                self._b.set_deadline(ctx, ticker.deadline(now, self._ticks))
         n = len(payload)
         # Both go to the guest as i32: signed, as the slot layout packs them.
         raw_n = n if n <= 0x7FFF_FFFF else n - 0x1_0000_0000

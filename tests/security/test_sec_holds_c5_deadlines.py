@@ -315,3 +315,14 @@ def test_c5_waiting_for_a_busy_plugin_ends_typed_saying_so(host: plugsafe.Host) 
     assert info.value.phase == "call"
     assert "waiting for the plugin, busy in another thread" in str(info.value), info.value
     assert plugin.invoke("five") == 5
+
+
+@pytest.mark.parametrize("timeout", [0.1, 0.3])
+def test_c5_a_ticker_that_starts_late_still_stops_calls_on_time(timeout: float) -> None:
+    # On an engine of its own (its max_stack), the plugin's timeout is the only one: the ticker
+    # starts ticking just before it could end (a call shorter than that never ticks), and the
+    # deadlines armed before the first tick count from it.
+    with plugsafe.Host(max_stack=(600 if timeout < 0.2 else 620) * 1024) as host:
+        late = _lateness(host, timeout)
+    assert min(late) >= 0, late
+    assert sorted(late)[1] < SLACK, late
