@@ -8,6 +8,7 @@ Every call, short or not, ends in the one :meth:`CallPath.settle`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -15,7 +16,7 @@ import operator
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
 from . import _abi, _nesting
@@ -69,6 +70,7 @@ class CallState:
     """
 
     __slots__ = (
+        "call_start",
         "context",
         "error",
         "function",
@@ -97,6 +99,9 @@ class CallState:
         self.host_calls = 0
         self.log_count = 0
         self.log_dropped = 0
+        # The start of the call an instantiation is made for (CallPath.guarded), else None:
+        # the start function then runs on what is left of that call's timeout (see begin).
+        self.call_start: float | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -111,7 +116,14 @@ class CallState:
         """
         self.function = function
         self.phase = phase
-        self.start = _perf_counter()
+        call_start = self.call_start
+        self.start = _perf_counter() if call_start is None else call_start
+
+    @property
+    def call_deadline(self) -> float | None:
+        """The deadline of the call an instantiation is made for, or None (not for a call, or
+        no timeout): the instance's deadline until the call begins (``Instance(until=)``)."""
+        return None if self.call_start is None else self.deadline
 
     def take_error(self) -> BaseException | None:
         """The recorded host failure, cleared."""
@@ -455,6 +467,9 @@ class CallPath:
         does the lookups and checks that the short path finds already done. ``context`` is
         the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions).
         """
+        # The call's timeout runs from here: it covers waiting for the lock and making an
+        # instance (the start function, _initialize) as well as the call itself.
+        begun = _perf_counter()
         me = _get_ident()
         if self.closed or self.owner == me:
             self.refuse()
@@ -463,9 +478,12 @@ class CallPath:
         left = room - self.cost
         if left < 0 or left & 8:
             raise self.too_deep(th)
-        self.acquire(me)
-        lock = self.lock
         state = self.state
+        timeout = state.timeout
+        end = None if timeout is None else begun + timeout
+        self.acquire(me, end, function)
+        lock = self.lock
+        inst: rt.Instance | None = None
         try:
             if self.has_imports:
                 th.room = left
@@ -478,12 +496,20 @@ class CallPath:
                 raise PluginClosedError(f"plugin {self.name!r} is closed")
             inst = self.instance
             if inst is None:
-                inst = self.instance = self.instantiate(me)
+                # Made within the call's deadline (limited to it: see Instance.limit_deadline).
+                inst = self.instance = self.instantiate(me, begun)
             start = _perf_counter()
+            if end is not None:
+                if start >= end:
+                    raise self.diagnosis.deadline(
+                        function, "call", " (waiting for the plugin and instantiating it)"
+                    )
+                # What is left of the call's time, not a timeout of its own from now.
+                inst.limit_deadline(end)
             if self.has_imports:
                 self.owner = me
                 state.function = function
-                state.start = start
+                state.start = begun
             try:
                 return op(inst)
             except rt.WasmFailure as failure:
@@ -501,6 +527,8 @@ class CallPath:
             finally:
                 self.settle(inst, start, function, th)
         finally:
+            if end is not None and inst is not None:
+                inst.limit_deadline(None)  # before the lock goes: see _ticker.limit
             th.room = room
             if self.has_imports:
                 th.call = self.outer
@@ -509,59 +537,110 @@ class CallPath:
                 self.complete_close()
             lock.release()
 
-    def instantiate(self, me: int) -> rt.Instance:
+    def instantiate(self, me: int, begun: float | None = None) -> rt.Instance:
         """A new instance for calls, made with thread ``me`` as owner (lock held).
 
         The start function may call host functions, and they may touch the plugin: as owner,
-        they are served (``with_instance``) or refused (calls), never deadlocked.
+        they are served (``with_instance``) or refused (calls), never deadlocked. ``begun``:
+        the start of the call it is made for, whose timeout it runs under (else its own).
         """
         self.owner = me
+        state = self.state
+        state.call_start = begun
         try:
             return self.new_instance("call")
         except PYTHON_FAILED as exc:
             self.host_record.spent = self.host_record.leak = True  # see the short paths
             raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
         finally:
+            state.call_start = None
             self.owner = None
 
-    def acquire(self, me: int) -> None:
-        """Take the lock; a wait is bounded by the deadline of the calls this thread is inside.
+    def acquire(self, me: int, end: float | None = None, function: str = "") -> None:
+        """Take the lock, for a call of ``function`` that must end by ``end`` (or None).
 
-        Without the bound, two plugins whose host functions call each other's plugin from two
-        threads would each hold its own lock and wait for the other's forever, whatever their
-        timeouts. The wait ends with the DeadlineExceeded of the call whose deadline it hit.
+        A wait is bounded by ``end`` and by the deadlines of the calls this thread is inside,
+        and refused if it would close a cycle of threads waiting for each other's plugins
+        (host functions calling plugins). Without the bound and the check, two plugins whose
+        host functions call each other's plugin from two threads would each hold its own lock
+        and wait for the other's forever. A wait that hits a deadline ends with the
+        DeadlineExceeded of the call it belongs to; a cycle with PluginCallError at once.
         """
         lock = self.lock
         if lock.acquire(False):
             return
         bound = _nesting.wait_deadline(me)
-        if bound is None:
-            lock.acquire()
-            return
-        deadline, outer = bound
-        if not lock.acquire(timeout=_nesting.seconds_until(deadline)):
-            assert isinstance(outer, CallPath)
-            raise outer.diagnosis.deadline(
-                outer.state.function,
+        if end is not None and (bound is None or end < bound[0]):
+            bound = (end, self)
+        cycle = _nesting.start_wait(me, self)
+        if cycle is not None:
+            raise self.deadlock(cycle)
+        try:
+            if bound is None:
+                lock.acquire()
+                return
+            deadline, outer = bound
+            if lock.acquire(timeout=_nesting.seconds_until(deadline)):
+                return
+        finally:
+            _nesting.end_wait(me)
+        assert isinstance(outer, CallPath)
+        if outer is self:
+            raise self.diagnosis.deadline(
+                function,
                 "call",
-                f" (waiting for plugin {self.name!r}, busy in another thread)",
+                " (all of it spent waiting for the plugin, busy in another thread)",
             )
+        raise outer.diagnosis.deadline(
+            outer.state.function,
+            "call",
+            f" (waiting for plugin {self.name!r}, busy in another thread)",
+        )
+
+    def deadlock(self, cycle: Sequence[_nesting.Lockable]) -> PluginCallError:
+        """Why waiting for this plugin is refused: the threads in ``cycle`` (this plugin's
+        first) would wait for each other forever."""
+        names = " -> ".join(repr(p.name) for p in cycle if isinstance(p, CallPath))
+        return PluginCallError(
+            f"plugin {self.name!r} is busy in another thread that waits (through host "
+            f"functions) for a plugin this thread is using; waiting would deadlock, so the "
+            f"call is refused (plugins waited for, in turn: {names})"
+        )
 
     @property
     def active_deadline(self) -> float | None:
         """The deadline of the call running now (read only by a thread it owns)."""
         return self.state.deadline
 
-    def too_deep(self, th: _nesting.ThreadRoom) -> StackLimitExceeded:
+    @contextlib.contextmanager
+    def nested_load(self) -> Iterator[None]:
+        """Count loading the plugin (its start function, ``_initialize``, the ABI check: wasm
+        on this thread's stack) in the thread's nesting budget, as a call: a host function
+        that loads plugins whose start functions load plugins ... is refused at the cap with
+        StackLimitExceeded (``phase="load"``) instead of running off the thread's stack."""
+        th = _thread_room()
+        room = th.room
+        left = room - self.cost
+        if left < 0 or left & 8:
+            raise self.too_deep(th, "load")
+        th.room = left
+        try:
+            yield
+        finally:
+            th.room = room
+
+    def too_deep(self, th: _nesting.ThreadRoom, phase: Phase = "call") -> StackLimitExceeded:
         """Why a call on this thread is refused: too deeply nested, or not enough stack left."""
         size, levels = _nesting.room_left(th.room)
+        what = "loaded" if phase == "load" else "called"
         if levels == 0:
             return StackLimitExceeded(
-                f"plugin {self.name!r} was called {_nesting.NESTING_CAP} plugin calls deep on "
-                "one thread (host functions calling plugins); plugsafe allows no deeper nesting",
+                f"plugin {self.name!r} was {what} {_nesting.NESTING_CAP} plugin calls deep on "
+                "one thread (host functions calling or loading plugins); plugsafe allows no "
+                "deeper nesting",
                 limit="nesting",
                 value=_nesting.NESTING_CAP,
-                phase="call",
+                phase=phase,
             )
         return StackLimitExceeded(
             f"plugin {self.name!r} may use {fmt_bytes(self.max_stack)} of stack (Host "
@@ -570,7 +649,7 @@ class CallPath:
             "stack (threading.stack_size) or nest fewer plugin calls",
             limit="max_stack",
             value=self.max_stack,
-            phase="call",
+            phase=phase,
         )
 
     def with_instance(self, op: Callable[[Any], T]) -> T:

@@ -38,8 +38,11 @@ __all__ = [
     "NESTING_CAP",
     "ThreadRoom",
     "call_cost",
+    "end_wait",
     "register",
     "room_left",
+    "seconds_until",
+    "start_wait",
     "tls",
     "thread_room",
     "thread_stack_size",
@@ -188,6 +191,57 @@ def wait_deadline(me: int) -> tuple[float, Active] | None:
         if deadline is not None and (best is None or deadline < best[0]):
             best = (deadline, path)
     return best
+
+
+# -- waits for plugins busy in other threads: refused when they would close a cycle ------------
+
+
+class Lockable(Protocol):
+    """What :func:`start_wait` reads of a call path: the thread inside its call, if any."""
+
+    owner: int | None
+
+
+# The plugin each waiting thread waits for (thread id -> call path), and the lock that makes
+# "look for a cycle, then register the wait" one step: of two threads closing a cycle at the
+# same time, the second to take it sees the first one's wait.
+_WAITING: dict[int, Lockable] = {}
+_waits = threading.Lock()
+
+
+def start_wait(me: int, path: Lockable) -> list[Lockable] | None:
+    """Register that thread ``me`` is about to wait for ``path``'s lock, unless that would
+    close a wait-for cycle: then register nothing and return the cycle (``path`` first).
+
+    Each plugin's lock has an owner (the thread inside its call; a plugin without imports has
+    none, but its call cannot wait for anything) and each thread waits for at most one plugin:
+    following owner -> plugin it waits for -> owner ... from ``path`` either ends, or comes
+    back to ``me``, and then no thread of the cycle would ever go on. Every wait is registered
+    before it starts, under one lock, so the thread that closes a cycle always sees it.
+    """
+    with _waits:
+        chain = [path]
+        node: Lockable | None = path
+        # Bounded: a chain longer than the waiting threads cannot be a path to ``me``.
+        for _ in range(len(_WAITING) + 1):
+            assert node is not None
+            owner = node.owner
+            if owner is None:
+                break
+            if owner == me:
+                return chain
+            node = _WAITING.get(owner)
+            if node is None:
+                break
+            chain.append(node)
+        _WAITING[me] = path
+    return None
+
+
+def end_wait(me: int) -> None:
+    """Thread ``me`` stopped waiting (it has the lock, or gave up)."""
+    with _waits:
+        _WAITING.pop(me, None)
 
 
 def seconds_until(deadline: float) -> float:

@@ -314,9 +314,16 @@ class Plugin(Closing):
             epochs.watch(loading)
             loading.acquire()
         try:
-            inst = self._new_instance("load")
-            calls.instance = inst
-            self._check_abi(inst)
+            # Loading runs wasm on this thread's stack: counted like a call (a host function
+            # may be loading plugins).
+            with calls.nested_load():
+                inst = self._new_instance("load")
+                calls.instance = inst
+                self._check_abi(inst)
+            if policy.fresh_instance:
+                # Guest code ran in it (plugsafe_abi_version): the first call, too, gets a
+                # brand-new instance, made within that call's timeout.
+                calls.instance = None
         finally:
             if loading is not None:
                 loading.release()
@@ -675,6 +682,7 @@ class Plugin(Closing):
                 epochs=self._epochs,
                 timeout=self._policy.timeout,
                 wasi=wasi,
+                until=state.call_deadline,  # made for a call: within that call's timeout
             )
             if self._reactor:  # its type was checked at load (_check_exports)
                 state.function = "_initialize"

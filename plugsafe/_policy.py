@@ -74,7 +74,8 @@ class Policy:
         fuel: WebAssembly instructions one call may execute; ``None`` means unmetered (the
             timeout still bounds it). Metered plugins run somewhat slower.
         timeout: wall-clock seconds one call (or the load, including the start function) may
-            take; ``None`` means no deadline.
+            take, from the call's start: waiting for the plugin (busy in another thread) and
+            the new instance a call may need count; ``None`` means no deadline.
         memory: bytes of linear memory the plugin may hold, all its memories together.
         allow: names of host functions (built-in such as ``"log"``, or registered with
             ``Host.function``) the plugin may import from the ``plugsafe`` module.

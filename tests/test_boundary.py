@@ -309,6 +309,40 @@ def test_nesting_deeper_than_the_cap_is_refused_typed() -> None:
         assert _chain_ok(host, _nesting.NESTING_CAP)
 
 
+# A start function that calls host function ``more``, which loads the same module again.
+LOADER = """(module (import "plugsafe" "more" (func $more)) (func $s call $more) (start $s)
+  (func (export "five") (result i32) i32.const 5))"""
+
+
+@pytest.mark.parametrize("levels", [3, _nesting.NESTING_CAP + 4])
+def test_loading_plugins_from_a_start_function_counts_as_nesting(levels: int) -> None:
+    # Loading runs wasm (the start function) on this thread's stack, like a call: a host
+    # function that loads plugins is counted in the same per-thread budget (issue 12, class 3).
+    with plugsafe.Host(max_stack=64 * 1024) as host:
+        depth = [0]
+        loaded: list[plugsafe.Plugin] = []
+
+        @host.function
+        def more() -> None:
+            if depth[0] < levels:
+                depth[0] += 1
+                loaded.append(host.load(LOADER.encode(), policy=pol))
+
+        pol = plugsafe.Policy(allow={"more"})
+        before = _nesting.thread_room().room
+        if levels <= _nesting.NESTING_CAP - 1:
+            assert host.load(LOADER.encode(), policy=pol).invoke("five") == 5
+            assert len(loaded) == levels
+        else:
+            with pytest.raises(plugsafe.PlugsafeError) as info:
+                host.load(LOADER.encode(), policy=pol)
+            refused = [e for e in _causes(info.value) if isinstance(e, plugsafe.StackLimitExceeded)]
+            assert refused, info.value
+            assert (refused[0].limit, refused[0].phase) == ("nesting", "load")
+            assert depth[0] == _nesting.NESTING_CAP  # refused at the cap, not later
+        assert _nesting.thread_room().room == before  # every level gave its room back
+
+
 def _chain_ok(host: plugsafe.Host, levels: int) -> bool:
     with plugsafe.Host(max_stack=64 * 1024) as h:
         plugins = _chain(h, levels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import gc
+import math
 import multiprocessing
 import os
 import platform
@@ -182,6 +183,116 @@ def test_a_store_without_guard_state_is_interrupted(rig: Rig) -> None:
     assert trap.value.trap_code == wasmtime.TrapCode.INTERRUPT
     assert time.perf_counter() - t0 < 0.5
     rig.new_store()
+
+
+def _limited(rig: Rig, timeout: float, begun: float) -> float:
+    """Arm the rig's store as the call path does for a call that began at ``begun`` (before
+    it got its plugin): limited to that call's end. The arming time."""
+    tk = rig.ticker
+    if len(rig.arming) < 3:
+        rig.arming += [-math.inf, math.inf]
+    rig.arm(timeout, time.perf_counter())  # the store's guard
+    now = time.perf_counter()
+    tk.last = now
+    if not tk.armed:
+        tk.arm()
+    _ticker.limit(rig.arming, now, begun + timeout)
+    rig.store.set_epoch_deadline(tk.ticks(max(begun + timeout - now, 0.0)))
+    return now
+
+
+def test_a_limited_deadline_ends_the_call_at_its_own_end_never_before(rig: Rig) -> None:
+    # A call that waited 20 ms for its plugin gets what is left of its timeout, not a whole
+    # one from when it got the plugin, and is still never stopped before its own end.
+    timeout = 0.03
+    for _ in range(5):
+        rig.new_store()
+        begun = time.perf_counter() - 0.02
+        _limited(rig, timeout, begun)
+        with pytest.raises(wasmtime.Trap):
+            rig.spin(rig.store)
+        stopped = time.perf_counter()
+        _ticker.unlimit(rig.arming)
+        assert stopped >= begun + timeout
+        assert stopped < begun + timeout + 0.4  # generous: the figures are in the benchmark
+
+
+def test_a_lifted_limit_never_shortens_the_next_call(rig: Rig) -> None:
+    # The limit ends with its call: a call right after it, reusing the store's arming (within
+    # a period), gets its full timeout although the epoch deadline was set for the limit.
+    timeout = 0.02
+    for _ in range(10):
+        rig.new_store()
+        armed = _limited(rig, timeout, time.perf_counter() - timeout + 0.001)
+        _ticker.unlimit(rig.arming)
+        assert rig.arming[0] == armed  # lifted: armed then, for the limit's few ticks
+        # Started within a period of that arming (unless this thread was descheduled), the
+        # call reuses it: the guard sees its early epoch deadline and lets it run on.
+        assert rig.run(timeout) >= timeout
+
+
+# Rigs whose tickers watch a lock and know only long timeouts: they start ticking late.
+_DELAYED: dict[bool, tuple[Rig, threading.Lock]] = {}
+SHORTEST = 0.15
+
+
+@pytest.fixture(params=MODES)
+def delayed(request: pytest.FixtureRequest) -> tuple[Rig, threading.Lock]:
+    native: bool = request.param
+    if native not in _DELAYED:
+        r = Rig(native)
+        lock = threading.Lock()
+        r.ticker.watch(lock)
+        r.ticker.use_timeout(SHORTEST)
+        _DELAYED[native] = (r, lock)
+    return _DELAYED[native]
+
+
+def _run_delayed(rig: Rig, timeout: float) -> tuple[float, float]:
+    """One timed call as the call path makes it (deadline() counts from the first tick); the
+    seconds it took, and how far off the first tick was when it armed."""
+    tk = rig.ticker
+    rig.new_store()
+    rig.arm(timeout, time.perf_counter())  # the store's guard
+    start = time.perf_counter()
+    tk.last = start
+    if not tk.armed:
+        tk.arm()
+    rig.arming[0] = start
+    rig.store.set_epoch_deadline(tk.deadline(start, tk.ticks(timeout)))
+    ahead = tk.start - start
+    with pytest.raises(wasmtime.Trap):
+        rig.spin(rig.store)
+    return time.perf_counter() - start, ahead
+
+
+def test_a_ticker_starts_ticking_only_before_the_shortest_timeout_could_end(
+    delayed: tuple[Rig, threading.Lock],
+) -> None:
+    # A burst of timed calls shorter than their timeouts never needs a tick: the ticker starts
+    # LEAD before the shortest timeout in use could end. Deadlines armed before the first tick
+    # count their ticks from it: still never early, and late by no more than before.
+    rig, lock = delayed
+    tk = rig.ticker
+    for timeout in (SHORTEST, 0.25):
+        _wait_disarmed(tk, 5.0)
+        with lock:  # "a timed call is running": the call path's protocol
+            took, ahead = _run_delayed(rig, timeout)
+        assert ahead >= SHORTEST - _ticker.LEAD, ahead  # armed by this call, ticks far off
+        assert timeout <= took < timeout + 0.4, (timeout, took)
+
+
+def test_a_deadline_shorter_than_the_ticker_knew_starts_the_ticks_at_once(
+    delayed: tuple[Rig, threading.Lock],
+) -> None:
+    # A timeout shorter than any noted when the ticker was armed: its deadline would come
+    # before the first tick, so deadline() starts the ticking at once (else it would fire
+    # only after the first tick, at about SHORTEST).
+    rig, lock = delayed
+    _wait_disarmed(rig.ticker, 5.0)
+    with lock:
+        took, _ = _run_delayed(rig, 0.02)
+    assert 0.02 <= took < SHORTEST, took
 
 
 @pytest.mark.parametrize("busy", [0, 2, 4], indirect=True, ids=["idle", "2busy", "4busy"])

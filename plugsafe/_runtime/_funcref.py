@@ -210,7 +210,7 @@ def invoker(ref: FuncRef, budget: Budget) -> Callable[[Sequence[object]], Result
             ticker.arm()
         if now - arming[0] > period:
             arming[0] = now
-            set_deadline(ctx, ticks)
+            set_deadline(ctx, ticker.deadline(now, ticks))
         error = call()
         out = get()
         if error or trapped[0]:

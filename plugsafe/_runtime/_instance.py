@@ -38,7 +38,7 @@ from ._funcref import (
 )
 from ._linker import Linker
 from ._module import Module
-from ._ticker import Ticker, guard
+from ._ticker import Ticker, guard, limit, unlimit
 
 __all__ = ["Instance"]
 
@@ -78,6 +78,7 @@ class Instance:
         epochs: Ticker | None = None,
         timeout: float | None = None,
         wasi: object = None,
+        until: float | None = None,
     ) -> None:
         self._b = b = linker.backend
         # Bound once: abi_call, the plugin ABI's hot path, calls it on every call.
@@ -105,13 +106,18 @@ class Instance:
         self._ticks = deadline_ticks if epochs is None else epochs.ticks(cast(float, timeout))
         self._period = 0.0 if epochs is None else epochs.period
         # When (perf_counter) the deadline was last armed, shared with every invoker of this
-        # instance (a list, so the invokers need no reference back to the instance).
-        self._arming = [-math.inf]
+        # instance (a list, so the invokers need no reference back to the instance), and a
+        # limit to one call's end (see _ticker.limit).
+        self._arming = [-math.inf, -math.inf, math.inf]
         if epochs is not None:
             # The store checks the wall clock when its epoch deadline comes (never early).
             store_ptr = ctypes.cast(self._store.ptr(), ctypes.c_void_p).value or 0
             guard(self, store_ptr, self._arming, cast(float, timeout), epochs)
         self.set_budget()
+        if until is not None:
+            # Made for a call that started earlier (``until`` is its deadline): the start
+            # function runs on what is left of that call's time, not on a timeout of its own.
+            self.limit_deadline(until)
         if linker._pre is None:
             linker.prepare(module)
         assert linker._pre is not None
@@ -157,13 +163,34 @@ class Instance:
         the ticks count from the arming, and the store's guard checks the wall clock.
         """
         ticker = self._ticker
+        ticks = self._ticks
         if ticker is not None:
             now = _perf_counter()
             ticker.last = now
             if not ticker.armed:
                 ticker.arm()
             self._arming[0] = now
-        self._b.set_deadline(self._ctx, self._ticks)
+            ticks = ticker.deadline(now, ticks)
+        self._b.set_deadline(self._ctx, ticks)
+
+    def limit_deadline(self, until: float | None) -> None:
+        """Make the deadline ``until`` (``perf_counter`` seconds): the end of a call that
+        started before this instance was made, or before it got the plugin. It holds, with no
+        re-arm, until lifted with None, which the caller must do when that call ends
+        (``_ticker.limit``). No-op without a timeout.
+        """
+        ticker = self._ticker
+        if ticker is None:
+            return
+        if until is None:
+            unlimit(self._arming)
+            return
+        now = _perf_counter()
+        ticker.last = now
+        if not ticker.armed:
+            ticker.arm()
+        limit(self._arming, now, until)
+        self._b.set_deadline(self._ctx, ticker.deadline(now, ticker.ticks(max(until - now, 0.0))))
 
     def interrupt(self) -> bool:
         """Stop the call running on this instance as soon as it is in wasm (from any thread).
@@ -273,7 +300,7 @@ class Instance:
                 ticker.arm()
             if now - self._arming[0] > self._period:
                 self._arming[0] = now
-                self._b.set_deadline(ctx, self._ticks)
+                self._b.set_deadline(ctx, ticker.deadline(now, self._ticks))
         n = len(payload)
         # Both go to the guest as i32: signed, as the slot layout packs them.
         raw_n = n if n <= 0x7FFF_FFFF else n - 0x1_0000_0000

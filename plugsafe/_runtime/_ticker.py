@@ -25,11 +25,13 @@ experiment segfaulted at interpreter exit). So a :class:`Ticker` keeps its engin
 rest of the process (engines are process-wide anyway: one per configuration), and timers are
 disarmed at exit.
 
-Idle costs nothing: a timer runs only while timed calls may run. A call with a timeout stamps
-its start time on its engine's ticker and arms it if needed (two attribute accesses when it is
-armed already). One *reaper* thread per process disarms a ticker once no timed call can still
-be running (its last stamp + the largest timeout used on it + a margin), then sleeps on an
-Event until the next arm: no wake-ups at all while idle.
+Idle costs nothing: a timer runs only while timed calls may run, and, for the call path's
+tickers, only once a deadline could come (see LEAD: a call shorter than the shortest timeout on
+its engine makes no tick at all; each tick costs a glibc thread, ~60 us of CPU). A call with a
+timeout stamps its start time on its engine's ticker and arms it if needed (two attribute
+accesses when it is armed already). One *reaper* per process disarms a ticker once no timed
+call can still be running (its last stamp + the largest timeout used on it + a margin, or none
+of its watched locks held), then sleeps until the next arm: no wake-ups at all while idle.
 
 Fork: POSIX timers and threads do not survive ``fork()``. The at-fork child handler only
 forgets them (plain assignments: no thread start, no lock wait, nothing that can block on a
@@ -52,20 +54,26 @@ import weakref
 from typing import Any
 
 __all__ = [
+    "BUSY",
     "FALLBACK_PERIOD",
+    "LEAD",
     "MARGIN",
+    "MIN_DELAY",
     "NATIVE_PERIOD",
     "QUICK",
+    "SLOW",
     "Ticker",
     "guard",
+    "limit",
     "native_available",
     "reaper_pending",
     "ticker_for",
+    "unlimit",
 ]
 
-# Native tick period. glibc starts a thread per expiry (about 20-40 us of CPU each), so a
-# period is a trade: 1 ms costs 3-5% of a core while armed and deadlines land within ~1-3 ms;
-# 2 ms costs ~2.5% and lands within ~2-6 ms. Only while timed calls run.
+# Native tick period. glibc starts a thread per expiry (about 60 us of CPU each, measured on a
+# loaded 2-core box), so a period is a trade: 2 ms costs 3-4% of a core while ticking and lands
+# deadlines within ~2-6 ms; 4 ms costs ~2% and ~2 ms more. Only while a deadline could come.
 NATIVE_PERIOD = 0.002
 # The Python fallback's wake-up period (it catches up with the wall clock on every wake-up,
 # so a longer period costs precision, not correctness).
@@ -77,8 +85,21 @@ _FANOUT = 8
 # it gets back to wasm, so the timer must have ticked all its ticks by then; this covers
 # scheduling hiccups many times over, and costs one extra half second of ticking per burst.
 MARGIN = 0.5
-# How often the reaper looks at armed tickers (while any is armed).
+# How often the reaper looks at armed tickers (while any is armed) ...
 QUICK = 0.05
+# ... and, once a ticker has been busy (armed, with timed calls running) for BUSY seconds, how
+# often it looks at that one. Each look is a glibc thread taking the GIL with a fresh thread
+# state (~0.4 ms of CPU): at QUICK that was about 1 % of a core, as much as a quarter of the
+# ticker's cost while armed. A ticker busy for a while is likely to stay busy; the cost is up to
+# SLOW of extra ticking after its last call.
+SLOW = 0.25
+BUSY = 1.0
+# A ticker armed by a call of the plugsafe call path (one that watches its locks) starts ticking
+# only LEAD before the shortest timeout in use could end (no deadline can come sooner), when that
+# is at least MIN_DELAY away: a burst of calls shorter than their timeouts never ticks at all.
+# Calls arming their deadlines before the first tick count their ticks from it (Ticker.deadline).
+LEAD = 0.01
+MIN_DELAY = 0.02
 # Ticks added to every deadline: one because the first tick after arming can come at once,
 # one because a call may reuse a deadline armed up to one period before it started (see
 # Ticker.ticks). With them the guard's wall-clock check (see guard) passes the first time
@@ -230,15 +251,23 @@ class Ticker:
             ticker.arm()
         if start - arming[0] > ticker.period:   # armed over a period ago: arm afresh
             arming[0] = start
-            set_epoch_deadline(ticks)          # ticks = ticker.ticks(timeout)
+            set_epoch_deadline(ticker.deadline(start, ticks))   # ticks = ticker.ticks(timeout)
 
     where ``arming`` is the store's one-item list given to :func:`guard`. A deadline then never
     fires before ``timeout`` has passed since ``start`` (the guard checks the wall clock), and
     fires within about three periods after it, plus delays in getting the GIL back.
 
-    When is it disarmed? The reaper looks every ``QUICK`` seconds while it is armed. A ticker
+    When does it tick? A ticker that :meth:`watch`\\ es locks (the call path's) starts ticking
+    ``LEAD`` before the shortest timeout used on it could end after the arm (if that is at least
+    ``MIN_DELAY`` away): no deadline can come sooner, and a burst of calls shorter than their
+    timeouts never ticks. :meth:`deadline` counts a deadline armed before the first tick from
+    that tick.
+
+    When is it disarmed? The reaper looks every ``QUICK`` seconds while it is armed (every
+    ``SLOW`` seconds once it has been armed for ``BUSY`` seconds). A ticker
     that :meth:`watch`\\ es the locks its timed calls hold is disarmed as soon as none of them
-    is held; any ticker once ``last`` + the longest timeout used + ``MARGIN`` has passed.
+    is held (and no call armed a deadline in the last period); any ticker once ``last`` + the
+    longest timeout used + ``MARGIN`` has passed.
     """
 
     def __init__(self, engine: Any, *, native: bool | None = None) -> None:
@@ -262,8 +291,15 @@ class Ticker:
         self.armed = False
         #: perf_counter() start time of the latest timed call (written on every timed call).
         self.last = -math.inf
-        # The largest timeout used with this ticker: it stays armed that long after ``last``.
+        # The largest timeout used with this ticker: it stays armed that long after ``last``;
+        # and the smallest: no deadline comes sooner after an arm (see LEAD).
         self._longest = 0.0
+        self._shortest = math.inf
+        #: perf_counter() time of the first tick of this armed spell (read when a deadline is
+        #: set: see deadline()); -inf while it ticks from the start.
+        self.start = -math.inf
+        # When it was last armed (the reaper looks less often at a ticker busy for long).
+        self._since = 0.0
         # Locks held by every timed call on this ticker, from before it stamps ``last`` until it
         # ends (the Plugins' call locks): while none is held, no timed call runs.
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -286,11 +322,39 @@ class Ticker:
         """
         return math.ceil(timeout / self.period) + _SLACK_TICKS
 
+    def deadline(self, now: float, ticks: int) -> int:
+        """The epoch deadline to set at ``now`` for a deadline of ``ticks`` (:meth:`ticks`).
+
+        ``ticks`` as such while the ticker ticks; fewer while its first tick is still to come
+        (at :attr:`start`, then one a period): the ticks that will not be given before it.
+        With ``k`` dropped, the deadline's last tick comes at ``start + (ticks - k - 1) *
+        period``, at least ``now + timeout + period`` (where the guard's check passes) and at
+        most three periods later. A deadline that would come before the first tick starts the
+        ticking now (a timeout shorter than any noted when the ticker was armed).
+        """
+        start = self.start
+        if now >= start:
+            return ticks
+        skipped = int((start - now) / self.period)
+        if ticks - skipped >= _SLACK_TICKS:
+            return ticks - skipped
+        self._hurry()
+        return ticks
+
+    def _hurry(self) -> None:
+        """Start ticking now (a deadline comes before the delayed first tick)."""
+        with _lock:
+            if not self.armed or time.perf_counter() >= self.start:
+                return
+            self._start_ticking(time.perf_counter(), 0.0)
+
     def use_timeout(self, timeout: float) -> None:
         """Note that calls with ``timeout`` run on this engine (without watched locks, the
         ticker stays armed that long after the last of them started)."""
         if timeout > self._longest:
             self._longest = timeout
+        if timeout < self._shortest:
+            self._shortest = timeout
 
     def watch(self, lock: Any) -> None:
         """Every timed call on this ticker holds ``lock`` (or another watched one) from before
@@ -310,15 +374,18 @@ class Ticker:
         with _lock:
             if self.armed:
                 return
-            if self.native and not self._start_timers():
-                # The system refused a timer (say, RLIMIT_SIGPENDING): tick from Python, in
-                # ticks of the same period (instances already count their deadlines in them).
-                self._stop_timers()
-                self.native = False
-            if not self.native:
-                self._base = time.perf_counter()
-                self._done = 0
+            now = time.perf_counter()
+            delay = 0.0
+            if self._watched:
+                # Every call arming a deadline on this ticker goes through deadline() (the call
+                # path's protocol), and none reuses an arming made before the ticker was last
+                # disarmed (see _idle): the ticks may start later.
+                delay = self._shortest - LEAD
+                if delay < MIN_DELAY:
+                    delay = 0.0
+            self._start_ticking(now, delay)
             self.armed = True
+            self._since = time.perf_counter()
             if self.native and _schedule_native_reap(QUICK):
                 return
             # The Python thread ticks fallback tickers and reaps what the native reaper cannot.
@@ -329,13 +396,27 @@ class Ticker:
 
     # -- reaper side (lock held) ----------------------------------------------------------------
 
+    def _start_ticking(self, now: float, delay: float) -> None:
+        """(Lock held.) Tick from ``now + delay`` (its first tick one period later)."""
+        if self.native and not self._start_timers(delay):
+            # The system refused a timer (say, RLIMIT_SIGPENDING): tick from Python, in ticks
+            # of the same period (instances already count their deadlines in them).
+            self._stop_timers()
+            self.native = False
+        if not self.native:
+            self._base = now + delay
+            self._done = 0
+        self.start = now + delay + self.period if delay else -math.inf
+
     def _idle(self, now: float) -> bool:
         """Whether no timed call can be running (``armed`` must be clear: see :meth:`arm`)."""
         watched = self._watched
         if watched:
             # Exact: a timed call holds one of these from before its stamp until it ends. (A
             # call outliving its deadline, say in a host function, keeps the ticker armed.)
-            return not any(lock.locked() for lock in watched)
+            # And no call armed a deadline in the last period: a call reusing an arming (see
+            # the class docstring) never reuses one made before the ticks were (re)started.
+            return now - self.last > self.period and not any(lock.locked() for lock in watched)
         return now >= self.last + self._longest + MARGIN
 
     def _disarm(self) -> None:
@@ -343,7 +424,7 @@ class Ticker:
         if self.native:
             self._stop_timers()
 
-    def _start_timers(self) -> bool:
+    def _start_timers(self, delay: float = 0.0) -> bool:
         # FANOUT timers, each every FANOUT periods, staggered one period apart. The kernel
         # merges expiries of one timer whose signal glibc's helper thread has not taken yet
         # (an overrun): on a loaded machine a single 2 ms timer lost 40% of its ticks. Each
@@ -358,7 +439,8 @@ class Ticker:
                 self._timers.append(timer)
         every = self.period * _FANOUT
         return all(
-            _NATIVE.set(timer, every, self.period * (i + 1)) for i, timer in enumerate(self._timers)
+            _NATIVE.set(timer, every, delay + self.period * (i + 1))
+            for i, timer in enumerate(self._timers)
         )
 
     def _stop_timers(self) -> None:
@@ -367,7 +449,7 @@ class Ticker:
 
     def _catch_up(self, now: float) -> None:
         """Fallback: give the ticks the wall clock says are due."""
-        due = int((now - self._base) / self.period)
+        due = max(int((now - self._base) / self.period), 0)  # none before a delayed start
         increment, ptr = self._increment, self._ptr
         for _ in range(due - self._done):
             increment(ptr)
@@ -388,9 +470,10 @@ def _reap_once(native_only: bool) -> float | None:
             tk._disarm()
         else:
             tk.armed = True
-            # Look again within QUICK even if the horizon is far: a lock may be watched or
-            # released meanwhile.
-            look = max(min(tk.last + tk._longest + MARGIN - now, QUICK), 0.001)
+            # Look again within QUICK (SLOW once busy for BUSY seconds) even if the horizon is
+            # far: a lock may be watched or released meanwhile.
+            often = QUICK if now - tk._since < BUSY else SLOW
+            look = max(min(tk.last + tk._longest + MARGIN - now, often), 0.001)
             wait = look if wait is None else min(wait, look)
     return wait
 
@@ -488,9 +571,13 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
     try:
         arming, timeout, tk = _GUARDS[key]
         period = tk.period
-        # The store's deadline was armed at arming[0] by a call that started then, and calls
-        # starting up to one period later reuse it: none of them is due before ``end``.
-        end = arming[0] + timeout + period
+        armed = arming[0]
+        # Limited to one call's end (armed is +inf, see limit): that call started before the
+        # arming (it waited for the plugin, or instantiated it first), and no other call sees
+        # the limit (it is lifted before the plugin's lock is released). Otherwise the store's
+        # deadline was armed at arming[0] by a call that started then, and calls starting up
+        # to one period later reuse it: none of them is due before ``end``.
+        end = arming[2] if armed == math.inf else armed + timeout + period
         left = end - time.perf_counter()
         if left > 0:
             delta[0] = math.ceil(left / period) or 1
@@ -539,6 +626,30 @@ def guard(owner: object, store_ptr: int, arming: list[float], timeout: float, tk
     _GUARDS[key] = (arming, timeout, tk)
     weakref.finalize(owner, _GUARDS.pop, key, None)
     _NATIVE_API.set_callback(store_ptr, _CALLBACK, key, None)
+
+
+def limit(arming: list[float], now: float, end: float) -> None:
+    """Make a store's deadline, armed at ``now``, the deadline of one call ending at ``end``
+    (``perf_counter`` seconds), until :func:`unlimit`; the caller sets the store's epoch
+    deadline ``ticks(end - now)`` away.
+
+    ``arming`` is the store's list given to :func:`guard`, of three items: ``[armed at, armed
+    at while limited, the limit]``. While limited, ``arming[0]`` is +inf: the call path's
+    "re-arm when the last arming is over a period old" never fires (a re-arm would give the
+    call a whole timeout from then), and the guard reads the limit. The call path lifts the
+    limit before it releases the plugin's lock, so no other call ever runs under it.
+    """
+    arming[1] = now
+    arming[2] = end
+    arming[0] = math.inf
+
+
+def unlimit(arming: list[float]) -> None:
+    """Lift the limit :func:`limit` set (the call it was for has ended); no-op if none."""
+    if arming[0] == math.inf:
+        # Armed then, for ``ticks(end - now)``: a call reusing this arming within a period
+        # gets an early epoch deadline, which the guard extends (never early).
+        arming[0] = arming[1]
 
 
 _BY_ENGINE: dict[int, Ticker] = {}

@@ -220,7 +220,7 @@ wat = '''(module (import "plugsafe" "other" (func $other (param i64) (result i64
   (memory (export "memory") 1)
   (func (export "go") (param i64) (result i64) (call $other (local.get 0)))
   (func (export "poke") (result i32) i32.const 1))'''
-pol = plugsafe.Policy(allow={{"other"}}, timeout=0.5)
+pol = plugsafe.Policy(allow={{"other"}}, timeout={timeout})
 plugins["a"] = h.load(wat.encode(), policy=pol, name="a")
 plugins["b"] = h.load(wat.encode(), policy=pol, name="b")
 t0 = time.monotonic()
@@ -232,7 +232,8 @@ print("SECONDS", round(time.monotonic() - t0, 2), flush=True)
 """
 TOUCHES = {"invoke": "target.invoke('poke')", "memory_read": "target.memory.read(0, 4)"}
 for _key, _touch in TOUCHES.items():
-    case(f"cross-{_key}", CROSS.format(touch=_touch))
+    case(f"cross-{_key}", CROSS.format(touch=_touch, timeout=0.5))
+    case(f"cycle-{_key}", CROSS.format(touch=_touch, timeout=None))
 
 
 @pytest.mark.parametrize("touch", sorted(TOUCHES))
@@ -244,6 +245,21 @@ def test_c4_two_plugins_calling_each_other_from_two_threads_end_by_their_deadlin
     assert len(child.outcomes()) == 2, child.describe()
     for line in child.outcomes():
         assert line.startswith(("OK", "TYPED")), child.describe()
+    assert _seconds(child) < 5.0, child.describe()
+
+
+@pytest.mark.parametrize("touch", sorted(TOUCHES))
+def test_c4_two_plugins_calling_each_other_from_two_threads_without_timeouts_do_not_deadlock(
+    children: dict[str, Pending], touch: str
+) -> None:
+    # No deadline bounds these waits: the second thread to wait would close a cycle (each holds
+    # the plugin the other waits for) and is refused at once, typed; the first then goes on.
+    child = result(children, f"cycle-{touch}")
+    child.assert_clean()
+    outs = sorted(child.outcomes())
+    assert len(outs) == 2, child.describe()
+    assert outs[0].startswith("OK"), child.describe()
+    assert outs[1].startswith("TYPED HostFunctionError"), child.describe()
     assert _seconds(child) < 5.0, child.describe()
 
 
