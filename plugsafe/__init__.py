@@ -41,6 +41,7 @@ from ._errors import (
     PluginTrap,
     PlugsafeError,
     PolicyError,
+    PoolExhausted,
     SignatureError,
     StackLimitExceeded,
 )
@@ -48,6 +49,7 @@ from ._host import Host
 from ._plugin import Plugin, PluginMemory
 from ._policy import Policy
 from ._pool import PluginPool
+from ._pooling import Pooling
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._version import __version__
 from ._wasi import Preopen, RunResult, Wasi
@@ -83,6 +85,8 @@ __all__ = [
     "PlugsafeError",
     "Policy",
     "PolicyError",
+    "PoolExhausted",
+    "Pooling",
     "Preopen",
     "RunResult",
     "SignatureError",
