@@ -4,6 +4,7 @@
     python benchmarks/report.py --json out.json      # same, keeping pytest-benchmark's JSON
     python benchmarks/report.py --from out.json      # only print a report from an earlier run
     python benchmarks/report.py -- -k echo           # pass extra arguments to pytest
+    python benchmarks/report.py --from out.json --plots docs/img   # also draw the PNG plots
 
 These machines are small and noisy: read the ratios, not the absolute times. Each figure is the
 median of many rounds; contenders of one row run in the same pytest session.
@@ -37,12 +38,23 @@ ITEMS = [
     "load, fresh process",
     "compute loop",
     "2 threads vs 1",
+    "invoke add, interleaved",
+    "echo 11 B, interleaved",
+    "load a compiled C program",
+    "cold start (import, load from cache, call)",
+    "first call on a new plugin",
+    "1,000 plugins round-robin",
+    "fresh instance + call, interleaved",
+    "precheck, worst case (i32.const 2; drop)",
 ]
 BASE = "plugsafe"
 # The plugsafe figure each row's ratios are taken against, where it is not plain "plugsafe".
 ROW_BASE = {
     "compute loop": "plugsafe unlimited",
     "2 threads vs 1": "plugsafe 1T",
+    "first call on a new plugin": "plugsafe later call",
+    "1,000 plugins round-robin": "plugsafe, one plugin",
+    "precheck, worst case (i32.const 2; drop)": "plugsafe, 4 MiB",
 }
 
 Medians = dict[tuple[str, str], float]
@@ -164,6 +176,69 @@ GOALS = [
     ),
 ]
 
+# Issue 14: speed where users feel it. Every ratio is plugsafe's time over the peer's, both
+# measured in the same interleaved rounds (benchmarks/test_bench_issue14.py).
+GOALS_14 = [
+    Goal(
+        "1. load of a compiled C program (WASI) ≤ 3x wasmtime-py's Store + Linker.instantiate",
+        _ratio_goal("load a compiled C program", BASE, "wasmtime-py"),
+        lambda v: v <= 3,
+        _x,
+    ),
+    Goal(
+        "(1. the precheck is linear: 16 MiB ÷ 4 MiB of its worst case ≤ 4.5)",
+        _ratio_goal(
+            "precheck, worst case (i32.const 2; drop)", "plugsafe, 16 MiB", "plugsafe, 4 MiB"
+        ),
+        lambda v: v <= 4.5,
+        _x,
+    ),
+    Goal(
+        "2. cold start (fresh python: import, load from cache_dir, call) ≤ 1.3x wasmtime-py",
+        _ratio_goal("cold start (import, load from cache, call)", BASE, "wasmtime-py"),
+        lambda v: v <= 1.3,
+        _x,
+    ),
+    Goal(
+        "4. first call on a new plugin ≤ 2x a later call",
+        _ratio_goal("first call on a new plugin", "plugsafe first call", "plugsafe later call"),
+        lambda v: v <= 2,
+        _x,
+    ),
+    Goal(
+        "5. `invoke` ≥ 20x faster than wasmtime-py's `Func.__call__`",
+        _ratio_goal("invoke add, interleaved", "wasmtime-py", BASE),
+        lambda v: v >= 20,
+        _x,
+    ),
+    Goal(
+        "5. 11-byte echo ≥ 10x faster than Extism's zero-copy echo",
+        _ratio_goal("echo 11 B, interleaved", "extism", BASE),
+        lambda v: v >= 10,
+        _x,
+    ),
+    Goal(
+        "6. fresh instance + call with `Host(pooling=...)` ≤ 60 µs",
+        _abs_goal("fresh instance + call, interleaved", "plugsafe, Host(pooling=...)"),
+        lambda v: v <= 60,
+        _us,
+    ),
+    Goal(
+        "7. 1,000 plugins round-robin ≤ 1.3x calling one",
+        _ratio_goal("1,000 plugins round-robin", "plugsafe, round-robin", "plugsafe, one plugin"),
+        lambda v: v <= 1.3,
+        _x,
+    ),
+    Goal(
+        "(7. the same for wasmtime-py: 1,000 stores round-robin ÷ one)",
+        _ratio_goal(
+            "1,000 plugins round-robin", "wasmtime-py, round-robin", "wasmtime-py, one store"
+        ),
+        lambda v: v <= 1.3,
+        _x,
+    ),
+]
+
 
 # -- collecting ----------------------------------------------------------------------------------
 
@@ -185,6 +260,64 @@ def run_suite(json_path: Path, extra: list[str]) -> int:
     ]
     print("$", " ".join(cmd), file=sys.stderr)
     return subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode
+
+
+Points = dict[str, dict[str, list[tuple[float, float]]]]  # plot -> contender -> (x, seconds)
+
+
+def points(data: dict[str, Any]) -> Points:
+    """What the plots show: (size, seconds) per contender, for the "echo" and "load" plots."""
+    out: Points = {}
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if info.get("plot") and info.get("points"):
+            series = out.setdefault(info["plot"], {})
+            series[info["contender"]] = [(float(x), float(y)) for x, y in info["points"]]
+    return out
+
+
+def plot(data: dict[str, Any], directory: Path) -> list[Path]:
+    """Draw the plots as PNGs in ``directory`` (needs matplotlib: ``pip install -e .[plots]``).
+
+    Returns the files written; none (and a note on stderr) without matplotlib or data.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plots: matplotlib is not installed (pip install -e '.[plots]')", file=sys.stderr)
+        return []
+    series = points(data)
+    specs = {
+        "echo": ("echo-cost-by-size.png", "payload (bytes)", "cost per call (µs)",
+                 "ABI echo: cost per call against payload size"),
+        "load": ("load-time-by-size.png", "module size (bytes)", "load time (µs)",
+                 "loading a compiled module: time against module size"),
+    }  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (filename, xlabel, ylabel, title) in specs.items():
+        if name not in series:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        for contender, pts in sorted(series[name].items()):
+            xs, ys = zip(*sorted(pts), strict=True)
+            ax.plot(xs, [y * 1e6 for y in ys], marker="o", label=contender)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = directory / filename
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def load(
@@ -264,10 +397,10 @@ def table(rows: list[dict[str, Any]], medians: Medians, notes: dict[tuple[str, s
     return "\n".join(out)
 
 
-def goals(medians: Medians) -> tuple[str, int, int]:
+def goals(medians: Medians, which: list[Goal] = GOALS) -> tuple[str, int, int]:
     out = ["| goal | measured | how | verdict |", "| --- | ---: | --- | --- |"]
     met = missed = 0
-    for g in GOALS:
+    for g in which:
         got = g.measure(medians)
         if got is None:
             out.append(f"| {g.text} | — | — | not measured (feature or peer missing) |")
@@ -285,6 +418,7 @@ def report(json_path: Path) -> str:
     data = json.loads(json_path.read_text())
     rows, medians, notes = load(data)
     goal_table, met, missed = goals(medians)
+    goal_table_14, met_14, missed_14 = goals(medians, GOALS_14)
     parts = [
         "## Machine",
         "",
@@ -302,6 +436,13 @@ def report(json_path: Path) -> str:
         goal_table,
         "",
         f"{met} goal(s) met, {missed} not met (rows in parentheses are context, not counted).",
+        "",
+        "## Goals (issue 14)",
+        "",
+        goal_table_14,
+        "",
+        f"{met_14} goal(s) met, {missed_14} not met (rows in parentheses are context, not "
+        "counted).",
     ]
     return "\n".join(parts)
 
@@ -310,10 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", type=Path, help="where to keep pytest-benchmark's JSON")
     ap.add_argument("--from", dest="from_json", type=Path, help="report on this JSON; run nothing")
+    ap.add_argument("--plots", type=Path, help="also draw the PNG plots into this directory")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args(argv)
     if args.from_json:
         print(report(args.from_json))
+        if args.plots:
+            plot(json.loads(args.from_json.read_text()), args.plots)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         json_path = args.json or Path(tmp) / "bench.json"
@@ -322,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pytest exited {rc} without writing {json_path}", file=sys.stderr)
             return rc or 1
         print(report(json_path))
+        if args.plots:
+            plot(json.loads(json_path.read_text()), args.plots)
     return rc
 
 

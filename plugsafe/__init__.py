@@ -42,6 +42,7 @@ from ._errors import (
     PluginTrap,
     PlugsafeError,
     PolicyError,
+    PoolExhausted,
     SignatureError,
     StackLimitExceeded,
 )
@@ -49,6 +50,7 @@ from ._host import Host
 from ._plugin import CallInfo, Plugin, PluginMemory, current_call
 from ._policy import Policy
 from ._pool import PluginPool
+from ._pooling import Pooling
 from ._types import F32, F64, I32, I64, CallStats, ExportInfo, ImportInfo
 from ._version import __version__
 from ._wasi import Preopen, RunResult, Wasi
@@ -90,6 +92,8 @@ __all__ = [
     "PlugsafeError",
     "Policy",
     "PolicyError",
+    "PoolExhausted",
+    "Pooling",
     "Preopen",
     "Record",
     "RunResult",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # concurrent.futures is not worth every import of plugsafe (issue 14)
+    from concurrent.futures import Executor
 
 from ._callpath import CallToken
 

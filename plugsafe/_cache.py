@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import os
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -99,6 +98,10 @@ class ArtifactCache:
             return
         body = len(description).to_bytes(_LENGTH, "little") + description + artifact
         digest = hashlib.sha256(body).digest()
+        # Imported here (issue 14): only a compile writes an entry, and tempfile (with random,
+        # shutil, bz2, lzma) is a few milliseconds of every process's cold start.
+        import tempfile
+
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             try:

@@ -726,9 +726,13 @@ class CallPath:
         """
         # After any trap or limit the instance may be in any state.
         self.instance = None
-        if isinstance(failure, LimitExceeded):
-            return failure
-        return self.diagnosis.translate(failure, self.state, function, inst)
+        err: BaseException = failure
+        if not isinstance(failure, LimitExceeded):
+            err = self.diagnosis.translate(failure, self.state, function, inst)
+        # Its memory (and, with pooling, its slot) back now, not when the GC finds it; the
+        # stats read afterwards (settle) get the sizes it had.
+        inst.release()
+        return err
 
     # -- the end of every call ----------------------------------------------------------------
 
@@ -758,8 +762,10 @@ class CallPath:
         else:
             self.record(inst, start, function, th)
             if self.fresh:
-                # Nothing of this call may reach the next one: drop the instance.
+                # Nothing of this call may reach the next one: drop the instance, and free it
+                # now (with pooling, its slot is needed by the next call).
                 self.instance = None
+                inst.release()
         if calls:  # log calls count as host calls: log_count/log_dropped are 0 otherwise
             state.host_calls = state.log_count = state.log_dropped = 0
         self.owner = None
@@ -842,12 +848,17 @@ class CallPath:
             return False
         with self.lock:
             self.closed = True
-            self.instance = None
+            inst, self.instance = self.instance, None
+            if inst is not None:
+                # The guest's memory goes back now, not when the GC finds the store (issue 14).
+                inst.release()
         return True
 
     def complete_close(self) -> None:
         """Finish a close() made from a host function, as the call ends (lock held)."""
-        self.instance = None
+        inst, self.instance = self.instance, None
+        if inst is not None:
+            inst.release()
         self.close_pending = False
         self.on_closed()
 

@@ -46,6 +46,7 @@ from ._errors import (
     raise_clean,
 )
 from ._loader import Source, read_source
+from ._loader import default_name as loader_default_name
 from ._policy import Policy
 from ._runtime import _component as rc
 from ._version import __version__
@@ -198,7 +199,9 @@ def prepare_component(
         )
     data, default_name, what = read_source(source, policy.max_module_size)
     if name is None:
-        name = default_name
+        # Bytes have no name of their own: plugin- and the first hex digits of their sha256,
+        # as for core modules.
+        name = default_name or loader_default_name(hashlib.sha256(data).digest())
     elif not isinstance(name, str) or not name:
         raise TypeError("name must be a non-empty str")
     wasm = data

@@ -22,6 +22,7 @@ The tree, which ``docs/errors.md`` explains case by case::
     │   ├── DeadlineExceeded
     │   ├── MemoryLimitExceeded
     │   ├── HostCallLimitExceeded
+    │   ├── PoolExhausted          every slot of the Host's pooling allocator is taken
     │   └── StackLimitExceeded      nested plugin calls would overrun the thread's stack
     └── PluginClosedError              the plugin or host was used after ``close()``
 
@@ -63,6 +64,7 @@ __all__ = [
     "PluginTrap",
     "PlugsafeError",
     "PolicyError",
+    "PoolExhausted",
     "SignatureError",
     "StackLimitExceeded",
 ]
@@ -355,6 +357,16 @@ class MemoryLimitExceeded(LimitExceeded):
 
 class HostCallLimitExceeded(LimitExceeded):
     """The plugin made more host-function calls in one call than its policy allows."""
+
+
+class PoolExhausted(LimitExceeded):
+    """Every slot of the Host's pooling allocator (``Host(pooling=Pooling(...))``) is taken.
+
+    Raised at once, before anything of the plugin runs, by a load or by a call that needed a
+    new instance (``fresh_instance``, or the first call after a trap). ``limit`` is
+    ``"pooling.instances"`` (or ``"pooling.memories"``, ``"pooling.tables"``), ``value`` the
+    number of slots. Closing plugins gives their slots back; the plugin itself is unchanged.
+    """
 
 
 class StackLimitExceeded(LimitExceeded):

@@ -26,6 +26,7 @@ from ._hostfn import (
 from ._loader import LoadedModule, ModuleLoader, Source, check_imports
 from ._plugin import OnCall, Plugin
 from ._policy import Policy
+from ._pooling import Pooling
 
 __all__ = ["BUILTIN_FUNCTIONS", "Host", "Source"]
 
@@ -52,6 +53,8 @@ class Host(Closing):
             the place for metrics. It runs on the calling thread after the call released its
             plugin; an exception it raises is logged (logger ``plugsafe``) and never changes
             what the call returns or raises.
+        pooling: instances from wasmtime's pooling allocator, with these explicit limits
+            (:class:`Pooling`); None (the default) maps memory per instance.
 
     A Host is safe to use from many threads. Use it as a context manager, or call
     :meth:`close` to stop its ticker thread and close every plugin it loaded.
@@ -63,6 +66,7 @@ class Host(Closing):
         max_stack: int = 512 * 1024,
         cache_dir: str | os.PathLike[str] | bool | None = None,
         on_call: OnCall | None = None,
+        pooling: Pooling | None = None,
     ) -> None:
         if not isinstance(max_stack, int) or isinstance(max_stack, bool):
             raise TypeError("max_stack must be an int")
@@ -77,6 +81,9 @@ class Host(Closing):
             raise TypeError(f"on_call must be callable, got {type(on_call).__name__}")
         self._on_call = on_call
         self._max_stack = max_stack
+        if pooling is not None and not isinstance(pooling, Pooling):
+            raise TypeError(f"pooling must be a plugsafe.Pooling, got {type(pooling).__name__}")
+        self._pooling = pooling
         self._lock = threading.Lock()
         self._engines: dict[bool, rt.Engine] = {}
         self._functions: dict[str, BoundFunction] = dict(BUILTIN_FUNCTIONS)
@@ -162,7 +169,11 @@ class Host(Closing):
             engine = self._engines.get(metered)
             if engine is None:
                 # Process-wide: hosts share engines and their tickers (see rt.shared_engine).
-                engine = rt.shared_engine(metered=metered, max_stack=self._max_stack)
+                engine = rt.shared_engine(
+                    metered=metered,
+                    max_stack=self._max_stack,
+                    pooling=None if self._pooling is None else self._pooling.limits(),
+                )
                 self._engines[metered] = engine
                 self._ticker.add(engine)
             return engine
@@ -238,6 +249,10 @@ class Host(Closing):
         if self._closed:
             raise PluginClosedError("this Host is closed")
         functions = check_imports(loaded.module, self._functions, loaded.policy, loaded.name)
+        if self._pooling is not None:
+            why = self._pooling.refuses(loaded.policy.memory // max(len(loaded.memories), 1))
+            if why is not None:
+                raise PolicyError(f"plugin {loaded.name!r}: {why}", field="memory")
         plugin = Plugin(
             name=loaded.name,
             policy=loaded.policy,

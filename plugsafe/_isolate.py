@@ -30,8 +30,6 @@ Compiling, serializing and deserializing go through ``_runtime`` (``Engine.compi
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +75,11 @@ def compile_isolated(
     name: str,
 ) -> rt.Module:
     """Compile ``wasm`` for ``engine`` in a child process; return the deserialized module."""
+    # Imported here (issue 14): only policies with compile_timeout/compile_memory come here,
+    # and subprocess (with selectors, signal, ...) would cost every import of plugsafe.
+    import signal
+    import subprocess
+
     package_parent = str(Path(__file__).resolve().parent.parent)
     args = [
         sys.executable,

@@ -7,12 +7,16 @@ refuse the same modules with the same errors at the same speed. The steps, in or
 1. read: a file by its size (never more than the policy's ``max_module_size`` + 1 bytes), or
    the caller's bytes;
 2. WAT: text is translated to a binary (and the binary capped again);
-3. precheck: the policy's structural caps, read from the binary before anything compiles
-   (``_wasmbin.precheck``; compiling is outside wasmtime's threat model);
-4. compile: in-process, or in a child process killed at ``compile_timeout`` /
+3. caches: an in-memory LRU of compiled modules per loader (one per Host), keyed by the
+   binary itself, then the optional on-disk :class:`ArtifactCache`, keyed by its sha256 (the
+   one hash a load computes, and none on a memory hit);
+4. precheck: the policy's structural caps, read from the binary before anything compiles
+   (``_wasmbin.precheck``; compiling is outside wasmtime's threat model). What it measured
+   (the :class:`~._wasmbin.ModuleShape`) is kept with the compiled module in both caches, so a
+   cache hit checks the policy's caps against the stored shape instead of reading the binary
+   again; a shape that does not certainly fit (``_wasmbin.fits``) runs the precheck in full;
+5. compile: in-process, or in a child process killed at ``compile_timeout`` /
    ``compile_memory`` when the policy sets either (``_isolate``);
-5. caches: an in-memory LRU of compiled modules per loader (one per Host), and the optional
-   on-disk :class:`ArtifactCache`;
 6. the import check against the host's functions and the policy (:func:`check_imports`).
 
 Steps 1-5 give a :class:`LoadedModule`, which the command line can inspect without
@@ -22,7 +26,9 @@ verdict rather than stopping at the first refusal.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import re
 import threading
@@ -41,7 +47,16 @@ from ._isolate import compile_isolated
 from ._policy import Policy
 from ._version import __version__
 from ._wasi import WASI_MODULE
-from ._wasmbin import WASM_MAGIC, Caps, MemoryDecl, WasmFormatError, parse_memories, precheck
+from ._wasmbin import (
+    WASM_MAGIC,
+    Caps,
+    MemoryDecl,
+    ModuleShape,
+    WasmFormatError,
+    fits,
+    parse_memories,
+    precheck,
+)
 
 __all__ = [
     "Format",
@@ -101,10 +116,12 @@ class LoadedModule:
         return hashlib.sha256(self.source).hexdigest()
 
 
-def read_source(source: Source, max_size: int) -> tuple[bytes, str, str]:
+def read_source(source: Source, max_size: int) -> tuple[bytes, str | None, str]:
     """(the source's bytes, its default plugin name, what to call it in errors).
 
-    A file is read by its size, never more than ``max_size`` + 1 bytes.
+    A file is read by its size, never more than ``max_size`` + 1 bytes. Bytes have no default
+    name here (None): theirs is ``plugin-`` and the first hex digits of their sha256, which the
+    loader takes from its cache rather than hashing the bytes again (:func:`default_name`).
 
     Raises InvalidModuleError if over ``max_size``, PluginLoadError if a file cannot be read,
     TypeError for anything that is neither a path nor bytes.
@@ -115,7 +132,7 @@ def read_source(source: Source, max_size: int) -> tuple[bytes, str, str]:
             raise InvalidModuleError(
                 f"module is {len(data)} bytes, over the policy's max_module_size of {max_size}"
             )
-        return data, f"plugin-{hashlib.sha256(data).hexdigest()[:8]}", "module"
+        return data, None, "module"
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         return read_plugin_file(path, max_size), path.stem or "plugin", repr(str(path))
@@ -154,27 +171,94 @@ def to_wasm(data: bytes, what: str, max_size: int) -> tuple[bytes, Format]:
     return wasm, "wat"
 
 
-def check_shape(wasm: bytes, policy: Policy, name: str) -> None:
-    """Enforce the policy's structural caps before anything compiles (see ``_wasmbin``).
+def default_name(digest: bytes) -> str:
+    """The name of a plugin loaded from bytes without one: ``plugin-`` + 8 hex digits of sha256."""
+    return f"plugin-{digest.hex()[:8]}"
 
-    Runs on every load, cache hits included: the caps belong to the policy, and a module another
-    policy let through must not skip this one's.
-    """
-    caps = Caps(
+
+def caps_of(policy: Policy) -> Caps:
+    """The policy's structural caps."""
+    return Caps(
         max_functions=policy.max_functions,
         max_imports=policy.max_imports,
         max_exports=policy.max_exports,
         max_function_size=policy.max_function_size,
         max_nesting=policy.max_nesting,
     )
+
+
+def check_shape(wasm: bytes, policy: Policy | Caps, name: str) -> ModuleShape:
+    """Enforce the policy's structural caps before anything compiles (see ``_wasmbin``).
+
+    The caps belong to the policy: a module another policy let through must not skip this
+    one's. The loader runs this on a module it has not seen, and on a cached one whose stored
+    shape does not certainly fit these caps. Returns what was measured.
+    """
+    caps = policy if isinstance(policy, Caps) else caps_of(policy)
     try:
-        precheck(wasm, caps)
+        return precheck(wasm, caps)
     except WasmFormatError as exc:
         if exc.cap is None:  # unreadable: wasmtime would refuse it as well
             raise InvalidModuleError(
                 f"plugin {name!r} is not a valid WebAssembly module: {exc}"
             ) from None
         raise InvalidModuleError(f"plugin {name!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A compiled module and what the loader learnt about its binary (kept in both caches)."""
+
+    module: rt.Module
+    memories: tuple[MemoryDecl, ...]
+    # What the precheck measured; None for a disk entry written without it (then the precheck
+    # runs again on that load).
+    shape: ModuleShape | None
+    digest: bytes  # sha256 of the binary
+
+
+# The loader's own part of a disk entry's description (besides imports and exports).
+_META = "plugsafe_load"
+
+
+def _meta(shape: ModuleShape, memories: tuple[MemoryDecl, ...]) -> dict[str, object]:
+    return {
+        _META: {
+            "shape": [
+                shape.functions,
+                shape.imports,
+                shape.exports,
+                shape.largest_function,
+                shape.max_nesting,
+                shape.nesting_bound,
+            ],
+            "memories": [[m.minimum, m.maximum] for m in memories],
+        }
+    }
+
+
+def _nat(v: object) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"not a count: {v!r}")
+    return v
+
+
+def _read_meta(description: bytes) -> tuple[ModuleShape, tuple[MemoryDecl, ...]] | None:
+    """The loader's part of a disk entry's description; None if absent or not that shape."""
+    try:
+        meta = json.loads(description).get(_META)
+        if meta is None:
+            return None
+        counts = [_nat(v) for v in meta["shape"]]
+        if len(counts) != 6:
+            return None
+        shape = ModuleShape(*counts)
+        memories = tuple(
+            MemoryDecl(_nat(lo), None if hi is None else _nat(hi)) for lo, hi in meta["memories"]
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return shape, memories
 
 
 class ModuleLoader:
@@ -191,8 +275,11 @@ class ModuleLoader:
         self._max_stack = max_stack
         self._cache_dir = cache_dir
         self._lock = threading.Lock()
-        self._modules: OrderedDict[tuple[bool, bytes], tuple[rt.Module, tuple[MemoryDecl, ...]]]
-        self._modules = OrderedDict()
+        # Keyed by the binary itself: a dict lookup compares the bytes exactly, and hashes a
+        # bytes object only once in its life (loading the same bytes object again costs no
+        # hash at all). The cost is the binaries held, at most _MODULE_CACHE_SIZE of them,
+        # beside compiled modules that are larger still.
+        self._modules: OrderedDict[tuple[bool, bytes], _Entry] = OrderedDict()
         self._disk: dict[bool, ArtifactCache] = {}
 
     def load(
@@ -207,18 +294,39 @@ class ModuleLoader:
             LimitExceeded: the compiler child ran over compile_timeout or compile_memory.
             TypeError: ``source`` or ``name`` of the wrong type.
         """
-        data, default_name, what = read_source(source, policy.max_module_size)
-        if name is None:
-            name = default_name
-        elif not isinstance(name, str) or not name:
+        data, fallback, what = read_source(source, policy.max_module_size)
+        if name is not None and (not isinstance(name, str) or not name):
             raise TypeError("name must be a non-empty str")
         wasm, fmt = to_wasm(data, what, policy.max_module_size)
-        check_shape(wasm, policy, name)
-        module, memories = self._compile(engine, wasm, name, policy)
+        caps = caps_of(policy)
+        key = (engine.metered, wasm)
+        with self._lock:
+            entry = self._modules.get(key)
+            if entry is not None:
+                self._modules.move_to_end(key)
+        if entry is None:
+            entry = self._compile(engine, wasm, caps, policy, name or fallback)
+            with self._lock:
+                self._modules[key] = entry
+                while len(self._modules) > _MODULE_CACHE_SIZE:
+                    self._modules.popitem(last=False)
+        if name is None:
+            name = fallback or default_name(entry.digest)
+        if entry.shape is None or not fits(entry.shape, caps):
+            # A cached module this policy's caps may refuse: decide exactly, as on a first load.
+            shape = check_shape(wasm, caps, name)
+            if entry.shape is not None:
+                # Both bounds hold for every body: keep the tighter, so that this policy's
+                # next load of the module is settled by ``fits``.
+                bound = min(entry.shape.nesting_bound, shape.nesting_bound)
+                shape = dataclasses.replace(entry.shape, nesting_bound=bound)
+            with self._lock:
+                if key in self._modules:
+                    self._modules[key] = dataclasses.replace(entry, shape=shape)
         return LoadedModule(
             name=name,
-            module=module,
-            memories=memories,
+            module=entry.module,
+            memories=entry.memories,
             wasm=wasm,
             format=fmt,
             source=data,
@@ -232,46 +340,40 @@ class ModuleLoader:
             self._modules.clear()
 
     def _compile(
-        self, engine: rt.Engine, wasm: bytes, name: str, policy: Policy
-    ) -> tuple[rt.Module, tuple[MemoryDecl, ...]]:
+        self, engine: rt.Engine, wasm: bytes, caps: Caps, policy: Policy, name: str | None
+    ) -> _Entry:
         # Compiled modules are immutable and shareable between stores of one engine, so loading
         # the same bytes again (another tenant, a pool) skips the compiler.
-        key = (engine.metered, hashlib.sha256(wasm).digest())
-        with self._lock:
-            hit = self._modules.get(key)
-            if hit is not None:
-                self._modules.move_to_end(key)
-                return hit
-        module = self._from_disk(engine, key[1])
-        if module is None:
-            try:
-                if policy.compile_timeout is not None or policy.compile_memory is not None:
-                    module = compile_isolated(
-                        engine,
-                        wasm,
-                        max_stack=self._max_stack,
-                        timeout=policy.compile_timeout,
-                        memory=policy.compile_memory,
-                        name=name,
-                    )
-                else:
-                    module = engine.compile(wasm)
-            except rt.WasmFailure as exc:
-                raise InvalidModuleError(
-                    f"plugin {name!r} is not a valid WebAssembly module: {exc.message}"
-                ) from None
-            self._to_disk(engine, key[1], module)
+        digest = hashlib.sha256(wasm).digest()
+        name = name or default_name(digest)
+        hit = self._from_disk(engine, digest)
+        if hit is not None:
+            return hit
+        shape = check_shape(wasm, caps, name)
+        try:
+            if policy.compile_timeout is not None or policy.compile_memory is not None:
+                module = compile_isolated(
+                    engine,
+                    wasm,
+                    max_stack=self._max_stack,
+                    timeout=policy.compile_timeout,
+                    memory=policy.compile_memory,
+                    name=name,
+                )
+            else:
+                module = engine.compile(wasm)
+        except rt.WasmFailure as exc:
+            raise InvalidModuleError(
+                f"plugin {name!r} is not a valid WebAssembly module: {exc.message}"
+            ) from None
         try:
             memories = tuple(parse_memories(wasm))
         except ValueError as exc:  # wasmtime accepted it, so this would be our bug; say so
             raise InvalidModuleError(
                 f"plugin {name!r}: cannot read its memory section: {exc}"
             ) from exc
-        entry = (module, memories)
-        with self._lock:
-            self._modules[key] = entry
-            while len(self._modules) > _MODULE_CACHE_SIZE:
-                self._modules.popitem(last=False)
+        entry = _Entry(module, memories, shape, digest)
+        self._to_disk(engine, entry)
         return entry
 
     def _disk_cache(self, engine: rt.Engine) -> ArtifactCache | None:
@@ -282,30 +384,37 @@ class ModuleLoader:
             if cache is None:
                 # "desc=bin": the stored description is _wasmbin's (entries written when it was
                 # wasmtime's named externref "anyref"); such entries are never read back.
-                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin"
+                # "shape": it carries the precheck's measurements and the memories as well.
+                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin;shape"
                 cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
             return cache
 
-    def _from_disk(self, engine: rt.Engine, digest: bytes) -> rt.Module | None:
+    def _from_disk(self, engine: rt.Engine, digest: bytes) -> _Entry | None:
         cache = self._disk_cache(engine)
         if cache is None:
             return None
         key = cache.key(digest)
-        entry = cache.get(key)
-        if entry is None:
+        stored = cache.get(key)
+        if stored is None:
             return None
-        description, artifact = entry
+        description, artifact = stored
+        meta = _read_meta(description)
+        if meta is None:  # written without the loader's part: compile again, rewrite it
+            return None
         try:
             # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
-            return engine.deserialize(artifact, rt.parse_description(description))
+            module = engine.deserialize(artifact, rt.parse_description(description))
         except rt.WasmFailure:
             cache.discard(key)
             return None
+        return _Entry(module, meta[1], meta[0], digest)
 
-    def _to_disk(self, engine: rt.Engine, digest: bytes, module: rt.Module) -> None:
+    def _to_disk(self, engine: rt.Engine, entry: _Entry) -> None:
         cache = self._disk_cache(engine)
-        if cache is not None:
-            cache.put(cache.key(digest), module.serialize(), module.describe())
+        if cache is not None and entry.shape is not None:
+            module = entry.module
+            description = module.describe(_meta(entry.shape, entry.memories))
+            cache.put(cache.key(entry.digest), module.serialize(), description)
 
 
 class HostFunction(Protocol):

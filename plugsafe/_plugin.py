@@ -35,6 +35,7 @@ from ._errors import (
     PluginClosedError,
     PluginLoadError,
     PlugsafeError,
+    PoolExhausted,
     fmt_bytes,
     raise_clean,
 )
@@ -692,6 +693,16 @@ class Plugin(Closing):
             return inst
         except PlugsafeError:
             raise
+        except rt.PoolExhaustedFailure as full:
+            # The Host's pooling allocator has no free slot: nothing of the plugin ran.
+            kind = {"core instances": "instances"}.get(full.resource, full.resource)
+            raise PoolExhausted(
+                f"plugin {self._name!r}: no free slot in the Host's pooling allocator "
+                f"(all {full.limit} {kind} are in use; closing plugins frees theirs)",
+                limit=f"pooling.{kind}",
+                value=full.limit,
+                phase=phase,
+            ) from None
         except rt.WasmFailure as failure:
             err: BaseException | None = self._diagnosis.translate(
                 failure, state, state.function, inst
@@ -789,3 +800,5 @@ class Plugin(Closing):
                 + " and ".join(problems)
             )
         self._calls.abi = True
+        # The first call would look these up (issue 14: it cost several later calls).
+        inst.warm((_abi.ALLOC_EXPORT,))

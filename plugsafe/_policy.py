@@ -337,7 +337,6 @@ def policy_from_toml(path: str | os.PathLike[str]) -> Policy:
 
 def _refuse_unknown_fields() -> None:
     """Make ``Policy(fuell=...)`` a PolicyError that suggests the field, not a bare TypeError."""
-    import difflib
     import functools
 
     generated = Policy.__init__
@@ -347,6 +346,8 @@ def _refuse_unknown_fields() -> None:
     def __init__(self: Policy, *args: Any, **kwargs: Any) -> None:
         for key in kwargs:
             if key not in names:
+                import difflib  # only for a typo's suggestion (issue 14: import time)
+
                 close = difflib.get_close_matches(key, sorted(names), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise PolicyError(f"{key}: not a policy field{hint}", field=key)

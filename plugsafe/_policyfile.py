@@ -24,7 +24,6 @@ with the path (:func:`relocate`).
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -35,11 +34,6 @@ from ._errors import PolicyError
 from ._signatures import HOST_FUNCTIONS_TABLE, parse_host_functions
 from ._units import describe, fail, fmt_duration, parse_duration, parse_size
 from ._wasi import Preopen, Wasi
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 __all__ = [
     "LAYOUT",
@@ -155,6 +149,8 @@ def _parse_names(value: object, path: str, field: str) -> frozenset[str]:
 
 def _unknown_key(path: str, key: str, known: list[str], hint: str = "") -> PolicyError:
     where = f"{path}.{key}" if path else key
+    import difflib  # only for a typo's suggestion: not worth every import of plugsafe
+
     close = difflib.get_close_matches(key, known, n=1)
     if not hint and close:
         hint = f"; did you mean {close[0]!r}?"
@@ -353,6 +349,12 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PolicyError(f"cannot read {str(file)!r}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{str(file)!r} is not UTF-8 text: {exc}") from None
+    # Imported here (issue 14): only policy and host config files are TOML, and tomllib (with
+    # datetime) would cost every import of plugsafe.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 
 from ._aio import run_call
@@ -101,6 +100,9 @@ class PluginPool(Closing):
         except BaseException:
             self.close()
             raise
+        # Imported here (issue 14): concurrent.futures costs every import of plugsafe otherwise.
+        from concurrent.futures import ThreadPoolExecutor
+
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="plugsafe-pool")
         self.size = size
 

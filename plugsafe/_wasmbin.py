@@ -53,6 +53,7 @@ __all__ = [
     "PrecheckError",
     "WasmFormatError",
     "describe",
+    "fits",
     "nesting_depths",
     "parse_memories",
     "precheck",
@@ -326,8 +327,8 @@ for _op in (*_NONE_OPS, *range(0x45, 0xC5), *_U32_OPS, *range(0x28, 0x3F), 0x41,
     _PLAIN_START[_op] = True
 del _op
 
-# Byte values of the instructions that open a nesting level (see the module docstring).
-_OPENERS = (b"\x02", b"\x03", b"\x04", b"\x06", b"\x1f")
+# Byte values of the instructions that open a nesting level (see the module docstring): 0x02,
+# 0x03, 0x04, 0x06, 0x1F, counted one by one in precheck (five C-speed counts per body).
 
 # 0xFC sub-opcodes and their immediates (memory.init: data and memory; memory.copy: two
 # memories; table.init: element and table; table.copy: two tables; ...).
@@ -506,6 +507,8 @@ class ModuleShape:
 
     ``max_nesting`` counts the function body itself as level 1 (an empty function has depth 1);
     bodies that could not be too deep are not decoded, so it is a lower bound for them.
+    ``nesting_bound`` is an upper bound over every body (exact where a body was decoded, its
+    count of opener bytes + 1 elsewhere): what :func:`fits` compares a later policy's cap with.
     """
 
     functions: int = 0
@@ -513,6 +516,23 @@ class ModuleShape:
     exports: int = 0
     largest_function: int = 0
     max_nesting: int = 0
+    nesting_bound: int = 0
+
+
+def fits(shape: ModuleShape, caps: Caps) -> bool:
+    """Whether a module of ``shape`` (what :func:`precheck` measured) is certainly within ``caps``.
+
+    False means "not certain" (the nesting bound may be loose): run :func:`precheck` again
+    for ``caps``, which decides exactly and names the cap in its error. The loader keeps the
+    shape with the compiled module, so a module loaded again skips the precheck.
+    """
+    return (
+        shape.functions <= caps.max_functions
+        and shape.imports <= caps.max_imports
+        and shape.exports <= caps.max_exports
+        and shape.largest_function <= caps.max_function_size
+        and shape.nesting_bound <= caps.max_nesting
+    )
 
 
 def _check_count(what: str, count: int, cap: int, field: str) -> None:
@@ -528,7 +548,8 @@ def precheck(wasm: bytes, caps: Caps) -> ModuleShape:
     Raises WasmFormatError (with ``cap`` set to the policy field) on the first cap broken, or
     with ``cap=None`` if the binary cannot be read.
     """
-    functions = imports = exports = largest = deepest = 0
+    functions = imports = exports = largest = deepest = bound = 0
+    occurs = wasm.count
     for section_id, start, stop in _sections(wasm):
         body = _Reader(wasm, start, stop)
         if section_id == _SEC_IMPORT:
@@ -554,16 +575,30 @@ def precheck(wasm: bytes, caps: Caps) -> ModuleShape:
                 first = body.pos
                 body.skip(length)
                 largest = max(largest, length)
+                if length <= bound + 1 and length < caps.max_nesting + 2:
+                    # A body holds at most length - 2 openers (its locals count and its final
+                    # end are not), so this one can neither be too deep nor raise the bound:
+                    # small bodies, the common case, cost no counting at all.
+                    deepest = max(deepest, 1 if length else 0)
+                    continue
                 # At most one nesting level per opener byte: only decode bodies that could
                 # possibly be too deep.
-                openers = sum(wasm.count(b, first, first + length) for b in _OPENERS)
+                stop = first + length
+                openers = (
+                    occurs(b"\x02", first, stop)
+                    + occurs(b"\x03", first, stop)
+                    + occurs(b"\x04", first, stop)
+                    + occurs(b"\x06", first, stop)
+                    + occurs(b"\x1f", first, stop)
+                )
                 if openers >= caps.max_nesting:
-                    deepest = max(
-                        deepest, _body_depth(wasm, first, first + length, caps.max_nesting, index)
-                    )
+                    depth = _body_depth(wasm, first, stop, caps.max_nesting, index)
+                    deepest = max(deepest, depth)
+                    bound = max(bound, depth)
                 else:
                     deepest = max(deepest, 1 if length else 0)
-    return ModuleShape(functions, imports, exports, largest, deepest)
+                    bound = max(bound, openers + 1)
+    return ModuleShape(functions, imports, exports, largest, deepest, bound)
 
 
 def nesting_depths(wasm: bytes) -> list[int]:

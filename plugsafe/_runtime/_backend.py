@@ -44,10 +44,12 @@ __all__ = [
     "RawSlots",
     "TrapSlot",
     "U32",
+    "PoolExhaustedFailure",
     "WasmFailure",
     "Window",
     "address",
     "check_span",
+    "pool_exhausted",
     "failure_from_addresses",
 ]
 
@@ -125,6 +127,31 @@ class WasmFailure(Exception):
         self.trap_code = trap_code
         # Set when a WASI program called proc_exit(exit_code).
         self.exit_code = exit_code
+
+
+class PoolExhaustedFailure(WasmFailure):
+    """Instantiating failed because the engine's pooling allocator has no free slot.
+
+    ``resource`` is what ran out (``"core instances"``, ``"memories"``, ``"tables"``, as
+    wasmtime names it) and ``limit`` how many there are.
+    """
+
+    def __init__(self, message: str, resource: str, limit: int) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.limit = limit
+
+
+# wasmtime's message when a pool has no free slot (wasmtime 48-50).
+_POOL_FULL = re.compile(r"maximum concurrent limit of (\d+) for (.+?) reached")
+
+
+def pool_exhausted(failure: WasmFailure) -> PoolExhaustedFailure | None:
+    """The same failure as a PoolExhaustedFailure if it says a pool is full, else None."""
+    found = _POOL_FULL.search(failure.message)
+    if found is None:
+        return None
+    return PoolExhaustedFailure(failure.message, found.group(2), int(found.group(1)))
 
 
 class GuestMemoryError(ValueError):

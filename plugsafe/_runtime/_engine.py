@@ -11,18 +11,20 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import wasmtime
 from wasmtime import _ffi as wf
 
 from ._backend import WasmFailure
-from ._module import Description, Module, describe_binary
+from ._module import VALTYPE_FACTORIES, Description, Module, describe_binary
 from ._ticker import Ticker
 
 __all__ = [
     "Engine",
     "EpochTicker",
     "NO_DEADLINE_TICKS",
+    "PoolLimits",
     "TICK_SECONDS",
     "library_fingerprint",
     "shared_engine",
@@ -35,6 +37,8 @@ __all__ = [
 TICK_SECONDS = 0.005
 # "No deadline": wasmtime traps at once if none is set, so unlimited calls get a far-off one.
 NO_DEADLINE_TICKS = 1 << 62
+# Function types an engine keeps (see Engine.functype).
+_FUNCTYPES_KEPT = 256
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,14 +68,37 @@ def wat_to_wasm(text: str) -> bytes:
         raise WasmFailure(str(exc)) from None
 
 
+class PoolLimits(NamedTuple):
+    """The pooling allocator's slots (``plugsafe.Pooling`` as plain numbers), engine-wide.
+
+    ``instances`` instances may be alive at once, each with at most ``memories`` linear memories
+    of at most ``memory_size`` bytes and ``tables`` tables of at most ``table_elements``.
+    """
+
+    instances: int
+    memory_size: int
+    memories: int
+    tables: int
+    table_elements: int
+
+
 class Engine:
     """A wasmtime engine configured for untrusted code.
 
     Fuel metering is engine-wide in wasmtime, and it slows all code down, so a host keeps one
     metered and one unmetered engine and compiles each plugin for the one its policy needs.
+    With ``pooling``, instances come from pre-reserved slots (wasmtime's pooling allocator):
+    no mmap/munmap per instance, and at most ``pooling.instances`` alive at once.
     """
 
-    def __init__(self, *, metered: bool, max_stack: int, components: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        metered: bool,
+        max_stack: int,
+        components: bool = False,
+        pooling: PoolLimits | None = None,
+    ) -> None:
         # The native stack one call may use (plugsafe counts it per thread: _nesting).
         self.max_stack = max_stack
         cfg = wasmtime.Config()
@@ -98,14 +125,39 @@ class Engine:
         # instead (no slower on the 2-core machines measured; compile_timeout bounds it anyway).
         cfg.parallel_compilation = False
         self.metered = metered
+        self.pooling = pooling
         # Everything that changes compiled code: part of the on-disk cache key.
         self.settings = (
             f"fuel={metered};stack={max_stack};epoch;nothreads;no64;nogc;multimem;nomove"
             + (";components" if components else "")
         )
+        if pooling is not None:
+            _set_pooling(cfg, pooling)
+            self.settings += ";pool=" + ",".join(map(str, pooling))
         self._engine = wasmtime.Engine(cfg)
         self._ptr = self._engine.ptr()
         self._ticker: Ticker | None = None
+        self._functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], wasmtime.FuncType] = {}
+
+    def functype(self, params: tuple[str, ...], results: tuple[str, ...]) -> wasmtime.FuncType:
+        """A function type of numeric value types, made once per signature for this engine.
+
+        Building one through wasmtime-py costs ~25 µs (a ctypes call per value type), and every
+        host function of every load needs one. Defining a function only borrows the type, but
+        wasmtime ties it to the first engine it is used with (using it with another one is a
+        Rust panic, which aborts the process): hence one cache per engine, never a global one.
+        """
+        key = (params, results)
+        ty = self._functypes.get(key)
+        if ty is None:
+            ty = wasmtime.FuncType(
+                [VALTYPE_FACTORIES[t]() for t in params], [VALTYPE_FACTORIES[t]() for t in results]
+            )
+            with _SHARED_LOCK:
+                if len(self._functypes) >= _FUNCTYPES_KEPT:
+                    self._functypes.clear()  # signatures are few; this only bounds a hostile app
+                ty = self._functypes.setdefault(key, ty)
+        return ty
 
     @property
     def ticker(self) -> Ticker:
@@ -181,23 +233,54 @@ class EpochTicker:
         self._stopped.set()
 
 
-_SHARED: dict[tuple[bool, int, bool], Engine] = {}
+def _set_pooling(cfg: wasmtime.Config, limits: PoolLimits) -> None:
+    """Switch ``cfg`` to the pooling allocator with these slots (the C API: wasmtime-py has no
+    Python wrapper for it)."""
+    pool = wf.wasmtime_pooling_allocation_config_new()
+    try:
+        wf.wasmtime_pooling_allocation_config_total_core_instances_set(pool, limits.instances)
+        wf.wasmtime_pooling_allocation_config_total_memories_set(
+            pool, limits.instances * limits.memories
+        )
+        wf.wasmtime_pooling_allocation_config_total_tables_set(
+            pool, limits.instances * limits.tables
+        )
+        wf.wasmtime_pooling_allocation_config_max_memories_per_module_set(pool, limits.memories)
+        wf.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, limits.tables)
+        wf.wasmtime_pooling_allocation_config_max_memory_size_set(pool, limits.memory_size)
+        wf.wasmtime_pooling_allocation_config_table_elements_set(pool, limits.table_elements)
+        # Components and GC heaps are off on plugsafe's engines: no slots for them.
+        wf.wasmtime_pooling_allocation_config_total_component_instances_set(pool, 0)
+        wf.wasmtime_pooling_allocation_config_total_gc_heaps_set(pool, 0)
+        wf.wasmtime_pooling_allocation_strategy_set(cfg.ptr(), pool)
+    finally:
+        wf.wasmtime_pooling_allocation_config_delete(pool)
+
+
+_SHARED: dict[tuple[bool, int, bool, PoolLimits | None], Engine] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_engine(*, metered: bool, max_stack: int, components: bool = False) -> Engine:
+def shared_engine(
+    *,
+    metered: bool,
+    max_stack: int,
+    components: bool = False,
+    pooling: PoolLimits | None = None,
+) -> Engine:
     """The process-wide engine for this configuration (created on first use, never freed).
 
     Hosts share engines (compiled modules stay per Host): each engine carries a native timer
     that must never outlive it, and one ticker per engine keeps idle processes at zero wake-ups.
+    Hosts asking for the same pooling limits therefore share one pool of slots.
     """
-    key = (metered, max_stack, components)
+    key = (metered, max_stack, components, pooling)
     engine = _SHARED.get(key)
     if engine is None:
         with _SHARED_LOCK:
             engine = _SHARED.get(key)
             if engine is None:
                 engine = _SHARED[key] = Engine(
-                    metered=metered, max_stack=max_stack, components=components
+                    metered=metered, max_stack=max_stack, components=components, pooling=pooling
                 )
     return engine

@@ -46,11 +46,14 @@ class ArgumentsDoNotFit(Exception):
 _STRUCT_CODES = {"i32": ("i", 4), "i64": ("q", 8), "f32": ("f", 4), "f64": ("d", 8)}
 
 
-def _slot_struct(types: Sequence[str], trap_slot: int | None = None) -> struct.Struct:
+@functools.lru_cache(maxsize=1024)
+def _slot_struct(types: tuple[str, ...], trap_slot: int | None = None) -> struct.Struct:
     """A struct layout over 16-byte raw value slots: value i of type t sits at byte 16*i.
 
     With ``trap_slot``, the 8-byte trap pointer kept in slot ``trap_slot`` is read last.
     Integers are signed, as wasm's raw values are; packing refuses what does not fit.
+    Made once per signature (a Struct is immutable): a plugin's first call of a function then
+    builds no layouts (issue 14, the first call).
     """
     fmt = "<"
     pos = 0
@@ -88,9 +91,9 @@ def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]
     trap_at = 16 * width
     put = get = get_results = None
     if all(t in NUMERIC_TYPES for t in (*params, *results)):
-        put = functools.partial(_slot_struct(params).pack_into, view, 0)
-        get = functools.partial(_slot_struct(results, width).unpack_from, view, 0)
-        get_results = functools.partial(_slot_struct(results).unpack_from, view, 0)
+        put = functools.partial(_slot_struct(tuple(params)).pack_into, view, 0)
+        get = functools.partial(_slot_struct(tuple(results), width).unpack_from, view, 0)
+        get_results = functools.partial(_slot_struct(tuple(results)).unpack_from, view, 0)
     return Scratch(
         buf, width, put, get, view, backend.trap_arg(buf, trap_at), get_results,
         view[trap_at : trap_at + 8].cast("Q"),

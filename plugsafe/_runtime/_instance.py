@@ -24,6 +24,7 @@ from ._backend import (
     WasmFailure,
     Window,
     check_span,
+    pool_exhausted,
 )
 from ._engine import Engine
 from ._funcref import (
@@ -43,6 +44,8 @@ from ._ticker import Ticker, guard, limit, unlimit
 __all__ = ["Instance"]
 
 _perf_counter = time.perf_counter
+# Orders Instance.release against memory_total read from another thread (Plugin.last_call).
+_RELEASING = threading.Lock()
 
 
 # Epoch increments Instance.interrupt makes on the calling thread (more go to a helper thread).
@@ -96,6 +99,9 @@ class Instance:
             memories=memories,
         )
         self._ctx = b.ctx(self._store)
+        # Set by release(): the store is gone, and the memory and fuel readers answer these.
+        self._final: int | None = None
+        self._fuel_final = 0
         # Every top-level entry (invoke, call, abi_call) refills fuel and makes sure the deadline
         # is at least ``deadline_ticks`` away (see _arm).
         self._fuel = 0 if fuel is None else fuel
@@ -121,7 +127,15 @@ class Instance:
         if linker._pre is None:
             linker.prepare(module)
         assert linker._pre is not None
-        self._instance = b.instantiate(linker._pre, self._ctx)
+        try:
+            self._instance = b.instantiate(linker._pre, self._ctx)
+        except WasmFailure as failure:
+            full = pool_exhausted(failure)
+            if full is not None:
+                self._final = 0
+                self._store.close()  # give nothing of the pool away for longer than this
+                raise full from None
+            raise
         self._exports = module.exports
         self._scratch = linker.scratch
         # The host callbacks must outlive this store: freeing them while it can still call
@@ -139,14 +153,13 @@ class Instance:
         self._find_memories(module)
 
     def _find_memories(self, module: Module) -> None:
-        for exp in module.exports.values():
-            if exp.kind == "memory":
-                found = self._b.export(self._ctx, self._instance, exp.name.encode())
-                if found is not None and found[0] == KIND_MEMORY:
-                    mem: MemHandle = found[1]  # type: ignore[assignment]  # a memory's handle
-                    self._memories.append(mem)
-                    if exp.name == "memory":
-                        self.memory = mem
+        for name in module.memory_exports:
+            found = self._b.export(self._ctx, self._instance, name)
+            if found is not None and found[0] == KIND_MEMORY:
+                mem: MemHandle = found[1]  # type: ignore[assignment]  # a memory's handle
+                self._memories.append(mem)
+                if name == b"memory":
+                    self.memory = mem
 
     # -- budget -------------------------------------------------------------------------------
 
@@ -222,7 +235,9 @@ class Instance:
         return True
 
     def fuel_left(self) -> int:
-        """Fuel remaining in the store (0 for an unmetered engine)."""
+        """Fuel remaining in the store (0 for an unmetered engine; what was left at release)."""
+        if self._final is not None:
+            return self._fuel_final
         return self._b.get_fuel(self._ctx) if self._metered else 0
 
     # -- functions ----------------------------------------------------------------------------
@@ -249,6 +264,18 @@ class Instance:
         ref.call = functools.partial(b.raw_call, self._ctx, arg, ref.buf, ref.width, ref.trap)
         self.funcs[name] = ref
         return ref
+
+    def warm(self, names: Sequence[str]) -> None:
+        """Look up the functions ``names`` and the memory window ahead of the first call.
+
+        For work the first call would do anyway (issue 14: the first call on a new plugin cost
+        several later ones): the Plugin passes the ABI's allocator once it knows the plugin
+        speaks the ABI. Names that are not function exports are skipped.
+        """
+        for name in names:
+            self.func(name)
+        if self.memory is not None and not self._known:
+            self._window, self._known = self._b.window(self._ctx, self.memory)
 
     def _failed(self, ref: FuncRef, error: object, trap: int) -> WasmFailure:
         return call_failed(ref.view, 16 * ref.width, self._b.address(error), trap)
@@ -338,15 +365,51 @@ class Instance:
         return check_span(pointer, length, self._known)
 
     def memory_size(self) -> int:
-        """Current size in bytes of the ``memory`` export (0 if none)."""
+        """Current size in bytes of the ``memory`` export (0 if none, or once released)."""
         return 0 if self.memory is None else self._b.size(self._ctx, self.memory)
 
     def memory_total(self) -> int:
-        """Bytes held by all exported memories."""
+        """Bytes held by all exported memories (what they held at release, once released).
+
+        Safe from any thread even while another releases the instance: ``Plugin.last_call``
+        reads it lazily, without the plugin's lock.
+        """
+        with _RELEASING:
+            if self._final is not None:
+                return self._final
+            return self._total()
+
+    def _total(self) -> int:
         mems = self._memories
         if len(mems) == 1:
             return self._b.size(self._ctx, mems[0])
         return sum(self._b.size(self._ctx, m) for m in mems)
+
+    # -- release ------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Free the store now, guest memory and all, instead of whenever the GC finds it.
+
+        The instance is part of reference cycles (its functions' bound calls, the deadline
+        guard), so without this a closed plugin's memory stayed mapped until a collection ran.
+        Only for an instance nothing will call again (``Plugin.close`` holds the call lock and
+        has already detached it): afterwards it has no functions, no memory and no window, and
+        ``memory_total`` answers the size it had. Idempotent.
+        """
+        with _RELEASING:
+            if self._final is not None:
+                return
+            self._final = self._total()
+            self._fuel_final = self._b.get_fuel(self._ctx) if self._metered else 0
+            # Everything that could still reach the store's memory or functions goes first:
+            # the window points into the linear memory, the bound calls at the store's context.
+            self._window = EMPTY_WINDOW
+            self._known = 0
+            self.memory = None
+            self._memories = []
+            self.funcs = {}
+            self._exports = {}
+            self._store.close()
 
     def read(self, pointer: int, length: int) -> bytes:
         """Copy bytes out of ``memory`` (bounds-checked against its current size, one copy)."""

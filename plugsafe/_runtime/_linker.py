@@ -31,7 +31,7 @@ from ._backend import (
 )
 from ._engine import Engine
 from ._funcref import Scratch
-from ._module import VALTYPE_FACTORIES, Module
+from ._module import Module
 from ._select import DEFAULT
 
 __all__ = ["Caller", "ErrorSink", "HostCallback", "Linker", "wasi_config"]
@@ -147,12 +147,6 @@ def caller_class(backend: Backend) -> type[Caller]:
     return cls
 
 
-def _make_functype(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncType:
-    return wasmtime.FuncType(
-        [VALTYPE_FACTORIES[t]() for t in params], [VALTYPE_FACTORIES[t]() for t in results]
-    )
-
-
 def wasi_config(
     *,
     args: Sequence[str],
@@ -201,6 +195,7 @@ class Linker:
     def __init__(self, engine: Engine, backend: Backend = DEFAULT) -> None:
         self.backend = backend
         self._caller = caller_class(backend)
+        self._engine = engine
         self._linker = wasmtime.Linker(engine._engine)
         # What the host callbacks record, their spare traps (see HostRecord).
         self.record = HostRecord(backend.free_trap)
@@ -350,7 +345,7 @@ class Linker:
         ).encode()
         spare = trap_new(spare_text, len(spare_text))
         record.spares.append(spare)
-        ty = _make_functype(params, results)
+        ty = self._engine.functype(params, results)
         cb = backend.define_func(
             self._linker, module.encode(), name.encode(), ty, entry, spare, onerror
         )

@@ -7,7 +7,7 @@ objects: turning a ``v128`` ValType into a string aborts the process (issue 12, 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import wasmtime
@@ -64,19 +64,26 @@ class Module:
         self._module = module
         self.imports: tuple[ImportInfo, ...] = description[0]
         self.exports: dict[str, ExportInfo] = description[1]
+        # Looked up by every new instance: found once here, not per instance over every export
+        # (a module of thousands of exported functions paid for them on each load).
+        self.memory_exports: tuple[bytes, ...] = tuple(
+            e.name.encode() for e in self.exports.values() if e.kind == "memory"
+        )
 
     def serialize(self) -> bytes:
         """The compiled artifact, for plugsafe's own on-disk cache."""
         return bytes(self._module.serialize())
 
-    def describe(self) -> bytes:
+    def describe(self, extra: Mapping[str, object] | None = None) -> bytes:
         """Imports and exports as JSON, stored beside the artifact in the on-disk cache.
 
         A cache hit then needs neither the binary nor a parse of it: reading the JSON back costs
-        microseconds.
+        microseconds. ``extra`` adds top-level keys of the caller's (the loader stores what the
+        precheck measured); ``parse_description`` ignores them.
         """
         return json.dumps(
             {
+                **(extra or {}),
                 "imports": [
                     [i.module, i.name, i.kind, i.params, i.results, i.detail] for i in self.imports
                 ],

@@ -43,7 +43,6 @@ from __future__ import annotations
 import _thread
 import atexit
 import ctypes
-import ctypes.util
 import math
 import os
 import platform
@@ -159,7 +158,10 @@ class _Native:
 
             libc = ctypes.CDLL(None, use_errno=True)
             if not hasattr(libc, "timer_create"):  # glibc < 2.34 keeps them in librt
-                libc = ctypes.CDLL(ctypes.util.find_library("rt") or "librt.so.1", use_errno=True)
+                # Imported here: ctypes.util imports subprocess, shutil, tempfile (issue 14).
+                from ctypes.util import find_library
+
+                libc = ctypes.CDLL(find_library("rt") or "librt.so.1", use_errno=True)
             create = libc.timer_create
             create.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
             create.restype = ctypes.c_int

@@ -1,0 +1,78 @@
+"""``Pooling``: opt in to wasmtime's pooling allocator for a Host's instances (issue 14)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _runtime as rt
+from ._errors import PolicyError, fmt_bytes
+from ._units import GiB, KiB
+
+__all__ = ["Pooling"]
+
+_PAGE = 64 * KiB
+
+
+def _count(name: str, value: object, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hi:
+        raise PolicyError(f"{name} must be an int from 1 to {hi}, got {value!r}", field=name)
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Instances from pre-reserved slots: ``Host(pooling=Pooling(instances=..., ...))``.
+
+    wasmtime's pooling allocator reserves every slot once, when the Host's engine is made, and
+    reuses them: a new instance maps no memory and a closed one unmaps none (a fresh instance per
+    call is cheaper). The limits are explicit because they are hard: a load, or a call that
+    needs a new instance (``fresh_instance``, or the first call after a trap), that finds every
+    slot taken raises :class:`~plugsafe.PoolExhausted` at once rather than waiting.
+
+    Hosts made with equal ``Pooling`` share one pool (engines are process-wide). Each plugin
+    holds one instance while it is open (a ``PluginPool`` one per member); ``close()`` gives its
+    slot back at once. Address space, not memory, is reserved per slot: wasmtime sizes a slot by
+    its memory reservation (4 GiB on 64-bit hosts) plus guard pages, so 1,000 instances reserve
+    about 4 TiB of the 128 TiB a Linux process may address.
+
+    Args:
+        instances: instances alive at once, over every plugin of every Host sharing the pool.
+        memory_size: bytes any one linear memory may grow to (a multiple of 64 KiB, at most
+            4 GiB). A policy whose ``memory`` cap per memory is larger is refused at load: the
+            pool's cap would cut growth short below the policy's.
+        memories: linear memories per instance (modules defining more fail to load).
+        tables: tables per instance (modules defining more fail to load).
+        table_elements: elements any one table may hold.
+    """
+
+    instances: int
+    memory_size: int
+    memories: int = 1
+    tables: int = 1
+    table_elements: int = 100_000
+
+    def __post_init__(self) -> None:
+        _count("instances", self.instances, 1_000_000)
+        _count("memory_size", self.memory_size, 4 * GiB)
+        if self.memory_size % _PAGE:
+            raise PolicyError(
+                f"memory_size must be a multiple of 64 KiB (a wasm page), got {self.memory_size}",
+                field="memory_size",
+            )
+        _count("memories", self.memories, 100)
+        _count("tables", self.tables, 100)
+        _count("table_elements", self.table_elements, 10_000_000)
+
+    def limits(self) -> rt.PoolLimits:
+        """The same limits as the runtime takes them."""
+        return rt.PoolLimits(
+            self.instances, self.memory_size, self.memories, self.tables, self.table_elements
+        )
+
+    def refuses(self, memory_per: int) -> str | None:
+        """Why a plugin with ``memory_per`` bytes per memory cannot use this pool, or None."""
+        if memory_per > self.memory_size:
+            return (
+                f"its policy lets each memory grow to {fmt_bytes(memory_per)}, over the "
+                f"{fmt_bytes(self.memory_size)} of the Host's Pooling(memory_size=...) slots"
+            )
+        return None

@@ -1,0 +1,125 @@
+"""``import plugsafe`` pays only for what every host uses (issue 14: cold start).
+
+Standard-library modules needed only on rare paths (compiling in a child process, writing a cache
+entry, TOML files, typo suggestions, pools, asyncio) are imported where they are used: a deliberate
+list, checked here, of the only imports allowed inside functions. Everything else is imported at
+the top of its module, and plugsafe's own modules keep their one-way order
+(``tests/test_loader.py`` checks the cycles).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import plugsafe
+
+PACKAGE = Path(plugsafe.__file__).parent
+
+# Heavy on a cold start, used on rare paths only: imported where they are used.
+RARE = frozenset(
+    {
+        "asyncio",  # call_async and friends (_aio)
+        "concurrent.futures",  # PluginPool's executor (_pool)
+        "ctypes.util",  # librt on glibc < 2.34 (_runtime/_ticker)
+        "difflib",  # "did you mean" in policy errors (_policy, _policyfile)
+        "importlib.metadata",  # the wasmtime version, when asked (_runtime/_engine)
+        "resource",  # the compiler child's memory cap, the stack size (_isolate, _nesting)
+        "signal",  # how the compiler child died (_isolate)
+        "subprocess",  # the compiler child (_isolate)
+        "tempfile",  # writing a disk-cache entry (_cache)
+        "tomli",  # TOML files on Python 3.10 (_policyfile)
+        "tomllib",  # TOML files (_policyfile)
+    }
+)
+# Deferred imports that are not about import time: cffi and the optional fast path are tried
+# and may be missing; __init__ sets public __module__/__signature__ once; the CLI's entry point,
+# the pytest plugin and errors reaching back into the runtime are loaded only when used.
+OTHER = frozenset(
+    {
+        ("__init__", "inspect"),
+        ("__init__", "typing"),
+        ("__main__", "._cli"),
+        ("_cdef", "cffi"),
+        ("_errors", "._runtime"),
+        ("_policy", "functools"),
+        ("_pytest_plugin", "functools"),
+        ("_pytest_plugin", "plugsafe.testing"),
+        ("_runtime._cffi", ".._cdef"),
+        ("_runtime._cffi", ".._wasmtime_cffi"),
+        ("_runtime._cffi", "cffi"),
+        ("_runtime._select", "._cffi"),
+        ("_runtime._ticker", "wasmtime"),
+        ("_wasi", "."),
+    }
+)
+
+
+def _deferred() -> set[tuple[str, str]]:
+    """(module, what it imports) for every import inside a function of the package."""
+    found: set[tuple[str, str]] = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+        def visit(node: ast.AST, nested: bool, module: str = module) -> None:
+            for child in ast.iter_child_nodes(node):
+                if nested and isinstance(child, ast.Import):
+                    found.update((module, alias.name) for alias in child.names)
+                elif nested and isinstance(child, ast.ImportFrom):
+                    found.add((module, "." * child.level + (child.module or "")))
+                inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+                visit(child, inner)
+
+        visit(ast.parse(path.read_text()), False)
+    return found
+
+
+def test_only_listed_imports_are_deferred() -> None:
+    unexpected = {(m, name) for m, name in _deferred() if name not in RARE} - OTHER
+    assert unexpected == set(), (
+        "an import inside a function: import it at the top of the module, or add it to RARE "
+        f"with the reason if it is heavy and used only on a rare path: {sorted(unexpected)}"
+    )
+
+
+def test_import_plugsafe_does_not_import_the_rare_path_modules() -> None:
+    code = "import sys, json; import plugsafe; print(json.dumps(sorted(m for m in sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = set(json.loads(out))
+    assert RARE.isdisjoint(loaded), sorted(RARE & loaded)
+    # What those pulled in with them (tempfile: random, shutil, bz2, lzma; TOML: datetime).
+    assert {"shutil", "random", "bz2", "lzma", "datetime", "selectors"}.isdisjoint(loaded), sorted(
+        {"shutil", "random", "bz2", "lzma", "datetime", "selectors"} & loaded
+    )
+
+
+def test_the_rare_paths_still_work_after_a_bare_import(tmp_path: Path) -> None:
+    # Each rare path imports its module itself: run them in a fresh process that imported only
+    # plugsafe, so nothing imported by the test session hides a missing import.
+    (tmp_path / "p.toml").write_text("[limits]\nfuel = 1000\n")
+    code = f"""
+import asyncio, plugsafe
+policy = plugsafe.Policy.from_toml({str(tmp_path / "p.toml")!r})
+assert policy.fuel == 1000
+try:
+    plugsafe.Policy(fuell=1)
+except plugsafe.PolicyError as exc:
+    assert "did you mean 'fuel'" in str(exc), exc
+wat = '(module (func (export "f") (result i32) i32.const 7))'
+with plugsafe.Host(cache_dir={str(tmp_path / "cache")!r}) as host:
+    p = host.load(wat.encode(), policy=plugsafe.Policy(compile_timeout=60))
+    assert p.invoke("f") == 7
+    assert asyncio.run(p.invoke_async("f")) == 7
+    with plugsafe.PluginPool(wat.encode(), size=2, host=host) as pool:
+        assert pool.invoke("f") == 7
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert any((tmp_path / "cache").iterdir())
