@@ -12,10 +12,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, SupportsFloat, SupportsIndex, TypeVar
+from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex, TypeVar
+
+if TYPE_CHECKING:  # concurrent.futures is imported when call_async first runs (issue 14)
+    from concurrent.futures import ThreadPoolExecutor
 
 from . import _abi
 from . import _runtime as rt
@@ -461,6 +463,10 @@ class Plugin(Closing):
                     raise PluginClosedError(f"plugin {self._name!r} is closed")
                 executor = self._async
                 if executor is None:
+                    # Imported here (issue 14): concurrent.futures costs every import of
+                    # plugsafe otherwise, and only call_async needs it.
+                    from concurrent.futures import ThreadPoolExecutor
+
                     executor = self._async = ThreadPoolExecutor(
                         1, thread_name_prefix=f"plugsafe-{self._name}"
                     )

@@ -125,6 +125,7 @@ def examples(host: plugsafe.Host) -> dict[type[BaseException], plugsafe.Plugsafe
         _raised(lambda: quiet.call("chat", b"hi")),
         _in_small_thread(host),
         _closed(host),
+        _pool_exhausted(),
         _raised(
             lambda: host.load(
                 WASI_EXIT.encode(), policy=plugsafe.Policy(wasi=plugsafe.Wasi()), name="quits"
@@ -150,6 +151,15 @@ def examples(host: plugsafe.Host) -> dict[type[BaseException], plugsafe.Plugsafe
         plugsafe.LimitExceeded("over", limit="fuel", value=10, phase="load"),
     )
     return by_class
+
+
+def _pool_exhausted() -> plugsafe.PlugsafeError:
+    """PoolExhausted from a real pool of one slot (its own Host: pools are per set of limits)."""
+    limits = plugsafe.Pooling(instances=1, memory_size=1024 * 1024)
+    small = plugsafe.Policy(memory=1024 * 1024)
+    with plugsafe.Host(pooling=limits) as pooled:
+        pooled.load(ECHO.encode(), policy=small, name="first")
+        return _raised(lambda: pooled.load(ECHO.encode(), policy=small, name="second"))
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,9 @@ OTHER = frozenset(
         ("__init__", "inspect"),
         ("__init__", "typing"),
         ("__main__", "._cli"),
+        # _cli hands components to _component_cli, which reaches back for _cli's printing
+        # helpers when a command runs (a one-way import order at import time).
+        ("_component_cli", "."),
         ("_cdef", "cffi"),
         ("_errors", "._runtime"),
         ("_policy", "functools"),
@@ -53,6 +56,8 @@ OTHER = frozenset(
         ("_runtime._cffi", "cffi"),
         ("_runtime._select", "._cffi"),
         ("_runtime._ticker", "wasmtime"),
+        # wasmtime-py's component API, on the first component load (most hosts never load one).
+        ("_runtime._component", "wasmtime.component"),
         ("_wasi", "."),
     }
 )

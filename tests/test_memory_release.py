@@ -109,23 +109,32 @@ def test_close_from_a_host_function_frees_the_store_when_the_call_ends(
 
 def test_last_call_read_while_another_thread_closes(host: plugsafe.Host) -> None:
     # Plugin.last_call reads memory lazily and without the call lock: a close() racing it must
-    # give either the live size or the size at release, never touch a freed store.
+    # give either the live size or the size at release, never touch a freed store. last_call is
+    # per thread (issue 13), so the reader makes the call whose stats it reads.
     errors: list[BaseException] = []
     for _ in range(30):
         plugin = host.load(ECHO.encode())
-        plugin.call("echo", b"hi")
         stop = threading.Event()
+        ready = threading.Event()
 
-        def read(p: plugsafe.Plugin = plugin, stop: threading.Event = stop) -> None:
+        def read(
+            p: plugsafe.Plugin = plugin,
+            stop: threading.Event = stop,
+            ready: threading.Event = ready,
+        ) -> None:
             try:
+                p.call("echo", b"hi")
+                ready.set()
                 while not stop.is_set():
                     last = p.last_call
                     assert last is not None and last.memory_bytes == 65536
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
+                ready.set()
 
         reader = threading.Thread(target=read)
         reader.start()
+        ready.wait()
         plugin.close()
         stop.set()
         reader.join()
