@@ -23,6 +23,7 @@ nothing in it is trusted to be well formed (``tests/test_host_signatures.py`` fu
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -278,9 +279,16 @@ def parse_answer_text(text: str | None, result: str, path: str) -> Any:
         )
     kind = result.rstrip("?")
     if kind == "str":
+        # A command line that is not UTF-8 reaches Python with its bad bytes as lone
+        # surrogates, which no str result can carry to a plugin.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise fail(path, "UTF-8 text", text) from None
         return text
     if kind == "bytes":
-        return text.encode("utf-8")
+        # The argument's own bytes, as the shell passed them (surrogate escapes undone).
+        return os.fsencode(text)
     if kind == "bool":
         if text in ("true", "false"):
             return text == "true"
