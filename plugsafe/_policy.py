@@ -216,7 +216,8 @@ class Policy:
                         object.__setattr__(self, name, parse(value, name))
                     except PolicyError as exc:
                         # A Policy(...) error has no file path (docs/policy.md).
-                        raise PolicyError(str(exc), field=name) from None
+                        hint = " (in Python, None means no limit)" if value == "unlimited" else ""
+                        raise PolicyError(f"{exc}{hint}", field=name) from None
 
     def _check_seconds(self, name: str) -> None:
         t = getattr(self, name)

@@ -13,16 +13,18 @@ can run the plugin with stubs that answer canned values::
 The mini-language is Python's annotation spelling, limited to what a host function may take and
 return (``docs/abi.md``): parameters ``int``, ``float``, ``bool``, ``bytes``, ``str``; a result
 of one of those, ``bytes | None``, ``str | None`` or ``None``. :func:`parse_signature` turns the
-text into Python annotations; ``_hostfn.signature_from_annotations`` (the one place that maps
-annotations to wasm types) does the rest, so a declared function binds exactly as an app's
-function with the same annotations would.
+text into kinds, :meth:`DeclaredFunction.annotations` into Python annotations, and
+``_hostfn.signature_from_annotations`` (the one place that maps annotations to wasm types) does
+the rest, so a declared function binds exactly as an app's function with the same annotations
+would. This module knows nothing of wasm or of ``_hostfn`` (it sits with the policy files).
 
 Everything here is operator input, checked with errors that name the file's key and the column;
-nothing in it is trusted to be well formed (``tests/test_host_signatures.py`` fuzzes it).
+nothing in it is trusted to be well formed (``tests/test_cli_hosts.py`` fuzzes it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,7 +93,7 @@ class DeclaredFunction:
         return params, (base | None) if self.result.endswith("?") else base
 
     def with_answer(self, answer: Any) -> DeclaredFunction:
-        """The same declaration answering ``answer`` (already checked by :func:`parse_answer`)."""
+        """The same declaration answering ``answer`` (checked by a ``parse_answer*`` function)."""
         return DeclaredFunction(self.name, self.text, self.params, self.result, answer, self.path)
 
 
@@ -278,9 +280,16 @@ def parse_answer_text(text: str | None, result: str, path: str) -> Any:
         )
     kind = result.rstrip("?")
     if kind == "str":
+        # A command line that is not UTF-8 reaches Python with its bad bytes as lone
+        # surrogates, which no str result can carry to a plugin.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise fail(path, "UTF-8 text", text) from None
         return text
     if kind == "bytes":
-        return text.encode("utf-8")
+        # The argument's own bytes, as the shell passed them (surrogate escapes undone).
+        return os.fsencode(text)
     if kind == "bool":
         if text in ("true", "false"):
             return text == "true"

@@ -24,7 +24,12 @@ from hypothesis import strategies as st
 import plugsafe
 from plugsafe import _cli
 from plugsafe._hostfn import signature_from_annotations
-from plugsafe._signatures import MAX_PARAMS, parse_host_functions, parse_signature
+from plugsafe._signatures import (
+    MAX_PARAMS,
+    parse_answer_text,
+    parse_host_functions,
+    parse_signature,
+)
 
 from wat import abi_module
 
@@ -574,3 +579,29 @@ def test_the_example_host_config_checks_on_the_command_line() -> None:
         "lookup=Lovelace",
     )
     assert (code, out) == (_cli.EXIT_OK, "Lovelace"), err
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.none(), st.text(max_size=30), st.sampled_from(["\udcff", "1" * 50, "nan", "-0"])),
+    st.sampled_from([*_KINDS, "none", "bytes?", "str?"]),
+)
+def test_any_answer_text_is_an_answer_or_a_policy_error(text: str | None, result: str) -> None:
+    try:
+        answer = parse_answer_text(text, result, "--returns f")
+    except plugsafe.PolicyError as exc:
+        assert exc.path == "--returns f" and str(exc).startswith("--returns f: ")
+        str(exc).encode("utf-8")  # printable on any terminal
+    else:
+        expected = {"int": int, "float": float, "bool": bool, "bytes": bytes, "str": str}
+        if answer is None:
+            assert result.endswith("?") and text is None
+        else:
+            assert type(answer) is expected[result.rstrip("?")]
+
+
+def test_a_non_utf8_command_line_answer() -> None:
+    # What Python makes of the argument bytes b"\xff" on a UTF-8 system (surrogateescape).
+    assert parse_answer_text("\udcff", "bytes", "--returns f") == b"\xff"
+    with pytest.raises(plugsafe.PolicyError, match="expected UTF-8 text"):
+        parse_answer_text("\udcff", "str?", "--returns f")

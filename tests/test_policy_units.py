@@ -198,3 +198,9 @@ def test_a_pool_refused_for_other_reasons_does_not_mention_host() -> None:
     with pytest.raises(plugsafe.ImportNotAllowedError) as info:
         plugsafe.PluginPool(b'(module (import "env" "f" (func)))', Policy(), size=1)
     assert "host=" not in str(info.value)
+
+
+def test_unlimited_is_a_file_word_and_python_says_so() -> None:
+    with pytest.raises(PolicyError, match=r"in Python, None means no limit"):
+        Policy(timeout="unlimited")
+    assert Policy.from_dict({"limits": {"timeout": "unlimited"}}).timeout is None
