@@ -64,10 +64,13 @@ Record = rc.Record
 Variant = rc.Variant
 
 _CACHE_SIZE = 16
+# What a component's disk-cache entry stores as its description (modules store theirs).
+_DESCRIPTION = b"component"
 _TEXT = re.compile(rb"^\s*(?:;;[^\n]*\n\s*|\(;.*?;\)\s*)*\(\s*component\b", re.S)
 # Exports toolchains add for themselves, not part of the plugin's world: hidden from
-# ``exports`` (still callable by their qualified name).
-_TOOLCHAIN_INTERFACES = ("componentize-py:",)
+# ``exports`` (still callable by their qualified name). componentize-py exports an interface
+# named plainly "exports" whose "init" its runtime calls at build time.
+_TOOLCHAIN_EXPORTS = frozenset({"exports#init"})
 _WASI_PREFIX = "wasi:"
 # The WASI preview 2 packages a Wasi(...) grant covers: what preview 1 gives a module (arguments,
 # environment, clocks, random, stdio, preopened directories). Network packages (sockets, http)
@@ -133,7 +136,7 @@ class ComponentLoader:
                 ) from None
             cache = self._disk_cache(engine)
             if cache is not None:
-                cache.put(cache.key(key[1]), compiled.serialize(), b"component")
+                cache.put(cache.key(key[1]), compiled.serialize(), _DESCRIPTION)
         with self._lock:
             self._compiled[key] = compiled
             while len(self._compiled) > _CACHE_SIZE:
@@ -158,8 +161,12 @@ class ComponentLoader:
         entry = cache.get(key)
         if entry is None:
             return None
+        description, artifact = entry
+        if description != _DESCRIPTION:  # not an entry of ours: never deserialize it
+            cache.discard(key)
+            return None
         try:
-            return rc.deserialize_component(engine, entry[0])
+            return rc.deserialize_component(engine, artifact)
         except rt.WasmFailure:
             cache.discard(key)  # written by another build of wasmtime: compile again
             return None
@@ -310,7 +317,7 @@ class ComponentPlugin:
             short = f.name if f.interface is None else f"{_short_interface(f.interface)}/{f.name}"
             if short != f.qualified:
                 ambiguous.setdefault(short, []).append(f.qualified)
-            hidden = f.interface is not None and f.interface.startswith(_TOOLCHAIN_INTERFACES)
+            hidden = f.qualified in _TOOLCHAIN_EXPORTS
             if not hidden:
                 listed[short] = f.wit()
         self._ambiguous: dict[str, tuple[str, ...]] = {}

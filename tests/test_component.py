@@ -259,10 +259,15 @@ def test_policies_differing_in_limits_share_one_compile(chost: Host) -> None:
     assert len(loader._compiled) == before + 1
 
 
-def test_disk_cache_round_trip(tmp_path: Path) -> None:
+def test_disk_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with Host(cache_dir=tmp_path) as host, host.load(WORLD.encode()) as plugin:
         assert plugin.invoke("add", 1, 2) == 3
     assert any(p.is_file() for p in tmp_path.rglob("*"))
+
+    def no_compiling(*_args: object) -> None:
+        raise AssertionError("compiled again: the disk cache was not used")
+
+    monkeypatch.setattr(plugsafe._runtime._component, "compile_component", no_compiling)
     with Host(cache_dir=tmp_path) as host, host.load(WORLD.encode()) as plugin:
         assert plugin.invoke("math/triple", 2) == 6
 

@@ -1,0 +1,112 @@
+"""The image-service world in Python (examples/components/image-py), built with componentize-py.
+
+Slow: the component is ~18 MB, componentize-py takes a minute to build it on a busy machine and
+wasmtime 10-90 s to compile it. So these run only with PLUGSAFE_COMPONENTIZE_PY=1, and both the
+built component (keyed by the hash of its sources) and the compiled artifact (the Host's disk
+cache) are kept in PLUGSAFE_TEST_CACHE (default ~/.cache/plugsafe-tests) for the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sdk import imageref
+
+import plugsafe
+
+from toolchains import missing
+
+OPT_IN = "PLUGSAFE_COMPONENTIZE_PY"
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "examples" / "components" / "image-py"
+WIT = ROOT / "examples" / "components" / "image" / "wit"
+CACHE = Path(os.environ.get("PLUGSAFE_TEST_CACHE", Path.home() / ".cache" / "plugsafe-tests"))
+POLICY = plugsafe.Policy(max_module_size=64 * 2**20, fuel=1_000_000_000, timeout=60.0)
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get(OPT_IN) != "1", reason=f"slow componentize-py build: set {OPT_IN}=1"
+)
+
+
+def _componentize_py() -> str | None:
+    beside = Path(sys.executable).parent / "componentize-py"
+    return str(beside) if beside.exists() else shutil.which("componentize-py")
+
+
+@pytest.fixture(scope="module")
+def component() -> Path:
+    tool = _componentize_py()
+    if tool is None:
+        missing("componentize-py is not installed", "pip install componentize-py")
+    digest = hashlib.sha256()
+    for path in sorted([*SOURCE.glob("*.py"), *WIT.glob("*.wit")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    CACHE.mkdir(parents=True, exist_ok=True, mode=0o700)
+    out = CACHE / f"image-py-{digest.hexdigest()[:16]}.wasm"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        cmd = [tool, "-d", str(WIT), "-w", "image-service", "componentize", "-p", str(SOURCE)]
+        cmd += ["app", "--stub-wasi", "-o", str(tmp)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=CACHE)
+        assert res.returncode == 0, res.stdout + res.stderr
+        tmp.replace(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def plugin(component: Path) -> Iterator[plugsafe.ComponentPlugin]:
+    with (
+        plugsafe.Host(cache_dir=CACHE / "compiled") as host,
+        host.load_component(component, policy=POLICY, name="image-py") as p,
+    ):
+        yield p
+
+
+def test_the_default_max_module_size_names_the_setting(component: Path) -> None:
+    assert component.stat().st_size > 16 * 2**20
+    with plugsafe.Host() as host, pytest.raises(plugsafe.InvalidModuleError) as info:
+        host.load(component)
+    assert "max_module_size" in str(info.value)
+
+
+def test_toolchain_exports_are_hidden(plugin: plugsafe.ComponentPlugin) -> None:
+    assert sorted(plugin.exports) == ["processor/blur", "processor/grayscale", "processor/resize"]
+
+
+def test_grayscale_resize_blur_match_the_reference(plugin: plugsafe.ComponentPlugin) -> None:
+    img = imageref.pattern(9, 7)
+    rec = {"width": img.width, "height": img.height, "data": img.pixels}
+    assert plugin.invoke("processor/grayscale", rec).data == imageref.grayscale(img).pixels
+    assert plugin.invoke("processor/resize", rec, 5, 11).data == imageref.resize(img, 5, 11).pixels
+    out = plugin.invoke("processor/blur", rec, 1.5).data
+    ref = imageref.blur(img, 1.5).pixels
+    assert max(abs(a - b) for a, b in zip(out, ref, strict=True)) <= 1
+
+
+def test_a_python_exception_traps_and_the_next_call_works(
+    plugin: plugsafe.ComponentPlugin,
+) -> None:
+    with pytest.raises(plugsafe.PluginTrap):
+        plugin.invoke("processor/grayscale", {"width": 2, "height": 2, "data": b"abc"})
+    out = plugin.invoke("processor/grayscale", {"width": 1, "height": 1, "data": b"abc"})
+    assert out.data == b"bbb"
+
+
+def test_fuel_stops_a_python_component(component: Path) -> None:
+    img = imageref.pattern(32, 32)
+    rec = {"width": 32, "height": 32, "data": img.pixels}
+    policy = POLICY.replace(fuel=2_000_000)
+    with (
+        plugsafe.Host(cache_dir=CACHE / "compiled") as host,
+        host.load_component(component, policy=policy) as p,
+    ):
+        with pytest.raises(plugsafe.FuelExhausted):
+            p.invoke("processor/blur", rec, 3.0)
+        assert p.invoke("processor/grayscale", {"width": 1, "height": 1, "data": b"abc"})
