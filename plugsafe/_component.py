@@ -34,10 +34,13 @@ from ._errors import (
     Diagnosis,
     ExportNotFoundError,
     GuestError,
+    HostCallLimitExceeded,
+    HostFunctionError,
     ImportNotAllowedError,
     ImportProblem,
     InvalidModuleError,
     Phase,
+    PluginCallError,
     PluginClosedError,
     PluginLoadError,
     SignatureError,
@@ -172,6 +175,20 @@ class ComponentLoader:
             return None
 
 
+_FUNCTION_NAME = re.compile(
+    r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*(@[0-9A-Za-z.+-]+)?#[a-z][a-z0-9-]*$"
+)
+
+
+def check_component_function_name(name: object) -> None:
+    """Raise ValueError unless ``name`` is ``ns:pkg/iface[@version]#func``."""
+    if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+        raise ValueError(
+            f"component function name {name!r} is not valid: expected "
+            "'namespace:package/interface#function' (e.g. 'test:host/logging#host-log')"
+        )
+
+
 def load_component(
     source: Source,
     policy: Policy,
@@ -180,14 +197,17 @@ def load_component(
     engine: Callable[[bool], rt.Engine],
     loader: ComponentLoader,
     on_close: Callable[[Any], None] | None = None,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
 ) -> ComponentPlugin:
     """Read, compile (or hit a cache), check the imports and instantiate a component.
 
-    ``engine(metered)`` gives the Host's component engine.
+    ``engine(metered)`` gives the Host's component engine; ``functions`` the Host's functions
+    for component imports, by ``interface#function``.
     """
+    functions = functions or {}
     name, compiled = prepare_component(source, policy, name=name, engine=engine, loader=loader)
-    check_component_imports(compiled.world, policy, name)
-    return ComponentPlugin(name, policy, compiled, on_close=on_close)
+    check_component_imports(compiled.world, policy, name, functions)
+    return ComponentPlugin(name, policy, compiled, on_close=on_close, functions=functions)
 
 
 def prepare_component(
@@ -225,8 +245,12 @@ def prepare_component(
     return name, loader.compile(engine(policy.fuel is not None), wasm, name)
 
 
-def import_problems(world: rc.World, policy: Policy) -> list[ImportProblem]:
-    """Every import of ``world`` this policy does not grant (all of them, not the first)."""
+def import_problems(
+    world: rc.World, policy: Policy, functions: Mapping[str, object] | None = None
+) -> list[ImportProblem]:
+    """Every import of ``world`` this policy (and the Host's ``functions``) does not grant:
+    all of them, not the first."""
+    functions = functions or {}
     problems: list[ImportProblem] = []
     for imp in world.imports:
         if imp.name.startswith(_WASI_PREFIX):
@@ -243,14 +267,29 @@ def import_problems(world: rc.World, policy: Policy) -> list[ImportProblem]:
             continue
         if imp.kind == "instance":
             for func in imp.functions:
-                problems.append(
-                    ImportProblem(
-                        imp.name,
-                        func.name,
-                        "not allowed" if _allowed(policy, imp.name, func.name) else "unknown",
-                        f"{func.wit()}: components cannot import host functions yet",
+                qualified = f"{imp.name}#{func.name}"
+                if func.unsupported:
+                    problems.append(
+                        ImportProblem(imp.name, func.name, "wrong type", func.unsupported)
                     )
-                )
+                elif qualified not in functions:
+                    problems.append(
+                        ImportProblem(
+                            imp.name,
+                            func.name,
+                            "unknown",
+                            f"{func.wit()}: the host registers no such component function",
+                        )
+                    )
+                elif not _allowed(policy, imp.name, func.name):
+                    problems.append(
+                        ImportProblem(
+                            imp.name,
+                            func.name,
+                            "not allowed",
+                            f"the policy's allow names neither {imp.name!r} nor {qualified!r}",
+                        )
+                    )
             if not imp.functions:
                 problems.append(
                     ImportProblem(imp.name, "*", "unknown", "the host offers no such interface")
@@ -268,9 +307,11 @@ def _allowed(policy: Policy, interface: str, func: str) -> bool:
     return interface in policy.allow or f"{interface}#{func}" in policy.allow
 
 
-def check_component_imports(world: rc.World, policy: Policy, name: str) -> None:
+def check_component_imports(
+    world: rc.World, policy: Policy, name: str, functions: Mapping[str, object] | None = None
+) -> None:
     """Raise ImportNotAllowedError listing every import the policy does not grant."""
-    problems = import_problems(world, policy)
+    problems = import_problems(world, policy, functions)
     if problems:
         raise ImportNotAllowedError(name, problems)
 
@@ -289,6 +330,7 @@ class ComponentPlugin:
         compiled: rc.CompiledComponent,
         *,
         on_close: Callable[[Any], None] | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self._name = name
         self._policy = policy
@@ -340,9 +382,26 @@ class ComponentPlugin:
             self._ticker = compiled.engine.ticker
             self._ticker.use_timeout(policy.timeout)
             self._ticker.watch(self._lock)
+        # Host functions for the imports (checked against the policy already), per interface.
+        self._host: dict[str, dict[str, tuple[rc.FuncDesc, rc.HostImpl]]] = {}
+        for imp in world.imports:
+            for f in imp.functions:
+                fn = (functions or {}).get(f"{imp.name}#{f.name}")
+                if fn is not None and imp.kind == "instance":
+                    self._host.setdefault(imp.name, {})[f.name] = (f, self._host_impl(f, fn))
+        # The call in progress: which thread runs it (re-entry from its own host function is
+        # refused, not deadlocked), its host calls, and what a host function raised.
+        self._owner: int | None = None
+        self._host_calls = 0
+        self._host_error: BaseException | None = None
+        self._function = ""
         self._inst: rc.ComponentInstance | None = None
         with self._lock:
-            self._inst = self._new_instance("load")
+            self._owner = threading.get_ident()
+            try:
+                self._inst = self._new_instance("load")
+            finally:
+                self._owner = None
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -428,18 +487,34 @@ class ComponentPlugin:
         left = th.room - self._cost
         if left < 0 or left & 8:
             raise self._too_deep(th)
+        if self._owner == threading.get_ident():
+            raise PluginCallError(
+                f"plugin {self._name!r} was called again from one of its own host functions "
+                f"(while in {self._function!r}); a component call cannot re-enter itself"
+            )
         with self._lock:
             if self._closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
-            inst = self._inst
-            if inst is None:
-                inst = self._inst = self._new_instance("call")
+            self._owner = threading.get_ident()
+            self._function = function
+            self._host_calls = 0
+            self._host_error = None
+            if self._host:
+                th.room = left  # host functions may call plugins: they nest on this thread
             try:
+                inst = self._inst
+                if inst is None:
+                    inst = self._inst = self._new_instance("call")
                 result = inst.call(desc, values)
             except rt.WasmFailure as exc:
                 # A trap poisons the Store: the next call gets a fresh instance.
                 self._inst = None
-                raise_clean(self._diagnosis._translate(exc, None, function, None, "call"))
+                recorded, self._host_error = self._host_error, None
+                raise_clean(self._diagnosis._translate(exc, recorded, function, None, "call"))
+            finally:
+                self._owner = None
+                if self._host:
+                    th.room = left + self._cost
         if desc.result is not None and desc.result.kind == "result":
             if result.tag == "err":
                 err = GuestError(self._name, function, _describe_err(result.value))
@@ -447,6 +522,39 @@ class ComponentPlugin:
                 raise err
             return result.value
         return result
+
+    def _host_impl(self, desc: rc.FuncDesc, fn: Callable[..., Any]) -> rc.HostImpl:
+        """The runtime's view of one host function: the quota, the app's call, its result
+        checked against the WIT type (a mismatch is the app's bug: a HostFunctionError)."""
+        quota = self._policy.max_host_calls
+        result_type = desc.result
+
+        def impl(values: list[Any]) -> Any:
+            self._host_calls += 1
+            if quota is not None and self._host_calls > quota:
+                raise HostCallLimitExceeded(
+                    f"plugin {self._name!r} in {self._function!r} made more than {quota} host "
+                    f"function calls (policy max_host_calls); the last was {desc.qualified!r}",
+                    limit="max_host_calls",
+                    value=quota,
+                    phase="call",
+                )
+            try:
+                out = fn(*values)
+                return None if result_type is None else rc.normalise(out, result_type, "result")
+            except BaseException as exc:
+                raise HostFunctionError(
+                    f"plugin {self._name!r} in {self._function!r}: host function "
+                    f"{desc.qualified!r} raised {type(exc).__name__}: {exc}",
+                    function=desc.qualified,
+                ) from exc
+
+        return impl
+
+    def _record(self, exc: BaseException) -> None:
+        # The first failure of the call decides its error (later ones follow from it).
+        if self._host_error is None:
+            self._host_error = exc
 
     def _too_deep(self, th: _nesting.ThreadRoom) -> StackLimitExceeded:
         # A component imports no host functions, so its calls never nest further: it only needs
@@ -481,9 +589,12 @@ class ComponentPlugin:
                 epochs=self._ticker,
                 timeout=p.timeout,
                 wasi=_wasi_config(p),
+                host=self._host,
+                sink=self._record,
             )
         except rt.WasmFailure as exc:
-            raise_clean(self._diagnosis._translate(exc, None, "(instantiation)", None, phase))
+            recorded, self._host_error = self._host_error, None
+            raise_clean(self._diagnosis._translate(exc, recorded, "(instantiation)", None, phase))
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -14,7 +14,13 @@ from typing import Any, TypeVar, overload
 from . import _runtime as rt
 from ._cache import default_cache_dir
 from ._closing import Closing
-from ._component import ComponentLoader, ComponentPlugin, is_component_source, load_component
+from ._component import (
+    ComponentLoader,
+    ComponentPlugin,
+    check_component_function_name,
+    is_component_source,
+    load_component,
+)
 from ._config import load_config
 from ._errors import PluginClosedError, PolicyError
 from ._hostfn import (
@@ -97,7 +103,9 @@ class Host(Closing):
             max_stack=max_stack,
             cache_dir=None if cache_dir is None or cache_dir is False else Path(cache_dir),
         )
-        # Components: compiled and cached apart (their own engines, see _component).
+        # Components: compiled and cached apart (their own engines, see _component), and the
+        # functions their imports may use, by "ns:pkg/iface#func".
+        self._component_functions: dict[str, Callable[..., Any]] = {}
         self._components = ComponentLoader(
             None if cache_dir is None or cache_dir is False else Path(cache_dir)
         )
@@ -156,6 +164,28 @@ class Host(Closing):
                 raise ValueError(f"a host function named {fname!r} is already registered")
             self._functions[fname] = BoundFunction(fname, fn, signature)
         return fn
+
+    def component_function(self, name: str) -> Callable[[F], F]:
+        """Register a decorated function for components that import ``name``.
+
+        ``name`` is a WIT interface function, ``"test:host/logging#host-log"`` (with the
+        interface's version if it has one: ``"ns:pkg/iface@1.0.0#func"``). The function gets
+        the arguments converted as ``invoke`` returns values (records as Record, ...) and
+        returns a value of the WIT result type. A component still needs its policy to
+        ``allow`` the function or its interface. Returns the function unchanged.
+        """
+        check_component_function_name(name)
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise TypeError(f"host function must be callable, got {type(fn).__name__}")
+            with self._lock:
+                if name in self._component_functions:
+                    raise ValueError(f"a component function named {name!r} is already registered")
+                self._component_functions[name] = fn
+            return fn
+
+        return register
 
     @property
     def functions(self) -> tuple[str, ...]:
@@ -229,6 +259,7 @@ class Host(Closing):
             engine=self._component_engine,
             loader=self._components,
             on_close=self._forget,
+            functions=dict(self._component_functions),
         )
         with self._lock:
             if self._closed:

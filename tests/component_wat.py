@@ -229,3 +229,42 @@ SOCKETS = r"""
     (instance (export "get-arguments" (func (result (list string))))))
 )
 """
+
+#: Imports test:host/logging#host-log and test:host/clock#now; run(msg) logs msg ``times``
+#: times and returns now().
+HOST_CALLS = r"""
+(component
+  (import "test:host/logging" (instance $log (export "host-log" (func (param "msg" string)))))
+  (import "test:host/clock" (instance $clock (export "now" (func (result u64)))))
+  (core module $mem
+    (memory (export "memory") 1)
+    (global $b (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (i32.and (i32.add (global.get $b) (i32.sub (local.get 2) (i32.const 1)))
+                             (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $b (i32.add (local.get $p) (local.get 3)))
+      (local.get $p)))
+  (core instance $mi (instantiate $mem))
+  (core func $host-log (canon lower (func $log "host-log") (memory (core memory $mi "memory"))))
+  (core func $now (canon lower (func $clock "now")))
+  (core module $m
+    (import "host" "log" (func $log (param i32 i32)))
+    (import "host" "now" (func $now (result i64)))
+    (import "mem" "memory" (memory 1))
+    (func (export "run") (param $p i32) (param $n i32) (param $times i32) (result i64)
+      (block $done
+        (loop $next
+          (br_if $done (i32.eqz (local.get $times)))
+          (call $log (local.get $p) (local.get $n))
+          (local.set $times (i32.sub (local.get $times) (i32.const 1)))
+          (br $next)))
+      (call $now)))
+  (core instance $i (instantiate $m
+    (with "host" (instance (export "log" (func $host-log)) (export "now" (func $now))))
+    (with "mem" (instance $mi))))
+  (func (export "run") (param "msg" string) (param "times" u32) (result u64)
+    (canon lift (core func $i "run") (memory (core memory $mi "memory"))
+      (realloc (core func $mi "realloc"))))
+)
+"""

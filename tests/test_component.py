@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from component_wat import IMPORTS, RESOURCE, SOCKETS, WASI_ARGS, WASI_ONLY, WORLD
+from component_wat import HOST_CALLS, IMPORTS, RESOURCE, SOCKETS, WASI_ARGS, WASI_ONLY, WORLD
 
 import plugsafe
 from plugsafe import (
@@ -426,3 +426,83 @@ def test_cli_check_lists_every_offender(tmp_path: Path) -> None:
     path.write_bytes(plugsafe._runtime.wat_to_wasm(WORLD))
     code, out, _ = _cli("check", str(path))
     assert (code, out.strip()) == (0, "would load under this policy")
+
+
+def test_component_imports_call_the_hosts_functions() -> None:
+    logged: list[str] = []
+    with Host() as host:
+
+        @host.component_function("test:host/logging#host-log")
+        def host_log(msg: str) -> None:
+            logged.append(msg)
+
+        @host.component_function("test:host/clock#now")
+        def now() -> int:
+            return 1234
+
+        policy = Policy(allow={"test:host/logging", "test:host/clock#now"})
+        with host.load(HOST_CALLS.encode(), policy=policy) as plugin:
+            assert plugin.invoke("run", "héllo", 2) == 1234
+    assert logged == ["héllo", "héllo"]
+
+
+def test_component_imports_need_registration_and_allow() -> None:
+    with Host() as host:
+
+        @host.component_function("test:host/logging#host-log")
+        def host_log(msg: str) -> None:
+            pass
+
+        # Registered but not allowed; not registered (clock): both listed.
+        with pytest.raises(plugsafe.ImportNotAllowedError) as info:
+            host.load(HOST_CALLS.encode(), policy=Policy(allow={"test:host/clock"}))
+        reasons = {(p.module, p.reason) for p in info.value.problems}
+        assert reasons == {("test:host/logging", "not allowed"), ("test:host/clock", "unknown")}
+    with pytest.raises(ValueError, match="not valid"):
+        Host().component_function("host-log")
+
+
+def test_a_failing_host_function_is_a_host_function_error_and_the_next_call_works() -> None:
+    calls = {"n": 0}
+    with Host() as host:
+
+        @host.component_function("test:host/logging#host-log")
+        def host_log(msg: str) -> None:
+            calls["n"] += 1
+            if msg == "boom":
+                raise RuntimeError("the app failed")
+
+        @host.component_function("test:host/clock#now")
+        def now() -> int:
+            return -1  # not a u64: the app's bug, reported as a HostFunctionError
+
+        policy = Policy(allow={"test:host/logging", "test:host/clock"}, max_host_calls=5)
+        with host.load(HOST_CALLS.encode(), policy=policy) as plugin:
+            with pytest.raises(plugsafe.HostFunctionError) as info:
+                plugin.invoke("run", "boom", 1)
+            assert isinstance(info.value.__cause__, RuntimeError)
+            with pytest.raises(plugsafe.HostFunctionError, match="out of range for u64"):
+                plugin.invoke("run", "fine", 1)
+            with pytest.raises(plugsafe.HostCallLimitExceeded):
+                plugin.invoke("run", "fine", 10)
+
+
+def test_a_host_function_cannot_re_enter_its_component() -> None:
+    with Host() as host:
+        holder: list[ComponentPlugin] = []
+
+        @host.component_function("test:host/logging#host-log")
+        def host_log(msg: str) -> None:
+            holder[0].invoke("run", "again", 0)
+
+        @host.component_function("test:host/clock#now")
+        def now() -> int:
+            return 1
+
+        policy = Policy(allow={"test:host/logging", "test:host/clock"})
+        with host.load_component(HOST_CALLS.encode(), policy=policy) as plugin:
+            holder.append(plugin)
+            with pytest.raises(plugsafe.HostFunctionError) as info:
+                plugin.invoke("run", "x", 1)
+            assert "re-enter" in str(info.value.__cause__)
+            assert plugin.invoke("run", "x", 0) == 1

@@ -19,12 +19,13 @@ discards the instance after any failed call.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -54,6 +55,7 @@ __all__ = [
     "ComponentInstance",
     "CompiledComponent",
     "FuncDesc",
+    "HostImpl",
     "ImportDesc",
     "Record",
     "UnsupportedType",
@@ -781,6 +783,41 @@ def _classify(message: str) -> WasmFailure:
     return WasmFailure(message, code)
 
 
+#: A host function for a component import: takes the lifted arguments, returns the result
+#: already checked by :func:`normalise` (None for a function without one); raises to fail.
+HostImpl = Callable[[list[Any]], Any]
+
+_TRAP_MESSAGE = b"plugsafe: a host function failed"
+_CALLBACK = wf.wasmtime_component_func_callback_t
+_no_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
+
+
+def _host_callback(desc: FuncDesc, impl: HostImpl, sink: Callable[[BaseException], None]) -> Any:
+    """The C callback of one imported function. Nothing raises through it into wasmtime: a
+    failure goes to ``sink`` and the guest gets a trap."""
+    params = [t for _, t in desc.params]
+    result_type = desc.result
+
+    def callback(
+        _env: Any, _ctx: Any, _ty: Any, args: Any, nargs: int, results: Any, nresults: int
+    ) -> int:
+        try:
+            if nargs != len(params) or nresults != (0 if result_type is None else 1):
+                raise WasmFailure(f"wasmtime called {desc.qualified} with the wrong arity")
+            values = [lift(args[i], t) for i, t in enumerate(params)]
+            out = impl(values)
+            if result_type is not None:
+                lower(out, result_type, results[0])
+            return 0
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):  # nothing may cross into wasmtime
+                sink(exc)
+            trap = wf.wasmtime_trap_new(_TRAP_MESSAGE, len(_TRAP_MESSAGE))
+            return ctypes.cast(trap, ctypes.c_void_p).value or 0
+
+    return _CALLBACK(callback)
+
+
 class ComponentInstance:
     """One Store holding one instance of a component (discard it after any failure)."""
 
@@ -794,6 +831,8 @@ class ComponentInstance:
         epochs: Ticker | None,
         timeout: float | None,
         wasi: object = None,
+        host: Mapping[str, Mapping[str, tuple[FuncDesc, HostImpl]]] | None = None,
+        sink: Callable[[BaseException], None] | None = None,
     ) -> None:
         _require()
         engine = compiled.engine
@@ -814,12 +853,41 @@ class ComponentInstance:
         linker = _wc().Linker(engine._engine)
         if wasi is not None:
             linker.add_wasip2()
+        # The C callbacks must live as long as the store that may call them.
+        self._callbacks: list[Any] = []
+        if host:
+            self._define(linker, host, sink or (lambda _exc: None))
         self.set_budget()
         try:
             self._instance = linker.instantiate(store, compiled.component)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             raise _classify(str(exc)) from None
         self._funcs: dict[str, Any] = {}
+
+    def _define(
+        self,
+        linker: Any,
+        host: Mapping[str, Mapping[str, tuple[FuncDesc, HostImpl]]],
+        sink: Callable[[BaseException], None],
+    ) -> None:
+        root = linker.root()
+        with root:
+            for interface, funcs in host.items():
+                with root.add_instance(interface) as inst:
+                    for fname, (desc, impl) in funcs.items():
+                        cb = _host_callback(desc, impl, sink)
+                        self._callbacks.append(cb)
+                        name = fname.encode()
+                        err = wf.wasmtime_component_linker_instance_add_func(
+                            inst.ptr(),
+                            ctypes.create_string_buffer(name),
+                            len(name),
+                            cb,
+                            None,
+                            _no_finalizer,
+                        )
+                        if err:
+                            raise _failure(err)
 
     def set_budget(self) -> None:
         """Refill fuel and arm the deadline (the ticker protocol of ``_ticker.Ticker``)."""
