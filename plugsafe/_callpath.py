@@ -49,6 +49,8 @@ _F32_MAX = 3.4028234663852886e38
 _perf_counter = time.perf_counter
 _get_ident = threading.get_ident
 _thread_room = _nesting.thread_room
+# ABI functions looked up and checked at load (CallPath.prepare_abi): each costs the load ~10 µs.
+_PREPARED_AT_LOAD = 8
 
 # What Python itself raises when it fails around a call into wasm (the recursion limit reached
 # in a host callback or in converting a trap; ctypes wraps the RecursionError of an argument
@@ -920,6 +922,27 @@ class CallPath:
         assert alloc is not None
         ref.abi_ok = True
         return self.round_trip(inst, ref, function, payload)
+
+    def prepare_abi(self, inst: rt.Instance) -> None:
+        """At load, what the first call of an ABI function would do (issue 14: a first call cost
+        several later ones).
+
+        Looks up the allocator, the memory window and the first few functions of the ABI's type,
+        and marks those checked exactly as ``call_abi`` would, so that their first call takes
+        the short path. A few only: each costs the load a lookup.
+        """
+        if not self.abi:
+            return
+        names = [
+            name
+            for name, info in self.exports.items()
+            if info.kind == "func" and (info.params, info.results) == _abi.FUNCTION_TYPE
+        ][:_PREPARED_AT_LOAD]
+        inst.warm((_abi.ALLOC_EXPORT, *names))
+        for name in names:
+            ref = inst.funcs.get(name)
+            if ref is not None:
+                ref.abi_ok = True
 
     # -- the ABI round trip ---------------------------------------------------------------------
 

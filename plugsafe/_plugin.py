@@ -806,5 +806,5 @@ class Plugin(Closing):
                 + " and ".join(problems)
             )
         self._calls.abi = True
-        # The first call would look these up (issue 14: it cost several later calls).
-        inst.warm((_abi.ALLOC_EXPORT,))
+        # What the first calls would do, done now (issue 14: a first call cost several later).
+        self._calls.prepare_abi(inst)
