@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -370,10 +369,7 @@ def test_inspect_matches_the_config_pin() -> None:
 
 # -- new --------------------------------------------------------------------------------------
 
-HAVE_SCAFFOLD = importlib.util.find_spec("plugsafe._scaffold") is not None
 
-
-@pytest.mark.skipif(not HAVE_SCAFFOLD, reason="plugsafe._scaffold (the SDK branch) is not here")
 @pytest.mark.parametrize("lang", ["rust", "c"])
 def test_new_creates_a_project(lang: str, tmp_path: Path) -> None:
     result = plugsafe("new", lang, "myplugin", cwd=tmp_path)
@@ -383,13 +379,6 @@ def test_new_creates_a_project(lang: str, tmp_path: Path) -> None:
     assert b"created" in result.stdout
     again = plugsafe("new", lang, "myplugin", cwd=tmp_path)
     assert again.returncode == _cli.EXIT_USAGE
-
-
-@pytest.mark.skipif(HAVE_SCAFFOLD, reason="only meaningful without plugsafe._scaffold")
-def test_new_without_the_sdk_says_so(tmp_path: Path) -> None:
-    result = plugsafe("new", "rust", "x", cwd=tmp_path)
-    assert result.returncode == _cli.EXIT_USAGE
-    assert b"plugsafe._scaffold is missing" in result.stderr
 
 
 def test_new_rejects_unknown_languages(tmp_path: Path) -> None:
