@@ -593,6 +593,8 @@ class HostCalls:
         if kind in _INTS:
             if not isinstance(result, int) or isinstance(result, bool):
                 raise wrong("int")
+            if type(result) is not int:
+                result = _own_int(name, result)
             width = rtype if rtype in _INT_RANGE else _WASM_RESULTS[kind][0]
             lo, hi = _INT_RANGE[width]
             if not lo <= result <= hi:
@@ -603,12 +605,18 @@ class HostCalls:
                         f"{width} ({lo} to {hi}), the type this plugin imports it with"
                     ),
                 )
-            return [int(result)]
+            return [result]
         if kind in _FLOATS:
             if not isinstance(result, (int, float)) or isinstance(result, bool):
                 raise wrong("float")
             try:
-                value = float(result)
+                value = (
+                    result
+                    if type(result) is float
+                    else _own_float(name, result)
+                    if isinstance(result, float)
+                    else float(result if type(result) is int else _own_int(name, result))
+                )
             except OverflowError:
                 value = math.inf  # an int too large for a float: refused just below
             width = rtype if rtype in ("f32", "f64") else _WASM_RESULTS[kind][0]
@@ -659,6 +667,41 @@ class HostCalls:
 
 class _Never:
     """A type no result has (see HostCalls._numeric)."""
+
+
+def _own_int(name: str, result: int) -> int:
+    """The value of int ``result`` itself, as an exact int.
+
+    A subclass's ``__int__`` (or its comparisons) could make the value range-checked differ
+    from the one stored in the guest's result slot: the guest would read a number the host
+    function never returned. One whose conversion disagrees with its value is refused.
+    """
+    value = int.__int__(result)
+    if type(result) is not int and int(result) != value:
+        raise _AppError(
+            name,
+            TypeError(
+                f"host function {name!r} returned a {type(result).__name__} whose int() "
+                "differs from its value"
+            ),
+        )
+    return value
+
+
+def _own_float(name: str, result: float) -> float:
+    """The value of float ``result`` itself (as ``_own_int``: never only its ``__float__``)."""
+    value = float.__float__(result)
+    if type(result) is not float:
+        converted = float(result)
+        if converted != value and not (math.isnan(converted) and math.isnan(value)):
+            raise _AppError(
+                name,
+                TypeError(
+                    f"host function {name!r} returned a {type(result).__name__} whose "
+                    "float() differs from its value"
+                ),
+            )
+    return value
 
 
 _INTS = frozenset({"int", "i32", "i64"})

@@ -668,6 +668,9 @@ class Plugin(Closing):
         # (perhaps another tenant's) whose host function is loading or calling it.
         th = thread_room()
         outer, th.call = th.call, self._calls
+        # Nor the context of the call it is made for: a re-instantiation after a trap (or a
+        # fresh_instance call) runs the start function inside that call (attack2 finding).
+        context, state.context = state.context, None
         try:
             if self._linker.spent:
                 # A host callback returned its spare trap (Python failed at the C boundary):
@@ -736,6 +739,7 @@ class Plugin(Closing):
             state.reset()
             self._linker.record.caller = None
             th.call = outer
+            state.context = context
 
     def _check_exports(self) -> None:
         """Check the type of every export plugsafe itself calls, before anything runs.

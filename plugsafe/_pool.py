@@ -103,8 +103,15 @@ class PluginPool(Closing):
         # Imported here (issue 14): concurrent.futures costs every import of plugsafe otherwise.
         from concurrent.futures import ThreadPoolExecutor
 
-        self._executor = ThreadPoolExecutor(size, thread_name_prefix="plugsafe-pool")
+        # The pool's own threads, known so that close() never waits for the thread it runs on.
+        self._threads: set[int] = set()
+        self._executor = ThreadPoolExecutor(
+            size, thread_name_prefix="plugsafe-pool", initializer=self._started
+        )
         self.size = size
+
+    def _started(self) -> None:
+        self._threads.add(threading.get_ident())
 
     @property
     def name(self) -> str:
@@ -216,7 +223,12 @@ class PluginPool(Closing):
             self._closed = True
         executor = getattr(self, "_executor", None)
         if executor is not None:
-            executor.shutdown(wait=True)
+            # From one of the pool's threads (a host function of an async call closing the
+            # pool), waiting would join that very thread: RuntimeError, and the plugins below
+            # never closed, for good (attack2 finding). Then its calls end as each plugin's
+            # close() makes them: the running one finishes, queued ones raise
+            # PluginClosedError.
+            executor.shutdown(wait=threading.get_ident() not in self._threads)
         for plugin in self._plugins:
             plugin.close()
         if self._own_host:

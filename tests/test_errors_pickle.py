@@ -158,8 +158,13 @@ def _pool_exhausted() -> plugsafe.PlugsafeError:
     limits = plugsafe.Pooling(instances=1, memory_size=1024 * 1024)
     small = plugsafe.Policy(memory=1024 * 1024)
     with plugsafe.Host(pooling=limits) as pooled:
-        pooled.load(ECHO.encode(), policy=small, name="first")
-        return _raised(lambda: pooled.load(ECHO.encode(), policy=small, name="second"))
+        # Kept referenced: the Host holds its plugins weakly, so a garbage collection between
+        # the two loads would free the slot and the second load would find it.
+        first = pooled.load(ECHO.encode(), policy=small, name="first")
+        try:
+            return _raised(lambda: pooled.load(ECHO.encode(), policy=small, name="second"))
+        finally:
+            first.close()
 
 
 @pytest.fixture(scope="module")
