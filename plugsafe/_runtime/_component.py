@@ -902,6 +902,15 @@ class ComponentInstance:
             self._arming[0] = now
         self._store.set_epoch_deadline(self._ticks)
 
+    def fuel_used(self) -> int | None:
+        """Fuel consumed since the last :meth:`set_budget` (None when unmetered)."""
+        if not self._metered:
+            return None
+        try:
+            return self._fuel - self._store.get_fuel()
+        except wasmtime.WasmtimeError:
+            return None
+
     def _func(self, desc: FuncDesc) -> Any:
         func = self._funcs.get(desc.qualified)
         if func is None:
