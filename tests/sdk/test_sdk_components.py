@@ -175,6 +175,22 @@ def test_python_build_says_what_to_install(tmp_path: Path) -> None:
     assert not list(project.glob("*.wasm*"))
 
 
+def test_python_build_check_names_the_tool(tmp_path: Path) -> None:
+    project = new_project("python", "p", tmp_path / "p")
+    fake = tmp_path / "componentize-py"
+    fake.write_text("#!/bin/sh\n")
+    run = [sys.executable, "build.py", "--check"]
+    res = subprocess.run(
+        run, cwd=project, env={**os.environ, "COMPONENTIZE_PY": str(fake)}, capture_output=True
+    )
+    assert res.returncode == 0 and res.stdout.decode().strip() == str(fake)
+    gone = {**os.environ, "COMPONENTIZE_PY": str(tmp_path / "nothing")}
+    res = subprocess.run(run, cwd=project, env=gone, capture_output=True)
+    assert res.returncode == 1 and b"pip install componentize-py" in res.stdout
+    res = subprocess.run([sys.executable, "build.py", "--bogus"], cwd=project, capture_output=True)
+    assert res.returncode == 2 and b"python build.py" in res.stderr
+
+
 def _make_c_component(project: Path, toolchains: build_plugins.Toolchains, tool: str) -> Path:
     """``make``, as the README says, with this machine's clang and wasm-tools."""
     assert toolchains.clang is not None

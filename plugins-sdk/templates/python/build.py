@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         print(tool or f"componentize-py is not installed: {INSTALL}")
         return 0 if tool else 1
     if argv not in ([], ["--wasi"]):
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        print("\n\n".join(__doc__.split("\n\n")[1:3]), file=sys.stderr)
         return 2
     if tool is None:
         print(f"error: componentize-py is not installed: {INSTALL}", file=sys.stderr)
