@@ -951,7 +951,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=cmd_inspect)
 
     new = sub.add_parser("new", help="create a plugin project from the SDK templates")
-    new.add_argument("lang", choices=("rust", "c"), help="the plugin's language")
+    new.add_argument(
+        "lang",
+        choices=("rust", "c", "python", "c-component"),
+        help="the plugin's language (python and c-component make WebAssembly components)",
+    )
     new.add_argument("name", metavar="NAME", help="the plugin's name")
     new.add_argument("--dir", metavar="DEST", help="project directory (default: ./NAME)")
     new.set_defaults(handler=cmd_new)

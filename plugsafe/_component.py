@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,6 +53,7 @@ from ._loader import Source, read_source
 from ._loader import default_name as loader_default_name
 from ._policy import Policy
 from ._runtime import _component as rc
+from ._types import CallStats
 from ._version import __version__
 
 __all__ = [
@@ -395,6 +397,9 @@ class ComponentPlugin:
         self._host_calls = 0
         self._host_error: BaseException | None = None
         self._function = ""
+        # Per thread, as Plugin.last_call: (fuel, duration, host calls, function) of the
+        # thread's last call, made into a CallStats only when asked for.
+        self._last = threading.local()
         self._inst: rc.ComponentInstance | None = None
         with self._lock:
             self._owner = threading.get_ident()
@@ -428,6 +433,20 @@ class ComponentPlugin:
     def imports(self) -> tuple[str, ...]:
         """The names of what the component imports (interfaces and functions)."""
         return tuple(i.name for i in self._compiled.world.imports)
+
+    @property
+    def last_call(self) -> CallStats | None:
+        """Stats of this thread's most recent call (:meth:`invoke`), or None before its first.
+
+        As :attr:`Plugin.last_call`, except ``memory_bytes``, which is always 0: wasmtime's C
+        API cannot read a component's memory. A failed call has stats too (a call stopped by
+        ``fuel`` used all of it).
+        """
+        last = getattr(self._last, "stats", None)
+        if last is None:
+            return None
+        fuel, duration, host_calls, function = last
+        return CallStats(fuel, duration, 0, host_calls, self._name, function)
 
     @property
     def closed(self) -> bool:
@@ -501,6 +520,8 @@ class ComponentPlugin:
             self._host_error = None
             if self._host:
                 th.room = left  # host functions may call plugins: they nest on this thread
+            inst = None
+            start = time.perf_counter()
             try:
                 inst = self._inst
                 if inst is None:
@@ -513,6 +534,12 @@ class ComponentPlugin:
                 raise_clean(self._diagnosis._translate(exc, recorded, function, None, "call"))
             finally:
                 self._owner = None
+                self._last.stats = (
+                    None if inst is None else inst.fuel_used(),
+                    time.perf_counter() - start,
+                    self._host_calls,
+                    function,
+                )
                 if self._host:
                     th.room = left + self._cost
         if desc.result is not None and desc.result.kind == "result":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -10,7 +11,8 @@ from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 from ._aio import run_call
 from ._callpath import CallPath, CallToken
 from ._closing import Closing
-from ._errors import ImportNotAllowedError, PluginClosedError, PolicyError
+from ._component import is_component_source
+from ._errors import ImportNotAllowedError, PluginClosedError, PluginLoadError, PolicyError
 from ._host import Host
 from ._loader import Source
 from ._nesting import seconds_until, wait_deadline
@@ -77,6 +79,23 @@ class PluginPool(Closing):
             raise TypeError(
                 "PluginPool(on_call=...) is for the pool's private Host; with host=, pass "
                 "on_call to that Host (Host(on_call=...)): it reports the pool's calls"
+            )
+        if is_component_source(source):
+            # A pool's instances are Plugins (call, call_json, context=, call tokens), which a
+            # component has none of: say so rather than fail to parse it as a module.
+            what = (
+                repr(name)
+                if name
+                else (
+                    f"{os.fspath(source)!r}"
+                    if isinstance(source, (str, os.PathLike))
+                    else "the source"
+                )
+            )
+            raise PluginLoadError(
+                f"PluginPool takes core WebAssembly modules only, and {what} is a component: "
+                "load it with Host.load_component (a ComponentPlugin serializes its calls; for "
+                "calls in parallel, load several from one Host: it compiles the component once)"
             )
         self._own_host = host is None
         self._host = Host(on_call=on_call) if host is None else host

@@ -34,6 +34,7 @@ from wasmtime import _ffi as wf
 
 from ._backend import WasmFailure
 from ._engine import NO_DEADLINE_TICKS, Engine
+from ._select import DEFAULT as _BACKEND
 from ._ticker import Ticker, guard
 
 # wasmtime-py's ``wasmtime.component`` (Component, Linker, types) is imported on first use: it
@@ -818,6 +819,24 @@ def _host_callback(desc: FuncDesc, impl: HostImpl, sink: Callable[[BaseException
     return _CALLBACK(callback)
 
 
+def _fuel_reader(store: wasmtime.Store) -> Callable[[], int]:
+    """A function returning the fuel left in ``store`` (which must have fuel enabled)."""
+    ctx = _BACKEND.ctx(store)
+    if _BACKEND.name != "cffi":
+        return functools.partial(_BACKEND.get_fuel, ctx)
+    backend: Any = _BACKEND
+    get_fuel, out = backend.lib.wasmtime_context_get_fuel, backend.ffi.new("uint64_t *")
+
+    def read() -> int:
+        if get_fuel(ctx, out):
+            # Only when the store has no fuel, which a metered engine's never lacks: the
+            # backend's own call reports it (and frees its error).
+            return _BACKEND.get_fuel(ctx)
+        return int(out[0])
+
+    return read
+
+
 class ComponentInstance:
     """One Store holding one instance of a component (discard it after any failure)."""
 
@@ -857,6 +876,10 @@ class ComponentInstance:
         self._callbacks: list[Any] = []
         if host:
             self._define(linker, host, sink or (lambda _exc: None))
+        # Reads the fuel left after each call (for last_call): on every component call, so
+        # through cffi with its out-parameter allocated once where cffi is the backend (about a
+        # quarter of wasmtime-py's Store.get_fuel, which goes through ctypes).
+        self._fuel_left = _fuel_reader(store) if self._metered else None
         self.set_budget()
         try:
             self._instance = linker.instantiate(store, compiled.component)
@@ -901,6 +924,11 @@ class ComponentInstance:
                 ticker.arm()
             self._arming[0] = now
         self._store.set_epoch_deadline(self._ticks)
+
+    def fuel_used(self) -> int | None:
+        """Fuel consumed since the last :meth:`set_budget` (None when unmetered)."""
+        read = self._fuel_left
+        return None if read is None else self._fuel - read()
 
     def _func(self, desc: FuncDesc) -> Any:
         func = self._funcs.get(desc.qualified)
