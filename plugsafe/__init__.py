@@ -18,6 +18,8 @@ rewrite the asserts of the whole package and add its helper names to this namesp
 
 from __future__ import annotations
 
+# First: plugsafe's dataclasses compile their generated methods once, not per process (see there).
+from . import _dataclass_code
 from ._abi import ABI_VERSION
 from ._component import ComponentPlugin, Record, Variant
 from ._errors import (
@@ -126,3 +128,4 @@ def _rehome() -> None:
 
 _rehome()
 del _rehome
+_dataclass_code.finish()

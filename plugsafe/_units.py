@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from decimal import Decimal
 
 # fmt_bytes lives with the errors (their messages need it); re-exported here for the CLI.
 from ._errors import PolicyError, fmt_bytes
@@ -36,15 +35,17 @@ _SIZE_UNITS = {
     "mb": 10**6,
     "gb": 10**9,
 }
+# Exact decimal strings: Decimal itself is imported only when a string is parsed (issue 14:
+# decimal costs every host ~2 ms at start-up, and only policy files and unit strings need it).
 _DURATION_UNITS = {
-    "": Decimal(1),
-    "s": Decimal(1),
-    "us": Decimal("0.000001"),
-    "µs": Decimal("0.000001"),
-    "ms": Decimal("0.001"),
-    "m": Decimal(60),
-    "min": Decimal(60),
-    "h": Decimal(3600),
+    "": "1",
+    "s": "1",
+    "us": "0.000001",
+    "µs": "0.000001",
+    "ms": "0.001",
+    "m": "60",
+    "min": "60",
+    "h": "3600",
 }
 # At most 30 digits before the point: enough for any real limit, and it keeps Decimal and int
 # conversions cheap whatever a file holds.
@@ -100,6 +101,8 @@ def parse_size(value: object, path: str, field: str | None = None) -> int:
         m = _QUANTITY.match(value)
         unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
         if m is not None and unit is not None:
+            from decimal import Decimal
+
             n = Decimal(m.group(1)) * unit
             if n == n.to_integral_value():
                 return int(n)
@@ -151,7 +154,9 @@ def parse_duration(
                 field=field,
                 path=path,
             )
-        seconds = float(Decimal(m.group(1)) * unit)
+        from decimal import Decimal
+
+        seconds = float(Decimal(m.group(1)) * Decimal(unit))
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         raise fail(path, _DURATION_EXPECTED, value, field)
     return seconds
