@@ -440,10 +440,10 @@ def _child_spin(native: bool, timeout: float) -> float:
     return rig.run(timeout)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-@pytest.mark.parametrize("workers", [1, 3])
-def test_process_pool_fork_workers(rig: Rig, workers: int) -> None:
-    native = rig.ticker.native
+def _fork_pool_scenario(native: bool, workers: int) -> None:
+    """(In a fresh interpreter.) The parent makes a timed call, then a fork ProcessPoolExecutor's
+    workers each make one on the rig they inherited."""
+    rig = _RIGS[native] = Rig(native)
     assert rig.run(0.01) >= 0.01  # the parent made a timed call: ticker armed, reaper running
     assert rig.ticker.armed
     ctx = multiprocessing.get_context("fork")
@@ -452,6 +452,29 @@ def test_process_pool_fork_workers(rig: Rig, workers: int) -> None:
         results = [f.result(timeout=30) for f in futures]
     assert all(0.05 <= r < 1.0 for r in results), results
     assert rig.run(0.01) >= 0.01  # and the parent still works
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("workers", [1, 3])
+def test_process_pool_fork_workers(rig: Rig, workers: int) -> None:
+    # In a fresh interpreter with a hard timeout: forked from the test process, the workers
+    # would inherit every thread earlier tests left (pools, executors), and a hang must fail
+    # the test, not the run (ProcessPoolExecutor's exit waits for its workers forever).
+    native = rig.ticker.native
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_deadlines as t; "
+        "t._fork_pool_scenario(sys.argv[2] == '1', int(sys.argv[3])); print('ok')"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    res = subprocess.run(
+        [sys.executable, "-c", script, here, "1" if native else "0", str(workers)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout + res.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
