@@ -71,7 +71,9 @@ def test_c5_deadline_is_never_early(host: plugsafe.Host, timeout: float) -> None
 def test_c5_deadline_is_on_time_with_no_busy_threads(host: plugsafe.Host) -> None:
     # Measured today: 0.2 s fires 0.15-0.22 s late with nothing else running (ticks of ~9 ms).
     late = _lateness(host, 0.2)
-    assert sorted(late)[1] < SLACK / 2, late
+    # SLACK, not less: at load 5 on this shared 2-core machine the median was 60 ms late (the
+    # stopped call waits for a core); the regression this catches fired 150-220 ms late.
+    assert sorted(late)[1] < SLACK, late
 
 
 @pytest.mark.parametrize(("threads", "timeout"), [(2, 0.2), (4, 0.05)])
