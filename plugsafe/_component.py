@@ -632,8 +632,22 @@ class ComponentPlugin:
             )
         raise outer.waited(f" (waiting for plugin {self._name!r}, busy in another thread)")
 
-    def _refused(self, exc: rc.LiftRefused, function: str) -> AbiError | DeadlineExceeded:
-        """The error for a result whose lifting stopped (too big, or past the deadline)."""
+    def _refused(
+        self, exc: rc.LiftRefused, function: str, argument: bool = False
+    ) -> AbiError | DeadlineExceeded:
+        """The error for a result (or a host function's ``argument``) whose lifting stopped
+        (too big, or past the deadline)."""
+        if argument:
+            if exc.deadline:
+                return self._diagnosis.deadline(
+                    function, "call", " (converting a host function's argument)"
+                )
+            return AbiError(
+                f"plugin {self._name!r} in {function!r} passed a host function an argument "
+                f"that takes at least {exc.size} bytes once converted (32 bytes per value, plus "
+                f"the bytes of strings and byte lists), over the policy's max_host_arg_size of "
+                f"{self._policy.max_host_arg_size}"
+            )
         if exc.deadline:
             return self._diagnosis.deadline(function, "call", " (converting its result)")
         return AbiError(
@@ -683,6 +697,8 @@ class ComponentPlugin:
     def _record(self, exc: BaseException) -> None:
         # The first failure of the call decides its error (later ones follow from it).
         if self._host_error is None:
+            if isinstance(exc, rc.LiftRefused):
+                exc = self._refused(exc, self._function, argument=True)
             self._host_error = exc
 
     def _too_deep(self, th: _nesting.ThreadRoom) -> StackLimitExceeded:
@@ -721,6 +737,7 @@ class ComponentPlugin:
                 host=self._host,
                 sink=self._record,
                 until=until,
+                max_host_arg=p.max_host_arg_size,
             )
         except rt.WasmFailure as exc:
             recorded, self._host_error = self._host_error, None

@@ -226,3 +226,27 @@ def test_a_wait_cycle_between_a_component_and_a_module_is_refused_not_deadlocked
         assert results["t2"] == 8  # thread 2 got C once thread 1's call ended
         for p in plugins.values():
             p.close()
+
+
+def test_a_host_functions_lifted_argument_over_max_host_arg_size_is_refused() -> None:
+    """A component chooses the size of what it passes its host functions as it chooses its
+    results': each argument is counted as lifted (32 bytes, plus a string's bytes) against
+    ``max_host_arg_size``, before the app's function runs."""
+    logged: list[str] = []
+    with Host() as host:
+
+        @host.component_function("test:host/logging#host-log")
+        def host_log(msg: str) -> None:
+            logged.append(msg)
+
+        @host.component_function("test:host/clock#now")
+        def now() -> int:
+            return 7
+
+        policy = Policy(allow={"test:host/logging", "test:host/clock"}, max_host_arg_size=VALUE + 8)
+        with host.load_component(HOST_CALLS.encode(), policy=policy, name="c") as comp:
+            assert comp.invoke("run", "x" * 8, 1) == 7
+            with pytest.raises(plugsafe.AbiError, match="max_host_arg_size of 40"):
+                comp.invoke("run", "x" * 9, 1)
+            assert logged == ["x" * 8]  # the refused call never reached the app
+            assert comp.invoke("run", "ok", 1) == 7

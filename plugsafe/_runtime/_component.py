@@ -934,11 +934,23 @@ _CALLBACK = wf.wasmtime_component_func_callback_t
 _no_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
 
 
-def _host_callback(desc: FuncDesc, impl: HostImpl, sink: Callable[[BaseException], None]) -> Any:
+def _host_callback(
+    desc: FuncDesc,
+    impl: HostImpl,
+    sink: Callable[[BaseException], None],
+    arg_limit: int | None = None,
+    deadline: Callable[[], float | None] = lambda: None,
+) -> Any:
     """The C callback of one imported function. Nothing raises through it into wasmtime: a
-    failure goes to ``sink`` and the guest gets a trap."""
+    failure goes to ``sink`` and the guest gets a trap.
+
+    ``arg_limit``: the bytes each lifted argument may take (:class:`LiftBudget`; the guest
+    chooses its arguments' size as it chooses its results'); ``deadline()``: the running
+    call's deadline, which lifting them keeps. Over either, LiftRefused goes to ``sink``.
+    """
     params = [t for _, t in desc.params]
     result_type = desc.result
+    bounded = arg_limit is not None and any(t.kind not in _PLAIN for t in params)
 
     def callback(
         _env: Any, _ctx: Any, _ty: Any, args: Any, nargs: int, results: Any, nresults: int
@@ -946,7 +958,15 @@ def _host_callback(desc: FuncDesc, impl: HostImpl, sink: Callable[[BaseException
         try:
             if nargs != len(params) or nresults != (0 if result_type is None else 1):
                 raise WasmFailure(f"wasmtime called {desc.qualified} with the wrong arity")
-            values = [lift(args[i], t) for i, t in enumerate(params)]
+            if bounded:
+                end = deadline()
+                values = []
+                for i, t in enumerate(params):
+                    budget = LiftBudget(arg_limit, end)
+                    budget.charge(_VSIZE)
+                    values.append(lift(args[i], t, budget=budget))
+            else:
+                values = [lift(args[i], t) for i, t in enumerate(params)]
             out = impl(values)
             if result_type is not None:
                 lower(out, result_type, results[0])
@@ -976,10 +996,12 @@ class ComponentInstance:
         host: Mapping[str, Mapping[str, tuple[FuncDesc, HostImpl]]] | None = None,
         sink: Callable[[BaseException], None] | None = None,
         until: float | None = None,
+        max_host_arg: int | None = None,
     ) -> None:
         """``until``: the deadline (``perf_counter`` seconds) of the call this instance is made
         for, which instantiation (start functions included) runs under; None: a timeout of its
-        own from now (at load)."""
+        own from now (at load). ``max_host_arg``: the bytes each argument of a host function
+        call may take once lifted (see :func:`_host_callback`)."""
         _require()
         engine = compiled.engine
         self._compiled = compiled
@@ -1005,8 +1027,11 @@ class ComponentInstance:
             linker.add_wasip2()
         # The C callbacks must live as long as the store that may call them.
         self._callbacks: list[Any] = []
+        # The running call's deadline (perf_counter seconds), for host functions' arguments.
+        self._end: float | None = None
+        self._timeout = timeout
         if host:
-            self._define(linker, host, sink or (lambda _exc: None))
+            self._define(linker, host, sink or (lambda _exc: None), max_host_arg)
         self.set_budget(until)
         try:
             self._instance = linker.instantiate(store, compiled.component)
@@ -1019,13 +1044,18 @@ class ComponentInstance:
         linker: Any,
         host: Mapping[str, Mapping[str, tuple[FuncDesc, HostImpl]]],
         sink: Callable[[BaseException], None],
+        max_host_arg: int | None,
     ) -> None:
         root = linker.root()
+
+        def deadline() -> float | None:
+            return self._end
+
         with root:
             for interface, funcs in host.items():
                 with root.add_instance(interface) as inst:
                     for fname, (desc, impl) in funcs.items():
-                        cb = _host_callback(desc, impl, sink)
+                        cb = _host_callback(desc, impl, sink, max_host_arg, deadline)
                         self._callbacks.append(cb)
                         name = fname.encode()
                         err = wf.wasmtime_component_linker_instance_add_func(
@@ -1054,6 +1084,7 @@ class ComponentInstance:
         ticks = self._ticks
         if ticker is not None:
             now = _perf_counter()
+            self._end = now + cast(float, self._timeout) if until is None else until
             ticker.last = now
             if not ticker.armed:
                 ticker.arm()
