@@ -586,23 +586,18 @@ class CallPath:
                 return
         finally:
             _nesting.end_wait(me)
-        assert isinstance(outer, CallPath)
         if outer is self:
             raise self.diagnosis.deadline(
                 function,
                 "call",
                 " (all of it spent waiting for the plugin, busy in another thread)",
             )
-        raise outer.diagnosis.deadline(
-            outer.state.function,
-            "call",
-            f" (waiting for plugin {self.name!r}, busy in another thread)",
-        )
+        raise outer.waited(f" (waiting for plugin {self.name!r}, busy in another thread)")
 
     def deadlock(self, cycle: Sequence[_nesting.Lockable]) -> PluginCallError:
         """Why waiting for this plugin is refused: the threads in ``cycle`` (this plugin's
         first) would wait for each other forever."""
-        names = " -> ".join(repr(p.name) for p in cycle if isinstance(p, CallPath))
+        names = " -> ".join(repr(p.name) for p in cycle)
         return PluginCallError(
             f"plugin {self.name!r} is busy in another thread that waits (through host "
             f"functions) for a plugin this thread is using; waiting would deadlock, so the "
@@ -613,6 +608,11 @@ class CallPath:
     def active_deadline(self) -> float | None:
         """The deadline of the call running now (read only by a thread it owns)."""
         return self.state.deadline
+
+    def waited(self, detail: str) -> PlugsafeError:
+        """The DeadlineExceeded of the running call, for a wait nested in it (a host function
+        waiting for a busy plugin or pool) that reached the call's deadline."""
+        return self.diagnosis.deadline(self.state.function, "call", detail)
 
     @contextlib.contextmanager
     def nested_load(self) -> Iterator[None]:

@@ -32,6 +32,8 @@ from . import _nesting
 from . import _runtime as rt
 from ._cache import ArtifactCache
 from ._errors import (
+    AbiError,
+    DeadlineExceeded,
     Diagnosis,
     ExportNotFoundError,
     GuestError,
@@ -318,6 +320,48 @@ def check_component_imports(
         raise ImportNotAllowedError(name, problems)
 
 
+_perf_counter = time.perf_counter
+
+
+class _Held:
+    """Releases a lock taken already (``ComponentPlugin._locked``), as a context manager."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._release = lock.release
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        self._release()
+
+
+class _Lock:
+    """A component's lock as the wait-for cycle check and the deadlines of nested waits see it
+    (``_nesting``): the thread inside its call (``owner``) and that call's deadline."""
+
+    __slots__ = ("__weakref__", "deadline", "diagnosis", "function", "name", "owner")
+
+    def __init__(self, name: str, diagnosis: Diagnosis) -> None:
+        self.name = name
+        self.diagnosis = diagnosis
+        self.owner: int | None = None
+        self.function = ""
+        self.deadline: float | None = None
+
+    @property
+    def active_deadline(self) -> float | None:
+        """The deadline of the call running now (read only by the thread it owns)."""
+        return self.deadline
+
+    def waited(self, detail: str) -> DeadlineExceeded:
+        """The DeadlineExceeded of the running call, for a wait nested in it (a host function
+        waiting for a busy plugin) that reached the call's deadline."""
+        return self.diagnosis.deadline(self.function, "call", detail)
+
+
 class ComponentPlugin:
     """A loaded component: call its exported functions with WIT-typed values.
 
@@ -393,7 +437,12 @@ class ComponentPlugin:
                     self._host.setdefault(imp.name, {})[f.name] = (f, self._host_impl(f, fn))
         # The call in progress: which thread runs it (re-entry from its own host function is
         # refused, not deadlocked), its host calls, and what a host function raised.
-        self._owner: int | None = None
+        self._held = _Held(self._lock)
+        self._path = _Lock(name, self._diagnosis)
+        if self._host:
+            # Host functions run app code mid-call: a wait for a busy plugin there is bounded by
+            # this call's deadline, and cycles of such waits are refused (_nesting).
+            _nesting.register(self._path)
         self._host_calls = 0
         self._host_error: BaseException | None = None
         self._function = ""
@@ -402,11 +451,11 @@ class ComponentPlugin:
         self._last = threading.local()
         self._inst: rc.ComponentInstance | None = None
         with self._lock:
-            self._owner = threading.get_ident()
+            self._path.owner = threading.get_ident()
             try:
                 self._inst = self._new_instance("load")
             finally:
-                self._owner = None
+                self._path.owner = None
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -506,15 +555,22 @@ class ComponentPlugin:
         left = th.room - self._cost
         if left < 0 or left & 8:
             raise self._too_deep(th)
-        if self._owner == threading.get_ident():
+        me = threading.get_ident()
+        if self._path.owner == me:
             raise PluginCallError(
                 f"plugin {self._name!r} was called again from one of its own host functions "
                 f"(while in {self._function!r}); a component call cannot re-enter itself"
             )
-        with self._lock:
+        # The call's timeout runs from here: waiting for the plugin (busy in another thread)
+        # and making a new instance count, as for modules.
+        begun = _perf_counter()
+        end = None if self._timeout is None else begun + self._timeout
+        with self._locked(me, end, function):
             if self._closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
-            self._owner = threading.get_ident()
+            self._path.owner = me
+            self._path.function = function
+            self._path.deadline = end
             self._function = function
             self._host_calls = 0
             self._host_error = None
@@ -525,15 +581,22 @@ class ComponentPlugin:
             try:
                 inst = self._inst
                 if inst is None:
-                    inst = self._inst = self._new_instance("call")
-                result = inst.call(desc, values)
+                    inst = self._inst = self._new_instance("call", end)
+                if end is not None and _perf_counter() >= end:
+                    raise self._diagnosis.deadline(
+                        function, "call", " (waiting for the plugin and instantiating it)"
+                    )
+                result = inst.call(desc, values, until=end, max_output=self._policy.max_output)
+            except rc.LiftRefused as exc:
+                self._inst = None  # its post-return function has not run: start afresh
+                raise self._refused(exc, function) from None
             except rt.WasmFailure as exc:
                 # A trap poisons the Store: the next call gets a fresh instance.
                 self._inst = None
                 recorded, self._host_error = self._host_error, None
                 raise_clean(self._diagnosis._translate(exc, recorded, function, None, "call"))
             finally:
-                self._owner = None
+                self._path.owner = None
                 self._last.stats = (
                     None if inst is None else inst.fuel_used(),
                     time.perf_counter() - start,
@@ -549,6 +612,76 @@ class ComponentPlugin:
                 raise err
             return result.value
         return result
+
+    def _locked(self, me: int, end: float | None, function: str) -> _Held:
+        """Hold the plugin's lock, for a call of ``function`` that must end by ``end``.
+
+        As ``CallPath.acquire`` does for modules: a wait is bounded by ``end`` and by the
+        deadlines of the calls this thread is inside (a host function calling this component
+        while another thread keeps it busy), and refused at once if it would close a cycle of
+        threads waiting for each other's plugins. Without the bound, a call with a 0.2 s
+        timeout waited as long as the other thread's call took.
+        """
+        lock = self._lock
+        if not lock.acquire(False):
+            self._wait(lock, me, end, function)
+        return self._held
+
+    def _wait(self, lock: threading.Lock, me: int, end: float | None, function: str) -> None:
+        path = self._path
+        bound = _nesting.wait_deadline(me)
+        outer: Any = path
+        if end is not None and (bound is None or end < bound[0]):
+            bound = (end, path)
+        cycle = _nesting.start_wait(me, path)
+        if cycle is not None:
+            names = " -> ".join(repr(p.name) for p in cycle)
+            raise PluginCallError(
+                f"plugin {self._name!r} is busy in another thread that waits (through host "
+                f"functions) for a plugin this thread is using; waiting would deadlock, so the "
+                f"call is refused (plugins waited for, in turn: {names})"
+            )
+        try:
+            if bound is None:
+                lock.acquire()
+                return
+            deadline, outer = bound
+            if lock.acquire(timeout=_nesting.seconds_until(deadline)):
+                return
+        finally:
+            _nesting.end_wait(me)
+        if outer is path:
+            raise self._diagnosis.deadline(
+                function,
+                "call",
+                " (all of it spent waiting for the plugin, busy in another thread)",
+            )
+        raise outer.waited(f" (waiting for plugin {self._name!r}, busy in another thread)")
+
+    def _refused(
+        self, exc: rc.LiftRefused, function: str, argument: bool = False
+    ) -> AbiError | DeadlineExceeded:
+        """The error for a result (or a host function's ``argument``) whose lifting stopped
+        (too big, or past the deadline)."""
+        if argument:
+            if exc.deadline:
+                return self._diagnosis.deadline(
+                    function, "call", " (converting a host function's argument)"
+                )
+            return AbiError(
+                f"plugin {self._name!r} in {function!r} passed a host function an argument "
+                f"that takes at least {exc.size} bytes once converted (32 bytes per value, plus "
+                f"the bytes of strings and byte lists), over the policy's max_host_arg_size of "
+                f"{self._policy.max_host_arg_size}"
+            )
+        if exc.deadline:
+            return self._diagnosis.deadline(function, "call", " (converting its result)")
+        return AbiError(
+            f"plugin {self._name!r} function {function!r} returned a result that takes at "
+            f"least {exc.size} bytes once converted (32 bytes per value, plus the bytes of "
+            f"strings and byte lists), over the policy's max_output of "
+            f"{self._policy.max_output}"
+        )
 
     def _host_impl(self, desc: rc.FuncDesc, fn: Callable[..., Any]) -> rc.HostImpl:
         """The runtime's view of one host function: the quota, the app's call, its result
@@ -570,6 +703,15 @@ class ComponentPlugin:
                 out = fn(*values)
                 return None if result_type is None else rc.normalise(out, result_type, "result")
             except BaseException as exc:
+                end = self._path.deadline
+                if (
+                    isinstance(exc, DeadlineExceeded)
+                    and end is not None
+                    and time.perf_counter() >= end
+                ):
+                    # A wait in the host function (for a plugin busy in another thread) ended
+                    # at this call's deadline, saying so: the call ran out of time.
+                    raise
                 raise HostFunctionError(
                     f"plugin {self._name!r} in {self._function!r}: host function "
                     f"{desc.qualified!r} raised {type(exc).__name__}: {exc}",
@@ -581,6 +723,8 @@ class ComponentPlugin:
     def _record(self, exc: BaseException) -> None:
         # The first failure of the call decides its error (later ones follow from it).
         if self._host_error is None:
+            if isinstance(exc, rc.LiftRefused):
+                exc = self._refused(exc, self._function, argument=True)
             self._host_error = exc
 
     def _too_deep(self, th: _nesting.ThreadRoom) -> StackLimitExceeded:
@@ -605,7 +749,7 @@ class ComponentPlugin:
             phase="call",
         )
 
-    def _new_instance(self, phase: Phase) -> rc.ComponentInstance:
+    def _new_instance(self, phase: Phase, until: float | None = None) -> rc.ComponentInstance:
         p = self._policy
         try:
             return rc.ComponentInstance(
@@ -618,6 +762,8 @@ class ComponentPlugin:
                 wasi=_wasi_config(p),
                 host=self._host,
                 sink=self._record,
+                until=until,
+                max_host_arg=p.max_host_arg_size,
             )
         except rt.WasmFailure as exc:
             recorded, self._host_error = self._host_error, None

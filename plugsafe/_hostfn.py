@@ -389,6 +389,15 @@ class HostCalls:
         exc = raised.exc
         if not isinstance(exc, Exception):
             return exc
+        timeout = self.timeout
+        if (
+            isinstance(exc, DeadlineExceeded)
+            and timeout is not None
+            and _perf_counter() >= self.state.start + timeout
+        ):
+            # A wait in the host function (for a plugin busy in another thread) ended at this
+            # call's deadline, saying so: the call ran out of time, which is its error.
+            return exc
         err = HostFunctionError(
             f"host function {raised.function!r} raised {type(exc).__name__}: {exc} "
             f"(called by plugin {self.name!r} in {self.state.function!r})",

@@ -164,6 +164,11 @@ class Active(Protocol):
     @property
     def active_deadline(self) -> float | None: ...
 
+    def waited(self, detail: str) -> Exception:
+        """The running call's DeadlineExceeded, for a wait nested in it that reached its
+        deadline (``detail`` says what it waited for)."""
+        ...
+
 
 # Every call path whose plugin imports host functions (only those run app code mid-call): a
 # plain dict of weak references, so that copying its values is atomic under the GIL.
@@ -197,9 +202,11 @@ def wait_deadline(me: int) -> tuple[float, Active] | None:
 
 
 class Lockable(Protocol):
-    """What :func:`start_wait` reads of a call path: the thread inside its call, if any."""
+    """What :func:`start_wait` reads of a call path: the thread inside its call, if any, and
+    the plugin's name (for the error naming a cycle)."""
 
     owner: int | None
+    name: str
 
 
 # The plugin each waiting thread waits for (thread id -> call path), and the lock that makes

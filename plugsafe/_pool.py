@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 
 from ._aio import run_call
-from ._callpath import CallPath, CallToken
+from ._callpath import CallToken
 from ._closing import Closing
 from ._component import is_component_source
 from ._errors import ImportNotAllowedError, PluginClosedError, PluginLoadError, PolicyError
@@ -167,12 +167,7 @@ class PluginPool(Closing):
         try:
             return self._idle.get(timeout=seconds_until(deadline))
         except queue.Empty:
-            assert isinstance(outer, CallPath)
-            raise outer.diagnosis.deadline(
-                outer.state.function,
-                "call",
-                f" (waiting for a free instance of pool {self.name!r})",
-            ) from None
+            raise outer.waited(f" (waiting for a free instance of pool {self.name!r})") from None
 
     def call(
         self,

@@ -35,7 +35,7 @@ from wasmtime import _ffi as wf
 from ._backend import WasmFailure
 from ._engine import NO_DEADLINE_TICKS, Engine
 from ._select import DEFAULT as _BACKEND
-from ._ticker import Ticker, guard
+from ._ticker import Ticker, guard, limit
 
 # wasmtime-py's ``wasmtime.component`` (Component, Linker, types) is imported on first use: it
 # costs tens of milliseconds, which a process that never loads a component should not pay.
@@ -58,6 +58,8 @@ __all__ = [
     "FuncDesc",
     "HostImpl",
     "ImportDesc",
+    "LiftBudget",
+    "LiftRefused",
     "Record",
     "UnsupportedType",
     "VType",
@@ -577,6 +579,8 @@ _K = {
         *("string", "list", "record", "tuple", "variant", "enum", "option", "result", "flags"),
     ]
 }
+# Kinds that lift to one Python value of fixed size: a result of one needs no budget.
+_PLAIN = _SCALARS - {"string"}
 _SCALAR_FIELD = {**{k: k for k in _INT_RANGES}, "f32": "f32", "f64": "f64", "bool": "boolean"}
 
 
@@ -700,12 +704,66 @@ def _bytes_of(vec: Any) -> bytes:
     return ctypes.string_at(vec.data, n) if n else b""
 
 
-def lift(c: Any, ty: VType, top: bool = False) -> Any:
+class LiftRefused(Exception):
+    """Lifting a result stopped: it would go over its byte budget (``deadline`` False; ``size``
+    is what it would have reached at least), or the call's deadline passed (``deadline``)."""
+
+    def __init__(self, size: int, deadline: bool) -> None:
+        super().__init__("deadline" if deadline else f"over the budget ({size} bytes)")
+        self.size = size
+        self.deadline = deadline
+
+
+# Lifting checks the clock once per this many list elements (~15 ms of one-byte records).
+_CLOCK_EVERY = 1000
+
+
+class LiftBudget:
+    """What lifting one result may cost: ``limit`` bytes of lifted values (or None), counted as
+    wasmtime holds them (one 32-byte value struct per value, plus the bytes of each string and
+    byte list), and the deadline (``perf_counter`` seconds, or None) it must end by.
+
+    Charged *before* each list, record, tuple or string is built, so a result over the limit is
+    refused before plugsafe makes a Python object of it. The guest's own bytes are no measure:
+    a one-byte record is 1 guest byte and three value structs and a Python object here.
+    """
+
+    __slots__ = ("deadline", "left", "limit", "steps")
+
+    def __init__(self, limit: int | None, deadline: float | None) -> None:
+        self.limit = limit
+        self.left = math.inf if limit is None else limit
+        self.deadline = deadline
+        self.steps = _CLOCK_EVERY
+
+    def charge(self, size: int) -> None:
+        """Count ``size`` more bytes; raise LiftRefused when over the limit."""
+        left = self.left - size
+        self.left = left
+        if left < 0:
+            raise LiftRefused(cast(int, self.limit) - cast(int, left), False)
+
+    def step(self, n: int) -> None:
+        """``n`` more list elements are about to be lifted: check the deadline every
+        ``_CLOCK_EVERY`` elements."""
+        self.steps -= n
+        if self.steps <= 0:
+            self.steps = _CLOCK_EVERY
+            deadline = self.deadline
+            if deadline is not None and _perf_counter() >= deadline:
+                raise LiftRefused(0, True)
+
+
+def lift(c: Any, ty: VType, top: bool = False, budget: LiftBudget | None = None) -> Any:
     """The Python value of the ``wasmtime_component_val_t`` ``c`` (not freed here).
 
     Kinds are checked against ``ty``: a mismatch would be wasmtime's bug, reported as one.
     ``top``: a top-level ``result`` comes back as ``Variant`` for the caller to unwrap.
+    ``budget``: the size and time the lifting may take (:class:`LiftBudget`); raises
+    LiftRefused when it would take more. The value ``c`` itself is already charged.
     """
+    if budget is not None:
+        return _lift_bounded(c, ty, budget)
     k = ty.kind
     if c.kind != _K.get(k, -1):
         raise WasmFailure(f"wasmtime returned a value of kind {c.kind} for a {k}")
@@ -759,6 +817,90 @@ def lift(c: Any, ty: VType, top: bool = False) -> Any:
     raise WasmFailure(f"cannot lift a {k}")
 
 
+def _lift_in(c: Any, ty: VType, budget: LiftBudget) -> Any:
+    # A plain value (number, char, bool) needs no budget: lifted directly.
+    return lift(c, ty) if ty.kind in _PLAIN else _lift_bounded(c, ty, budget)
+
+
+def _lift_bounded(c: Any, ty: VType, budget: LiftBudget) -> Any:
+    """:func:`lift` under ``budget``: every value a container holds is charged (32 bytes, the
+    size of wasmtime's value struct, plus a string's or byte list's bytes) before the container
+    is built, and the clock is checked as list elements go by."""
+    k = ty.kind
+    if k in _PLAIN:
+        return lift(c, ty)
+    if c.kind != _K.get(k, -1):
+        raise WasmFailure(f"wasmtime returned a value of kind {c.kind} for a {k}")
+    if k == "string":
+        budget.charge(c.of.string.size)
+        return lift(c, ty)
+    if k == "enum":
+        budget.charge(c.of.enumeration.size)
+        return lift(c, ty)
+    if k == "list":
+        elem = cast(VType, ty.of[0])
+        n = c.of.list.size
+        data = c.of.list.data
+        if elem.kind == "u8":
+            budget.charge(n * (_VSIZE + 1))  # the value structs, then the bytes object
+            return _read_bytes(data, n)
+        budget.charge(n * _VSIZE)
+        if elem.kind in _PLAIN:
+            # Nothing nested: check the clock per chunk of plain values.
+            out: list[Any] = []
+            for lo in range(0, n, _CLOCK_EVERY):
+                hi = min(lo + _CLOCK_EVERY, n)
+                budget.step(hi - lo)
+                out.extend([lift(data[i], elem) for i in range(lo, hi)])
+            return out
+        out = []
+        for i in range(n):
+            budget.step(1)
+            out.append(_lift_bounded(data[i], elem, budget))
+        return out
+    if k == "tuple":
+        data = c.of.tuple.data
+        budget.charge(len(ty.of) * _VSIZE)
+        return tuple(_lift_in(data[i], cast(VType, t), budget) for i, t in enumerate(ty.of))
+    if k == "record":
+        data = c.of.record.data
+        budget.charge(len(ty.of) * _VSIZE)
+        return Record(
+            **{
+                snake(n): _lift_in(data[i].val, cast(VType, t), budget)
+                for i, (n, t) in enumerate(zip(ty.names, ty.of, strict=True))
+            }
+        )
+    if k == "option":
+        ptr = c.of.option
+        if not ptr:
+            return None
+        budget.charge(_VSIZE)
+        return _lift_bounded(ptr.contents, cast(VType, ty.of[0]), budget)
+    if k == "result":
+        i = 0 if c.of.result.is_ok else 1
+        pty = ty.of[i]
+        ptr = c.of.result.val
+        if pty is None or not ptr:
+            return Variant(("ok", "err")[i], None)
+        budget.charge(_VSIZE)
+        return Variant(("ok", "err")[i], _lift_bounded(ptr.contents, pty, budget))
+    if k == "variant":
+        tag = _bytes_of(c.of.variant.discriminant).decode("utf-8")
+        if tag not in ty.names:
+            raise WasmFailure(f"wasmtime returned an unknown variant case {tag!r}")
+        pty = ty.of[ty.names.index(tag)]
+        ptr = c.of.variant.val
+        if pty is None or not ptr:
+            return Variant(tag, None)
+        budget.charge(_VSIZE)
+        return Variant(tag, _lift_bounded(ptr.contents, pty, budget))
+    if k == "flags":
+        budget.charge(c.of.flags.size * _VSIZE)  # bounded by the type's names anyway
+        return lift(c, ty)
+    raise WasmFailure(f"cannot lift a {k}")
+
+
 # -- instances ------------------------------------------------------------------------------------
 
 _perf_counter = time.perf_counter
@@ -793,11 +935,23 @@ _CALLBACK = wf.wasmtime_component_func_callback_t
 _no_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
 
 
-def _host_callback(desc: FuncDesc, impl: HostImpl, sink: Callable[[BaseException], None]) -> Any:
+def _host_callback(
+    desc: FuncDesc,
+    impl: HostImpl,
+    sink: Callable[[BaseException], None],
+    arg_limit: int | None = None,
+    deadline: Callable[[], float | None] = lambda: None,
+) -> Any:
     """The C callback of one imported function. Nothing raises through it into wasmtime: a
-    failure goes to ``sink`` and the guest gets a trap."""
+    failure goes to ``sink`` and the guest gets a trap.
+
+    ``arg_limit``: the bytes each lifted argument may take (:class:`LiftBudget`; the guest
+    chooses its arguments' size as it chooses its results'); ``deadline()``: the running
+    call's deadline, which lifting them keeps. Over either, LiftRefused goes to ``sink``.
+    """
     params = [t for _, t in desc.params]
     result_type = desc.result
+    bounded = arg_limit is not None and any(t.kind not in _PLAIN for t in params)
 
     def callback(
         _env: Any, _ctx: Any, _ty: Any, args: Any, nargs: int, results: Any, nresults: int
@@ -805,7 +959,15 @@ def _host_callback(desc: FuncDesc, impl: HostImpl, sink: Callable[[BaseException
         try:
             if nargs != len(params) or nresults != (0 if result_type is None else 1):
                 raise WasmFailure(f"wasmtime called {desc.qualified} with the wrong arity")
-            values = [lift(args[i], t) for i, t in enumerate(params)]
+            if bounded:
+                end = deadline()
+                values = []
+                for i, t in enumerate(params):
+                    budget = LiftBudget(arg_limit, end)
+                    budget.charge(_VSIZE)
+                    values.append(lift(args[i], t, budget=budget))
+            else:
+                values = [lift(args[i], t) for i, t in enumerate(params)]
             out = impl(values)
             if result_type is not None:
                 lower(out, result_type, results[0])
@@ -852,7 +1014,13 @@ class ComponentInstance:
         wasi: object = None,
         host: Mapping[str, Mapping[str, tuple[FuncDesc, HostImpl]]] | None = None,
         sink: Callable[[BaseException], None] | None = None,
+        until: float | None = None,
+        max_host_arg: int | None = None,
     ) -> None:
+        """``until``: the deadline (``perf_counter`` seconds) of the call this instance is made
+        for, which instantiation (start functions included) runs under; None: a timeout of its
+        own from now (at load). ``max_host_arg``: the bytes each argument of a host function
+        call may take once lifted (see :func:`_host_callback`)."""
         _require()
         engine = compiled.engine
         self._compiled = compiled
@@ -865,7 +1033,11 @@ class ComponentInstance:
             store.set_wasi(cast(wasmtime.WasiConfig, wasi))
         self._ticker = epochs
         self._ticks = NO_DEADLINE_TICKS if epochs is None else epochs.ticks(cast(float, timeout))
-        self._arming = [-math.inf]
+        # A deadline ``until`` at most this much before now + timeout is armed as a whole
+        # timeout from now (a call that did not wait: a period late at most, as for modules).
+        self._limit_after = math.inf if epochs is None else cast(float, timeout) - epochs.period
+        # [armed at, armed at while limited, the limit]: see _ticker.guard and _ticker.limit.
+        self._arming = [-math.inf, -math.inf, math.inf]
         if epochs is not None:
             store_ptr = ctypes.cast(store.ptr(), ctypes.c_void_p).value or 0
             guard(self, store_ptr, self._arming, cast(float, timeout), epochs)
@@ -874,13 +1046,16 @@ class ComponentInstance:
             linker.add_wasip2()
         # The C callbacks must live as long as the store that may call them.
         self._callbacks: list[Any] = []
+        # The running call's deadline (perf_counter seconds), for host functions' arguments.
+        self._end: float | None = None
+        self._timeout = timeout
         if host:
-            self._define(linker, host, sink or (lambda _exc: None))
+            self._define(linker, host, sink or (lambda _exc: None), max_host_arg)
         # Reads the fuel left after each call (for last_call): on every component call, so
         # through cffi with its out-parameter allocated once where cffi is the backend (about a
         # quarter of wasmtime-py's Store.get_fuel, which goes through ctypes).
         self._fuel_left = _fuel_reader(store) if self._metered else None
-        self.set_budget()
+        self.set_budget(until)
         try:
             self._instance = linker.instantiate(store, compiled.component)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
@@ -892,13 +1067,18 @@ class ComponentInstance:
         linker: Any,
         host: Mapping[str, Mapping[str, tuple[FuncDesc, HostImpl]]],
         sink: Callable[[BaseException], None],
+        max_host_arg: int | None,
     ) -> None:
         root = linker.root()
+
+        def deadline() -> float | None:
+            return self._end
+
         with root:
             for interface, funcs in host.items():
                 with root.add_instance(interface) as inst:
                     for fname, (desc, impl) in funcs.items():
-                        cb = _host_callback(desc, impl, sink)
+                        cb = _host_callback(desc, impl, sink, max_host_arg, deadline)
                         self._callbacks.append(cb)
                         name = fname.encode()
                         err = wf.wasmtime_component_linker_instance_add_func(
@@ -912,18 +1092,34 @@ class ComponentInstance:
                         if err:
                             raise _failure(err)
 
-    def set_budget(self) -> None:
-        """Refill fuel and arm the deadline (the ticker protocol of ``_ticker.Ticker``)."""
+    def set_budget(self, until: float | None = None) -> None:
+        """Refill fuel and arm the deadline (the ticker protocol of ``_ticker.Ticker``):
+        ``until`` (``perf_counter`` seconds), the end of a call that started before now (it
+        waited for the plugin, or made this instance), or else a whole timeout from now.
+
+        The epoch deadline goes through ``Ticker.deadline``: a ticker armed after idle starts
+        ticking only shortly before its shortest timeout can end, and a deadline counted in
+        ticks from now would come about that much late (a first call at twice its timeout).
+        """
         if self._metered:
             self._store.set_fuel(self._fuel)
         ticker = self._ticker
+        ticks = self._ticks
         if ticker is not None:
             now = _perf_counter()
+            self._end = now + cast(float, self._timeout) if until is None else until
             ticker.last = now
             if not ticker.armed:
                 ticker.arm()
-            self._arming[0] = now
-        self._store.set_epoch_deadline(self._ticks)
+            if until is None or until - now > self._limit_after:
+                self._arming[0] = now  # lifts any limit: every call arms afresh
+            else:
+                # Every call arms its own deadline here, so the limit needs no lifting: the
+                # next call's arming replaces it.
+                limit(self._arming, now, until)
+                ticks = ticker.ticks(max(until - now, 0.0))
+            ticks = ticker.deadline(now, ticks)
+        self._store.set_epoch_deadline(ticks)
 
     def fuel_used(self) -> int | None:
         """Fuel consumed since the last :meth:`set_budget` (None when unmetered)."""
@@ -940,9 +1136,22 @@ class ComponentInstance:
             self._funcs[desc.qualified] = func
         return func
 
-    def call(self, desc: FuncDesc, args: Sequence[Any]) -> Any:
+    def call(
+        self,
+        desc: FuncDesc,
+        args: Sequence[Any],
+        *,
+        until: float | None = None,
+        max_output: int | None = None,
+    ) -> Any:
         """Call ``desc`` with normalised ``args`` under a fresh budget; its lifted result
-        (a top-level ``result`` as a :class:`Variant`). Raises WasmFailure."""
+        (a top-level ``result`` as a :class:`Variant`). Raises WasmFailure.
+
+        ``until``: the call's deadline (``perf_counter`` seconds; else a whole timeout from
+        now), which lifting the result keeps too; ``max_output``: the bytes the lifted result
+        may take (:class:`LiftBudget`). Over either, LiftRefused: discard the instance then
+        (its post-return function has not run).
+        """
         func = self._func(desc)
         n = len(desc.params)
         params = (_V * max(n, 1))()
@@ -953,7 +1162,7 @@ class ComponentInstance:
                 lowered += 1
             result = _V()
             has_result = desc.result is not None
-            self.set_budget()
+            self.set_budget(until)
             ctx = self._store._context()
             err = wf.wasmtime_component_func_call(
                 ctypes.byref(func._func),
@@ -966,7 +1175,15 @@ class ComponentInstance:
             if err:
                 raise _failure(err)
             try:
-                value = None if desc.result is None else lift(result, desc.result)
+                if desc.result is None:
+                    value = None
+                else:
+                    if (max_output is None and until is None) or desc.result.kind in _PLAIN:
+                        budget = None  # a plain number, char or bool: nothing to bound
+                    else:
+                        budget = LiftBudget(max_output, until)
+                        budget.charge(_VSIZE)  # the result's own value struct
+                    value = lift(result, desc.result, budget=budget)
             finally:
                 if has_result:
                     wf.wasmtime_component_val_delete(ctypes.byref(result))

@@ -95,12 +95,6 @@ def test_results_outside_memory_or_not_utf8_are_traps(
         assert p.invoke("bytes", 3) == b"\0\0\0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack2: component results are lifted without max_output (or any bound): 1 MB of "
-    "guest memory lifted as list<record{a: u8}> cost ~700 MiB and ~14 s of the host, past the "
-    "call's timeout",
-)
 @pytest.mark.parametrize("function", ["bytes", "records", "text"])
 def test_a_lifted_result_over_max_output_is_refused(chost: plugsafe.Host, function: str) -> None:
     """Finding: ``max_output`` bounds a core plugin's output, but a component's result of any
@@ -112,11 +106,6 @@ def test_a_lifted_result_over_max_output_is_refused(chost: plugsafe.Host, functi
         p.invoke(function, 20_000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack2: max_output is not applied to a component's result, and a bound must count "
-    "the lifted values (a 32-byte value struct and a Python object each), not the guest's bytes",
-)
 def test_max_output_counts_lifted_values_not_guest_bytes(chost: plugsafe.Host) -> None:
     """Finding (the bound a fix needs): 20,000 one-byte records are 20,000 guest bytes, under
     this max_output of 100,000, but over 640,000 bytes of wasmtime value structs alone before
@@ -127,11 +116,6 @@ def test_max_output_counts_lifted_values_not_guest_bytes(chost: plugsafe.Host) -
         p.invoke("records", 20_000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack2: a component's result is lifted into Python after the call's deadline is "
-    "no longer checked: a 0.05 s timeout, and the call returns after ~1 s of lifting",
-)
 def test_lifting_a_result_is_within_the_calls_timeout(chost: plugsafe.Host) -> None:
     """Finding: the timeout covers the wasm call, not plugsafe's lifting of its result, which
     costs ~14 us a record here (~14 s for 1 MB of one-byte records): a plugin with a 1 s
@@ -142,12 +126,6 @@ def test_lifting_a_result_is_within_the_calls_timeout(chost: plugsafe.Host) -> N
         p.invoke("records", 50_000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack2: ComponentInstance.set_budget sets the epoch deadline without "
-    "Ticker.deadline(): while the ticker's first tick is delayed (its arming after idle), a "
-    "component's deadline comes at about twice its timeout",
-)
 def test_a_components_first_timed_call_is_not_late() -> None:
     """Finding: in a fresh process (or after the ticker went idle) a component call with a
     2 s timeout spinning forever stopped after ~4 s (0.3 s: ~0.6 s); later calls were on
@@ -175,12 +153,6 @@ COMPONENT_CALLER_WAT = """(module (import "plugsafe" "via" (func $v (param i32) 
  (func (export "f") (param i32) (result i32) (call $v (local.get 0))))"""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack2: ComponentPlugin.invoke waits for its lock with no bound: a module call "
-    "(timeout 0.2 s) whose host function calls a component busy in another thread waits for "
-    "it (~2 s) and then succeeds",
-)
 def test_waiting_for_a_busy_component_ends_at_the_outer_calls_deadline() -> None:
     """Finding (issue 12, class 4/5): a core plugin's lock wait is bounded by the deadlines of
     the calls the thread is inside (``CallPath.acquire``), a component's is not. A module
