@@ -25,6 +25,7 @@ that call each other from two threads end with typed errors instead of a deadloc
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 import time
@@ -214,6 +215,18 @@ class Lockable(Protocol):
 # same time, the second to take it sees the first one's wait.
 _WAITING: dict[int, Lockable] = {}
 _waits = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Only this thread survived the fork: the others' waits are gone, and the lock may have
+    # been held by one of them (then held forever in the child).
+    global _waits
+    _waits = threading.Lock()
+    _WAITING.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def start_wait(me: int, path: Lockable) -> list[Lockable] | None:

@@ -34,6 +34,7 @@ from wasmtime import _ffi as wf
 
 from ._backend import WasmFailure
 from ._engine import NO_DEADLINE_TICKS, Engine
+from ._forksafe import forksafe
 from ._select import DEFAULT as _BACKEND
 from ._ticker import Ticker, guard, limit
 
@@ -1026,7 +1027,8 @@ class ComponentInstance:
         self._compiled = compiled
         self._metered = engine.metered
         self._fuel = 0 if fuel is None else fuel
-        store = self._store = wasmtime.Store(engine._engine)
+        # Never deleted in a forked child (see _forksafe: it could wait on a lock forever).
+        store = self._store = forksafe(wasmtime.Store(engine._engine))
         store.set_limits(memory_size=memory_size, table_elements=table_elements)
         if wasi is not None:
             # What _linker.wasi_config made; wasmtime's preview 2 context is built from it too.

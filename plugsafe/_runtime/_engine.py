@@ -17,6 +17,7 @@ import wasmtime
 from wasmtime import _ffi as wf
 
 from ._backend import WasmFailure
+from ._forksafe import forksafe
 from ._module import VALTYPE_FACTORIES, Description, Module, describe_binary
 from ._ticker import Ticker
 
@@ -181,7 +182,8 @@ class Engine:
         Its imports and exports are described from ``wasm`` itself (``describe_binary``).
         """
         try:
-            compiled = wasmtime.Module(self._engine, wasm)
+            # Never deleted in a forked child (see _forksafe: it could wait on a lock forever).
+            compiled = forksafe(wasmtime.Module(self._engine, wasm))
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
         return Module(compiled, describe_binary(wasm))
@@ -194,7 +196,8 @@ class Engine:
         Never call this on bytes from anywhere else: a crafted artifact runs arbitrary code.
         """
         try:
-            return Module(wasmtime.Module.deserialize(self._engine, artifact), description)
+            compiled = forksafe(wasmtime.Module.deserialize(self._engine, artifact))
+            return Module(compiled, description)
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
 
@@ -259,6 +262,16 @@ def _set_pooling(cfg: wasmtime.Config, limits: PoolLimits) -> None:
 
 _SHARED: dict[tuple[bool, int, bool, PoolLimits | None], Engine] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have held it at the fork: held forever in the child.
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def shared_engine(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from ._backend import (
     pool_exhausted,
 )
 from ._engine import Engine
+from ._forksafe import forksafe
 from ._funcref import (
     ArgumentsDoNotFit,
     Budget,
@@ -46,6 +48,17 @@ __all__ = ["Instance"]
 _perf_counter = time.perf_counter
 # Orders Instance.release against memory_total read from another thread (Plugin.last_call).
 _RELEASING = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have held it at the fork: held forever in the child,
+    # where closing a plugin then hung (measured). Only this thread runs here now.
+    global _RELEASING
+    _RELEASING = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # Epoch increments Instance.interrupt makes on the calling thread (more go to a helper thread).
@@ -87,7 +100,8 @@ class Instance:
         # Bound once: abi_call, the plugin ABI's hot path, calls it on every call.
         self._set_fuel = b.set_fuel
         self._metered = engine.metered
-        self._store = wasmtime.Store(engine._engine)
+        # Never deleted in a forked child (see _forksafe: freed inside os.fork(), it could hang).
+        self._store = forksafe(wasmtime.Store(engine._engine))
         if wasi is not None:
             # What wasi_config made (the Plugin keeps it as a plain object).
             self._store.set_wasi(cast(wasmtime.WasiConfig, wasi))

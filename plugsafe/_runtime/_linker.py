@@ -30,6 +30,7 @@ from ._backend import (
     check_span,
 )
 from ._engine import Engine
+from ._forksafe import forksafe
 from ._funcref import Scratch
 from ._module import Module
 from ._select import DEFAULT
@@ -196,7 +197,8 @@ class Linker:
         self.backend = backend
         self._caller = caller_class(backend)
         self._engine = engine
-        self._linker = wasmtime.Linker(engine._engine)
+        # Never deleted in a forked child (see _forksafe: it could wait on a lock forever).
+        self._linker = forksafe(wasmtime.Linker(engine._engine))
         # What the host callbacks record, their spare traps (see HostRecord).
         self.record = HostRecord(backend.free_trap)
         # The callback objects (and the record with their spares) must outlive every store that
@@ -379,6 +381,7 @@ class Linker:
     def prepare(self, module: Module) -> None:
         """Type-check imports once (an InstancePre); later instantiations skip that work."""
         try:
-            self._pre = self.backend.pre(self._linker.instantiate_pre(module._module))
+            pre = forksafe(self._linker.instantiate_pre(module._module))
+            self._pre = self.backend.pre(pre)
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None

@@ -1,0 +1,71 @@
+"""wasmtime objects a forked child never deletes: what keeps it from waiting on a lock forever.
+
+``fork()`` copies only the calling thread: a lock another thread of the parent held at that
+moment stays held in the child forever, and wasmtime has such locks inside (the process-wide
+registry of compiled code, taken to read by every trap and backtrace and to write when a
+module's code is freed; the pooling allocator's slots; the engine's type registry). A child
+deleting an object it inherited, at the wrong moment, hangs. And children do delete them, not
+by choice (measured, issue 12): a cycle collection in the child deletes the parent's garbage
+(the store, module, linker and instance-pre of a plugin that was dropped without ``close()``),
+and CPython's own fork handling (``PyOS_AfterFork_Child`` -> ``_PyThreadState_DeleteExcept``,
+inside ``os.fork()``, before any at-fork handler) releases what only the parent's other
+threads held: their ``threading.local`` data, contexts and handled exceptions (there an idle
+thread's ``ThreadRoom`` and the per-thread ``last_call`` records it keyed, instances and all,
+were freed inside ``os.fork()``). A ProcessPoolExecutor worker forked by the test suite hung
+there for minutes.
+
+So every wasmtime object plugsafe makes that can take such a lock when deleted goes through
+:func:`forksafe`: it is deleted only by the process that made it; a forked child leaks what it
+inherited (its memory is the parent's copy-on-write pages: nothing the child did not already
+have). Objects the child makes itself are deleted as usual. The cost: an ``os.getpid()`` (a
+plain system call, ~0.1 us) when the object is made and when it is deleted, never per call.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, TypeVar
+
+__all__ = ["forksafe", "leaked"]
+
+T = TypeVar("T")
+
+# How many inherited objects this process leaked rather than deleted (for tests and debugging).
+_leaked = [0]
+
+
+def leaked() -> int:
+    """How many wasmtime objects made by a parent process this process leaked, not deleted."""
+    return _leaked[0]
+
+
+def _kept(cls: type) -> type:
+    """``cls`` (a wasmtime-py ``Managed`` class) whose ``_delete`` (reached from ``close()``
+    and ``__del__``, the latter possibly inside ``os.fork()``) runs only in the process that
+    made the object. Nothing in it may raise or block."""
+    delete = cls._delete  # type: ignore[attr-defined]
+
+    def _delete(self: Any, ptr: Any) -> None:
+        if os.getpid() != self._plugsafe_pid:
+            _leaked[0] += 1
+            return
+        delete(self, ptr)
+
+    # Nothing but a method added: the same layout, so an object can change class in place,
+    # and it stays an instance of ``cls`` for wasmtime-py's own isinstance checks.
+    return type(cls.__name__, (cls,), {"_delete": _delete, "__module__": __name__})
+
+
+_KEPT: dict[type, type] = {}
+
+
+def forksafe(obj: T) -> T:
+    """``obj`` (a wasmtime-py ``Store``, ``Module``, ``Linker`` or ``InstancePre``, just made),
+    made deletable only by this process. Returns it."""
+    cls = type(obj)
+    kept = _KEPT.get(cls)
+    if kept is None:
+        kept = _KEPT.setdefault(cls, _kept(cls))
+    obj._plugsafe_pid = os.getpid()  # type: ignore[attr-defined]
+    obj.__class__ = kept
+    return obj
