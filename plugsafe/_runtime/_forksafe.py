@@ -9,10 +9,11 @@ by choice (measured, issue 12): a cycle collection in the child deletes the pare
 (the store, module, linker and instance-pre of a plugin that was dropped without ``close()``),
 and CPython's own fork handling (``PyOS_AfterFork_Child`` -> ``_PyThreadState_DeleteExcept``,
 inside ``os.fork()``, before any at-fork handler) releases what only the parent's other
-threads held: their ``threading.local`` data, contexts and handled exceptions (there an idle
-thread's ``ThreadRoom`` and the per-thread ``last_call`` records it keyed, instances and all,
-were freed inside ``os.fork()``). A ProcessPoolExecutor worker forked by the test suite hung
-there for minutes.
+threads held: their ``threading.local`` data, contexts and handled exceptions (measured: an idle
+thread's ``ThreadRoom`` and the per-thread ``last_call`` records it keyed were freed inside
+``os.fork()``, with the ``rt.Instance`` objects they held; their stores had been closed already
+in every case seen, but nothing guarantees it). A ProcessPoolExecutor worker forked by the test
+suite once hung there for minutes (not reproduced since).
 
 So every wasmtime object plugsafe makes that can take such a lock when deleted goes through
 :func:`forksafe`: it is deleted only by the process that made it; a forked child leaks what it
