@@ -561,47 +561,19 @@ class CallPath:
     def acquire(self, me: int, end: float | None = None, function: str = "") -> None:
         """Take the lock, for a call of ``function`` that must end by ``end`` (or None).
 
-        A wait is bounded by ``end`` and by the deadlines of the calls this thread is inside,
-        and refused if it would close a cycle of threads waiting for each other's plugins
-        (host functions calling plugins). Without the bound and the check, two plugins whose
-        host functions call each other's plugin from two threads would each hold its own lock
-        and wait for the other's forever. A wait that hits a deadline ends with the
-        DeadlineExceeded of the call it belongs to; a cycle with PluginCallError at once.
+        The wait is :func:`_nesting.wait_for`'s: bounded by ``end`` and the deadlines of the
+        calls this thread is inside, refused if it would close a wait-for cycle.
         """
-        lock = self.lock
-        if lock.acquire(False):
-            return
-        bound = _nesting.wait_deadline(me)
-        if end is not None and (bound is None or end < bound[0]):
-            bound = (end, self)
-        cycle = _nesting.start_wait(me, self)
-        if cycle is not None:
-            raise self.deadlock(cycle)
-        try:
-            if bound is None:
-                lock.acquire()
-                return
-            deadline, outer = bound
-            if lock.acquire(timeout=_nesting.seconds_until(deadline)):
-                return
-        finally:
-            _nesting.end_wait(me)
-        if outer is self:
-            raise self.diagnosis.deadline(
+        _nesting.wait_for(
+            self.lock,
+            me,
+            self,
+            end,
+            lambda: self.diagnosis.deadline(
                 function,
                 "call",
                 " (all of it spent waiting for the plugin, busy in another thread)",
-            )
-        raise outer.waited(f" (waiting for plugin {self.name!r}, busy in another thread)")
-
-    def deadlock(self, cycle: Sequence[_nesting.Lockable]) -> PluginCallError:
-        """Why waiting for this plugin is refused: the threads in ``cycle`` (this plugin's
-        first) would wait for each other forever."""
-        names = " -> ".join(repr(p.name) for p in cycle)
-        return PluginCallError(
-            f"plugin {self.name!r} is busy in another thread that waits (through host "
-            f"functions) for a plugin this thread is using; waiting would deadlock, so the "
-            f"call is refused (plugins waited for, in turn: {names})"
+            ),
         )
 
     @property

@@ -628,35 +628,18 @@ class ComponentPlugin:
         return self._held
 
     def _wait(self, lock: threading.Lock, me: int, end: float | None, function: str) -> None:
-        path = self._path
-        bound = _nesting.wait_deadline(me)
-        outer: Any = path
-        if end is not None and (bound is None or end < bound[0]):
-            bound = (end, path)
-        cycle = _nesting.start_wait(me, path)
-        if cycle is not None:
-            names = " -> ".join(repr(p.name) for p in cycle)
-            raise PluginCallError(
-                f"plugin {self._name!r} is busy in another thread that waits (through host "
-                f"functions) for a plugin this thread is using; waiting would deadlock, so the "
-                f"call is refused (plugins waited for, in turn: {names})"
-            )
-        try:
-            if bound is None:
-                lock.acquire()
-                return
-            deadline, outer = bound
-            if lock.acquire(timeout=_nesting.seconds_until(deadline)):
-                return
-        finally:
-            _nesting.end_wait(me)
-        if outer is path:
-            raise self._diagnosis.deadline(
+        # The one way a call waits for a busy plugin (bounded, cycles refused): _nesting.wait_for.
+        _nesting.wait_for(
+            lock,
+            me,
+            self._path,
+            end,
+            lambda: self._diagnosis.deadline(
                 function,
                 "call",
                 " (all of it spent waiting for the plugin, busy in another thread)",
-            )
-        raise outer.waited(f" (waiting for plugin {self._name!r}, busy in another thread)")
+            ),
+        )
 
     def _refused(
         self, exc: rc.LiftRefused, function: str, argument: bool = False

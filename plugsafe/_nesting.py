@@ -33,6 +33,8 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
+from ._errors import PluginCallError
+
 __all__ = [
     "BASE_RESERVE",
     "LEVEL_RESERVE",
@@ -48,6 +50,7 @@ __all__ = [
     "thread_room",
     "thread_stack_size",
     "wait_deadline",
+    "wait_for",
 ]
 
 NESTING_CAP = 8
@@ -267,3 +270,52 @@ def end_wait(me: int) -> None:
 def seconds_until(deadline: float) -> float:
     """Seconds from now until ``deadline`` (``time.perf_counter``), at least 0."""
     return max(deadline - time.perf_counter(), 0.0)
+
+
+class Waiter(Active, Lockable, Protocol):
+    """A plugin's call path as :func:`wait_for` sees it (``CallPath``, a component's path)."""
+
+
+def wait_for(
+    lock: threading.Lock,
+    me: int,
+    path: Waiter,
+    end: float | None,
+    own_deadline: Callable[[], Exception],
+) -> None:
+    """Take ``lock``, the lock of ``path``'s plugin, for thread ``me`` whose call must end by
+    ``end`` (or None): the one way a call waits for a plugin busy in another thread.
+
+    The wait is bounded by ``end`` and by the deadlines of the calls this thread is inside, and
+    refused if it would close a cycle of threads waiting for each other's plugins (host
+    functions calling plugins): without the bound and the check, two plugins whose host
+    functions call each other's plugin from two threads would each hold its own lock and wait
+    for the other's forever. A cycle raises PluginCallError at once (naming the plugins); a wait
+    that reaches ``end`` raises ``own_deadline()``, one that reaches an enclosing call's
+    deadline that call's DeadlineExceeded (:meth:`Active.waited`).
+    """
+    if lock.acquire(False):
+        return
+    bound: tuple[float, Active | None] | None = wait_deadline(me)
+    if end is not None and (bound is None or end < bound[0]):
+        bound = (end, None)
+    cycle = start_wait(me, path)
+    if cycle is not None:
+        names = " -> ".join(repr(p.name) for p in cycle)
+        raise PluginCallError(
+            f"plugin {path.name!r} is busy in another thread that waits (through host "
+            f"functions) for a plugin this thread is using; waiting would deadlock, so the "
+            f"call is refused (plugins waited for, in turn: {names})"
+        )
+    try:
+        if bound is None:
+            lock.acquire()
+            return
+        deadline, outer = bound
+        if lock.acquire(timeout=seconds_until(deadline)):
+            return
+    finally:
+        end_wait(me)
+    if outer is None:
+        raise own_deadline()
+    raise outer.waited(f" (waiting for plugin {path.name!r}, busy in another thread)")
