@@ -23,6 +23,8 @@ from typing import NewType, Protocol, cast
 import wasmtime
 from wasmtime import _ffi as wf
 
+from ._ticker import prompt_off
+
 __all__ = [
     "Backend",
     "CallerPtr",
@@ -318,6 +320,8 @@ def failure_from_addresses(error: int, trap: int) -> WasmFailure:
     The one place a trap becomes a WasmFailure: a trap returned by a host callback is matched
     with what that callback recorded (see HostRecord).
     """
+    # The call is back on this thread: a switch interval its deadline lowered goes back now.
+    prompt_off()
     if error:
         ptr = ctypes.cast(error, _ErrorPtr)
         status = ctypes.c_int()

@@ -36,7 +36,7 @@ from ._backend import WasmFailure
 from ._engine import NO_DEADLINE_TICKS, Engine
 from ._forksafe import forksafe
 from ._select import DEFAULT as _BACKEND
-from ._ticker import Ticker, guard, limit
+from ._ticker import Ticker, guard, limit, prompt_off
 
 # wasmtime-py's ``wasmtime.component`` (Component, Linker, types) is imported on first use: it
 # costs tens of milliseconds, which a process that never loads a component should not pay.
@@ -915,6 +915,7 @@ def _failure(err: Any) -> WasmFailure:
 def _classify(message: str) -> WasmFailure:
     """A WasmFailure with a trap code where the message says which limit stopped the call (the
     component API reports traps as errors, without their codes)."""
+    prompt_off()  # the call is back on this thread: see _ticker's "Prompt returns"
     code = None
     if "all fuel consumed by WebAssembly" in message:
         code = "OUT_OF_FUEL"

@@ -20,6 +20,12 @@ to *look*: :func:`guard` gives each timed store an epoch-deadline callback that 
 wall clock with the call's deadline and either extends the epoch deadline (too early) or
 interrupts the call with wasmtime's own ``INTERRUPT`` trap. Deadlines never fire early.
 
+A stopped call still needs the GIL twice (the guard, then the return). So the guard first looks
+a little ahead of the deadline (``AHEAD``) and, from then until the call is back, the
+interpreter's switch interval is ``PROMPT_INTERVAL`` instead of the app's (5 ms by default):
+with busy Python threads the stopped call gets the GIL back within a fraction of a millisecond
+of asking instead of several switch intervals (see "Prompt returns" below).
+
 A timer must never outlive its engine (a tick on a freed engine is a use-after-free: the first
 experiment segfaulted at interpreter exit). So a :class:`Ticker` keeps its engine alive for the
 rest of the process (engines are process-wide anyway: one per configuration), and timers are
@@ -55,9 +61,12 @@ from typing import Any
 __all__ = [
     "BUSY",
     "FALLBACK_PERIOD",
+    "AHEAD",
     "LEAD",
     "MARGIN",
     "MIN_DELAY",
+    "PROMPT_GRACE",
+    "PROMPT_INTERVAL",
     "NATIVE_PERIOD",
     "QUICK",
     "SLOW",
@@ -65,6 +74,8 @@ __all__ = [
     "guard",
     "limit",
     "native_available",
+    "prompt_due",
+    "prompt_off",
     "reaper_pending",
     "ticker_for",
     "unlimit",
@@ -97,8 +108,16 @@ BUSY = 1.0
 # only LEAD before the shortest timeout in use could end (no deadline can come sooner), when that
 # is at least MIN_DELAY away: a burst of calls shorter than their timeouts never ticks at all.
 # Calls arming their deadlines before the first tick count their ticks from it (Ticker.deadline).
-LEAD = 0.01
+LEAD = 0.03
 MIN_DELAY = 0.02
+# How long before a deadline the store's guard first looks (see "Prompt returns" below): the
+# epoch deadline comes AHEAD early, the guard makes the interpreter switch threads promptly
+# and extends it to the deadline itself. LEAD leaves two periods to spare for the ticks.
+AHEAD = 0.025
+# The GIL switch interval while a deadline is due (Python's default is 5 ms), and how long after
+# a call's deadline its thread keeps it at most when the call returned without being stopped.
+PROMPT_INTERVAL = 0.0002
+PROMPT_GRACE = 0.1
 # Ticks added to every deadline: one because the first tick after arming can come at once,
 # one because a call may reuse a deadline armed up to one period before it started (see
 # Ticker.ticks). With them the guard's wall-clock check (see guard) passes the first time
@@ -319,10 +338,13 @@ class Ticker:
     def ticks(self, timeout: float) -> int:
         """The epoch deadline (in ticks) for ``timeout`` seconds.
 
-        ``timeout / period`` rounded up, plus two: the first tick after arming may come at
-        once, and a call may reuse a deadline armed up to one period before it started.
+        ``(timeout - ahead) / period`` rounded up, plus two: the first tick after arming may
+        come at once, and a call may reuse a deadline armed up to one period before it started.
+        The guard first looks ``ahead`` early (see "Prompt returns"): AHEAD, or half a timeout
+        shorter than twice that (so short calls well within their timeout never make it look).
         """
-        return math.ceil(timeout / self.period) + _SLACK_TICKS
+        ahead = min(AHEAD, timeout / 2)
+        return math.ceil((timeout - ahead) / self.period) + _SLACK_TICKS
 
     def deadline(self, now: float, ticks: int) -> int:
         """The epoch deadline to set at ``now`` for a deadline of ``ticks`` (:meth:`ticks`).
@@ -330,8 +352,8 @@ class Ticker:
         ``ticks`` as such while the ticker ticks; fewer while its first tick is still to come
         (at :attr:`start`, then one a period): the ticks that will not be given before it.
         With ``k`` dropped, the deadline's last tick comes at ``start + (ticks - k - 1) *
-        period``, at least ``now + timeout + period`` (where the guard's check passes) and at
-        most three periods later. A deadline that would come before the first tick starts the
+        period``, at least ``now + timeout - AHEAD + period`` (where the guard first looks) and
+        at most three periods later. A deadline that would come before the first tick starts the
         ticking now (a timeout shorter than any noted when the ticker was armed).
         """
         start = self.start
@@ -477,6 +499,10 @@ def _reap_once(native_only: bool) -> float | None:
             often = QUICK if now - tk._since < BUSY else SLOW
             look = max(min(tk.last + tk._longest + MARGIN - now, often), 0.001)
             wait = look if wait is None else min(wait, look)
+    prompt_due(now, everything=not any(tk.armed for tk in _TICKERS))
+    if wait is not None and _PROMPTS:
+        # Look again when the next lowered switch interval is due back.
+        wait = min(wait, max(min(_PROMPTS.values(), default=now) - now, 0.001))
     return wait
 
 
@@ -583,7 +609,10 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
         left = end - time.perf_counter()
         if left > 0:
             delta[0] = math.ceil(left / period) or 1
+            if left <= AHEAD + period:
+                _prompt_on(end)  # the deadline is near: see "Prompt returns"
             return 0
+        _prompt_on(end)
     except BaseException:  # nothing may cross into wasmtime: interrupt instead
         pass
     # wasmtime's own trap: the call fails exactly as an epoch interruption without a callback
@@ -654,6 +683,67 @@ def unlimit(arming: list[float]) -> None:
         arming[0] = arming[1]
 
 
+# -- prompt returns -------------------------------------------------------------------------------
+# A stopped call must take the GIL back twice: to run the guard (Python) and to return. With
+# busy Python threads each wait lasts until the holder is asked to drop the GIL (after the switch
+# interval, 5 ms by default) and then until the scheduler picks this thread among the waiters:
+# medians of 20-50 ms were measured with 2-4 busy threads. So while a deadline is due, the
+# interpreter's switch interval is lowered to PROMPT_INTERVAL: the guard first looks AHEAD
+# before the deadline (Ticker.ticks), lowers it, and the stopped call's failure (or, for a call
+# that ended in time, the reaper PROMPT_GRACE after its deadline) puts the previous value back.
+# Keyed by thread: the guard runs, and the failure is made, on the calling thread. A value the
+# app set meanwhile is left alone.
+
+_prompt_lock = threading.Lock()
+# thread ident -> the perf_counter time after which its entry may be dropped.
+_PROMPTS: dict[int, float] = {}
+# [the switch interval to restore, or None while not lowered by us]
+_prompt_saved: list[float | None] = [None]
+
+
+def _prompt_on(end: float) -> None:
+    """(The guard, on the calling thread.) Keep the switch interval low for this thread's call,
+    whose deadline is ``end``, until :func:`prompt_off` or ``end + PROMPT_GRACE``."""
+    with _prompt_lock:
+        if not _PROMPTS and _prompt_saved[0] is None:
+            current = sys.getswitchinterval()
+            if current > PROMPT_INTERVAL:
+                _prompt_saved[0] = current
+                sys.setswitchinterval(PROMPT_INTERVAL)
+        _PROMPTS[_thread.get_ident()] = end + PROMPT_GRACE
+
+
+def _prompt_restore() -> None:
+    """(``_prompt_lock`` held, no entries left.) Put the app's switch interval back, unless the
+    app changed it meanwhile."""
+    saved = _prompt_saved[0]
+    _prompt_saved[0] = None
+    if saved is not None and abs(sys.getswitchinterval() - PROMPT_INTERVAL) < 1e-7:
+        sys.setswitchinterval(saved)
+
+
+def prompt_off() -> None:
+    """The calling thread's stopped call is back (its failure is being made): end its entry."""
+    if not _PROMPTS:  # the usual case, without the lock: nothing was lowered
+        return
+    with _prompt_lock:
+        if _PROMPTS.pop(_thread.get_ident(), None) is not None and not _PROMPTS:
+            _prompt_restore()
+
+
+def prompt_due(now: float, everything: bool = False) -> None:
+    """(The reaper.) Drop the entries of calls that ended in time (past their grace), or all of
+    them when ``everything`` (no ticker is armed: no timed call runs)."""
+    if not _PROMPTS:
+        return
+    with _prompt_lock:
+        for ident, until in list(_PROMPTS.items()):
+            if everything or until <= now:
+                del _PROMPTS[ident]
+        if not _PROMPTS:
+            _prompt_restore()
+
+
 _BY_ENGINE: dict[int, Ticker] = {}
 
 
@@ -675,9 +765,14 @@ def _after_fork_in_child() -> None:
     # Only this thread survived the fork: the Python thread and every POSIX timer are gone,
     # and the lock may have been held by one of them. Forget them all; the next timed call
     # re-creates what it needs. Nothing here may block.
-    global _lock, _wake
+    global _lock, _wake, _prompt_lock
     _lock = threading.Lock()
     _wake = threading.Event()
+    # The calls that lowered the switch interval ran on threads that are gone here.
+    _prompt_lock = threading.Lock()
+    _PROMPTS.clear()
+    if _prompt_saved[0] is not None:
+        _prompt_restore()
     _state["thread"] = _state["reap_pending"] = False
     _state["reap_timer"] = None
     # glibc's SIGEV_THREAD helper thread takes an internal lock for every expiry and glibc does
