@@ -126,29 +126,47 @@ def test_an_interval_already_lower_is_never_raised(host: plugsafe.Host) -> None:
     assert sys.getswitchinterval() == pytest.approx(0.0001)
 
 
-def test_calls_on_two_threads_share_one_lowering(host: plugsafe.Host) -> None:
+def test_calls_on_two_threads_share_one_lowering(
+    host: plugsafe.Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Another thread's call is due (its guard lowered the interval) when this thread's stopped
     # call comes back: the interval stays low until the other one is back too.
     import threading
 
+    monkeypatch.setattr(_ticker, "PROMPT_GRACE", 30.0)  # only the calls' returns may end it
     other_due = threading.Event()
     other_back = threading.Event()
 
-    def other() -> None:
-        _ticker._prompt_on(time.perf_counter() + 60)  # what its guard does, on its thread
-        other_due.set()
-        other_back.wait(30)
-        _ticker.prompt_off()  # what its failure does
+    @host.function
+    def probe() -> int:
+        if _lowered():
+            other_due.set()
+            other_back.wait(30)  # past its deadline: it stops once back in wasm
+        time.sleep(0.001)
+        return 1
 
-    t = threading.Thread(target=other)
+    other = host.load(PROBING, policy=plugsafe.Policy(timeout=0.1, allow={"probe"}))
+    failed: list[BaseException] = []
+
+    def run_other() -> None:
+        try:
+            other.invoke("run")
+        except BaseException as exc:  # checked below
+            failed.append(exc)
+
+    t = threading.Thread(target=run_other)
     t.start()
-    assert other_due.wait(30)
-    plugin = host.load(SPIN, policy=plugsafe.Policy(timeout=0.05))
-    with pytest.raises(plugsafe.DeadlineExceeded):
-        plugin.invoke("spin")
-    assert _lowered() and len(_ticker._PROMPTS) == 1
-    other_back.set()
-    t.join(30)
+    try:
+        assert other_due.wait(30)
+        plugin = host.load(SPIN, policy=plugsafe.Policy(timeout=0.05))
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("spin")
+        assert _lowered() and len(_ticker._PROMPTS) == 1
+    finally:
+        other_back.set()
+        t.join(30)
+    assert not t.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], plugsafe.DeadlineExceeded)
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
     assert not _ticker._PROMPTS
 
@@ -185,3 +203,21 @@ def test_a_stopped_component_call_gives_the_interval_back(host: plugsafe.Host) -
             plugin.invoke("spin")
         assert sys.getswitchinterval() == pytest.approx(DEFAULT)
         assert not _ticker._PROMPTS
+
+
+def test_a_failing_lowering_never_stops_a_call_early(
+    host: plugsafe.Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lowering is best effort: if it fails (say, at the recursion limit) the guard still
+    # extends the call to its deadline instead of stopping it then and there.
+    def broken(end: float) -> None:
+        raise RecursionError("no room")
+
+    monkeypatch.setattr(_ticker, "_prompt_on", broken)
+    timeout = 0.15
+    plugin = host.load(SPIN, policy=plugsafe.Policy(timeout=timeout))
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("spin")
+        assert time.perf_counter() - t0 >= timeout

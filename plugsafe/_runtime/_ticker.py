@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import _thread
 import atexit
+import contextlib
 import ctypes
 import math
 import os
@@ -608,9 +609,17 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
         end = arming[2] if armed == math.inf else armed + timeout + period
         left = end - time.perf_counter()
         if left > 0:
+            ahead = min(AHEAD, timeout / 2)
+            if left > ahead + period:
+                # Too early even to get ready (ticks came in a burst): look again ``ahead``
+                # before the deadline.
+                delta[0] = math.ceil((left - ahead) / period)
+                return 0
             delta[0] = math.ceil(left / period) or 1
-            if left <= AHEAD + period:
-                _prompt_on(end)  # the deadline is near: see "Prompt returns"
+            # The deadline is near: see "Prompt returns". Best effort: a failure here must not
+            # turn into an early stop.
+            with contextlib.suppress(BaseException):
+                _prompt_on(end)
             return 0
         _prompt_on(end)
     except BaseException:  # nothing may cross into wasmtime: interrupt instead
