@@ -185,14 +185,22 @@ class ComponentLoader:
 _FUNCTION_NAME = re.compile(
     r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*(@[0-9A-Za-z.+-]+)?#[a-z][a-z0-9-]*$"
 )
+# A function the world imports itself (``import log: func(msg: string);``): ``#log``, the
+# interface form without an interface. (A bare ``log`` is refused: it is far more often an
+# interface function written without its interface.)
+_WORLD_FUNCTION_NAME = re.compile(r"^#[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
 def check_component_function_name(name: object) -> None:
-    """Raise ValueError unless ``name`` is ``ns:pkg/iface[@version]#func``."""
-    if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+    """Raise ValueError unless ``name`` is ``ns:pkg/iface[@version]#func`` (a function of an
+    imported interface) or ``#func`` (a function the world imports itself)."""
+    if not isinstance(name, str) or not (
+        _FUNCTION_NAME.match(name) or _WORLD_FUNCTION_NAME.match(name)
+    ):
         raise ValueError(
             f"component function name {name!r} is not valid: expected "
-            "'namespace:package/interface#function' (e.g. 'test:host/logging#host-log')"
+            "'namespace:package/interface#function' (e.g. 'test:host/logging#host-log'), or "
+            "'#function' for a function the world imports itself (e.g. '#log')"
         )
 
 
@@ -300,6 +308,27 @@ def import_problems(
             if not imp.functions:
                 problems.append(
                     ImportProblem(imp.name, "*", "unknown", "the host offers no such interface")
+                )
+        elif imp.kind == "func":
+            # A function the world imports itself: registered and allowed as "#name".
+            func = imp.functions[0]
+            key = f"#{imp.name}"
+            if func.unsupported:
+                problems.append(ImportProblem("(world)", imp.name, "wrong type", func.unsupported))
+            elif key not in functions:
+                problems.append(
+                    ImportProblem(
+                        "(world)",
+                        imp.name,
+                        "unknown",
+                        f"{func.wit()}: the host registers no such component function",
+                    )
+                )
+            elif key not in policy.allow:
+                problems.append(
+                    ImportProblem(
+                        "(world)", imp.name, "not allowed", f"the policy's allow lacks {key!r}"
+                    )
                 )
         else:
             problems.append(
@@ -431,13 +460,19 @@ class ComponentPlugin:
             self._ticker = compiled.engine.ticker
             self._ticker.use_timeout(policy.timeout)
             self._ticker.watch(self._lock)
-        # Host functions for the imports (checked against the policy already), per interface.
+        # Host functions for the imports (checked against the policy already), per interface;
+        # functions the world imports itself under "" (the linker's root).
         self._host: dict[str, dict[str, tuple[rc.FuncDesc, rc.HostImpl]]] = {}
         for imp in world.imports:
             for f in imp.functions:
-                fn = (functions or {}).get(f"{imp.name}#{f.name}")
-                if fn is not None and imp.kind == "instance":
-                    self._host.setdefault(imp.name, {})[f.name] = (f, self._host_impl(f, fn))
+                if imp.kind == "instance":
+                    fn = (functions or {}).get(f"{imp.name}#{f.name}")
+                    if fn is not None:
+                        self._host.setdefault(imp.name, {})[f.name] = (f, self._host_impl(f, fn))
+                elif imp.kind == "func":
+                    fn = (functions or {}).get(f"#{imp.name}")
+                    if fn is not None:
+                        self._host.setdefault("", {})[imp.name] = (f, self._host_impl(f, fn))
         # The call in progress: which thread runs it (re-entry from its own host function is
         # refused, not deadlocked), its host calls, and what a host function raised.
         self._held = _Held(self._lock)

@@ -14,6 +14,7 @@ import gc
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ _CORE = """
       (drop (memory.grow (local.get 0)))
       (loop br 0)
       (i32.const 0))
+    (func (export "peek") (param i32) (result i32) (i32.load (local.get 0)))
     (func (export "fill") (param i32) (result i32)
       ;; touch every byte of the first memory: the pages become resident
       (memory.fill (i32.const 0) (i32.const 7) (i32.mul (memory.size) (i32.const 65536)))
@@ -59,7 +61,7 @@ _CORE = """
   )
   (core instance $i (instantiate $m))
 """
-_FUNCS = ["hog", "grow", "grow2", "spin", "fill"]
+_FUNCS = ["hog", "grow", "grow2", "spin", "peek", "fill"]
 
 
 def component(first: int = 1, second: int = 1, data: str = "", start: str = "") -> bytes:
@@ -164,6 +166,19 @@ def test_last_call_memory_bytes_is_the_instances_memory(host: Host) -> None:
         assert plugin.invoke("fill", 0) == 101  # the grown pages are readable and writable
 
 
+def test_past_the_end_of_a_memory_is_out_of_bounds_not_the_hosts(host: Host) -> None:
+    # The reservation past the memory's size (and the guard after it) is mapped PROT_NONE:
+    # compiled code relies on it to trap, and the host must never read another mapping there.
+    with host.load_component(MEM, policy=Policy(memory=MiB)) as plugin:
+        assert plugin.invoke("grow", 1) == 1
+        assert plugin.invoke("peek", 2 * PAGE - 4) == 0  # the grown page reads (zeroes)
+        for addr in (2 * PAGE - 3, 2 * PAGE, 3 * PAGE, 2**31, 2**32 - 4):
+            with pytest.raises(plugsafe.PluginTrap, match="out of bounds") as info:
+                plugin.invoke("peek", addr)
+            assert not isinstance(info.value, MemoryLimitExceeded)
+        assert plugin.invoke("peek", 0) == 0
+
+
 def test_memories_are_unmapped_when_their_instance_goes(host: Host) -> None:
     gc.collect()
     before = _hostmem.live_memories()
@@ -179,6 +194,31 @@ def test_memories_are_unmapped_when_their_instance_goes(host: Host) -> None:
     with pytest.raises(MemoryLimitExceeded):
         host.load_component(component(200, 1), policy=policy)  # refused at load: nothing kept
     assert _hostmem.live_memories() == before
+
+
+def test_threads_instantiating_at_once_each_get_their_own_account(host: Host) -> None:
+    # wasmtime names no Store when it asks for a memory: the instantiating thread does.
+    errors: list[BaseException] = []
+
+    def worker(pages: int) -> None:
+        try:
+            policy = Policy(memory=(pages + 2) * PAGE)
+            for _ in range(15):
+                with host.load_component(component(first=pages), policy=policy) as plugin:
+                    assert plugin.invoke("grow", 0) == pages
+                    assert plugin.last_call is not None
+                    assert plugin.last_call.memory_bytes == (pages + 1) * PAGE
+                    assert plugin.invoke("grow", 2) == -1  # each its own cap
+                    assert plugin.invoke("grow", 1) == pages
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (1, 3, 5, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
 
 
 def _rss() -> int:
@@ -271,6 +311,9 @@ def test_the_callbacks_turn_every_failure_into_an_error_for_wasmtime() -> None:
             _hostmem._new_memory(None, None, PAGE, 2**32, 2**32, 0, None)
         )
         assert _hostmem.live_memories() == before
+        assert "over its reservation" in _message(
+            _hostmem._new_memory(None, None, 2 * PAGE, 2**32, PAGE, 0, out)
+        )
 
 
 def test_a_failing_creator_fails_the_load_cleanly(

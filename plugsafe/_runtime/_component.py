@@ -1057,7 +1057,9 @@ class ComponentInstance:
         """``until``: the deadline (``perf_counter`` seconds) of the call this instance is made
         for, which instantiation (start functions included) runs under; None: a timeout of its
         own from now (at load). ``max_host_arg``: the bytes each argument of a host function
-        call may take once lifted (see :func:`_host_callback`)."""
+        call may take once lifted (see :func:`_host_callback`). ``host``: the host functions,
+        by interface, then function name (interface ``""``: functions the world imports
+        itself)."""
         _require()
         engine = compiled.engine
         self._compiled = compiled
@@ -1127,23 +1129,29 @@ class ComponentInstance:
         def deadline() -> float | None:
             return self._end
 
+        def add(inst: Any, funcs: Mapping[str, tuple[FuncDesc, HostImpl]]) -> None:
+            for fname, (desc, impl) in funcs.items():
+                cb = _host_callback(desc, impl, sink, max_host_arg, deadline)
+                self._callbacks.append(cb)
+                name = fname.encode()
+                err = wf.wasmtime_component_linker_instance_add_func(
+                    inst.ptr(),
+                    ctypes.create_string_buffer(name),
+                    len(name),
+                    cb,
+                    None,
+                    _no_finalizer,
+                )
+                if err:
+                    raise _failure(err)
+
         with root:
             for interface, funcs in host.items():
+                if not interface:
+                    add(root, funcs)  # functions the world imports itself
+                    continue
                 with root.add_instance(interface) as inst:
-                    for fname, (desc, impl) in funcs.items():
-                        cb = _host_callback(desc, impl, sink, max_host_arg, deadline)
-                        self._callbacks.append(cb)
-                        name = fname.encode()
-                        err = wf.wasmtime_component_linker_instance_add_func(
-                            inst.ptr(),
-                            ctypes.create_string_buffer(name),
-                            len(name),
-                            cb,
-                            None,
-                            _no_finalizer,
-                        )
-                        if err:
-                            raise _failure(err)
+                    add(inst, funcs)
 
     def set_budget(self, until: float | None = None) -> None:
         """Refill fuel and arm the deadline (the ticker protocol of ``_ticker.Ticker``):

@@ -195,6 +195,10 @@ def _new_memory(
         if reserved == 0:
             # wasmtime left the size to us: the cap bounds the growth, and the memory never moves.
             reserved = _round(max(minimum, min(maximum, account.cap)))
+        elif minimum > reserved:
+            # Never the case with wasmtime's reservations; mprotect past the mapping would
+            # change whatever mapping follows it.
+            return _error("plugsafe: a memory's minimum size is over its reservation")
         mapped = reserved + guard
         base = _LIBC.mmap(None, mapped, _PROT_NONE, _MAP_FLAGS, -1, 0)
         if base is None or base == _MAP_FAILED:
@@ -259,12 +263,16 @@ def _grow_memory(env: Any, new_size: int) -> int:
         return 0
 
 
-def _free_memory(env: Any) -> None:
-    with contextlib.suppress(BaseException):  # nothing may cross into wasmtime
-        mem = _LIVE.pop(env, None)
+def _free_memory(env: Any, _live: dict[int, _Memory] = _LIVE, _libc: Any = _LIBC) -> None:
+    # May run while the interpreter shuts down (a Store deleted late): what it needs is bound
+    # as defaults, not looked up in module globals that may be gone by then.
+    try:  # nothing may cross into wasmtime
+        mem = _live.pop(env, None)
         if mem is not None:
             mem.account.memories -= 1
-            _LIBC.munmap(mem.base, mem.mapped)
+            _libc.munmap(mem.base, mem.mapped)
+    except BaseException:  # a finalizer has no one to tell
+        pass
 
 
 def _free_creator(_env: Any) -> None:
