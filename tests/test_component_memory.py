@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 import wasmtime
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import plugsafe
 from plugsafe import Host, MemoryLimitExceeded, Policy
@@ -155,6 +157,34 @@ def test_fuel_and_the_deadline_name_themselves_after_a_refused_growth(host: Host
         pytest.raises(plugsafe.DeadlineExceeded),
     ):
         plugin.invoke("spin", 100)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    cap_pages=st.integers(0, 40),
+    grows=st.lists(st.tuples(st.booleans(), st.integers(0, 2**32 - 1)), max_size=12),
+)
+def test_grows_match_a_model_of_the_cap(
+    host: Host, cap_pages: int, grows: list[tuple[bool, int]]
+) -> None:
+    # Hostile sizes too (u32 up to 4 Gi pages): each grow succeeds exactly when the sum of both
+    # memories stays within the cap, and memory_bytes always says the sum.
+    policy = Policy(memory=cap_pages * PAGE)
+    if cap_pages < 2:
+        with pytest.raises(MemoryLimitExceeded):
+            host.load_component(MEM, policy=policy)
+        return
+    sizes = [1, 1]
+    with host.load_component(MEM, policy=policy) as plugin:
+        for second, pages in grows:
+            got = plugin.invoke("grow2" if second else "grow", pages)
+            i = 1 if second else 0
+            fits = sum(sizes) + pages <= cap_pages and sizes[i] + pages <= 65536
+            assert got == (sizes[i] if fits else -1)
+            if fits:
+                sizes[i] += pages
+            assert plugin.last_call is not None
+            assert plugin.last_call.memory_bytes == sum(sizes) * PAGE
 
 
 def test_last_call_memory_bytes_is_the_instances_memory(host: Host) -> None:
@@ -372,5 +402,7 @@ def test_memory_refused_keeps_the_failure() -> None:
     out = rc._after_refusal(failure, account)
     assert isinstance(out, rc.MemoryRefused)
     assert (out.size, out.asked, out.cap, out.trap_code) == (64, 200, 100, "TRAP")
-    fuel = plugsafe._runtime.WasmFailure("all fuel consumed by WebAssembly", "OUT_OF_FUEL")
-    assert rc._after_refusal(fuel, account) is fuel
+    for code in ("OUT_OF_FUEL", "INTERRUPT", "STACK_OVERFLOW"):
+        limit = plugsafe._runtime.WasmFailure("a limit", code)
+        assert rc._after_refusal(limit, account) is limit
+    assert rc._after_refusal(failure, None) is failure

@@ -952,15 +952,15 @@ class MemoryRefused(WasmFailure):
 
 
 def _after_refusal(failure: WasmFailure, account: _hostmem.Account | None) -> WasmFailure:
-    """``failure``, or a MemoryRefused when the work it ended had a memory refused (unless fuel
-    or the deadline stopped it: those limits name themselves)."""
+    """``failure``, or a MemoryRefused when the work it ended had a memory refused (unless fuel,
+    the deadline or the stack stopped it: a refused growth explains none of those)."""
     if account is None or account.refused is None or failure.trap_code in _LIMIT_CODES:
         return failure
     size, asked = account.refused
     return MemoryRefused(failure, size, asked, account.cap)
 
 
-_LIMIT_CODES = frozenset({"OUT_OF_FUEL", "INTERRUPT"})
+_LIMIT_CODES = frozenset({"OUT_OF_FUEL", "INTERRUPT", "STACK_OVERFLOW"})
 
 
 #: A host function for a component import: takes the lifted arguments, returns the result
