@@ -406,3 +406,21 @@ def test_memory_refused_keeps_the_failure() -> None:
         limit = plugsafe._runtime.WasmFailure("a limit", code)
         assert rc._after_refusal(limit, account) is limit
     assert rc._after_refusal(failure, None) is failure
+
+
+def test_artifacts_compiled_with_copy_on_write_are_kept_apart(host: Host) -> None:
+    # wasmtime refuses an artifact compiled with copy-on-write initialisation on an engine
+    # without it: the disk cache's key says which kind an entry is, so neither evicts the other.
+    engine = host._component_engine(False)
+    assert engine.host_memory and ";hostmem" in engine.settings
+    was = _hostmem.AVAILABLE
+    try:
+        _hostmem.AVAILABLE = False  # an engine as on a host without the creator
+        plain = plugsafe._runtime.Engine(metered=False, max_stack=engine.max_stack, components=True)
+    finally:
+        _hostmem.AVAILABLE = was
+    assert not plain.host_memory and ";hostmem" not in plain.settings
+    wasm = plugsafe._runtime.wat_to_wasm(MEM.decode())
+    artifact = rc.compile_component(plain, wasm).serialize()
+    with pytest.raises(plugsafe._runtime.WasmFailure, match="CoW"):
+        rc.deserialize_component(engine, artifact, wasm)

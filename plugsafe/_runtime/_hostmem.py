@@ -18,7 +18,8 @@ for every linear memory it makes on them and for every growth, and plugsafe
 
 wasmtime calls ``new_memory`` on the thread that instantiates, with no hint of which Store the
 memory is for: :func:`creating` names the Account on that thread for the duration of one
-instantiation. A memory asked for outside one (nothing of plugsafe's does that) is refused.
+instantiation. A memory asked for outside one is refused (measured: wasmtime makes memories
+created through its API, ``wasmtime.Memory``, with its own allocator; plugsafe makes none).
 
 Every callback is wrapped: no Python exception crosses into wasmtime. A failure is a
 ``wasmtime_error_t`` returned to wasmtime (a refused creation or growth), never a crash; the
@@ -99,8 +100,9 @@ AVAILABLE = (
 class Account:
     """The linear memories of one instance (one Store): their sizes and the cap on their sum.
 
-    ``refused`` is the last growth (or creation) refused, as ``(size then, size asked for)``:
-    the instance's total bytes. The owner clears it before each call (:meth:`reset`).
+    ``total`` is the bytes they hold, ``memories`` how many are alive. ``refused`` is the last
+    growth (or creation) refused, as ``(total then, total asked for)``; the owner clears it
+    before each call, so it tells whether *that* call had one.
     """
 
     __slots__ = ("cap", "memories", "refused", "total")
@@ -110,10 +112,6 @@ class Account:
         self.total = 0
         self.memories = 0
         self.refused: tuple[int, int] | None = None
-
-    def reset(self) -> None:
-        """Forget a refusal (a new call starts)."""
-        self.refused = None
 
 
 class _Memory:
