@@ -634,6 +634,11 @@ class ComponentPlugin:
                 self._inst = None
                 recorded, self._host_error = self._host_error, None
                 raise_clean(self._translate(exc, recorded, function, "call"))
+            except BaseException:
+                # A KeyboardInterrupt a memory callback caught, raised once wasmtime returned
+                # (rc._reraise_interrupt): the instance may be mid-call, so start afresh.
+                self._inst = None
+                raise
             finally:
                 self._path.owner = None
                 self._last.stats = (

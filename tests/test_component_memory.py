@@ -370,6 +370,28 @@ def test_a_failing_growth_is_a_refusal_to_the_guest_not_a_crash(
         assert plugin.invoke("grow", 1) == 1
 
 
+def test_ctrl_c_during_a_growth_is_raised_once_wasmtime_returns(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*_args: object) -> bool:
+        raise KeyboardInterrupt
+
+    with host.load_component(MEM) as plugin:
+        monkeypatch.setattr(_hostmem, "_protect", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            plugin.invoke("grow", 1)  # the guest saw -1 and returned: then the interrupt
+        with pytest.raises(KeyboardInterrupt):
+            plugin.invoke("hog", 1)  # the guest trapped: the interrupt, not the memory limit
+        monkeypatch.undo()
+        assert plugin.invoke("grow", 1) == 1  # a fresh instance, growing again
+    before = _hostmem.live_memories()
+    monkeypatch.setattr(_hostmem, "_protect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        host.load_component(MEM)  # interrupted while creating its memory
+    monkeypatch.undo()
+    assert _hostmem.live_memories() == before  # nothing of it kept
+
+
 def test_the_ctypes_backend_sees_the_cap_too() -> None:
     code = f"""
 import plugsafe

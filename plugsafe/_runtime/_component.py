@@ -963,6 +963,14 @@ def _after_refusal(failure: WasmFailure, account: _hostmem.Account | None) -> Wa
 _LIMIT_CODES = frozenset({"OUT_OF_FUEL", "INTERRUPT", "STACK_OVERFLOW"})
 
 
+def _reraise_interrupt(account: _hostmem.Account | None) -> None:
+    """Raise the KeyboardInterrupt (or the like) a memory callback caught, now that wasmtime
+    has returned (it could not cross into it)."""
+    if account is not None and account.interrupt is not None:
+        exc, account.interrupt = account.interrupt, None
+        raise exc
+
+
 #: A host function for a component import: takes the lifted arguments, returns the result
 #: already checked by :func:`normalise` (None for a function without one); raises to fail.
 HostImpl = Callable[[list[Any]], Any]
@@ -1114,7 +1122,9 @@ class ComponentInstance:
                 with _hostmem.creating(self._account):
                     self._instance = linker.instantiate(store, compiled.component)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            _reraise_interrupt(self._account)
             raise _after_refusal(_classify(str(exc)), self._account) from None
+        _reraise_interrupt(self._account)
         self._funcs: dict[str, Any] = {}
 
     def _define(
@@ -1243,7 +1253,9 @@ class ComponentInstance:
                 1 if has_result else 0,
             )
             if err:
-                raise _after_refusal(_failure(err), account)
+                failure = _failure(err)
+                _reraise_interrupt(account)
+                raise _after_refusal(failure, account)
             try:
                 if desc.result is None:
                     value = None
@@ -1260,6 +1272,8 @@ class ComponentInstance:
             err = wf.wasmtime_component_func_post_return(ctypes.byref(func._func), ctx)
             if err:
                 raise _after_refusal(_failure(err), account)
+            if account is not None and account.interrupt is not None:
+                _reraise_interrupt(account)  # the call completed: Ctrl-C arrived during a grow
             return value
         finally:
             for i in range(lowered):

@@ -24,7 +24,8 @@ created through its API, ``wasmtime.Memory``, with its own allocator; plugsafe m
 Every callback is wrapped: no Python exception crosses into wasmtime. A failure is a
 ``wasmtime_error_t`` returned to wasmtime (a refused creation or growth), never a crash; the
 ``get_memory`` callback, which cannot fail in the C API, reads only Python data made before
-the memory was handed over.
+the memory was handed over. A KeyboardInterrupt caught there is kept on the Account
+(:attr:`Account.interrupt`) and raised by the instance once wasmtime has returned.
 
 Copy-on-write initialisation (``memory_init_cow``) has to be off on such an engine (measured: it
 aborts the process instantiating a componentize-py component), so data segments are copied in
@@ -105,13 +106,16 @@ class Account:
     before each call, so it tells whether *that* call had one.
     """
 
-    __slots__ = ("cap", "memories", "refused", "total")
+    __slots__ = ("cap", "interrupt", "memories", "refused", "total")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.total = 0
         self.memories = 0
         self.refused: tuple[int, int] | None = None
+        #: A KeyboardInterrupt (or other BaseException that is not an Exception) a callback
+        #: caught: it cannot cross into wasmtime, so the owner raises it once wasmtime returns.
+        self.interrupt: BaseException | None = None
 
 
 class _Memory:
@@ -156,6 +160,24 @@ def _error(message: str) -> int:
     """A new ``wasmtime_error_t*`` as an address (wasmtime takes and frees it)."""
     err = wf.wasmtime_error_new(ctypes.create_string_buffer(message.encode()))
     return ctypes.cast(err, ctypes.c_void_p).value or 0
+
+
+_FALLBACK = ctypes.create_string_buffer(b"plugsafe: the memory creator failed")
+
+
+def _failed(exc: BaseException, what: str, account: Account | None) -> int:
+    """The error a callback returns after catching ``exc``: never 0 if it can be helped (0
+    means success to wasmtime, which would then use a memory that does not exist)."""
+    try:
+        if account is not None and not isinstance(exc, Exception):
+            account.interrupt = exc  # a KeyboardInterrupt: raised by the owner afterwards
+        return _error(f"plugsafe: {what} failed: {type(exc).__name__}")
+    except BaseException:
+        try:
+            err = wf.wasmtime_error_new(_FALLBACK)  # no formatting, no new Python objects
+            return ctypes.cast(err, ctypes.c_void_p).value or 0
+        except BaseException:
+            return 0  # nothing left to try
 
 
 def _protect(mem: _Memory, new_size: int) -> bool:
@@ -222,9 +244,7 @@ def _new_memory(
         account.memories += 1
         return 0
     except BaseException as exc:  # nothing may cross into wasmtime
-        with contextlib.suppress(BaseException):
-            return _error(f"plugsafe: creating a memory failed: {type(exc).__name__}")
-        return 0  # unreachable in practice: formatting a message failed
+        return _failed(exc, "creating a memory", getattr(_current, "account", None))
 
 
 def _get_memory(env: Any, size: Any, capacity: Any) -> int:
@@ -241,6 +261,7 @@ def _get_memory(env: Any, size: Any, capacity: Any) -> int:
 
 
 def _grow_memory(env: Any, new_size: int) -> int:
+    mem = None
     try:
         mem = _LIVE[env]
         account = mem.account
@@ -256,9 +277,7 @@ def _grow_memory(env: Any, new_size: int) -> int:
         account.total += delta
         return 0
     except BaseException as exc:  # nothing may cross into wasmtime
-        with contextlib.suppress(BaseException):
-            return _error(f"plugsafe: growing a memory failed: {type(exc).__name__}")
-        return 0
+        return _failed(exc, "growing a memory", None if mem is None else mem.account)
 
 
 def _free_memory(env: Any, _live: dict[int, _Memory] = _LIVE, _libc: Any = _LIBC) -> None:
