@@ -50,6 +50,7 @@ from ._errors import (
     StackLimitExceeded,
     fmt_bytes,
     raise_clean,
+    short_trap,
 )
 from ._loader import Source, read_source
 from ._loader import default_name as loader_default_name
@@ -133,7 +134,7 @@ class ComponentLoader:
             if hit is not None:
                 self._compiled.move_to_end(key)
                 return hit
-        compiled = self._from_disk(engine, key[1])
+        compiled = self._from_disk(engine, key[1], wasm)
         if compiled is None:
             try:
                 compiled = rc.compile_component(engine, wasm)
@@ -160,7 +161,9 @@ class ComponentLoader:
                 cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
             return cache
 
-    def _from_disk(self, engine: rt.Engine, digest: bytes) -> rc.CompiledComponent | None:
+    def _from_disk(
+        self, engine: rt.Engine, digest: bytes, wasm: bytes
+    ) -> rc.CompiledComponent | None:
         cache = self._disk_cache(engine)
         if cache is None:
             return None
@@ -173,7 +176,7 @@ class ComponentLoader:
             cache.discard(key)
             return None
         try:
-            return rc.deserialize_component(engine, artifact)
+            return rc.deserialize_component(engine, artifact, wasm)
         except rt.WasmFailure:
             cache.discard(key)  # written by another build of wasmtime: compile again
             return None
@@ -182,14 +185,22 @@ class ComponentLoader:
 _FUNCTION_NAME = re.compile(
     r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*(@[0-9A-Za-z.+-]+)?#[a-z][a-z0-9-]*$"
 )
+# A function the world imports itself (``import log: func(msg: string);``): ``#log``, the
+# interface form without an interface. (A bare ``log`` is refused: it is far more often an
+# interface function written without its interface.)
+_WORLD_FUNCTION_NAME = re.compile(r"^#[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
 def check_component_function_name(name: object) -> None:
-    """Raise ValueError unless ``name`` is ``ns:pkg/iface[@version]#func``."""
-    if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+    """Raise ValueError unless ``name`` is ``ns:pkg/iface[@version]#func`` (a function of an
+    imported interface) or ``#func`` (a function the world imports itself)."""
+    if not isinstance(name, str) or not (
+        _FUNCTION_NAME.match(name) or _WORLD_FUNCTION_NAME.match(name)
+    ):
         raise ValueError(
             f"component function name {name!r} is not valid: expected "
-            "'namespace:package/interface#function' (e.g. 'test:host/logging#host-log')"
+            "'namespace:package/interface#function' (e.g. 'test:host/logging#host-log'), or "
+            "'#function' for a function the world imports itself (e.g. '#log')"
         )
 
 
@@ -297,6 +308,27 @@ def import_problems(
             if not imp.functions:
                 problems.append(
                     ImportProblem(imp.name, "*", "unknown", "the host offers no such interface")
+                )
+        elif imp.kind == "func":
+            # A function the world imports itself: registered and allowed as "#name".
+            func = imp.functions[0]
+            key = f"#{imp.name}"
+            if func.unsupported:
+                problems.append(ImportProblem("(world)", imp.name, "wrong type", func.unsupported))
+            elif key not in functions:
+                problems.append(
+                    ImportProblem(
+                        "(world)",
+                        imp.name,
+                        "unknown",
+                        f"{func.wit()}: the host registers no such component function",
+                    )
+                )
+            elif key not in policy.allow:
+                problems.append(
+                    ImportProblem(
+                        "(world)", imp.name, "not allowed", f"the policy's allow lacks {key!r}"
+                    )
                 )
         else:
             problems.append(
@@ -428,13 +460,19 @@ class ComponentPlugin:
             self._ticker = compiled.engine.ticker
             self._ticker.use_timeout(policy.timeout)
             self._ticker.watch(self._lock)
-        # Host functions for the imports (checked against the policy already), per interface.
+        # Host functions for the imports (checked against the policy already), per interface;
+        # functions the world imports itself under "" (the linker's root).
         self._host: dict[str, dict[str, tuple[rc.FuncDesc, rc.HostImpl]]] = {}
         for imp in world.imports:
             for f in imp.functions:
-                fn = (functions or {}).get(f"{imp.name}#{f.name}")
-                if fn is not None and imp.kind == "instance":
-                    self._host.setdefault(imp.name, {})[f.name] = (f, self._host_impl(f, fn))
+                if imp.kind == "instance":
+                    fn = (functions or {}).get(f"{imp.name}#{f.name}")
+                    if fn is not None:
+                        self._host.setdefault(imp.name, {})[f.name] = (f, self._host_impl(f, fn))
+                elif imp.kind == "func":
+                    fn = (functions or {}).get(f"#{imp.name}")
+                    if fn is not None:
+                        self._host.setdefault("", {})[imp.name] = (f, self._host_impl(f, fn))
         # The call in progress: which thread runs it (re-entry from its own host function is
         # refused, not deadlocked), its host calls, and what a host function raised.
         self._held = _Held(self._lock)
@@ -446,7 +484,7 @@ class ComponentPlugin:
         self._host_calls = 0
         self._host_error: BaseException | None = None
         self._function = ""
-        # Per thread, as Plugin.last_call: (fuel, duration, host calls, function) of the
+        # Per thread, as Plugin.last_call: (fuel, duration, memory, host calls, function) of the
         # thread's last call, made into a CallStats only when asked for.
         self._last = threading.local()
         self._inst: rc.ComponentInstance | None = None
@@ -487,15 +525,16 @@ class ComponentPlugin:
     def last_call(self) -> CallStats | None:
         """Stats of this thread's most recent call (:meth:`invoke`), or None before its first.
 
-        As :attr:`Plugin.last_call`, except ``memory_bytes``, which is always 0: wasmtime's C
-        API cannot read a component's memory. A failed call has stats too (a call stopped by
-        ``fuel`` used all of it).
+        As :attr:`Plugin.last_call`: ``memory_bytes`` is the size of the instance's memories
+        (all of them) when the call ended, as plugsafe's memory creator counts them (0 on hosts
+        without it: wasmtime's C API cannot read a component's memory). A failed call has stats
+        too (a call stopped by ``fuel`` used all of it).
         """
         last = getattr(self._last, "stats", None)
         if last is None:
             return None
-        fuel, duration, host_calls, function = last
-        return CallStats(fuel, duration, 0, host_calls, self._name, function)
+        fuel, duration, memory, host_calls, function = last
+        return CallStats(fuel, duration, memory, host_calls, self._name, function)
 
     @property
     def closed(self) -> bool:
@@ -594,12 +633,18 @@ class ComponentPlugin:
                 # A trap poisons the Store: the next call gets a fresh instance.
                 self._inst = None
                 recorded, self._host_error = self._host_error, None
-                raise_clean(self._diagnosis._translate(exc, recorded, function, None, "call"))
+                raise_clean(self._translate(exc, recorded, function, "call"))
+            except BaseException:
+                # A KeyboardInterrupt a memory callback caught, raised once wasmtime returned
+                # (rc._reraise_interrupt): the instance may be mid-call, so start afresh.
+                self._inst = None
+                raise
             finally:
                 self._path.owner = None
                 self._last.stats = (
                     None if inst is None else inst.fuel_used(),
                     time.perf_counter() - start,
+                    0 if inst is None else inst.memory_bytes(),
                     self._host_calls,
                     function,
                 )
@@ -750,7 +795,27 @@ class ComponentPlugin:
             )
         except rt.WasmFailure as exc:
             recorded, self._host_error = self._host_error, None
-            raise_clean(self._diagnosis._translate(exc, recorded, "(instantiation)", None, phase))
+            raise_clean(self._translate(exc, recorded, "(instantiation)", phase))
+
+    def _translate(
+        self, exc: rt.WasmFailure, recorded: BaseException | None, function: str, phase: Phase
+    ) -> BaseException:
+        """The error for a failed instantiation or call: the memory limit when plugsafe's memory
+        creator refused a memory during it (``rc.MemoryRefused``) and no host function failed
+        first, else what the Diagnosis makes of it."""
+        if isinstance(exc, rc.MemoryRefused) and recorded is None:
+            where = f"plugin {self._name!r} in {function!r}"
+            if exc.trap_code is None:  # instantiation failed: an initial size over the cap
+                what = f"could not be instantiated: its memories need {fmt_bytes(exc.asked)}"
+            else:
+                what = (
+                    f"trapped ({short_trap(exc.message)}) after a memory.grow to "
+                    f"{fmt_bytes(exc.asked)} in all (from {fmt_bytes(exc.size)}) was refused"
+                )
+            return self._diagnosis.memory_error(
+                f"{where} {what}, over the policy's memory of {fmt_bytes(exc.cap)}", phase
+            )
+        return self._diagnosis._translate(exc, recorded, function, None, phase)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

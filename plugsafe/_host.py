@@ -169,7 +169,8 @@ class Host(Closing):
         """Register a decorated function for components that import ``name``.
 
         ``name`` is a WIT interface function, ``"test:host/logging#host-log"`` (with the
-        interface's version if it has one: ``"ns:pkg/iface@1.0.0#func"``). The function gets
+        interface's version if it has one: ``"ns:pkg/iface@1.0.0#func"``), or ``"#log"`` for
+        a function the world imports itself (``import log: func(...)``). The function gets
         the arguments converted as ``invoke`` returns values (records as Record, ...) and
         returns a value of the WIT result type. A component still needs its policy to
         ``allow`` the function or its interface. Returns the function unchanged.

@@ -31,8 +31,11 @@ _MAX_TIMEOUT = 86_400.0
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What a component may be allowed to import (docs/components.md): a WIT interface
 # ("test:host/logging", optionally "@1.0.0") or one of its functions ("...#host-log").
+# A function a component's world imports itself ("import log: func(...)") is "#log": the same
+# form without an interface.
 _WIT_NAME = re.compile(
     r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*(@[0-9A-Za-z.+-]+)?(#[a-z][a-z0-9-]*)?$"
+    r"|^#[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 )
 
 # The fields Policy(...) also takes as strings with units, read by the policy files' parsers
@@ -78,7 +81,10 @@ class Policy:
             the new instance a call may need count; ``None`` means no deadline.
         memory: bytes of linear memory the plugin may hold, all its memories together.
         allow: names of host functions (built-in such as ``"log"``, or registered with
-            ``Host.function``) the plugin may import from the ``plugsafe`` module.
+            ``Host.function``) the plugin may import from the ``plugsafe`` module; for
+            components, WIT interfaces (``"test:host/logging"``), their functions
+            (``"test:host/logging#host-log"``) and functions the world imports itself
+            (``"#log"``), registered with ``Host.component_function``.
         max_input: largest input, in bytes, that ``Plugin.call`` will pass in.
         max_output: largest output or error message, in bytes, the plugin may return.
         max_module_size: largest module, in bytes (wasm binary or WAT text), ``Host.load`` accepts.

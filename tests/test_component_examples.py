@@ -123,3 +123,25 @@ def test_the_example_app_runs(tmp_path: Path) -> None:
     for name in ("grayscale", "resized", "blurred"):
         data = (tmp_path / f"{name}.ppm").read_bytes()
         assert data.startswith(b"P6\n")
+
+
+@pytest.mark.parametrize("build", ["committed", "fresh"])
+def test_the_memory_cap_stops_the_c_component_and_the_next_call_works(
+    request: pytest.FixtureRequest, host: plugsafe.Host, build: str
+) -> None:
+    path = COMPONENTS / "image-service.wasm"
+    if build == "fresh":
+        path = request.getfixturevalue("fresh_build")
+    small = imageref.pattern(4, 4)
+    # blur of 256x256 mallocs 1.5 MiB of doubles: over a 1 MiB cap, so malloc fails and the C
+    # code traps (__builtin_trap); the refused growth makes that the memory limit.
+    big = imageref.pattern(256, 256)
+    policy = POLICY.replace(memory=2**20, max_output=64 * 2**20)
+    with host.load_component(path, policy=policy) as plugin:
+        with pytest.raises(plugsafe.MemoryLimitExceeded) as info:
+            plugin.invoke("processor/blur", _record(big), 2.0)
+        assert info.value.phase == "call" and info.value.value == 2**20
+        stats = plugin.last_call
+        assert stats is not None and 0 < stats.memory_bytes <= 2**20
+        out = plugin.invoke("processor/grayscale", _record(small))
+        assert out.data == imageref.grayscale(small).pixels

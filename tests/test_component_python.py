@@ -110,3 +110,34 @@ def test_fuel_stops_a_python_component(component: Path) -> None:
         with pytest.raises(plugsafe.FuelExhausted):
             p.invoke("processor/blur", rec, 3.0)
         assert p.invoke("processor/grayscale", {"width": 1, "height": 1, "data": b"abc"})
+
+
+def test_copying_its_data_in_is_not_charged_to_the_policys_fuel(component: Path) -> None:
+    # ~11 MB of data segments cost ~11M fuel to copy in at instantiation: not the policy's.
+    policy = POLICY.replace(fuel=1_000_000)
+    with (
+        plugsafe.Host(cache_dir=CACHE / "compiled") as host,
+        host.load_component(component, policy=policy) as p,
+    ):
+        out = p.invoke("processor/grayscale", {"width": 1, "height": 1, "data": b"abc"})
+        assert out.data == b"bbb"
+        stats = p.last_call
+        # The instance's memory, as plugsafe's memory creator counts it: ~12 MiB.
+        assert stats is not None and 8 * 2**20 < stats.memory_bytes < 64 * 2**20
+
+
+def test_the_memory_cap_is_a_memory_limit_for_a_python_component(component: Path) -> None:
+    with plugsafe.Host(cache_dir=CACHE / "compiled") as host:
+        with pytest.raises(plugsafe.MemoryLimitExceeded) as info:
+            host.load_component(component, policy=POLICY.replace(memory=8 * 2**20))
+        assert info.value.phase == "load"
+        with host.load_component(component, policy=POLICY.replace(memory=14 * 2**20)) as p:
+            start = p.invoke("processor/grayscale", {"width": 1, "height": 1, "data": b"abc"})
+            assert start.data == b"bbb"
+            # 3 MB of pixels: lowering them needs more memory than the cap leaves.
+            big = {"width": 1000, "height": 1000, "data": bytes(3_000_000)}
+            with pytest.raises(plugsafe.MemoryLimitExceeded) as info:
+                p.invoke("processor/grayscale", big)
+            assert info.value.phase == "call" and info.value.value == 14 * 2**20
+            out = p.invoke("processor/grayscale", {"width": 1, "height": 1, "data": b"abc"})
+            assert out.data == b"bbb"  # a fresh instance

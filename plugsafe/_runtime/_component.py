@@ -32,6 +32,7 @@ from typing import Any, cast
 import wasmtime
 from wasmtime import _ffi as wf
 
+from . import _hostmem
 from ._backend import WasmFailure
 from ._engine import NO_DEADLINE_TICKS, Engine
 from ._forksafe import forksafe
@@ -61,6 +62,7 @@ __all__ = [
     "ImportDesc",
     "LiftBudget",
     "LiftRefused",
+    "MemoryRefused",
     "Record",
     "UnsupportedType",
     "VType",
@@ -359,6 +361,9 @@ class CompiledComponent:
     component: Any  # wasmtime.component.Component
     world: World
     engine: Engine
+    #: Fuel instantiation gets on top of the policy's: what copying the data segments costs
+    #: (:func:`_hostmem.data_fuel`; 0 where copy-on-write initialisation is on).
+    data_fuel: int = 0
     # Export indexes by qualified name, found on first use (they belong to the component, not
     # to an instance, so every instance of it reuses them).
     _indexes: dict[str, Any] = field(default_factory=dict)
@@ -390,6 +395,10 @@ def _require() -> None:
         )
 
 
+def _data_fuel(engine: Engine, wasm: bytes | None) -> int:
+    return _hostmem.data_fuel(wasm) if wasm is not None and engine.host_memory else 0
+
+
 def compile_component(engine: Engine, wasm: bytes) -> CompiledComponent:
     """Compile and validate a component binary; raises WasmFailure with wasmtime's message."""
     _require()
@@ -397,18 +406,21 @@ def compile_component(engine: Engine, wasm: bytes) -> CompiledComponent:
         comp = _wc().Component(engine._engine, wasm)
     except wasmtime.WasmtimeError as exc:
         raise WasmFailure(str(exc)) from None
-    return CompiledComponent(comp, describe(comp, engine), engine)
+    return CompiledComponent(comp, describe(comp, engine), engine, _data_fuel(engine, wasm))
 
 
-def deserialize_component(engine: Engine, artifact: bytes) -> CompiledComponent:
+def deserialize_component(
+    engine: Engine, artifact: bytes, wasm: bytes | None = None
+) -> CompiledComponent:
     """Load what :meth:`CompiledComponent.serialize` of this plugsafe wrote. Never call this on
-    bytes from anywhere else: a crafted artifact runs arbitrary code."""
+    bytes from anywhere else: a crafted artifact runs arbitrary code. ``wasm``: the component it
+    was compiled from (for :attr:`CompiledComponent.data_fuel`)."""
     _require()
     try:
         comp = _wc().Component.deserialize(engine._engine, artifact)
     except wasmtime.WasmtimeError as exc:
         raise WasmFailure(str(exc)) from None
-    return CompiledComponent(comp, describe(comp, engine), engine)
+    return CompiledComponent(comp, describe(comp, engine), engine, _data_fuel(engine, wasm))
 
 
 # -- values: Python side --------------------------------------------------------------------------
@@ -928,6 +940,38 @@ def _classify(message: str) -> WasmFailure:
     return WasmFailure(message, code)
 
 
+class MemoryRefused(WasmFailure):
+    """The work failed after plugsafe's memory creator refused a memory (its initial size) or
+    a growth past the cap: ``size`` bytes the instance's memories held then, ``asked`` the
+    bytes they would have taken, ``cap`` the cap. ``message`` is wasmtime's, of the failure."""
+
+    def __init__(self, failure: WasmFailure, size: int, asked: int, cap: int) -> None:
+        super().__init__(failure.message, failure.trap_code, failure.exit_code)
+        self.size = size
+        self.asked = asked
+        self.cap = cap
+
+
+def _after_refusal(failure: WasmFailure, account: _hostmem.Account | None) -> WasmFailure:
+    """``failure``, or a MemoryRefused when the work it ended had a memory refused (unless fuel,
+    the deadline or the stack stopped it: a refused growth explains none of those)."""
+    if account is None or account.refused is None or failure.trap_code in _LIMIT_CODES:
+        return failure
+    size, asked = account.refused
+    return MemoryRefused(failure, size, asked, account.cap)
+
+
+_LIMIT_CODES = frozenset({"OUT_OF_FUEL", "INTERRUPT", "STACK_OVERFLOW"})
+
+
+def _reraise_interrupt(account: _hostmem.Account | None) -> None:
+    """Raise the KeyboardInterrupt (or the like) a memory callback caught, now that wasmtime
+    has returned (it could not cross into it)."""
+    if account is not None and account.interrupt is not None:
+        exc, account.interrupt = account.interrupt, None
+        raise exc
+
+
 #: A host function for a component import: takes the lifted arguments, returns the result
 #: already checked by :func:`normalise` (None for a function without one); raises to fail.
 HostImpl = Callable[[list[Any]], Any]
@@ -1022,7 +1066,9 @@ class ComponentInstance:
         """``until``: the deadline (``perf_counter`` seconds) of the call this instance is made
         for, which instantiation (start functions included) runs under; None: a timeout of its
         own from now (at load). ``max_host_arg``: the bytes each argument of a host function
-        call may take once lifted (see :func:`_host_callback`)."""
+        call may take once lifted (see :func:`_host_callback`). ``host``: the host functions,
+        by interface, then function name (interface ``""``: functions the world imports
+        itself)."""
         _require()
         engine = compiled.engine
         self._compiled = compiled
@@ -1030,7 +1076,14 @@ class ComponentInstance:
         self._fuel = 0 if fuel is None else fuel
         # Never deleted in a forked child (see _forksafe: it could wait on a lock forever).
         store = self._store = forksafe(wasmtime.Store(engine._engine))
-        store.set_limits(memory_size=memory_size, table_elements=table_elements)
+        # With plugsafe's memory creator (_hostmem) the cap is its Account's, on the sum of the
+        # instance's memories: the store's limits would refuse a growth before the creator saw
+        # it, so they cap only tables then. Without one, the store caps each memory.
+        self._account = _hostmem.Account(memory_size) if engine.host_memory else None
+        if self._account is None:
+            store.set_limits(memory_size=memory_size, table_elements=table_elements)
+        else:
+            store.set_limits(table_elements=table_elements)
         if wasi is not None:
             # What _linker.wasi_config made; wasmtime's preview 2 context is built from it too.
             store.set_wasi(cast(wasmtime.WasiConfig, wasi))
@@ -1059,10 +1112,20 @@ class ComponentInstance:
         # quarter of wasmtime-py's Store.get_fuel, which goes through ctypes).
         self._fuel_left = _fuel_reader(store) if self._metered else None
         self.set_budget(until)
+        if self._metered and compiled.data_fuel:
+            # Copying the data segments in costs fuel (one unit per byte, without copy-on-write
+            # initialisation): on top of the policy's, so start functions get all of that.
+            store.set_fuel(self._fuel + compiled.data_fuel)
         try:
-            self._instance = linker.instantiate(store, compiled.component)
+            if self._account is None:
+                self._instance = linker.instantiate(store, compiled.component)
+            else:
+                with _hostmem.creating(self._account):
+                    self._instance = linker.instantiate(store, compiled.component)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            raise _classify(str(exc)) from None
+            _reraise_interrupt(self._account)
+            raise _after_refusal(_classify(str(exc)), self._account) from None
+        _reraise_interrupt(self._account)
         self._funcs: dict[str, Any] = {}
 
     def _define(
@@ -1077,23 +1140,29 @@ class ComponentInstance:
         def deadline() -> float | None:
             return self._end
 
+        def add(inst: Any, funcs: Mapping[str, tuple[FuncDesc, HostImpl]]) -> None:
+            for fname, (desc, impl) in funcs.items():
+                cb = _host_callback(desc, impl, sink, max_host_arg, deadline)
+                self._callbacks.append(cb)
+                name = fname.encode()
+                err = wf.wasmtime_component_linker_instance_add_func(
+                    inst.ptr(),
+                    ctypes.create_string_buffer(name),
+                    len(name),
+                    cb,
+                    None,
+                    _no_finalizer,
+                )
+                if err:
+                    raise _failure(err)
+
         with root:
             for interface, funcs in host.items():
+                if not interface:
+                    add(root, funcs)  # functions the world imports itself
+                    continue
                 with root.add_instance(interface) as inst:
-                    for fname, (desc, impl) in funcs.items():
-                        cb = _host_callback(desc, impl, sink, max_host_arg, deadline)
-                        self._callbacks.append(cb)
-                        name = fname.encode()
-                        err = wf.wasmtime_component_linker_instance_add_func(
-                            inst.ptr(),
-                            ctypes.create_string_buffer(name),
-                            len(name),
-                            cb,
-                            None,
-                            _no_finalizer,
-                        )
-                        if err:
-                            raise _failure(err)
+                    add(inst, funcs)
 
     def set_budget(self, until: float | None = None) -> None:
         """Refill fuel and arm the deadline (the ticker protocol of ``_ticker.Ticker``):
@@ -1123,6 +1192,12 @@ class ComponentInstance:
                 ticks = ticker.ticks(max(until - now, 0.0))
             ticks = ticker.deadline(now, ticks)
         self._store.set_epoch_deadline(ticks)
+
+    def memory_bytes(self) -> int:
+        """The bytes the instance's memories hold now (0 without plugsafe's memory creator:
+        wasmtime's C API cannot read a component's memory)."""
+        account = self._account
+        return 0 if account is None else account.total
 
     def fuel_used(self) -> int | None:
         """Fuel consumed since the last :meth:`set_budget` (None when unmetered)."""
@@ -1166,6 +1241,9 @@ class ComponentInstance:
             result = _V()
             has_result = desc.result is not None
             self.set_budget(until)
+            account = self._account
+            if account is not None:
+                account.refused = None
             ctx = self._store._context()
             err = wf.wasmtime_component_func_call(
                 ctypes.byref(func._func),
@@ -1176,7 +1254,9 @@ class ComponentInstance:
                 1 if has_result else 0,
             )
             if err:
-                raise _failure(err)
+                failure = _failure(err)
+                _reraise_interrupt(account)
+                raise _after_refusal(failure, account)
             try:
                 if desc.result is None:
                     value = None
@@ -1192,7 +1272,9 @@ class ComponentInstance:
                     wf.wasmtime_component_val_delete(ctypes.byref(result))
             err = wf.wasmtime_component_func_post_return(ctypes.byref(func._func), ctx)
             if err:
-                raise _failure(err)
+                raise _after_refusal(_failure(err), account)
+            if account is not None and account.interrupt is not None:
+                _reraise_interrupt(account)  # the call completed: Ctrl-C arrived during a grow
             return value
         finally:
             for i in range(lowered):

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import wasmtime
 from wasmtime import _ffi as wf
 
+from . import _hostmem
 from ._backend import WasmFailure
 from ._forksafe import forksafe
 from ._module import VALTYPE_FACTORIES, Description, Module, describe_binary
@@ -135,6 +136,13 @@ class Engine:
         if pooling is not None:
             _set_pooling(cfg, pooling)
             self.settings += ";pool=" + ",".join(map(str, pooling))
+        # Components' memories come from plugsafe (_hostmem): the only way the host sees a
+        # component's memory grow and can tell a refused growth from any other trap. It turns
+        # copy-on-write initialisation off, which wasmtime records in compiled artifacts (one
+        # compiled with it on is refused by an engine with it off): part of the cache key.
+        self.host_memory = components and pooling is None and _hostmem.install(cfg)
+        if self.host_memory:
+            self.settings += ";hostmem"
         self._engine = wasmtime.Engine(cfg)
         self._ptr = self._engine.ptr()
         self._ticker: Ticker | None = None
