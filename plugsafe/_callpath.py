@@ -416,8 +416,12 @@ class CallPath:
         data: bytes | bytearray | memoryview | str,
         context: object,
         token: CallToken,
+        begun: float | None = None,
     ) -> bytes:
-        """``call`` for an asynchronous call: the general path, marking ``token`` running."""
+        """``call`` for an asynchronous call: the general path, marking ``token`` running.
+
+        ``begun``: when the call began, if before now (a PluginPool's call that waited for a
+        free instance): its timeout runs from then."""
         payload = data if type(data) is bytes else _payload(data)
         if len(payload) > self.max_input:
             raise AbiError(
@@ -432,10 +436,15 @@ class CallPath:
             finally:
                 token.end()
 
-        return self.guarded(function, op, context)
+        return self.guarded(function, op, context, begun)
 
     def invoke_tracked(
-        self, function: str, args: Sequence[object], context: object, token: CallToken
+        self,
+        function: str,
+        args: Sequence[object],
+        context: object,
+        token: CallToken,
+        begun: float | None = None,
     ) -> Any:
         """``invoke`` for an asynchronous call (as call_tracked)."""
 
@@ -446,7 +455,7 @@ class CallPath:
             finally:
                 token.end()
 
-        return self.guarded(function, op, context)
+        return self.guarded(function, op, context, begun)
 
     def invoke_checked(self, inst: rt.Instance, function: str, args: Sequence[object]) -> Any:
         """Invoke ``function`` on ``inst``, checking it first if not yet done (general path)."""
@@ -462,16 +471,24 @@ class CallPath:
 
     # -- the general path ---------------------------------------------------------------------
 
-    def guarded(self, function: str, op: Callable[[rt.Instance], T], context: object = None) -> T:
+    def guarded(
+        self,
+        function: str,
+        op: Callable[[rt.Instance], T],
+        context: object = None,
+        begun: float | None = None,
+    ) -> T:
         """Run one call the general way: wait for the lock, make an instance if there is none.
 
         ``call`` and ``invoke`` come here only when their short path does not apply; ``op``
         does the lookups and checks that the short path finds already done. ``context`` is
-        the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions).
+        the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions);
+        ``begun`` when the call began if before now (a pool's wait for a free instance).
         """
         # The call's timeout runs from here: it covers waiting for the lock and making an
         # instance (the start function, _initialize) as well as the call itself.
-        begun = _perf_counter()
+        if begun is None:
+            begun = _perf_counter()
         me = _get_ident()
         if self.closed or self.owner == me:
             self.refuse()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, SupportsFloat, SupportsIndex, TypeVar
 
@@ -15,13 +16,17 @@ from ._component import is_component_source
 from ._errors import ImportNotAllowedError, PluginClosedError, PluginLoadError, PolicyError
 from ._host import Host
 from ._loader import Source
-from ._nesting import seconds_until, wait_deadline
+from ._nesting import Units, bounded_wait, inside_call
 from ._plugin import OnCall, Plugin, _json_in
 from ._policy import Policy
 
 __all__ = ["PluginPool"]
 
 T = TypeVar("T")
+
+# What close() puts in the idle queue: whoever takes it puts it back (for the next waiter) and
+# raises PluginClosedError, so no thread waits for an instance of a closed pool.
+_CLOSED = -1
 
 
 def _hint_host(exc: PolicyError | ImportNotAllowedError, missing: list[str]) -> None:
@@ -51,6 +56,12 @@ class PluginPool(Closing):
     A single :class:`Plugin` serializes its calls; a pool runs up to ``size`` of them in parallel
     (wasm runs without the GIL), each on its own instance with its own memory. A call waits for
     a free instance. The module is compiled once.
+
+    A call's policy ``timeout`` covers its wait for a free instance (DeadlineExceeded saying
+    so), as a Plugin's covers waiting for its lock; the wait is also bounded by the deadlines
+    of the calls the thread is inside (a host function calling a pool). A wait that could never
+    end (every instance held by this thread, or by threads waiting through host functions for
+    what this thread holds) is refused at once with PluginCallError, with or without timeouts.
 
     Args:
         source: as for :meth:`Host.load`.
@@ -99,17 +110,19 @@ class PluginPool(Closing):
             )
         self._own_host = host is None
         self._host = Host(on_call=on_call) if host is None else host
-        self._idle: queue.SimpleQueue[Plugin] = queue.SimpleQueue()
+        # Free instances, by their index in _plugins (or _CLOSED); _units.held says which
+        # thread holds each of the others (the wait-for check, _nesting.start_wait).
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._plugins: list[Plugin] = []
         self._closed = False
         self._lock = threading.Lock()
         try:
             # Read, checked and compiled once (see _loader); each instance from the same bytes.
             loaded = self._host._prepare(source, policy=policy, name=name)
-            for _ in range(size):
+            for i in range(size):
                 plugin = self._host._instantiate(loaded)
                 self._plugins.append(plugin)
-                self._idle.put(plugin)
+                self._idle.put(i)
         except (PolicyError, ImportNotAllowedError) as exc:
             self.close()
             if self._own_host:
@@ -128,6 +141,7 @@ class PluginPool(Closing):
             size, thread_name_prefix="plugsafe-pool", initializer=self._started
         )
         self.size = size
+        self._units = Units(self._plugins[0].name, size)
 
     def _started(self) -> None:
         self._threads.add(threading.get_ident())
@@ -142,32 +156,71 @@ class PluginPool(Closing):
         """Whether :meth:`close` has been called."""
         return self._closed
 
-    def _with_plugin(self, op: Callable[[Plugin], T]) -> T:
+    def _with_plugin(
+        self, function: str, fast: Callable[[Plugin], T], slow: Callable[[Plugin, float], T]
+    ) -> T:
+        """Run one call on a free instance: ``fast(plugin)`` if one was free at once, else
+        ``slow(plugin, begun)`` after waiting (the call's timeout runs from ``begun``)."""
         if self._closed:
-            raise PluginClosedError("this PluginPool is closed")
+            raise PluginClosedError(f"pool {self.name!r} is closed")
+        begun: float | None = None
         try:
-            plugin = self._idle.get(False)
+            slot = self._idle.get(False)
         except queue.Empty:
-            plugin = self._wait()
+            begun = time.perf_counter()
+            slot = self._wait(function, begun)
+        held = self._units.held
         try:
-            return op(plugin)
+            if slot == _CLOSED:
+                raise PluginClosedError(f"pool {self.name!r} is closed")
+            plugin = self._plugins[slot]
+            # After the wait ended (_nesting.Units): never seen holding what it waits for.
+            held[slot] = threading.get_ident()
+            if self._closed:
+                # Read after ``held`` is set, as close() sets ``_closed`` before reading it:
+                # an instance close() did not see held, it may be closing now.
+                raise PluginClosedError(f"pool {self.name!r} is closed")
+            return fast(plugin) if begun is None else slow(plugin, begun)
         finally:
-            self._idle.put(plugin)
+            # Out of ``held`` before it is free again (Units): in between it is "on its way".
+            held.pop(slot, None)
+            if self._closed and slot != _CLOSED:
+                # close() may have left it to us (see close): closing twice is harmless.
+                self._plugins[slot].close()
+            self._idle.put(slot)
 
-    def _wait(self) -> Plugin:
-        """Wait for a free instance, no longer than the calls this thread is inside may last.
+    def _wait(self, function: str, begun: float) -> int:
+        """Wait for a free instance, no longer than this call's own timeout (from ``begun``)
+        and the calls this thread is inside may last; refused if it could never end.
 
-        From a host function of one of the pool's own plugins (or any plugin call), every
-        instance may be busy for good: the wait ends at that call's deadline, typed.
+        From a host function of one of the pool's own plugins (or of a plugin a thread holding
+        the pool's instances waits for), every instance may be busy for good: that is refused
+        at once (PluginCallError); an ordinary wait ends at a deadline, typed.
         """
-        bound = wait_deadline(threading.get_ident())
-        if bound is None:
-            return self._idle.get()
-        deadline, outer = bound
-        try:
-            return self._idle.get(timeout=seconds_until(deadline))
-        except queue.Empty:
-            raise outer.waited(f" (waiting for a free instance of pool {self.name!r})") from None
+        timeout = self._plugins[0].policy.timeout
+        idle = self._idle
+
+        def take(wait: float | None) -> int | None:
+            try:
+                return idle.get(timeout=wait)
+            except queue.Empty:
+                return None
+
+        def own_deadline() -> Exception:
+            return self._plugins[0]._calls.diagnosis.deadline(
+                function,
+                "call",
+                f" (all of it spent waiting for a free instance of pool {self.name!r}, all "
+                f"{self.size} busy)",
+            )
+
+        return bounded_wait(
+            threading.get_ident(),
+            self._units,
+            None if timeout is None else begun + timeout,
+            take,
+            own_deadline,
+        )
 
     def call(
         self,
@@ -177,17 +230,32 @@ class PluginPool(Closing):
         context: Any = None,
     ) -> bytes:
         """:meth:`Plugin.call` on a free instance."""
-        return self._with_plugin(lambda p: p.call(function, data, context=context))
+        out: bytes = self._with_plugin(
+            function,
+            lambda p: p.call(function, data, context=context),
+            lambda p, begun: p._call_with(CallToken(), function, data, context, begun=begun),
+        )
+        return out
 
     def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`Plugin.call_json` on a free instance."""
-        return self._with_plugin(lambda p: p.call_json(function, value, context=context))
+        return self._with_plugin(
+            function,
+            lambda p: p.call_json(function, value, context=context),
+            lambda p, begun: p._call_with(
+                CallToken(), function, _json_in(value), context, json_out=True, begun=begun
+            ),
+        )
 
     def invoke(
         self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
     ) -> Any:
         """:meth:`Plugin.invoke` on a free instance."""
-        return self._with_plugin(lambda p: p.invoke(function, *args, context=context))
+        return self._with_plugin(
+            function,
+            lambda p: p.invoke(function, *args, context=context),
+            lambda p, begun: p._invoke_with(CallToken(), function, args, context, begun),
+        )
 
     async def call_async(
         self,
@@ -203,7 +271,11 @@ class PluginPool(Closing):
         """
 
         def run(token: CallToken) -> bytes:
-            out: bytes = self._with_plugin(lambda p: p._call_with(token, function, data, context))
+            out: bytes = self._with_plugin(
+                function,
+                lambda p: p._call_with(token, function, data, context),
+                lambda p, begun: p._call_with(token, function, data, context, begun=begun),
+            )
             return out
 
         return await run_call(self._executor, run)
@@ -214,7 +286,11 @@ class PluginPool(Closing):
 
         def run(token: CallToken) -> Any:
             return self._with_plugin(
-                lambda p: p._call_with(token, function, text, context, json_out=True)
+                function,
+                lambda p: p._call_with(token, function, text, context, json_out=True),
+                lambda p, begun: p._call_with(
+                    token, function, text, context, json_out=True, begun=begun
+                ),
             )
 
         return await run_call(self._executor, run)
@@ -225,16 +301,36 @@ class PluginPool(Closing):
         """:meth:`invoke` from asyncio."""
 
         def run(token: CallToken) -> Any:
-            return self._with_plugin(lambda p: p._invoke_with(token, function, args, context))
+            return self._with_plugin(
+                function,
+                lambda p: p._invoke_with(token, function, args, context),
+                lambda p, begun: p._invoke_with(token, function, args, context, begun),
+            )
 
         return await run_call(self._executor, run)
 
     def close(self) -> None:
-        """Close every instance (waiting for running calls) and the pool's threads."""
+        """Close every instance and the pool's threads.
+
+        Waits for running calls, except when called from inside a plugin call (a host
+        function): then an instance another thread is using is closed when that call gives it
+        back, since that call may be waiting for what this thread holds. Threads waiting for a
+        free instance raise PluginClosedError at once.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        # Wakes every thread waiting for a free instance (each puts it back for the next).
+        self._idle.put(_CLOSED)
+        me = threading.get_ident()
+        # Inside a plugin call this thread may hold a plugin or a pool instance that another
+        # thread's call (on this pool) waits for, unbounded without timeouts: waiting for
+        # that call here would deadlock (attack finding). Such instances are closed by their
+        # holder as it gives them back (_with_plugin): ``_closed`` is set before ``held`` is
+        # read here, and a holder reads ``_closed`` after leaving ``held``, so every instance
+        # is closed by one side or both.
+        inside = inside_call()
         executor = getattr(self, "_executor", None)
         if executor is not None:
             # From one of the pool's threads (a host function of an async call closing the
@@ -242,8 +338,13 @@ class PluginPool(Closing):
             # never closed, for good (attack2 finding). Then its calls end as each plugin's
             # close() makes them: the running one finishes, queued ones raise
             # PluginClosedError.
-            executor.shutdown(wait=threading.get_ident() not in self._threads)
-        for plugin in self._plugins:
+            executor.shutdown(wait=not inside and me not in self._threads)
+        units = getattr(self, "_units", None)
+        held = {} if units is None else units.held
+        for slot, plugin in enumerate(self._plugins):
+            holder = held.get(slot)
+            if inside and holder is not None and holder != me:
+                continue
             plugin.close()
         if self._own_host:
             self._host.close()

@@ -1,0 +1,271 @@
+"""Issue 12: a PluginPool attacked as an attacker would: hostile guests through a pool, close()
+from inside a host function and from another thread during calls, cancelled async calls,
+instances poisoned by a trap, size 1 with ``fresh_instance``, failures while an instance is
+given back. After each attack the pool has every instance back (none leaked, none held), its
+calls end typed, and it still works.
+
+Threads are daemons joined with a hard bound (``Rig.join``): a hang fails, never stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from poolrig import BOUND, Rig, refused_as_deadlock, rig_lifetime, wait_until, waiting
+
+import plugsafe
+
+from wat import abi_module
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    yield from rig_lifetime()
+
+
+# ``bump`` counts in a global; ``poison`` sets it to 100 and traps; ``burn`` loops until fuel or
+# time runs out; ``grow`` asks for more memory than any policy here allows; ``go(k)`` calls
+# host function ``hook(k)``; ``echo`` is the ABI echo.
+HOSTILE = abi_module(
+    """
+  (global $count (mut i32) (i32.const 0))
+  (func (export "bump") (result i32)
+    (global.set $count (i32.add (global.get $count) (i32.const 1)))
+    (global.get $count))
+  (func (export "poison")
+    (global.set $count (i32.const 100))
+    unreachable)
+  (func (export "burn") (loop $l (br $l)))
+  (func (export "grow") (result i32) (memory.grow (i32.const 1000)))
+  (func (export "go") (param i64) (result i64) (call $hook (local.get 0)))
+  (func (export "echo") (param $p i32) (param $n i32) (result i64)
+    (call $ok (local.get $p) (local.get $n)))
+""",
+    imports='(import "plugsafe" "hook" (func $hook (param i64) (result i64)))',
+)
+
+
+def hostile_pool(
+    r: Rig, size: int, *, timeout: float | None = 1.0, fuel: int | None = None, **kw: Any
+) -> plugsafe.PluginPool:
+    policy = plugsafe.Policy(allow={"hook"}, timeout=timeout, fuel=fuel, memory="2MiB", **kw)
+    pool = plugsafe.PluginPool(HOSTILE.encode(), policy, size=size, host=r.host, name="hostile")
+    r.closing.append(pool)
+    return pool
+
+
+def test_hostile_guests_through_a_pool_end_typed_and_leave_every_instance_usable(
+    rig: Rig,
+) -> None:
+    pool = hostile_pool(rig, 2, timeout=0.3, fuel=5_000_000)
+    rig.actions[1] = lambda: 1
+    attacks = [
+        ("poison", plugsafe.PluginTrap),
+        ("burn", plugsafe.LimitExceeded),  # fuel or the deadline, whichever comes first
+        ("grow", None),  # memory.grow answers -1 at the cap: no error, no growth
+    ]
+
+    def attack(i: int) -> list[str]:
+        seen = []
+        for name, err in attacks * 2:
+            if err is None:
+                assert pool.invoke(name) == -1
+                seen.append("ok")
+                continue
+            with pytest.raises(err):
+                pool.invoke(name)
+            seen.append(err.__name__)
+        assert pool.call("echo", f"after {i}") == f"after {i}".encode()
+        return seen
+
+    for i in range(3):
+        rig.start(f"attacker{i}", attack, i)
+    rig.join()
+    for key, out in rig.results.items():
+        assert isinstance(out, list), (key, out)
+    assert pool.invoke("bump") == 1  # each trap/limit discarded its instance: fresh state
+
+
+def test_an_instance_poisoned_by_a_trap_is_not_handed_to_the_next_call(rig: Rig) -> None:
+    pool = hostile_pool(rig, 1)
+    assert pool.invoke("bump") == 1
+    with pytest.raises(plugsafe.PluginTrap):
+        pool.invoke("poison")  # global set to 100, then trap
+    # The same slot, a new instance: the trapped one's state never reaches this call.
+    assert pool.invoke("bump") == 1
+    assert pool.invoke("bump") == 2
+
+
+def test_fresh_instance_pool_of_one_serves_refuses_reentry_and_times_its_wait(
+    rig: Rig,
+) -> None:
+    pool = hostile_pool(rig, 1, timeout=0.5, fresh_instance=True)
+    assert [pool.invoke("bump") for _ in range(3)] == [1, 1, 1]
+    # Re-entry from its own host function: the only instance is this thread's.
+    rig.actions[1] = lambda: pool.invoke("bump")
+    with pytest.raises(plugsafe.HostFunctionError) as info:
+        pool.invoke("go", 1)
+    refused_as_deadlock(info.value)
+    # Waiting for it while another thread holds it: the 0.5 s timeout ends the wait.
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> int:
+        inside.set()
+        release.wait(BOUND)
+        return 0
+
+    rig.actions[2] = hold
+    rig.start("holder", pool.invoke, "go", 2)
+    assert inside.wait(BOUND)
+    try:
+        with pytest.raises(plugsafe.DeadlineExceeded, match="free instance"):
+            pool.invoke("bump")
+    finally:
+        release.set()
+    rig.join()
+    assert pool.invoke("bump") == 1
+    assert not pool._units.held
+
+
+def test_close_from_inside_a_host_function_finishes_the_call_and_closes_the_pool(
+    rig: Rig,
+) -> None:
+    pool = hostile_pool(rig, 2)
+    rig.actions[1] = lambda: (pool.close(), 9)[1]
+    assert pool.invoke("go", 1) == 9
+    assert pool.closed
+    with pytest.raises(plugsafe.PluginClosedError):
+        pool.invoke("bump")
+    assert all(p.closed for p in pool._plugins)
+
+
+def test_close_from_another_thread_wakes_waiters_and_waits_for_running_calls(
+    rig: Rig,
+) -> None:
+    pool = hostile_pool(rig, 1, timeout=None)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> int:
+        inside.set()
+        release.wait(BOUND)
+        return 3
+
+    rig.actions[1] = hold
+    rig.start("holder", pool.invoke, "go", 1)
+    assert inside.wait(BOUND)
+    rig.start("waiter", pool.invoke, "bump")  # no timeout: waits for the instance
+    wait_until(lambda: waiting() == 1, "the waiter waiting")
+    closer = threading.Thread(target=pool.close, daemon=True)
+    closer.start()
+    # The waiter is woken by close() at once, typed, while the holder's call still runs.
+    wait_until(lambda: "waiter" in rig.results, "the waiter woken by close()")
+    assert isinstance(rig.results["waiter"], plugsafe.PluginClosedError), rig.results
+    assert closer.is_alive()  # close() waits for the running call ...
+    release.set()
+    closer.join(BOUND)
+    assert not closer.is_alive()
+    rig.join()
+    assert rig.results["holder"] == 3  # ... which finished normally
+    assert all(p.closed for p in pool._plugins)
+
+
+def test_close_from_a_host_function_does_not_wait_for_a_call_that_waits_for_this_thread(
+    rig: Rig,
+) -> None:
+    # Thread B's pool call waits (no timeout) for plugin X, which thread A is inside; X's host
+    # function closes the pool. Waiting there for B's call would deadlock (B waits for A): the
+    # instance B holds is closed when B gives it back instead.
+    pool = hostile_pool(rig, 2, timeout=None)
+    x = rig.plugin("X")
+    a_inside = threading.Event()
+
+    def b_side() -> int:
+        assert a_inside.wait(BOUND)
+        return int(x.invoke("five"))
+
+    def a_side() -> int:
+        a_inside.set()
+        wait_until(lambda: waiting() == 1, "B waiting for X")
+        pool.close()
+        return 4
+
+    rig.actions[1] = b_side
+    rig.actions[2] = a_side
+    rig.start("b", pool.invoke, "go", 1)
+    rig.start("a", x.invoke, "go", 2)
+    rig.join()
+    assert rig.results == {"b": 5, "a": 4}
+    assert all(p.closed for p in pool._plugins)
+
+
+@pytest.mark.parametrize("where", ["running", "waiting"])
+def test_cancelled_async_calls_give_their_instance_back(rig: Rig, where: str) -> None:
+    pool = hostile_pool(rig, 1, timeout=5.0)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> int:
+        inside.set()
+        release.wait(BOUND)
+        return 0
+
+    rig.actions[1] = hold
+
+    async def scenario() -> None:
+        if where == "waiting":
+            rig.start("holder", pool.invoke, "go", 1)
+            assert inside.wait(BOUND)
+        task = asyncio.ensure_future(pool.invoke_async("burn"))
+        await asyncio.sleep(0.3)  # running, or waiting for the held instance
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+
+    t0 = time.monotonic()
+    asyncio.run(scenario())
+    rig.join()
+    # Interrupted at once (not at its 5 s timeout), or never started: the instance is back.
+    wait_until(lambda: not pool._units.held, "the cancelled call's instance given back")
+    assert time.monotonic() - t0 < 4.5
+    assert pool.invoke("bump") >= 1
+
+
+class Escape(BaseException):
+    """Not an Exception: goes through every ``except Exception``."""
+
+
+def test_a_base_exception_from_a_host_function_gives_the_instance_back(rig: Rig) -> None:
+    pool = hostile_pool(rig, 1)
+
+    def escape() -> int:
+        raise Escape
+
+    rig.actions[1] = escape
+    with pytest.raises((Escape, plugsafe.PlugsafeError)):
+        pool.invoke("go", 1)
+    assert not pool._units.held
+    assert pool.invoke("bump") == 1  # the instance was given back (and is a fresh one)
+
+
+def test_an_on_call_callback_that_fails_does_not_leak_the_instance() -> None:
+    def boom(_stats: object) -> None:
+        raise RuntimeError("metrics backend down")
+
+    pool = plugsafe.PluginPool(
+        HOSTILE.replace('(import "plugsafe" "hook" (func $hook (param i64) (result i64)))', "")
+        .replace('(func (export "go") (param i64) (result i64) (call $hook (local.get 0)))', "")
+        .encode(),
+        size=1,
+        on_call=boom,
+    )
+    try:
+        for _ in range(3):
+            assert pool.call("echo", b"x") == b"x"
+        assert not pool._units.held
+    finally:
+        pool.close()
