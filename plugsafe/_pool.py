@@ -23,6 +23,8 @@ from ._policy import Policy
 __all__ = ["PluginPool"]
 
 T = TypeVar("T")
+_get_ident = threading.get_ident
+_perf_counter = time.perf_counter
 
 # What close() puts in the idle queue: whoever takes it puts it back (for the next waiter) and
 # raises PluginClosedError, so no thread waits for an instance of a closed pool.
@@ -113,6 +115,7 @@ class PluginPool(Closing):
         # Free instances, by their index in _plugins (or _CLOSED); _units.held says which
         # thread holds each of the others (the wait-for check, _nesting.start_wait).
         self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._get, self._put = self._idle.get, self._idle.put
         self._plugins: list[Plugin] = []
         self._closed = False
         self._lock = threading.Lock()
@@ -142,6 +145,7 @@ class PluginPool(Closing):
         )
         self.size = size
         self._units = Units(self._plugins[0].name, size)
+        self._held = self._units.held
 
     def _started(self) -> None:
         self._threads.add(threading.get_ident())
@@ -160,34 +164,58 @@ class PluginPool(Closing):
         self, function: str, fast: Callable[[Plugin], T], slow: Callable[[Plugin, float], T]
     ) -> T:
         """Run one call on a free instance: ``fast(plugin)`` if one was free at once, else
-        ``slow(plugin, begun)`` after waiting (the call's timeout runs from ``begun``)."""
-        if self._closed:
-            raise PluginClosedError(f"pool {self.name!r} is closed")
-        begun: float | None = None
+        ``slow(plugin, begun)`` after waiting (the call's timeout runs from ``begun``).
+
+        ``call`` and ``invoke`` inline the first case (no closure made per call)."""
         try:
-            slot = self._idle.get(False)
+            slot = self._get(False)
         except queue.Empty:
-            begun = time.perf_counter()
-            slot = self._wait(function, begun)
-        held = self._units.held
+            return self._after_wait(function, slow)
+        held = self._held
         try:
-            if slot == _CLOSED:
-                raise PluginClosedError(f"pool {self.name!r} is closed")
-            plugin = self._plugins[slot]
-            # After the wait ended (_nesting.Units): never seen holding what it waits for.
-            held[slot] = threading.get_ident()
+            held[slot] = _get_ident()
             if self._closed:
-                # Read after ``held`` is set, as close() sets ``_closed`` before reading it:
-                # an instance close() did not see held, it may be closing now.
-                raise PluginClosedError(f"pool {self.name!r} is closed")
-            return fast(plugin) if begun is None else slow(plugin, begun)
+                raise self._closed_error()
+            return fast(self._plugins[slot])
+        finally:
+            held.pop(slot, None)
+            if self._closed:
+                self._give_back_closed(slot)
+            else:
+                self._put(slot)
+
+    def _after_wait(self, function: str, slow: Callable[[Plugin, float], T]) -> T:
+        """The rest of a call that found no free instance: wait, then ``slow(plugin, begun)``."""
+        begun = _perf_counter()
+        slot = self._wait(function, begun)
+        held = self._held
+        try:
+            # Set after the wait ended (_nesting.Units): a thread is never seen holding what it
+            # waits for. ``_closed`` is read after ``held`` is set, as close() sets ``_closed``
+            # before reading ``held``: close() either sees this instance held or is seen here.
+            held[slot] = _get_ident()
+            if self._closed:
+                raise self._closed_error()
+            return slow(self._plugins[slot], begun)
         finally:
             # Out of ``held`` before it is free again (Units): in between it is "on its way".
             held.pop(slot, None)
-            if self._closed and slot != _CLOSED:
-                # close() may have left it to us (see close): closing twice is harmless.
+            if self._closed:
+                self._give_back_closed(slot)
+            else:
+                self._put(slot)
+
+    def _closed_error(self) -> PluginClosedError:
+        return PluginClosedError(f"pool {self.name!r} is closed")
+
+    def _give_back_closed(self, slot: int) -> None:
+        """Give back an instance of a closed pool: close() may have left closing it to its
+        holder (see close); closing twice is harmless."""
+        try:
+            if slot != _CLOSED:
                 self._plugins[slot].close()
-            self._idle.put(slot)
+        finally:
+            self._put(slot)
 
     def _wait(self, function: str, begun: float) -> int:
         """Wait for a free instance, no longer than this call's own timeout (from ``begun``)
@@ -230,12 +258,26 @@ class PluginPool(Closing):
         context: Any = None,
     ) -> bytes:
         """:meth:`Plugin.call` on a free instance."""
-        out: bytes = self._with_plugin(
-            function,
-            lambda p: p.call(function, data, context=context),
-            lambda p, begun: p._call_with(CallToken(), function, data, context, begun=begun),
-        )
-        return out
+        try:  # _with_plugin's first case, inlined
+            slot = self._get(False)
+        except queue.Empty:
+            out: bytes = self._after_wait(
+                function,
+                lambda p, begun: p._call_with(CallToken(), function, data, context, begun=begun),
+            )
+            return out
+        held = self._held
+        try:
+            held[slot] = _get_ident()
+            if self._closed:
+                raise self._closed_error()
+            return self._plugins[slot].call(function, data, context=context)
+        finally:
+            held.pop(slot, None)
+            if self._closed:
+                self._give_back_closed(slot)
+            else:
+                self._put(slot)
 
     def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`Plugin.call_json` on a free instance."""
@@ -251,11 +293,25 @@ class PluginPool(Closing):
         self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
     ) -> Any:
         """:meth:`Plugin.invoke` on a free instance."""
-        return self._with_plugin(
-            function,
-            lambda p: p.invoke(function, *args, context=context),
-            lambda p, begun: p._invoke_with(CallToken(), function, args, context, begun),
-        )
+        try:  # _with_plugin's first case, inlined
+            slot = self._get(False)
+        except queue.Empty:
+            return self._after_wait(
+                function,
+                lambda p, begun: p._invoke_with(CallToken(), function, args, context, begun),
+            )
+        held = self._held
+        try:
+            held[slot] = _get_ident()
+            if self._closed:
+                raise self._closed_error()
+            return self._plugins[slot].invoke(function, *args, context=context)
+        finally:
+            held.pop(slot, None)
+            if self._closed:
+                self._give_back_closed(slot)
+            else:
+                self._put(slot)
 
     async def call_async(
         self,

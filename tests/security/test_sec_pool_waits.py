@@ -156,7 +156,9 @@ def test_same_pool_reentry_takes_a_second_instance_and_is_refused_past_the_last(
     rig.actions[3] = lambda: pool.invoke("go", 4)
     rig.actions[4] = lambda: 7
     rig.start("deep", pool.invoke, "go", 2)
-    rig.start("ok", lambda: pool.invoke("go", 3))
+    rig.join()
+    # One after the other: at once, each would hold one instance and want the other's.
+    rig.start("ok", pool.invoke, "go", 3)
     rig.join()
     # The innermost wait is refused; each level's host function passes the failure up.
     exc = rig.results["deep"]
