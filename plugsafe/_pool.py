@@ -7,13 +7,20 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, SupportsFloat, SupportsIndex, TypeVar
+from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
 from ._aio import run_call
 from ._callpath import CallToken
 from ._closing import Closing
 from ._component import is_component_source
-from ._errors import ImportNotAllowedError, PluginClosedError, PluginLoadError, PolicyError
+from ._errors import (
+    ImportNotAllowedError,
+    PluginCallError,
+    PluginClosedError,
+    PluginLoadError,
+    PlugsafeError,
+    PolicyError,
+)
 from ._host import Host
 from ._loader import Source
 from ._nesting import Units, bounded_wait, inside_call
@@ -25,6 +32,9 @@ __all__ = ["PluginPool"]
 T = TypeVar("T")
 _get_ident = threading.get_ident
 _perf_counter = time.perf_counter
+
+# How often a cancellable (asynchronous) call waiting for a free instance looks at its token.
+_CANCEL_POLL = 0.05
 
 # What close() puts in the idle queue: whoever takes it puts it back (for the next waiter) and
 # raises PluginClosedError, so no thread waits for an instance of a closed pool.
@@ -161,16 +171,22 @@ class PluginPool(Closing):
         return self._closed
 
     def _with_plugin(
-        self, function: str, fast: Callable[[Plugin], T], slow: Callable[[Plugin, float], T]
+        self,
+        function: str,
+        context: Any,
+        fast: Callable[[Plugin], T],
+        slow: Callable[[Plugin, float], T],
+        token: CallToken | None = None,
     ) -> T:
         """Run one call on a free instance: ``fast(plugin)`` if one was free at once, else
         ``slow(plugin, begun)`` after waiting (the call's timeout runs from ``begun``).
+        ``token``: an asynchronous call's, whose cancellation ends the wait.
 
         ``call`` and ``invoke`` inline the first case (no closure made per call)."""
         try:
             slot = self._get(False)
         except queue.Empty:
-            return self._after_wait(function, slow)
+            return self._after_wait(function, context, slow, token)
         held = self._held
         try:
             held[slot] = _get_ident()
@@ -184,10 +200,27 @@ class PluginPool(Closing):
             else:
                 self._put(slot)
 
-    def _after_wait(self, function: str, slow: Callable[[Plugin, float], T]) -> T:
+    def _after_wait(
+        self,
+        function: str,
+        context: Any,
+        slow: Callable[[Plugin, float], T],
+        token: CallToken | None = None,
+    ) -> T:
         """The rest of a call that found no free instance: wait, then ``slow(plugin, begun)``."""
         begun = _perf_counter()
-        slot = self._wait(function, begun)
+        try:
+            slot = self._wait(function, begun, token)
+        except PlugsafeError as exc:
+            # Reported like a Plugin call whose wait for its lock failed (on_call sees every
+            # call, including those that never got to run).
+            error = exc
+
+            def failed() -> NoReturn:
+                raise error
+
+            self._plugins[0]._reported(function, context, failed)
+            raise
         held = self._held
         try:
             # Set after the wait ended (_nesting.Units): a thread is never seen holding what it
@@ -217,22 +250,40 @@ class PluginPool(Closing):
         finally:
             self._put(slot)
 
-    def _wait(self, function: str, begun: float) -> int:
+    def _wait(self, function: str, begun: float, token: CallToken | None = None) -> int:
         """Wait for a free instance, no longer than this call's own timeout (from ``begun``)
         and the calls this thread is inside may last; refused if it could never end.
 
         From a host function of one of the pool's own plugins (or of a plugin a thread holding
         the pool's instances waits for), every instance may be busy for good: that is refused
-        at once (PluginCallError); an ordinary wait ends at a deadline, typed.
+        at once (PluginCallError); an ordinary wait ends at a deadline, typed. An
+        asynchronous call's wait (``token``) also ends when its task is cancelled, so that
+        its worker thread is not kept waiting for an instance the call will never use.
         """
         timeout = self._plugins[0].policy.timeout
         idle = self._idle
 
         def take(wait: float | None) -> int | None:
-            try:
-                return idle.get(timeout=wait)
-            except queue.Empty:
-                return None
+            if token is None:
+                try:
+                    return idle.get(timeout=wait)
+                except queue.Empty:
+                    return None
+            # Looks at the token between short waits (only a cancellable call that found the
+            # pool busy pays this; a SimpleQueue cannot be woken for one waiter).
+            end = None if wait is None else _perf_counter() + wait
+            while True:
+                step = _CANCEL_POLL if end is None else min(_CANCEL_POLL, end - _perf_counter())
+                try:
+                    return idle.get(timeout=max(step, 0.0))
+                except queue.Empty:
+                    if token.cancelled:
+                        raise PluginCallError(
+                            f"pool {self.name!r}: the call was cancelled while it waited for "
+                            "a free instance"
+                        ) from None
+                    if end is not None and _perf_counter() >= end:
+                        return None
 
         def own_deadline() -> Exception:
             return self._plugins[0]._calls.diagnosis.deadline(
@@ -263,6 +314,7 @@ class PluginPool(Closing):
         except queue.Empty:
             out: bytes = self._after_wait(
                 function,
+                context,
                 lambda p, begun: p._call_with(CallToken(), function, data, context, begun=begun),
             )
             return out
@@ -283,6 +335,7 @@ class PluginPool(Closing):
         """:meth:`Plugin.call_json` on a free instance."""
         return self._with_plugin(
             function,
+            context,
             lambda p: p.call_json(function, value, context=context),
             lambda p, begun: p._call_with(
                 CallToken(), function, _json_in(value), context, json_out=True, begun=begun
@@ -298,6 +351,7 @@ class PluginPool(Closing):
         except queue.Empty:
             return self._after_wait(
                 function,
+                context,
                 lambda p, begun: p._invoke_with(CallToken(), function, args, context, begun),
             )
         held = self._held
@@ -329,12 +383,15 @@ class PluginPool(Closing):
         def run(token: CallToken) -> bytes:
             out: bytes = self._with_plugin(
                 function,
+                context,
                 lambda p: p._call_with(token, function, data, context),
                 lambda p, begun: p._call_with(token, function, data, context, begun=begun),
+                token,
             )
             return out
 
-        return await run_call(self._executor, run)
+        out: bytes = await self._run_async(run)
+        return out
 
     async def call_json_async(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`call_json` from asyncio."""
@@ -343,13 +400,15 @@ class PluginPool(Closing):
         def run(token: CallToken) -> Any:
             return self._with_plugin(
                 function,
+                context,
                 lambda p: p._call_with(token, function, text, context, json_out=True),
                 lambda p, begun: p._call_with(
                     token, function, text, context, json_out=True, begun=begun
                 ),
+                token,
             )
 
-        return await run_call(self._executor, run)
+        return await self._run_async(run)
 
     async def invoke_async(
         self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
@@ -359,11 +418,26 @@ class PluginPool(Closing):
         def run(token: CallToken) -> Any:
             return self._with_plugin(
                 function,
+                context,
                 lambda p: p._invoke_with(token, function, args, context),
                 lambda p, begun: p._invoke_with(token, function, args, context, begun),
+                token,
             )
 
-        return await run_call(self._executor, run)
+        return await self._run_async(run)
+
+    async def _run_async(self, run: Callable[[CallToken], T]) -> T:
+        """``run`` on the pool's threads (_aio.run_call); PluginClosedError once closed."""
+        if self._closed:
+            raise self._closed_error()
+        try:
+            return await run_call(self._executor, run)
+        except RuntimeError:
+            # The executor refuses new work once close() shut it down (between the check
+            # above and here): "cannot schedule new futures after shutdown", untyped.
+            if self._closed:
+                raise self._closed_error() from None
+            raise
 
     def close(self) -> None:
         """Close every instance and the pool's threads.

@@ -269,3 +269,85 @@ def test_an_on_call_callback_that_fails_does_not_leak_the_instance() -> None:
         assert not pool._units.held
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("method", ["call_async", "call_json_async", "invoke_async"])
+def test_async_calls_on_a_closed_pool_raise_plugin_closed_error(rig: Rig, method: str) -> None:
+    # Found: the pool's executor, shut down by close(), raised an untyped RuntimeError.
+    pool = hostile_pool(rig, 1)
+    pool.close()
+    args: tuple[Any, ...] = {
+        "call_async": ("echo", b"x"),
+        "call_json_async": ("echo", 1),
+        "invoke_async": ("bump",),
+    }[method]
+    with pytest.raises(plugsafe.PluginClosedError):
+        asyncio.run(getattr(pool, method)(*args))
+
+
+def test_a_cancelled_async_call_stops_waiting_for_a_free_instance(rig: Rig) -> None:
+    # No timeout anywhere: before, the pool's worker thread waited until an instance came back
+    # (here: never, while the holder holds it), for a call nobody awaited any more.
+    pool = hostile_pool(rig, 1, timeout=None)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> int:
+        inside.set()
+        release.wait(BOUND)
+        return 0
+
+    rig.actions[1] = hold
+    rig.start("holder", pool.invoke, "go", 1)
+    assert inside.wait(BOUND)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(pool.invoke_async("bump"))
+        end = time.monotonic() + BOUND / 2
+        while waiting() != 1:  # the loop must run for the call to start
+            assert time.monotonic() < end, "the async call never waited for the instance"
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(scenario())
+        # The worker thread gave up its wait although the instance is still held.
+        wait_until(lambda: waiting() == 0, "the cancelled call's wait ended")
+        assert inside.is_set() and not release.is_set()
+    finally:
+        release.set()
+    rig.join()
+    assert pool.invoke("bump") == 1
+
+
+def test_on_call_sees_a_pool_call_whose_wait_failed() -> None:
+    seen: list[plugsafe.CallStats] = []
+    host = plugsafe.Host(on_call=seen.append)
+    inside, release = threading.Event(), threading.Event()
+
+    @host.function
+    def hook(k: int) -> int:
+        if k == 1:
+            inside.set()
+            release.wait(BOUND)
+        return 0
+
+    policy = plugsafe.Policy(allow={"hook"}, timeout=0.3)
+    pool = plugsafe.PluginPool(HOSTILE.encode(), policy, size=1, host=host, name="seen")
+    holder = threading.Thread(target=pool.invoke, args=("go", 1), daemon=True)
+    holder.start()
+    try:
+        assert inside.wait(BOUND)
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            pool.invoke("bump", context="tenant-7")
+    finally:
+        release.set()
+        holder.join(BOUND)
+        assert not holder.is_alive()
+    failed = [s for s in seen if s.function == "bump"]
+    assert len(failed) == 1, seen
+    assert failed[0].error is plugsafe.DeadlineExceeded
+    assert failed[0].context == "tenant-7"
+    pool.close()
+    host.close()
