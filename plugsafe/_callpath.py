@@ -832,17 +832,41 @@ class CallPath:
 
     def close(self) -> bool:
         """Mark closed; True if the plugin is released now, False if when its call ends."""
-        if self.owner == _get_ident():
+        me = _get_ident()
+        if self.owner == me:
             # Called from one of this plugin's own host functions: finish when the call ends.
             self.closed = True
             self.close_pending = True
             return False
-        with self.lock:
+        lock = self.lock
+        if not lock.acquire(False):
+            # Busy in another thread: wait for its call, registered like any wait for a plugin
+            # (_nesting.start_wait), unless that call waits in turn (through host functions)
+            # for what this thread holds (close() from a host function): then it could never
+            # end while we wait, so it finishes the close itself as it ends (attack finding).
+            if _nesting.start_wait(me, self) is not None:
+                self.closed = True
+                self.close_pending = True
+                # Unless it ended between the check and now: then no call is left to do it.
+                if lock.acquire(False):
+                    try:
+                        if self.close_pending:
+                            self.complete_close()
+                    finally:
+                        lock.release()
+                return False
+            try:
+                lock.acquire()
+            finally:
+                _nesting.end_wait(me)
+        try:
             self.closed = True
             inst, self.instance = self.instance, None
             if inst is not None:
                 # The guest's memory goes back now, not when the GC finds the store (issue 14).
                 inst.release()
+        finally:
+            lock.release()
         return True
 
     def complete_close(self) -> None:

@@ -195,10 +195,7 @@ class PluginPool(Closing):
             return fast(self._plugins[slot])
         finally:
             held.pop(slot, None)
-            if self._closed:
-                self._give_back_closed(slot)
-            else:
-                self._put(slot)
+            self._put(slot)
 
     def _after_wait(
         self,
@@ -224,8 +221,8 @@ class PluginPool(Closing):
         held = self._held
         try:
             # Set after the wait ended (_nesting.Units): a thread is never seen holding what it
-            # waits for. ``_closed`` is read after ``held`` is set, as close() sets ``_closed``
-            # before reading ``held``: close() either sees this instance held or is seen here.
+            # waits for. A closed pool's waiters are woken with _CLOSED (or get a closed
+            # instance): either way the call is refused here.
             held[slot] = _get_ident()
             if self._closed:
                 raise self._closed_error()
@@ -233,22 +230,10 @@ class PluginPool(Closing):
         finally:
             # Out of ``held`` before it is free again (Units): in between it is "on its way".
             held.pop(slot, None)
-            if self._closed:
-                self._give_back_closed(slot)
-            else:
-                self._put(slot)
+            self._put(slot)
 
     def _closed_error(self) -> PluginClosedError:
         return PluginClosedError(f"pool {self.name!r} is closed")
-
-    def _give_back_closed(self, slot: int) -> None:
-        """Give back an instance of a closed pool: close() may have left closing it to its
-        holder (see close); closing twice is harmless."""
-        try:
-            if slot != _CLOSED:
-                self._plugins[slot].close()
-        finally:
-            self._put(slot)
 
     def _wait(self, function: str, begun: float, token: CallToken | None = None) -> int:
         """Wait for a free instance, no longer than this call's own timeout (from ``begun``)
@@ -326,10 +311,7 @@ class PluginPool(Closing):
             return self._plugins[slot].call(function, data, context=context)
         finally:
             held.pop(slot, None)
-            if self._closed:
-                self._give_back_closed(slot)
-            else:
-                self._put(slot)
+            self._put(slot)
 
     def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`Plugin.call_json` on a free instance."""
@@ -362,10 +344,7 @@ class PluginPool(Closing):
             return self._plugins[slot].invoke(function, *args, context=context)
         finally:
             held.pop(slot, None)
-            if self._closed:
-                self._give_back_closed(slot)
-            else:
-                self._put(slot)
+            self._put(slot)
 
     async def call_async(
         self,
@@ -442,10 +421,9 @@ class PluginPool(Closing):
     def close(self) -> None:
         """Close every instance and the pool's threads.
 
-        Waits for running calls, except when called from inside a plugin call (a host
-        function): then an instance another thread is using is closed when that call gives it
-        back, since that call may be waiting for what this thread holds. Threads waiting for a
-        free instance raise PluginClosedError at once.
+        Waits for running calls, except one that waits in turn (through host functions) for
+        what this thread holds (close() from a host function): that instance is closed as its
+        call ends. Threads waiting for a free instance raise PluginClosedError at once.
         """
         with self._lock:
             if self._closed:
@@ -453,28 +431,18 @@ class PluginPool(Closing):
             self._closed = True
         # Wakes every thread waiting for a free instance (each puts it back for the next).
         self._idle.put(_CLOSED)
-        me = threading.get_ident()
-        # Inside a plugin call this thread may hold a plugin or a pool instance that another
-        # thread's call (on this pool) waits for, unbounded without timeouts: waiting for
-        # that call here would deadlock (attack finding). Such instances are closed by their
-        # holder as it gives them back (_with_plugin): ``_closed`` is set before ``held`` is
-        # read here, and a holder reads ``_closed`` after leaving ``held``, so every instance
-        # is closed by one side or both.
-        inside = inside_call()
         executor = getattr(self, "_executor", None)
         if executor is not None:
             # From one of the pool's threads (a host function of an async call closing the
             # pool), waiting would join that very thread: RuntimeError, and the plugins below
-            # never closed, for good (attack2 finding). Then its calls end as each plugin's
-            # close() makes them: the running one finishes, queued ones raise
-            # PluginClosedError.
-            executor.shutdown(wait=not inside and me not in self._threads)
-        units = getattr(self, "_units", None)
-        held = {} if units is None else units.held
-        for slot, plugin in enumerate(self._plugins):
-            holder = held.get(slot)
-            if inside and holder is not None and holder != me:
-                continue
+            # never closed, for good (attack2 finding). From inside any plugin call, an async
+            # call may be waiting for what this thread holds (attack finding). Then its calls
+            # end as each plugin's close() makes them: the running one finishes, queued ones
+            # raise PluginClosedError.
+            executor.shutdown(wait=not inside_call() and threading.get_ident() not in self._threads)
+        # Plugin.close waits for a running call unless that would deadlock (CallPath.close);
+        # an instance given back after this is closed again by its holder (harmless).
+        for plugin in self._plugins:
             plugin.close()
         if self._own_host:
             self._host.close()

@@ -351,3 +351,66 @@ def test_on_call_sees_a_pool_call_whose_wait_failed() -> None:
     assert failed[0].context == "tenant-7"
     pool.close()
     host.close()
+
+
+@pytest.mark.parametrize("closer", ["host", "plugin"])
+def test_closing_from_a_host_function_does_not_wait_for_a_call_that_waits_for_it(
+    rig: Rig, closer: str
+) -> None:
+    # Thread B's call of Y waits (no timeout) for plugin X, which thread A is inside; X's host
+    # function closes Y (or the whole Host). Waiting for B's call there deadlocked (B waits for
+    # A): Y is closed as B's call ends instead.
+    x, y = rig.plugin("X"), rig.plugin("Y")
+    a_inside = threading.Event()
+
+    def b_side() -> int:
+        assert a_inside.wait(BOUND)
+        return int(x.invoke("five"))
+
+    def a_side() -> int:
+        a_inside.set()
+        wait_until(lambda: waiting() == 1, "B waiting for X")
+        (rig.host if closer == "host" else y).close()
+        return 4
+
+    rig.actions[1] = b_side
+    rig.actions[2] = a_side
+    rig.start("b", y.invoke, "go", 1)
+    rig.start("a", x.invoke, "go", 2)
+    rig.join()
+    assert rig.results["a"] == 4
+    if closer == "host":  # X closed too (as A's call ended): B's wait for it ends typed
+        assert isinstance(rig.results["b"], plugsafe.HostFunctionError), rig.results
+        assert isinstance(rig.results["b"].__cause__, plugsafe.PluginClosedError)
+    else:
+        assert rig.results["b"] == 5
+    assert y.closed and y._instance is None  # the deferred close completed
+    assert waiting() == 0
+
+
+def test_a_close_waiting_for_a_call_counts_in_the_wait_for_check(rig: Rig) -> None:
+    # A (inside X) closes Y while B's call of Y is still running, so A waits for it (it can
+    # end). Then B waits for X, which A holds: that wait closes a cycle through A's close and
+    # is refused at once; B's call ends, and A's close goes on.
+    x, y = rig.plugin("X"), rig.plugin("Y")
+    b_inside, a_closing = threading.Event(), threading.Event()
+
+    def b_side() -> int:
+        b_inside.set()
+        wait_until(lambda: waiting() == 1, "A's close waiting for Y")
+        return int(x.invoke("five"))
+
+    def a_side() -> int:
+        assert b_inside.wait(BOUND)
+        a_closing.set()
+        y.close()
+        return 4
+
+    rig.actions[1] = b_side
+    rig.actions[2] = a_side
+    rig.start("b", y.invoke, "go", 1)
+    rig.start("a", x.invoke, "go", 2)
+    rig.join()
+    assert rig.results["a"] == 4
+    refused_as_deadlock(rig.results["b"])
+    assert y.closed and y._instance is None
