@@ -282,3 +282,55 @@ def test_a_pool_wait_nested_in_a_call_ends_by_that_calls_deadline(rig: Rig) -> N
     finally:
         release.set()
     rig.join()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_call_chains_through_pools_and_plugins_never_deadlock(rig: Rig, seed: int) -> None:
+    # Four threads, no timeouts anywhere, each making chains of nested calls (host function ->
+    # next pool or plugin -> ...) through two pools and two plugins in a random order: only
+    # the wait-for check can keep this from deadlocking. Every chain ends, with its result or
+    # a typed error (a refused wait, a refused re-entry into a plugin the thread is inside).
+    import random
+
+    targets: list[Any] = [rig.pool("P1", 2), rig.pool("P2", 1), rig.plugin("X"), rig.plugin("Y")]
+    local = threading.local()
+
+    def step() -> object:
+        plan: list[int] = local.plan
+        i: int = local.i
+        if i >= len(plan):
+            time.sleep(0.001)  # hold everything along the chain for a moment
+            return 1
+        local.i = i + 1
+        try:
+            return targets[plan[i]].invoke("go", 1)
+        finally:
+            local.i = i
+
+    rig.actions[1] = step
+
+    def worker(k: int) -> list[str]:
+        rnd = random.Random(seed * 100 + k)
+        outcomes = []
+        for _ in range(25):
+            plan = [rnd.randrange(len(targets)) for _ in range(rnd.randint(1, 4))]
+            local.plan, local.i = plan, 1
+            try:
+                targets[plan[0]].invoke("go", 1)
+                outcomes.append("ok")
+            except plugsafe.PlugsafeError as exc:
+                inner: BaseException = exc
+                while isinstance(inner, plugsafe.HostFunctionError) and inner.__cause__:
+                    inner = inner.__cause__
+                assert isinstance(inner, plugsafe.PluginCallError), repr(inner)
+                outcomes.append("refused")
+        return outcomes
+
+    for k in range(4):
+        rig.start(f"w{k}", worker, k)
+    rig.join()
+    for key, out in rig.results.items():
+        assert isinstance(out, list) and len(out) == 25, (key, out)
+    assert waiting() == 0
+    for t in targets[:2]:
+        assert not t._units.held
