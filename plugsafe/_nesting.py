@@ -239,16 +239,21 @@ class Units:
     removes it before giving it back, so an instance in between (just taken, or on its way
     back) is in neither ``held`` nor the pool's idle queue: ``len(held) < size`` then, and that
     reads as "one may come back" (never a false deadlock).
+
+    In a forked child, the instances other threads held at the fork never come back (those
+    threads are gone): they are counted in ``lost`` and no longer in ``size``.
     """
 
-    __slots__ = ("held", "name", "size")
+    __slots__ = ("__weakref__", "held", "lost", "name", "size")
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
         self.size = size
+        self.lost = 0
         # slot (the instance's index in the pool) -> thread id; plain dict stores, atomic
         # under the GIL (the pool's fast path takes no lock for them).
         self.held: dict[int, int] = {}
+        _UNITS.add(self)
 
     def holders(self) -> list[int] | None:
         """The threads holding every instance, or None if one is free or on its way."""
@@ -261,6 +266,8 @@ class Units:
 # closing a cycle at the same time, the second to take it sees the first one's wait.
 _WAITING: dict[int, Lockable | Units] = {}
 _waits = threading.Lock()
+# Every pool's Units, for the fork handler below.
+_UNITS: weakref.WeakSet[Units] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -269,6 +276,16 @@ def _after_fork_in_child() -> None:
     global _waits
     _waits = threading.Lock()
     _WAITING.clear()
+    # So are the pool instances they held: never given back here. A pool all of whose
+    # instances are lost would otherwise be waited for forever (or until a deadline); now
+    # such a wait is refused at once (start_wait: no holder can go on).
+    me = threading.get_ident()
+    for units in list(_UNITS):
+        for slot, holder in list(units.held.items()):
+            if holder != me:
+                del units.held[slot]
+                units.lost += 1
+                units.size -= 1
 
 
 if hasattr(os, "register_at_fork"):
@@ -347,11 +364,17 @@ def deadlock_error(node: Lockable | Units, found: list[Lockable | Units]) -> Plu
     """The PluginCallError refusing a wait for ``node`` that could never end."""
     names = " -> ".join(describe(n) for n in found)
     if isinstance(node, Units):
+        lost = (
+            f"; {node.lost} of its instances were in use by threads that did not survive a "
+            "fork, and never come back in this process"
+            if node.lost
+            else ""
+        )
         return PluginCallError(
             f"every instance of pool {node.name!r} is held by this thread or by threads that "
             f"wait (through host functions) for what this thread holds; waiting for a free "
             f"instance would deadlock, so the call is refused (plugins and pools waited for: "
-            f"{names})"
+            f"{names}{lost})"
         )
     return PluginCallError(
         f"plugin {node.name!r} is busy in another thread that waits (through host "

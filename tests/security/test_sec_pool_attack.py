@@ -10,9 +10,13 @@ Threads are daemons joined with a hard bound (``Rig.join``): a hang fails, never
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +25,8 @@ from poolrig import BOUND, Rig, refused_as_deadlock, rig_lifetime, wait_until, w
 import plugsafe
 
 from wat import abi_module
+
+TESTS = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -414,3 +420,67 @@ def test_a_close_waiting_for_a_call_counts_in_the_wait_for_check(rig: Rig) -> No
     assert rig.results["a"] == 4
     refused_as_deadlock(rig.results["b"])
     assert y.closed and y._instance is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_wait_for_pool_instances_lost_at_the_fork() -> None:
+    # A thread holds the only instance of pool "one" (and one of pool "two") while the main
+    # thread forks. In the child that thread is gone and never gives them back: a call of
+    # "one" (no timeout) waited forever; it is refused at once. "two" still serves.
+    script = f"""
+import os, sys, threading, time
+sys.path[:0] = [{str(TESTS / "security")!r}, {str(TESTS)!r}]
+import plugsafe
+from test_sec_pool_attack import HOSTILE
+
+host = plugsafe.Host()
+inside, release = threading.Event(), threading.Event()
+count = []
+
+@host.function
+def hook(k: int) -> int:
+    count.append(k)
+    if len(count) == 2:
+        inside.set()
+    release.wait(30)
+    return 0
+
+pol = plugsafe.Policy(allow={{"hook"}})
+one = plugsafe.PluginPool(HOSTILE.encode(), pol, size=1, host=host, name="one")
+two = plugsafe.PluginPool(HOSTILE.encode(), pol, size=2, host=host, name="two")
+threads = [threading.Thread(target=p.invoke, args=("go", 1)) for p in (one, two)]
+for t in threads:
+    t.start()
+assert inside.wait(30)
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        try:
+            one.invoke("bump")
+            code = 2
+        except plugsafe.PluginCallError as exc:
+            code = 0 if "did not survive a fork" in str(exc) else 3
+        if code == 0 and two.invoke("bump") != 1:
+            code = 4
+    finally:
+        os._exit(code)
+end = time.monotonic() + 60
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.monotonic() > end:
+        os.kill(pid, 9)
+        raise SystemExit("the child hung waiting for a pool instance lost at the fork")
+    time.sleep(0.01)
+release.set()
+for t in threads:
+    t.join()
+print("child", os.waitstatus_to_exitcode(status))
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == "child 0", res.stdout + res.stderr
