@@ -484,3 +484,32 @@ print("child", os.waitstatus_to_exitcode(status))
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip() == "child 0", res.stdout + res.stderr
+
+
+def test_a_component_closed_from_its_own_host_function_does_not_hang() -> None:
+    # Found in this pass: ComponentPlugin.close() took the lock its own running call held.
+    from component_wat import HOST_CALLS
+
+    host = plugsafe.Host()
+    box: list[Any] = []
+
+    @host.component_function("test:host/logging#host-log")
+    def host_log(msg: str) -> None:
+        box[0].close()
+
+    @host.component_function("test:host/clock#now")
+    def now() -> int:
+        return 42
+
+    policy = plugsafe.Policy(allow={"test:host/logging", "test:host/clock#now"})
+    component = host.load(HOST_CALLS.encode(), policy=policy)
+    box.append(component)
+    r = Rig()
+    r.start("call", component.invoke, "run", "x", 1)
+    r.join()
+    assert r.results["call"] == 42  # the running call finished on its instance
+    assert component.closed
+    with pytest.raises(plugsafe.PluginClosedError):
+        component.invoke("run", "x", 1)
+    host.close()
+    r.host.close()
