@@ -416,8 +416,12 @@ class CallPath:
         data: bytes | bytearray | memoryview | str,
         context: object,
         token: CallToken,
+        begun: float | None = None,
     ) -> bytes:
-        """``call`` for an asynchronous call: the general path, marking ``token`` running."""
+        """``call`` for an asynchronous call: the general path, marking ``token`` running.
+
+        ``begun``: when the call began, if before now (a PluginPool's call that waited for a
+        free instance): its timeout runs from then."""
         payload = data if type(data) is bytes else _payload(data)
         if len(payload) > self.max_input:
             raise AbiError(
@@ -432,10 +436,15 @@ class CallPath:
             finally:
                 token.end()
 
-        return self.guarded(function, op, context)
+        return self.guarded(function, op, context, begun)
 
     def invoke_tracked(
-        self, function: str, args: Sequence[object], context: object, token: CallToken
+        self,
+        function: str,
+        args: Sequence[object],
+        context: object,
+        token: CallToken,
+        begun: float | None = None,
     ) -> Any:
         """``invoke`` for an asynchronous call (as call_tracked)."""
 
@@ -446,7 +455,7 @@ class CallPath:
             finally:
                 token.end()
 
-        return self.guarded(function, op, context)
+        return self.guarded(function, op, context, begun)
 
     def invoke_checked(self, inst: rt.Instance, function: str, args: Sequence[object]) -> Any:
         """Invoke ``function`` on ``inst``, checking it first if not yet done (general path)."""
@@ -462,16 +471,24 @@ class CallPath:
 
     # -- the general path ---------------------------------------------------------------------
 
-    def guarded(self, function: str, op: Callable[[rt.Instance], T], context: object = None) -> T:
+    def guarded(
+        self,
+        function: str,
+        op: Callable[[rt.Instance], T],
+        context: object = None,
+        begun: float | None = None,
+    ) -> T:
         """Run one call the general way: wait for the lock, make an instance if there is none.
 
         ``call`` and ``invoke`` come here only when their short path does not apply; ``op``
         does the lookups and checks that the short path finds already done. ``context`` is
-        the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions).
+        the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions);
+        ``begun`` when the call began if before now (a pool's wait for a free instance).
         """
         # The call's timeout runs from here: it covers waiting for the lock and making an
         # instance (the start function, _initialize) as well as the call itself.
-        begun = _perf_counter()
+        if begun is None:
+            begun = _perf_counter()
         me = _get_ident()
         if self.closed or self.owner == me:
             self.refuse()
@@ -815,17 +832,41 @@ class CallPath:
 
     def close(self) -> bool:
         """Mark closed; True if the plugin is released now, False if when its call ends."""
-        if self.owner == _get_ident():
+        me = _get_ident()
+        if self.owner == me:
             # Called from one of this plugin's own host functions: finish when the call ends.
             self.closed = True
             self.close_pending = True
             return False
-        with self.lock:
+        lock = self.lock
+        if not lock.acquire(False):
+            # Busy in another thread: wait for its call, registered like any wait for a plugin
+            # (_nesting.start_wait), unless that call waits in turn (through host functions)
+            # for what this thread holds (close() from a host function): then it could never
+            # end while we wait, so it finishes the close itself as it ends (attack finding).
+            if _nesting.start_wait(me, self) is not None:
+                self.closed = True
+                self.close_pending = True
+                # Unless it ended between the check and now: then no call is left to do it.
+                if lock.acquire(False):
+                    try:
+                        if self.close_pending:
+                            self.complete_close()
+                    finally:
+                        lock.release()
+                return False
+            try:
+                lock.acquire()
+            finally:
+                _nesting.end_wait(me)
+        try:
             self.closed = True
             inst, self.instance = self.instance, None
             if inst is not None:
                 # The guest's memory goes back now, not when the GC finds the store (issue 14).
                 inst.release()
+        finally:
+            lock.release()
         return True
 
     def complete_close(self) -> None:

@@ -821,13 +821,38 @@ class ComponentPlugin:
 
     def close(self) -> None:
         """Release the instance. Idempotent; later calls raise PluginClosedError."""
-        with self._lock:
+        me = threading.get_ident()
+        lock = self._lock
+        if self._path.owner == me or (not lock.acquire(False) and not self._wait_to_close(me)):
+            # From one of its own host functions (its call holds the lock), or the call holding
+            # it waits in turn for this thread (_nesting): waiting for the lock would never end
+            # (attack finding: it hung). Closed without it: the running call keeps its instance
+            # to its end, and no call starts after.
             if self._closed:
                 return
             self._closed = True
             self._inst = None
+        else:
+            try:
+                if self._closed:
+                    return
+                self._closed = True
+                self._inst = None
+            finally:
+                lock.release()
         if self._on_close is not None:
             self._on_close(self)
+
+    def _wait_to_close(self, me: int) -> bool:
+        """Take the lock for close(), a wait registered like a call's (_nesting.start_wait);
+        False, without it, if that wait could never end."""
+        if _nesting.start_wait(me, self._path) is not None:
+            return False
+        try:
+            self._lock.acquire()
+        finally:
+            _nesting.end_wait(me)
+        return True
 
     def __enter__(self) -> ComponentPlugin:
         return self

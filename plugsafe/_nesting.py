@@ -17,9 +17,11 @@ spare) or ``left & 8`` (no level left: the borrow sets the low nibble to 15). On
 can nest (its plugin imports host functions) stores ``left`` for the calls inside it, and puts
 ``room`` back when it ends: calls on one thread nest strictly.
 
-The second half is for lock waits: a call that waits for a plugin busy in another thread waits
-no longer than the deadline of the calls it is nested in (:func:`wait_deadline`), so two plugins
-that call each other from two threads end with typed errors instead of a deadlock.
+The second half is for waits: a call that waits for a plugin (its lock) or a PluginPool (a free
+instance) busy in another thread waits no longer than its own deadline and those of the calls it
+is nested in (:func:`wait_deadline`), and a wait that could never end (every thread it depends on
+waits, in turn, for what this one holds) is refused at once (:func:`start_wait`), so plugins and
+pools that call each other from several threads end with typed errors instead of a deadlock.
 """
 
 from __future__ import annotations
@@ -31,17 +33,24 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ._errors import PluginCallError
+
+T = TypeVar("T")
 
 __all__ = [
     "BASE_RESERVE",
     "LEVEL_RESERVE",
     "NESTING_CAP",
     "ThreadRoom",
+    "Units",
+    "bounded_wait",
     "call_cost",
+    "deadlock_error",
+    "describe",
     "end_wait",
+    "inside_call",
     "register",
     "room_left",
     "seconds_until",
@@ -78,6 +87,13 @@ class ThreadRoom:
         self.size = size
         self.room = (max(size - BASE_RESERVE, 0) << 4) | NESTING_CAP
         self.call: object = None
+
+
+def inside_call() -> bool:
+    """Whether this thread is inside a plugin call that can run host functions (so it may hold
+    plugin locks or pool instances another thread's call waits for)."""
+    th: ThreadRoom | None = getattr(tls, "room", None)
+    return th is not None and (th.room & 15) < NESTING_CAP
 
 
 def call_cost(max_stack: int) -> int:
@@ -202,7 +218,7 @@ def wait_deadline(me: int) -> tuple[float, Active] | None:
     return best
 
 
-# -- waits for plugins busy in other threads: refused when they would close a cycle ------------
+# -- waits for plugins and pools busy in other threads: refused when they can never end --------
 
 
 class Lockable(Protocol):
@@ -213,11 +229,45 @@ class Lockable(Protocol):
     name: str
 
 
-# The plugin each waiting thread waits for (thread id -> call path), and the lock that makes
-# "look for a cycle, then register the wait" one step: of two threads closing a cycle at the
-# same time, the second to take it sees the first one's wait.
-_WAITING: dict[int, Lockable] = {}
+class Units:
+    """What the wait-for check knows of a :class:`~plugsafe.PluginPool`: which thread holds
+    each of its instances that is checked out.
+
+    A pool of ``size`` instances is a semaphore, not a lock: a wait for it ends as soon as
+    *any* holder gives one back. The pool sets ``held[slot] = thread`` after taking an
+    instance (and after its wait ended: a thread is never seen holding what it waits for) and
+    removes it before giving it back, so an instance in between (just taken, or on its way
+    back) is in neither ``held`` nor the pool's idle queue: ``len(held) < size`` then, and that
+    reads as "one may come back" (never a false deadlock).
+
+    In a forked child, the instances other threads held at the fork never come back (those
+    threads are gone): they are counted in ``lost`` and no longer in ``size``.
+    """
+
+    __slots__ = ("__weakref__", "held", "lost", "name", "size")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.lost = 0
+        # slot (the instance's index in the pool) -> thread id; plain dict stores, atomic
+        # under the GIL (the pool's fast path takes no lock for them).
+        self.held: dict[int, int] = {}
+        _UNITS.add(self)
+
+    def holders(self) -> list[int] | None:
+        """The threads holding every instance, or None if one is free or on its way."""
+        held = list(self.held.values())
+        return held if len(held) >= self.size else None
+
+
+# The plugin or pool each waiting thread waits for (thread id -> call path or Units), and the
+# lock that makes "look for a deadlock, then register the wait" one step: of two threads
+# closing a cycle at the same time, the second to take it sees the first one's wait.
+_WAITING: dict[int, Lockable | Units] = {}
 _waits = threading.Lock()
+# Every pool's Units, for the fork handler below.
+_UNITS: weakref.WeakSet[Units] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -226,45 +276,111 @@ def _after_fork_in_child() -> None:
     global _waits
     _waits = threading.Lock()
     _WAITING.clear()
+    # So are the pool instances they held: never given back here. A pool all of whose
+    # instances are lost would otherwise be waited for forever (or until a deadline); now
+    # such a wait is refused at once (start_wait: no holder can go on).
+    me = threading.get_ident()
+    for units in list(_UNITS):
+        for slot, holder in list(units.held.items()):
+            if holder != me:
+                del units.held[slot]
+                units.lost += 1
+                units.size -= 1
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def start_wait(me: int, path: Lockable) -> list[Lockable] | None:
-    """Register that thread ``me`` is about to wait for ``path``'s lock, unless that would
-    close a wait-for cycle: then register nothing and return the cycle (``path`` first).
+def _holders(node: Lockable | Units) -> list[int] | None:
+    """The threads that can end a wait for ``node`` (any one of them going on is enough),
+    or None if it may end without any of them (a free pool instance, a lock between calls).
 
-    Each plugin's lock has an owner (the thread inside its call; a plugin without imports has
-    none, but its call cannot wait for anything) and each thread waits for at most one plugin:
-    following owner -> plugin it waits for -> owner ... from ``path`` either ends, or comes
-    back to ``me``, and then no thread of the cycle would ever go on. Every wait is registered
-    before it starts, under one lock, so the thread that closes a cycle always sees it.
+    A plugin's lock has an owner while a call of a plugin with imports runs; a plugin without
+    imports has none, but its call cannot wait for anything.
+    """
+    if isinstance(node, Units):
+        return node.holders()
+    owner = node.owner
+    return None if owner is None else [owner]
+
+
+def start_wait(me: int, node: Lockable | Units) -> list[Lockable | Units] | None:
+    """Register that thread ``me`` is about to wait for ``node`` (a plugin's lock, a pool's
+    free instance), unless that wait can never end: then register nothing and return what
+    the threads involved wait for (``node`` first).
+
+    Each thread waits for at most one thing, and a wait ends when one of the thing's holders
+    goes on (:func:`_holders`). From ``node``, follow holder -> what that holder waits for ->
+    its holders ...: if every holder reached is ``me`` or itself waiting, and every one of
+    their waits leads only back into that set, none of those threads can ever go on (each
+    needs another of them to give something back): a certain deadlock. If any thread reached
+    is running (not waiting), it may give back what it holds and the wait can end: it is
+    allowed. For plugins alone (one holder each) this is the cycle owner -> plugin it waits
+    for -> owner ... back to ``me``; a pool needs *all* its holders stuck. Every wait is
+    registered before it starts, under one lock, so the thread that closes a deadlock always
+    sees the others' waits.
     """
     with _waits:
-        chain = [path]
-        node: Lockable | None = path
-        # Bounded: a chain longer than the waiting threads cannot be a path to ``me``.
-        for _ in range(len(_WAITING) + 1):
-            assert node is not None
-            owner = node.owner
-            if owner is None:
+        seen = {id(node)}
+        found: list[Lockable | Units] = [node]
+        todo = [node]
+        while todo:
+            holders = _holders(todo.pop())
+            if holders is None:
                 break
-            if owner == me:
-                return chain
-            node = _WAITING.get(owner)
-            if node is None:
+            stuck = True
+            for owner in holders:
+                if owner == me:
+                    continue
+                waited = _WAITING.get(owner)
+                if waited is None:
+                    stuck = False  # a running thread: it may give it back
+                    break
+                if id(waited) not in seen:
+                    seen.add(id(waited))
+                    found.append(waited)
+                    todo.append(waited)
+            if not stuck:
                 break
-            chain.append(node)
-        _WAITING[me] = path
+        else:
+            return found
+        _WAITING[me] = node
     return None
 
 
 def end_wait(me: int) -> None:
-    """Thread ``me`` stopped waiting (it has the lock, or gave up)."""
+    """Thread ``me`` stopped waiting (it has the lock or instance, or gave up)."""
     with _waits:
         _WAITING.pop(me, None)
+
+
+def describe(node: Lockable | Units) -> str:
+    """``'name'`` for a plugin, ``pool 'name'`` for a pool, for messages."""
+    return f"pool {node.name!r}" if isinstance(node, Units) else repr(node.name)
+
+
+def deadlock_error(node: Lockable | Units, found: list[Lockable | Units]) -> PluginCallError:
+    """The PluginCallError refusing a wait for ``node`` that could never end."""
+    names = " -> ".join(describe(n) for n in found)
+    if isinstance(node, Units):
+        lost = (
+            f"; {node.lost} of its instances were in use by threads that did not survive a "
+            "fork, and never come back in this process"
+            if node.lost
+            else ""
+        )
+        return PluginCallError(
+            f"every instance of pool {node.name!r} is held by this thread or by threads that "
+            f"wait (through host functions) for what this thread holds; waiting for a free "
+            f"instance would deadlock, so the call is refused (plugins and pools waited for: "
+            f"{names}{lost})"
+        )
+    return PluginCallError(
+        f"plugin {node.name!r} is busy in another thread that waits (through host "
+        f"functions) for a plugin this thread is using; waiting would deadlock, so the "
+        f"call is refused (plugins waited for, in turn: {names})"
+    )
 
 
 def seconds_until(deadline: float) -> float:
@@ -276,6 +392,50 @@ class Waiter(Active, Lockable, Protocol):
     """A plugin's call path as :func:`wait_for` sees it (``CallPath``, a component's path)."""
 
 
+def bounded_wait(
+    me: int,
+    node: Lockable | Units,
+    end: float | None,
+    take: Callable[[float | None], T | None],
+    own_deadline: Callable[[], Exception],
+) -> T:
+    """Wait with ``take`` for ``node`` (a plugin's lock, a pool's free instance) for thread
+    ``me``, whose call must end by ``end`` (or None); the one way a call waits for something
+    busy in another thread.
+
+    ``take(timeout)`` blocks up to ``timeout`` seconds (None: for ever) and returns what it
+    took, or None if the time ran out. The wait is bounded by ``end`` and by the deadlines of
+    the calls this thread is inside, and refused if it could never end (:func:`start_wait`):
+    without the bound and the check, two plugins (or pools) whose host functions call each
+    other from two threads would each hold their own and wait for the other's forever. A
+    deadlock raises PluginCallError at once (naming what is waited for); a wait that reaches
+    ``end`` raises ``own_deadline()``, one that reaches an enclosing call's deadline that
+    call's DeadlineExceeded (:meth:`Active.waited`).
+    """
+    bound: tuple[float, Active | None] | None = wait_deadline(me)
+    if end is not None and (bound is None or end < bound[0]):
+        bound = (end, None)
+    found = start_wait(me, node)
+    if found is not None:
+        raise deadlock_error(node, found)
+    try:
+        got = take(None if bound is None else seconds_until(bound[0]))
+    finally:
+        end_wait(me)
+    if got is not None:
+        return got
+    assert bound is not None
+    outer = bound[1]
+    if outer is None:
+        raise own_deadline()
+    what = (
+        f"a free instance of pool {node.name!r}, all busy"
+        if isinstance(node, Units)
+        else f"plugin {node.name!r}, busy in another thread"
+    )
+    raise outer.waited(f" (waiting for {what})")
+
+
 def wait_for(
     lock: threading.Lock,
     me: int,
@@ -284,38 +444,11 @@ def wait_for(
     own_deadline: Callable[[], Exception],
 ) -> None:
     """Take ``lock``, the lock of ``path``'s plugin, for thread ``me`` whose call must end by
-    ``end`` (or None): the one way a call waits for a plugin busy in another thread.
-
-    The wait is bounded by ``end`` and by the deadlines of the calls this thread is inside, and
-    refused if it would close a cycle of threads waiting for each other's plugins (host
-    functions calling plugins): without the bound and the check, two plugins whose host
-    functions call each other's plugin from two threads would each hold its own lock and wait
-    for the other's forever. A cycle raises PluginCallError at once (naming the plugins); a wait
-    that reaches ``end`` raises ``own_deadline()``, one that reaches an enclosing call's
-    deadline that call's DeadlineExceeded (:meth:`Active.waited`).
-    """
+    ``end`` (or None): :func:`bounded_wait` for a plugin busy in another thread."""
     if lock.acquire(False):
         return
-    bound: tuple[float, Active | None] | None = wait_deadline(me)
-    if end is not None and (bound is None or end < bound[0]):
-        bound = (end, None)
-    cycle = start_wait(me, path)
-    if cycle is not None:
-        names = " -> ".join(repr(p.name) for p in cycle)
-        raise PluginCallError(
-            f"plugin {path.name!r} is busy in another thread that waits (through host "
-            f"functions) for a plugin this thread is using; waiting would deadlock, so the "
-            f"call is refused (plugins waited for, in turn: {names})"
-        )
-    try:
-        if bound is None:
-            lock.acquire()
-            return
-        deadline, outer = bound
-        if lock.acquire(timeout=seconds_until(deadline)):
-            return
-    finally:
-        end_wait(me)
-    if outer is None:
-        raise own_deadline()
-    raise outer.waited(f" (waiting for plugin {path.name!r}, busy in another thread)")
+
+    def take(timeout: float | None) -> bool | None:
+        return True if lock.acquire(timeout=-1 if timeout is None else timeout) else None
+
+    bounded_wait(me, path, end, take, own_deadline)

@@ -474,23 +474,32 @@ class Plugin(Closing):
 
     def _call_with(
         self, token: CallToken, function: str, data: bytes | bytearray | memoryview | str,
-        context: Any, *, json_out: bool = False,
+        context: Any, *, json_out: bool = False, begun: float | None = None,
     ) -> Any:  # fmt: skip
         """:meth:`call` on the general path, stoppable through ``token`` (async calls); with
-        ``json_out`` its output decoded as JSON (within what on_call reports)."""
+        ``json_out`` its output decoded as JSON (within what on_call reports). ``begun``: when
+        the call began if before now (its timeout runs from then: a pool's wait)."""
 
         def op() -> Any:
-            out = self._calls.call_tracked(function, data, context, token)
+            out = self._calls.call_tracked(function, data, context, token, begun)
             return self._json_out(function, out) if json_out else out
 
         return self._reported(function, context, op)
 
     def _invoke_with(
-        self, token: CallToken, function: str, args: Sequence[object], context: Any
+        self,
+        token: CallToken,
+        function: str,
+        args: Sequence[object],
+        context: Any,
+        begun: float | None = None,
     ) -> Any:
-        """:meth:`invoke` on the general path, stoppable through ``token`` (async calls)."""
+        """:meth:`invoke` on the general path, stoppable through ``token`` (async calls);
+        ``begun`` as for :meth:`_call_with`."""
         return self._reported(
-            function, context, lambda: self._calls.invoke_tracked(function, args, context, token)
+            function,
+            context,
+            lambda: self._calls.invoke_tracked(function, args, context, token, begun),
         )
 
     def _reported(self, function: str, context: Any, op: Callable[[], T]) -> T:

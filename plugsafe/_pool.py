@@ -5,23 +5,40 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
-from typing import Any, SupportsFloat, SupportsIndex, TypeVar
+from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
 from ._aio import run_call
 from ._callpath import CallToken
 from ._closing import Closing
 from ._component import is_component_source
-from ._errors import ImportNotAllowedError, PluginClosedError, PluginLoadError, PolicyError
+from ._errors import (
+    ImportNotAllowedError,
+    PluginCallError,
+    PluginClosedError,
+    PluginLoadError,
+    PlugsafeError,
+    PolicyError,
+)
 from ._host import Host
 from ._loader import Source
-from ._nesting import seconds_until, wait_deadline
+from ._nesting import Units, bounded_wait, inside_call
 from ._plugin import OnCall, Plugin, _json_in
 from ._policy import Policy
 
 __all__ = ["PluginPool"]
 
 T = TypeVar("T")
+_get_ident = threading.get_ident
+_perf_counter = time.perf_counter
+
+# How often a cancellable (asynchronous) call waiting for a free instance looks at its token.
+_CANCEL_POLL = 0.05
+
+# What close() puts in the idle queue: whoever takes it puts it back (for the next waiter) and
+# raises PluginClosedError, so no thread waits for an instance of a closed pool.
+_CLOSED = -1
 
 
 def _hint_host(exc: PolicyError | ImportNotAllowedError, missing: list[str]) -> None:
@@ -51,6 +68,12 @@ class PluginPool(Closing):
     A single :class:`Plugin` serializes its calls; a pool runs up to ``size`` of them in parallel
     (wasm runs without the GIL), each on its own instance with its own memory. A call waits for
     a free instance. The module is compiled once.
+
+    A call's policy ``timeout`` covers its wait for a free instance (DeadlineExceeded saying
+    so), as a Plugin's covers waiting for its lock; the wait is also bounded by the deadlines
+    of the calls the thread is inside (a host function calling a pool). A wait that could never
+    end (every instance held by this thread, or by threads waiting through host functions for
+    what this thread holds) is refused at once with PluginCallError, with or without timeouts.
 
     Args:
         source: as for :meth:`Host.load`.
@@ -99,17 +122,20 @@ class PluginPool(Closing):
             )
         self._own_host = host is None
         self._host = Host(on_call=on_call) if host is None else host
-        self._idle: queue.SimpleQueue[Plugin] = queue.SimpleQueue()
+        # Free instances, by their index in _plugins (or _CLOSED); _units.held says which
+        # thread holds each of the others (the wait-for check, _nesting.start_wait).
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._get, self._put = self._idle.get, self._idle.put
         self._plugins: list[Plugin] = []
         self._closed = False
         self._lock = threading.Lock()
         try:
             # Read, checked and compiled once (see _loader); each instance from the same bytes.
             loaded = self._host._prepare(source, policy=policy, name=name)
-            for _ in range(size):
+            for i in range(size):
                 plugin = self._host._instantiate(loaded)
                 self._plugins.append(plugin)
-                self._idle.put(plugin)
+                self._idle.put(i)
         except (PolicyError, ImportNotAllowedError) as exc:
             self.close()
             if self._own_host:
@@ -128,6 +154,8 @@ class PluginPool(Closing):
             size, thread_name_prefix="plugsafe-pool", initializer=self._started
         )
         self.size = size
+        self._units = Units(self._plugins[0].name, size)
+        self._held = self._units.held
 
     def _started(self) -> None:
         self._threads.add(threading.get_ident())
@@ -142,32 +170,121 @@ class PluginPool(Closing):
         """Whether :meth:`close` has been called."""
         return self._closed
 
-    def _with_plugin(self, op: Callable[[Plugin], T]) -> T:
-        if self._closed:
-            raise PluginClosedError("this PluginPool is closed")
+    def _with_plugin(
+        self,
+        function: str,
+        context: Any,
+        fast: Callable[[Plugin], T],
+        slow: Callable[[Plugin, float], T],
+        token: CallToken | None = None,
+    ) -> T:
+        """Run one call on a free instance: ``fast(plugin)`` if one was free at once, else
+        ``slow(plugin, begun)`` after waiting (the call's timeout runs from ``begun``).
+        ``token``: an asynchronous call's, whose cancellation ends the wait.
+
+        ``call`` and ``invoke`` inline the first case (no closure made per call)."""
         try:
-            plugin = self._idle.get(False)
+            slot = self._get(False)
         except queue.Empty:
-            plugin = self._wait()
+            return self._after_wait(function, context, slow, token)
+        held = self._held
         try:
-            return op(plugin)
+            held[slot] = _get_ident()
+            if self._closed:
+                raise self._closed_error()
+            return fast(self._plugins[slot])
         finally:
-            self._idle.put(plugin)
+            held.pop(slot, None)
+            self._put(slot)
 
-    def _wait(self) -> Plugin:
-        """Wait for a free instance, no longer than the calls this thread is inside may last.
-
-        From a host function of one of the pool's own plugins (or any plugin call), every
-        instance may be busy for good: the wait ends at that call's deadline, typed.
-        """
-        bound = wait_deadline(threading.get_ident())
-        if bound is None:
-            return self._idle.get()
-        deadline, outer = bound
+    def _after_wait(
+        self,
+        function: str,
+        context: Any,
+        slow: Callable[[Plugin, float], T],
+        token: CallToken | None = None,
+    ) -> T:
+        """The rest of a call that found no free instance: wait, then ``slow(plugin, begun)``."""
+        begun = _perf_counter()
         try:
-            return self._idle.get(timeout=seconds_until(deadline))
-        except queue.Empty:
-            raise outer.waited(f" (waiting for a free instance of pool {self.name!r})") from None
+            slot = self._wait(function, begun, token)
+        except PlugsafeError as exc:
+            # Reported like a Plugin call whose wait for its lock failed (on_call sees every
+            # call, including those that never got to run).
+            error = exc
+
+            def failed() -> NoReturn:
+                raise error
+
+            self._plugins[0]._reported(function, context, failed)
+            raise
+        held = self._held
+        try:
+            # Set after the wait ended (_nesting.Units): a thread is never seen holding what it
+            # waits for. A closed pool's waiters are woken with _CLOSED (or get a closed
+            # instance): either way the call is refused here.
+            held[slot] = _get_ident()
+            if self._closed:
+                raise self._closed_error()
+            return slow(self._plugins[slot], begun)
+        finally:
+            # Out of ``held`` before it is free again (Units): in between it is "on its way".
+            held.pop(slot, None)
+            self._put(slot)
+
+    def _closed_error(self) -> PluginClosedError:
+        return PluginClosedError(f"pool {self.name!r} is closed")
+
+    def _wait(self, function: str, begun: float, token: CallToken | None = None) -> int:
+        """Wait for a free instance, no longer than this call's own timeout (from ``begun``)
+        and the calls this thread is inside may last; refused if it could never end.
+
+        From a host function of one of the pool's own plugins (or of a plugin a thread holding
+        the pool's instances waits for), every instance may be busy for good: that is refused
+        at once (PluginCallError); an ordinary wait ends at a deadline, typed. An
+        asynchronous call's wait (``token``) also ends when its task is cancelled, so that
+        its worker thread is not kept waiting for an instance the call will never use.
+        """
+        timeout = self._plugins[0].policy.timeout
+        idle = self._idle
+
+        def take(wait: float | None) -> int | None:
+            if token is None:
+                try:
+                    return idle.get(timeout=wait)
+                except queue.Empty:
+                    return None
+            # Looks at the token between short waits (only a cancellable call that found the
+            # pool busy pays this; a SimpleQueue cannot be woken for one waiter).
+            end = None if wait is None else _perf_counter() + wait
+            while True:
+                step = _CANCEL_POLL if end is None else min(_CANCEL_POLL, end - _perf_counter())
+                try:
+                    return idle.get(timeout=max(step, 0.0))
+                except queue.Empty:
+                    if token.cancelled:
+                        raise PluginCallError(
+                            f"pool {self.name!r}: the call was cancelled while it waited for "
+                            "a free instance"
+                        ) from None
+                    if end is not None and _perf_counter() >= end:
+                        return None
+
+        def own_deadline() -> Exception:
+            return self._plugins[0]._calls.diagnosis.deadline(
+                function,
+                "call",
+                f" (all of it spent waiting for a free instance of pool {self.name!r}, all "
+                f"{self.size} busy)",
+            )
+
+        return bounded_wait(
+            threading.get_ident(),
+            self._units,
+            None if timeout is None else begun + timeout,
+            take,
+            own_deadline,
+        )
 
     def call(
         self,
@@ -177,17 +294,57 @@ class PluginPool(Closing):
         context: Any = None,
     ) -> bytes:
         """:meth:`Plugin.call` on a free instance."""
-        return self._with_plugin(lambda p: p.call(function, data, context=context))
+        try:  # _with_plugin's first case, inlined
+            slot = self._get(False)
+        except queue.Empty:
+            out: bytes = self._after_wait(
+                function,
+                context,
+                lambda p, begun: p._call_with(CallToken(), function, data, context, begun=begun),
+            )
+            return out
+        held = self._held
+        try:
+            held[slot] = _get_ident()
+            if self._closed:
+                raise self._closed_error()
+            return self._plugins[slot].call(function, data, context=context)
+        finally:
+            held.pop(slot, None)
+            self._put(slot)
 
     def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`Plugin.call_json` on a free instance."""
-        return self._with_plugin(lambda p: p.call_json(function, value, context=context))
+        return self._with_plugin(
+            function,
+            context,
+            lambda p: p.call_json(function, value, context=context),
+            lambda p, begun: p._call_with(
+                CallToken(), function, _json_in(value), context, json_out=True, begun=begun
+            ),
+        )
 
     def invoke(
         self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
     ) -> Any:
         """:meth:`Plugin.invoke` on a free instance."""
-        return self._with_plugin(lambda p: p.invoke(function, *args, context=context))
+        try:  # _with_plugin's first case, inlined
+            slot = self._get(False)
+        except queue.Empty:
+            return self._after_wait(
+                function,
+                context,
+                lambda p, begun: p._invoke_with(CallToken(), function, args, context, begun),
+            )
+        held = self._held
+        try:
+            held[slot] = _get_ident()
+            if self._closed:
+                raise self._closed_error()
+            return self._plugins[slot].invoke(function, *args, context=context)
+        finally:
+            held.pop(slot, None)
+            self._put(slot)
 
     async def call_async(
         self,
@@ -203,10 +360,17 @@ class PluginPool(Closing):
         """
 
         def run(token: CallToken) -> bytes:
-            out: bytes = self._with_plugin(lambda p: p._call_with(token, function, data, context))
+            out: bytes = self._with_plugin(
+                function,
+                context,
+                lambda p: p._call_with(token, function, data, context),
+                lambda p, begun: p._call_with(token, function, data, context, begun=begun),
+                token,
+            )
             return out
 
-        return await run_call(self._executor, run)
+        out: bytes = await self._run_async(run)
+        return out
 
     async def call_json_async(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`call_json` from asyncio."""
@@ -214,10 +378,16 @@ class PluginPool(Closing):
 
         def run(token: CallToken) -> Any:
             return self._with_plugin(
-                lambda p: p._call_with(token, function, text, context, json_out=True)
+                function,
+                context,
+                lambda p: p._call_with(token, function, text, context, json_out=True),
+                lambda p, begun: p._call_with(
+                    token, function, text, context, json_out=True, begun=begun
+                ),
+                token,
             )
 
-        return await run_call(self._executor, run)
+        return await self._run_async(run)
 
     async def invoke_async(
         self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
@@ -225,24 +395,53 @@ class PluginPool(Closing):
         """:meth:`invoke` from asyncio."""
 
         def run(token: CallToken) -> Any:
-            return self._with_plugin(lambda p: p._invoke_with(token, function, args, context))
+            return self._with_plugin(
+                function,
+                context,
+                lambda p: p._invoke_with(token, function, args, context),
+                lambda p, begun: p._invoke_with(token, function, args, context, begun),
+                token,
+            )
 
-        return await run_call(self._executor, run)
+        return await self._run_async(run)
+
+    async def _run_async(self, run: Callable[[CallToken], T]) -> T:
+        """``run`` on the pool's threads (_aio.run_call); PluginClosedError once closed."""
+        if self._closed:
+            raise self._closed_error()
+        try:
+            return await run_call(self._executor, run)
+        except RuntimeError:
+            # The executor refuses new work once close() shut it down (between the check
+            # above and here): "cannot schedule new futures after shutdown", untyped.
+            if self._closed:
+                raise self._closed_error() from None
+            raise
 
     def close(self) -> None:
-        """Close every instance (waiting for running calls) and the pool's threads."""
+        """Close every instance and the pool's threads.
+
+        Waits for running calls, except one that waits in turn (through host functions) for
+        what this thread holds (close() from a host function): that instance is closed as its
+        call ends. Threads waiting for a free instance raise PluginClosedError at once.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        # Wakes every thread waiting for a free instance (each puts it back for the next).
+        self._idle.put(_CLOSED)
         executor = getattr(self, "_executor", None)
         if executor is not None:
             # From one of the pool's threads (a host function of an async call closing the
             # pool), waiting would join that very thread: RuntimeError, and the plugins below
-            # never closed, for good (attack2 finding). Then its calls end as each plugin's
-            # close() makes them: the running one finishes, queued ones raise
-            # PluginClosedError.
-            executor.shutdown(wait=threading.get_ident() not in self._threads)
+            # never closed, for good (attack2 finding). From inside any plugin call, an async
+            # call may be waiting for what this thread holds (attack finding). Then its calls
+            # end as each plugin's close() makes them: the running one finishes, queued ones
+            # raise PluginClosedError.
+            executor.shutdown(wait=not inside_call() and threading.get_ident() not in self._threads)
+        # Plugin.close waits for a running call unless that would deadlock (CallPath.close);
+        # an instance given back after this is closed again by its holder (harmless).
         for plugin in self._plugins:
             plugin.close()
         if self._own_host:
