@@ -94,6 +94,8 @@ class Host(Closing):
         self._engines: dict[bool, rt.Engine] = {}
         self._functions: dict[str, BoundFunction] = dict(BUILTIN_FUNCTIONS)
         self._ticker = rt.EpochTicker([], self)
+        # Linkers of closed plugins, for the next plugin of the same module (issue 14).
+        self._linkers = rt.LinkerPool()
         self._plugins: weakref.WeakSet[Plugin | ComponentPlugin] = weakref.WeakSet()
         self._closed = False
         if cache_dir is True:
@@ -294,6 +296,7 @@ class Host(Closing):
             ticker=self._ticker,
             on_close=self._forget,
             on_call=self._on_call,
+            linkers=self._linkers,
         )
         with self._lock:
             if self._closed:
@@ -366,6 +369,7 @@ class Host(Closing):
         for plugin in plugins:
             plugin.close()
         self._ticker.stop()
+        self._linkers.clear()
         self._loader.clear()
         self._components.clear()
 

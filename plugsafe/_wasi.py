@@ -198,12 +198,22 @@ class WasiShims:
     def define(self, linker: rt.Linker, on_error: rt.ErrorSink) -> None:
         """Offer WASI preview 1 in ``linker``, with plugsafe's shims shadowing wasmtime's."""
         linker.define_wasi()
-        linker.define_func(WASI_MODULE, "poll_oneoff", ("i32",) * 4, ("i32",), self.poll_oneoff,
-                           on_error)  # fmt: skip
-        linker.define_func(WASI_MODULE, "clock_time_get", ("i32", "i64", "i32"), ("i32",),
-                           self.clock_time_get, on_error)  # fmt: skip
-        linker.define_func(WASI_MODULE, "path_symlink", ("i32",) * 5, ("i32",),
-                           _refuse_symlink, on_error)  # fmt: skip
+        for binding in self.bindings(on_error):
+            linker.define(binding)
+
+    def bindings(self, on_error: rt.ErrorSink) -> list[rt.Binding]:
+        """plugsafe's shims as this plugin serves them (defined after wasmtime's WASI)."""
+        from . import _runtime as rt
+
+        i32 = ("i32",)
+        return [
+            rt.Binding(False, WASI_MODULE, "poll_oneoff", i32 * 4, i32, self.poll_oneoff,
+                       on_error),
+            rt.Binding(False, WASI_MODULE, "clock_time_get", ("i32", "i64", "i32"), i32,
+                       self.clock_time_get, on_error),
+            rt.Binding(False, WASI_MODULE, "path_symlink", i32 * 5, i32, _refuse_symlink,
+                       on_error),
+        ]  # fmt: skip
 
     def config(
         self, args: Sequence[str] | None, stdin: bytes | None

@@ -55,7 +55,7 @@ from ._engine import (
 )
 from ._funcref import ArgumentsDoNotFit, FuncRef
 from ._instance import Instance
-from ._linker import Caller, ErrorSink, HostCallback, Linker, wasi_config
+from ._linker import Binding, Caller, ErrorSink, HostCallback, Linker, LinkerPool, wasi_config
 from ._module import NUMERIC_TYPES, Description, Module, describe_binary, parse_description
 from ._select import BACKEND, DEFAULT, select_backend
 from ._ticker import Ticker
@@ -64,6 +64,7 @@ __all__ = [
     "ArgumentsDoNotFit",
     "BACKEND",
     "Backend",
+    "Binding",
     "Caller",
     "Description",
     "Engine",
@@ -79,6 +80,7 @@ __all__ = [
     "HostRecord",
     "Instance",
     "Linker",
+    "LinkerPool",
     "Module",
     "NO_DEADLINE_TICKS",
     "NUMERIC_TYPES",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import weakref
 from collections.abc import Callable, Sequence
 from ctypes import byref
-from typing import Any
+from typing import Any, NamedTuple
 
 import wasmtime
 from wasmtime import _ffi as wf
@@ -35,13 +36,37 @@ from ._funcref import Scratch
 from ._module import Module
 from ._select import DEFAULT
 
-__all__ = ["Caller", "ErrorSink", "HostCallback", "Linker", "wasi_config"]
+__all__ = [
+    "Binding",
+    "Caller",
+    "ErrorSink",
+    "HostCallback",
+    "Linker",
+    "LinkerPool",
+    "wasi_config",
+]
 
 # A host callback: receives a Caller and the wasm arguments as Python numbers, returns the wasm
 # results as a sequence (or None when there are none). It may raise; see Linker.define_func.
 HostCallback = Callable[["Caller", list[Any]], Sequence[Any] | None]
 # Receives what a host callback raised (once its trap is back out of wasm); returns the message.
 ErrorSink = HostSink
+
+
+class Binding(NamedTuple):
+    """One host function as one plugin binds it: where it is defined and what serves it.
+
+    ``numeric``: ``target`` is ``fn(*values) -> value`` (see Linker.define_numeric), else a
+    HostCallback. ``results`` holds zero or one type for a numeric binding.
+    """
+
+    numeric: bool
+    module: str
+    name: str
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+    target: Callable[..., Any]
+    on_error: ErrorSink
 
 
 class Caller:
@@ -191,6 +216,12 @@ class Linker:
 
     ``backend`` is the one every instance made through this linker uses (the selected one
     unless a test asks for another).
+
+    A Linker serves one plugin at a time. Once that plugin is closed and every store made
+    through the Linker is closed (:meth:`retire`), a :class:`LinkerPool` may hand it to the
+    next plugin of the same module, with the same host functions: :meth:`rebind` points each
+    callback at the new plugin's functions, sinks and record, and the InstancePre is kept
+    (issue 14: building a Linker, WASI's above all, was most of a load).
     """
 
     def __init__(self, engine: Engine, backend: Backend = DEFAULT) -> None:
@@ -205,10 +236,17 @@ class Linker:
         # can call them.
         self._keep: list[object] = [self.record]
         self._pre: PreHandle | None = None
+        self._pre_module: Module | None = None
         # Per-function scratch (argument buffer with its trap slot, struct layouts) shared by
         # every instance made from this linker: they belong to one Plugin, whose calls never
-        # overlap.
+        # overlap (a later plugin gets the Linker only once every store of the first is closed).
         self.scratch: dict[str, Scratch] = {}
+        # What serves each defined callback, in definition order: a one-item list the C entry
+        # reads on every call (rebind swaps the item), and the binding's (numeric, module, name).
+        self._slots: list[list[Any]] = []
+        self._shapes: list[tuple[bool, str, str]] = []
+        # Every instance made through this Linker that may still be open (see retire).
+        self.instances: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def define_func(
         self,
@@ -232,6 +270,7 @@ class Linker:
         record = self.record
         fid, message, trap_new = self._function(name, on_error)
         size = len(message)
+        slot = self._slot(callback, False, module, name)
 
         def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
             caller = None
@@ -239,7 +278,7 @@ class Linker:
                 record.caller = caller_ptr
                 caller = make_caller(caller_ptr)
                 args = [getattr(raw[i], t) for i, t in enumerate(param_fields)]
-                out = callback(caller, args)
+                out = slot[0](caller, args)
                 if result_fields:
                     assert out is not None
                     for i, t in enumerate(result_fields):
@@ -276,6 +315,7 @@ class Linker:
         record = self.record
         fid, message, trap_new = self._function(name, on_error)
         size = len(message)
+        slot = self._slot(fn, True, module, name)
         entry: HostEntry
         if len(fields) == 1 and result is not None:
             # The common shape (one number in, one out), with no loop at all.
@@ -284,8 +324,8 @@ class Linker:
             def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
                 try:
                     record.caller = caller_ptr
-                    slot = raw[0]
-                    setattr(slot, result, fn(getattr(slot, field)))
+                    value = raw[0]
+                    setattr(value, result, slot[0](getattr(value, field)))
                     return ok
                 except BaseException as exc:
                     if record.pending is None:
@@ -297,7 +337,7 @@ class Linker:
             def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
                 try:
                     record.caller = caller_ptr
-                    out = fn(*[getattr(raw[i], t) for i, t in enumerate(fields)])
+                    out = slot[0](*[getattr(raw[i], t) for i, t in enumerate(fields)])
                     if result is not None:
                         setattr(raw[0], result, out)
                     return ok
@@ -319,6 +359,53 @@ class Linker:
         record.sinks.append(on_error)
         message = f"plugsafe: host function {name!r} failed {record.marker(fid)}".encode()
         return fid, message, self.backend.trap_new
+
+    def _slot(self, target: object, numeric: bool, module: str, name: str) -> list[Any]:
+        slot = [target]
+        self._slots.append(slot)
+        self._shapes.append((numeric, module, name))
+        return slot
+
+    def define(self, binding: Binding) -> None:
+        """Define one :class:`Binding` (``define_numeric`` or ``define_func``)."""
+        if binding.numeric:
+            result = binding.results[0] if binding.results else None
+            self.define_numeric(binding.module, binding.name, binding.params, result,
+                                binding.target, binding.on_error)  # fmt: skip
+        else:
+            self.define_func(binding.module, binding.name, binding.params, binding.results,
+                             binding.target, binding.on_error)  # fmt: skip
+
+    @property
+    def reusable(self) -> bool:
+        """No spare was used and Python never failed around its calls: it may serve again."""
+        record = self.record
+        return not record.spent and not record.leak
+
+    def retire(self) -> None:
+        """Close every store made through this Linker (its plugin is closed: none may run)."""
+        for inst in list(self.instances):
+            inst.release()
+        self.record.caller = None
+        self.record.pending = None
+
+    def rebind(self, bindings: Sequence[Binding]) -> bool:
+        """Serve another plugin: its targets and sinks replace the last plugin's, in order.
+
+        Only for a Linker its pool took back (retired and reusable), and only with bindings of
+        the same shape (the pool's key: the same module and host functions). False, changing
+        nothing, if the shapes differ.
+        """
+        shapes = [(b.numeric, b.module, b.name) for b in bindings]
+        if shapes != self._shapes or not self.reusable:
+            return False
+        sinks = self.record.sinks
+        for i, (slot, binding) in enumerate(zip(self._slots, bindings, strict=True)):
+            slot[0] = binding.target
+            sinks[i] = binding.on_error
+        self.record.caller = None
+        self.record.pending = None
+        return True
 
     def _define(
         self,
@@ -380,8 +467,60 @@ class Linker:
 
     def prepare(self, module: Module) -> None:
         """Type-check imports once (an InstancePre); later instantiations skip that work."""
+        if self._pre is not None and self._pre_module is module:
+            return  # a pooled Linker, prepared for this very module
         try:
             pre = forksafe(self._linker.instantiate_pre(module._module))
             self._pre = self.backend.pre(pre)
+            self._pre_module = module
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
+
+
+class LinkerPool:
+    """Linkers of closed plugins, by what they define, for the next plugin that needs the same.
+
+    One per Host (its host functions are the Host's). A key names the engine, the module and
+    every function defined (the pool never asks what a key means: the Plugin builds it). At
+    most ``per_key`` Linkers wait per key and ``keys`` keys are kept (the oldest is dropped).
+    Lock-free on purpose (each step is one dict or list operation, atomic under the GIL): a
+    lock held by another thread at a fork would be held forever in the child.
+    """
+
+    def __init__(self, per_key: int = 4, keys: int = 64) -> None:
+        self._free: dict[object, list[Linker]] = {}
+        self._per_key = per_key
+        self._keys = keys
+
+    def take(self, key: object) -> Linker | None:
+        """A retired Linker for ``key``, now the caller's alone; None if none waits."""
+        free = self._free.get(key)
+        if not free:
+            return None
+        try:
+            return free.pop()
+        except IndexError:  # another thread took the last one
+            return None
+
+    def give(self, key: object, linker: Linker) -> None:
+        """Take back ``linker``, whose plugin is closed: its stores are closed here first."""
+        if not linker.reusable:
+            return
+        linker.retire()
+        free = self._free.get(key)
+        if free is None:
+            while len(self._free) >= self._keys:
+                try:
+                    del self._free[next(iter(self._free))]
+                except (KeyError, StopIteration, RuntimeError):
+                    break
+            free = self._free.setdefault(key, [])
+        if len(free) < self._per_key:
+            free.append(linker)
+
+    def clear(self) -> None:
+        """Forget every waiting Linker."""
+        self._free.clear()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in list(self._free.values()))
