@@ -511,8 +511,23 @@ def import_problems(
 def check_imports(
     module: rt.Module, functions: Mapping[str, F], policy: Policy, name: str
 ) -> dict[str, F]:
-    """Step 6: the host functions the imports bind; ImportNotAllowedError lists every refusal."""
+    """Step 6: the host functions the imports bind; ImportNotAllowedError lists every refusal.
+
+    A check that passed is remembered on the module with what it depended on: the very same
+    policy object (frozen), the very same registry of host functions and its size (a Host only
+    ever adds functions, never replaces one). Loading the same module again under the same
+    policy then skips the walk over its imports; anything else checks afresh.
+    """
+    memo = module.import_check
+    if (
+        memo is not None
+        and memo[0] is policy
+        and memo[1] is functions
+        and memo[2] == len(functions)
+    ):
+        return dict(memo[3])
     bound, problems = import_problems(module, functions, policy)
     if problems:
         raise ImportNotAllowedError(name, problems)
+    module.import_check = (policy, functions, len(functions), dict(bound))
     return bound

@@ -166,7 +166,7 @@ class Instance:
         self._known = 0
         self._find_memories(module)
         # The Linker closes every store made through it before serving another plugin.
-        linker.instances.add(self)
+        linker.made(self)
 
     def _find_memories(self, module: Module) -> None:
         for name in module.memory_exports:

@@ -188,9 +188,13 @@ def wasi_config(
     every write to ``sink`` (which returns the bytes it took).
     """
     cfg = wasmtime.WasiConfig()
-    # wasmtime-py exposes these as write-only properties.
-    cfg.argv = list(args)
-    cfg.env = list(env.items())
+    # wasmtime-py exposes these as write-only properties. A new WasiConfig has no arguments and
+    # no variables: setting none costs nothing (each setter costs 5-8 us, and every instance of
+    # a WASI plugin gets a config of its own).
+    if args:
+        cfg.argv = list(args)
+    if env:
+        cfg.env = list(env.items())
     vec = wf.wasm_byte_vec_t()
     buf = (ctypes.c_uint8 * max(len(stdin), 1)).from_buffer_copy(stdin or b"\0")
     # wasi_config_set_stdin_bytes takes ownership of the vector: stdin is an in-memory buffer, so
@@ -245,8 +249,8 @@ class Linker:
         # reads on every call (rebind swaps the item), and the binding's (numeric, module, name).
         self._slots: list[list[Any]] = []
         self._shapes: list[tuple[bool, str, str]] = []
-        # Every instance made through this Linker that may still be open (see retire).
-        self.instances: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Every instance made through this Linker that may still be open (see retire), weakly.
+        self._instances: list[weakref.ref[Any]] = []
 
     def define_func(
         self,
@@ -382,10 +386,21 @@ class Linker:
         record = self.record
         return not record.spent and not record.leak
 
+    def made(self, instance: object) -> None:
+        """Remember ``instance`` (weakly), made through this Linker: ``retire`` closes it."""
+        refs = self._instances
+        if len(refs) >= 8:
+            # A plugin with fresh_instance makes one per call: forget the collected ones.
+            refs[:] = [r for r in refs if r() is not None]
+        refs.append(weakref.ref(instance))
+
     def retire(self) -> None:
         """Close every store made through this Linker (its plugin is closed: none may run)."""
-        for inst in list(self.instances):
-            inst.release()
+        refs, self._instances = self._instances, []
+        for ref in refs:
+            inst = ref()
+            if inst is not None:
+                inst.release()
         self.record.caller = None
         self.record.pending = None
 
@@ -396,12 +411,15 @@ class Linker:
         the same shape (the pool's key: the same module and host functions). False, changing
         nothing, if the shapes differ.
         """
-        shapes = [(b.numeric, b.module, b.name) for b in bindings]
-        if shapes != self._shapes or not self.reusable:
+        shapes = self._shapes
+        if len(bindings) != len(shapes) or not self.reusable:
             return False
+        for b, shape in zip(bindings, shapes, strict=True):
+            if (b.numeric, b.module, b.name) != shape:
+                return False
         sinks = self.record.sinks
-        for i, (slot, binding) in enumerate(zip(self._slots, bindings, strict=True)):
-            slot[0] = binding.target
+        for i, binding in enumerate(bindings):
+            self._slots[i][0] = binding.target
             sinks[i] = binding.on_error
         self.record.caller = None
         self.record.pending = None

@@ -370,3 +370,45 @@ def test_a_forked_child_reuses_a_pooled_linker_as_its_own() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip().endswith("ok")
+
+
+def test_the_import_memo_answers_only_for_the_same_policy_and_registry() -> None:
+    with plugsafe.Host() as host:
+
+        @host.function
+        def a() -> int:
+            return 1
+
+        both = Policy(allow={"a", "b"})
+        with pytest.raises(plugsafe.PolicyError):
+            host.load(AB, policy=both)  # b is not a host function yet
+
+        @host.function
+        def b() -> int:
+            return 2
+
+        p = host.load(AB, policy=both)  # checked, and remembered on the module
+        assert p.invoke("g") == 3
+        module = p._module
+        assert module.import_check is not None and module.import_check[0] is both
+        # Another policy object, even an equal one, is checked afresh: a narrower one refused.
+        with pytest.raises(plugsafe.ImportNotAllowedError):
+            host.load(AB, policy=Policy(allow={"a"}))
+        again = Policy(allow={"a", "b"})
+        q = host.load(AB, policy=again)
+        assert q.invoke("g") == 3
+        checked = module.import_check
+        assert checked is not None and checked[0] is again
+        q.close()
+        q = host.load(AB, policy=again)  # the same policy and registry: the memo answers
+        assert module.import_check is checked
+
+        # A function registered later (the registry grew) makes the memo stale.
+        @host.function
+        def c() -> int:
+            return 3
+
+        r = host.load(AB, policy=again)
+        assert module.import_check is not checked
+        for plugin in (p, q, r):
+            plugin.close()
