@@ -690,8 +690,8 @@ class Plugin(Closing):
         return linker
 
     def _new_instance(self, phase: Phase) -> rt.Instance:
-        """A fresh instance for calls (its WASI output, if any, goes to sinks nobody reads)."""
-        cfg = None if self._wasi is None else self._wasi.config(None, None)[0]
+        """A fresh instance for calls (its WASI output, if any, is discarded: nobody reads it)."""
+        cfg = None if self._wasi is None else self._wasi.config(None, None, read=False)[0]
         return self._instantiate(phase, cfg)
 
     def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:

@@ -176,6 +176,10 @@ class OutputSink:
         return b"".join(self._chunks)
 
 
+# The sinks of an instance whose output nobody reads (WasiShims.config(read=False)).
+_UNREAD = OutputSink("discard", 0)
+
+
 class WasiShims:
     """The host side of one plugin's WASI: each instance's WasiConfig, and plugsafe's shims.
 
@@ -216,23 +220,29 @@ class WasiShims:
         ]  # fmt: skip
 
     def config(
-        self, args: Sequence[str] | None, stdin: bytes | None
+        self, args: Sequence[str] | None, stdin: bytes | None, *, read: bool = True
     ) -> tuple[object, OutputSink, OutputSink]:
         """A WasiConfig for one new instance, with its fresh stdout and stderr sinks.
 
         ``args`` and ``stdin`` replace the policy's for this instance (``Plugin.run``).
+        ``read=False``: nobody will read what the instance writes (an instance for calls), so
+        captured streams are discarded instead, by wasmtime itself (the guest sees every write
+        succeed in full, as with a capture); the sinks returned are then empty stand-ins.
         """
         from . import _runtime as rt
 
         w = self.wasi
-        out = OutputSink(w.stdout, self.max_output)
-        err = OutputSink(w.stderr, self.max_output)
+        if read:
+            out = OutputSink(w.stdout, self.max_output)
+            err = OutputSink(w.stderr, self.max_output)
+        else:
+            out = err = _UNREAD
         cfg = rt.wasi_config(
             args=w.args if args is None else args,
-            env=dict(w.env),
+            env=w.env,
             stdin=w.stdin if stdin is None else stdin,
-            stdout=(w.stdout, out.write),
-            stderr=(w.stderr, err.write),
+            stdout=(w.stdout if read or w.stdout == "inherit" else "discard", out.write),
+            stderr=(w.stderr if read or w.stderr == "inherit" else "discard", err.write),
             preopens=[(os.fspath(p.host), p.guest, p.writable) for p in w.preopens],
         )
         return cfg, out, err

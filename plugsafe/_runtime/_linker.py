@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from ctypes import byref
 from typing import Any, NamedTuple
 
@@ -176,7 +176,7 @@ def caller_class(backend: Backend) -> type[Caller]:
 def wasi_config(
     *,
     args: Sequence[str],
-    env: dict[str, str],
+    env: Mapping[str, str],
     stdin: bytes,
     stdout: tuple[str, Callable[[bytes], int]],
     stderr: tuple[str, Callable[[bytes], int]],
@@ -184,8 +184,9 @@ def wasi_config(
 ) -> wasmtime.WasiConfig:
     """A wasmtime WasiConfig granting exactly this, and nothing of the host by default.
 
-    ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, anything else hands
-    every write to ``sink`` (which returns the bytes it took).
+    ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, "discard" leaves
+    it unset (wasmtime then drops every write, reporting it written in full), anything else
+    hands every write to ``sink`` (which returns the bytes it took).
     """
     cfg = wasmtime.WasiConfig()
     # wasmtime-py exposes these as write-only properties. A new WasiConfig has no arguments and
@@ -195,19 +196,21 @@ def wasi_config(
         cfg.argv = list(args)
     if env:
         cfg.env = list(env.items())
-    vec = wf.wasm_byte_vec_t()
-    buf = (ctypes.c_uint8 * max(len(stdin), 1)).from_buffer_copy(stdin or b"\0")
-    # wasi_config_set_stdin_bytes takes ownership of the vector: stdin is an in-memory buffer, so
-    # reading it never blocks.
-    wf.wasm_byte_vec_new(byref(vec), len(stdin), buf)
-    wf.wasi_config_set_stdin_bytes(cfg.ptr(), byref(vec))
+    if stdin:
+        vec = wf.wasm_byte_vec_t()
+        buf = (ctypes.c_uint8 * len(stdin)).from_buffer_copy(stdin)
+        # wasi_config_set_stdin_bytes takes ownership of the vector: stdin is an in-memory
+        # buffer, so reading it never blocks. With none set, stdin is at its end at once, as an
+        # empty buffer is (measured: fd_read gives 0 bytes either way).
+        wf.wasm_byte_vec_new(byref(vec), len(stdin), buf)
+        wf.wasi_config_set_stdin_bytes(cfg.ptr(), byref(vec))
     if stdout[0] == "inherit":
         cfg.inherit_stdout()
-    else:
+    elif stdout[0] != "discard":
         cfg.stdout_custom = stdout[1]
     if stderr[0] == "inherit":
         cfg.inherit_stderr()
-    else:
+    elif stderr[0] != "discard":
         cfg.stderr_custom = stderr[1]
     for host, guest, writable in preopens:
         # wasmtime-py's default is writable: say so explicitly every time.
