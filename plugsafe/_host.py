@@ -43,6 +43,18 @@ _MIN_STACK = 16 * 1024
 _MAX_STACK = 2 * 1024 * 1024
 
 
+_DEFAULT: list[Policy] = []
+
+
+def _default_policy() -> Policy:
+    """The one ``Policy()`` of loads given none: frozen, so shared (checking a new one's fields
+    cost more than a whole load of a small module, and the import-check memo needs the same
+    object)."""
+    if not _DEFAULT:
+        _DEFAULT.append(Policy())
+    return _DEFAULT[0]
+
+
 class Host(Closing):
     """Owns the wasm engines, the epoch ticker thread and the host functions plugins may import.
 
@@ -330,7 +342,7 @@ class Host(Closing):
         """
         if self._closed:
             raise PluginClosedError("this Host is closed")
-        policy = Policy() if policy is None else policy
+        policy = _default_policy() if policy is None else policy
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a plugsafe.Policy, got {type(policy).__name__}")
         missing = sorted(policy.allow - self._functions.keys())

@@ -263,7 +263,10 @@ class Plugin(Closing):
         # plugin's Linker would (same engine, module, host functions, WASI or not) is taken
         # and rebound to this plugin instead of built (issue 14). The import check above
         # already refused every import this policy does not allow.
-        self._linkers = linkers
+        # In a one-item list: _released takes it with one atomic list.pop, so that two threads
+        # closing the plugin at once never give its Linker back twice (two later plugins would
+        # then share it).
+        self._linkers = [] if linkers is None else [linkers]
         self._linker_key = (
             engine,
             module,
@@ -648,11 +651,13 @@ class Plugin(Closing):
         return self._calls.instance
 
     def _released(self) -> None:
-        linkers = self._linkers
-        if linkers is not None:
+        try:
+            linkers = self._linkers.pop()
+        except IndexError:  # given back already (or no pool)
+            pass
+        else:
             # Closed: no call runs and none will. The pool closes every store made through
             # the Linker before another plugin may have it (Linker.retire).
-            self._linkers = None
             linkers.give(self._linker_key, self._linker)
         self._on_close(self)
 
@@ -676,9 +681,8 @@ class Plugin(Closing):
         ]
         if self._wasi is not None:
             bindings += self._wasi.bindings(host_calls.sink(None))
-        linkers = self._linkers
-        if linkers is not None:
-            linker = linkers.take(self._linker_key)
+        if self._linkers:
+            linker = self._linkers[0].take(self._linker_key)
             if linker is not None and linker.rebind(bindings):
                 return linker
         linker = rt.Linker(self._engine)

@@ -536,7 +536,7 @@ class LinkerPool:
                 except (KeyError, StopIteration, RuntimeError):
                     break
             free = self._free.setdefault(key, [])
-        if len(free) < self._per_key:
+        if len(free) < self._per_key and not any(x is linker for x in free):
             free.append(linker)
 
     def clear(self) -> None:

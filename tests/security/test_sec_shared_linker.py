@@ -412,3 +412,29 @@ def test_the_import_memo_answers_only_for_the_same_policy_and_registry() -> None
         assert module.import_check is not checked
         for plugin in (p, q, r):
             plugin.close()
+
+
+def test_a_plugin_closed_from_many_threads_at_once_gives_its_linker_back_once() -> None:
+    with _who_host() as host:
+        for _ in range(20):
+            p = host.load(WHO, policy=Policy(allow={"who"}))
+            barrier = threading.Barrier(4)
+
+            def close(plugin: plugsafe.Plugin = p, b: threading.Barrier = barrier) -> None:
+                b.wait(10)
+                plugin.close()
+
+            threads = [threading.Thread(target=close) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert _pooled(host) == 1
+            # Two live plugins never get the one Linker.
+            a = host.load(WHO, policy=Policy(allow={"who"}))
+            b = host.load(WHO, policy=Policy(allow={"who"}))
+            assert a._linker is not b._linker
+            assert a.invoke("f", 1, context=1) == 1 and b.invoke("f", 1, context=2) == 2
+            a.close()
+            b.close()
+            host._linkers.clear()
