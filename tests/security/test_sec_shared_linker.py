@@ -32,6 +32,8 @@ import pytest
 import plugsafe
 from plugsafe import Policy, Wasi
 
+from wat import abi_module
+
 # ``f(n)`` calls ``who()`` n times and returns the sum of its answers; ``g()`` calls ``b()``.
 WHO = b"""(module
   (import "plugsafe" "who" (func $who (result i64)))
@@ -438,3 +440,44 @@ def test_a_plugin_closed_from_many_threads_at_once_gives_its_linker_back_once() 
             a.close()
             b.close()
             host._linkers.clear()
+
+
+# ``shout(p, n)`` passes its input to host function ``up`` (bytes in, bytes out through the
+# plugin's allocator) and returns what it answered.
+SHOUT = abi_module(
+    """
+  (func (export "shout") (param $p i32) (param $n i32) (result i64)
+    (local $w i64)
+    (local.set $w (call $up (local.get $p) (local.get $n)))
+    (call $ok (i32.wrap_i64 (i64.shr_u (local.get $w) (i64.const 32)))
+              (i32.wrap_i64 (i64.and (local.get $w) (i64.const 0x7fffffff)))))
+""",
+    imports='(import "plugsafe" "up" (func $up (param i32 i32) (result i64)))',
+).encode()
+
+
+def test_marshalled_host_functions_use_the_lessees_caps_memory_and_allocator() -> None:
+    with plugsafe.Host() as host:
+
+        @host.function
+        def up(data: bytes) -> bytes:
+            call = plugsafe.current_call()
+            assert call is not None
+            return data.upper() + str(call.context).encode()
+
+        a = host.load(SHOUT, policy=Policy(allow={"up"}, max_host_arg_size=4), name="a")
+        assert a.call("shout", b"abc", context=1) == b"ABC1"
+        with pytest.raises(plugsafe.AbiError, match="max_host_arg_size of 4"):
+            a.call("shout", b"abcdef", context=1)
+        linker = a._linker
+        a.close()
+        b = host.load(SHOUT, policy=Policy(allow={"up"}, max_host_arg_size=1000), name="b")
+        assert b._linker is linker
+        # b's cap, b's memory (the result placed by b's allocator), b's context.
+        assert b.call("shout", b"abcdef", context=2) == b"ABCDEF2"
+        b.close()
+        c = host.load(SHOUT, policy=Policy(allow={"up"}, max_host_arg_size=2), name="c")
+        assert c._linker is linker
+        with pytest.raises(plugsafe.AbiError, match=r"plugin 'c'.*max_host_arg_size of 2"):
+            c.call("shout", b"abc", context=3)
+        c.close()
