@@ -26,7 +26,8 @@ instantiation) uses wasmtime-py's objects, which are not on the per-call path.
 Modules: ``_backend`` (the Backend protocol, handles, failures, the one bounds check),
 ``_cffi``/``_ctypes`` (the backends), ``_select`` (choosing one), ``_engine`` (Engine, the epoch
 ticker, wat_to_wasm), ``_module`` (Module and its description, read from the binary),
-``_linker`` (Linker, Caller, wasi_config), ``_funcref`` (FuncRef and the invoke closure),
+``_linker`` (Linker, LinkerPool, Binding, Caller, wasi_config), ``_funcref`` (FuncRef and the
+invoke closure),
 ``_instance`` (Instance).
 """
 

@@ -1,4 +1,9 @@
-"""Linkers (the host functions a plugin may import), the Caller they see, and WASI settings."""
+"""Linkers (the host functions a plugin may import), the Caller they see, and WASI settings.
+
+A Linker serves one plugin at a time; a Host's :class:`LinkerPool` hands the Linker of a closed
+plugin (every store made through it closed) to the next plugin of the same module, rebound to
+it (issue 14; docs/performance.md says why Linkers are not shared by live plugins).
+"""
 
 from __future__ import annotations
 
