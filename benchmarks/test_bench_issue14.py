@@ -27,6 +27,7 @@ import pytest
 import wasmtime
 
 import plugsafe
+from plugsafe import _runtime as rt
 
 from bigc import build
 from conftest import U64, tag
@@ -86,6 +87,8 @@ def _wat_module(functions: int) -> bytes:
 # -- 1. loading a module the process already compiled --------------------------------------------
 
 LOAD_C = "load a compiled C program"
+# The same load when no closed plugin left a Linker to reuse (see docs/performance.md).
+NO_REUSE = "plugsafe, no Linker to reuse"
 LOAD_SIZE = "load a compiled module"
 
 
@@ -97,9 +100,13 @@ def load_c(request: pytest.FixtureRequest) -> tuple[dict[str, float], str]:
     if path is None:
         pytest.skip("needs clang with wasi-libc to build the large C program")
     wasm = path.read_bytes()
-    with plugsafe.Host() as host:
+    with plugsafe.Host() as host, plugsafe.Host() as cold_host:
         policy = plugsafe.Policy(wasi=plugsafe.Wasi())
         host.load(wasm, policy=policy).close()
+        # A Host whose pool keeps nothing: every load builds its Linker, as the first plugin of
+        # a module does, or one loaded while the module's other plugins are all still open.
+        cold_host._linkers = rt.LinkerPool(per_key=0)
+        cold_host.load(wasm, policy=policy).close()
         engine = wasmtime.Engine()
         module = wasmtime.Module(engine, wasm)
         linker = wasmtime.Linker(engine)
@@ -114,6 +121,7 @@ def load_c(request: pytest.FixtureRequest) -> tuple[dict[str, float], str]:
             {
                 "plugsafe": lambda: host.load(wasm, policy=policy).close(),
                 "wasmtime-py": by_hand,
+                NO_REUSE: lambda: cold_host.load(wasm, policy=policy).close(),
             },
             rounds=1 if quick else 15,
             per=1 if quick else 20,
@@ -124,7 +132,7 @@ def load_c(request: pytest.FixtureRequest) -> tuple[dict[str, float], str]:
     return medians, f"{len(wasm) / 1024:.0f} KiB, {count} functions, WASI"
 
 
-@pytest.mark.parametrize("contender", ["plugsafe", "wasmtime-py"])
+@pytest.mark.parametrize("contender", ["plugsafe", "wasmtime-py", NO_REUSE])
 def test_load_compiled_c_program(
     benchmark: Any, load_c: tuple[dict[str, float], str], contender: str
 ) -> None:

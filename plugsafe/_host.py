@@ -43,6 +43,18 @@ _MIN_STACK = 16 * 1024
 _MAX_STACK = 2 * 1024 * 1024
 
 
+_DEFAULT: list[Policy] = []
+
+
+def _default_policy() -> Policy:
+    """The one ``Policy()`` of loads given none: frozen, so shared (checking a new one's fields
+    cost more than a whole load of a small module, and the import-check memo needs the same
+    object)."""
+    if not _DEFAULT:
+        _DEFAULT.append(Policy())
+    return _DEFAULT[0]
+
+
 class Host(Closing):
     """Owns the wasm engines, the epoch ticker thread and the host functions plugins may import.
 
@@ -94,6 +106,8 @@ class Host(Closing):
         self._engines: dict[bool, rt.Engine] = {}
         self._functions: dict[str, BoundFunction] = dict(BUILTIN_FUNCTIONS)
         self._ticker = rt.EpochTicker([], self)
+        # Linkers of closed plugins, for the next plugin of the same module (issue 14).
+        self._linkers = rt.LinkerPool()
         self._plugins: weakref.WeakSet[Plugin | ComponentPlugin] = weakref.WeakSet()
         self._closed = False
         if cache_dir is True:
@@ -295,6 +309,7 @@ class Host(Closing):
             ticker=self._ticker,
             on_close=self._forget,
             on_call=self._on_call,
+            linkers=self._linkers,
         )
         with self._lock:
             if self._closed:
@@ -328,7 +343,7 @@ class Host(Closing):
         """
         if self._closed:
             raise PluginClosedError("this Host is closed")
-        policy = Policy() if policy is None else policy
+        policy = _default_policy() if policy is None else policy
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a plugsafe.Policy, got {type(policy).__name__}")
         missing = sorted(policy.allow - self._functions.keys())
@@ -367,6 +382,7 @@ class Host(Closing):
         for plugin in plugins:
             plugin.close()
         self._ticker.stop()
+        self._linkers.clear()
         self._loader.clear()
         self._components.clear()
 

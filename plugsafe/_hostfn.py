@@ -445,15 +445,25 @@ class HostCalls:
         bound: BoundFunction,
         wasm: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
     ) -> None:
-        """Define ``bound`` in ``linker`` as ``plugsafe.<name>`` for this plugin.
+        """Define ``bound`` in ``linker`` as ``plugsafe.<name>`` for this plugin."""
+        linker.define(self.binding(bound, wasm))
+
+    def binding(
+        self,
+        bound: BoundFunction,
+        wasm: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+    ) -> rt.Binding:
+        """``bound`` as this plugin serves ``plugsafe.<name>``: a Linker defines or rebinds it.
 
         ``wasm`` is the type the plugin imports it with (checked by ``bound.accepts`` at the
         import check): a plain ``int``/``float`` binds to the width the plugin chose, for this
         plugin only. None: the widest (a function the module does not import).
         """
         params, results = bound.wasm if wasm is None else wasm
+        params, results = tuple(params), tuple(results)
         sig = bound.signature
         rtype = results[0] if results else None
+        sink = self.sink(bound.name)
         if bound.builtin:
             callback = self._builtin(bound)
         elif all(k in _NUMBERS for k in sig.params) and (
@@ -461,15 +471,11 @@ class HostCalls:
         ):
             # Numbers in, a number (or nothing) out: the common shape for counters and lookups
             # by id, called with no Caller and no conversion.
-            linker.define_numeric(
-                _abi.HOST_MODULE, bound.name, params, rtype,
-                self._numeric(bound, rtype), self.sink(bound.name),
-            )  # fmt: skip
-            return
+            numeric = self._numeric(bound, rtype)
+            return rt.Binding(True, _abi.HOST_MODULE, bound.name, params, results, numeric, sink)
         else:
             callback = self._marshalled(bound, rtype)
-        sink = self.sink(bound.name)
-        linker.define_func(_abi.HOST_MODULE, bound.name, params, results, callback, sink)
+        return rt.Binding(False, _abi.HOST_MODULE, bound.name, params, results, callback, sink)
 
     def _builtin(self, bound: BoundFunction) -> rt.HostCallback:
         name = bound.name

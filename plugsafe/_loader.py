@@ -73,6 +73,8 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 Format = Literal["wasm", "wat"]
 
 # The WASI module plugsafe offers (preview 1); the one definition on this side of the merge.
+# WAT sources whose translation is kept (per Host), beside the modules they compile to.
+_WAT_CACHE_SIZE = 32
 _MODULE_CACHE_SIZE = 64
 _WASI_TYPES = frozenset({"i32", "i64"})
 _BINARY_JUNK = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -281,6 +283,9 @@ class ModuleLoader:
         # beside compiled modules that are larger still.
         self._modules: OrderedDict[tuple[bool, bytes], _Entry] = OrderedDict()
         self._disk: dict[bool, ArtifactCache] = {}
+        # WAT text already translated, by the text itself (translating is a pure function of
+        # it, and cost ~0.1-1 ms on every load of a .wat plugin: issue 14).
+        self._wat: OrderedDict[bytes, bytes] = OrderedDict()
 
     def load(
         self, source: Source, policy: Policy, engine: rt.Engine, name: str | None = None
@@ -297,7 +302,7 @@ class ModuleLoader:
         data, fallback, what = read_source(source, policy.max_module_size)
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError("name must be a non-empty str")
-        wasm, fmt = to_wasm(data, what, policy.max_module_size)
+        wasm, fmt = self._to_wasm(data, what, policy.max_module_size)
         caps = caps_of(policy)
         key = (engine.metered, wasm)
         with self._lock:
@@ -334,10 +339,31 @@ class ModuleLoader:
             engine=engine,
         )
 
+    def _to_wasm(self, data: bytes, what: str, max_size: int) -> tuple[bytes, Format]:
+        """``to_wasm``, remembering the translation of WAT text (the same checks every time)."""
+        if data.startswith(WASM_MAGIC):
+            return data, "wasm"
+        with self._lock:
+            wasm = self._wat.get(data)
+        if wasm is None:
+            wasm, fmt = to_wasm(data, what, max_size)
+            if fmt == "wat":
+                with self._lock:
+                    self._wat[data] = wasm
+                    while len(self._wat) > _WAT_CACHE_SIZE:
+                        self._wat.popitem(last=False)
+            return wasm, fmt
+        if len(wasm) > max_size:  # this policy's own cap, as to_wasm checks it
+            raise InvalidModuleError(
+                f"{what} compiles to {len(wasm)} bytes, over the policy's max_module_size"
+            )
+        return wasm, "wat"
+
     def clear(self) -> None:
         """Forget every module held in memory (the disk cache stays)."""
         with self._lock:
             self._modules.clear()
+            self._wat.clear()
 
     def _compile(
         self, engine: rt.Engine, wasm: bytes, caps: Caps, policy: Policy, name: str | None
@@ -511,8 +537,23 @@ def import_problems(
 def check_imports(
     module: rt.Module, functions: Mapping[str, F], policy: Policy, name: str
 ) -> dict[str, F]:
-    """Step 6: the host functions the imports bind; ImportNotAllowedError lists every refusal."""
+    """Step 6: the host functions the imports bind; ImportNotAllowedError lists every refusal.
+
+    A check that passed is remembered on the module with what it depended on: the very same
+    policy object (frozen), the very same registry of host functions and its size (a Host only
+    ever adds functions, never replaces one). Loading the same module again under the same
+    policy then skips the walk over its imports; anything else checks afresh.
+    """
+    memo = module.import_check
+    if (
+        memo is not None
+        and memo[0] is policy
+        and memo[1] is functions
+        and memo[2] == len(functions)
+    ):
+        return dict(memo[3])
     bound, problems = import_problems(module, functions, policy)
     if problems:
         raise ImportNotAllowedError(name, problems)
+    module.import_check = (policy, functions, len(functions), dict(bound))
     return bound

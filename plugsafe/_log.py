@@ -38,6 +38,15 @@ def escape(text: str) -> str:
     return _CONTROL.sub(_escape_one, text.replace("\\", "\\\\"))
 
 
+# Loggers by plugin name: logging keeps every logger it made for good anyway, and getLogger
+# takes logging's lock (a few us on every load of a plugin: issue 14).
+_LOGGERS: dict[str, logging.Logger] = {}
+
+
 def logger_for(plugin_name: str) -> logging.Logger:
     """The logger ``plugsafe.plugin.<name>``; characters a logger name should not hold become _."""
-    return logging.getLogger(f"plugsafe.plugin.{_UNSAFE_NAME.sub('_', plugin_name) or '_'}")
+    logger = _LOGGERS.get(plugin_name)
+    if logger is None:
+        logger = logging.getLogger(f"plugsafe.plugin.{_UNSAFE_NAME.sub('_', plugin_name) or '_'}")
+        _LOGGERS[plugin_name] = logger
+    return logger

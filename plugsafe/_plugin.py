@@ -206,6 +206,7 @@ class Plugin(Closing):
         ticker: rt.EpochTicker,
         on_close: Callable[[Plugin], None],
         on_call: OnCall | None = None,
+        linkers: rt.LinkerPool | None = None,
     ) -> None:
         self._name = name
         self._on_call = on_call
@@ -258,6 +259,20 @@ class Plugin(Closing):
         self._wasi: WasiShims | None = None
         if policy.wasi is not None:
             self._wasi = WasiShims(policy.wasi, policy.max_output, calls.state, diagnosis)
+        # The Host's pool of Linkers of closed plugins: one that defines exactly what this
+        # plugin's Linker would (same engine, module, host functions, WASI or not) is taken
+        # and rebound to this plugin instead of built (issue 14). The import check above
+        # already refused every import this policy does not allow.
+        # In a one-item list: _released takes it with one atomic list.pop, so that two threads
+        # closing the plugin at once never give its Linker back twice (two later plugins would
+        # then share it).
+        self._linkers = [] if linkers is None else [linkers]
+        self._linker_key = (
+            engine,
+            module,
+            policy.wasi is not None,
+            tuple((name, id(bound)) for name, bound in functions.items()),
+        )
         self._linker = self._build_linker()
         self.memory = PluginMemory(self)
         # The per-call entry points, set on the instance so that ``plugin.call(...)`` is the
@@ -645,11 +660,22 @@ class Plugin(Closing):
         return self._calls.instance
 
     def _released(self) -> None:
+        try:
+            linkers = self._linkers.pop()
+        except IndexError:  # given back already (or no pool)
+            pass
+        else:
+            # Closed: no call runs and none will. The pool closes every store made through
+            # the Linker before another plugin may have it (Linker.retire).
+            linkers.give(self._linker_key, self._linker)
         self._on_close(self)
 
     def _build_linker(self) -> rt.Linker:
-        """A Linker with this plugin's host functions (and WASI) bound to its callbacks."""
-        linker = rt.Linker(self._engine)
+        """A Linker with this plugin's host functions (and WASI) bound to its callbacks.
+
+        Taken from the Host's pool and rebound when a closed plugin left one that defines the
+        same; else built (and prepared by the caller).
+        """
         # Each function is bound with the type this module imports it with (an ``int`` as i32
         # or i64, ...): decided here, per plugin; the import check accepted that type.
         imported = {
@@ -657,15 +683,28 @@ class Plugin(Closing):
             for imp in self._module.imports
             if imp.module == _abi.HOST_MODULE and imp.kind == "func"
         }
-        for bound in self._functions.values():
-            self._host_calls.define(linker, bound, imported.get(bound.name))
+        host_calls = self._host_calls
+        bindings = [
+            host_calls.binding(bound, imported.get(bound.name))
+            for bound in self._functions.values()
+        ]
         if self._wasi is not None:
-            self._wasi.define(linker, self._host_calls.sink(None))
+            bindings += self._wasi.bindings(host_calls.sink(None))
+        if self._linkers:
+            linker = self._linkers[0].take(self._linker_key)
+            if linker is not None and linker.rebind(bindings):
+                return linker
+        linker = rt.Linker(self._engine)
+        if self._wasi is not None:
+            # wasmtime's WASI first: plugsafe's shims (in the bindings) shadow three of it.
+            linker.define_wasi()
+        for binding in bindings:
+            linker.define(binding)
         return linker
 
     def _new_instance(self, phase: Phase) -> rt.Instance:
-        """A fresh instance for calls (its WASI output, if any, goes to sinks nobody reads)."""
-        cfg = None if self._wasi is None else self._wasi.config(None, None)[0]
+        """A fresh instance for calls (its WASI output, if any, is discarded: nobody reads it)."""
+        cfg = None if self._wasi is None else self._wasi.config(None, None, read=False)[0]
         return self._instantiate(phase, cfg)
 
     def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:

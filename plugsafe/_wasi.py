@@ -176,6 +176,10 @@ class OutputSink:
         return b"".join(self._chunks)
 
 
+# The sinks of an instance whose output nobody reads (WasiShims.config(read=False)).
+_UNREAD = OutputSink("discard", 0)
+
+
 class WasiShims:
     """The host side of one plugin's WASI: each instance's WasiConfig, and plugsafe's shims.
 
@@ -198,31 +202,47 @@ class WasiShims:
     def define(self, linker: rt.Linker, on_error: rt.ErrorSink) -> None:
         """Offer WASI preview 1 in ``linker``, with plugsafe's shims shadowing wasmtime's."""
         linker.define_wasi()
-        linker.define_func(WASI_MODULE, "poll_oneoff", ("i32",) * 4, ("i32",), self.poll_oneoff,
-                           on_error)  # fmt: skip
-        linker.define_func(WASI_MODULE, "clock_time_get", ("i32", "i64", "i32"), ("i32",),
-                           self.clock_time_get, on_error)  # fmt: skip
-        linker.define_func(WASI_MODULE, "path_symlink", ("i32",) * 5, ("i32",),
-                           _refuse_symlink, on_error)  # fmt: skip
+        for binding in self.bindings(on_error):
+            linker.define(binding)
+
+    def bindings(self, on_error: rt.ErrorSink) -> list[rt.Binding]:
+        """plugsafe's shims as this plugin serves them (defined after wasmtime's WASI)."""
+        from . import _runtime as rt
+
+        i32 = ("i32",)
+        return [
+            rt.Binding(False, WASI_MODULE, "poll_oneoff", i32 * 4, i32, self.poll_oneoff,
+                       on_error),
+            rt.Binding(False, WASI_MODULE, "clock_time_get", ("i32", "i64", "i32"), i32,
+                       self.clock_time_get, on_error),
+            rt.Binding(False, WASI_MODULE, "path_symlink", i32 * 5, i32, _refuse_symlink,
+                       on_error),
+        ]  # fmt: skip
 
     def config(
-        self, args: Sequence[str] | None, stdin: bytes | None
+        self, args: Sequence[str] | None, stdin: bytes | None, *, read: bool = True
     ) -> tuple[object, OutputSink, OutputSink]:
         """A WasiConfig for one new instance, with its fresh stdout and stderr sinks.
 
         ``args`` and ``stdin`` replace the policy's for this instance (``Plugin.run``).
+        ``read=False``: nobody will read what the instance writes (an instance for calls), so
+        captured streams are discarded instead, by wasmtime itself (the guest sees every write
+        succeed in full, as with a capture); the sinks returned are then empty stand-ins.
         """
         from . import _runtime as rt
 
         w = self.wasi
-        out = OutputSink(w.stdout, self.max_output)
-        err = OutputSink(w.stderr, self.max_output)
+        if read:
+            out = OutputSink(w.stdout, self.max_output)
+            err = OutputSink(w.stderr, self.max_output)
+        else:
+            out = err = _UNREAD
         cfg = rt.wasi_config(
             args=w.args if args is None else args,
-            env=dict(w.env),
+            env=w.env,
             stdin=w.stdin if stdin is None else stdin,
-            stdout=(w.stdout, out.write),
-            stderr=(w.stderr, err.write),
+            stdout=(w.stdout if read or w.stdout == "inherit" else "discard", out.write),
+            stderr=(w.stderr if read or w.stderr == "inherit" else "discard", err.write),
             preopens=[(os.fspath(p.host), p.guest, p.writable) for p in w.preopens],
         )
         return cfg, out, err

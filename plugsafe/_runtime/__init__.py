@@ -26,7 +26,8 @@ instantiation) uses wasmtime-py's objects, which are not on the per-call path.
 Modules: ``_backend`` (the Backend protocol, handles, failures, the one bounds check),
 ``_cffi``/``_ctypes`` (the backends), ``_select`` (choosing one), ``_engine`` (Engine, the epoch
 ticker, wat_to_wasm), ``_module`` (Module and its description, read from the binary),
-``_linker`` (Linker, Caller, wasi_config), ``_funcref`` (FuncRef and the invoke closure),
+``_linker`` (Linker, LinkerPool, Binding, Caller, wasi_config), ``_funcref`` (FuncRef and the
+invoke closure),
 ``_instance`` (Instance).
 """
 
@@ -55,7 +56,7 @@ from ._engine import (
 )
 from ._funcref import ArgumentsDoNotFit, FuncRef
 from ._instance import Instance
-from ._linker import Caller, ErrorSink, HostCallback, Linker, wasi_config
+from ._linker import Binding, Caller, ErrorSink, HostCallback, Linker, LinkerPool, wasi_config
 from ._module import NUMERIC_TYPES, Description, Module, describe_binary, parse_description
 from ._select import BACKEND, DEFAULT, select_backend
 from ._ticker import Ticker
@@ -64,6 +65,7 @@ __all__ = [
     "ArgumentsDoNotFit",
     "BACKEND",
     "Backend",
+    "Binding",
     "Caller",
     "Description",
     "Engine",
@@ -79,6 +81,7 @@ __all__ = [
     "HostRecord",
     "Instance",
     "Linker",
+    "LinkerPool",
     "Module",
     "NO_DEADLINE_TICKS",
     "NUMERIC_TYPES",

@@ -165,6 +165,8 @@ class Instance:
         self._window: Window = EMPTY_WINDOW
         self._known = 0
         self._find_memories(module)
+        # The Linker closes every store made through it before serving another plugin.
+        linker.made(self)
 
     def _find_memories(self, module: Module) -> None:
         for name in module.memory_exports:

@@ -1,11 +1,17 @@
-"""Linkers (the host functions a plugin may import), the Caller they see, and WASI settings."""
+"""Linkers (the host functions a plugin may import), the Caller they see, and WASI settings.
+
+A Linker serves one plugin at a time; a Host's :class:`LinkerPool` hands the Linker of a closed
+plugin (every store made through it closed) to the next plugin of the same module, rebound to
+it (issue 14; docs/performance.md says why Linkers are not shared by live plugins).
+"""
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from ctypes import byref
-from typing import Any
+from typing import Any, NamedTuple
 
 import wasmtime
 from wasmtime import _ffi as wf
@@ -35,13 +41,37 @@ from ._funcref import Scratch
 from ._module import Module
 from ._select import DEFAULT
 
-__all__ = ["Caller", "ErrorSink", "HostCallback", "Linker", "wasi_config"]
+__all__ = [
+    "Binding",
+    "Caller",
+    "ErrorSink",
+    "HostCallback",
+    "Linker",
+    "LinkerPool",
+    "wasi_config",
+]
 
 # A host callback: receives a Caller and the wasm arguments as Python numbers, returns the wasm
 # results as a sequence (or None when there are none). It may raise; see Linker.define_func.
 HostCallback = Callable[["Caller", list[Any]], Sequence[Any] | None]
 # Receives what a host callback raised (once its trap is back out of wasm); returns the message.
 ErrorSink = HostSink
+
+
+class Binding(NamedTuple):
+    """One host function as one plugin binds it: where it is defined and what serves it.
+
+    ``numeric``: ``target`` is ``fn(*values) -> value`` (see Linker.define_numeric), else a
+    HostCallback. ``results`` holds zero or one type for a numeric binding.
+    """
+
+    numeric: bool
+    module: str
+    name: str
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+    target: Callable[..., Any]
+    on_error: ErrorSink
 
 
 class Caller:
@@ -151,7 +181,7 @@ def caller_class(backend: Backend) -> type[Caller]:
 def wasi_config(
     *,
     args: Sequence[str],
-    env: dict[str, str],
+    env: Mapping[str, str],
     stdin: bytes,
     stdout: tuple[str, Callable[[bytes], int]],
     stderr: tuple[str, Callable[[bytes], int]],
@@ -159,26 +189,33 @@ def wasi_config(
 ) -> wasmtime.WasiConfig:
     """A wasmtime WasiConfig granting exactly this, and nothing of the host by default.
 
-    ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, anything else hands
-    every write to ``sink`` (which returns the bytes it took).
+    ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, "discard" leaves
+    it unset (wasmtime then drops every write, reporting it written in full), anything else
+    hands every write to ``sink`` (which returns the bytes it took).
     """
     cfg = wasmtime.WasiConfig()
-    # wasmtime-py exposes these as write-only properties.
-    cfg.argv = list(args)
-    cfg.env = list(env.items())
-    vec = wf.wasm_byte_vec_t()
-    buf = (ctypes.c_uint8 * max(len(stdin), 1)).from_buffer_copy(stdin or b"\0")
-    # wasi_config_set_stdin_bytes takes ownership of the vector: stdin is an in-memory buffer, so
-    # reading it never blocks.
-    wf.wasm_byte_vec_new(byref(vec), len(stdin), buf)
-    wf.wasi_config_set_stdin_bytes(cfg.ptr(), byref(vec))
+    # wasmtime-py exposes these as write-only properties. A new WasiConfig has no arguments and
+    # no variables: setting none costs nothing (each setter costs 5-8 us, and every instance of
+    # a WASI plugin gets a config of its own).
+    if args:
+        cfg.argv = list(args)
+    if env:
+        cfg.env = list(env.items())
+    if stdin:
+        vec = wf.wasm_byte_vec_t()
+        buf = (ctypes.c_uint8 * len(stdin)).from_buffer_copy(stdin)
+        # wasi_config_set_stdin_bytes takes ownership of the vector: stdin is an in-memory
+        # buffer, so reading it never blocks. With none set, stdin is at its end at once, as an
+        # empty buffer is (measured: fd_read gives 0 bytes either way).
+        wf.wasm_byte_vec_new(byref(vec), len(stdin), buf)
+        wf.wasi_config_set_stdin_bytes(cfg.ptr(), byref(vec))
     if stdout[0] == "inherit":
         cfg.inherit_stdout()
-    else:
+    elif stdout[0] != "discard":
         cfg.stdout_custom = stdout[1]
     if stderr[0] == "inherit":
         cfg.inherit_stderr()
-    else:
+    elif stderr[0] != "discard":
         cfg.stderr_custom = stderr[1]
     for host, guest, writable in preopens:
         # wasmtime-py's default is writable: say so explicitly every time.
@@ -191,6 +228,12 @@ class Linker:
 
     ``backend`` is the one every instance made through this linker uses (the selected one
     unless a test asks for another).
+
+    A Linker serves one plugin at a time. Once that plugin is closed and every store made
+    through the Linker is closed (:meth:`retire`), a :class:`LinkerPool` may hand it to the
+    next plugin of the same module, with the same host functions: :meth:`rebind` points each
+    callback at the new plugin's functions, sinks and record, and the InstancePre is kept
+    (issue 14: building a Linker, WASI's above all, was most of a load).
     """
 
     def __init__(self, engine: Engine, backend: Backend = DEFAULT) -> None:
@@ -205,10 +248,17 @@ class Linker:
         # can call them.
         self._keep: list[object] = [self.record]
         self._pre: PreHandle | None = None
+        self._pre_module: Module | None = None
         # Per-function scratch (argument buffer with its trap slot, struct layouts) shared by
         # every instance made from this linker: they belong to one Plugin, whose calls never
-        # overlap.
+        # overlap (a later plugin gets the Linker only once every store of the first is closed).
         self.scratch: dict[str, Scratch] = {}
+        # What serves each defined callback, in definition order: a one-item list the C entry
+        # reads on every call (rebind swaps the item), and the binding's (numeric, module, name).
+        self._slots: list[list[Any]] = []
+        self._shapes: list[tuple[bool, str, str]] = []
+        # Every instance made through this Linker that may still be open (see retire), weakly.
+        self._instances: list[weakref.ref[Any]] = []
 
     def define_func(
         self,
@@ -232,6 +282,7 @@ class Linker:
         record = self.record
         fid, message, trap_new = self._function(name, on_error)
         size = len(message)
+        slot = self._slot(callback, False, module, name)
 
         def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
             caller = None
@@ -239,7 +290,7 @@ class Linker:
                 record.caller = caller_ptr
                 caller = make_caller(caller_ptr)
                 args = [getattr(raw[i], t) for i, t in enumerate(param_fields)]
-                out = callback(caller, args)
+                out = slot[0](caller, args)
                 if result_fields:
                     assert out is not None
                     for i, t in enumerate(result_fields):
@@ -276,6 +327,7 @@ class Linker:
         record = self.record
         fid, message, trap_new = self._function(name, on_error)
         size = len(message)
+        slot = self._slot(fn, True, module, name)
         entry: HostEntry
         if len(fields) == 1 and result is not None:
             # The common shape (one number in, one out), with no loop at all.
@@ -284,8 +336,8 @@ class Linker:
             def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
                 try:
                     record.caller = caller_ptr
-                    slot = raw[0]
-                    setattr(slot, result, fn(getattr(slot, field)))
+                    value = raw[0]
+                    setattr(value, result, slot[0](getattr(value, field)))
                     return ok
                 except BaseException as exc:
                     if record.pending is None:
@@ -297,7 +349,7 @@ class Linker:
             def entry(_env: object, caller_ptr: CallerPtr, raw: RawSlots, _n: int) -> object:
                 try:
                     record.caller = caller_ptr
-                    out = fn(*[getattr(raw[i], t) for i, t in enumerate(fields)])
+                    out = slot[0](*[getattr(raw[i], t) for i, t in enumerate(fields)])
                     if result is not None:
                         setattr(raw[0], result, out)
                     return ok
@@ -319,6 +371,67 @@ class Linker:
         record.sinks.append(on_error)
         message = f"plugsafe: host function {name!r} failed {record.marker(fid)}".encode()
         return fid, message, self.backend.trap_new
+
+    def _slot(self, target: object, numeric: bool, module: str, name: str) -> list[Any]:
+        slot = [target]
+        self._slots.append(slot)
+        self._shapes.append((numeric, module, name))
+        return slot
+
+    def define(self, binding: Binding) -> None:
+        """Define one :class:`Binding` (``define_numeric`` or ``define_func``)."""
+        if binding.numeric:
+            result = binding.results[0] if binding.results else None
+            self.define_numeric(binding.module, binding.name, binding.params, result,
+                                binding.target, binding.on_error)  # fmt: skip
+        else:
+            self.define_func(binding.module, binding.name, binding.params, binding.results,
+                             binding.target, binding.on_error)  # fmt: skip
+
+    @property
+    def reusable(self) -> bool:
+        """No spare was used and Python never failed around its calls: it may serve again."""
+        record = self.record
+        return not record.spent and not record.leak
+
+    def made(self, instance: object) -> None:
+        """Remember ``instance`` (weakly), made through this Linker: ``retire`` closes it."""
+        refs = self._instances
+        if len(refs) >= 8:
+            # A plugin with fresh_instance makes one per call: forget the collected ones.
+            refs[:] = [r for r in refs if r() is not None]
+        refs.append(weakref.ref(instance))
+
+    def retire(self) -> None:
+        """Close every store made through this Linker (its plugin is closed: none may run)."""
+        refs, self._instances = self._instances, []
+        for ref in refs:
+            inst = ref()
+            if inst is not None:
+                inst.release()
+        self.record.caller = None
+        self.record.pending = None
+
+    def rebind(self, bindings: Sequence[Binding]) -> bool:
+        """Serve another plugin: its targets and sinks replace the last plugin's, in order.
+
+        Only for a Linker its pool took back (retired and reusable), and only with bindings of
+        the same shape (the pool's key: the same module and host functions). False, changing
+        nothing, if the shapes differ.
+        """
+        shapes = self._shapes
+        if len(bindings) != len(shapes) or not self.reusable:
+            return False
+        for b, shape in zip(bindings, shapes, strict=True):
+            if (b.numeric, b.module, b.name) != shape:
+                return False
+        sinks = self.record.sinks
+        for i, binding in enumerate(bindings):
+            self._slots[i][0] = binding.target
+            sinks[i] = binding.on_error
+        self.record.caller = None
+        self.record.pending = None
+        return True
 
     def _define(
         self,
@@ -380,8 +493,60 @@ class Linker:
 
     def prepare(self, module: Module) -> None:
         """Type-check imports once (an InstancePre); later instantiations skip that work."""
+        if self._pre is not None and self._pre_module is module:
+            return  # a pooled Linker, prepared for this very module
         try:
             pre = forksafe(self._linker.instantiate_pre(module._module))
             self._pre = self.backend.pre(pre)
+            self._pre_module = module
         except wasmtime.WasmtimeError as exc:
             raise WasmFailure(str(exc)) from None
+
+
+class LinkerPool:
+    """Linkers of closed plugins, by what they define, for the next plugin that needs the same.
+
+    One per Host (its host functions are the Host's). A key names the engine, the module and
+    every function defined (the pool never asks what a key means: the Plugin builds it). At
+    most ``per_key`` Linkers wait per key and ``keys`` keys are kept (the oldest is dropped).
+    Lock-free on purpose (each step is one dict or list operation, atomic under the GIL): a
+    lock held by another thread at a fork would be held forever in the child.
+    """
+
+    def __init__(self, per_key: int = 4, keys: int = 64) -> None:
+        self._free: dict[object, list[Linker]] = {}
+        self._per_key = per_key
+        self._keys = keys
+
+    def take(self, key: object) -> Linker | None:
+        """A retired Linker for ``key``, now the caller's alone; None if none waits."""
+        free = self._free.get(key)
+        if not free:
+            return None
+        try:
+            return free.pop()
+        except IndexError:  # another thread took the last one
+            return None
+
+    def give(self, key: object, linker: Linker) -> None:
+        """Take back ``linker``, whose plugin is closed: its stores are closed here first."""
+        if not linker.reusable:
+            return
+        linker.retire()
+        free = self._free.get(key)
+        if free is None:
+            while len(self._free) >= self._keys:
+                try:
+                    del self._free[next(iter(self._free))]
+                except (KeyError, StopIteration, RuntimeError):
+                    break
+            free = self._free.setdefault(key, [])
+        if len(free) < self._per_key and not any(x is linker for x in free):
+            free.append(linker)
+
+    def clear(self) -> None:
+        """Forget every waiting Linker."""
+        self._free.clear()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in list(self._free.values()))

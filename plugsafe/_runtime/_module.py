@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import Any, cast
 
 import wasmtime
 
@@ -69,6 +69,9 @@ class Module:
         self.memory_exports: tuple[bytes, ...] = tuple(
             e.name.encode() for e in self.exports.values() if e.kind == "memory"
         )
+        # The last import check that passed (its inputs and result): a memo owned by
+        # ``_loader.check_imports`` (issue 14: it ran over every import on every load).
+        self.import_check: tuple[object, object, int, dict[str, Any]] | None = None
 
     def serialize(self) -> bytes:
         """The compiled artifact, for plugsafe's own on-disk cache."""
