@@ -41,7 +41,7 @@ from typing import Literal, Protocol, TypeVar
 from . import _abi
 from . import _runtime as rt
 from ._cache import ArtifactCache
-from ._errors import ImportNotAllowedError, ImportProblem, InvalidModuleError
+from ._errors import ImportNotAllowedError, ImportProblem, InvalidModuleError, PluginLoadError
 from ._files import read_plugin_file
 from ._isolate import compile_isolated
 from ._policy import Policy
@@ -135,6 +135,14 @@ def read_source(source: Source, max_size: int) -> tuple[bytes, str | None, str]:
                 f"module is {len(data)} bytes, over the policy's max_module_size of {max_size}"
             )
         return data, None, "module"
+    if isinstance(source, str) and source.lstrip().startswith("(") and not os.path.exists(source):
+        # WAT text given as a str: a str is a path, and text is never taken for one (an app
+        # passing a file name it got from elsewhere must not load code instead).
+        shown = source.strip()[:40] + ("..." if len(source.strip()) > 40 else "")
+        raise PluginLoadError(
+            f"cannot read plugin file {shown!r}: a str is a path, and this looks like "
+            "WebAssembly text: pass the text as bytes (text.encode())"
+        )
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         return read_plugin_file(path, max_size), path.stem or "plugin", repr(str(path))

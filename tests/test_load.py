@@ -34,8 +34,19 @@ def test_load_from_wasm_bytes_wat_bytes_and_paths(host: plugsafe.Host, tmp_path:
 
 
 def test_str_source_is_a_path_not_wat(host: plugsafe.Host) -> None:
-    with pytest.raises(plugsafe.PluginLoadError, match="cannot read plugin file"):
+    with pytest.raises(plugsafe.PluginLoadError, match="cannot read plugin file") as info:
         host.load(ADD)
+    # It says what to do, and does not echo the whole text back.
+    assert "pass the text as bytes (text.encode())" in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+def test_a_file_whose_name_starts_like_wat_is_still_read(
+    host: plugsafe.Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "(module).wasm").write_bytes(wasmtime.wat2wasm(ADD))
+    assert host.load("(module).wasm").invoke("add", 2, 3) == 5
 
 
 def test_missing_file(host: plugsafe.Host, tmp_path: Path) -> None:
