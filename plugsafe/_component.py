@@ -481,6 +481,8 @@ class ComponentPlugin:
             # Host functions run app code mid-call: a wait for a busy plugin there is bounded by
             # this call's deadline, and cycles of such waits are refused (_nesting).
             _nesting.register(self._path)
+        # A forked child must know whether a thread gone at the fork held the lock (_nesting).
+        _nesting.track(self._path, self._lock)
         self._host_calls = 0
         self._host_error: BaseException | None = None
         self._function = ""
