@@ -703,7 +703,12 @@ def unlimit(arming: list[float]) -> None:
 # Keyed by thread: the guard runs, and the failure is made, on the calling thread. A value the
 # app set meanwhile is left alone.
 
-_prompt_lock = threading.Lock()
+# Re-entrant: a Python signal handler runs on the main thread between any two bytecodes, also
+# while that thread holds this lock (prompt_off after a stopped call, or the guard itself); a
+# handler that makes a timed call reaching its deadline comes back here on the same thread,
+# and a plain lock hung it for ever inside wasm (attack finding). Each step below leaves the
+# state consistent for such a nested use (see _prompt_on).
+_prompt_lock = threading.RLock()
 # thread ident -> the perf_counter time after which its entry may be dropped.
 _PROMPTS: dict[int, float] = {}
 # [the switch interval to restore, or None while not lowered by us]
@@ -717,8 +722,10 @@ def _prompt_on(end: float) -> None:
         if not _PROMPTS and _prompt_saved[0] is None:
             current = sys.getswitchinterval()
             if current > PROMPT_INTERVAL:
-                _prompt_saved[0] = current
+                # Lowered before the value to restore is saved: a nested use in between sees
+                # it lowered already and saves nothing, so the one restore is this save's.
                 sys.setswitchinterval(PROMPT_INTERVAL)
+                _prompt_saved[0] = current
         _PROMPTS[_thread.get_ident()] = end + PROMPT_GRACE
 
 
@@ -743,9 +750,11 @@ def prompt_off() -> None:
 def prompt_due(now: float, everything: bool = False) -> None:
     """(The reaper.) Drop the entries of calls that ended in time (past their grace), or all of
     them when ``everything`` (no ticker is armed: no timed call runs)."""
-    if not _PROMPTS:
+    if not _PROMPTS and _prompt_saved[0] is None:
         return
     with _prompt_lock:
+        # (With no entry but a saved value: a prompt_off interrupted between its two steps by
+        # an exception, a KeyboardInterrupt, left the interval lowered; put back here.)
         for ident, until in list(_PROMPTS.items()):
             if everything or until <= now:
                 del _PROMPTS[ident]
@@ -778,7 +787,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()
     _wake = threading.Event()
     # The calls that lowered the switch interval ran on threads that are gone here.
-    _prompt_lock = threading.Lock()
+    _prompt_lock = threading.RLock()
     _PROMPTS.clear()
     if _prompt_saved[0] is not None:
         _prompt_restore()
