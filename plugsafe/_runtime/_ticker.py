@@ -522,8 +522,12 @@ def _reap_native(_value: Any) -> None:
             wait = _reap_once(native_only=True)
             if wait is not None:
                 _schedule_native_reap(wait)
-    except BaseException:  # nothing may cross into glibc; the next arm schedules a reap again
-        pass
+    except BaseException:  # nothing may cross into glibc
+        # Look again later: with no reap pending, the armed tickers would tick, and a lowered
+        # switch interval stay, for the rest of the process (arm() returns at once while a
+        # ticker is armed, so no later call would schedule one).
+        with contextlib.suppress(BaseException), _lock:
+            _schedule_native_reap(QUICK)
 
 
 _REAP_CALLBACK = _ReapFunction(_reap_native)
@@ -557,27 +561,37 @@ def _python_thread() -> None:
     the native reaper does not; waits on ``_wake``, with no timeout, while none is armed."""
     next_reap = 0.0
     while True:
-        with _lock:
-            now = time.perf_counter()
-            mine = [
-                tk for tk in _TICKERS if tk.armed and not (tk.native and _state["reap_pending"])
-            ]
-            if now >= next_reap and mine:
-                wait = _reap_once(native_only=False)
-                next_reap = now + (QUICK if wait is None else wait)
-                mine = [tk for tk in mine if tk.armed]
-            ticking = [tk for tk in mine if not tk.native]
-            if not mine:
-                _wake.clear()  # under the lock: an arm after this sets it again
-        if not mine:
-            _wake.wait()
+        try:
+            next_reap = _python_turn(next_reap)
+        except BaseException:
+            # This thread must not die: fallback tickers would stop ticking (their deadlines
+            # never fire) and nothing would start it again (_state["thread"] stays set).
+            with contextlib.suppress(BaseException):
+                time.sleep(FALLBACK_PERIOD)
             next_reap = 0.0
-            continue
-        time.sleep(FALLBACK_PERIOD if ticking else max(next_reap - now, 0.001))
+
+
+def _python_turn(next_reap: float) -> float:
+    """One turn of :func:`_python_thread`; the time of its next reap."""
+    with _lock:
         now = time.perf_counter()
-        for tk in ticking:
-            if tk.armed:
-                tk._catch_up(now)
+        mine = [tk for tk in _TICKERS if tk.armed and not (tk.native and _state["reap_pending"])]
+        if now >= next_reap and mine:
+            wait = _reap_once(native_only=False)
+            next_reap = now + (QUICK if wait is None else wait)
+            mine = [tk for tk in mine if tk.armed]
+        ticking = [tk for tk in mine if not tk.native]
+        if not mine:
+            _wake.clear()  # under the lock: an arm after this sets it again
+    if not mine:
+        _wake.wait()
+        return 0.0
+    time.sleep(FALLBACK_PERIOD if ticking else max(next_reap - now, 0.001))
+    now = time.perf_counter()
+    for tk in ticking:
+        if tk.armed:
+            tk._catch_up(now)
+    return next_reap
 
 
 # -- the wall-clock guard -------------------------------------------------------------------

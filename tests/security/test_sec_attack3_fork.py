@@ -127,6 +127,10 @@ if pid == 0:
             pass
         if idle.invoke("one") != 1:
             os._exit(7)
+        started = time.monotonic()
+        host.close()  # closes "idle" and the others again: nothing waits
+        if not idle.closed or time.monotonic() - started > 4:
+            os._exit(8)
         code = 0
     except BaseException as exc:
         print("child raised", type(exc).__name__, exc)
@@ -162,5 +166,62 @@ pid = forked_inside[0]
         + _WAIT_CHILD
         + """
 print("child", os.waitstatus_to_exitcode(status))
+"""
+    )
+
+
+def test_a_child_refuses_at_once_a_component_another_thread_was_calling_at_the_fork() -> None:
+    # The same for a component: its call waits in a host function in another thread at the
+    # fork. In the child a call without a timeout waited for ever; now it is refused at once,
+    # and close() returns at once.
+    _run(
+        """
+from component_wat import HOST_CALLS
+
+@host.component_function("test:host/logging#host-log")
+def host_log(msg: str) -> None:
+    if msg == "wait":
+        inside.set()
+        release.wait(30)
+
+@host.component_function("test:host/clock#now")
+def now() -> int:
+    return 42
+
+inside.clear()
+cpol = plugsafe.Policy(allow={"test:host/logging", "test:host/clock#now"})
+comp = host.load(HOST_CALLS.encode(), policy=cpol, name="comp")
+t = threading.Thread(target=comp.invoke, args=("run", "wait", 1), daemon=True)
+t.start()
+assert inside.wait(30)
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        started = time.monotonic()
+        try:
+            comp.invoke("run", "x", 1)
+            os._exit(2)
+        except plugsafe.PluginCallError as exc:
+            if "did not survive a fork" not in str(exc) or "'comp'" not in str(exc):
+                print(exc)
+                os._exit(3)
+        comp.close()
+        if not comp.closed or time.monotonic() - started > 4:
+            os._exit(4)
+        code = 0
+    except BaseException as exc:
+        print("child raised", type(exc).__name__, exc)
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
+"""
+        + _WAIT_CHILD
+        + """
+release.set()
+t.join()
+print("child", os.waitstatus_to_exitcode(status))
+sys.stdout.flush()
+os._exit(0)
 """
     )
