@@ -266,8 +266,11 @@ class Units:
 # The plugin or pool each waiting thread waits for (thread id -> call path or Units), and the
 # lock that makes "look for a deadlock, then register the wait" one step: of two threads
 # closing a cycle at the same time, the second to take it sees the first one's wait.
+# Re-entrant: a Python signal handler runs on the main thread between any two bytecodes, also
+# while it holds this lock; one whose plugin call must wait would otherwise hang for ever. (A
+# nested wait registers and ends before the outer one registers: still one wait a thread.)
 _WAITING: dict[int, Lockable | Units] = {}
-_waits = threading.Lock()
+_waits = threading.RLock()
 # Every pool's Units, for the fork handler below.
 _UNITS: weakref.WeakSet[Units] = weakref.WeakSet()
 # Every plugin's call path and its lock (id of the path -> (weak path, lock)), for the fork
@@ -294,7 +297,7 @@ def _after_fork_in_child() -> None:
     # Only this thread survived the fork: the others' waits are gone, and the lock may have
     # been held by one of them (then held forever in the child).
     global _waits
-    _waits = threading.Lock()
+    _waits = threading.RLock()
     _WAITING.clear()
     me = threading.get_ident()
     # So are the plugin locks they held (a call running, a close, a load): a wait for one

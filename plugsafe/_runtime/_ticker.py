@@ -240,8 +240,9 @@ def _increment_fn() -> Any:
 
 # -- process-wide state -------------------------------------------------------------------------
 # One lock orders arming against disarming (see Ticker.arm and _reap_once). Replaced, never
-# waited for, in a forked child.
-_lock = threading.Lock()
+# waited for, in a forked child. Re-entrant: a Python signal handler that makes a timed call
+# while the main thread is in arm() would otherwise wait for it for ever (attack finding).
+_lock = threading.RLock()
 # Wakes the Python thread (fallback ticking and reaping) from its idle wait.
 _wake = threading.Event()
 _state: dict[str, Any] = {
@@ -798,7 +799,7 @@ def _after_fork_in_child() -> None:
     # and the lock may have been held by one of them. Forget them all; the next timed call
     # re-creates what it needs. Nothing here may block.
     global _lock, _wake, _prompt_lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _wake = threading.Event()
     # The calls that lowered the switch interval ran on threads that are gone here.
     _prompt_lock = threading.RLock()
