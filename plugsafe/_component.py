@@ -622,7 +622,13 @@ class ComponentPlugin:
             try:
                 inst = self._inst
                 if inst is None:
-                    inst = self._inst = self._new_instance("call", end)
+                    inst = self._new_instance("call", end)
+                    # Unless a start function's host call closed the plugin meanwhile (attack
+                    # finding: the closed plugin kept this instance, and its memory, for as long
+                    # as the app kept the plugin): the call still runs on it, as any call a
+                    # close() from inside does, and it goes when the call ends.
+                    if not self._closed:
+                        self._inst = inst
                 if end is not None and _perf_counter() >= end:
                     raise self._diagnosis.deadline(
                         function, "call", " (waiting for the plugin and instantiating it)"

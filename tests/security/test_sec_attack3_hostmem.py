@@ -123,3 +123,51 @@ def test_two_threads_growing_two_instances_each_hold_their_own_cap(host: Host) -
         assert p.invoke("grow", 0) == 16  # (last_call is per thread: asked from this one)
         assert p.last_call is not None and p.last_call.memory_bytes == cap
         p.close()
+
+
+_STARTS_WITH_A_HOST_CALL = r"""
+(component
+  (import "test:host/clock" (instance $clock (export "now" (func (result u64)))))
+  (core func $now (canon lower (func $clock "now")))
+  (core module $m
+    (import "host" "now" (func $now (result i64)))
+    (memory (export "memory") 1)
+    (func $start (drop (call $now)))
+    (start $start)
+    (func (export "one") (result i32) i32.const 1)
+    (func (export "boom") (result i32) unreachable))
+  (core instance $i (instantiate $m (with "host" (instance (export "now" (func $now))))))
+  (func (export "one") (result u32) (canon lift (core func $i "one")))
+  (func (export "boom") (result u32) (canon lift (core func $i "boom")))
+)"""
+
+
+def test_a_close_from_a_start_functions_host_call_does_not_keep_the_new_instance() -> None:
+    # After a trap the next call instantiates afresh, and the start function calls a host
+    # function that closes the plugin. That call still runs (as any call closed from inside),
+    # but the closed plugin kept the new instance and its memory while the app held it.
+    with Host() as host:
+        closing: list[Any] = []
+
+        @host.component_function("test:host/clock#now")
+        def now() -> int:
+            for plugin in closing:
+                plugin.close()
+            return 42
+
+        plugin = host.load(
+            _STARTS_WITH_A_HOST_CALL.encode(),
+            policy=Policy(allow={"test:host/clock#now"}, memory=2 * PAGE),
+        )
+        with pytest.raises(plugsafe.PluginTrap):
+            plugin.invoke("boom")
+        gc.collect()
+        before = _hostmem.live_memories()  # the trapped instance is gone, none made yet
+        closing.append(plugin)
+        assert plugin.invoke("one") == 1  # ran on the instance made for it
+        assert plugin.closed
+        with pytest.raises(plugsafe.PluginClosedError):
+            plugin.invoke("one")
+        gc.collect()
+        # The instance made for that call went when the call ended (the app holds the plugin).
+        assert _hostmem.live_memories() == before
