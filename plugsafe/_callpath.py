@@ -246,6 +246,8 @@ class CallPath:
         self.host_record = rt.HostRecord(lambda _trap: None)
         if has_imports:
             _nesting.register(self)
+        # A forked child must know whether a thread gone at the fork held the lock (_nesting).
+        _nesting.track(self, self.lock)
         # Plugin.call and Plugin.invoke.
         self.call, self.invoke = self._short_paths()
 

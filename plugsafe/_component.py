@@ -481,6 +481,8 @@ class ComponentPlugin:
             # Host functions run app code mid-call: a wait for a busy plugin there is bounded by
             # this call's deadline, and cycles of such waits are refused (_nesting).
             _nesting.register(self._path)
+        # A forked child must know whether a thread gone at the fork held the lock (_nesting).
+        _nesting.track(self._path, self._lock)
         self._host_calls = 0
         self._host_error: BaseException | None = None
         self._function = ""
@@ -620,7 +622,13 @@ class ComponentPlugin:
             try:
                 inst = self._inst
                 if inst is None:
-                    inst = self._inst = self._new_instance("call", end)
+                    inst = self._new_instance("call", end)
+                    # Unless a start function's host call closed the plugin meanwhile (attack
+                    # finding: the closed plugin kept this instance, and its memory, for as long
+                    # as the app kept the plugin): the call still runs on it, as any call a
+                    # close() from inside does, and it goes when the call ends.
+                    if not self._closed:
+                        self._inst = inst
                 if end is not None and _perf_counter() >= end:
                     raise self._diagnosis.deadline(
                         function, "call", " (waiting for the plugin and instantiating it)"

@@ -51,6 +51,7 @@ __all__ = [
     "describe",
     "end_wait",
     "inside_call",
+    "is_lost",
     "register",
     "room_left",
     "seconds_until",
@@ -58,6 +59,7 @@ __all__ = [
     "tls",
     "thread_room",
     "thread_stack_size",
+    "track",
     "wait_deadline",
     "wait_for",
 ]
@@ -264,22 +266,59 @@ class Units:
 # The plugin or pool each waiting thread waits for (thread id -> call path or Units), and the
 # lock that makes "look for a deadlock, then register the wait" one step: of two threads
 # closing a cycle at the same time, the second to take it sees the first one's wait.
+# Re-entrant: a Python signal handler runs on the main thread between any two bytecodes, also
+# while it holds this lock; one whose plugin call must wait would otherwise hang for ever. (A
+# nested wait registers and ends before the outer one registers: still one wait a thread.)
 _WAITING: dict[int, Lockable | Units] = {}
-_waits = threading.Lock()
+_waits = threading.RLock()
 # Every pool's Units, for the fork handler below.
 _UNITS: weakref.WeakSet[Units] = weakref.WeakSet()
+# Every plugin's call path and its lock (id of the path -> (weak path, lock)), for the fork
+# handler below; and, in a forked child, the paths whose lock a thread that did not survive the
+# fork held: never released in this process.
+_TRACKED: dict[int, tuple[Callable[[], Lockable | None], threading.Lock]] = {}
+_LOST: weakref.WeakSet[Lockable] = weakref.WeakSet()
+
+
+def track(path: Lockable, lock: threading.Lock) -> None:
+    """Remember ``path`` and its plugin's ``lock`` (until the path is garbage), so that a
+    forked child knows which plugins a thread gone at the fork was using (every plugin, with
+    or without imports: made once per plugin, never per call)."""
+    key = id(path)
+    _TRACKED[key] = (weakref.ref(path, lambda _r: _TRACKED.pop(key, None)), lock)
+
+
+def is_lost(path: Lockable) -> bool:
+    """Whether ``path``'s lock was held at a fork by a thread gone in this (child) process."""
+    return bool(_LOST) and path in _LOST
 
 
 def _after_fork_in_child() -> None:
     # Only this thread survived the fork: the others' waits are gone, and the lock may have
     # been held by one of them (then held forever in the child).
     global _waits
-    _waits = threading.Lock()
+    _waits = threading.RLock()
     _WAITING.clear()
+    me = threading.get_ident()
+    # So are the plugin locks they held (a call running, a close, a load): a wait for one
+    # would last until its deadline, or for ever without one (a call of a plugin without
+    # imports has no owner to look at). Such a plugin is lost here: a wait for it is refused
+    # at once (start_wait: nobody can give it back), and close() does not wait for it. A lock
+    # this thread holds is a call it is inside (fork from a host function): it ends normally.
+    for ref, lock in list(_TRACKED.values()):
+        path = ref()
+        if path is None:
+            continue
+        owner = path.owner
+        if owner == me:
+            continue
+        if owner is not None or not lock.acquire(False):
+            _LOST.add(path)
+        else:
+            lock.release()
     # So are the pool instances they held: never given back here. A pool all of whose
     # instances are lost would otherwise be waited for forever (or until a deadline); now
     # such a wait is refused at once (start_wait: no holder can go on).
-    me = threading.get_ident()
     for units in list(_UNITS):
         for slot, holder in list(units.held.items()):
             if holder != me:
@@ -301,6 +340,8 @@ def _holders(node: Lockable | Units) -> list[int] | None:
     """
     if isinstance(node, Units):
         return node.holders()
+    if _LOST and node in _LOST:
+        return []  # held by a thread gone at a fork: nobody can give it back
     owner = node.owner
     return None if owner is None else [owner]
 
@@ -375,6 +416,13 @@ def deadlock_error(node: Lockable | Units, found: list[Lockable | Units]) -> Plu
             f"wait (through host functions) for what this thread holds; waiting for a free "
             f"instance would deadlock, so the call is refused (plugins and pools waited for: "
             f"{names}{lost})"
+        )
+    gone = [n for n in found if not isinstance(n, Units) and is_lost(n)]
+    if gone:
+        return PluginCallError(
+            f"plugin {gone[0].name!r} was in use by a thread that did not survive a fork, and "
+            "never comes back in this process; waiting for it would never end, so the call "
+            f"is refused (plugins waited for, in turn: {names})"
         )
     return PluginCallError(
         f"plugin {node.name!r} is busy in another thread that waits (through host "

@@ -240,8 +240,9 @@ def _increment_fn() -> Any:
 
 # -- process-wide state -------------------------------------------------------------------------
 # One lock orders arming against disarming (see Ticker.arm and _reap_once). Replaced, never
-# waited for, in a forked child.
-_lock = threading.Lock()
+# waited for, in a forked child. Re-entrant: a Python signal handler that makes a timed call
+# while the main thread is in arm() would otherwise wait for it for ever (attack finding).
+_lock = threading.RLock()
 # Wakes the Python thread (fallback ticking and reaping) from its idle wait.
 _wake = threading.Event()
 _state: dict[str, Any] = {
@@ -522,8 +523,12 @@ def _reap_native(_value: Any) -> None:
             wait = _reap_once(native_only=True)
             if wait is not None:
                 _schedule_native_reap(wait)
-    except BaseException:  # nothing may cross into glibc; the next arm schedules a reap again
-        pass
+    except BaseException:  # nothing may cross into glibc
+        # Look again later: with no reap pending, the armed tickers would tick, and a lowered
+        # switch interval stay, for the rest of the process (arm() returns at once while a
+        # ticker is armed, so no later call would schedule one).
+        with contextlib.suppress(BaseException), _lock:
+            _schedule_native_reap(QUICK)
 
 
 _REAP_CALLBACK = _ReapFunction(_reap_native)
@@ -557,27 +562,37 @@ def _python_thread() -> None:
     the native reaper does not; waits on ``_wake``, with no timeout, while none is armed."""
     next_reap = 0.0
     while True:
-        with _lock:
-            now = time.perf_counter()
-            mine = [
-                tk for tk in _TICKERS if tk.armed and not (tk.native and _state["reap_pending"])
-            ]
-            if now >= next_reap and mine:
-                wait = _reap_once(native_only=False)
-                next_reap = now + (QUICK if wait is None else wait)
-                mine = [tk for tk in mine if tk.armed]
-            ticking = [tk for tk in mine if not tk.native]
-            if not mine:
-                _wake.clear()  # under the lock: an arm after this sets it again
-        if not mine:
-            _wake.wait()
+        try:
+            next_reap = _python_turn(next_reap)
+        except BaseException:
+            # This thread must not die: fallback tickers would stop ticking (their deadlines
+            # never fire) and nothing would start it again (_state["thread"] stays set).
+            with contextlib.suppress(BaseException):
+                time.sleep(FALLBACK_PERIOD)
             next_reap = 0.0
-            continue
-        time.sleep(FALLBACK_PERIOD if ticking else max(next_reap - now, 0.001))
+
+
+def _python_turn(next_reap: float) -> float:
+    """One turn of :func:`_python_thread`; the time of its next reap."""
+    with _lock:
         now = time.perf_counter()
-        for tk in ticking:
-            if tk.armed:
-                tk._catch_up(now)
+        mine = [tk for tk in _TICKERS if tk.armed and not (tk.native and _state["reap_pending"])]
+        if now >= next_reap and mine:
+            wait = _reap_once(native_only=False)
+            next_reap = now + (QUICK if wait is None else wait)
+            mine = [tk for tk in mine if tk.armed]
+        ticking = [tk for tk in mine if not tk.native]
+        if not mine:
+            _wake.clear()  # under the lock: an arm after this sets it again
+    if not mine:
+        _wake.wait()
+        return 0.0
+    time.sleep(FALLBACK_PERIOD if ticking else max(next_reap - now, 0.001))
+    now = time.perf_counter()
+    for tk in ticking:
+        if tk.armed:
+            tk._catch_up(now)
+    return next_reap
 
 
 # -- the wall-clock guard -------------------------------------------------------------------
@@ -703,7 +718,12 @@ def unlimit(arming: list[float]) -> None:
 # Keyed by thread: the guard runs, and the failure is made, on the calling thread. A value the
 # app set meanwhile is left alone.
 
-_prompt_lock = threading.Lock()
+# Re-entrant: a Python signal handler runs on the main thread between any two bytecodes, also
+# while that thread holds this lock (prompt_off after a stopped call, or the guard itself); a
+# handler that makes a timed call reaching its deadline comes back here on the same thread,
+# and a plain lock hung it for ever inside wasm (attack finding). Each step below leaves the
+# state consistent for such a nested use (see _prompt_on).
+_prompt_lock = threading.RLock()
 # thread ident -> the perf_counter time after which its entry may be dropped.
 _PROMPTS: dict[int, float] = {}
 # [the switch interval to restore, or None while not lowered by us]
@@ -717,8 +737,10 @@ def _prompt_on(end: float) -> None:
         if not _PROMPTS and _prompt_saved[0] is None:
             current = sys.getswitchinterval()
             if current > PROMPT_INTERVAL:
-                _prompt_saved[0] = current
+                # Lowered before the value to restore is saved: a nested use in between sees
+                # it lowered already and saves nothing, so the one restore is this save's.
                 sys.setswitchinterval(PROMPT_INTERVAL)
+                _prompt_saved[0] = current
         _PROMPTS[_thread.get_ident()] = end + PROMPT_GRACE
 
 
@@ -743,9 +765,11 @@ def prompt_off() -> None:
 def prompt_due(now: float, everything: bool = False) -> None:
     """(The reaper.) Drop the entries of calls that ended in time (past their grace), or all of
     them when ``everything`` (no ticker is armed: no timed call runs)."""
-    if not _PROMPTS:
+    if not _PROMPTS and _prompt_saved[0] is None:
         return
     with _prompt_lock:
+        # (With no entry but a saved value: a prompt_off interrupted between its two steps by
+        # an exception, a KeyboardInterrupt, left the interval lowered; put back here.)
         for ident, until in list(_PROMPTS.items()):
             if everything or until <= now:
                 del _PROMPTS[ident]
@@ -775,10 +799,10 @@ def _after_fork_in_child() -> None:
     # and the lock may have been held by one of them. Forget them all; the next timed call
     # re-creates what it needs. Nothing here may block.
     global _lock, _wake, _prompt_lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _wake = threading.Event()
     # The calls that lowered the switch interval ran on threads that are gone here.
-    _prompt_lock = threading.Lock()
+    _prompt_lock = threading.RLock()
     _PROMPTS.clear()
     if _prompt_saved[0] is not None:
         _prompt_restore()
