@@ -191,7 +191,7 @@ def test_a_forked_child_starts_with_the_apps_interval() -> None:
         assert queue.get(timeout=30) == pytest.approx(DEFAULT)
     finally:
         child.join(30)
-    _ticker.prompt_off()
+    _ticker.prompt_due(time.perf_counter(), everything=True)
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
 
 
