@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,29 @@ def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/plugsafe`` (``~/.cache/plugsafe`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "plugsafe"
+
+
+class CacheShelf:
+    """The artifact caches of one directory, one per salt, made on first use.
+
+    Modules and components keep their entries under salts of their own (what the entries hold
+    and which engine compiled them), so neither ever reads the other's. Safe from many threads.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._by_salt: dict[str, ArtifactCache] = {}
+
+    def get(self, salt: str) -> ArtifactCache | None:
+        """The cache for ``salt``; None when there is no directory (no disk cache at all)."""
+        if self.directory is None:
+            return None
+        with self._lock:
+            cache = self._by_salt.get(salt)
+            if cache is None:
+                cache = self._by_salt[salt] = ArtifactCache(self.directory, salt=salt)
+            return cache
 
 
 class ArtifactCache:

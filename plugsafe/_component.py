@@ -30,7 +30,7 @@ from typing import Any
 
 from . import _nesting
 from . import _runtime as rt
-from ._cache import ArtifactCache
+from ._cache import ArtifactCache, CacheShelf
 from ._errors import (
     AbiError,
     DeadlineExceeded,
@@ -112,10 +112,9 @@ class ComponentLoader:
     cache directory). Safe to use from many threads."""
 
     def __init__(self, cache_dir: Path | None) -> None:
-        self._cache_dir = cache_dir
         self._lock = threading.Lock()
         self._compiled: OrderedDict[tuple[bool, bytes], rc.CompiledComponent] = OrderedDict()
-        self._disk: dict[bool, ArtifactCache] = {}
+        self._disk = CacheShelf(cache_dir)
 
     def clear(self) -> None:
         """Forget every component held in memory."""
@@ -152,14 +151,9 @@ class ComponentLoader:
         return compiled
 
     def _disk_cache(self, engine: rt.Engine) -> ArtifactCache | None:
-        if self._cache_dir is None:
-            return None
-        with self._lock:
-            cache = self._disk.get(engine.metered)
-            if cache is None:
-                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|component"
-                cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
-            return cache
+        return self._disk.get(
+            f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|component"
+        )
 
     def _from_disk(
         self, engine: rt.Engine, digest: bytes, wasm: bytes

@@ -40,7 +40,7 @@ from typing import Literal, Protocol, TypeVar
 
 from . import _abi
 from . import _runtime as rt
-from ._cache import ArtifactCache
+from ._cache import ArtifactCache, CacheShelf
 from ._errors import ImportNotAllowedError, ImportProblem, InvalidModuleError, PluginLoadError
 from ._files import read_plugin_file
 from ._isolate import compile_isolated
@@ -283,14 +283,13 @@ class ModuleLoader:
 
     def __init__(self, *, max_stack: int, cache_dir: Path | None) -> None:
         self._max_stack = max_stack
-        self._cache_dir = cache_dir
         self._lock = threading.Lock()
         # Keyed by the binary itself: a dict lookup compares the bytes exactly, and hashes a
         # bytes object only once in its life (loading the same bytes object again costs no
         # hash at all). The cost is the binaries held, at most _MODULE_CACHE_SIZE of them,
         # beside compiled modules that are larger still.
         self._modules: OrderedDict[tuple[bool, bytes], _Entry] = OrderedDict()
-        self._disk: dict[bool, ArtifactCache] = {}
+        self._disk = CacheShelf(cache_dir)
         # WAT text already translated, by the text itself (translating is a pure function of
         # it, and cost ~0.1-1 ms on every load of a .wat plugin: issue 14).
         self._wat: OrderedDict[bytes, bytes] = OrderedDict()
@@ -411,17 +410,12 @@ class ModuleLoader:
         return entry
 
     def _disk_cache(self, engine: rt.Engine) -> ArtifactCache | None:
-        if self._cache_dir is None:
-            return None
-        with self._lock:
-            cache = self._disk.get(engine.metered)
-            if cache is None:
-                # "desc=bin": the stored description is _wasmbin's (entries written when it was
-                # wasmtime's named externref "anyref"); such entries are never read back.
-                # "shape": it carries the precheck's measurements and the memories as well.
-                salt = f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin;shape"
-                cache = self._disk[engine.metered] = ArtifactCache(self._cache_dir, salt=salt)
-            return cache
+        # "desc=bin": the stored description is _wasmbin's (entries written when it was
+        # wasmtime's named externref "anyref"); such entries are never read back.
+        # "shape": it carries the precheck's measurements and the memories as well.
+        return self._disk.get(
+            f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin;shape"
+        )
 
     def _from_disk(self, engine: rt.Engine, digest: bytes) -> _Entry | None:
         cache = self._disk_cache(engine)

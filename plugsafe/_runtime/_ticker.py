@@ -345,8 +345,7 @@ class Ticker:
         The guard first looks ``ahead`` early (see "Prompt returns"): AHEAD, or half a timeout
         shorter than twice that (so short calls well within their timeout never make it look).
         """
-        ahead = min(AHEAD, timeout / 2)
-        return math.ceil((timeout - ahead) / self.period) + _SLACK_TICKS
+        return math.ceil((timeout - _ahead(timeout)) / self.period) + _SLACK_TICKS
 
     def deadline(self, now: float, ticks: int) -> int:
         """The epoch deadline to set at ``now`` for a deadline of ``ticks`` (:meth:`ticks`).
@@ -624,7 +623,7 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
         end = arming[2] if armed == math.inf else armed + timeout + period
         left = end - time.perf_counter()
         if left > 0:
-            ahead = min(AHEAD, timeout / 2)
+            ahead = _ahead(timeout)
             if left > ahead + period:
                 # Too early even to get ready (ticks came in a burst): look again ``ahead``
                 # before the deadline.
@@ -724,6 +723,15 @@ def unlimit(arming: list[float]) -> None:
 # and a plain lock hung it for ever inside wasm (attack finding). Each step below leaves the
 # state consistent for such a nested use (see _prompt_on).
 _prompt_lock = threading.RLock()
+
+
+def _ahead(timeout: float) -> float:
+    """How long before the deadline of a call with ``timeout`` its guard first looks: AHEAD,
+    or half a timeout shorter than twice that (short calls well within their timeout never make
+    it look)."""
+    return min(AHEAD, timeout / 2)
+
+
 # thread ident -> the perf_counter time after which its entry may be dropped.
 _PROMPTS: dict[int, float] = {}
 # [the switch interval to restore, or None while not lowered by us]
