@@ -75,7 +75,7 @@ class ArtifactCache:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = self.directory.stat()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
             warnings.warn(f"plugsafe: not caching compiled plugins: {exc}", stacklevel=3)
             return False
         owner_ok = not hasattr(os, "getuid") or st.st_uid == os.getuid()

@@ -95,7 +95,7 @@ def is_component_source(source: object) -> bool:
         try:
             with open(source, "rb") as f:
                 head = f.read(4096)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path
             return False  # the module loader reports unreadable files
     else:
         return False

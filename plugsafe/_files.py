@@ -39,10 +39,9 @@ def read_plugin_file(path: str | os.PathLike[str], limit: int, *, label: str = "
     try:
         with open(path, "rb") as f:
             data = read_capped(f, limit)
-    except OSError as exc:
-        raise PluginLoadError(
-            f"{label}cannot read plugin file {shown}: {exc.strerror or exc}"
-        ) from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise PluginLoadError(f"{label}cannot read plugin file {shown}: {reason}") from exc
     if len(data) > limit:
         raise InvalidModuleError(
             f"{label}{shown} is over the policy's max_module_size of {limit} bytes"

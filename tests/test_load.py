@@ -232,3 +232,20 @@ def test_load_after_host_close(host: plugsafe.Host) -> None:
 
 def test_abi_module_helper_is_valid() -> None:
     wasmtime.wat2wasm(abi_module(""))
+
+
+def test_a_nul_in_a_path_is_a_typed_error(host: plugsafe.Host) -> None:
+    # open() raises ValueError, not OSError, for a NUL: it must not leak untyped.
+    for load in (host.load, host.load_component):
+        with pytest.raises(plugsafe.PluginLoadError, match="embedded null byte"):
+            load("plugin\x00.wasm")
+    with pytest.raises(plugsafe.PluginLoadError, match="as bytes"):
+        host.load("(module\x00)")
+    with pytest.raises(plugsafe.PolicyError, match="embedded null byte"):
+        plugsafe.Policy.from_toml("policy\x00.toml")
+
+
+def test_a_cache_dir_with_a_nul_is_not_used_and_says_so() -> None:
+    with pytest.warns(UserWarning, match="not caching compiled plugins"):
+        with plugsafe.Host(cache_dir="cache\x00dir") as host:
+            assert host.load(ADD.encode()).invoke("add", 2, 3) == 5
