@@ -246,6 +246,8 @@ def test_a_nul_in_a_path_is_a_typed_error(host: plugsafe.Host) -> None:
 
 
 def test_a_cache_dir_with_a_nul_is_not_used_and_says_so() -> None:
-    with pytest.warns(UserWarning, match="not caching compiled plugins"):
-        with plugsafe.Host(cache_dir="cache\x00dir") as host:
-            assert host.load(ADD.encode()).invoke("add", 2, 3) == 5
+    with (
+        pytest.warns(UserWarning, match="not caching compiled plugins"),
+        plugsafe.Host(cache_dir="cache\x00dir") as host,
+    ):
+        assert host.load(ADD.encode()).invoke("add", 2, 3) == 5
