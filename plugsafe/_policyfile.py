@@ -345,11 +345,11 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path)
     try:
         text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:  # before ValueError, of which it is one
+        raise PolicyError(f"{str(file)!r} is not UTF-8 text: {exc}") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise PolicyError(f"cannot read {str(file)!r}: {reason}") from exc
-    except UnicodeDecodeError as exc:
-        raise PolicyError(f"{str(file)!r} is not UTF-8 text: {exc}") from None
     # Imported here (issue 14): only policy and host config files are TOML, and tomllib (with
     # datetime) would cost every import of plugsafe.
     if sys.version_info >= (3, 11):
