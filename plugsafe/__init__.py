@@ -18,8 +18,11 @@ rewrite the asserts of the whole package and add its helper names to this namesp
 
 from __future__ import annotations
 
+from importlib import import_module as _import_module
+from typing import TYPE_CHECKING
+
 # First: plugsafe's dataclasses compile their generated methods once, not per process (see there).
-from . import _dataclass_code
+from . import _dataclass_code, _public
 from ._abi import ABI_VERSION
 from ._component import ComponentPlugin, Record, Variant
 from ._errors import (
@@ -51,11 +54,13 @@ from ._errors import (
 from ._host import Host
 from ._plugin import CallInfo, Plugin, PluginMemory, current_call
 from ._policy import Policy
-from ._pool import PluginPool
 from ._pooling import Pooling
 from ._types import F32, F64, I32, I64, CallStats, ExportInfo, ImportInfo
 from ._version import __version__
 from ._wasi import Preopen, RunResult, Wasi
+
+if TYPE_CHECKING:  # imported when first used (see __getattr__ below)
+    from ._pool import PluginPool
 
 __all__ = [
     "ABI_VERSION",
@@ -108,24 +113,29 @@ __all__ = [
 ]
 
 
-# Every public class is documented, printed and pickled as ``plugsafe.X``, its public home, not
-# the private module it happens to be defined in (``plugsafe._plugin.Plugin``). typing resolves
-# a class's string annotations in the namespace of its ``__module__``, so they are resolved here
-# first, in their own module (get_type_hints(plugsafe.Policy) keeps working).
-def _rehome() -> None:
-    import inspect
-    import typing
-
-    for name in __all__:
-        obj = globals()[name]
-        if isinstance(obj, type) and obj.__module__ != __name__:
-            own = inspect.get_annotations(obj)
-            if own:
-                hints = typing.get_type_hints(obj, include_extras=True)
-                obj.__annotations__ = {k: hints[k] for k in own}
-            obj.__module__ = __name__
+# Public names whose modules most hosts never need, imported on first use (issue 14: cold
+# start; PEP 562). ``from plugsafe import PluginPool``, ``plugsafe.PluginPool``, ``dir()`` and
+# ``import *`` see them as before; type checkers see the imports above. Such a module makes its
+# classes ``plugsafe.X`` itself (_public), however it is reached first.
+_LAZY = {"PluginPool": "._pool"}
 
 
-_rehome()
-del _rehome
+if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an error to them
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(_import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+# Every public class is plugsafe.X (see _public): those imported above, here.
+_public.rehome(*(globals()[name] for name in __all__ if name not in _LAZY))
 _dataclass_code.finish()
+del TYPE_CHECKING  # not a public name

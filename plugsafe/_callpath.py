@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import math
 import operator
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
+
+if TYPE_CHECKING:  # logging is imported when a plugin first logs (_log, issue 14)
+    import logging
 
 from . import _abi, _nesting
 from . import _runtime as rt

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import math
 import time
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # logging is imported when a plugin first logs (_log, issue 14)
+    import logging
 
 from . import _abi
 from . import _runtime as rt

@@ -1,20 +1,24 @@
-"""The built-in ``log`` host function's Python side: levels, escaping, the logger name."""
+"""The built-in ``log`` host function's Python side: levels, escaping, the logger name.
+
+``logging`` is imported when something is first logged, not at ``import plugsafe`` (issue 14,
+cold start: with what it pulls in, ``traceback``, ``string``, ``textwrap``, it was the largest
+standard-library import of a fresh process that never logs). Every plugin still gets its logger
+at load: a :func:`lazy_logger`, which becomes the real ``logging.getLogger(name)`` on first use.
+"""
 
 from __future__ import annotations
 
-import logging
 import re
+from typing import TYPE_CHECKING, Any, cast
 
-__all__ = ["LEVELS", "escape", "logger_for"]
+if TYPE_CHECKING:
+    import logging
 
-# ABI levels 0..4 (trace, debug, info, warn, error) to Python logging levels.
-LEVELS: tuple[int, ...] = (
-    logging.DEBUG,
-    logging.DEBUG,
-    logging.INFO,
-    logging.WARNING,
-    logging.ERROR,
-)
+__all__ = ["LEVELS", "escape", "lazy_logger", "logger_for"]
+
+# ABI levels 0..4 (trace, debug, info, warn, error) to Python logging levels: logging.DEBUG,
+# DEBUG, INFO, WARNING, ERROR (the values logging documents; tests/test_import_cost.py checks).
+LEVELS: tuple[int, ...] = (10, 10, 20, 30, 40)
 
 # C0 and C1 controls, DEL, and the Unicode line/paragraph separators: anything a log viewer might
 # treat as a new line or a terminal as a command. Escaped so one message is always one line and a
@@ -38,6 +42,39 @@ def escape(text: str) -> str:
     return _CONTROL.sub(_escape_one, text.replace("\\", "\\\\"))
 
 
+class _LazyLogger:
+    """``logging.getLogger(name)``, fetched (and ``logging`` imported) on first attribute use.
+
+    Every attribute is the real logger's, so it is a ``Logger`` to whoever uses it; the methods
+    plugsafe calls are kept on the instance after the first use (later calls go straight to the
+    real logger's bound methods: no extra frame, so records name their true caller).
+    """
+
+    _KEEP = frozenset({"log", "debug", "info", "warning", "error", "exception", "isEnabledFor"})
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only for attributes the instance does not have: everything but ``name`` at first.
+        if attr.startswith("__"):  # copy, pickle and friends probing: not the logger's
+            raise AttributeError(attr)
+        import logging
+
+        value = getattr(logging.getLogger(self.name), attr)
+        if attr in self._KEEP:
+            self.__dict__[attr] = value
+        return value
+
+    def __repr__(self) -> str:
+        return f"<lazy logger {self.name}>"
+
+
+def lazy_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)``, without importing ``logging`` until it is used."""
+    return cast("logging.Logger", _LazyLogger(name))
+
+
 # Loggers by plugin name: logging keeps every logger it made for good anyway, and getLogger
 # takes logging's lock (a few us on every load of a plugin: issue 14).
 _LOGGERS: dict[str, logging.Logger] = {}
@@ -47,6 +84,6 @@ def logger_for(plugin_name: str) -> logging.Logger:
     """The logger ``plugsafe.plugin.<name>``; characters a logger name should not hold become _."""
     logger = _LOGGERS.get(plugin_name)
     if logger is None:
-        logger = logging.getLogger(f"plugsafe.plugin.{_UNSAFE_NAME.sub('_', plugin_name) or '_'}")
+        logger = lazy_logger(f"plugsafe.plugin.{_UNSAFE_NAME.sub('_', plugin_name) or '_'}")
         _LOGGERS[plugin_name] = logger
     return logger

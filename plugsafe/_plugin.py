@@ -7,7 +7,6 @@ How a call runs is in ``_callpath``, host functions in ``_hostfn``, WASI's host 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import weakref
@@ -42,7 +41,7 @@ from ._errors import (
     raise_clean,
 )
 from ._hostfn import BoundFunction, HostCalls
-from ._log import logger_for
+from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
@@ -55,7 +54,7 @@ T = TypeVar("T")
 # Host(on_call=...): called with the CallStats of every call.
 OnCall = Callable[[CallStats], object]
 _perf_counter = time.perf_counter
-_log = logging.getLogger("plugsafe")
+_log = lazy_logger("plugsafe")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ._loader import Source
 from ._nesting import Units, bounded_wait, inside_call
 from ._plugin import OnCall, Plugin, _json_in
 from ._policy import Policy
+from ._public import rehome
 
 __all__ = ["PluginPool"]
 
@@ -451,3 +452,7 @@ class PluginPool(Closing):
         state = "closed" if self._closed else "open"
         name = self._plugins[0].name if self._plugins else "?"
         return f"<plugsafe.PluginPool {name!r} x{len(self._plugins)} {state}>"
+
+
+# plugsafe imports this module when PluginPool is first used (issue 14): it is plugsafe.PluginPool.
+rehome(PluginPool)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ RARE = frozenset(
         "decimal",  # parsing a size or duration string (_units)
         "difflib",  # "did you mean" in policy errors (_policy, _policyfile)
         "importlib.metadata",  # the wasmtime version, when asked (_runtime/_engine)
+        "logging",  # when a plugin first logs (_log's lazy loggers)
         "pickle",  # pickling an error's cause (_errors)
         "resource",  # the compiler child's memory cap, the stack size (_isolate, _nesting)
         "signal",  # how the compiler child died (_isolate)
@@ -38,12 +40,10 @@ RARE = frozenset(
     }
 )
 # Deferred imports that are not about import time: cffi and the optional fast path are tried
-# and may be missing; __init__ sets public __module__/__signature__ once; the CLI's entry point,
-# the pytest plugin and errors reaching back into the runtime are loaded only when used.
+# and may be missing; the CLI's entry point, the pytest plugin and errors reaching back into the
+# runtime are loaded only when used.
 OTHER = frozenset(
     {
-        ("__init__", "inspect"),
-        ("__init__", "typing"),
         ("__main__", "._cli"),
         # _cli hands components to _component_cli, which reaches back for _cli's printing
         # helpers when a command runs (a one-way import order at import time).
@@ -92,6 +92,12 @@ def test_only_listed_imports_are_deferred() -> None:
     )
 
 
+# Public names whose modules plugsafe/__init__.py imports on first use (PEP 562 __getattr__),
+# with what those modules alone bring in.
+LAZY_NAMES = {"PluginPool": "plugsafe._pool"}
+LAZY_MODULES = frozenset({*LAZY_NAMES.values(), "queue"})
+
+
 def test_import_plugsafe_does_not_import_the_rare_path_modules() -> None:
     code = "import sys, json; import plugsafe; print(json.dumps(sorted(m for m in sys.modules)))"
     out = subprocess.run(
@@ -103,6 +109,115 @@ def test_import_plugsafe_does_not_import_the_rare_path_modules() -> None:
     assert {"shutil", "random", "bz2", "lzma", "datetime", "selectors"}.isdisjoint(loaded), sorted(
         {"shutil", "random", "bz2", "lzma", "datetime", "selectors"} & loaded
     )
+    # What logging pulled in with it; the modules of the lazy public names.
+    assert {"traceback", "textwrap", "string"}.isdisjoint(loaded), sorted(
+        {"traceback", "textwrap", "string"} & loaded
+    )
+    assert LAZY_MODULES.isdisjoint(loaded), sorted(LAZY_MODULES & loaded)
+
+
+def test_a_cold_start_imports_nothing_rare(tmp_path: Path) -> None:
+    # The cold start the benchmark measures (import, load from a cache_dir, call) twice, so the
+    # second process loads from the cache: none of the rare modules, logging included.
+    wat = '(module (func (export "f") (result i32) i32.const 7))'
+    code = f"""
+import sys, json, plugsafe
+host = plugsafe.Host(cache_dir={str(tmp_path / "cache")!r})
+assert host.load({wat!r}.encode()).invoke("f") == 7
+print(json.dumps(sorted(sys.modules)))
+"""
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    loaded = set(json.loads(out))
+    assert (RARE | LAZY_MODULES).isdisjoint(loaded), sorted((RARE | LAZY_MODULES) & loaded)
+
+
+def test_the_lazy_public_names_behave_as_imported_ones() -> None:
+    # ``from plugsafe import X``, ``plugsafe.X``, dir() and ``import *`` work as before; the class
+    # is plugsafe.X however it is reached first (here: through its private module).
+    code = f"""
+import sys, typing
+import plugsafe
+lazy = {LAZY_NAMES!r}
+assert set(lazy) <= set(plugsafe.__all__) and set(lazy) <= set(dir(plugsafe))
+assert not any(m in sys.modules for m in lazy.values())
+import importlib
+for name, module in lazy.items():
+    obj = getattr(importlib.import_module(module), name)
+    assert obj.__module__ == "plugsafe", obj
+    typing.get_type_hints(obj)
+    assert getattr(plugsafe, name) is obj
+from plugsafe import PluginPool
+assert PluginPool is plugsafe.PluginPool
+ns = {{}}
+exec("from plugsafe import *", ns)
+assert set(plugsafe.__all__) <= set(ns), set(plugsafe.__all__) - set(ns)
+try:
+    plugsafe.NoSuchName
+except AttributeError as exc:
+    assert "NoSuchName" in str(exc)
+else:
+    raise AssertionError("no AttributeError")
+assert not hasattr(plugsafe, "TYPE_CHECKING")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_type_checkers_see_the_lazy_names(tmp_path: Path) -> None:
+    # mypy --strict on user code: the lazy names have their real types (TYPE_CHECKING imports in
+    # plugsafe/__init__.py), and a misspelt name is still an error (no module __getattr__ for
+    # type checkers to fall back on).
+    user = tmp_path / "user.py"
+    user.write_text(
+        "import plugsafe\n"
+        "from plugsafe import PluginPool\n"
+        "def f(pool: PluginPool) -> None:\n"
+        "    pool.close()\n"
+        "reveal_type(plugsafe.PluginPool)\n"
+        "plugsafe.PluginPoool\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(PACKAGE.parent)},
+    )
+    out = done.stdout
+    assert 'Revealed type is "def (' in out and "plugsafe._pool.PluginPool" in out, out
+    assert 'Module has no attribute "PluginPoool"' in out, out
+    # (MYPYPATH makes plugsafe's own sources checked too, without the project's per-module
+    # settings: only the user's file counts here; tests/test_quality.py checks plugsafe.)
+    errors = [line for line in out.splitlines() if line.startswith("user.py") and "error:" in line]
+    assert len(errors) == 1, out
+
+
+def test_log_levels_are_loggings() -> None:
+    # _log spells logging's level numbers out so that importing plugsafe does not import logging.
+    import logging
+
+    from plugsafe._log import LEVELS
+
+    assert LEVELS == (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+
+
+def test_a_lazy_logger_is_the_real_one_once_used() -> None:
+    import logging
+
+    from plugsafe._log import lazy_logger, logger_for
+
+    logger = logger_for("lazy/test")
+    assert logger.name == "plugsafe.plugin.lazy_test"
+    real = logging.getLogger("plugsafe.plugin.lazy_test")
+    assert logger.level == real.level and logger.handlers is real.handlers
+    assert logger.log == real.log and logger.exception == real.exception
+    assert logger_for("lazy/test") is logger
+    assert lazy_logger("plugsafe").isEnabledFor(logging.CRITICAL)
 
 
 def test_the_rare_paths_still_work_after_a_bare_import(tmp_path: Path) -> None:
