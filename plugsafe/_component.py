@@ -52,6 +52,7 @@ from ._errors import (
     raise_clean,
     short_trap,
 )
+from ._lazyre import lazy_re
 from ._loader import Source, read_source
 from ._loader import default_name as loader_default_name
 from ._policy import Policy
@@ -74,7 +75,7 @@ Variant = rc.Variant
 _CACHE_SIZE = 16
 # What a component's disk-cache entry stores as its description (modules store theirs).
 _DESCRIPTION = b"component"
-_TEXT = re.compile(rb"^\s*(?:;;[^\n]*\n\s*|\(;.*?;\)\s*)*\(\s*component\b", re.S)
+_TEXT = lazy_re(rb"^\s*(?:;;[^\n]*\n\s*|\(;.*?;\)\s*)*\(\s*component\b", re.S)
 # Exports toolchains add for themselves, not part of the plugin's world: hidden from
 # ``exports`` (still callable by their qualified name). componentize-py exports an interface
 # named plainly "exports" whose "init" its runtime calls at build time.
@@ -176,13 +177,13 @@ class ComponentLoader:
             return None
 
 
-_FUNCTION_NAME = re.compile(
+_FUNCTION_NAME = lazy_re(
     r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*(@[0-9A-Za-z.+-]+)?#[a-z][a-z0-9-]*$"
 )
 # A function the world imports itself (``import log: func(msg: string);``): ``#log``, the
 # interface form without an interface. (A bare ``log`` is refused: it is far more often an
 # interface function written without its interface.)
-_WORLD_FUNCTION_NAME = re.compile(r"^#[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_WORLD_FUNCTION_NAME = lazy_re(r"^#[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
 def check_component_function_name(name: object) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import InvalidModuleError, PluginLoadError, PolicyError
 from ._files import read_plugin_file
+from ._lazyre import lazy_re
 from ._policy import Policy, parse_policy
 from ._policyfile import SECTIONS, as_table, describe, in_file, read_toml
 from ._signatures import (
@@ -59,8 +59,8 @@ __all__ = [
     "read_module",
 ]
 
-_PLUGIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_PLUGIN_NAME = lazy_re(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_SHA256 = lazy_re(r"^[0-9a-fA-F]{64}$")
 _TOP_KEYS = ("defaults", "plugins", HOST_FUNCTIONS_TABLE)
 _PLUGIN_KEYS = ("source", "sha256", *SECTIONS)
 

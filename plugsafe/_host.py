@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from ._hostfn import (
     annotated_target,
     signature_from_annotations,
 )
+from ._lazyre import lazy_re
 from ._loader import LoadedModule, ModuleLoader, Source, check_imports
 from ._plugin import OnCall, Plugin
 from ._policy import Policy
@@ -38,7 +38,7 @@ __all__ = ["BUILTIN_FUNCTIONS", "Host", "Source"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = lazy_re(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIN_STACK = 16 * 1024
 _MAX_STACK = 2 * 1024 * 1024
 

@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from ._cache import ArtifactCache, CacheShelf
 from ._errors import ImportNotAllowedError, ImportProblem, InvalidModuleError, PluginLoadError
 from ._files import read_plugin_file
 from ._isolate import compile_isolated
+from ._lazyre import lazy_re
 from ._policy import Policy
 from ._version import __version__
 from ._wasi import WASI_MODULE
@@ -77,7 +77,7 @@ Format = Literal["wasm", "wat"]
 _WAT_CACHE_SIZE = 32
 _MODULE_CACHE_SIZE = 64
 _WASI_TYPES = frozenset({"i32", "i64"})
-_BINARY_JUNK = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BINARY_JUNK = lazy_re("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, cast
 
+from ._lazyre import lazy_re
+
 if TYPE_CHECKING:
     import logging
 
@@ -23,9 +25,9 @@ LEVELS: tuple[int, ...] = (10, 10, 20, 30, 40)
 # C0 and C1 controls, DEL, and the Unicode line/paragraph separators: anything a log viewer might
 # treat as a new line or a terminal as a command. Escaped so one message is always one line and a
 # plugin cannot forge records or recolour a terminal.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = lazy_re("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_\-]")
+_UNSAFE_NAME = lazy_re(r"[^A-Za-z0-9_\-]")
 
 
 def _escape_one(match: re.Match[str]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import PolicyError
+from ._lazyre import lazy_re
 from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
 from ._units import GiB, KiB, MiB, parse_duration, parse_size
 from ._wasi import Wasi
@@ -28,12 +28,12 @@ _MAX_FUEL = 2**63 - 1
 # tick count comfortably inside 64 bits.
 _MAX_TIMEOUT = 86_400.0
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = lazy_re(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What a component may be allowed to import (docs/components.md): a WIT interface
 # ("test:host/logging", optionally "@1.0.0") or one of its functions ("...#host-log").
 # A function a component's world imports itself ("import log: func(...)") is "#log": the same
 # form without an interface.
-_WIT_NAME = re.compile(
+_WIT_NAME = lazy_re(
     r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*(@[0-9A-Za-z.+-]+)?(#[a-z][a-z0-9-]*)?$"
     r"|^#[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import PolicyError
+from ._lazyre import lazy_re
 from ._units import describe, fail
 
 __all__ = [
@@ -61,8 +62,8 @@ _PARAM_TYPES: dict[str, type] = {
     "str": str,
 }
 _OPTIONAL = ("bytes", "str")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_TOKEN = re.compile(r"\s*(->|[A-Za-z_][A-Za-z0-9_]*|[(),:|]|\S)")
+_NAME = lazy_re(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TOKEN = lazy_re(r"\s*(->|[A-Za-z_][A-Za-z0-9_]*|[(),:|]|\S)")
 _TYPES_WORDS = "int, float, bool, bytes or str"
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 
 # fmt_bytes lives with the errors (their messages need it); re-exported here for the CLI.
 from ._errors import PolicyError, fmt_bytes
+from ._lazyre import lazy_re
 
 __all__ = [
     "GiB",
@@ -49,10 +49,10 @@ _DURATION_UNITS = {
 }
 # At most 30 digits before the point: enough for any real limit, and it keeps Decimal and int
 # conversions cheap whatever a file holds.
-_QUANTITY = re.compile(r"^\s*(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})\s*([A-Za-zµ]*)\s*$")
+_QUANTITY = lazy_re(r"^\s*(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})\s*([A-Za-zµ]*)\s*$")
 # Durations may also carry an exponent ("1e-06s"): how Policy.to_dict writes a float such as
 # 1e-06 exactly. Three digits of exponent at most, so Decimal's work stays trivial.
-_DURATION = re.compile(
+_DURATION = lazy_re(
     r"^\s*(\d{1,30}(?:\.\d{0,30})?(?:[eE][-+]?\d{1,3})?|\.\d{1,30}(?:[eE][-+]?\d{1,3})?)"
     r"\s*([A-Za-zµ]*)\s*$"
 )

@@ -8,7 +8,6 @@ output captured (and capped), no directories. ``docs/wasi.md`` has the threat ta
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import Diagnosis, PolicyError
+from ._lazyre import lazy_re
 
 if TYPE_CHECKING:  # _runtime loads wasmtime; policies must not need it
     from . import _runtime as rt
@@ -29,7 +29,7 @@ _EPERM = 63
 
 OutputMode = Literal["capture", "discard", "inherit"]
 _MODES = ("capture", "discard", "inherit")
-_ENV_NAME = re.compile(r"^[^=\x00]+$")
+_ENV_NAME = lazy_re(r"^[^=\x00]+$")
 
 
 def _no_nul(value: str, where: str) -> None:

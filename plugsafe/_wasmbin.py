@@ -43,6 +43,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from ._lazyre import lazy_re
 from ._types import ExportInfo, ExternKind, ImportInfo
 
 __all__ = [
@@ -318,7 +319,7 @@ _PLAIN_ALTS = (
 )
 # Possessive repetition (Python 3.11+) is about 4x faster: sre then keeps no backtracking
 # state per instruction. Nothing here needs backtracking: the alternatives are prefix-free.
-_PLAIN_RUN = re.compile(
+_PLAIN_RUN = lazy_re(
     rb"(?:" + _PLAIN_ALTS + (rb")*+" if sys.version_info >= (3, 11) else rb")*"), re.DOTALL
 )
 # The opcodes a plain run can start with: only these are worth a regular expression call.

@@ -289,3 +289,49 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_import_plugsafe_compiles_no_regular_expression_of_its_own() -> None:
+    # plugsafe's patterns are lazy_re: compiled when first used (a fresh process that only
+    # imports plugsafe compiles none of them; the standard library's own are not counted).
+    code = """
+import re, sys
+seen = []
+compile_ = re._compile
+def spy(pattern, flags):
+    caller = sys._getframe(2).f_globals.get("__name__", "")
+    if caller.startswith("plugsafe"):
+        seen.append((caller, pattern))
+    return compile_(pattern, flags)
+re._compile = spy
+import plugsafe
+print(seen)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]", out
+
+
+def test_a_lazy_pattern_is_the_compiled_one_once_used() -> None:
+    import copy
+    import re
+
+    from plugsafe._lazyre import lazy_re
+
+    text = lazy_re(r"(?P<word>[a-z]+)(\d*)", re.I)
+    assert "word" in repr(text)
+    assert text.fullmatch("Abc12") is not None and text.fullmatch("-") is None
+    compiled = re.compile(r"(?P<word>[a-z]+)(\d*)", re.I)
+    assert (text.pattern, text.flags, text.groups, text.groupindex) == (
+        compiled.pattern,
+        compiled.flags,
+        compiled.groups,
+        compiled.groupindex,
+    )
+    assert text.sub("x", "ab1 cd") == "x x" and text.findall("ab1 cd") == [("ab", "1"), ("cd", "")]
+    found = text.match("zz9")
+    assert found is not None and found.group("word") == "zz"
+    raw = lazy_re(rb"\x00+")
+    assert raw.split(b"a\x00\x00b") == [b"a", b"b"]
+    copy.copy(raw)  # probing dunders (copy, pickle) does not compile or fail

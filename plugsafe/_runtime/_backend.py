@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import re
 import weakref
 from collections.abc import Callable
 from ctypes import POINTER, byref
@@ -23,6 +22,7 @@ from typing import NewType, Protocol, cast
 import wasmtime
 from wasmtime import _ffi as wf
 
+from .._lazyre import lazy_re
 from ._ticker import prompt_off
 
 __all__ = [
@@ -145,7 +145,7 @@ class PoolExhaustedFailure(WasmFailure):
 
 
 # wasmtime's message when a pool has no free slot (wasmtime 48-50).
-_POOL_FULL = re.compile(r"maximum concurrent limit of (\d+) for (.+?) reached")
+_POOL_FULL = lazy_re(r"maximum concurrent limit of (\d+) for (.+?) reached")
 
 
 def pool_exhausted(failure: WasmFailure) -> PoolExhaustedFailure | None:
@@ -279,7 +279,7 @@ class HostRecord:
 
 _IDS = itertools.count(1)
 _RECORDS: weakref.WeakValueDictionary[int, HostRecord] = weakref.WeakValueDictionary()
-_MARKER = re.compile(r"\[plugsafe-host#(\d+)\.(\d+)( spare)?\]")
+_MARKER = lazy_re(r"\[plugsafe-host#(\d+)\.(\d+)( spare)?\]")
 
 
 def _host_failure(message: str, code: str | None) -> WasmFailure:
