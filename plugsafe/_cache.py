@@ -19,12 +19,13 @@ well-formed entry on purpose: anything that can do that can already run code as 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 import threading
 import warnings
 from pathlib import Path
+
+from . import _sha as hashlib  # hashlib.sha256 without OpenSSL at start-up (see _sha)
 
 __all__ = ["ArtifactCache", "default_cache_dir"]
 

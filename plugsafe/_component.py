@@ -17,7 +17,6 @@ instance is discarded after any failed call and the next call makes a new one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 
 from . import _nesting
 from . import _runtime as rt
+from . import _sha as hashlib  # hashlib.sha256 without OpenSSL at start-up (see _sha)
 from ._cache import ArtifactCache, CacheShelf
 from ._errors import (
     AbiError,

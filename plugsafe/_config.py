@@ -27,13 +27,13 @@ loads: the file and the app cannot drift apart unnoticed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _sha as hashlib  # hashlib.sha256 without OpenSSL at start-up (see _sha)
 from ._errors import InvalidModuleError, PluginLoadError, PolicyError
 from ._files import read_plugin_file
 from ._lazyre import lazy_re

@@ -27,7 +27,6 @@ verdict rather than stopping at the first refusal.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import threading
@@ -39,6 +38,7 @@ from typing import Literal, Protocol, TypeVar
 
 from . import _abi
 from . import _runtime as rt
+from . import _sha as hashlib  # hashlib.sha256 without OpenSSL at start-up (see _sha)
 from ._cache import ArtifactCache, CacheShelf
 from ._errors import ImportNotAllowedError, ImportProblem, InvalidModuleError, PluginLoadError
 from ._files import read_plugin_file

@@ -27,6 +27,7 @@ RARE = frozenset(
         "concurrent.futures",  # PluginPool's executor (_pool)
         "ctypes.util",  # librt on glibc < 2.34 (_runtime/_ticker)
         "decimal",  # parsing a size or duration string (_units)
+        "hashlib",  # OpenSSL's sha256, after the first 256 KiB hashed (_sha)
         "difflib",  # "did you mean" in policy errors (_policy, _policyfile)
         "importlib.metadata",  # the wasmtime version, when asked (_runtime/_engine)
         "logging",  # when a plugin first logs (_log's lazy loggers)
@@ -335,3 +336,41 @@ def test_a_lazy_pattern_is_the_compiled_one_once_used() -> None:
     raw = lazy_re(rb"\x00+")
     assert raw.split(b"a\x00\x00b") == [b"a", b"b"]
     copy.copy(raw)  # probing dunders (copy, pickle) does not compile or fail
+
+
+def test_sha256_is_the_same_before_and_after_openssl_is_loaded() -> None:
+    # _sha hashes with CPython's built-in SHA-256 until its budget is spent, then with hashlib's
+    # (OpenSSL): the digests are the same either way, for every kind of buffer plugsafe hashes.
+    code = """
+import sys
+from plugsafe import _sha
+assert "hashlib" not in sys.modules
+datas = [b"", b"abc", bytes(range(256)) * 300, bytearray(b"x" * 1000), memoryview(b"y" * 999)]
+before = [(_sha.sha256(d).digest(), _sha.sha256(d).hexdigest()) for d in datas]
+assert "hashlib" not in sys.modules  # all within the budget
+big = b"z" * (_sha._BUDGET + 1)
+big_digest = _sha.sha256(big).hexdigest()  # over the budget: OpenSSL's
+assert "hashlib" in sys.modules
+import hashlib
+assert big_digest == hashlib.sha256(big).hexdigest()
+for d, (digest, hexdigest) in zip(datas, before):
+    assert digest == hashlib.sha256(d).digest() == _sha.sha256(d).digest()
+    assert hexdigest == hashlib.sha256(d).hexdigest()
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_sha256_uses_hashlib_once_the_app_imported_it() -> None:
+    code = """
+import hashlib
+from plugsafe import _sha
+h = _sha.sha256(b"abc")
+assert type(h) is type(hashlib.sha256(b"abc")), type(h)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
