@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 # First: plugsafe's dataclasses compile their generated methods once, not per process (see there).
 from . import _dataclass_code, _public
 from ._abi import ABI_VERSION
-from ._component import ComponentPlugin, Record, Variant
+from ._component import ComponentPlugin
 from ._errors import (
     AbiError,
     AbiVersionError,
@@ -61,6 +61,7 @@ from ._wasi import Preopen, RunResult, Wasi
 
 if TYPE_CHECKING:  # imported when first used (see __getattr__ below)
     from ._pool import PluginPool
+    from ._runtime._component import Record, Variant
 
 __all__ = [
     "ABI_VERSION",
@@ -117,7 +118,11 @@ __all__ = [
 # start; PEP 562). ``from plugsafe import PluginPool``, ``plugsafe.PluginPool``, ``dir()`` and
 # ``import *`` see them as before; type checkers see the imports above. Such a module makes its
 # classes ``plugsafe.X`` itself (_public), however it is reached first.
-_LAZY = {"PluginPool": "._pool"}
+_LAZY = {
+    "PluginPool": "._pool",
+    "Record": "._runtime._component",
+    "Variant": "._runtime._component",
+}
 
 
 if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an error to them

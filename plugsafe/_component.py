@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _nesting
 from . import _runtime as rt
@@ -52,25 +52,29 @@ from ._errors import (
     raise_clean,
     short_trap,
 )
+from ._lazymodule import lazy_module
 from ._lazyre import lazy_re
 from ._loader import Source, read_source
 from ._loader import default_name as loader_default_name
 from ._policy import Policy
-from ._runtime import _component as rc
+from ._runtime._hostmem import _COMPONENT_HEADER as COMPONENT_HEADER
 from ._types import CallStats
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._runtime import _component as rc
+else:
+    # wasmtime-py's component API and the value marshalling: imported when a component is first
+    # loaded, not at import plugsafe (issue 14; see _lazymodule).
+    rc = lazy_module("plugsafe._runtime._component", globals(), "rc")
 
 __all__ = [
     "ComponentLoader",
     "prepare_component",
     "ComponentPlugin",
-    "Record",
-    "Variant",
     "is_component_source",
 ]
 
-Record = rc.Record
-Variant = rc.Variant
 
 _CACHE_SIZE = 16
 # What a component's disk-cache entry stores as its description (modules store theirs).
@@ -100,7 +104,7 @@ def is_component_source(source: object) -> bool:
             return False  # the module loader reports unreadable files
     else:
         return False
-    return rc.is_component(head) or bool(_TEXT.match(head))
+    return head[:8] == COMPONENT_HEADER or bool(_TEXT.match(head))
 
 
 def _short_interface(name: str) -> str:

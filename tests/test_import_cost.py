@@ -95,7 +95,11 @@ def test_only_listed_imports_are_deferred() -> None:
 
 # Public names whose modules plugsafe/__init__.py imports on first use (PEP 562 __getattr__),
 # with what those modules alone bring in.
-LAZY_NAMES = {"PluginPool": "plugsafe._pool"}
+LAZY_NAMES = {
+    "PluginPool": "plugsafe._pool",
+    "Record": "plugsafe._runtime._component",
+    "Variant": "plugsafe._runtime._component",
+}
 LAZY_MODULES = frozenset({*LAZY_NAMES.values(), "queue"})
 
 
@@ -374,3 +378,42 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_component_loads_after_a_bare_import(tmp_path: Path) -> None:
+    # _component's runtime half (rc) is a stand-in until a component is loaded; then it is the
+    # module itself, and Record/Variant are plugsafe's whichever way they were reached first.
+    tests = Path(__file__).parent
+    code = f"""
+import sys
+sys.path.insert(0, {str(tests)!r})
+from component_wat import WORLD
+import plugsafe
+from plugsafe import _component
+assert "plugsafe._runtime._component" not in sys.modules
+assert repr(_component.rc).startswith("<lazy module"), _component.rc
+with plugsafe.Host() as host:
+    plugin = host.load(WORLD.encode(), name="world")
+    assert plugin.invoke("add", 2, 3) == 5
+    plugin.close()
+from plugsafe._runtime import _component as rc
+assert _component.rc is rc
+assert rc.COMPONENT_HEADER == _component.COMPONENT_HEADER
+assert plugsafe.Record is rc.Record and plugsafe.Record.__module__ == "plugsafe"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_a_lazy_module_stands_in_until_first_used() -> None:
+    from plugsafe._lazymodule import lazy_module
+
+    namespace: dict[str, object] = {}
+    namespace["cs"] = stand_in = lazy_module("colorsys", namespace, "cs")
+    assert "colorsys" in repr(stand_in)
+    assert stand_in.rgb_to_hsv(0.0, 0.0, 0.0) == (0.0, 0.0, 0.0)
+    import colorsys
+
+    assert namespace["cs"] is colorsys

@@ -32,6 +32,7 @@ from typing import Any, cast
 import wasmtime
 from wasmtime import _ffi as wf
 
+from .._public import rehome
 from . import _hostmem
 from ._backend import WasmFailure
 from ._engine import NO_DEADLINE_TICKS, Engine
@@ -1279,3 +1280,8 @@ class ComponentInstance:
         finally:
             for i in range(lowered):
                 wf.wasmtime_component_val_delete(ctypes.byref(params[i]))
+
+
+# plugsafe imports this module when a component is first loaded or Record/Variant first used
+# (issue 14): they are plugsafe.Record and plugsafe.Variant however they are reached.
+rehome(Record, Variant)
