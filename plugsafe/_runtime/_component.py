@@ -411,17 +411,20 @@ def compile_component(engine: Engine, wasm: bytes) -> CompiledComponent:
 
 
 def deserialize_component(
-    engine: Engine, artifact: bytes, wasm: bytes | None = None
+    engine: Engine, artifact: bytes, wasm: bytes | None = None, *, data_fuel: int | None = None
 ) -> CompiledComponent:
     """Load what :meth:`CompiledComponent.serialize` of this plugsafe wrote. Never call this on
     bytes from anywhere else: a crafted artifact runs arbitrary code. ``wasm``: the component it
-    was compiled from (for :attr:`CompiledComponent.data_fuel`)."""
+    was compiled from (for :attr:`CompiledComponent.data_fuel`), or ``data_fuel`` itself as the
+    same plugsafe counted it before (kept with the disk entry)."""
     _require()
     try:
         comp = _wc().Component.deserialize(engine._engine, artifact)
     except wasmtime.WasmtimeError as exc:
         raise WasmFailure(str(exc)) from None
-    return CompiledComponent(comp, describe(comp, engine), engine, _data_fuel(engine, wasm))
+    if data_fuel is None or not engine.host_memory:
+        data_fuel = _data_fuel(engine, wasm)
+    return CompiledComponent(comp, describe(comp, engine), engine, data_fuel)
 
 
 # -- values: Python side --------------------------------------------------------------------------
