@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
 if TYPE_CHECKING:  # concurrent.futures is imported when call_async first runs (issue 14)
     from concurrent.futures import ThreadPoolExecutor
@@ -104,6 +104,19 @@ def _json_in(value: Any) -> bytes:
     return text.encode("utf-8")
 
 
+def _closed(name: str) -> Callable[..., NoReturn]:
+    """What a released plugin's call path calls instead of its short paths and instances."""
+
+    def closed(*_args: object, **_kwargs: object) -> NoReturn:
+        raise PluginClosedError(f"plugin {name!r} is closed")
+
+    return closed
+
+
+def _nothing() -> None:
+    return None
+
+
 class ReleaseAfter:
     """``with ReleaseAfter(lock):`` releases a lock already acquired (bounded, elsewhere)."""
 
@@ -131,8 +144,11 @@ class PluginMemory:
     Reads and writes go to the plugin's current instance; after a trap that is the fresh one.
     """
 
-    def __init__(self, plugin: Plugin) -> None:
-        self._plugin = plugin
+    def __init__(self, calls: CallPath, name: str) -> None:
+        # The plugin's call path and name, not the Plugin: no reference cycle, so that a
+        # closed plugin is freed at once, by reference counting (see Plugin._released).
+        self._calls = calls
+        self._name = name
 
     @staticmethod
     def _check(offset: int, length: int) -> None:
@@ -151,9 +167,9 @@ class PluginMemory:
                 self._within(target, offset, length)
                 return target.read(offset, length)
             except rt.GuestMemoryError as exc:
-                raise MemoryAccessError(f"plugin {self._plugin.name!r}: {exc}") from None
+                raise MemoryAccessError(f"plugin {self._name!r}: {exc}") from None
 
-        return self._plugin._calls.with_instance(op)
+        return self._calls.with_instance(op)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` into memory at ``offset``; MemoryAccessError if out of range."""
@@ -165,9 +181,9 @@ class PluginMemory:
                 self._within(target, offset, len(payload))
                 target.write(offset, payload)
             except rt.GuestMemoryError as exc:
-                raise MemoryAccessError(f"plugin {self._plugin.name!r}: {exc}") from None
+                raise MemoryAccessError(f"plugin {self._name!r}: {exc}") from None
 
-        self._plugin._calls.with_instance(op)
+        self._calls.with_instance(op)
 
     @staticmethod
     def _within(target: rt.Instance | rt.Caller, offset: int, length: int) -> None:
@@ -183,7 +199,7 @@ class PluginMemory:
         def op(target: rt.Instance | rt.Caller) -> int:
             return target.memory_size()
 
-        return self._plugin._calls.with_instance(op)
+        return self._calls.with_instance(op)
 
 
 class Plugin(Closing):
@@ -274,7 +290,7 @@ class Plugin(Closing):
             tuple((name, id(bound)) for name, bound in functions.items()),
         )
         self._linker = self._build_linker()
-        self.memory = PluginMemory(self)
+        self.memory = PluginMemory(calls, name)
         # The per-call entry points, set on the instance so that ``plugin.call(...)`` is the
         # call path's closure itself, with no delegating frame (the methods below document them
         # and serve calls made through the class, ``Plugin.call(plugin, ...)``).
@@ -287,6 +303,8 @@ class Plugin(Closing):
             fn.__module__ = "plugsafe"
         self.call = calls.call  # type: ignore[method-assign]
         self.invoke = calls.invoke  # type: ignore[method-assign]
+        # Kept here as well: the call path lets go of them once the plugin is released.
+        self._short_call, self._short_invoke = calls.call, calls.invoke
         if on_call is not None:
             # Only then is there a frame around the short paths (no cost for hosts without).
             short_call, short_invoke = calls.call, calls.invoke
@@ -397,11 +415,11 @@ class Plugin(Closing):
         or an input/output over the policy's caps, PluginTrap on a trap, and LimitExceeded
         subclasses when fuel, time, memory or host calls run out.
         """
-        return self._calls.call(function, data, context=context)
+        return self._short_call(function, data, context)
 
     def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """Call ``function`` with ``value`` as JSON and return the JSON it answers, decoded."""
-        call = self._calls.call  # not self.call: on_call reports the whole, decoding included
+        call = self._short_call  # not self.call: on_call reports the whole, decoding included
         return self._reported(
             function,
             context,
@@ -433,7 +451,7 @@ class Plugin(Closing):
         Integer results come back signed. Returns None, one value, or a tuple for several
         results. ``context`` as for :meth:`call`.
         """
-        return self._calls.invoke(function, *args, context=context)
+        return self._short_invoke(function, *args, context=context)
 
     async def call_async(
         self,
@@ -669,6 +687,13 @@ class Plugin(Closing):
             # the Linker before another plugin may have it (Linker.retire).
             linkers.give(self._linker_key, self._linker)
         self._on_close(self)
+        # Nothing runs on this plugin again: the call path lets go of everything that points
+        # back at it, so that a closed plugin is freed by reference counting the moment the
+        # app drops it, not by the garbage collector (issue 14: the cycles of every load and
+        # close made collections run, ~10 us a load).
+        calls = self._calls
+        calls.call = calls.invoke = calls.new_instance = _closed(self._name)
+        calls.on_closed = _nothing
 
     def _build_linker(self) -> rt.Linker:
         """A Linker with this plugin's host functions (and WASI) bound to its callbacks.
@@ -704,8 +729,12 @@ class Plugin(Closing):
 
     def _new_instance(self, phase: Phase) -> rt.Instance:
         """A fresh instance for calls (its WASI output, if any, is discarded: nobody reads it)."""
-        cfg = None if self._wasi is None else self._wasi.config(None, None, read=False)[0]
-        return self._instantiate(phase, cfg)
+        wasi = self._wasi
+        if wasi is None:
+            return self._instantiate(phase, None)
+        if wasi.bare:  # a bare WASI context, made in C (no WasiConfig: issue 14)
+            return self._instantiate(phase, rt.DEFAULT_WASI)
+        return self._instantiate(phase, wasi.config(None, None, read=False)[0])
 
     def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:
         """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget."""

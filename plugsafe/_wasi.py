@@ -198,6 +198,17 @@ class WasiShims:
         self.state = state
         self.diagnosis = diagnosis
         self.clock_base = time.monotonic_ns()
+        # An instance made for calls, under a Wasi with nothing to set (no arguments, variables,
+        # stdin or preopens; output not inherited, so discarded): a bare WASI context, made in
+        # C with no WasiConfig object (``rt.DEFAULT_WASI``, Plugin._new_instance).
+        self.bare = not (
+            wasi.args
+            or wasi.env
+            or wasi.stdin
+            or wasi.preopens
+            or wasi.stdout == "inherit"
+            or wasi.stderr == "inherit"
+        )
 
     def define(self, linker: rt.Linker, on_error: rt.ErrorSink) -> None:
         """Offer WASI preview 1 in ``linker``, with plugsafe's shims shadowing wasmtime's."""

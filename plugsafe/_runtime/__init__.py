@@ -61,6 +61,7 @@ from ._instance import Instance
 from ._linker import Binding, Caller, ErrorSink, HostCallback, Linker, LinkerPool, wasi_config
 from ._module import NUMERIC_TYPES, Description, Module, describe_binary, parse_description
 from ._select import BACKEND, DEFAULT, select_backend
+from ._store import DEFAULT_WASI
 from ._ticker import Ticker
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "Backend",
     "Binding",
     "Caller",
+    "DEFAULT_WASI",
     "Description",
     "Engine",
     "EpochTicker",

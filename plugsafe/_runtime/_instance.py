@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
 import os
@@ -10,8 +9,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
-
-import wasmtime
 
 from ._backend import (
     EMPTY_WINDOW,
@@ -25,10 +22,10 @@ from ._backend import (
     WasmFailure,
     Window,
     check_span,
+    failure_from_addresses,
     pool_exhausted,
 )
 from ._engine import Engine
-from ._forksafe import forksafe
 from ._funcref import (
     ArgumentsDoNotFit,
     Budget,
@@ -41,6 +38,7 @@ from ._funcref import (
 )
 from ._linker import Linker
 from ._module import Module
+from ._store import Store
 from ._ticker import Ticker, guard, limit, unlimit
 
 __all__ = ["Instance"]
@@ -100,19 +98,23 @@ class Instance:
         # Bound once: abi_call, the plugin ABI's hot path, calls it on every call.
         self._set_fuel = b.set_fuel
         self._metered = engine.metered
-        # Never deleted in a forked child (see _forksafe: freed inside os.fork(), it could hang).
-        self._store = forksafe(wasmtime.Store(engine._engine))
-        if wasi is not None:
-            # What wasi_config made (the Plugin keeps it as a plain object).
-            self._store.set_wasi(cast(wasmtime.WasiConfig, wasi))
-        self._store.set_limits(
+        # Made through the C API directly (_store: ~20 us less than wasmtime-py's Store,
+        # set_limits, WasiConfig and set_wasi); never deleted in a forked child (_forksafe).
+        self._store = store = Store(engine.address)
+        store.limit(
             memory_size=memory_size,
             table_elements=table_elements,
             instances=1,
             tables=tables,
             memories=memories,
         )
-        self._ctx = b.ctx(self._store)
+        self._ctx = b.ctx_at(store.ctx)
+        if wasi is not None:
+            # DEFAULT_WASI, or what wasi_config made (the Plugin keeps it as a plain object).
+            error = store.set_wasi(wasi)
+            if error:
+                store.close()
+                raise failure_from_addresses(error, 0)
         # Set by release(): the store is gone, and the memory and fuel readers answer these.
         self._final: int | None = None
         self._fuel_final = 0
@@ -131,8 +133,7 @@ class Instance:
         self._arming = [-math.inf, -math.inf, math.inf]
         if epochs is not None:
             # The store checks the wall clock when its epoch deadline comes (never early).
-            store_ptr = ctypes.cast(self._store.ptr(), ctypes.c_void_p).value or 0
-            guard(self, store_ptr, self._arming, cast(float, timeout), epochs)
+            guard(self, store.ptr, self._arming, cast(float, timeout), epochs)
         self.set_budget()
         if until is not None:
             # Made for a call that started earlier (``until`` is its deadline): the start
@@ -147,7 +148,7 @@ class Instance:
             full = pool_exhausted(failure)
             if full is not None:
                 self._final = 0
-                self._store.close()  # give nothing of the pool away for longer than this
+                store.close()  # give nothing of the pool away for longer than this
                 raise full from None
             raise
         self._exports = module.exports
