@@ -104,6 +104,46 @@ def _json_in(value: Any) -> bytes:
     return text.encode("utf-8")
 
 
+class ModuleFacts:
+    """What every Plugin of one module derives from its exports and imports alone (made once
+    per compiled module, kept on it: ``rt.Module.facts``; issue 14: a load redid it)."""
+
+    __slots__ = ("allocator", "has_imports", "imported", "problem", "reactor", "versioned")
+
+    def __init__(self, module: rt.Module) -> None:
+        exports = module.exports
+        # The type of every export plugsafe itself calls, checked before anything runs (see
+        # Plugin._check_exports): the first problem, or None.
+        self.problem: str | None = None
+        for name, want in (
+            (_abi.VERSION_EXPORT, _abi.VERSION_TYPE),
+            ("_initialize", _abi.ENTRY_TYPE),
+        ):
+            if name in exports and self.problem is None:
+                self.problem = _abi.export_problem(exports, name, want)
+        self.reactor = "_initialize" in exports
+        self.versioned = _abi.VERSION_EXPORT in exports
+        alloc_ok = _abi.export_problem(exports, _abi.ALLOC_EXPORT, _abi.ALLOC_TYPE) is None
+        self.allocator = _abi.ALLOC_EXPORT.encode() if alloc_ok else None
+        self.has_imports = bool(module.imports)
+        # The type each host function is imported with (an ``int`` as i32 or i64, ...): the
+        # Linker binds it so; the import check accepted that type.
+        self.imported = {
+            imp.name: (imp.params, imp.results)
+            for imp in module.imports
+            if imp.module == _abi.HOST_MODULE and imp.kind == "func"
+        }
+
+
+def module_facts(module: rt.Module) -> ModuleFacts:
+    """``module``'s facts, made on first use (two threads may both make them: same result)."""
+    facts = module.facts
+    if facts is None:
+        facts = module.facts = ModuleFacts(module)
+    assert isinstance(facts, ModuleFacts)
+    return facts
+
+
 def _closed(name: str) -> Callable[..., NoReturn]:
     """What a released plugin's call path calls instead of its short paths and instances."""
 
@@ -234,6 +274,7 @@ class Plugin(Closing):
         self._engine = engine
         self._module = module
         self._on_close = on_close
+        self._facts = facts = module_facts(module)
         logger = logger_for(name)
 
         count = max(len(memories), 1)
@@ -260,7 +301,7 @@ class Plugin(Closing):
             policy=policy,
             diagnosis=diagnosis,
             logger=logger,
-            has_imports=bool(module.imports),
+            has_imports=facts.has_imports,
             exports=module.exports,
             new_instance=self._new_instance,
             on_closed=self._released,
@@ -287,7 +328,7 @@ class Plugin(Closing):
             engine,
             module,
             policy.wasi is not None,
-            tuple((name, id(bound)) for name, bound in functions.items()),
+            tuple([(name, id(bound)) for name, bound in functions.items()]) if functions else (),
         )
         self._linker = self._build_linker()
         self.memory = PluginMemory(calls, name)
@@ -338,11 +379,14 @@ class Plugin(Closing):
         calls.linker, calls.host_record = self._linker, self._linker.record
         self._ticks = rt.NO_DEADLINE_TICKS
         self._epochs: rt.Ticker | None = None
+        self._timeout_ticks: int | None = None
         loading = None
         if policy.timeout is not None:
             ticker.ensure_running()
             self._epochs = epochs = engine.ticker
             epochs.use_timeout(policy.timeout)
+            # Every instance's deadline in ticks: the same for each (the period is fixed).
+            self._timeout_ticks = epochs.ticks(policy.timeout)
             # The ticker stops as soon as none of the locks its timed calls hold is held: every
             # call holds the call lock; the load (instantiating, the ABI check) a lock of its own.
             epochs.watch(calls.lock)
@@ -702,12 +746,8 @@ class Plugin(Closing):
         same; else built (and prepared by the caller).
         """
         # Each function is bound with the type this module imports it with (an ``int`` as i32
-        # or i64, ...): decided here, per plugin; the import check accepted that type.
-        imported = {
-            imp.name: (imp.params, imp.results)
-            for imp in self._module.imports
-            if imp.module == _abi.HOST_MODULE and imp.kind == "func"
-        }
+        # or i64, ...); the import check accepted that type.
+        imported = self._facts.imported
         host_calls = self._host_calls
         bindings = [
             host_calls.binding(bound, imported.get(bound.name))
@@ -770,6 +810,7 @@ class Plugin(Closing):
                 timeout=self._policy.timeout,
                 wasi=wasi,
                 until=state.call_deadline,  # made for a call: within that call's timeout
+                timeout_ticks=self._timeout_ticks,
             )
             if self._reactor:  # its type was checked at load (_check_exports)
                 state.function = "_initialize"
@@ -827,25 +868,19 @@ class Plugin(Closing):
         function called with a type it does not have reads and writes value slots that are not
         there (issue 12, class 1: SIGILL). ABI functions and ``invoke`` targets are checked
         when first called (``CallPath.call_abi``, ``CallPath.check_invoke``), ``_start`` by
-        ``run``.
+        ``run``. The checks run once per module (``ModuleFacts``); each load raises their
+        verdict.
         """
-        exports = self._module.exports
-        for name, want in (
-            (_abi.VERSION_EXPORT, _abi.VERSION_TYPE),
-            ("_initialize", _abi.ENTRY_TYPE),
-        ):
-            if name in exports:
-                problem = _abi.export_problem(exports, name, want)
-                if problem is not None:
-                    raise PluginLoadError(f"plugin {self._name!r}: {problem}")
-        self._reactor = "_initialize" in exports
-        alloc_ok = _abi.export_problem(exports, _abi.ALLOC_EXPORT, _abi.ALLOC_TYPE) is None
-        self._allocator = _abi.ALLOC_EXPORT.encode() if alloc_ok else None
+        facts = self._facts
+        if facts.problem is not None:
+            raise PluginLoadError(f"plugin {self._name!r}: {facts.problem}")
+        self._reactor = facts.reactor
+        self._allocator = facts.allocator
 
     def _check_abi(self, inst: rt.Instance) -> None:
-        exports = self._module.exports
-        if _abi.VERSION_EXPORT not in exports:
+        if not self._facts.versioned:
             return
+        exports = self._module.exports
         ref = inst.func(_abi.VERSION_EXPORT)  # its type was checked by _check_exports
         assert ref is not None
         state = self._calls.state

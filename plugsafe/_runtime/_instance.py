@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from ._backend import (
     EMPTY_WINDOW,
@@ -93,6 +93,7 @@ class Instance:
         timeout: float | None = None,
         wasi: object = None,
         until: float | None = None,
+        timeout_ticks: int | None = None,
     ) -> None:
         self._b = b = linker.backend
         # Bound once: abi_call, the plugin ABI's hot path, calls it on every call.
@@ -124,16 +125,21 @@ class Instance:
         # ``epochs``: the engine's ticker when calls have a ``timeout`` (then the deadline, in
         # ticks, is the ticker's for it, and ``deadline_ticks`` is unused); None for a fixed
         # ``deadline_ticks`` (the far-off NO_DEADLINE_TICKS, or a test's).
+        # (``timeout_ticks``: ``epochs.ticks(timeout)`` as the caller computed it once.)
         self._ticker = epochs
-        self._ticks = deadline_ticks if epochs is None else epochs.ticks(cast(float, timeout))
-        self._period = 0.0 if epochs is None else epochs.period
         # When (perf_counter) the deadline was last armed, shared with every invoker of this
         # instance (a list, so the invokers need no reference back to the instance), and a
         # limit to one call's end (see _ticker.limit).
         self._arming = [-math.inf, -math.inf, math.inf]
-        if epochs is not None:
+        if epochs is None:
+            self._ticks = deadline_ticks
+            self._period = 0.0
+        else:
+            assert timeout is not None
+            self._ticks = epochs.ticks(timeout) if timeout_ticks is None else timeout_ticks
+            self._period = epochs.period
             # The store checks the wall clock when its epoch deadline comes (never early).
-            guard(self, store.ptr, self._arming, cast(float, timeout), epochs)
+            guard(self, store.ptr, self._arming, timeout, epochs)
         self.set_budget()
         if until is not None:
             # Made for a call that started earlier (``until`` is its deadline): the start
