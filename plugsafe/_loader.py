@@ -293,6 +293,8 @@ class ModuleLoader:
         # WAT text already translated, by the text itself (translating is a pure function of
         # it, and cost ~0.1-1 ms on every load of a .wat plugin: issue 14).
         self._wat: OrderedDict[bytes, bytes] = OrderedDict()
+        # The last policy's caps (a policy is frozen: loads under one policy share them).
+        self._caps: tuple[Policy | None, Caps] = (None, caps_of(Policy()))
 
     def load(
         self, source: Source, policy: Policy, engine: rt.Engine, name: str | None = None
@@ -310,7 +312,12 @@ class ModuleLoader:
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError("name must be a non-empty str")
         wasm, fmt = self._to_wasm(data, what, policy.max_module_size)
-        caps = caps_of(policy)
+        memo = self._caps
+        if memo[0] is policy:  # the same (frozen) policy as the last load: its caps
+            caps = memo[1]
+        else:
+            caps = caps_of(policy)
+            self._caps = (policy, caps)
         key = (engine.metered, wasm)
         with self._lock:
             entry = self._modules.get(key)

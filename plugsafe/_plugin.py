@@ -395,11 +395,20 @@ class Plugin(Closing):
             loading.acquire()
         try:
             # Loading runs wasm on this thread's stack: counted like a call (a host function
-            # may be loading plugins).
-            with calls.nested_load():
+            # may be loading plugins), as CallPath.nested_load does (inline: no generator and
+            # context manager per load).
+            th = thread_room()
+            room = th.room
+            left = room - calls.cost
+            if left < 0 or left & 8:
+                raise calls.too_deep(th, "load")
+            th.room = left
+            try:
                 inst = self._new_instance("load")
                 calls.instance = inst
                 self._check_abi(inst)
+            finally:
+                th.room = room
             if policy.fresh_instance:
                 # Guest code ran in it (plugsafe_abi_version): the first call, too, gets a
                 # brand-new instance, made within that call's timeout.
