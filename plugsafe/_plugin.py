@@ -46,7 +46,7 @@ from ._log import logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
-from ._wasi import RunResult, WasiShims
+from ._wasi import SHIM_SHAPES, RunResult, WasiShims
 from ._wasmbin import MemoryDecl
 
 __all__ = ["CallInfo", "OnCall", "Plugin", "PluginMemory", "current_call"]
@@ -762,12 +762,23 @@ class Plugin(Closing):
             host_calls.binding(bound, imported.get(bound.name))
             for bound in self._functions.values()
         ]
-        if self._wasi is not None:
-            bindings += self._wasi.bindings(host_calls.sink(None))
+        wasi = self._wasi
+        sink = None if wasi is None else host_calls.sink(None)
         if self._linkers:
             linker = self._linkers[0].take(self._linker_key)
-            if linker is not None and linker.rebind(bindings):
-                return linker
+            if linker is not None:
+                shapes = [(b.numeric, b.module, b.name) for b in bindings]
+                targets: list[Callable[..., Any]] = [b.target for b in bindings]
+                sinks = [b.on_error for b in bindings]
+                if wasi is not None and sink is not None:
+                    # WASI's shims: their targets and sink, no Binding objects (issue 14).
+                    shapes += SHIM_SHAPES
+                    targets += wasi.targets()
+                    sinks += [sink] * len(SHIM_SHAPES)
+                if linker.retarget(shapes, targets, sinks):
+                    return linker
+        if wasi is not None and sink is not None:
+            bindings += wasi.bindings(sink)
         linker = rt.Linker(self._engine)
         if self._wasi is not None:
             # wasmtime's WASI first: plugsafe's shims (in the bindings) shadow three of it.

@@ -419,16 +419,28 @@ class Linker:
         the same shape (the pool's key: the same module and host functions). False, changing
         nothing, if the shapes differ.
         """
-        shapes = self._shapes
-        if len(bindings) != len(shapes) or not self.reusable:
+        return self.retarget(
+            [(b.numeric, b.module, b.name) for b in bindings],
+            [b.target for b in bindings],
+            [b.on_error for b in bindings],
+        )
+
+    def retarget(
+        self,
+        shapes: Sequence[tuple[bool, str, str]],
+        targets: Sequence[Callable[..., Any]],
+        sinks: Sequence[ErrorSink],
+    ) -> bool:
+        """:meth:`rebind` given each binding's (numeric, module, name), target and sink as
+        three lists (a load rebinding WASI's shims makes no Binding objects for them)."""
+        if list(shapes) != self._shapes or not self.reusable:
             return False
-        for b, shape in zip(bindings, shapes, strict=True):
-            if (b.numeric, b.module, b.name) != shape:
-                return False
-        sinks = self.record.sinks
-        for i, binding in enumerate(bindings):
-            self._slots[i][0] = binding.target
-            sinks[i] = binding.on_error
+        if len(targets) != len(shapes) or len(sinks) != len(shapes):
+            return False
+        record_sinks = self.record.sinks
+        for i, slot in enumerate(self._slots):
+            slot[0] = targets[i]
+            record_sinks[i] = sinks[i]
         self.record.caller = None
         self.record.pending = None
         return True
