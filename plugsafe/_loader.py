@@ -295,6 +295,9 @@ class ModuleLoader:
         self._wat: OrderedDict[bytes, bytes] = OrderedDict()
         # The last policy's caps (a policy is frozen: loads under one policy share them).
         self._caps: tuple[Policy | None, Caps] = (None, caps_of(Policy()))
+        # The last load that needed no precheck (_Entry, policy, name argument, result): one
+        # app loading the same bytes again and again gets the same result without redoing it.
+        self._last: tuple[object, object, object, LoadedModule | None] = (None, None, None, None)
 
     def load(
         self, source: Source, policy: Policy, engine: rt.Engine, name: str | None = None
@@ -329,6 +332,19 @@ class ModuleLoader:
                 self._modules[key] = entry
                 while len(self._modules) > _MODULE_CACHE_SIZE:
                     self._modules.popitem(last=False)
+        last = self._last
+        if (
+            last[0] is entry
+            and last[1] is policy
+            and last[2] is name
+            and last[3] is not None
+            and last[3].source is data
+            and last[3].engine is engine
+        ):
+            # The very load before this one again (the same bytes object, module, policy and
+            # name argument): its checks hold as they did, and its result is immutable.
+            return last[3]
+        name_arg = name
         if name is None:
             name = fallback or default_name(entry.digest)
         if entry.shape is None or not fits(entry.shape, caps):
@@ -342,7 +358,17 @@ class ModuleLoader:
             with self._lock:
                 if key in self._modules:
                     self._modules[key] = dataclasses.replace(entry, shape=shape)
-        return LoadedModule(
+            return LoadedModule(
+                name=name,
+                module=entry.module,
+                memories=entry.memories,
+                wasm=wasm,
+                format=fmt,
+                source=data,
+                policy=policy,
+                engine=engine,
+            )
+        loaded = LoadedModule(
             name=name,
             module=entry.module,
             memories=entry.memories,
@@ -352,6 +378,8 @@ class ModuleLoader:
             policy=policy,
             engine=engine,
         )
+        self._last = (entry, policy, name_arg, loaded)
+        return loaded
 
     def _to_wasm(self, data: bytes, what: str, max_size: int) -> tuple[bytes, Format]:
         """``to_wasm``, remembering the translation of WAT text (the same checks every time)."""
@@ -378,6 +406,7 @@ class ModuleLoader:
         with self._lock:
             self._modules.clear()
             self._wat.clear()
+            self._last = (None, None, None, None)
 
     def _compile(
         self, engine: rt.Engine, wasm: bytes, caps: Caps, policy: Policy, name: str | None

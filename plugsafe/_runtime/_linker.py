@@ -556,7 +556,7 @@ class LinkerPool:
                 except (KeyError, StopIteration, RuntimeError):
                     break
             free = self._free.setdefault(key, [])
-        if len(free) < self._per_key and not any(x is linker for x in free):
+        if len(free) < self._per_key and linker not in free:  # (Linkers compare by identity)
             free.append(linker)
 
     def clear(self) -> None:
