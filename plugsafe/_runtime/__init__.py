@@ -27,7 +27,8 @@ Modules: ``_backend`` (the Backend protocol, handles, failures, the one bounds c
 ``_cffi``/``_ctypes`` (the backends), ``_select`` (choosing one), ``_engine`` (Engine, the epoch
 ticker, wat_to_wasm), ``_module`` (Module and its description, read from the binary),
 ``_linker`` (Linker, LinkerPool, Binding, Caller, wasi_config), ``_funcref`` (FuncRef and the
-invoke closure), ``_instance`` (Instance), ``_ticker`` (epoch timers, the deadline guard, the
+invoke closure), ``_instance`` (Instance), ``_store`` (its store, made and freed through the C
+API directly), ``_ticker`` (epoch timers, the deadline guard, the
 switch interval while a deadline is due), ``_component`` (components: description, values, one
 store per instance), ``_hostmem`` (the components' memory creator), ``_forksafe`` (what a forked
 child must never delete).
