@@ -296,7 +296,8 @@ class ModuleLoader:
         # The last policy's caps (a policy is frozen: loads under one policy share them).
         self._caps: tuple[Policy | None, Caps] = (None, caps_of(Policy()))
         # The last load that needed no precheck (_Entry, policy, name argument, result): one
-        # app loading the same bytes again and again gets the same result without redoing it.
+        # app loading the same bytes again and again gets the same result without redoing it
+        # (the entry is kept too: the module stays usable even if the LRU has dropped it).
         self._last: tuple[object, object, object, LoadedModule | None] = (None, None, None, None)
 
     def load(
@@ -314,6 +315,18 @@ class ModuleLoader:
         data, fallback, what = read_source(source, policy.max_module_size)
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError("name must be a non-empty str")
+        last = self._last
+        if (
+            last[3] is not None
+            and last[3].source is data
+            and last[1] is policy
+            and last[2] is name
+            and last[3].engine is engine
+        ):
+            # The very load before this one again: the same bytes object (so the same module),
+            # policy object (frozen) and name argument. Its checks hold as they did (the size
+            # cap was checked again above), and its result is immutable.
+            return last[3]
         wasm, fmt = self._to_wasm(data, what, policy.max_module_size)
         memo = self._caps
         if memo[0] is policy:  # the same (frozen) policy as the last load: its caps
@@ -332,18 +345,6 @@ class ModuleLoader:
                 self._modules[key] = entry
                 while len(self._modules) > _MODULE_CACHE_SIZE:
                     self._modules.popitem(last=False)
-        last = self._last
-        if (
-            last[0] is entry
-            and last[1] is policy
-            and last[2] is name
-            and last[3] is not None
-            and last[3].source is data
-            and last[3].engine is engine
-        ):
-            # The very load before this one again (the same bytes object, module, policy and
-            # name argument): its checks hold as they did, and its result is immutable.
-            return last[3]
         name_arg = name
         if name is None:
             name = fallback or default_name(entry.digest)

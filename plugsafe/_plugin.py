@@ -108,7 +108,15 @@ class ModuleFacts:
     """What every Plugin of one module derives from its exports and imports alone (made once
     per compiled module, kept on it: ``rt.Module.facts``; issue 14: a load redid it)."""
 
-    __slots__ = ("allocator", "has_imports", "imported", "problem", "reactor", "versioned")
+    __slots__ = (
+        "allocator",
+        "diagnosis",
+        "has_imports",
+        "imported",
+        "problem",
+        "reactor",
+        "versioned",
+    )
 
     def __init__(self, module: rt.Module) -> None:
         exports = module.exports
@@ -133,6 +141,8 @@ class ModuleFacts:
             for imp in module.imports
             if imp.module == _abi.HOST_MODULE and imp.kind == "func"
         }
+        # The last plugin's Diagnosis (frozen: plugins of the same name and policy share it).
+        self.diagnosis: Diagnosis | None = None
 
 
 def module_facts(module: rt.Module) -> ModuleFacts:
@@ -293,9 +303,19 @@ class Plugin(Closing):
                 )
         self._check_exports()
 
-        self._diagnosis = diagnosis = Diagnosis(
-            name, policy.fuel, policy.timeout, policy.memory, memory_per
-        )
+        diagnosis = facts.diagnosis
+        if (
+            diagnosis is None
+            or diagnosis.plugin != name
+            or diagnosis.memory_per != memory_per
+            or diagnosis.fuel != policy.fuel
+            or diagnosis.timeout != policy.timeout
+            or diagnosis.memory != policy.memory
+        ):
+            diagnosis = facts.diagnosis = Diagnosis(
+                name, policy.fuel, policy.timeout, policy.memory, memory_per
+            )
+        self._diagnosis = diagnosis
         self._calls = calls = CallPath(
             name=name,
             policy=policy,

@@ -140,7 +140,10 @@ class Instance:
             self._period = epochs.period
             # The store checks the wall clock when its epoch deadline comes (never early).
             guard(self, store.ptr, self._arming, timeout, epochs)
-        self.set_budget()
+        # set_budget, inline (a load or fresh instance makes one call fewer).
+        if self._metered:
+            self._set_fuel(self._ctx, self._fuel)
+        self._arm()
         if until is not None:
             # Made for a call that started earlier (``until`` is its deadline): the start
             # function runs on what is left of that call's time, not on a timeout of its own.
