@@ -34,6 +34,9 @@ from ._plugin import OnCall, Plugin
 from ._policy import Policy
 from ._pooling import Pooling
 
+# The first 8 bytes of every core module binary (magic, version 1): never a component's.
+_CORE_PREAMBLE = b"\x00asm\x01\x00\x00\x00"
+
 __all__ = ["BUILTIN_FUNCTIONS", "Host", "Source"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -210,6 +213,9 @@ class Host(Closing):
     # -- loading ------------------------------------------------------------------------------
 
     def _engine(self, metered: bool) -> rt.Engine:
+        engine = self._engines.get(metered)  # made once, never replaced: no lock to read it
+        if engine is not None:
+            return engine
         with self._lock:
             engine = self._engines.get(metered)
             if engine is None:
@@ -249,7 +255,10 @@ class Host(Closing):
         A WebAssembly component (binary, or ``(component ...)`` text) loads as a
         :class:`ComponentPlugin` instead (see :meth:`load_component`, typed as such).
         """
-        if is_component_source(source):
+        # A core module's binary preamble settles it at once (no 4 KiB copy to sniff).
+        if not (type(source) is bytes and source[:8] == _CORE_PREAMBLE) and is_component_source(
+            source
+        ):
             return self.load_component(source, policy=policy, name=name)  # type: ignore[return-value]
         return self._instantiate(self._prepare(source, policy=policy, name=name))
 
@@ -346,7 +355,8 @@ class Host(Closing):
         policy = _default_policy() if policy is None else policy
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a plugsafe.Policy, got {type(policy).__name__}")
-        missing = sorted(policy.allow - self._functions.keys())
+        allow = policy.allow
+        missing = sorted(allow - self._functions.keys()) if allow else ()
         if missing:
             raise PolicyError(
                 f"allow: {', '.join(map(repr, missing))} "

@@ -293,6 +293,12 @@ class ModuleLoader:
         # WAT text already translated, by the text itself (translating is a pure function of
         # it, and cost ~0.1-1 ms on every load of a .wat plugin: issue 14).
         self._wat: OrderedDict[bytes, bytes] = OrderedDict()
+        # The last policy's caps (a policy is frozen: loads under one policy share them).
+        self._caps: tuple[Policy | None, Caps] = (None, caps_of(Policy()))
+        # The last load that needed no precheck (_Entry, policy, name argument, result): one
+        # app loading the same bytes again and again gets the same result without redoing it
+        # (the entry is kept too: the module stays usable even if the LRU has dropped it).
+        self._last: tuple[object, object, object, LoadedModule | None] = (None, None, None, None)
 
     def load(
         self, source: Source, policy: Policy, engine: rt.Engine, name: str | None = None
@@ -309,8 +315,25 @@ class ModuleLoader:
         data, fallback, what = read_source(source, policy.max_module_size)
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError("name must be a non-empty str")
+        last = self._last
+        if (
+            last[3] is not None
+            and last[3].source is data
+            and last[1] is policy
+            and last[2] is name
+            and last[3].engine is engine
+        ):
+            # The very load before this one again: the same bytes object (so the same module),
+            # policy object (frozen) and name argument. Its checks hold as they did (the size
+            # cap was checked again above), and its result is immutable.
+            return last[3]
         wasm, fmt = self._to_wasm(data, what, policy.max_module_size)
-        caps = caps_of(policy)
+        memo = self._caps
+        if memo[0] is policy:  # the same (frozen) policy as the last load: its caps
+            caps = memo[1]
+        else:
+            caps = caps_of(policy)
+            self._caps = (policy, caps)
         key = (engine.metered, wasm)
         with self._lock:
             entry = self._modules.get(key)
@@ -322,6 +345,7 @@ class ModuleLoader:
                 self._modules[key] = entry
                 while len(self._modules) > _MODULE_CACHE_SIZE:
                     self._modules.popitem(last=False)
+        name_arg = name
         if name is None:
             name = fallback or default_name(entry.digest)
         if entry.shape is None or not fits(entry.shape, caps):
@@ -335,7 +359,17 @@ class ModuleLoader:
             with self._lock:
                 if key in self._modules:
                     self._modules[key] = dataclasses.replace(entry, shape=shape)
-        return LoadedModule(
+            return LoadedModule(
+                name=name,
+                module=entry.module,
+                memories=entry.memories,
+                wasm=wasm,
+                format=fmt,
+                source=data,
+                policy=policy,
+                engine=engine,
+            )
+        loaded = LoadedModule(
             name=name,
             module=entry.module,
             memories=entry.memories,
@@ -345,6 +379,8 @@ class ModuleLoader:
             policy=policy,
             engine=engine,
         )
+        self._last = (entry, policy, name_arg, loaded)
+        return loaded
 
     def _to_wasm(self, data: bytes, what: str, max_size: int) -> tuple[bytes, Format]:
         """``to_wasm``, remembering the translation of WAT text (the same checks every time)."""
@@ -371,6 +407,7 @@ class ModuleLoader:
         with self._lock:
             self._modules.clear()
             self._wat.clear()
+            self._last = (None, None, None, None)
 
     def _compile(
         self, engine: rt.Engine, wasm: bytes, caps: Caps, policy: Policy, name: str | None

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
 if TYPE_CHECKING:  # concurrent.futures is imported when call_async first runs (issue 14)
     from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +45,7 @@ from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
-from ._wasi import RunResult, WasiShims
+from ._wasi import SHIM_SHAPES, RunResult, WasiShims
 from ._wasmbin import MemoryDecl
 
 __all__ = ["CallInfo", "OnCall", "Plugin", "PluginMemory", "current_call"]
@@ -103,6 +103,69 @@ def _json_in(value: Any) -> bytes:
     return text.encode("utf-8")
 
 
+class ModuleFacts:
+    """What every Plugin of one module derives from its exports and imports alone (made once
+    per compiled module, kept on it: ``rt.Module.facts``; issue 14: a load redid it)."""
+
+    __slots__ = (
+        "allocator",
+        "diagnosis",
+        "has_imports",
+        "imported",
+        "problem",
+        "reactor",
+        "versioned",
+    )
+
+    def __init__(self, module: rt.Module) -> None:
+        exports = module.exports
+        # The type of every export plugsafe itself calls, checked before anything runs (see
+        # Plugin._check_exports): the first problem, or None.
+        self.problem: str | None = None
+        for name, want in (
+            (_abi.VERSION_EXPORT, _abi.VERSION_TYPE),
+            ("_initialize", _abi.ENTRY_TYPE),
+        ):
+            if name in exports and self.problem is None:
+                self.problem = _abi.export_problem(exports, name, want)
+        self.reactor = "_initialize" in exports
+        self.versioned = _abi.VERSION_EXPORT in exports
+        alloc_ok = _abi.export_problem(exports, _abi.ALLOC_EXPORT, _abi.ALLOC_TYPE) is None
+        self.allocator = _abi.ALLOC_EXPORT.encode() if alloc_ok else None
+        self.has_imports = bool(module.imports)
+        # The type each host function is imported with (an ``int`` as i32 or i64, ...): the
+        # Linker binds it so; the import check accepted that type.
+        self.imported = {
+            imp.name: (imp.params, imp.results)
+            for imp in module.imports
+            if imp.module == _abi.HOST_MODULE and imp.kind == "func"
+        }
+        # The last plugin's Diagnosis (frozen: plugins of the same name and policy share it).
+        self.diagnosis: Diagnosis | None = None
+
+
+def module_facts(module: rt.Module) -> ModuleFacts:
+    """``module``'s facts, made on first use (two threads may both make them: same result)."""
+    facts = module.facts
+    if facts is None:
+        facts = module.facts = ModuleFacts(module)
+    assert isinstance(facts, ModuleFacts)
+    return facts
+
+
+def _closed(name: str) -> Callable[..., NoReturn]:
+    """What a released plugin's call path calls instead of its short paths and instances."""
+
+    def closed(*_args: object, **_kwargs: object) -> NoReturn:
+        raise PluginClosedError(f"plugin {name!r} is closed")
+
+    return closed
+
+
+def _nothing() -> None:
+    return None
+
+
 class ReleaseAfter:
     """``with ReleaseAfter(lock):`` releases a lock already acquired (bounded, elsewhere)."""
 
@@ -130,8 +193,11 @@ class PluginMemory:
     Reads and writes go to the plugin's current instance; after a trap that is the fresh one.
     """
 
-    def __init__(self, plugin: Plugin) -> None:
-        self._plugin = plugin
+    def __init__(self, calls: CallPath, name: str) -> None:
+        # The plugin's call path and name, not the Plugin: no reference cycle, so that a
+        # closed plugin is freed at once, by reference counting (see Plugin._released).
+        self._calls = calls
+        self._name = name
 
     @staticmethod
     def _check(offset: int, length: int) -> None:
@@ -150,9 +216,9 @@ class PluginMemory:
                 self._within(target, offset, length)
                 return target.read(offset, length)
             except rt.GuestMemoryError as exc:
-                raise MemoryAccessError(f"plugin {self._plugin.name!r}: {exc}") from None
+                raise MemoryAccessError(f"plugin {self._name!r}: {exc}") from None
 
-        return self._plugin._calls.with_instance(op)
+        return self._calls.with_instance(op)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` into memory at ``offset``; MemoryAccessError if out of range."""
@@ -164,9 +230,9 @@ class PluginMemory:
                 self._within(target, offset, len(payload))
                 target.write(offset, payload)
             except rt.GuestMemoryError as exc:
-                raise MemoryAccessError(f"plugin {self._plugin.name!r}: {exc}") from None
+                raise MemoryAccessError(f"plugin {self._name!r}: {exc}") from None
 
-        self._plugin._calls.with_instance(op)
+        self._calls.with_instance(op)
 
     @staticmethod
     def _within(target: rt.Instance | rt.Caller, offset: int, length: int) -> None:
@@ -182,7 +248,7 @@ class PluginMemory:
         def op(target: rt.Instance | rt.Caller) -> int:
             return target.memory_size()
 
-        return self._plugin._calls.with_instance(op)
+        return self._calls.with_instance(op)
 
 
 class Plugin(Closing):
@@ -217,6 +283,7 @@ class Plugin(Closing):
         self._engine = engine
         self._module = module
         self._on_close = on_close
+        self._facts = facts = module_facts(module)
         logger = logger_for(name)
 
         count = max(len(memories), 1)
@@ -235,15 +302,25 @@ class Plugin(Closing):
                 )
         self._check_exports()
 
-        self._diagnosis = diagnosis = Diagnosis(
-            name, policy.fuel, policy.timeout, policy.memory, memory_per
-        )
+        diagnosis = facts.diagnosis
+        if (
+            diagnosis is None
+            or diagnosis.plugin != name
+            or diagnosis.memory_per != memory_per
+            or diagnosis.fuel != policy.fuel
+            or diagnosis.timeout != policy.timeout
+            or diagnosis.memory != policy.memory
+        ):
+            diagnosis = facts.diagnosis = Diagnosis(
+                name, policy.fuel, policy.timeout, policy.memory, memory_per
+            )
+        self._diagnosis = diagnosis
         self._calls = calls = CallPath(
             name=name,
             policy=policy,
             diagnosis=diagnosis,
             logger=logger,
-            has_imports=bool(module.imports),
+            has_imports=facts.has_imports,
             exports=module.exports,
             new_instance=self._new_instance,
             on_closed=self._released,
@@ -270,10 +347,10 @@ class Plugin(Closing):
             engine,
             module,
             policy.wasi is not None,
-            tuple((name, id(bound)) for name, bound in functions.items()),
+            tuple([(name, id(bound)) for name, bound in functions.items()]) if functions else (),
         )
         self._linker = self._build_linker()
-        self.memory = PluginMemory(self)
+        self.memory = PluginMemory(calls, name)
         # The per-call entry points, set on the instance so that ``plugin.call(...)`` is the
         # call path's closure itself, with no delegating frame (the methods below document them
         # and serve calls made through the class, ``Plugin.call(plugin, ...)``).
@@ -286,6 +363,8 @@ class Plugin(Closing):
             fn.__module__ = "plugsafe"
         self.call = calls.call  # type: ignore[method-assign]
         self.invoke = calls.invoke  # type: ignore[method-assign]
+        # Kept here as well: the call path lets go of them once the plugin is released.
+        self._short_call, self._short_invoke = calls.call, calls.invoke
         if on_call is not None:
             # Only then is there a frame around the short paths (no cost for hosts without).
             short_call, short_invoke = calls.call, calls.invoke
@@ -319,11 +398,14 @@ class Plugin(Closing):
         calls.linker, calls.host_record = self._linker, self._linker.record
         self._ticks = rt.NO_DEADLINE_TICKS
         self._epochs: rt.Ticker | None = None
+        self._timeout_ticks: int | None = None
         loading = None
         if policy.timeout is not None:
             ticker.ensure_running()
             self._epochs = epochs = engine.ticker
             epochs.use_timeout(policy.timeout)
+            # Every instance's deadline in ticks: the same for each (the period is fixed).
+            self._timeout_ticks = epochs.ticks(policy.timeout)
             # The ticker stops as soon as none of the locks its timed calls hold is held: every
             # call holds the call lock; the load (instantiating, the ABI check) a lock of its own.
             epochs.watch(calls.lock)
@@ -332,11 +414,20 @@ class Plugin(Closing):
             loading.acquire()
         try:
             # Loading runs wasm on this thread's stack: counted like a call (a host function
-            # may be loading plugins).
-            with calls.nested_load():
+            # may be loading plugins), as CallPath.nested_load does (inline: no generator and
+            # context manager per load).
+            th = thread_room()
+            room = th.room
+            left = room - calls.cost
+            if left < 0 or left & 8:
+                raise calls.too_deep(th, "load")
+            th.room = left
+            try:
                 inst = self._new_instance("load")
                 calls.instance = inst
                 self._check_abi(inst)
+            finally:
+                th.room = room
             if policy.fresh_instance:
                 # Guest code ran in it (plugsafe_abi_version): the first call, too, gets a
                 # brand-new instance, made within that call's timeout.
@@ -396,11 +487,11 @@ class Plugin(Closing):
         or an input/output over the policy's caps, PluginTrap on a trap, and LimitExceeded
         subclasses when fuel, time, memory or host calls run out.
         """
-        return self._calls.call(function, data, context=context)
+        return self._short_call(function, data, context)
 
     def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """Call ``function`` with ``value`` as JSON and return the JSON it answers, decoded."""
-        call = self._calls.call  # not self.call: on_call reports the whole, decoding included
+        call = self._short_call  # not self.call: on_call reports the whole, decoding included
         return self._reported(
             function,
             context,
@@ -432,7 +523,7 @@ class Plugin(Closing):
         Integer results come back signed. Returns None, one value, or a tuple for several
         results. ``context`` as for :meth:`call`.
         """
-        return self._calls.invoke(function, *args, context=context)
+        return self._short_invoke(function, *args, context=context)
 
     async def call_async(
         self,
@@ -668,6 +759,13 @@ class Plugin(Closing):
             # the Linker before another plugin may have it (Linker.retire).
             linkers.give(self._linker_key, self._linker)
         self._on_close(self)
+        # Nothing runs on this plugin again: the call path lets go of everything that points
+        # back at it, so that a closed plugin is freed by reference counting the moment the
+        # app drops it, not by the garbage collector (issue 14: the cycles of every load and
+        # close made collections run, ~10 us a load).
+        calls = self._calls
+        calls.call = calls.invoke = calls.new_instance = _closed(self._name)
+        calls.on_closed = _nothing
 
     def _build_linker(self) -> rt.Linker:
         """A Linker with this plugin's host functions (and WASI) bound to its callbacks.
@@ -676,23 +774,30 @@ class Plugin(Closing):
         same; else built (and prepared by the caller).
         """
         # Each function is bound with the type this module imports it with (an ``int`` as i32
-        # or i64, ...): decided here, per plugin; the import check accepted that type.
-        imported = {
-            imp.name: (imp.params, imp.results)
-            for imp in self._module.imports
-            if imp.module == _abi.HOST_MODULE and imp.kind == "func"
-        }
+        # or i64, ...); the import check accepted that type.
+        imported = self._facts.imported
         host_calls = self._host_calls
         bindings = [
             host_calls.binding(bound, imported.get(bound.name))
             for bound in self._functions.values()
         ]
-        if self._wasi is not None:
-            bindings += self._wasi.bindings(host_calls.sink(None))
+        wasi = self._wasi
+        sink = None if wasi is None else host_calls.sink(None)
         if self._linkers:
             linker = self._linkers[0].take(self._linker_key)
-            if linker is not None and linker.rebind(bindings):
-                return linker
+            if linker is not None:
+                shapes = [(b.numeric, b.module, b.name) for b in bindings]
+                targets: list[Callable[..., Any]] = [b.target for b in bindings]
+                sinks = [b.on_error for b in bindings]
+                if wasi is not None and sink is not None:
+                    # WASI's shims: their targets and sink, no Binding objects (issue 14).
+                    shapes += SHIM_SHAPES
+                    targets += wasi.targets()
+                    sinks += [sink] * len(SHIM_SHAPES)
+                if linker.retarget(shapes, targets, sinks):
+                    return linker
+        if wasi is not None and sink is not None:
+            bindings += wasi.bindings(sink)
         linker = rt.Linker(self._engine)
         if self._wasi is not None:
             # wasmtime's WASI first: plugsafe's shims (in the bindings) shadow three of it.
@@ -703,8 +808,12 @@ class Plugin(Closing):
 
     def _new_instance(self, phase: Phase) -> rt.Instance:
         """A fresh instance for calls (its WASI output, if any, is discarded: nobody reads it)."""
-        cfg = None if self._wasi is None else self._wasi.config(None, None, read=False)[0]
-        return self._instantiate(phase, cfg)
+        wasi = self._wasi
+        if wasi is None:
+            return self._instantiate(phase, None)
+        if wasi.bare:  # a bare WASI context, made in C (no WasiConfig: issue 14)
+            return self._instantiate(phase, rt.DEFAULT_WASI)
+        return self._instantiate(phase, wasi.config(None, None, read=False)[0])
 
     def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:
         """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget."""
@@ -740,6 +849,7 @@ class Plugin(Closing):
                 timeout=self._policy.timeout,
                 wasi=wasi,
                 until=state.call_deadline,  # made for a call: within that call's timeout
+                timeout_ticks=self._timeout_ticks,
             )
             if self._reactor:  # its type was checked at load (_check_exports)
                 state.function = "_initialize"
@@ -797,25 +907,19 @@ class Plugin(Closing):
         function called with a type it does not have reads and writes value slots that are not
         there (issue 12, class 1: SIGILL). ABI functions and ``invoke`` targets are checked
         when first called (``CallPath.call_abi``, ``CallPath.check_invoke``), ``_start`` by
-        ``run``.
+        ``run``. The checks run once per module (``ModuleFacts``); each load raises their
+        verdict.
         """
-        exports = self._module.exports
-        for name, want in (
-            (_abi.VERSION_EXPORT, _abi.VERSION_TYPE),
-            ("_initialize", _abi.ENTRY_TYPE),
-        ):
-            if name in exports:
-                problem = _abi.export_problem(exports, name, want)
-                if problem is not None:
-                    raise PluginLoadError(f"plugin {self._name!r}: {problem}")
-        self._reactor = "_initialize" in exports
-        alloc_ok = _abi.export_problem(exports, _abi.ALLOC_EXPORT, _abi.ALLOC_TYPE) is None
-        self._allocator = _abi.ALLOC_EXPORT.encode() if alloc_ok else None
+        facts = self._facts
+        if facts.problem is not None:
+            raise PluginLoadError(f"plugin {self._name!r}: {facts.problem}")
+        self._reactor = facts.reactor
+        self._allocator = facts.allocator
 
     def _check_abi(self, inst: rt.Instance) -> None:
-        exports = self._module.exports
-        if _abi.VERSION_EXPORT not in exports:
+        if not self._facts.versioned:
             return
+        exports = self._module.exports
         ref = inst.func(_abi.VERSION_EXPORT)  # its type was checked by _check_exports
         assert ref is not None
         state = self._calls.state

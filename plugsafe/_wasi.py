@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -180,6 +180,17 @@ class OutputSink:
 _UNREAD = OutputSink("discard", 0)
 
 
+_I32 = ("i32",)
+# The WASI functions plugsafe serves itself: (name, params, results), in definition order.
+SHIMS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("poll_oneoff", _I32 * 4, _I32),
+    ("clock_time_get", ("i32", "i64", "i32"), _I32),
+    ("path_symlink", _I32 * 5, _I32),
+)
+# Their (numeric, module, name) as a Linker records them (Linker.retarget).
+SHIM_SHAPES: list[tuple[bool, str, str]] = [(False, WASI_MODULE, name) for name, _p, _r in SHIMS]
+
+
 class WasiShims:
     """The host side of one plugin's WASI: each instance's WasiConfig, and plugsafe's shims.
 
@@ -198,6 +209,17 @@ class WasiShims:
         self.state = state
         self.diagnosis = diagnosis
         self.clock_base = time.monotonic_ns()
+        # An instance made for calls, under a Wasi with nothing to set (no arguments, variables,
+        # stdin or preopens; output not inherited, so discarded): a bare WASI context, made in
+        # C with no WasiConfig object (``rt.DEFAULT_WASI``, Plugin._new_instance).
+        self.bare = not (
+            wasi.args
+            or wasi.env
+            or wasi.stdin
+            or wasi.preopens
+            or wasi.stdout == "inherit"
+            or wasi.stderr == "inherit"
+        )
 
     def define(self, linker: rt.Linker, on_error: rt.ErrorSink) -> None:
         """Offer WASI preview 1 in ``linker``, with plugsafe's shims shadowing wasmtime's."""
@@ -209,15 +231,14 @@ class WasiShims:
         """plugsafe's shims as this plugin serves them (defined after wasmtime's WASI)."""
         from . import _runtime as rt
 
-        i32 = ("i32",)
         return [
-            rt.Binding(False, WASI_MODULE, "poll_oneoff", i32 * 4, i32, self.poll_oneoff,
-                       on_error),
-            rt.Binding(False, WASI_MODULE, "clock_time_get", ("i32", "i64", "i32"), i32,
-                       self.clock_time_get, on_error),
-            rt.Binding(False, WASI_MODULE, "path_symlink", i32 * 5, i32, _refuse_symlink,
-                       on_error),
-        ]  # fmt: skip
+            rt.Binding(False, WASI_MODULE, name, params, results, target, on_error)
+            for (name, params, results), target in zip(SHIMS, self.targets(), strict=True)
+        ]
+
+    def targets(self) -> list[Callable[[rt.Caller, list[Any]], list[Any]]]:
+        """What serves each of :data:`SHIMS` for this plugin, in order."""
+        return [self.poll_oneoff, self.clock_time_get, _refuse_symlink]
 
     def config(
         self, args: Sequence[str] | None, stdin: bytes | None, *, read: bool = True

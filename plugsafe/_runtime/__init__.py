@@ -27,7 +27,8 @@ Modules: ``_backend`` (the Backend protocol, handles, failures, the one bounds c
 ``_cffi``/``_ctypes`` (the backends), ``_select`` (choosing one), ``_engine`` (Engine, the epoch
 ticker, wat_to_wasm), ``_module`` (Module and its description, read from the binary),
 ``_linker`` (Linker, LinkerPool, Binding, Caller, wasi_config), ``_funcref`` (FuncRef and the
-invoke closure), ``_instance`` (Instance), ``_ticker`` (epoch timers, the deadline guard, the
+invoke closure), ``_instance`` (Instance), ``_store`` (its store, made and freed through the C
+API directly), ``_ticker`` (epoch timers, the deadline guard, the
 switch interval while a deadline is due), ``_component`` (components: description, values, one
 store per instance), ``_hostmem`` (the components' memory creator), ``_forksafe`` (what a forked
 child must never delete).
@@ -61,6 +62,7 @@ from ._instance import Instance
 from ._linker import Binding, Caller, ErrorSink, HostCallback, Linker, LinkerPool, wasi_config
 from ._module import NUMERIC_TYPES, Description, Module, describe_binary, parse_description
 from ._select import BACKEND, DEFAULT, select_backend
+from ._store import DEFAULT_WASI
 from ._ticker import Ticker
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "Backend",
     "Binding",
     "Caller",
+    "DEFAULT_WASI",
     "Description",
     "Engine",
     "EpochTicker",

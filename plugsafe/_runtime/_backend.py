@@ -367,6 +367,9 @@ class Backend(Protocol):
     def ctx(self, store: wasmtime.Store) -> Ctx:
         """The store's context."""
 
+    def ctx_at(self, address: int) -> Ctx:
+        """The context at ``address`` (a ``wasmtime_context_t *``: ``_store.Store.ctx``)."""
+
     def buf(self, n: int) -> RawSlots:
         """A fresh, zeroed array of ``n`` raw value slots."""
 

@@ -126,6 +126,9 @@ class CffiBackend(CffiTraps):
     def ctx(self, store: wasmtime.Store) -> Ctx:
         return Ctx(self.ffi.cast("wasmtime_context_t *", address(store._context())))
 
+    def ctx_at(self, address: int) -> Ctx:
+        return Ctx(self.ffi.cast("wasmtime_context_t *", address))
+
     def buf(self, n: int) -> RawSlots:
         return cast(RawSlots, self.ffi.new("wasmtime_val_raw_t[]", n))
 

@@ -40,6 +40,7 @@ __all__ = ["CtypesBackend"]
 
 _TrapPtr = POINTER(wf.wasm_trap_t)
 _CallerPtr = POINTER(wf.wasmtime_caller_t)
+_ContextPtr = POINTER(wf.wasmtime_context_t)
 
 
 def _raise(error: object, trap: object) -> None:
@@ -67,6 +68,9 @@ class CtypesBackend(CffiTraps):
 
     def ctx(self, store: wasmtime.Store) -> Ctx:
         return Ctx(store._context())
+
+    def ctx_at(self, address: int) -> Ctx:
+        return Ctx(ctypes.cast(address, _ContextPtr))
 
     def buf(self, n: int) -> RawSlots:
         return cast(RawSlots, (wf.wasmtime_val_raw_t * n)())

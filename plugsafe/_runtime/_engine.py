@@ -6,6 +6,7 @@ the engine, for the life of the process). ``EpochTicker`` is only a Host's view 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import threading
@@ -145,6 +146,8 @@ class Engine:
             self.settings += ";hostmem"
         self._engine = wasmtime.Engine(cfg)
         self._ptr = self._engine.ptr()
+        # Its address, for stores made through the C API directly (_store.Store).
+        self.address: int = ctypes.cast(self._ptr, ctypes.c_void_p).value or 0
         self._ticker: Ticker | None = None
         self._functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], wasmtime.FuncType] = {}
 

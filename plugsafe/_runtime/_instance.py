@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
-
-import wasmtime
+from typing import Any
 
 from ._backend import (
     EMPTY_WINDOW,
@@ -25,10 +22,10 @@ from ._backend import (
     WasmFailure,
     Window,
     check_span,
+    failure_from_addresses,
     pool_exhausted,
 )
 from ._engine import Engine
-from ._forksafe import forksafe
 from ._funcref import (
     ArgumentsDoNotFit,
     Budget,
@@ -41,6 +38,7 @@ from ._funcref import (
 )
 from ._linker import Linker
 from ._module import Module
+from ._store import Store
 from ._ticker import Ticker, guard, limit, unlimit
 
 __all__ = ["Instance"]
@@ -95,24 +93,29 @@ class Instance:
         timeout: float | None = None,
         wasi: object = None,
         until: float | None = None,
+        timeout_ticks: int | None = None,
     ) -> None:
         self._b = b = linker.backend
         # Bound once: abi_call, the plugin ABI's hot path, calls it on every call.
         self._set_fuel = b.set_fuel
         self._metered = engine.metered
-        # Never deleted in a forked child (see _forksafe: freed inside os.fork(), it could hang).
-        self._store = forksafe(wasmtime.Store(engine._engine))
-        if wasi is not None:
-            # What wasi_config made (the Plugin keeps it as a plain object).
-            self._store.set_wasi(cast(wasmtime.WasiConfig, wasi))
-        self._store.set_limits(
+        # Made through the C API directly (_store: ~20 us less than wasmtime-py's Store,
+        # set_limits, WasiConfig and set_wasi); never deleted in a forked child (_forksafe).
+        self._store = store = Store(engine.address)
+        store.limit(
             memory_size=memory_size,
             table_elements=table_elements,
             instances=1,
             tables=tables,
             memories=memories,
         )
-        self._ctx = b.ctx(self._store)
+        self._ctx = b.ctx_at(store.ctx)
+        if wasi is not None:
+            # DEFAULT_WASI, or what wasi_config made (the Plugin keeps it as a plain object).
+            error = store.set_wasi(wasi)
+            if error:
+                store.close()
+                raise failure_from_addresses(error, 0)
         # Set by release(): the store is gone, and the memory and fuel readers answer these.
         self._final: int | None = None
         self._fuel_final = 0
@@ -122,18 +125,25 @@ class Instance:
         # ``epochs``: the engine's ticker when calls have a ``timeout`` (then the deadline, in
         # ticks, is the ticker's for it, and ``deadline_ticks`` is unused); None for a fixed
         # ``deadline_ticks`` (the far-off NO_DEADLINE_TICKS, or a test's).
+        # (``timeout_ticks``: ``epochs.ticks(timeout)`` as the caller computed it once.)
         self._ticker = epochs
-        self._ticks = deadline_ticks if epochs is None else epochs.ticks(cast(float, timeout))
-        self._period = 0.0 if epochs is None else epochs.period
         # When (perf_counter) the deadline was last armed, shared with every invoker of this
         # instance (a list, so the invokers need no reference back to the instance), and a
         # limit to one call's end (see _ticker.limit).
         self._arming = [-math.inf, -math.inf, math.inf]
-        if epochs is not None:
+        if epochs is None:
+            self._ticks = deadline_ticks
+            self._period = 0.0
+        else:
+            assert timeout is not None
+            self._ticks = epochs.ticks(timeout) if timeout_ticks is None else timeout_ticks
+            self._period = epochs.period
             # The store checks the wall clock when its epoch deadline comes (never early).
-            store_ptr = ctypes.cast(self._store.ptr(), ctypes.c_void_p).value or 0
-            guard(self, store_ptr, self._arming, cast(float, timeout), epochs)
-        self.set_budget()
+            guard(self, store.ptr, self._arming, timeout, epochs)
+        # set_budget, inline (a load or fresh instance makes one call fewer).
+        if self._metered:
+            self._set_fuel(self._ctx, self._fuel)
+        self._arm()
         if until is not None:
             # Made for a call that started earlier (``until`` is its deadline): the start
             # function runs on what is left of that call's time, not on a timeout of its own.
@@ -147,11 +157,12 @@ class Instance:
             full = pool_exhausted(failure)
             if full is not None:
                 self._final = 0
-                self._store.close()  # give nothing of the pool away for longer than this
+                store.close()  # give nothing of the pool away for longer than this
                 raise full from None
             raise
         self._exports = module.exports
         self._scratch = linker.scratch
+        self._raw_call = linker.raw_call
         # The host callbacks must outlive this store: freeing them while it can still call
         # them would send wasm to freed code. Held here too, so dropping the Linker is safe.
         self._callbacks = linker._keep
@@ -277,7 +288,7 @@ class Instance:
         arg = b.func_arg(func)
         ref = FuncRef(name, func, arg, info.params, info.results, *scratch)
         # The C call with every argument bound: one attribute load on the hot path, not five.
-        ref.call = functools.partial(b.raw_call, self._ctx, arg, ref.buf, ref.width, ref.trap)
+        ref.call = functools.partial(self._raw_call, self._ctx, arg, ref.buf, ref.width, ref.trap)
         self.funcs[name] = ref
         return ref
 

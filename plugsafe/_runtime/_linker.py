@@ -253,6 +253,9 @@ class Linker:
         # every instance made from this linker: they belong to one Plugin, whose calls never
         # overlap (a later plugin gets the Linker only once every store of the first is closed).
         self.scratch: dict[str, Scratch] = {}
+        # The backend's raw call, read once here: every instance binds it into each function
+        # it looks up, and the property builds its typing cast on every read (~1 us).
+        self.raw_call = backend.raw_call
         # What serves each defined callback, in definition order: a one-item list the C entry
         # reads on every call (rebind swaps the item), and the binding's (numeric, module, name).
         self._slots: list[list[Any]] = []
@@ -419,16 +422,28 @@ class Linker:
         the same shape (the pool's key: the same module and host functions). False, changing
         nothing, if the shapes differ.
         """
-        shapes = self._shapes
-        if len(bindings) != len(shapes) or not self.reusable:
+        return self.retarget(
+            [(b.numeric, b.module, b.name) for b in bindings],
+            [b.target for b in bindings],
+            [b.on_error for b in bindings],
+        )
+
+    def retarget(
+        self,
+        shapes: Sequence[tuple[bool, str, str]],
+        targets: Sequence[Callable[..., Any]],
+        sinks: Sequence[ErrorSink],
+    ) -> bool:
+        """:meth:`rebind` given each binding's (numeric, module, name), target and sink as
+        three lists (a load rebinding WASI's shims makes no Binding objects for them)."""
+        if list(shapes) != self._shapes or not self.reusable:
             return False
-        for b, shape in zip(bindings, shapes, strict=True):
-            if (b.numeric, b.module, b.name) != shape:
-                return False
-        sinks = self.record.sinks
-        for i, binding in enumerate(bindings):
-            self._slots[i][0] = binding.target
-            sinks[i] = binding.on_error
+        if len(targets) != len(shapes) or len(sinks) != len(shapes):
+            return False
+        record_sinks = self.record.sinks
+        for i, slot in enumerate(self._slots):
+            slot[0] = targets[i]
+            record_sinks[i] = sinks[i]
         self.record.caller = None
         self.record.pending = None
         return True
@@ -541,7 +556,7 @@ class LinkerPool:
                 except (KeyError, StopIteration, RuntimeError):
                     break
             free = self._free.setdefault(key, [])
-        if len(free) < self._per_key and not any(x is linker for x in free):
+        if len(free) < self._per_key and linker not in free:  # (Linkers compare by identity)
             free.append(linker)
 
     def clear(self) -> None:

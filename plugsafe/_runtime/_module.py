@@ -72,6 +72,9 @@ class Module:
         # The last import check that passed (its inputs and result): a memo owned by
         # ``_loader.check_imports`` (issue 14: it ran over every import on every load).
         self.import_check: tuple[object, object, int, dict[str, Any]] | None = None
+        # What the Plugin derives from the exports and imports alone, once per module (owned
+        # by ``_plugin.module_facts``; issue 14: every load derived it again).
+        self.facts: object = None
 
     def serialize(self) -> bytes:
         """The compiled artifact, for plugsafe's own on-disk cache."""

@@ -609,6 +609,19 @@ _GUARDS: dict[int, tuple[list[float], float, Ticker]] = {}
 _next_key = iter(range(1, 1 << 62)).__next__
 
 
+def _unguard(key: int) -> Any:
+    """The callback of the weak reference to a guarded store's owner: drops its entries."""
+
+    def drop(_ref: object) -> None:
+        _GUARDS.pop(key, None)
+        _GUARD_REFS.pop(key, None)
+
+    return drop
+
+
+_GUARD_REFS: dict[int, weakref.ref[object]] = {}
+
+
 def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
     """A store's epoch deadline came: go on (too early by the wall clock) or interrupt."""
     try:
@@ -678,7 +691,10 @@ def guard(owner: object, store_ptr: int, arming: list[float], timeout: float, tk
     """
     key = _next_key()
     _GUARDS[key] = (arming, timeout, tk)
-    weakref.finalize(owner, _GUARDS.pop, key, None)
+    # A weak reference whose callback drops the entry when ``owner`` goes (kept alive by
+    # _GUARD_REFS until then): what weakref.finalize did, at a third of its cost per store
+    # (issue 14: a store per load and per fresh instance).
+    _GUARD_REFS[key] = weakref.ref(owner, _unguard(key))
     _NATIVE_API.set_callback(store_ptr, _CALLBACK, key, None)
 
 

@@ -1,0 +1,113 @@
+"""A store made, limited, given its WASI context and deleted through the C API directly.
+
+Every new instance needs a store (a load, a call after a trap, every ``fresh_instance`` call).
+Through wasmtime-py that cost ~20 us of Python on top of wasmtime's own work (issue 14):
+``Store()`` (type checks, a ctypes finalizer cast, its context), ``set_limits``, a ``WasiConfig``
+object and ``set_wasi``, two ctypes casts to reach the raw pointers the backends and the
+deadline guard need, and ``close()``. Here each is one foreign call on plain addresses, with
+prototypes declared here (wasmtime-py's shared function objects are left as they are).
+
+Deleting keeps :mod:`._forksafe`'s rule: only the process that made the store deletes it; a
+forked child leaks what it inherited (counted with the rest in ``_forksafe.leaked``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from typing import Any, cast
+
+import wasmtime
+from wasmtime import _ffi as wf
+
+from ._forksafe import count_leak
+
+__all__ = ["DEFAULT_WASI", "Store"]
+
+_vp = ctypes.c_void_p
+_i64 = ctypes.c_int64
+
+
+def _proto(factory: Any, name: str, restype: Any, *argtypes: Any) -> Callable[..., Any]:
+    address = ctypes.cast(getattr(wf.dll, name), _vp).value
+    return cast(Callable[..., Any], factory(restype, *argtypes)(address))
+
+
+# Quick calls keep the GIL (PYFUNCTYPE: no release and re-take around a few hundred
+# nanoseconds of C); deleting a store unmaps its memory and may take a while: it releases it.
+_new = _proto(ctypes.PYFUNCTYPE, "wasmtime_store_new", _vp, _vp, _vp, _vp)
+_context = _proto(ctypes.PYFUNCTYPE, "wasmtime_store_context", _vp, _vp)
+_limiter = _proto(ctypes.PYFUNCTYPE, "wasmtime_store_limiter", None, _vp, _i64, _i64, _i64, _i64,
+                  _i64)  # fmt: skip
+_wasi_new = _proto(ctypes.PYFUNCTYPE, "wasi_config_new", _vp)
+_set_wasi = _proto(ctypes.PYFUNCTYPE, "wasmtime_context_set_wasi", _vp, _vp, _vp)
+_delete = _proto(ctypes.CFUNCTYPE, "wasmtime_store_delete", None, _vp)
+_getpid = os.getpid
+
+
+class _DefaultWasi:
+    """The WASI context of a new ``WasiConfig`` with nothing set (see :data:`DEFAULT_WASI`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFAULT_WASI"
+
+
+# What ``Instance(wasi=...)`` takes for a WASI context with no arguments, no variables, empty
+# stdin, output discarded and nothing preopened: what a WASI plugin's instances for calls get
+# under the default ``Wasi()``. Made by ``wasi_config_new`` alone, no wasmtime-py object.
+DEFAULT_WASI: object = _DefaultWasi()
+
+
+class Store:
+    """One ``wasmtime_store_t``: its address, its context's address, and the means to free it.
+
+    ``close()`` deletes it (idempotent); so does the garbage collector for one never closed.
+    Not thread-safe: its Instance serializes every use (``Instance.release`` under a lock).
+    """
+
+    __slots__ = ("__weakref__", "_pid", "ctx", "ptr")
+
+    def __init__(self, engine: int) -> None:
+        """A new store of the engine at address ``engine`` (no host data)."""
+        self.ptr: int = 0
+        self.ctx: int = 0
+        ptr = _new(engine, None, None)
+        if not ptr:  # pragma: no cover - wasmtime aborts on allocation failure instead
+            raise MemoryError("wasmtime_store_new failed")
+        self._pid = _getpid()
+        self.ptr = ptr
+        self.ctx = _context(ptr)
+
+    def limit(
+        self, *, memory_size: int, table_elements: int, instances: int, tables: int, memories: int
+    ) -> None:
+        """``wasmtime_store_limiter``: caps on what instances in this store may create or grow."""
+        _limiter(self.ptr, memory_size, table_elements, instances, tables, memories)
+
+    def set_wasi(self, config: object) -> int:
+        """Give the store its WASI context: ``DEFAULT_WASI``, or a ``wasmtime.WasiConfig``
+        (consumed). Returns the address of a wasmtime error (owned by the caller), or 0."""
+        if config is DEFAULT_WASI:
+            raw = _wasi_new()
+        else:
+            owned = cast(wasmtime.WasiConfig, config)._consume()
+            raw = ctypes.cast(owned, _vp).value
+        # wasmtime_context_set_wasi takes the config over, whatever it returns.
+        return int(_set_wasi(self.ctx, raw) or 0)
+
+    def close(self) -> None:
+        """Delete the store now (idempotent). A forked child never deletes its parent's."""
+        ptr = self.ptr
+        if not ptr:
+            return
+        self.ptr = self.ctx = 0
+        if _getpid() != self._pid:
+            count_leak()
+            return
+        _delete(ptr)
+
+    def __del__(self) -> None:
+        self.close()
