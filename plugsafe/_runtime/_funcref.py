@@ -142,6 +142,14 @@ class FuncRef:
     # Set by the Plugin once it has checked the signature for invoke() / for the plugin ABI.
     invoke_ok: bool = False
     abi_ok: bool = False
+    # The instance's budget, set with ``invoke``: what the call path's own short path (which
+    # inlines ``invoke``) re-arms before each call.
+    budget: Budget | None = None
+
+    def failure(self, error: object, trap: int) -> WasmFailure:
+        """The failure of a call on ``buf`` that returned ``error`` or stored ``trap``."""
+        assert self.budget is not None
+        return call_failed(self.view, 16 * self.width, self.budget.backend.address(error), trap)
 
 
 def call_failed(view: memoryview, trap_at: int, address: int, trap: int) -> WasmFailure:
@@ -174,6 +182,7 @@ def invoker(ref: FuncRef, budget: Budget) -> Callable[[Sequence[object]], Result
     """
     name, put, get, call, view = ref.name, ref.put, ref.get_results, ref.call, ref.view
     assert put is not None and get is not None
+    ref.budget = budget
     trapped, trap_at = ref.trap_word, 16 * ref.width
     backend, ctx, ticker, arming, ticks, fuel = budget
     set_deadline, set_fuel, address = backend.set_deadline, backend.set_fuel, backend.address
