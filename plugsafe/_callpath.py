@@ -54,6 +54,7 @@ _tls = _nesting.tls
 # What CallPath._fn / _abi_fn hold while the short paths aim at no function: no caller's name.
 _UNAIMED: object = object()
 _NO_ARMING: list[float] = []
+_NO_VIEW = memoryview(b"")
 # ABI functions looked up and checked at load (CallPath.prepare_abi): each costs the load ~10 µs.
 _PREPARED_AT_LOAD = 8
 
@@ -201,14 +202,15 @@ class CallPath:
         "__weakref__",
         "_abi_fn",
         "_abi_ref",
+        "_arg",
         "_arming",
-        "_call",
+        "_buf",
         "_cost",
         "_ctx",
         "_failure",
         "_fn",
         "_fuel",
-        "_get",
+        "_horizon",
         "_imports",
         "_inst",
         "_last",
@@ -216,10 +218,16 @@ class CallPath:
         "_lean",
         "_lock",
         "_max_input",
+        "_out",
         "_put",
+        "_raw",
         "_ref",
+        "_set_at",
         "_set_fuel",
         "_ticker",
+        "_trap",
+        "_view",
+        "_width",
         "abi",
         "close_pending",
         "closed",
@@ -252,11 +260,21 @@ class CallPath:
     _fn: object
     _ref: rt.FuncRef | None
     _put: Callable[..., None]
-    _call: Callable[[], object]
-    _get: Callable[[], tuple[Any, ...]]
-    _ctx: Any  # the instance's context (an rt Ctx)
+    # The C call and its arguments, and the layout of the results and trap pointer.
+    _raw: Callable[..., object]
+    _ctx: Any  # the instance's context (the backend's Ctx)
+    _arg: object
+    _buf: object
+    _width: int
+    _trap: object
+    _out: Any  # a struct.Struct (Any: unpack_from returns Any)
+    _view: memoryview
     _ticker: rt.Ticker | None
     _arming: list[float]
+    # When the call path last set the instance's epoch deadline itself, and how long such a
+    # deadline stays far enough ahead (see invoke: re-arming).
+    _set_at: float
+    _horizon: float
     _fuel: int | None
     _set_fuel: Callable[[Any, int], None]
     _failure: Callable[[object, int], rt.WasmFailure]
@@ -358,9 +376,13 @@ class CallPath:
         self._fn = self._abi_fn = _UNAIMED
         self._abi_ref = None
         self._ref = self._ctx = self._ticker = self._fuel = None
+        self._arg = self._buf = self._trap = self._out = None
+        self._width = 0
+        self._view = _NO_VIEW
         self._arming = _NO_ARMING
-        self._put = self._call = self._get = _unaimed
-        self._set_fuel = self._failure = _unaimed
+        self._set_at = -math.inf
+        self._horizon = 0.0
+        self._put = self._raw = self._set_fuel = self._failure = _unaimed
 
     def _aim(self, function: str) -> bool:
         """Make ``function`` (already checked for invoke() on the current instance) the one
@@ -375,13 +397,20 @@ class CallPath:
         ref = inst.funcs.get(function)
         if ref is None or not ref.invoke_ok or ref.budget is None:
             return False
-        put, get = ref.put, ref.get
-        assert put is not None and get is not None
+        put = ref.put
+        assert put is not None and ref.out is not None
         self._fn = function
         self._ref = ref
-        self._put, self._call, self._get = put, ref.call, get
+        self._put = put
+        self._arg, self._buf, self._width, self._trap = ref.arg, ref.buf, ref.width, ref.trap
+        self._out, self._view = ref.out, ref.view
         self._failure = ref.failure
-        backend, self._ctx, self._ticker, self._arming, _, self._fuel = ref.budget
+        backend, self._ctx, ticker, self._arming, ticks, self._fuel = ref.budget
+        self._ticker = ticker
+        if ticker is not None:
+            # Half the deadline's ticks: a deadline set this long ago is still far ahead.
+            self._horizon = ticks * ticker.period / 2
+        self._raw = backend.raw_call
         self._set_fuel = backend.set_fuel
         return True
 
@@ -536,15 +565,25 @@ class CallPath:
                     ticker = self._ticker
                     if ticker is not None:
                         # The ticker protocol (see _ticker.Ticker): stamp, arm if idle, and
-                        # re-arm the store's deadline when its last arming is over a period old.
+                        # re-arm when the last arming is over a period old. Re-arming stamps
+                        # the arming (what the store's guard reads); the epoch deadline itself
+                        # is set again only once the one set last is no longer far ahead
+                        # (_horizon): an older epoch deadline is an earlier one, which the
+                        # guard extends by the wall clock (never early). With many plugins
+                        # called in turn, every call found its arming a period old and paid a
+                        # C call and two Python frames for it (issue 14).
                         ticker.last = start
                         if not ticker.armed:
                             ticker.arm()
-                        if start - self._arming[0] > ticker.period:
-                            self.rearm(ticker, start)
-                    error = self._call()
+                        arming = self._arming
+                        if start - arming[0] > ticker.period:
+                            arming[0] = start
+                            if start - self._set_at > self._horizon:
+                                self.rearm(ticker, start)
+                    # FuncRef.call and FuncRef.get, unrolled: no partials to go through.
+                    error = self._raw(self._ctx, self._arg, self._buf, self._width, self._trap)
                     # The results, then the trap pointer (null between calls).
-                    out = self._get()
+                    out = self._out.unpack_from(self._view)
                     if error or out[-1]:
                         raise self._failure(error, out[-1])
                 except rt.WasmFailure as failure:
@@ -587,12 +626,11 @@ class CallPath:
         )
 
     def rearm(self, ticker: rt.Ticker, now: float) -> None:
-        """Re-arm the aimed instance's epoch deadline at ``now`` (its last arming is over a
-        tick old: see _ticker.Ticker)."""
+        """Set the aimed instance's epoch deadline afresh at ``now`` (armed at ``now``)."""
         ref = self._ref
         assert ref is not None and ref.budget is not None
         budget = ref.budget
-        budget.arming[0] = now
+        self._set_at = now
         budget.backend.set_deadline(budget.ctx, ticker.deadline(now, budget.ticks))
 
     def repack(self, function: str, args: Sequence[object]) -> None:

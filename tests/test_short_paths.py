@@ -11,6 +11,7 @@ the instance changes and check the next call's result.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -156,3 +157,27 @@ def test_calls_and_invokes_interleaved_each_reach_their_own(host: plugsafe.Host)
         p.invoke("trap")  # the instance changes under both aimed functions
     assert p.call("echo", b"again") == b"again"
     assert p.invoke("add", 2, 3) == 5
+
+
+def test_an_early_epoch_deadline_is_extended_not_obeyed(load: LoadFn) -> None:
+    # Re-arming on the short path stamps the arming but sets the epoch deadline again only
+    # once the last one is no longer far ahead: an older epoch deadline is an earlier one, and
+    # the store's guard must then extend it by the wall clock. Force the worst case: the epoch
+    # pushed past the deadline and the arming marked stale (what interrupt() does), with the
+    # deadline set just before (so the short path does not set it again).
+    spin = """(module
+      (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+      (func (export "spin") (loop $l (br $l))))"""
+    p = load(spin, timeout=1.0)
+    for _ in range(3):
+        assert p.invoke("add", 1, 2) == 3
+    inst = p._instance
+    assert inst is not None
+    for _ in range(3):
+        assert inst.interrupt()
+        assert p.invoke("add", 2, 2) == 4  # the guard looked, found it early, went on
+    assert p._instance is inst  # nothing failed
+    start = time.perf_counter()
+    with pytest.raises(plugsafe.DeadlineExceeded):
+        p.invoke("spin")
+    assert time.perf_counter() - start >= 1.0  # never early

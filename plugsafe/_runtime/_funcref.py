@@ -81,6 +81,8 @@ class Scratch(NamedTuple):
     trap: TrapSlot
     get_results: Callable[[], Results] | None
     trap_word: memoryview
+    # The layout ``get`` unpacks with (results, then the trap pointer), or None.
+    out: struct.Struct | None
 
 
 def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]) -> Scratch:
@@ -89,14 +91,15 @@ def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]
     buf = backend.buf(width + 1)  # the last slot holds the trap pointer
     view = backend.bytes_view(buf)
     trap_at = 16 * width
-    put = get = get_results = None
+    put = get = get_results = out = None
     if all(t in NUMERIC_TYPES for t in (*params, *results)):
+        out = _slot_struct(tuple(results), width)
         put = functools.partial(_slot_struct(tuple(params)).pack_into, view, 0)
-        get = functools.partial(_slot_struct(tuple(results), width).unpack_from, view, 0)
+        get = functools.partial(out.unpack_from, view, 0)
         get_results = functools.partial(_slot_struct(tuple(results)).unpack_from, view, 0)
     return Scratch(
         buf, width, put, get, view, backend.trap_arg(buf, trap_at), get_results,
-        view[trap_at : trap_at + 8].cast("Q"),
+        view[trap_at : trap_at + 8].cast("Q"), out,
     )  # fmt: skip
 
 
@@ -134,6 +137,8 @@ class FuncRef:
     # invoke uses, so that it returns just the results with no slicing.
     get_results: Callable[[], Results] | None
     trap_word: memoryview
+    # ``out.unpack_from(view)`` is ``get()`` (the call path's short path uses it so).
+    out: struct.Struct | None
     # ``call()`` makes the C call on ``buf`` (set by Instance.func).
     call: Callable[[], object] = unbound
     # ``invoke(args)``: Instance.invoke for this function as one closure (set by
