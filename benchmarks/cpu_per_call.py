@@ -1,4 +1,5 @@
-"""Per-call CPU time of invoke, an 11-byte echo and a guest→host call (best of 7 rounds).
+"""Per-call CPU time of invoke, an 11-byte echo and a guest→host call (best of 7 rounds), and
+of ``invoke`` over 1,000 plugins in turn against one plugin (docs/performance.md, goal 7).
 
 For comparing two versions of plugsafe on a busy machine, where wall-clock medians move too much:
 run it under each version in turn, alternating, e.g. from two checkouts with their own venvs
@@ -71,8 +72,29 @@ def main() -> None:
         print(
             f"invoke {best(invoke, 20_000) * 1e9:.0f} ns  "
             f"echo11 {best(call, 20_000) * 1e9:.0f} ns  "
-            f"hostcall {best(lambda n: calls.invoke('run', n), 20_000) * 1e9:.0f} ns"
+            f"hostcall {best(lambda n: calls.invoke('run', n), 20_000) * 1e9:.0f} ns  ",
+            end="",
+            flush=True,
         )
+        many = [host.load(PLUGSAFE_PURE_GUEST.encode()) for _ in range(1000)]
+        first = many[0]
+        for p in many:
+            p.invoke("add", 1, 2)
+
+        def one(n: int) -> None:
+            for _ in range(n // 1000):
+                for _p in many:
+                    first.invoke("add", 1, 2)
+
+        def turn(n: int) -> None:
+            for _ in range(n // 1000):
+                for p in many:
+                    p.invoke("add", 1, 2)
+
+        one(1000)
+        turn(1000)
+        t_one, t_turn = best(one, 20_000), best(turn, 20_000)
+        print(f"1000 in turn {t_turn * 1e9:.0f} ns ({t_turn / t_one:.2f}x one plugin)")
 
 
 if __name__ == "__main__":
