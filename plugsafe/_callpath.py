@@ -219,11 +219,13 @@ class CallPath:
         "_lock",
         "_max_input",
         "_out",
+        "_period",
         "_put",
         "_raw",
         "_ref",
         "_set_at",
         "_set_fuel",
+        "_single",
         "_ticker",
         "_trap",
         "_view",
@@ -275,6 +277,9 @@ class CallPath:
     # deadline stays far enough ahead (see invoke: re-arming).
     _set_at: float
     _horizon: float
+    _period: float
+    # Whether the aimed function has exactly one result.
+    _single: bool
     _fuel: int | None
     _set_fuel: Callable[[Any, int], None]
     _failure: Callable[[object, int], rt.WasmFailure]
@@ -381,7 +386,8 @@ class CallPath:
         self._view = _NO_VIEW
         self._arming = _NO_ARMING
         self._set_at = -math.inf
-        self._horizon = 0.0
+        self._horizon = self._period = 0.0
+        self._single = False
         self._put = self._raw = self._set_fuel = self._failure = _unaimed
 
     def _aim(self, function: str) -> bool:
@@ -408,8 +414,10 @@ class CallPath:
         backend, self._ctx, ticker, self._arming, ticks, self._fuel = ref.budget
         self._ticker = ticker
         if ticker is not None:
+            self._period = ticker.period
             # Half the deadline's ticks: a deadline set this long ago is still far ahead.
             self._horizon = ticks * ticker.period / 2
+        self._single = len(ref.results) == 1
         self._raw = backend.raw_call
         self._set_fuel = backend.set_fuel
         return True
@@ -534,8 +542,8 @@ class CallPath:
         lock = self._lock
         if lock.acquire(False):
             if function is self._fn or self._aim(function):
-                inst = self._inst
-                assert inst is not None
+                # Aimed: there is a live instance (no assert: this runs on every call).
+                inst: rt.Instance = self._inst  # type: ignore[assignment]
                 # One clock reading: the call's start, its stats' and its deadline's arming.
                 start = _perf_counter()
                 has_imports = self._imports
@@ -554,10 +562,7 @@ class CallPath:
                     # The numeric invoke closure (_runtime/_funcref.invoker), inlined.
                     try:
                         self._put(*args)
-                        fit = True
                     except (struct.error, TypeError, OverflowError):
-                        fit = False
-                    if not fit:
                         self.repack(function, args)
                     fuel = self._fuel
                     if fuel is not None:
@@ -576,7 +581,7 @@ class CallPath:
                         if not ticker.armed:
                             ticker.arm()
                         arming = self._arming
-                        if start - arming[0] > ticker.period:
+                        if start - arming[0] > self._period:
                             arming[0] = start
                             if start - self._set_at > self._horizon:
                                 self.rearm(ticker, start)
@@ -618,8 +623,10 @@ class CallPath:
                     else:
                         self.settle(inst, start, function, th)
                     lock.release()
-                n = len(out)
-                return None if n == 1 else out[0] if n == 2 else out[:-1]
+                # ``out`` ends with the trap pointer: one result is the common case.
+                if self._single:
+                    return out[0]
+                return None if len(out) == 1 else out[:-1]
             lock.release()
         return self.guarded(
             function, lambda inst: self.invoke_checked(inst, function, args), context
@@ -638,7 +645,10 @@ class CallPath:
         (SignatureError saying which is wrong), as the general path does."""
         ref = self._ref
         assert ref is not None and ref.put is not None
-        converted = self.convert_args(ref, function, args)
+        try:
+            converted = self.convert_args(ref, function, args)
+        except SignatureError as exc:
+            raise exc from None  # not "during handling of" the packer's own error
         try:
             ref.put(*converted)
         except (struct.error, TypeError, OverflowError):
