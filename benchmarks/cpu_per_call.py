@@ -1,9 +1,11 @@
-"""Per-call CPU time of invoke, an 11-byte echo and a guest→host call (best of 7 rounds), and
-of ``invoke`` over 1,000 plugins in turn against one plugin (docs/performance.md, goal 7).
+"""Per-call CPU time of invoke, an 11-byte echo and a guest→host call (best of 7 rounds).
 
 For comparing two versions of plugsafe on a busy machine, where wall-clock medians move too much:
 run it under each version in turn, alternating, e.g. from two checkouts with their own venvs
 (``.venv/bin/python benchmarks/cpu_per_call.py``). docs/performance.md has a use of it.
+
+A second line: ``invoke`` over 1,000 plugins in turn against one plugin, per call (goal 7 of
+issue 14, docs/performance.md "7. 1,000 plugins round-robin").
 """
 
 from __future__ import annotations
@@ -72,9 +74,7 @@ def main() -> None:
         print(
             f"invoke {best(invoke, 20_000) * 1e9:.0f} ns  "
             f"echo11 {best(call, 20_000) * 1e9:.0f} ns  "
-            f"hostcall {best(lambda n: calls.invoke('run', n), 20_000) * 1e9:.0f} ns  ",
-            end="",
-            flush=True,
+            f"hostcall {best(lambda n: calls.invoke('run', n), 20_000) * 1e9:.0f} ns"
         )
         many = [host.load(PLUGSAFE_PURE_GUEST.encode()) for _ in range(1000)]
         first = many[0]

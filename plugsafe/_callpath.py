@@ -350,7 +350,7 @@ class CallPath:
         # The Plugin's current Linker (Plugin.memory reads through its Caller while the start
         # function runs: there is no instance yet) and its HostRecord (set with it).
         self.linker: rt.Linker | None = None
-        self.host_record = rt.HostRecord(_no_trap)
+        self.host_record = rt.HostRecord(lambda _trap: None)
         if has_imports:
             _nesting.register(self)
         # A forked child must know whether a thread gone at the fork held the lock (_nesting).
@@ -1310,10 +1310,6 @@ def _unaimed(*_args: object) -> Any:
 
 
 def _no_plugin() -> object | None:
-    return None
-
-
-def _no_trap(_trap: object) -> None:
     return None
 
 
