@@ -198,7 +198,10 @@ class CallPath:
     # 1,000 plugins in turn, each line a call touches is a cache miss). ``_cost``, ``_lock``,
     # ``_imports``, ``_lean`` and ``_max_input`` are copies of ``cost``, ``lock``,
     # ``has_imports``, ``lean`` and ``max_input`` (constants) for that reason.
+    # A __dict__ too, for attributes code off the per-call path adds (kept out of the hot
+    # lines: the dict is touched only by what reads them).
     __slots__ = (
+        "__dict__",
         "__weakref__",
         "_abi_fn",
         "_abi_ref",
