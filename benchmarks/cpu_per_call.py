@@ -3,6 +3,9 @@
 For comparing two versions of plugsafe on a busy machine, where wall-clock medians move too much:
 run it under each version in turn, alternating, e.g. from two checkouts with their own venvs
 (``.venv/bin/python benchmarks/cpu_per_call.py``). docs/performance.md has a use of it.
+
+A second line: ``invoke`` over 1,000 plugins in turn against one plugin, per call (goal 7 of
+issue 14, docs/performance.md "7. 1,000 plugins round-robin").
 """
 
 from __future__ import annotations
@@ -73,6 +76,25 @@ def main() -> None:
             f"echo11 {best(call, 20_000) * 1e9:.0f} ns  "
             f"hostcall {best(lambda n: calls.invoke('run', n), 20_000) * 1e9:.0f} ns"
         )
+        many = [host.load(PLUGSAFE_PURE_GUEST.encode()) for _ in range(1000)]
+        first = many[0]
+        for p in many:
+            p.invoke("add", 1, 2)
+
+        def one(n: int) -> None:
+            for _ in range(n // 1000):
+                for _p in many:
+                    first.invoke("add", 1, 2)
+
+        def turn(n: int) -> None:
+            for _ in range(n // 1000):
+                for p in many:
+                    p.invoke("add", 1, 2)
+
+        one(1000)
+        turn(1000)
+        t_one, t_turn = best(one, 20_000), best(turn, 20_000)
+        print(f"1000 in turn {t_turn * 1e9:.0f} ns ({t_turn / t_one:.2f}x one plugin)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import math
 import operator
+import struct
 import threading
 import time
 import weakref
@@ -51,6 +52,11 @@ _F32_MAX = 3.4028234663852886e38
 _perf_counter = time.perf_counter
 _get_ident = threading.get_ident
 _thread_room = _nesting.thread_room
+_tls = _nesting.tls
+# What CallPath._fn / _abi_fn hold while the short paths aim at no function: no caller's name.
+_UNAIMED: object = object()
+_NO_ARMING: list[float] = []
+_NO_VIEW = memoryview(b"")
 # ABI functions looked up and checked at load (CallPath.prepare_abi): each costs the load ~10 µs.
 _PREPARED_AT_LOAD = 8
 
@@ -187,7 +193,108 @@ class CallPath:
 
     ``exports`` are the module's; ``new_instance(phase)`` makes a fresh instance (the Plugin's
     lifecycle); ``on_closed()`` runs once the plugin is closed.
+
+    Slotted, and the short paths :meth:`call` and :meth:`invoke` are its methods (the Plugin
+    sets them, bound, on its instance): a call reads what it needs from this one object, with
+    no closure cells and no per-function lookups (issue 14: with 1,000 plugins called in turn,
+    every further object a call touches is a cache miss).
     """
+
+    # The slots the short paths read on every call start with "_": CPython lays slots out in
+    # sorted order, so those come first, together, in a few cache lines (issue 14: calling
+    # 1,000 plugins in turn, each line a call touches is a cache miss). ``_cost``, ``_lock``,
+    # ``_imports``, ``_lean`` and ``_max_input`` are copies of ``cost``, ``lock``,
+    # ``has_imports``, ``lean`` and ``max_input`` (constants) for that reason.
+    # A __dict__ too, for attributes code off the per-call path adds (kept out of the hot
+    # lines: the dict is touched only by what reads them).
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_abi_fn",
+        "_abi_ref",
+        "_arg",
+        "_arming",
+        "_buf",
+        "_cost",
+        "_ctx",
+        "_failure",
+        "_fn",
+        "_fuel",
+        "_horizon",
+        "_imports",
+        "_inst",
+        "_last",
+        "_last_th",
+        "_lean",
+        "_lock",
+        "_max_input",
+        "_out",
+        "_period",
+        "_put",
+        "_raw",
+        "_ref",
+        "_set_at",
+        "_set_fuel",
+        "_single",
+        "_ticker",
+        "_trap",
+        "_view",
+        "_width",
+        "abi",
+        "close_pending",
+        "closed",
+        "cost",
+        "diagnosis",
+        "exports",
+        "fresh",
+        "fuel",
+        "has_imports",
+        "host_record",
+        "lean",
+        "linker",
+        "lock",
+        "logger",
+        "max_input",
+        "max_output",
+        "max_stack",
+        "name",
+        "new_instance",
+        "on_closed",
+        "others",
+        "outer",
+        "owner",
+        "plugin",
+        "policy",
+        "state",
+    )
+
+    # What the short paths aim at (see _aim): set together, dropped with the instance.
+    _fn: object
+    _ref: rt.FuncRef | None
+    _put: Callable[..., None]
+    # The C call and its arguments, and the layout of the results and trap pointer.
+    _raw: Callable[..., object]
+    _ctx: Any  # the instance's context (the backend's Ctx)
+    _arg: object
+    _buf: object
+    _width: int
+    _trap: object
+    _out: Any  # a struct.Struct (Any: unpack_from returns Any)
+    _view: memoryview
+    _ticker: rt.Ticker | None
+    _arming: list[float]
+    # When the call path last set the instance's epoch deadline itself, and how long such a
+    # deadline stays far enough ahead (see invoke: re-arming).
+    _set_at: float
+    _horizon: float
+    _period: float
+    # Whether the aimed function has exactly one result.
+    _single: bool
+    _fuel: int | None
+    _set_fuel: Callable[[Any, int], None]
+    _failure: Callable[[object, int], rt.WasmFailure]
+    _abi_fn: object
+    _abi_ref: rt.FuncRef | None
 
     def __init__(
         self,
@@ -209,13 +316,15 @@ class CallPath:
         self.logger = logger
         self.new_instance = new_instance
         self.on_closed = on_closed
-        self.lock = threading.Lock()
+        self.lock = self._lock = threading.Lock()
         # The thread inside a call of a plugin with imports: a host function calling back into
         # its own plugin is refused rather than deadlocked.
         self.owner: int | None = None
         self.closed = False
         self.close_pending = False
-        self.instance: rt.Instance | None = None
+        # The current instance (``instance``: setting it forgets the aimed functions below).
+        self._inst: rt.Instance | None = None
+        self._forget()
         self.state = CallState(policy.timeout)
         # Set once the plugin passed the ABI check at load.
         self.abi = False
@@ -226,27 +335,28 @@ class CallPath:
         # record ``last`` is (free in the short paths); when a call from another thread ends,
         # the record moves to ``others`` (see keep), which forgets a thread once its ThreadRoom
         # is gone.
-        self.last: Last = _NO_LAST
-        self.last_th: _nesting.ThreadRoom | None = None
+        self._last: Last = _NO_LAST
+        self._last_th: _nesting.ThreadRoom | None = None
         self.others: weakref.WeakKeyDictionary[_nesting.ThreadRoom, Last] = (
             weakref.WeakKeyDictionary()
         )
         # The Plugin (weakly: it owns this path), for plugsafe.current_call(); set by the Plugin.
-        self.plugin: Callable[[], object | None] = lambda: None
+        self.plugin: Callable[[], object | None] = _no_plugin
         # While a call of a plugin with imports runs: the ThreadRoom.call it replaced (calls
         # on a thread nest strictly, and a plugin's own calls never overlap).
         self.outer: object = None
         # Plugins without imports run no Python during a call: no owner, no state to set.
-        self.has_imports = has_imports
-        self.max_input = policy.max_input
+        self.has_imports = self._imports = has_imports
+        self.max_input = self._max_input = policy.max_input
         self.max_output = policy.max_output
         self.fuel = policy.fuel
         self.fresh = policy.fresh_instance
         # Unmetered and reusing its instance: stats need no fuel read and no eager memory size.
-        self.lean = policy.fuel is None and not policy.fresh_instance
-        # The native stack one call may use, and its packed cost in a thread's room (_nesting).
+        self.lean = self._lean = policy.fuel is None and not policy.fresh_instance
+        # The native stack one call may use, and its packed cost in a thread's room (_nesting;
+        # one int object shared by every plugin of the same max_stack).
         self.max_stack = max_stack
-        self.cost = _nesting.call_cost(max_stack)
+        self.cost = self._cost = _nesting.call_cost(max_stack)
         # The Plugin's current Linker (Plugin.memory reads through its Caller while the start
         # function runs: there is no instance yet) and its HostRecord (set with it).
         self.linker: rt.Linker | None = None
@@ -255,169 +365,304 @@ class CallPath:
             _nesting.register(self)
         # A forked child must know whether a thread gone at the fork held the lock (_nesting).
         _nesting.track(self, self.lock)
-        # Plugin.call and Plugin.invoke.
-        self.call, self.invoke = self._short_paths()
+
+    def __repr__(self) -> str:
+        # Shown in the repr of plugin.call and plugin.invoke (this object's bound methods).
+        return f"<plugsafe call path of plugin {self.name!r}>"
+
+    # -- the current instance, and the functions the short paths aim at ----------------------
+
+    @property
+    def instance(self) -> rt.Instance | None:
+        """The current instance (None: the next call makes one)."""
+        return self._inst
+
+    @instance.setter
+    def instance(self, inst: rt.Instance | None) -> None:
+        # Every change of instance goes through here, so the short paths' aimed functions
+        # (bound to the old instance's store: calling one with another store aborts the
+        # process) are never used past it.
+        self._inst = inst
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the aimed functions (the instance changed)."""
+        # A sentinel no caller passes: ``function is self._fn`` is then never true.
+        self._fn = self._abi_fn = _UNAIMED
+        self._abi_ref = None
+        self._ref = self._ctx = self._ticker = self._fuel = None
+        self._arg = self._buf = self._trap = self._out = None
+        self._width = 0
+        self._view = _NO_VIEW
+        self._arming = _NO_ARMING
+        self._set_at = -math.inf
+        self._horizon = self._period = 0.0
+        self._single = False
+        self._put = self._raw = self._set_fuel = self._failure = _unaimed
+
+    def _aim(self, function: str) -> bool:
+        """Make ``function`` (already checked for invoke() on the current instance) the one
+        :meth:`invoke`'s short path calls directly; False if it is not such a function.
+
+        The short path then finds everything in this object while ``function`` is the same
+        string object: a call of another function, or on another instance, comes here first.
+        """
+        inst = self._inst
+        if inst is None or type(function) is not str:
+            return False  # the general path says what is wrong
+        ref = inst.funcs.get(function)
+        if ref is None or not ref.invoke_ok or ref.budget is None:
+            return False
+        put = ref.put
+        assert put is not None and ref.out is not None
+        self._fn = function
+        self._ref = ref
+        self._put = put
+        self._arg, self._buf, self._width, self._trap = ref.arg, ref.buf, ref.width, ref.trap
+        self._out, self._view = ref.out, ref.view
+        self._failure = ref.failure
+        backend, self._ctx, ticker, self._arming, ticks, self._fuel = ref.budget
+        self._ticker = ticker
+        if ticker is not None:
+            self._period = ticker.period
+            # Half the deadline's ticks: a deadline set this long ago is still far ahead.
+            self._horizon = ticks * ticker.period / 2
+        self._single = len(ref.results) == 1
+        self._raw = backend.raw_call
+        self._set_fuel = backend.set_fuel
+        return True
+
+    def _aim_abi(self, function: str) -> rt.FuncRef | None:
+        """The ABI function ``function`` of the current instance if :meth:`call`'s short path
+        may call it (checked by an earlier call), remembered for the next call; else None."""
+        inst = self._inst
+        if inst is None or type(function) is not str:
+            return None
+        ref = inst.funcs.get(function)
+        if ref is None or not ref.abi_ok:
+            return None
+        self._abi_fn, self._abi_ref = function, ref
+        return ref
 
     # -- the two short paths ------------------------------------------------------------------
 
-    def _short_paths(self) -> tuple[Callable[..., bytes], Callable[..., Any]]:
-        """``Plugin.call`` and ``Plugin.invoke`` as closures over this call path.
+    # ``context`` is not keyword-only here (Plugin.call documents it so): CPython 3.11
+    # specializes calls of functions without keyword-only parameters (~30 ns a call).
+    def call(
+        self, function: str, data: bytes | bytearray | memoryview | str = b"", context: Any = None
+    ) -> bytes:
+        """``Plugin.call`` (the Plugin sets it on its instance, bound: see Plugin.call).
 
         The common case (an uncontended lock, a live instance, a function already checked) goes
-        straight to the C call; anything else goes to :meth:`guarded`. Closures, and the Plugin
-        sets them on its instance: a call is then one Python frame besides the runtime's, with
-        no attribute lookups for what never changes (the per-call cost users see).
+        straight to the round trip; anything else goes to :meth:`guarded`.
         """
-        calls = self
-        lock = self.lock
-        state = self.state
-        settle = self.settle
-        has_imports = self.has_imports
-        # settle()'s first case holds for the whole call when lean and no host call was made.
-        lean = self.lean
-        max_input = self.max_input
-        round_trip = self.round_trip
-        cost = self.cost
-        tls = _nesting.tls
-
-        # ``context`` is not keyword-only here (Plugin.call documents it so): CPython 3.11
-        # specializes calls of functions without keyword-only parameters (~30 ns a call).
-        def call(
-            function: str, data: bytes | bytearray | memoryview | str = b"", context: Any = None
-        ) -> bytes:
-            payload = data if type(data) is bytes else _payload(data)
-            if len(payload) > max_input:
-                raise AbiError(
-                    f"plugin {calls.name!r}: input of {len(payload)} bytes is over the policy's "
-                    f"max_input of {max_input}"
-                )
-            # The thread's stack room (_nesting): refused before anything is taken. Inlined
-            # (a threading.local read): this runs on every call.
-            try:
-                th = tls.room
-            except AttributeError:
-                th = _thread_room()
-            room = th.room
-            left = room - cost
-            if left < 0 or left & 8:
-                raise calls.too_deep(th)
-            if lock.acquire(False):
-                inst = calls.instance
-                ref = None if inst is None else inst.funcs.get(function)
-                if ref is not None and ref.abi_ok:
-                    assert inst is not None
-                    start = _perf_counter()
-                    if has_imports:
-                        calls.owner = _get_ident()
-                        state.function = function
-                        state.start = start
-                        th.room = left
-                        # plugsafe.current_call(): this call, until it ends (see CallPath.outer).
-                        calls.outer = th.call
-                        th.call = calls
-                        if context is not None:
-                            state.context = context
-                    try:
-                        return round_trip(inst, ref, function, payload)
-                    except rt.WasmFailure as failure:
-                        raise_clean(calls.failed(failure, function, inst))
-                    except PlugsafeError:
-                        raise
-                    except PYTHON_FAILED as exc:
-                        # Python failed around the C call: plain stores only (see
-                        # rt.HostRecord), then a documented error made from constants.
-                        calls.instance = None
-                        calls.host_record.spent = calls.host_record.leak = True
-                        raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
-                    except BaseException:
-                        # An exception raised asynchronously (KeyboardInterrupt): as above,
-                        # and it propagates as itself.
-                        calls.instance = None
-                        calls.host_record.spent = calls.host_record.leak = True
-                        raise
-                    finally:
-                        th.room = room
-                        if has_imports:
-                            th.call = calls.outer
-                            state.context = None
-                        if calls.last_th is not th:
-                            calls.keep(th)
-                        if lean and inst is calls.instance and not state.host_calls:
-                            # settle(), its first case: provably the same (see settle).
-                            calls.last = (None, _perf_counter() - start, inst, 0, function)
-                            calls.owner = None
-                        else:
-                            settle(inst, start, function, th)
-                        lock.release()
-                lock.release()
-            return calls.guarded(
-                function, lambda inst: calls.call_abi(inst, function, payload), context
+        payload = data if type(data) is bytes else _payload(data)
+        if len(payload) > self._max_input:
+            raise AbiError(
+                f"plugin {self.name!r}: input of {len(payload)} bytes is over the policy's "
+                f"max_input of {self._max_input}"
             )
-
-        def invoke(function: str, *args: SupportsIndex | SupportsFloat, context: Any = None) -> Any:
-            try:  # as in call()
-                th = tls.room
-            except AttributeError:
-                th = _thread_room()
-            room = th.room
-            left = room - cost
-            if left < 0 or left & 8:
-                raise calls.too_deep(th)
-            if lock.acquire(False):
-                inst = calls.instance
-                ref = None if inst is None else inst.funcs.get(function)
-                if ref is not None and ref.invoke_ok:
-                    assert inst is not None
-                    start = _perf_counter()
+        # The thread's stack room (_nesting): refused before anything is taken. Inlined
+        # (a threading.local read): this runs on every call.
+        try:
+            th = _tls.room
+        except AttributeError:
+            th = _thread_room()
+        room = th.room
+        left = room - self._cost
+        if left < 0 or left & 8:
+            raise self.too_deep(th)
+        lock = self._lock
+        if lock.acquire(False):
+            inst = self._inst
+            ref = self._abi_ref if function is self._abi_fn else self._aim_abi(function)
+            if ref is not None:
+                assert inst is not None
+                start = _perf_counter()
+                has_imports = self._imports
+                if has_imports:
+                    state = self.state
+                    self.owner = _get_ident()
+                    state.function = function
+                    state.start = start
+                    th.room = left
+                    # plugsafe.current_call(): this call, until it ends (see CallPath.outer).
+                    self.outer = th.call
+                    th.call = self
+                    if context is not None:
+                        state.context = context
+                try:
+                    return self.round_trip(inst, ref, function, payload)
+                except rt.WasmFailure as failure:
+                    raise_clean(self.failed(failure, function, inst))
+                except PlugsafeError:
+                    raise
+                except PYTHON_FAILED as exc:
+                    # Python failed around the C call: plain stores only (see
+                    # rt.HostRecord), then a documented error made from constants.
+                    self.instance = None
+                    self.host_record.spent = self.host_record.leak = True
+                    raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                except BaseException:
+                    # An exception raised asynchronously (KeyboardInterrupt): as above,
+                    # and it propagates as itself.
+                    self.instance = None
+                    self.host_record.spent = self.host_record.leak = True
+                    raise
+                finally:
                     if has_imports:
-                        calls.owner = _get_ident()
-                        state.function = function
-                        state.start = start
-                        th.room = left
-                        # plugsafe.current_call(): this call, until it ends (see CallPath.outer).
-                        calls.outer = th.call
-                        th.call = calls
-                        if context is not None:
-                            state.context = context
-                    try:
-                        try:
-                            out = ref.invoke(args)
-                        except rt.ArgumentsDoNotFit:
-                            out = ref.invoke(calls.convert_args(ref, function, args))
-                    except rt.WasmFailure as failure:
-                        raise_clean(calls.failed(failure, function, inst))
-                    except PlugsafeError:
-                        raise
-                    except PYTHON_FAILED as exc:
-                        calls.instance = None  # as in call() above
-                        calls.host_record.spent = calls.host_record.leak = True
-                        raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
-                    except BaseException:
-                        calls.instance = None
-                        calls.host_record.spent = calls.host_record.leak = True
-                        raise
-                    finally:
                         th.room = room
+                        th.call = self.outer
+                        self.state.context = None
+                    if self._last_th is not th:
+                        self.keep(th)
+                    if (
+                        self._lean
+                        and inst is self._inst
+                        and not (has_imports and self.state.host_calls)
+                    ):
+                        # settle(), its first case: provably the same (see settle); a call
+                        # of a plugin without imports set no owner.
+                        self._last = (None, _perf_counter() - start, inst, 0, function)
                         if has_imports:
-                            th.call = calls.outer
-                            state.context = None
-                        if calls.last_th is not th:
-                            calls.keep(th)
-                        if lean and inst is calls.instance and not state.host_calls:
-                            # settle(), its first case: provably the same (see settle).
-                            calls.last = (None, _perf_counter() - start, inst, 0, function)
-                            calls.owner = None
-                        else:
-                            settle(inst, start, function, th)
-                        lock.release()
-                    n = len(out)
-                    return None if n == 0 else out[0] if n == 1 else out
-                lock.release()
-            return calls.guarded(
-                function, lambda inst: calls.invoke_checked(inst, function, args), context
-            )
+                            self.owner = None
+                    else:
+                        self.settle(inst, start, function, th)
+                    lock.release()
+            lock.release()
+        return self.guarded(function, lambda inst: self.call_abi(inst, function, payload), context)
 
-        return call, invoke
+    def invoke(
+        self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
+    ) -> Any:
+        """``Plugin.invoke`` (the Plugin sets it on its instance, bound: see Plugin.invoke).
+
+        The common case (an uncontended lock, a live instance, the function of the last call,
+        already checked) packs the arguments, re-arms the budget and makes the C call itself:
+        one Python frame. Anything else goes to :meth:`guarded`.
+        """
+        try:  # as in call()
+            th = _tls.room
+        except AttributeError:
+            th = _thread_room()
+        room = th.room
+        left = room - self._cost
+        if left < 0 or left & 8:
+            raise self.too_deep(th)
+        lock = self._lock
+        if lock.acquire(False):
+            if function is self._fn or self._aim(function):
+                # Aimed: there is a live instance (no assert: this runs on every call).
+                inst: rt.Instance = self._inst  # type: ignore[assignment]
+                # One clock reading: the call's start, its stats' and its deadline's arming.
+                start = _perf_counter()
+                has_imports = self._imports
+                if has_imports:
+                    state = self.state
+                    self.owner = _get_ident()
+                    state.function = function
+                    state.start = start
+                    th.room = left
+                    # plugsafe.current_call(): this call, until it ends (see CallPath.outer).
+                    self.outer = th.call
+                    th.call = self
+                    if context is not None:
+                        state.context = context
+                try:
+                    # The numeric invoke closure (_runtime/_funcref.invoker), inlined.
+                    try:
+                        self._put(*args)
+                    except (struct.error, TypeError, OverflowError):
+                        self.repack(function, args)
+                    fuel = self._fuel
+                    if fuel is not None:
+                        self._set_fuel(self._ctx, fuel)
+                    ticker = self._ticker
+                    if ticker is not None:
+                        # The ticker protocol (see _ticker.Ticker): stamp, arm if idle, and
+                        # re-arm when the last arming is over a period old. Re-arming stamps
+                        # the arming (what the store's guard reads); the epoch deadline itself
+                        # is set again only once the one set last is no longer far ahead
+                        # (_horizon): an older epoch deadline is an earlier one, which the
+                        # guard extends by the wall clock (never early). With many plugins
+                        # called in turn, every call found its arming a period old and paid a
+                        # C call and two Python frames for it (issue 14).
+                        ticker.last = start
+                        if not ticker.armed:
+                            ticker.arm()
+                        arming = self._arming
+                        if start - arming[0] > self._period:
+                            arming[0] = start
+                            if start - self._set_at > self._horizon:
+                                self.rearm(ticker, start)
+                    # FuncRef.call and FuncRef.get, unrolled: no partials to go through.
+                    error = self._raw(self._ctx, self._arg, self._buf, self._width, self._trap)
+                    # The results, then the trap pointer (null between calls).
+                    out = self._out.unpack_from(self._view)
+                    if error or out[-1]:
+                        raise self._failure(error, out[-1])
+                except rt.WasmFailure as failure:
+                    raise_clean(self.failed(failure, function, inst))
+                except PlugsafeError:
+                    raise
+                except PYTHON_FAILED as exc:
+                    self.instance = None  # as in call() above
+                    self.host_record.spent = self.host_record.leak = True
+                    raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                except BaseException:
+                    self.instance = None
+                    self.host_record.spent = self.host_record.leak = True
+                    raise
+                finally:
+                    if has_imports:
+                        th.room = room
+                        th.call = self.outer
+                        self.state.context = None
+                    if self._last_th is not th:
+                        self.keep(th)
+                    if (
+                        self._lean
+                        and inst is self._inst
+                        and not (has_imports and self.state.host_calls)
+                    ):
+                        # settle(), its first case: provably the same (see settle); a call
+                        # of a plugin without imports set no owner.
+                        self._last = (None, _perf_counter() - start, inst, 0, function)
+                        if has_imports:
+                            self.owner = None
+                    else:
+                        self.settle(inst, start, function, th)
+                    lock.release()
+                # ``out`` ends with the trap pointer: one result is the common case.
+                if self._single:
+                    return out[0]
+                return None if len(out) == 1 else out[:-1]
+            lock.release()
+        return self.guarded(
+            function, lambda inst: self.invoke_checked(inst, function, args), context
+        )
+
+    def rearm(self, ticker: rt.Ticker, now: float) -> None:
+        """Set the aimed instance's epoch deadline afresh at ``now`` (armed at ``now``)."""
+        ref = self._ref
+        assert ref is not None and ref.budget is not None
+        budget = ref.budget
+        self._set_at = now
+        budget.backend.set_deadline(budget.ctx, ticker.deadline(now, budget.ticks))
+
+    def repack(self, function: str, args: Sequence[object]) -> None:
+        """Pack ``args`` for the aimed ``function`` once they did not fit as given: converted
+        (SignatureError saying which is wrong), as the general path does."""
+        ref = self._ref
+        assert ref is not None and ref.put is not None
+        try:
+            converted = self.convert_args(ref, function, args)
+        except SignatureError as exc:
+            raise exc from None  # not "during handling of" the packer's own error
+        try:
+            ref.put(*converted)
+        except (struct.error, TypeError, OverflowError):
+            raise rt.ArgumentsDoNotFit(function) from None
 
     def call_tracked(
         self,
@@ -756,9 +1001,9 @@ class CallPath:
             # Memory is read lazily from the live instance.
             if th is None:
                 th = _thread_room()
-            if self.last_th is not th:
+            if self._last_th is not th:
                 self.keep(th)
-            self.last = (None, _perf_counter() - start, inst, calls, function)
+            self._last = (None, _perf_counter() - start, inst, calls, function)
         else:
             self.record(inst, start, function, th)
             if self.fresh:
@@ -786,7 +1031,7 @@ class CallPath:
         duration = _perf_counter() - start
         if th is None:
             th = _thread_room()
-        if self.last_th is not th:
+        if self._last_th is not th:
             self.keep(th)
         state = self.state
         fuel = self.fuel
@@ -794,7 +1039,7 @@ class CallPath:
         memory: int | rt.Instance = inst
         if inst is not self.instance or self.fresh:
             memory = inst.memory_total()
-        self.last = (consumed, duration, memory, state.host_calls, function)
+        self._last = (consumed, duration, memory, state.host_calls, function)
         if state.log_dropped:
             self.logger.warning(
                 "plugin %s dropped %d log message(s) beyond its limit of %d per call",
@@ -809,16 +1054,16 @@ class CallPath:
         Called before ``last`` is replaced (rare in a plugin used from one thread). ``th``'s
         own earlier record, if any, is taken back out of ``others`` (it is replaced now).
         """
-        before = self.last_th
+        before = self._last_th
         if before is not None:
-            self.others[before] = self.last
+            self.others[before] = self._last
         self.others.pop(th, None)
-        self.last_th = th
+        self._last_th = th
 
     def raw_last(self, th: _nesting.ThreadRoom) -> Last | None:
         """This thread's last record (``th`` is its ThreadRoom), or None."""
-        if self.last_th is th:
-            return self.last
+        if self._last_th is th:
+            return self._last
         return self.others.get(th)
 
     def last_call(self) -> CallStats | None:
@@ -1068,6 +1313,14 @@ class CallPath:
 # the function (see CallPath.last).
 Last = tuple[int | None, float, "int | rt.Instance", int, str]
 _NO_LAST: Last = (None, 0.0, 0, 0, "")
+
+
+def _unaimed(*_args: object) -> Any:
+    raise RuntimeError("CallPath used an aimed function while none was aimed")
+
+
+def _no_plugin() -> object | None:
+    return None
 
 
 def _payload(data: object) -> bytes:

@@ -98,9 +98,17 @@ def inside_call() -> bool:
     return th is not None and (th.room & 15) < NESTING_CAP
 
 
+# One int object per max_stack, shared by every plugin's call path: the short paths read it on
+# every call, and a shared object stays in the CPU caches when many plugins are called in turn.
+_COSTS: dict[int, int] = {}
+
+
 def call_cost(max_stack: int) -> int:
     """The packed cost of one call on an engine with ``max_stack``."""
-    return ((max_stack + LEVEL_RESERVE) << 4) | 1
+    cost = _COSTS.get(max_stack)
+    if cost is None:
+        cost = _COSTS.setdefault(max_stack, ((max_stack + LEVEL_RESERVE) << 4) | 1)
+    return cost
 
 
 def room_left(room: int) -> tuple[int, int]:

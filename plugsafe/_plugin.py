@@ -352,15 +352,9 @@ class Plugin(Closing):
         self._linker = self._build_linker()
         self.memory = PluginMemory(calls, name)
         # The per-call entry points, set on the instance so that ``plugin.call(...)`` is the
-        # call path's closure itself, with no delegating frame (the methods below document them
-        # and serve calls made through the class, ``Plugin.call(plugin, ...)``).
-        for fn, method in ((calls.call, Plugin.call), (calls.invoke, Plugin.invoke)):
-            fn.__name__, fn.__qualname__, fn.__doc__ = (
-                method.__name__,
-                method.__qualname__,
-                method.__doc__,
-            )
-            fn.__module__ = "plugsafe"
+        # call path's method itself, bound, with no delegating frame (the methods below document
+        # them and serve calls made through the class, ``Plugin.call(plugin, ...)``; the
+        # call path's read as them, see the end of this module).
         self.call = calls.call  # type: ignore[method-assign]
         self.invoke = calls.invoke  # type: ignore[method-assign]
         # Kept here as well: the call path lets go of them once the plugin is released.
@@ -963,3 +957,13 @@ class Plugin(Closing):
         self._calls.abi = True
         # What the first calls would do, done now (issue 14: a first call cost several later).
         self._calls.prepare_abi(inst)
+
+
+# plugin.call and plugin.invoke are CallPath's bound methods: they read as the methods above.
+for _short, _method in ((CallPath.call, Plugin.call), (CallPath.invoke, Plugin.invoke)):
+    _short.__name__, _short.__qualname__, _short.__doc__ = (
+        _method.__name__,
+        _method.__qualname__,
+        _method.__doc__,
+    )
+    _short.__module__ = "plugsafe"

@@ -81,6 +81,8 @@ class Scratch(NamedTuple):
     trap: TrapSlot
     get_results: Callable[[], Results] | None
     trap_word: memoryview
+    # The layout ``get`` unpacks with (results, then the trap pointer), or None.
+    out: struct.Struct | None
 
 
 def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]) -> Scratch:
@@ -89,14 +91,15 @@ def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]
     buf = backend.buf(width + 1)  # the last slot holds the trap pointer
     view = backend.bytes_view(buf)
     trap_at = 16 * width
-    put = get = get_results = None
+    put = get = get_results = out = None
     if all(t in NUMERIC_TYPES for t in (*params, *results)):
+        out = _slot_struct(tuple(results), width)
         put = functools.partial(_slot_struct(tuple(params)).pack_into, view, 0)
-        get = functools.partial(_slot_struct(tuple(results), width).unpack_from, view, 0)
+        get = functools.partial(out.unpack_from, view, 0)
         get_results = functools.partial(_slot_struct(tuple(results)).unpack_from, view, 0)
     return Scratch(
         buf, width, put, get, view, backend.trap_arg(buf, trap_at), get_results,
-        view[trap_at : trap_at + 8].cast("Q"),
+        view[trap_at : trap_at + 8].cast("Q"), out,
     )  # fmt: skip
 
 
@@ -134,6 +137,8 @@ class FuncRef:
     # invoke uses, so that it returns just the results with no slicing.
     get_results: Callable[[], Results] | None
     trap_word: memoryview
+    # ``out.unpack_from(view)`` is ``get()`` (the call path's short path uses it so).
+    out: struct.Struct | None
     # ``call()`` makes the C call on ``buf`` (set by Instance.func).
     call: Callable[[], object] = unbound
     # ``invoke(args)``: Instance.invoke for this function as one closure (set by
@@ -142,6 +147,14 @@ class FuncRef:
     # Set by the Plugin once it has checked the signature for invoke() / for the plugin ABI.
     invoke_ok: bool = False
     abi_ok: bool = False
+    # The instance's budget, set with ``invoke``: what the call path's own short path (which
+    # inlines ``invoke``) re-arms before each call.
+    budget: Budget | None = None
+
+    def failure(self, error: object, trap: int) -> WasmFailure:
+        """The failure of a call on ``buf`` that returned ``error`` or stored ``trap``."""
+        assert self.budget is not None
+        return call_failed(self.view, 16 * self.width, self.budget.backend.address(error), trap)
 
 
 def call_failed(view: memoryview, trap_at: int, address: int, trap: int) -> WasmFailure:
@@ -174,6 +187,7 @@ def invoker(ref: FuncRef, budget: Budget) -> Callable[[Sequence[object]], Result
     """
     name, put, get, call, view = ref.name, ref.put, ref.get_results, ref.call, ref.view
     assert put is not None and get is not None
+    ref.budget = budget
     trapped, trap_at = ref.trap_word, 16 * ref.width
     backend, ctx, ticker, arming, ticks, fuel = budget
     set_deadline, set_fuel, address = backend.set_deadline, backend.set_fuel, backend.address
