@@ -757,8 +757,9 @@ class Plugin(Closing):
         # back at it, so that a closed plugin is freed by reference counting the moment the
         # app drops it, not by the garbage collector (issue 14: the cycles of every load and
         # close made collections run, ~10 us a load).
+        # (``call``/``invoke`` are the call path's own bound methods: no cycle through them.)
         calls = self._calls
-        calls.call = calls.invoke = calls.new_instance = _closed(self._name)
+        calls.new_instance = _closed(self._name)
         calls.on_closed = _nothing
 
     def _build_linker(self) -> rt.Linker:
