@@ -8,9 +8,12 @@ buffer overlaps its own stack or heap only hurts itself; these tests are about t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from inbuf_wat import BUF_AT, BUF_CAP, HEAP_AT, guest, where, word
 
 import plugsafe
@@ -19,6 +22,11 @@ from plugsafe import Policy
 from sec import assert_healthy
 
 PAGE = 65536
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 BAD_BUFFERS = {
     "just past the end": (PAGE - 10, 11),
@@ -314,3 +322,46 @@ def test_a_64_bit_memory_is_refused_at_load_so_no_buffer_can_name_one(
 ) -> None:
     with pytest.raises(plugsafe.InvalidModuleError):
         host.load(guest(memory='(memory (export "memory") i64 1)').encode())
+
+
+# -- fuzz: any answer, any input ----------------------------------------------------------------
+
+_EDGES = [0, 1, 2, 16, BUF_AT, PAGE - 300, PAGE - 1, PAGE, PAGE + 1, 2**31 - 1, 2**31, 2**32 - 1]
+_U32 = st.one_of(st.sampled_from(_EDGES), st.integers(0, 2**32 - 1), st.integers(0, PAGE + 8))
+
+
+@pytest.fixture(scope="module")
+def fuzzed() -> Iterator[tuple[plugsafe.Plugin, list[int]]]:
+    # Every call asks (fresh_instance), and the host app answers for the guest.
+    answers = [0]
+    with plugsafe.Host() as host:
+
+        @host.function
+        def answer() -> Annotated[int, plugsafe.I64]:
+            return answers[0]
+
+        imports = '(import "plugsafe" "answer" (func $answer (result i64)))'
+        wat = guest("(call $answer)", imports=imports)
+        yield host.load(wat.encode(), policy=Policy(allow={"answer"}, fresh_instance=True)), answers
+
+
+@FUZZ
+@given(at=_U32, cap=_U32, data=st.binary(max_size=300))
+def test_any_buffer_answer_is_used_exactly_when_it_is_inside_memory(
+    fuzzed: tuple[plugsafe.Plugin, list[int]], at: int, cap: int, data: bytes
+) -> None:
+    plugin, answers = fuzzed
+    answers[0] = word(at, cap)
+    inside = cap == 0 or (at != 0 and at + cap <= PAGE)
+    if data and not inside:
+        with pytest.raises(plugsafe.AbiError, match="plugsafe_input_buffer"):
+            plugin.call("where", data)
+        return
+    placed = where(plugin.call("where", data))
+    if not data:
+        assert placed == 0
+    elif len(data) <= cap:
+        assert placed == at
+    else:
+        assert placed == HEAP_AT
+    assert plugin.call("echo", data) == data
