@@ -204,6 +204,20 @@ def test_call_json_and_async_calls_use_the_buffer(host: plugsafe.Host) -> None:
     assert p.invoke("allocs") == 0
 
 
+def test_every_instance_of_a_pool_uses_its_own_buffer(host: plugsafe.Host) -> None:
+    import concurrent.futures
+
+    with plugsafe.PluginPool(guest().encode(), size=3, host=host) as pool:
+
+        def one(i: int) -> bytes:
+            return pool.call("echo", b"input %d" % i)
+
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            got = list(ex.map(one, range(60)))
+        assert got == [b"input %d" % i for i in range(60)]
+        assert where(pool.call("where", b"abc")) == BUF_AT
+
+
 def test_fuel_stats_count_the_query(host: plugsafe.Host) -> None:
     # A query that burns fuel, with fresh_instance (each call's instance asks): a call with
     # input costs the query's fuel more than one without (which never asks).
