@@ -133,6 +133,15 @@ def test_an_answer_is_never_carried_over_to_a_fresh_instance(host: plugsafe.Host
         p.call("boom", b"abc")
     with pytest.raises(plugsafe.AbiError, match="plugsafe_input_buffer"):
         p.call("echo", b"abc")
+    # The same when the new instance's first call has no input (it asks nothing) and the
+    # question comes on the short path, at the first call with input.
+    with pytest.raises(plugsafe.PluginTrap):
+        p.call("boom")
+    assert p.call("echo", b"") == b""
+    with pytest.raises(plugsafe.AbiError, match="plugsafe_input_buffer"):
+        p.call("echo", b"abc")
+    with pytest.raises(plugsafe.AbiError, match="plugsafe_input_buffer"):
+        p.call("echo", b"abc")
     assert_healthy(host)
 
 
