@@ -287,6 +287,9 @@ void *plugsafe_malloc(size_t n) {
 #ifndef PLUGSAFE_INPUT_BUFFER_SIZE
 #define PLUGSAFE_INPUT_BUFFER_SIZE 4096
 #endif
+#if PLUGSAFE_INPUT_BUFFER_SIZE > 0x7FFFFFFF
+#error "PLUGSAFE_INPUT_BUFFER_SIZE must fit the ABI's 31-bit lengths"
+#endif
 #if PLUGSAFE_INPUT_BUFFER_SIZE > 0
 static uint8_t plugsafe__input[PLUGSAFE_INPUT_BUFFER_SIZE] __attribute__((aligned(8)));
 
