@@ -1,5 +1,8 @@
 """Per-call CPU time of invoke, an 11-byte echo and a guest→host call (best of 7 rounds).
 
+The echo guest declares an input buffer (docs/abi.md); ``echo11v1`` is the same guest without
+it, as a plain v1 guest (input through ``plugsafe_alloc``: two wasm calls).
+
 For comparing two versions of plugsafe on a busy machine, where wall-clock medians move too much:
 run it under each version in turn, alternating, e.g. from two checkouts with their own venvs
 (``.venv/bin/python benchmarks/cpu_per_call.py``). docs/performance.md has a use of it.
@@ -18,7 +21,7 @@ from pathlib import Path
 import plugsafe
 
 sys.path.insert(0, str(Path(__file__).parent))
-from guests import PLUGSAFE_PURE_GUEST
+from guests import PLUGSAFE_PURE_GUEST, PLUGSAFE_V1_GUEST
 
 ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 HOST_CALLS = """
@@ -53,6 +56,7 @@ def main() -> None:
 
         add = host.load(ADD.encode())
         echo = host.load(PLUGSAFE_PURE_GUEST.encode())
+        echo_v1 = host.load(PLUGSAFE_V1_GUEST.encode())
         name = next(n for n, e in echo.exports.items() if e.params == ("i32", "i32"))
         calls = host.load(
             HOST_CALLS.encode(), policy=plugsafe.Policy(allow={"inc"}, max_host_calls=10**9)
@@ -68,12 +72,19 @@ def main() -> None:
             for _ in range(n):
                 f(name, b"hello world")
 
+        def call_v1(n: int) -> None:
+            f = echo_v1.call
+            for _ in range(n):
+                f(name, b"hello world")
+
         invoke(10)
         call(10)
+        call_v1(10)
         calls.invoke("run", 10)
         print(
             f"invoke {best(invoke, 20_000) * 1e9:.0f} ns  "
             f"echo11 {best(call, 20_000) * 1e9:.0f} ns  "
+            f"echo11v1 {best(call_v1, 20_000) * 1e9:.0f} ns  "
             f"hostcall {best(lambda n: calls.invoke('run', n), 20_000) * 1e9:.0f} ns"
         )
         many = [host.load(PLUGSAFE_PURE_GUEST.encode()) for _ in range(1000)]

@@ -1,4 +1,4 @@
-"""The plugin ABI, version 1: the export and module names, and the result word.
+"""The plugin ABI, version 1: the export and module names, the result word.
 
 ``docs/abi.md`` is the specification. How host functions' Python types map onto wasm is in
 ``_hostfn`` (``HostSignature``).
@@ -17,6 +17,8 @@ __all__ = [
     "ENTRY_TYPE",
     "FUNCTION_TYPE",
     "HOST_MODULE",
+    "INPUT_BUFFER_EXPORT",
+    "INPUT_BUFFER_TYPE",
     "MEMORY_EXPORT",
     "NONE_WORD",
     "VERSION_EXPORT",
@@ -33,6 +35,9 @@ HOST_MODULE = "plugsafe"
 MEMORY_EXPORT = "memory"
 ALLOC_EXPORT = "plugsafe_alloc"
 VERSION_EXPORT = "plugsafe_abi_version"
+# Optional (a v1 addition, docs/abi.md "The input buffer"): where the host may place small
+# inputs without calling plugsafe_alloc.
+INPUT_BUFFER_EXPORT = "plugsafe_input_buffer"
 
 # A function type as (params, results), value types named as ``_wasmbin`` names them.
 Signature = tuple[tuple[str, ...], tuple[str, ...]]
@@ -43,6 +48,7 @@ VERSION_TYPE: Signature = ((), ("i32",))
 ALLOC_TYPE: Signature = (("i32",), ("i32",))
 FUNCTION_TYPE: Signature = (("i32", "i32"), ("i64",))  # every ABI function
 ENTRY_TYPE: Signature = ((), ())  # WASI's _start and _initialize
+INPUT_BUFFER_TYPE: Signature = ((), ("i64",))
 
 _ERROR_BIT = 0x8000_0000
 _LENGTH_MASK = 0x7FFF_FFFF

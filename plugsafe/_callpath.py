@@ -33,6 +33,7 @@ from ._errors import (
     Phase,
     PluginCallError,
     PluginClosedError,
+    PluginLoadError,
     PlugsafeError,
     SignatureError,
     StackLimitExceeded,
@@ -40,6 +41,7 @@ from ._errors import (
     raise_clean,
 )
 from ._policy import Policy
+from ._runtime._instance import InputBufferError
 from ._types import CallStats, ExportInfo
 
 __all__ = ["PYTHON_FAILED", "PYTHON_FAILED_MESSAGE", "CallPath", "CallState", "CallToken"]
@@ -328,6 +330,8 @@ class CallPath:
         self.state = CallState(policy.timeout)
         # Set once the plugin passed the ABI check at load.
         self.abi = False
+        # Set with it if the plugin exports plugsafe_input_buffer with its type (prepare_abi).
+        self.input_buffer = False
         # Stats of the last call as a plain tuple; CallStats is built only when asked for.
         # The memory size is read when asked for: memory changes only during calls, and the
         # instance is kept only while it is the current one (a discarded one is measured now).
@@ -1187,8 +1191,54 @@ class CallPath:
         # The allocator is looked up too, so that the short path finds both in inst.funcs.
         alloc = inst.func(_abi.ALLOC_EXPORT)
         assert alloc is not None
+        if self.input_buffer:
+            self._use_input_buffer(inst)
         ref.abi_ok = True
         return self.round_trip(inst, ref, function, payload)
+
+    def _ask_input_buffer_at_load(self, inst: rt.Instance) -> None:
+        """Ask ``inst`` for its input buffer as part of the load: failures are the load's
+        (as for ``plugsafe_abi_version``): a trap or a bad buffer is a PluginLoadError, a
+        limit its own error."""
+        state = self.state
+        state.begin(_abi.INPUT_BUFFER_EXPORT, "load")
+        try:
+            inst.ask_input_buffer()
+        except rt.WasmFailure as failure:
+            err: BaseException | None = self.diagnosis.translate(
+                failure, state, _abi.INPUT_BUFFER_EXPORT, inst
+            )
+            try:
+                if isinstance(err, LimitExceeded):
+                    raise err from err.__cause__
+                raise PluginLoadError(f"plugin {self.name!r}: {err}") from err
+            finally:
+                err = None  # no cycle through this frame (see raise_clean)
+        except InputBufferError as exc:
+            raise PluginLoadError(
+                f"plugin {self.name!r}: {_abi.INPUT_BUFFER_EXPORT} returned a bad input "
+                f"buffer: {exc}"
+            ) from None
+        except PlugsafeError:
+            raise
+        except PYTHON_FAILED as exc:
+            self.host_record.spent = self.host_record.leak = True  # see the short paths
+            raise PluginLoadError(PYTHON_FAILED_MESSAGE) from exc
+        except BaseException:
+            self.host_record.spent = self.host_record.leak = True
+            raise
+        finally:
+            state.reset()
+
+    def _use_input_buffer(self, inst: rt.Instance) -> None:
+        """Have ``inst`` ask for the guest's input buffer at its first call with input.
+
+        Every instance asks its own (a fresh one may place it elsewhere); an instance reaches
+        the short path only through here or prepare_abi, so none is missed.
+        """
+        query = inst.func(_abi.INPUT_BUFFER_EXPORT)
+        if query is not None:
+            inst.use_input_buffer(query)
 
     def prepare_abi(self, inst: rt.Instance) -> None:
         """At load, what the first call of an ABI function would do (issue 14: a first call cost
@@ -1196,10 +1246,32 @@ class CallPath:
 
         Looks up the allocator, the memory window and the first few functions of the ABI's type,
         and marks those checked exactly as ``call_abi`` would, so that their first call takes
-        the short path. A few only: each costs the load a lookup.
+        the short path. A few only: each costs the load a lookup. Checks the optional
+        ``plugsafe_input_buffer`` export's type once (a wrong one is ignored, with a warning).
         """
         if not self.abi:
             return
+        problem = _abi.export_problem(
+            self.exports, _abi.INPUT_BUFFER_EXPORT, _abi.INPUT_BUFFER_TYPE
+        )
+        if problem is None:
+            self.input_buffer = True
+            self._use_input_buffer(inst)
+            if not self.fresh:
+                # The instance the first call runs on: asked now, so that the first call is
+                # no dearer than later ones (issue 14, goal 4). A fresh_instance plugin's
+                # calls never run on this instance: each of theirs asks at its first input.
+                self._ask_input_buffer_at_load(inst)
+        elif _abi.INPUT_BUFFER_EXPORT in self.exports:
+            # Never called with a type it does not have (issue 12, class 1), and not a load
+            # error either: the export is optional, a v1 plugin that happens to have one of
+            # its own keeps loading, and calls take plugsafe_alloc as before.
+            self.logger.warning(
+                "plugin %s: %s; its input buffer is not used (inputs go through %s)",
+                self.name,
+                problem,
+                _abi.ALLOC_EXPORT,
+            )
         names = [
             name
             for name, info in self.exports.items()
@@ -1222,6 +1294,15 @@ class CallPath:
             word = inst.abi_call(alloc, ref, payload)
         except rt.GuestAllocError:
             self._raise_alloc_failure(inst, function, len(payload))
+        except InputBufferError as exc:
+            # The buffer is asked for once per instance: this one goes, so that every call
+            # (each on a fresh instance) reports it, not only the first one.
+            self.instance = None
+            inst.release()
+            raise AbiError(
+                f"plugin {self.name!r}: {_abi.INPUT_BUFFER_EXPORT} returned a bad input "
+                f"buffer: {exc}"
+            ) from None
         except rt.GuestMemoryError as exc:
             raise AbiError(
                 f"plugin {self.name!r}: {_abi.ALLOC_EXPORT} returned a bad buffer for "

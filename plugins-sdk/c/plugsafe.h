@@ -29,6 +29,11 @@
  * call's output). Nothing needs freeing; nothing from the arena may be kept across calls (use
  * static storage, or libc malloc with wasi-libc, for that).
  *
+ * Inputs of up to PLUGSAFE_INPUT_BUFFER_SIZE bytes (4096 unless defined otherwise before the
+ * implementation; 0 turns it off) do not even go through the arena: the host writes them into
+ * a static buffer this header exports as plugsafe_input_buffer, which spares a wasm call per
+ * plugin call. The rule is the same: the input is valid until the function returns.
+ *
  * The ABI itself is described in docs/abi.md of the plugsafe repository.
  */
 #ifndef PLUGSAFE_H
@@ -276,6 +281,26 @@ void *plugsafe_malloc(size_t n) {
     return (void *)addr;
 }
 
+/* The input buffer (docs/abi.md, "The input buffer"): the host places inputs that fit here
+   instead of asking plugsafe_alloc for room, so a call is one wasm call instead of two. A
+   zero-initialized static: it costs memory, not bytes of the .wasm file. */
+#ifndef PLUGSAFE_INPUT_BUFFER_SIZE
+#define PLUGSAFE_INPUT_BUFFER_SIZE 4096
+#endif
+#if PLUGSAFE_INPUT_BUFFER_SIZE > 0x7FFFFFFF
+#error "PLUGSAFE_INPUT_BUFFER_SIZE must fit the ABI's 31-bit lengths"
+#endif
+#if PLUGSAFE_INPUT_BUFFER_SIZE > 0
+static uint8_t plugsafe__input[PLUGSAFE_INPUT_BUFFER_SIZE] __attribute__((aligned(8)));
+
+/* Asked once per instance, before its first call with input: (pointer << 32) | capacity. */
+__attribute__((export_name("plugsafe_input_buffer"))) int64_t plugsafe__input_buffer(void);
+int64_t plugsafe__input_buffer(void) {
+    return (int64_t)(((uint64_t)(uintptr_t)plugsafe__input << 32) |
+                     (uint64_t)(uint32_t)PLUGSAFE_INPUT_BUFFER_SIZE);
+}
+#endif
+
 /* The previous call's output has been copied by now: everything in the arena is free again. */
 static void plugsafe__new_call(void) { plugsafe__st.top = plugsafe__st.start; }
 
@@ -296,7 +321,8 @@ int32_t plugsafe__alloc(int32_t len) {
 int64_t plugsafe__call(plugsafe_result (*fn)(uint8_t *, size_t), int32_t ptr, int32_t len) {
     plugsafe_result r;
     size_t n = (size_t)(uint32_t)len;
-    /* Empty input skips plugsafe_alloc, so the new call may start only here. */
+    /* Empty input, and input placed in the input buffer, skip plugsafe_alloc, so the new call
+       may start only here. */
     if (plugsafe__st.phase == PLUGSAFE__IDLE) plugsafe__new_call();
     plugsafe__st.phase = PLUGSAFE__IN_CALL;
     r = fn(n ? (uint8_t *)(uintptr_t)(uint32_t)ptr : (uint8_t *)NULL, n);

@@ -41,7 +41,7 @@ from ._module import Module
 from ._store import Store
 from ._ticker import Ticker, guard, limit, unlimit
 
-__all__ = ["Instance"]
+__all__ = ["InputBufferError", "Instance"]
 
 _perf_counter = time.perf_counter
 # Orders Instance.release against memory_total read from another thread (Plugin.last_call).
@@ -57,6 +57,10 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class InputBufferError(GuestMemoryError):
+    """The guest's ``plugsafe_input_buffer`` named a buffer the host may not write."""
 
 
 # Epoch increments Instance.interrupt makes on the calling thread (more go to a helper thread).
@@ -175,6 +179,13 @@ class Instance:
         # wasmtime is asked again only when an access reaches past ``_known``.
         self._window: Window = EMPTY_WINDOW
         self._known = 0
+        # The guest's input buffer (docs/abi.md, plugsafe_input_buffer): ``_in_cap`` bytes at
+        # ``_in_at`` (``_in_raw`` as the i32 the guest is passed), checked inside ``memory``
+        # when asked for (memories never shrink: it stays inside); 0 bytes until then, and
+        # for a guest without one. ``_in_query`` is the export, asked once (use_input_buffer).
+        self._in_at = self._in_raw = self._in_cap = 0
+        self._in_query: FuncRef | None = None
+        self._in_wanted = False
         self._find_memories(module)
         # The Linker closes every store made through it before serving another plugin.
         linker.made(self)
@@ -304,6 +315,52 @@ class Instance:
         if self.memory is not None and not self._known:
             self._window, self._known = self._b.window(self._ctx, self.memory)
 
+    def use_input_buffer(self, query: FuncRef) -> None:
+        """Let ``abi_call`` place inputs in the guest's input buffer, once ``query`` (its
+        checked ``plugsafe_input_buffer``) has said where it is.
+
+        Only the first use on an instance counts: the buffer is asked for once per instance
+        (at its first call whose input is not empty), never carried over to another.
+        """
+        if not self._in_wanted:
+            self._in_wanted = True
+            self._in_query = query
+
+    def ask_input_buffer(self) -> None:
+        """Ask for the input buffer now (once: see use_input_buffer), under the budget the
+        instance has (at load: the load's). Raises as ``_ask_input_buffer``."""
+        query = self._in_query
+        if query is not None:
+            self._ask_input_buffer(query)
+
+    def _ask_input_buffer(self, query: FuncRef) -> None:
+        """Call ``query`` (under the budget abi_call armed) and check the buffer it names.
+
+        Raises WasmFailure if it traps, InputBufferError if the buffer is not wholly inside
+        ``memory`` or sits at address 0 (the ABI's null). Capacity 0 means no buffer.
+        """
+        self._in_query = None  # asked once, whatever the answer
+        query.put()  # type: ignore[misc]
+        error = query.call()
+        word, trap = query.get()  # type: ignore[misc]
+        if error or trap:
+            raise self._failed(query, error, trap)
+        # Unsigned, as every guest pointer and length: pointer high, capacity low.
+        word &= 0xFFFF_FFFF_FFFF_FFFF
+        at, cap = word >> 32, word & U32
+        if cap == 0:
+            return
+        if at == 0:
+            raise InputBufferError(f"a buffer of {cap} bytes at address 0 (the ABI's null)")
+        # Python integers: at + cap cannot wrap. _span raises unless all of it is inside.
+        if at + cap > self._known:
+            try:
+                self._span(at, cap)
+            except GuestMemoryError as exc:
+                raise InputBufferError(str(exc)) from None
+        self._in_at, self._in_cap = at, cap
+        self._in_raw = at if at <= 0x7FFF_FFFF else at - 0x1_0000_0000
+
     def _failed(self, ref: FuncRef, error: object, trap: int) -> WasmFailure:
         return call_failed(ref.view, 16 * ref.width, self._b.address(error), trap)
 
@@ -336,12 +393,14 @@ class Instance:
         return list(self.invoke(ref, args))
 
     def abi_call(self, alloc: FuncRef, ref: FuncRef, payload: bytes) -> int:
-        """The plugin ABI's hot path: allocate, copy the input in once, call; the result word.
+        """The plugin ABI's hot path: place the input (one copy), call; the result word.
 
-        The budget (fuel, deadline) is re-armed once and covers the allocation and the call.
+        The input goes into the guest's input buffer when it fits (see use_input_buffer), else
+        into what ``alloc`` returns. The budget (fuel, deadline) is re-armed once and covers
+        the buffer query, the allocation and the call.
 
         Raises GuestAllocError if the guest's allocator returned 0, GuestMemoryError if it
-        returned a buffer outside its memory.
+        returned a buffer outside its memory, InputBufferError for a bad input buffer.
         """
         ctx = self._ctx
         if self._metered:
@@ -360,18 +419,30 @@ class Instance:
         raw_n = n if n <= 0x7FFF_FFFF else n - 0x1_0000_0000
         raw_pointer = 0
         if n:
-            alloc.put(raw_n)  # type: ignore[misc]
-            error = alloc.call()
-            raw_pointer, trap = alloc.get()  # type: ignore[misc]
-            if error or trap:
-                raise self._failed(alloc, error, trap)
-            pointer = raw_pointer & U32
-            if pointer == 0:
-                raise GuestAllocError(f"the plugin's allocator returned 0 for {n} input bytes")
-            end = pointer + n
-            if end > self._known:
-                self._span(pointer, n)
-            self._window[pointer:end] = payload
+            query = self._in_query
+            if query is not None and n > self._in_cap:
+                # The first input on this instance: where is the guest's buffer, if any?
+                self._ask_input_buffer(query)
+            if n <= self._in_cap:
+                # Inside the buffer the guest named (checked inside memory when asked; the
+                # window covers it since, and a released instance's capacity is 0).
+                at = self._in_at
+                self._window[at : at + n] = payload
+                raw_pointer = self._in_raw
+            else:
+                # Through the guest's allocator (v1 guests, and inputs over the buffer).
+                alloc.put(raw_n)  # type: ignore[misc]
+                error = alloc.call()
+                raw_pointer, trap = alloc.get()  # type: ignore[misc]
+                if error or trap:
+                    raise self._failed(alloc, error, trap)
+                pointer = raw_pointer & U32
+                if pointer == 0:
+                    raise GuestAllocError(f"the plugin's allocator returned 0 for {n} input bytes")
+                end = pointer + n
+                if end > self._known:
+                    self._span(pointer, n)
+                self._window[pointer:end] = payload
         ref.put(raw_pointer, raw_n)  # type: ignore[misc]
         error = ref.call()
         word, trap = ref.get()  # type: ignore[misc]
@@ -432,6 +503,8 @@ class Instance:
             # the window points into the linear memory, the bound calls at the store's context.
             self._window = EMPTY_WINDOW
             self._known = 0
+            self._in_cap = 0
+            self._in_query = None
             self.memory = None
             self._memories = []
             self.funcs = {}

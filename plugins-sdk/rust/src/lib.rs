@@ -32,7 +32,9 @@
 //!   built-in `log` host function (the plugin's policy must allow `"log"`).
 //! * [`import!`] declares app-defined host functions and gives you safe Rust wrappers.
 //! * The `memory`, `plugsafe_abi_version` and `plugsafe_alloc` exports the ABI requires; they are
-//!   always present when this crate is linked in.
+//!   always present when this crate is linked in. With the default feature `input-buffer`, also
+//!   `plugsafe_input_buffer`: inputs of up to 4 KiB arrive in a static buffer, without a
+//!   `plugsafe_alloc` call (one wasm call per plugin call instead of two).
 //! * [`CallArena`], an optional tiny global allocator that frees everything at the start of each
 //!   call (how the smallest plugins stay under 1 KiB).
 //!
@@ -73,7 +75,7 @@ pub const ABI_VERSION: i32 = 1;
 pub mod __private {
     pub use crate::host::{HostArg, HostResult};
     pub use crate::text::{format, has_brace, Text};
-    pub use crate::io::{BytesIn, Handler, NoIn, StrIn, StringIn, VecIn};
+    pub use crate::io::{BytesIn, Handler, Input, NoIn, StrIn, StringIn, VecIn};
     pub use crate::rt::run;
 }
 
@@ -102,7 +104,7 @@ macro_rules! export {
             #[export_name = stringify!($name)]
             extern "C" fn __plugsafe_export(ptr: i32, len: i32) -> i64 {
                 // SAFETY: the host calls plugin functions with a buffer it got from
-                // `plugsafe_alloc` (or 0/0 for empty input), as the ABI requires.
+                // `plugsafe_alloc`, or the input buffer, or 0/0 for empty input (the ABI).
                 unsafe { $crate::__private::run(ptr, len, $name) }
             }
         };

@@ -8,7 +8,7 @@ use core::cell::UnsafeCell;
 
 use crate::arena;
 use crate::error::Error;
-use crate::io::{Handler, Output, Repr};
+use crate::io::{Handler, Input, Output, Repr};
 
 /// Interior-mutable global for single-threaded wasm. plugsafe instances have no threads, and
 /// the host never re-enters an instance while a call is running, so plain access is sound.
@@ -70,6 +70,10 @@ pub extern "C" fn plugsafe_abi_version() -> i32 {
 }
 
 /// `plugsafe_alloc(len) -> ptr`: room for `len` bytes, or 0 if there is none.
+///
+/// Also how the SDK copies a borrowed input (`io`): never inlined there, so that the global
+/// allocator it inlines is not in small plugins twice.
+#[inline(never)]
 #[no_mangle]
 pub extern "C" fn plugsafe_alloc(len: i32) -> i32 {
     // SAFETY: single-threaded; the reference does not outlive this block.
@@ -94,18 +98,45 @@ pub extern "C" fn plugsafe_alloc(len: i32) -> i32 {
     }
 }
 
-/// Takes ownership of the input buffer the host filled.
+/// Capacity of the input buffer (docs/abi.md, "The input buffer").
+#[cfg(feature = "input-buffer")]
+pub(crate) const INPUT_CAPACITY: usize = 4096;
+
+/// The input buffer: the host writes inputs of up to `INPUT_CAPACITY` bytes here instead of
+/// asking `plugsafe_alloc` for room, so a call is one wasm call instead of two. All zero
+/// bytes: it costs memory, not bytes of the `.wasm` file.
+#[cfg(feature = "input-buffer")]
+static INPUT: Global<[u8; INPUT_CAPACITY]> = Global::new([0; INPUT_CAPACITY]);
+
+/// `plugsafe_input_buffer() -> i64`: where the input buffer is, as `(pointer << 32) | capacity`.
+/// The host asks once per instance, before its first call with input.
+#[cfg(feature = "input-buffer")]
+#[no_mangle]
+pub extern "C" fn plugsafe_input_buffer() -> i64 {
+    // The address only: no reference to the buffer is made here.
+    let ptr = INPUT.0.get() as usize as u64;
+    ((ptr << 32) | INPUT_CAPACITY as u64) as i64
+}
+
+/// Takes the input buffer the host filled: borrowed if it is the input buffer, else owned.
 ///
 /// # Safety
-/// `ptr` must come from `plugsafe_alloc(len)` (or `len` must be 0).
-pub(crate) unsafe fn take_input(ptr: i32, len: i32) -> Vec<u8> {
+/// `ptr` must come from `plugsafe_alloc(len)`, or be the input buffer with `len` at most its
+/// capacity (or `len` must be 0). The input buffer is not touched again until the call ends.
+pub(crate) unsafe fn take_input(ptr: i32, len: i32) -> Input {
     let len = len as u32 as usize;
     if len == 0 {
-        Vec::new()
-    } else {
-        // `plugsafe_alloc` allocated exactly `len` bytes with alignment 1.
-        Vec::from_raw_parts(ptr as u32 as usize as *mut u8, len, len)
+        return Input::Owned(Vec::new());
     }
+    let ptr = ptr as u32 as usize as *mut u8;
+    #[cfg(feature = "input-buffer")]
+    {
+        if ptr as usize == INPUT.0.get() as usize {
+            return Input::Borrowed(core::slice::from_raw_parts(ptr, len));
+        }
+    }
+    // `plugsafe_alloc` allocated exactly `len` bytes with alignment 1.
+    Input::Owned(Vec::from_raw_parts(ptr, len, len))
 }
 
 const ERROR_BIT: u64 = 0x8000_0000;
