@@ -110,14 +110,21 @@ class ByHand:
     hostloop: wasmtime.Func
     compute: wasmtime.Func
     memory: wasmtime.Memory
+    # The guest's input buffer query (docs/abi.md).
+    ask_buffer: wasmtime.Func
 
-    # The guest's input buffer (docs/abi.md), asked once as plugsafe asks it: (pointer, size).
-    input_buffer: tuple[int, int] = (0, 0)
+    # The guest's input buffer, asked once as plugsafe asks it: (pointer, size). Asked at the
+    # first echo, not when instantiated: a row may still have to set the store's fuel or epoch
+    # deadline (a store with epoch interruption and no deadline traps at once).
+    input_buffer: tuple[int, int] | None = None
 
     def call_echo(self, data: bytes) -> bytearray:
         """plugsafe's ABI done by hand: place the input (in the guest's input buffer when it
         fits, as plugsafe does, else through alloc), call, decode the result word, read."""
         store = self.store
+        if self.input_buffer is None:
+            word = self.ask_buffer(store) & U64
+            self.input_buffer = (word >> 32, word & 0xFFFF_FFFF)
         at, size = self.input_buffer
         ptr = at if 0 < len(data) <= size else self.alloc(store, len(data))
         self.memory.write(store, data, ptr)
@@ -143,7 +150,6 @@ def by_hand(engine: wasmtime.Engine | None = None) -> ByHand:
     def get(name: str) -> Any:
         return exports[name]
 
-    word = get("plugsafe_input_buffer")(store) & U64
     return ByHand(
         engine,
         module,
@@ -155,7 +161,7 @@ def by_hand(engine: wasmtime.Engine | None = None) -> ByHand:
         get("hostloop"),
         get("compute"),
         get("memory"),
-        (word >> 32, word & 0xFFFF_FFFF),
+        get("plugsafe_input_buffer"),
     )
 
 

@@ -279,6 +279,10 @@ class Ticker:
     where ``arming`` is the store's one-item list given to :func:`guard`. A deadline then never
     fires before ``timeout`` has passed since ``start`` (the guard checks the wall clock), and
     fires within about three periods after it, plus delays in getting the GIL back.
+    ``Plugin.invoke``'s short path may skip the last line while the epoch deadline it set last
+    is less than half its ticks old (issue 14: many plugins called in turn re-armed on every
+    call): the store's epoch deadline is then *earlier* than this protocol's, the guard finds
+    the arming stamped and extends it, so no call is stopped early.
 
     When does it tick? A ticker that :meth:`watch`\\ es locks (the call path's) starts ticking
     ``LEAD`` before the shortest timeout used on it could end after the arm (if that is at least
