@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._abi import ALLOC_EXPORT
 from ._backend import (
     EMPTY_WINDOW,
     KIND_FUNC,
@@ -392,7 +393,7 @@ class Instance:
         """Call with already-checked numeric arguments under a fresh budget; the results."""
         return list(self.invoke(ref, args))
 
-    def abi_call(self, alloc: FuncRef, ref: FuncRef, payload: bytes) -> int:
+    def abi_call(self, alloc: FuncRef | None, ref: FuncRef, payload: bytes) -> int:
         """The plugin ABI's hot path: place the input (one copy), call; the result word.
 
         The input goes into the guest's input buffer when it fits (see use_input_buffer), else
@@ -430,7 +431,12 @@ class Instance:
                 self._window[at : at + n] = payload
                 raw_pointer = self._in_raw
             else:
-                # Through the guest's allocator (v1 guests, and inputs over the buffer).
+                # Through the guest's allocator (v1 guests, and inputs over the buffer); None:
+                # not looked up yet on this instance (its inputs fitted the buffer so far).
+                if alloc is None:
+                    alloc = self.func(ALLOC_EXPORT)
+                    if alloc is None:  # a plugin speaking the ABI exports it (checked at load)
+                        raise GuestAllocError(f"the plugin exports no {ALLOC_EXPORT!r}")
                 alloc.put(raw_n)  # type: ignore[misc]
                 error = alloc.call()
                 raw_pointer, trap = alloc.get()  # type: ignore[misc]
