@@ -772,6 +772,7 @@ class CallPath:
             if self.closed:
                 raise PluginClosedError(f"plugin {self.name!r} is closed")
             inst = self.instance
+            made = inst is None
             if inst is None:
                 # Made within the call's deadline (limited to it: see Instance.limit_deadline).
                 inst = self.instance = self.instantiate(me, begun)
@@ -781,8 +782,11 @@ class CallPath:
                     raise self.diagnosis.deadline(
                         function, "call", " (waiting for the plugin and instantiating it)"
                     )
-                # What is left of the call's time, not a timeout of its own from now.
-                inst.limit_deadline(end)
+                if not made:
+                    # What is left of the call's time, not a timeout of its own from now. (An
+                    # instance made just now for this call holds that very limit already:
+                    # Instance(until=begun + timeout), state.call_deadline.)
+                    inst.limit_deadline(end)
             if self.has_imports:
                 self.owner = me
                 state.function = function

@@ -154,10 +154,12 @@ class Instance:
         # set_budget, inline (a load or fresh instance makes one call fewer).
         if self._metered:
             self._set_fuel(self._ctx, self._fuel)
-        self._arm()
-        if until is not None:
+        if until is None or epochs is None:
+            self._arm()
+        else:
             # Made for a call that started earlier (``until`` is its deadline): the start
             # function runs on what is left of that call's time, not on a timeout of its own.
+            # (limit_deadline arms the ticker and sets the epoch deadline itself.)
             self.limit_deadline(until)
         if linker._pre is None:
             linker.prepare(module)
