@@ -348,7 +348,8 @@ class ModuleLoader:
         name_arg = name
         if name is None:
             name = fallback or default_name(entry.digest)
-        if entry.shape is None or not fits(entry.shape, caps):
+        settled = entry.shape is not None and fits(entry.shape, caps)
+        if not settled:
             # A cached module this policy's caps may refuse: decide exactly, as on a first load.
             shape = check_shape(wasm, caps, name)
             if entry.shape is not None:
@@ -359,16 +360,6 @@ class ModuleLoader:
             with self._lock:
                 if key in self._modules:
                     self._modules[key] = dataclasses.replace(entry, shape=shape)
-            return LoadedModule(
-                name=name,
-                module=entry.module,
-                memories=entry.memories,
-                wasm=wasm,
-                format=fmt,
-                source=data,
-                policy=policy,
-                engine=engine,
-            )
         loaded = LoadedModule(
             name=name,
             module=entry.module,
@@ -379,7 +370,8 @@ class ModuleLoader:
             policy=policy,
             engine=engine,
         )
-        self._last = (entry, policy, name_arg, loaded)
+        if settled:  # remembered only when the stored shape settled it (as before the check)
+            self._last = (entry, policy, name_arg, loaded)
         return loaded
 
     def _to_wasm(self, data: bytes, what: str, max_size: int) -> tuple[bytes, Format]:

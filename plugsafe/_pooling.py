@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from . import _runtime as rt
 from ._errors import PolicyError, fmt_bytes
-from ._units import GiB, KiB
+from ._units import GiB, KiB, parse_size
 
 __all__ = ["Pooling"]
 
@@ -18,7 +18,7 @@ def _count(name: str, value: object, hi: int) -> None:
         raise PolicyError(f"{name} must be an int from 1 to {hi}, got {value!r}", field=name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Pooling:
     """Instances from pre-reserved slots: ``Host(pooling=Pooling(instances=..., ...))``.
 
@@ -37,7 +37,8 @@ class Pooling:
     Args:
         instances: instances alive at once, over every plugin of every Host sharing the pool.
         memory_size: bytes any one linear memory may grow to (a multiple of 64 KiB, at most
-            4 GiB). A policy whose ``memory`` cap per memory is larger is refused at load: the
+            4 GiB), as an int or a string with a unit, as in ``Policy`` (``"16MiB"``). A
+            policy whose ``memory`` cap per memory is larger is refused at load: the
             pool's cap would cut growth short below the policy's.
         memories: linear memories per instance (modules defining more fail to load).
         tables: tables per instance (modules defining more fail to load).
@@ -50,7 +51,29 @@ class Pooling:
     tables: int = 1
     table_elements: int = 100_000
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        instances: int,
+        memory_size: int | str,
+        memories: int = 1,
+        tables: int = 1,
+        table_elements: int = 100_000,
+    ) -> None:
+        # Written out (not the dataclass's) only so that memory_size may be "16MiB", as
+        # Policy(memory=...) takes sizes; read into bytes here, so the field is always an int.
+        if isinstance(memory_size, str):
+            memory_size = parse_size(memory_size, "memory_size", "memory_size")
+        for name, value in (
+            ("instances", instances),
+            ("memory_size", memory_size),
+            ("memories", memories),
+            ("tables", tables),
+            ("table_elements", table_elements),
+        ):
+            object.__setattr__(self, name, value)
+        self._check()
+
+    def _check(self) -> None:
         _count("instances", self.instances, 1_000_000)
         _count("memory_size", self.memory_size, 4 * GiB)
         if self.memory_size % _PAGE:

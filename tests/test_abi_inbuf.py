@@ -140,6 +140,27 @@ def test_every_fresh_instance_asks_for_its_own_buffer(host: plugsafe.Host) -> No
     assert p.last_call is not None and p.last_call.host_calls == 1
 
 
+def test_a_fresh_instance_finds_its_allocator_for_an_input_over_the_buffer(
+    host: plugsafe.Host,
+) -> None:
+    # The allocator is looked up only when an input does not fit (one export lookup less per
+    # fresh instance): an input over the buffer on a new instance still finds it, and a trap
+    # in it is that call's PluginTrap.
+    p = host.load(guest().encode(), policy=Policy(fresh_instance=True))
+    big = b"z" * (BUF_CAP + 1)
+    for data in (b"small", big, b"small", big):
+        assert p.call("echo", data) == data
+        assert where(p.call("where", data)) == (BUF_AT if data == b"small" else HEAP_AT)
+    trapping = guest().replace(
+        "(global.set $allocs (i32.add (global.get $allocs) (i32.const 1)))", "unreachable"
+    )
+    t = host.load(trapping.encode(), policy=Policy(fresh_instance=True))
+    assert t.call("echo", b"fits") == b"fits"
+    with pytest.raises(plugsafe.PluginTrap):
+        t.call("echo", big)
+    assert t.call("echo", b"fits") == b"fits"
+
+
 def test_an_instance_after_a_trap_asks_again(host: plugsafe.Host) -> None:
     p = host.load(guest(body='(func (export "boom") (param i32 i32) (result i64) unreachable)')
                   .encode())  # fmt: skip

@@ -97,6 +97,15 @@ def test_pooling_limits_are_checked(kwargs: dict[str, int], field: str) -> None:
     assert info.value.field == field
 
 
+def test_pooling_takes_a_size_with_a_unit_as_policy_does() -> None:
+    assert Pooling(instances=2, memory_size="16MiB") == Pooling(2, 16 * MiB)
+    assert Pooling(1, "4 GiB").memory_size == 4 * 1024**3
+    for bad in ("16 parsecs", "1.5KiB", "8GiB", "-1MiB", ""):
+        with pytest.raises(plugsafe.PolicyError) as info:
+            Pooling(instances=1, memory_size=bad)
+        assert info.value.field == "memory_size"
+
+
 def test_pooling_must_be_a_pooling() -> None:
     with pytest.raises(TypeError, match="Pooling"):
         plugsafe.Host(pooling={"instances": 1})  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._abi import ALLOC_EXPORT
 from ._backend import (
     EMPTY_WINDOW,
     KIND_FUNC,
@@ -142,6 +143,12 @@ class Instance:
             assert timeout is not None
             self._ticks = epochs.ticks(timeout) if timeout_ticks is None else timeout_ticks
             self._period = epochs.period
+        # When abi_call last set the epoch deadline itself, and how long such a deadline stays
+        # far enough ahead (half its ticks): see abi_call.
+        self._set_at = -math.inf
+        self._horizon = self._ticks * self._period / 2
+        if epochs is not None:
+            assert timeout is not None
             # The store checks the wall clock when its epoch deadline comes (never early).
             guard(self, store.ptr, self._arming, timeout, epochs)
         # set_budget, inline (a load or fresh instance makes one call fewer).
@@ -392,7 +399,7 @@ class Instance:
         """Call with already-checked numeric arguments under a fresh budget; the results."""
         return list(self.invoke(ref, args))
 
-    def abi_call(self, alloc: FuncRef, ref: FuncRef, payload: bytes) -> int:
+    def abi_call(self, alloc: FuncRef | None, ref: FuncRef, payload: bytes) -> int:
         """The plugin ABI's hot path: place the input (one copy), call; the result word.
 
         The input goes into the guest's input buffer when it fits (see use_input_buffer), else
@@ -413,7 +420,15 @@ class Instance:
                 ticker.arm()
             if now - self._arming[0] > self._period:
                 self._arming[0] = now
-                self._b.set_deadline(ctx, ticker.deadline(now, self._ticks))
+                # Stamped, and the epoch deadline set again only once the one set here last
+                # is half its ticks old, as invoke's short path does (CallPath.rearm): every
+                # epoch deadline a store gets is at most its own ticks from when it was set,
+                # so one not set again is an earlier one, which the guard extends by the wall
+                # clock (never early). ABI calls round-robin over many plugins re-armed on
+                # every call (issue 14, goal 7).
+                if now - self._set_at > self._horizon:
+                    self._set_at = now
+                    self._b.set_deadline(ctx, ticker.deadline(now, self._ticks))
         n = len(payload)
         # Both go to the guest as i32: signed, as the slot layout packs them.
         raw_n = n if n <= 0x7FFF_FFFF else n - 0x1_0000_0000
@@ -430,7 +445,12 @@ class Instance:
                 self._window[at : at + n] = payload
                 raw_pointer = self._in_raw
             else:
-                # Through the guest's allocator (v1 guests, and inputs over the buffer).
+                # Through the guest's allocator (v1 guests, and inputs over the buffer); None:
+                # not looked up yet on this instance (its inputs fitted the buffer so far).
+                if alloc is None:
+                    alloc = self.func(ALLOC_EXPORT)
+                    if alloc is None:  # a plugin speaking the ABI exports it (checked at load)
+                        raise GuestAllocError(f"the plugin exports no {ALLOC_EXPORT!r}")
                 alloc.put(raw_n)  # type: ignore[misc]
                 error = alloc.call()
                 raw_pointer, trap = alloc.get()  # type: ignore[misc]
