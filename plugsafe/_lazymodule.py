@@ -7,14 +7,56 @@ lazy_module("plugsafe._runtime._component", globals(), "rc")`` gives a stand-in 
 first ``rc.X``, imports the module and puts it in place of itself in the given namespace: later
 ``rc.X`` are plain attribute lookups on the real module (and monkeypatching the real module
 works as before).
+
+:func:`import_now` is how every first use of something plugsafe imports lazily imports it: a
+thread importing a module holds that module's import lock until the import is done, and a
+``fork()`` meanwhile (from another thread) gave the child the lock held by a thread it does not
+have, so the child hung for good at its own first use (attack4 finding: ``import plugsafe``
+had imported everything before any thread ran). So these imports hold ``_IMPORTING``, which a
+fork waits for (``os.register_at_fork``): no lazy import of plugsafe's is half done in a child.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
-__all__ = ["lazy_module"]
+__all__ = ["import_now", "lazy_module"]
+
+# Held while a lazy first use imports, and by a fork from just before to just after it.
+# Re-entrant: an import may make a lazy first use of its own (a signal handler too).
+_IMPORTING = threading.RLock()
+
+
+def _reinit_in_child() -> None:
+    global _IMPORTING
+    # The child's only thread is the one that forked, which held the lock: a fresh one.
+    _IMPORTING = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=lambda: _IMPORTING.acquire(),
+        after_in_parent=lambda: _IMPORTING.release(),
+        after_in_child=_reinit_in_child,
+    )
+
+
+def import_now(name: str) -> ModuleType:
+    """``import_module(name)`` for a lazy first use: never half done across a fork (above).
+
+    A module already imported costs a dict lookup (``__spec__._initializing`` is set only
+    while a module's own code runs: then the import system waits for it, under the lock).
+    """
+    module = sys.modules.get(name)
+    if module is not None and not getattr(module.__spec__, "_initializing", False):
+        return module
+    with _IMPORTING:
+        return import_module(name)
 
 
 class _LazyModule:
@@ -25,7 +67,7 @@ class _LazyModule:
         if attr.startswith("__"):  # copy, pickle and friends probing
             raise AttributeError(attr)
         name, namespace, alias = self._target
-        module = import_module(name)  # the import lock makes concurrent first uses safe
+        module = import_now(name)  # the import lock makes concurrent first uses safe
         if namespace.get(alias) is self:
             namespace[alias] = module
         return getattr(module, attr)
