@@ -38,6 +38,9 @@ def first_uses(host, k):
     p.close()
     rec = plugsafe.Record(a=1)
     assert rec.a == 1
+    pool = plugsafe.PluginPool(LOGGER.encode(), policy, size=1, host=host, name=f"pool-{k}")
+    assert pool.call("say", b"p") == b"p"
+    pool.close()
     return tuple(id(x) for x in seen)
 """
 
@@ -65,7 +68,7 @@ print("DONE")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork")
-@pytest.mark.parametrize("module", ["plugsafe._pool", "decimal", "logging"])
+@pytest.mark.parametrize("module", ["plugsafe._pool", "decimal", "logging", "concurrent.futures"])
 def test_a_fork_while_another_thread_makes_a_first_use_leaves_the_child_working(
     module: str,
 ) -> None:
