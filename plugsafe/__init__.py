@@ -18,7 +18,6 @@ rewrite the asserts of the whole package and add its helper names to this namesp
 
 from __future__ import annotations
 
-from importlib import import_module as _import_module
 from typing import TYPE_CHECKING
 
 # First: plugsafe's dataclasses compile their generated methods once, not per process (see there).
@@ -52,6 +51,7 @@ from ._errors import (
     StackLimitExceeded,
 )
 from ._host import Host
+from ._lazymodule import import_now as _import_now
 from ._plugin import CallInfo, Plugin, PluginMemory, current_call
 from ._policy import Policy
 from ._pooling import Pooling
@@ -131,7 +131,7 @@ if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an err
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(_import_module(module, __name__), name)
+        value = getattr(_import_now(__name__ + module), name)
         globals()[name] = value
         return value
 

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 from . import _sha as hashlib  # hashlib.sha256 without OpenSSL at start-up (see _sha)
+from ._lazymodule import import_now
 
 __all__ = ["ArtifactCache", "default_cache_dir"]
 
@@ -124,8 +125,9 @@ class ArtifactCache:
         body = len(description).to_bytes(_LENGTH, "little") + description + artifact
         digest = hashlib.sha256(body).digest()
         # Imported here (issue 14): only a compile writes an entry, and tempfile (with random,
-        # shutil, bz2, lzma) is a few milliseconds of every process's cold start.
-        import tempfile
+        # shutil, bz2, lzma) is a few milliseconds of every process's cold start. Never half
+        # done across a fork (_lazymodule).
+        tempfile = import_now("tempfile")
 
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")

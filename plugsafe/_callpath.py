@@ -558,6 +558,9 @@ class CallPath:
             if function is self._fn or self._aim(function):
                 # Aimed: there is a live instance (no assert: this runs on every call).
                 inst: rt.Instance = self._inst  # type: ignore[assignment]
+                # Read now: a host function may close the plugin during the call, which
+                # forgets the aimed function (and this with it) before the result is shaped.
+                single = self._single
                 # One clock reading: the call's start, its stats' and its deadline's arming.
                 start = _perf_counter()
                 has_imports = self._imports
@@ -638,7 +641,7 @@ class CallPath:
                         self.settle(inst, start, function, th)
                     lock.release()
                 # ``out`` ends with the trap pointer: one result is the common case.
-                if self._single:
+                if single:
                     return out[0]
                 return None if len(out) == 1 else out[:-1]
             lock.release()

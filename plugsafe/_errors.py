@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, Protocol
 
+from ._lazymodule import import_now
+
 __all__ = [
     "AbiError",
     "AbiVersionError",
@@ -118,10 +120,12 @@ _CAUSE_KEY = "_plugsafe_cause"
 
 def _pickled(exc: BaseException) -> bytes | None:
     """``exc`` pickled, if it pickles and unpickles here; else None."""
-    import pickle  # only when an error is pickled: ~3 ms off every start-up (issue 14)
+    # Only when an error is pickled: ~3 ms off every start-up (issue 14); never half done
+    # across a fork (_lazymodule).
+    pickle: Any = import_now("pickle")
 
     try:
-        blob = pickle.dumps(exc)
+        blob: bytes = pickle.dumps(exc)
         pickle.loads(blob)
     except Exception:  # any failure means: leave the cause behind
         return None
@@ -129,7 +133,7 @@ def _pickled(exc: BaseException) -> bytes | None:
 
 
 def _unpickled(blob: bytes) -> BaseException | None:
-    import pickle
+    pickle: Any = import_now("pickle")
 
     try:
         value = pickle.loads(blob)

@@ -7,14 +7,64 @@ lazy_module("plugsafe._runtime._component", globals(), "rc")`` gives a stand-in 
 first ``rc.X``, imports the module and puts it in place of itself in the given namespace: later
 ``rc.X`` are plain attribute lookups on the real module (and monkeypatching the real module
 works as before).
+
+:func:`import_now` is how every first use of something plugsafe imports lazily imports it. A
+thread importing a module holds that module's import lock until the import is done, and a
+``fork()`` meanwhile (from another thread) gave the child that lock held by a thread the child
+does not have: the child hung for good at its own first use (attack4 finding; ``import
+plugsafe`` used to import everything before any thread ran). So a forked child first forgets
+every module lock held by such a thread, and the half-imported modules they guarded: its own
+first use imports them afresh (:func:`_forget_dead_imports`). Waiting in the parent instead
+(a lock a fork waits for) deadlocked with other at-fork handlers: ``logging``'s takes its lock,
+which the import being waited for may need.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
+import os
+import sys
+import threading
+from importlib import _bootstrap, import_module  # _bootstrap: the import system itself
+from types import ModuleType
 from typing import Any
 
-__all__ = ["lazy_module"]
+__all__ = ["import_now", "lazy_module"]
+
+
+def _forget_dead_imports() -> None:
+    """(In a forked child.) Drop the import locks held by threads the child does not have, and
+    the modules they were importing, so that importing them again works. Best effort on
+    importlib's internals: if they are not as expected, nothing is touched."""
+    try:
+        locks = _bootstrap._module_locks  # type: ignore[attr-defined]
+        me = threading.get_ident()
+        for name, ref in list(locks.items()):
+            lock = ref()
+            owner = getattr(lock, "owner", None)
+            if lock is None or not owner or owner == me:
+                continue  # free, or held by this thread (a fork from inside an import)
+            del locks[name]
+            module = sys.modules.get(name)
+            if module is not None and getattr(module.__spec__, "_initializing", False):
+                del sys.modules[name]  # half made: the next import runs it again
+    except Exception:
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_dead_imports)
+
+
+def import_now(name: str) -> ModuleType:
+    """``import_module(name)`` for a lazy first use (see above for a fork meanwhile).
+
+    A module already imported costs a dict lookup (``__spec__._initializing`` is set only
+    while a module's own code runs: then the import system waits for it).
+    """
+    module = sys.modules.get(name)
+    if module is not None and not getattr(module.__spec__, "_initializing", False):
+        return module
+    return import_module(name)
 
 
 class _LazyModule:
@@ -25,7 +75,7 @@ class _LazyModule:
         if attr.startswith("__"):  # copy, pickle and friends probing
             raise AttributeError(attr)
         name, namespace, alias = self._target
-        module = import_module(name)  # the import lock makes concurrent first uses safe
+        module = import_now(name)  # the import lock makes concurrent first uses safe
         if namespace.get(alias) is self:
             namespace[alias] = module
         return getattr(module, attr)

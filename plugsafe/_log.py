@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, cast
 
+from ._lazymodule import import_now
 from ._lazyre import lazy_re
 
 if TYPE_CHECKING:
@@ -61,8 +62,8 @@ class _LazyLogger:
         # Only for attributes the instance does not have: everything but ``name`` at first.
         if attr.startswith("__"):  # copy, pickle and friends probing: not the logger's
             raise AttributeError(attr)
-        import logging
-
+        # Imported never half done across a fork (_lazymodule.import_now).
+        logging: Any = import_now("logging")
         value = getattr(logging.getLogger(self.name), attr)
         if attr in self._KEEP:
             self.__dict__[attr] = value

@@ -41,6 +41,7 @@ from ._errors import (
     raise_clean,
 )
 from ._hostfn import BoundFunction, HostCalls
+from ._lazymodule import import_now
 from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
@@ -563,10 +564,10 @@ class Plugin(Closing):
                 executor = self._async
                 if executor is None:
                     # Imported here (issue 14): concurrent.futures costs every import of
-                    # plugsafe otherwise, and only call_async needs it.
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    executor = self._async = ThreadPoolExecutor(
+                    # plugsafe otherwise, and only call_async needs it; never half done
+                    # across a fork (_lazymodule).
+                    futures: Any = import_now("concurrent.futures")
+                    executor = self._async = futures.ThreadPoolExecutor(
                         1, thread_name_prefix=f"plugsafe-{self._name}"
                     )
         return executor

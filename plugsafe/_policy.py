@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import PolicyError
+from ._lazymodule import import_now
 from ._lazyre import lazy_re
 from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
 from ._units import GiB, KiB, MiB, parse_duration, parse_size
@@ -353,7 +354,8 @@ def _refuse_unknown_fields() -> None:
     def __init__(self: Policy, *args: Any, **kwargs: Any) -> None:
         for key in kwargs:
             if key not in names:
-                import difflib  # only for a typo's suggestion (issue 14: import time)
+                # Only for a typo's suggestion (issue 14: import time).
+                difflib: Any = import_now("difflib")
 
                 close = difflib.get_close_matches(key, sorted(names), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""

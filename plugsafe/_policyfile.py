@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import PolicyError
+from ._lazymodule import import_now
 from ._signatures import HOST_FUNCTIONS_TABLE, parse_host_functions
 from ._units import describe, fail, fmt_duration, parse_duration, parse_size
 from ._wasi import Preopen, Wasi
@@ -149,7 +150,8 @@ def _parse_names(value: object, path: str, field: str) -> frozenset[str]:
 
 def _unknown_key(path: str, key: str, known: list[str], hint: str = "") -> PolicyError:
     where = f"{path}.{key}" if path else key
-    import difflib  # only for a typo's suggestion: not worth every import of plugsafe
+    # Only for a typo's suggestion: not worth every import of plugsafe.
+    difflib: Any = import_now("difflib")
 
     close = difflib.get_close_matches(key, known, n=1)
     if not hint and close:

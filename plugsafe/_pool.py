@@ -22,6 +22,7 @@ from ._errors import (
     PolicyError,
 )
 from ._host import Host
+from ._lazymodule import import_now
 from ._loader import Source
 from ._nesting import Units, bounded_wait, inside_call
 from ._plugin import OnCall, Plugin, _json_in
@@ -146,8 +147,9 @@ class PluginPool(Closing):
         except BaseException:
             self.close()
             raise
-        # Imported here (issue 14): concurrent.futures costs every import of plugsafe otherwise.
-        from concurrent.futures import ThreadPoolExecutor
+        # Imported here (issue 14): concurrent.futures costs every import of plugsafe otherwise;
+        # never half done across a fork (_lazymodule).
+        ThreadPoolExecutor = import_now("concurrent.futures").ThreadPoolExecutor
 
         # The pool's own threads, known so that close() never waits for the thread it runs on.
         self._threads: set[int] = set()

@@ -19,6 +19,8 @@ import sys
 from importlib import import_module
 from typing import Any, Protocol
 
+from ._lazymodule import import_now
+
 __all__ = ["sha256"]
 
 
@@ -54,6 +56,5 @@ def sha256(data: bytes | bytearray | memoryview) -> Hash:
         if size <= _left[0]:
             _left[0] -= size
             return _BUILTIN(data)  # type: ignore[no-any-return]
-    import hashlib
-
-    return hashlib.sha256(data)
+    hashlib: Any = import_now("hashlib")  # never half done across a fork (_lazymodule)
+    return hashlib.sha256(data)  # type: ignore[no-any-return]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 # fmt_bytes lives with the errors (their messages need it); re-exported here for the CLI.
 from ._errors import PolicyError, fmt_bytes
+from ._lazymodule import import_now
 from ._lazyre import lazy_re
 
 __all__ = [
@@ -101,7 +102,7 @@ def parse_size(value: object, path: str, field: str | None = None) -> int:
         m = _QUANTITY.match(value)
         unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
         if m is not None and unit is not None:
-            from decimal import Decimal
+            Decimal = import_now("decimal").Decimal  # never half done across a fork
 
             n = Decimal(m.group(1)) * unit
             if n == n.to_integral_value():
@@ -154,7 +155,7 @@ def parse_duration(
                 field=field,
                 path=path,
             )
-        from decimal import Decimal
+        Decimal = import_now("decimal").Decimal  # never half done across a fork
 
         seconds = float(Decimal(m.group(1)) * Decimal(unit))
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:

@@ -3,8 +3,11 @@
 Each example is a WAT module that speaks the plugsafe ABI (docs/abi.md) but answers as hypothesis
 says: the result word of its function, the allocator's answers (0, out of range, the same span
 every time, negative as i32, a trap, a loop, a host call of its own), the ABI version, the
-arguments it passes to host functions (pointer/length pairs, ``log`` levels, numbers) and how the
-calls nest (guest -> host -> guest allocator -> host ...). Every call must return or raise a
+arguments it passes to host functions (pointer/length pairs, ``log`` levels, numbers), how the
+calls nest (guest -> host -> guest allocator -> host ...) and, now and then, the optional
+``plugsafe_input_buffer`` export's answer (any 64-bit word, the edges of memory, a span over the
+allocator's or at the end of memory, zero, a trap, a loop, host calls or ``memory.grow`` first,
+an answer that changes with every instance, a wrong type). Every call must return or raise a
 ``PlugsafeError``; anything else, a crash of the worker or a hang fails with the module written
 to a temp file.
 
@@ -155,6 +158,81 @@ MISTYPED_ENTRIES = [
 ]
 
 
+def _word(pointer: int, capacity: int) -> int:
+    """``pointer << 32 | capacity`` as the signed i64 WAT's ``i64.const`` takes."""
+    word = ((pointer & 0xFFFFFFFF) << 32) | (capacity & 0xFFFFFFFF)
+    return word - 2**64 if word >= 2**63 else word
+
+
+# Pointers and capacities around what matters to the host placing an input: null, the
+# allocator's first span (1024), the end of the first and third pages, the top of the 32 bits.
+BUF_POINTERS = [0, 1, 8, 1000, 1024, PAGE - 40, PAGE - 1, PAGE, 3 * PAGE - 40, 2**31, 2**32 - 1]
+BUF_CAPACITIES = [0, 1, 8, 39, 40, 41, 4096, PAGE, 2**31 - 1, 2**31, 2**32 - 1]
+
+
+@st.composite
+def input_buffers(draw: st.DrawFn) -> tuple[str, set[str]]:
+    """The optional ``plugsafe_input_buffer`` export (docs/abi.md, "The input buffer"), or none.
+
+    Returns its WAT and the host functions it calls.
+    """
+    kind = draw(
+        st.sampled_from(
+            ["none"] * 6
+            + ["inside"] * 4
+            + ["edges", "edges", "word", "grow", "calls", "counter", "trap", "spin", "mistyped"]
+        )
+    )
+    if kind == "none":
+        return "", set()
+    if kind == "mistyped":  # never called (a warning at load), inputs through the allocator
+        wat = draw(
+            st.sampled_from(
+                [
+                    '(func (export "plugsafe_input_buffer") (result i32) (i32.const 1024))',
+                    '(func (export "plugsafe_input_buffer") (param i32) (result i64) '
+                    "(i64.const 0x40000001000))",
+                    '(func (export "plugsafe_input_buffer") (result i64 i64) '
+                    "(i64.const 0x40000001000) (i64.const 0))",
+                    '(func (export "plugsafe_input_buffer") (result v128) '
+                    "(v128.const i64x2 0x40000001000 0))",
+                    '(global (export "plugsafe_input_buffer") i64 (i64.const 0x40000001000))',
+                ]
+            )
+        )
+        return wat, set()
+    word = _word(draw(st.sampled_from(BUF_POINTERS)), draw(st.sampled_from(BUF_CAPACITIES)))
+    if kind == "inside":  # inside a first page: used (over the allocator's spans, the output)
+        capacity = draw(st.sampled_from([1, 8, 39, 40, 64]))
+        pointer = draw(st.sampled_from([8, 1000, 1024, 1040, 4096, PAGE - capacity]))
+        word = _word(pointer, capacity)
+        kind = draw(st.sampled_from(["inside", "inside", "grow", "calls", "counter"]))
+    if kind == "word":
+        word = draw(i64s)
+    answer = f"(i64.const {word})"
+    calls: list[tuple[str, str]] = []
+    if kind == "grow":  # memory grown before answering: a span only inside the grown memory
+        answer = f"(drop (memory.grow (i32.const {draw(st.integers(0, 2))}))) {answer}"
+    elif kind == "calls":  # host calls first (which may call the allocator, or log)
+        calls = draw(st.lists(host_calls(), min_size=1, max_size=2))
+        answer = "\n    ".join(_emit(c) for c in calls) + f"\n    {answer}"
+    elif kind == "counter":  # a different buffer for every instance asked (and every ask)
+        step = draw(st.sampled_from([8, 40, PAGE, 2**31]))
+        answer = f"""(global.set $asked (i32.add (global.get $asked) (i32.const 1)))
+    (i64.or (i64.const {word})
+      (i64.shl (i64.extend_i32_u (i32.mul (global.get $asked) (i32.const {step})))
+               (i64.const 32)))"""
+    elif kind == "trap":
+        answer = "unreachable"
+    elif kind == "spin":
+        answer = "(loop $l (br $l)) (i64.const 0)"
+    wat = f"""(global $asked (mut i32) (i32.const 0))
+  (func (export "plugsafe_input_buffer") (result i64)
+    (local $p i32) (local $n i32) (local $last i64)
+    {answer})"""
+    return wat, {name for name, _ in calls}
+
+
 @st.composite
 def exports_plugsafe_calls(draw: st.DrawFn, alloc: str) -> tuple[str, bool]:
     """The ABI version, allocator and ``_initialize`` exports, now and then mistyped or missing.
@@ -188,8 +266,9 @@ def guests(draw: st.DrawFn) -> tuple[str, frozenset[str], tuple[str, ...]]:
     """A hostile guest's WAT, the host functions its policy allows, and its tags."""
     alloc, alloc_imports = draw(allocators())
     abi_exports, real_alloc = draw(exports_plugsafe_calls(alloc))
+    inbuf, inbuf_imports = draw(input_buffers())
     calls = draw(st.lists(host_calls(), max_size=4))
-    used = alloc_imports | {name for name, _ in calls}
+    used = alloc_imports | inbuf_imports | {name for name, _ in calls}
     imports = [f'(import "plugsafe" "{n}" (func ${n} {IMPORTS[n]}))' for n in sorted(used)]
     if draw(st.integers(0, 19)) == 0:  # now and then an import the host must refuse
         imports.append(
@@ -203,13 +282,16 @@ def guests(draw: st.DrawFn) -> tuple[str, frozenset[str], tuple[str, ...]]:
   (memory (export "memory") {lo} {hi})
   (global $bump (mut i32) (i32.const 1024))
   {abi_exports}
+  {inbuf}
+  (func (export "trap") unreachable)
   (func (export "f") (param $p i32) (param $n i32) (result i64) (local $last i64)
     (global.set $bump (i32.const 1024))
     {body}
     {draw(results())}))"""
     allow = used if draw(st.integers(0, 9)) else used - {draw(st.sampled_from(sorted(IMPORTS)))}
     # Only a real allocator is ever called: a mistyped one cannot recurse.
-    tags = (RECURSES,) if real_alloc and alloc_imports & ANSWERS_WITH_BYTES else ()
+    recurses = real_alloc and (alloc_imports | inbuf_imports) & ANSWERS_WITH_BYTES
+    tags = (RECURSES,) if recurses else ()
     return wat, frozenset(allow), tags
 
 
@@ -248,14 +330,18 @@ def test_hostile_abi_guests_return_or_fail_typed(
         guest=guests(),
         policy=policies,
         inputs=st.lists(st.binary(max_size=40), min_size=1, max_size=3),
+        trap_at=st.one_of(st.none(), st.integers(0, 3)),
     )
     def check(
         guest: tuple[str, frozenset[str], tuple[str, ...]],
         policy: dict[str, object],
         inputs: list[bytes],
+        trap_at: int | None,
     ) -> None:
         wat, allow, tags = guest
         ops = [["call", "f", data.hex()] for data in inputs] + [["invoke", "f", [0, 0]]]
+        if trap_at is not None:  # a trap between calls: the next call runs on a new instance
+            ops.insert(min(trap_at, len(inputs)), ["invoke", "trap", []])
         case = {
             "wasm": base64.b64encode(wat.encode()).decode(),
             "policy": {**policy, "allow": sorted(allow)},
