@@ -8,11 +8,12 @@ can show per-operation times). ``benchmarks/report.py`` reads those back from th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,40 @@ def pytest_benchmark_update_json(config: Any, benchmarks: Any, output_json: dict
         "load_average_start": _LOAD_AT_START,
         "load_average_end": _load_average(),
     }
+
+
+# -- a fresh instance per call (issue 14, goal 6) --------------------------------------------------
+
+POOLED = "plugsafe, Host(pooling=...)"
+
+
+@contextlib.contextmanager
+def fresh_contenders() -> Iterator[dict[str, Callable[[], object]]]:
+    """An 11-byte echo on a new instance each time: plugsafe with ``fresh_instance`` (on demand
+    and with ``Host(pooling=...)``) and wasmtime-py by hand (a new ``Store``, instantiate, alloc,
+    write, call, read), for the rows that interleave them."""
+    wasm = bytes(wasmtime.wat2wasm(PLUGSAFE_PURE_GUEST))
+    policy = plugsafe.Policy(fresh_instance=True, memory=16 * 1024 * 1024)
+    pooling = plugsafe.Pooling(instances=16, memory_size=16 * 1024 * 1024)
+    with plugsafe.Host() as plain, plugsafe.Host(pooling=pooling) as pooled:
+        p_plain = plain.load(wasm, policy=policy)
+        p_pooled = pooled.load(wasm, policy=policy)
+        assert p_pooled.call("echo", b"hello world") == b"hello world"
+        engine = wasmtime.Engine()
+        module = wasmtime.Module(engine, wasm)
+        linker = wasmtime.Linker(engine)
+
+        def by_hand() -> None:
+            store = wasmtime.Store(engine)
+            exports: Any = linker.instantiate(store, module).exports(store)
+            memory = exports["memory"]
+            ptr = exports["plugsafe_alloc"](store, 11)
+            memory.write(store, b"hello world", ptr)
+            word = exports["echo"](store, ptr, 11) & U64
+            memory.read(store, word >> 32, (word >> 32) + (word & 0x7FFF_FFFF))
+
+        yield {
+            "plugsafe": lambda: p_plain.call("echo", b"hello world"),
+            POOLED: lambda: p_pooled.call("echo", b"hello world"),
+            "wasmtime-py": by_hand,
+        }

@@ -30,7 +30,7 @@ import plugsafe
 from plugsafe import _runtime as rt
 
 from bigc import build
-from conftest import U64, tag
+from conftest import U64, fresh_contenders, tag
 from guests import EXTISM_PURE_GUEST, PLUGSAFE_PURE_GUEST
 
 REPO = Path(plugsafe.__file__).resolve().parent.parent
@@ -446,34 +446,8 @@ FRESH = "fresh instance + call, interleaved"
 @pytest.fixture(scope="module")
 def fresh(request: pytest.FixtureRequest) -> dict[str, float]:
     quick = _quick(request)
-    wasm = bytes(wasmtime.wat2wasm(PLUGSAFE_PURE_GUEST))
-    policy = plugsafe.Policy(fresh_instance=True, memory=16 * 1024 * 1024)
-    pooling = plugsafe.Pooling(instances=16, memory_size=16 * 1024 * 1024)
-    with plugsafe.Host() as plain, plugsafe.Host(pooling=pooling) as pooled:
-        p_plain = plain.load(wasm, policy=policy)
-        p_pooled = pooled.load(wasm, policy=policy)
-        engine = wasmtime.Engine()
-        module = wasmtime.Module(engine, wasm)
-        linker = wasmtime.Linker(engine)
-
-        def by_hand() -> None:
-            store = wasmtime.Store(engine)
-            exports: Any = linker.instantiate(store, module).exports(store)
-            memory = exports["memory"]
-            ptr = exports["plugsafe_alloc"](store, 11)
-            memory.write(store, b"hello world", ptr)
-            word = exports["echo"](store, ptr, 11) & U64
-            memory.read(store, word >> 32, (word >> 32) + (word & 0x7FFF_FFFF))
-
-        return interleaved(
-            {
-                "plugsafe": lambda: p_plain.call("echo", b"hello world"),
-                "plugsafe, Host(pooling=...)": lambda: p_pooled.call("echo", b"hello world"),
-                "wasmtime-py": by_hand,
-            },
-            rounds=1 if quick else 15,
-            per=1 if quick else 100,
-        )
+    with fresh_contenders() as contenders:
+        return interleaved(contenders, rounds=1 if quick else 15, per=1 if quick else 100)
 
 
 @pytest.mark.parametrize("contender", ["plugsafe", "plugsafe, Host(pooling=...)", "wasmtime-py"])

@@ -31,8 +31,7 @@ import wasmtime
 import plugsafe
 
 from bigc import build
-from conftest import U64, tag
-from guests import PLUGSAFE_PURE_GUEST
+from conftest import POOLED, fresh_contenders, tag
 
 Contenders = dict[str, Callable[[], object]]
 _cpu = time.thread_time
@@ -104,41 +103,13 @@ def test_load_compiled_c_program_cpu(
 
 
 FRESH_CPU = "fresh instance + call, CPU"
-POOLED = "plugsafe, Host(pooling=...)"
 
 
 @pytest.fixture(scope="module")
 def fresh_cpu(request: pytest.FixtureRequest) -> dict[str, float]:
     quick = _quick(request)
-    wasm = bytes(wasmtime.wat2wasm(PLUGSAFE_PURE_GUEST))
-    policy = plugsafe.Policy(fresh_instance=True, memory=16 * 1024 * 1024)
-    pooling = plugsafe.Pooling(instances=16, memory_size=16 * 1024 * 1024)
-    with plugsafe.Host() as plain, plugsafe.Host(pooling=pooling) as pooled:
-        p_plain = plain.load(wasm, policy=policy)
-        p_pooled = pooled.load(wasm, policy=policy)
-        assert p_pooled.call("echo", b"hello world") == b"hello world"
-        engine = wasmtime.Engine()
-        module = wasmtime.Module(engine, wasm)
-        linker = wasmtime.Linker(engine)
-
-        def by_hand() -> None:
-            store = wasmtime.Store(engine)
-            exports: Any = linker.instantiate(store, module).exports(store)
-            memory = exports["memory"]
-            ptr = exports["plugsafe_alloc"](store, 11)
-            memory.write(store, b"hello world", ptr)
-            word = exports["echo"](store, ptr, 11) & U64
-            memory.read(store, word >> 32, (word >> 32) + (word & 0x7FFF_FFFF))
-
-        return interleaved_cpu(
-            {
-                POOLED: lambda: p_pooled.call("echo", b"hello world"),
-                "plugsafe": lambda: p_plain.call("echo", b"hello world"),
-                "wasmtime-py": by_hand,
-            },
-            rounds=1 if quick else 15,
-            per=1 if quick else 200,
-        )
+    with fresh_contenders() as contenders:
+        return interleaved_cpu(contenders, rounds=1 if quick else 15, per=1 if quick else 200)
 
 
 @pytest.mark.parametrize("contender", [POOLED, "plugsafe", "wasmtime-py"])
