@@ -314,21 +314,49 @@ def test_data_fuel_counts_nested_components_and_refuses_nothing() -> None:
         assert _hostmem.data_fuel(broken) == 0
 
 
+_METERED = Policy(fuel=10_000)  # one engine for every load below: one cache entry
+
+
+def _cached_entry(tmp_path: Path, wasm: bytes) -> tuple[Any, str, bytes]:
+    """Load ``wasm`` once with a disk cache in ``tmp_path``: (its cache, the entry's name, the
+    stored artifact)."""
+    from plugsafe._cache import ArtifactCache
+
+    with Host(cache_dir=tmp_path) as first, first.load_component(wasm, policy=_METERED):
+        pass
+    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    cache = ArtifactCache(entry.parent, salt="unused")
+    stored = cache.get(entry.name)
+    assert stored is not None
+    return cache, entry.name, stored[1]
+
+
+def _counting_data_fuel(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one each time _hostmem.data_fuel walks a binary."""
+    counted: list[int] = []
+    real = _hostmem.data_fuel
+
+    def counting(wasm: bytes) -> int:
+        counted.append(1)
+        return real(wasm)
+
+    monkeypatch.setattr(_hostmem, "data_fuel", counting)
+    return counted
+
+
 def test_a_load_from_the_disk_cache_keeps_the_data_fuel_without_reading_the_binary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The count is kept with the disk entry: a second Host (a new process, say) loading the
     # component from disk charges the same, and does not walk the binary again.
     big = _data_component(100_000)
-    metered = Policy(fuel=10_000)  # the same engine as below: the same cache entry
-    with Host(cache_dir=tmp_path) as first, first.load_component(big, policy=metered) as plugin:
-        assert plugin.invoke("grow", 0) == 2
-    counted: list[int] = []
-    real = _hostmem.data_fuel
-    monkeypatch.setattr(_hostmem, "data_fuel", lambda wasm: counted.append(1) or real(wasm))
+    cache, name, _ = _cached_entry(tmp_path, big)
+    stored = cache.get(name)
+    assert stored is not None and stored[0] == b"component;data_fuel=100002"
+    counted = _counting_data_fuel(monkeypatch)
     with (
         Host(cache_dir=tmp_path) as second,
-        second.load_component(big, policy=metered) as plugin,
+        second.load_component(big, policy=_METERED) as plugin,
     ):
         assert plugin.invoke("grow", 0) == 2  # the 100 KB copy is still not the policy's
     assert counted == []
@@ -341,22 +369,14 @@ def test_a_disk_entry_with_a_strange_description_is_compiled_again(
     tmp_path: Path, description: bytes
 ) -> None:
     big = _data_component(100_000)
-    metered = Policy(fuel=10_000)
-    with Host(cache_dir=tmp_path) as first, first.load_component(big, policy=metered):
-        pass
-    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
-    from plugsafe._cache import ArtifactCache
-
-    cache = ArtifactCache(entry.parent, salt="unused")
-    stored = cache.get(entry.name)
-    assert stored is not None and stored[0] == b"component;data_fuel=100002"
-    cache.put(entry.name, stored[1], description)
+    cache, name, artifact = _cached_entry(tmp_path, big)
+    cache.put(name, artifact, description)
     with (
         Host(cache_dir=tmp_path) as second,
-        second.load_component(big, policy=metered) as plugin,
+        second.load_component(big, policy=_METERED) as plugin,
     ):
         assert plugin.invoke("grow", 0) == 2
-    again = cache.get(entry.name)
+    again = cache.get(name)
     assert again is not None and again[0] == b"component;data_fuel=100002"
 
 
@@ -364,26 +384,16 @@ def test_a_disk_entry_written_before_the_count_was_kept_is_counted_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     big = _data_component(100_000)
-    metered = Policy(fuel=10_000)
-    with Host(cache_dir=tmp_path) as first, first.load_component(big, policy=metered):
-        pass
-    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
-    from plugsafe._cache import ArtifactCache
-
-    cache = ArtifactCache(entry.parent, salt="unused")
-    stored = cache.get(entry.name)
-    assert stored is not None
-    cache.put(entry.name, stored[1], b"component")  # the description of earlier versions
-    counted: list[int] = []
-    real = _hostmem.data_fuel
-    monkeypatch.setattr(_hostmem, "data_fuel", lambda wasm: counted.append(1) or real(wasm))
+    cache, name, artifact = _cached_entry(tmp_path, big)
+    cache.put(name, artifact, b"component")  # the description of earlier versions
+    counted = _counting_data_fuel(monkeypatch)
     with (
         Host(cache_dir=tmp_path) as second,
-        second.load_component(big, policy=metered) as plugin,
+        second.load_component(big, policy=_METERED) as plugin,
     ):
         assert plugin.invoke("grow", 0) == 2
     assert counted == [1]  # from the binary, and the entry (intact) is used as it is
-    kept = cache.get(entry.name)
+    kept = cache.get(name)
     assert kept is not None and kept[0] == b"component"
 
 
