@@ -43,17 +43,27 @@ def _quick(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("benchmark_disable", False))
 
 
-def interleaved(contenders: Contenders, rounds: int, per: int) -> dict[str, float]:
-    """Median seconds per operation of each contender, over ``rounds`` interleaved rounds."""
+def interleaved(
+    contenders: Contenders,
+    rounds: int,
+    per: int,
+    *,
+    clock: Callable[[], float] = _pc,
+    warm: int = 1,
+) -> dict[str, float]:
+    """Median seconds per operation of each contender, over ``rounds`` interleaved rounds, by
+    ``clock`` (wall time; ``time.thread_time`` for the CPU-time rows), each first called
+    ``warm`` times (first-use costs are rows of their own)."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
-        fn()  # warm: first-use costs are rows of their own
+        for _ in range(warm):
+            fn()
     for _ in range(rounds):
         for name, fn in contenders.items():
-            start = _pc()
+            start = clock()
             for _ in range(per):
                 fn()
-            samples[name].append((_pc() - start) / per)
+            samples[name].append((clock() - start) / per)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 

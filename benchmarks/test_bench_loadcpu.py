@@ -20,46 +20,26 @@ Under ``--benchmark-disable`` (CI) every row runs one short round: checked, not 
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import wasmtime
+from test_bench_issue14 import _quick, interleaved, report
 
 import plugsafe
 
 from bigc import build
-from conftest import POOLED, fresh_contenders, tag
+from conftest import POOLED, fresh_contenders
 
 Contenders = dict[str, Callable[[], object]]
-_cpu = time.thread_time
-
-
-def _quick(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("benchmark_disable", False))
 
 
 def interleaved_cpu(contenders: Contenders, rounds: int, per: int) -> dict[str, float]:
-    """Median CPU seconds (this thread) per operation of each contender, rounds interleaved."""
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for fn in contenders.values():
-        for _ in range(per):
-            fn()  # warm: caches, the Linker pool, the pooling allocator's slots
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            start = _cpu()
-            for _ in range(per):
-                fn()
-            samples[name].append((_cpu() - start) / per)
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
-def report(benchmark: Any, item: str, contender: str, seconds: float, **extra: Any) -> None:
-    """Hand one interleaved median to pytest-benchmark (its own timing is of a no-op)."""
-    tag(benchmark, item, contender, inner_median_s=seconds, **extra)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    """Median CPU seconds (this thread) per operation of each contender, rounds interleaved;
+    each warmed ``per`` times first (caches, the Linker pool, the pooling allocator's slots)."""
+    return interleaved(contenders, rounds, per, clock=time.thread_time, warm=per)
 
 
 LOAD_CPU = "load a compiled C program, CPU"
