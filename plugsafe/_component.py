@@ -82,7 +82,9 @@ _CACHE_SIZE = 16
 # so that a load from disk does not read the whole binary again: ~20 ms for componentize-py).
 # A bare b"component" (an entry written before the count was kept) is counted again.
 _DESCRIPTION = b"component"
-_DATA_FUEL = lazy_re(rb"component;data_fuel=([0-9]{1,20})")
+# At most 13 digits (under 10**13, far over any real component's data): added to a policy's
+# fuel (at most 2**63 - 1), it stays inside wasmtime's u64; a longer count is no entry of ours.
+_DATA_FUEL = lazy_re(rb"component;data_fuel=([0-9]{1,13})")
 _TEXT = lazy_re(rb"^\s*(?:;;[^\n]*\n\s*|\(;.*?;\)\s*)*\(\s*component\b", re.S)
 # Exports toolchains add for themselves, not part of the plugin's world: hidden from
 # ``exports`` (still callable by their qualified name). componentize-py exports an interface

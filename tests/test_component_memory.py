@@ -363,7 +363,14 @@ def test_a_load_from_the_disk_cache_keeps_the_data_fuel_without_reading_the_bina
 
 
 @pytest.mark.parametrize(
-    "description", [b"component;data_fuel=x", b"component;data_fuel=1;", b"module", b""]
+    "description",
+    [
+        b"component;data_fuel=x",
+        b"component;data_fuel=1;",
+        b"component;data_fuel=99999999999999999999",  # over u64 with the policy's fuel
+        b"module",
+        b"",
+    ],
 )
 def test_a_disk_entry_with_a_strange_description_is_compiled_again(
     tmp_path: Path, description: bytes
