@@ -109,3 +109,72 @@ def test_pooling_takes_a_size_with_a_unit_as_policy_does() -> None:
 def test_pooling_must_be_a_pooling() -> None:
     with pytest.raises(TypeError, match="Pooling"):
         plugsafe.Host(pooling={"instances": 1})  # type: ignore[arg-type]
+
+
+# Leaves its marks in a slot: a byte of its data segment, bytes in the first page, at the end of
+# the first wasm page, past it (beyond a keep_resident of one wasm page), in a page it grew,
+# and a table element. ``peek`` answers which of them a new instance sees (0: none).
+_DIRTY = """
+(module
+  (memory (export "memory") 2)
+  (table 1 funcref)
+  (data (i32.const 100) "d")
+  (func $f)
+  (elem declare func $f)
+  (func (export "dirty")
+    (i32.store8 (i32.const 100) (i32.const 0xAB))
+    (i32.store8 (i32.const 2000) (i32.const 0xAB))
+    (i32.store8 (i32.const 65535) (i32.const 0xAB))
+    (i32.store8 (i32.const 70000) (i32.const 0xAB))
+    (drop (memory.grow (i32.const 1)))
+    (i32.store8 (i32.const 131077) (i32.const 0xAB))
+    (table.set (i32.const 0) (ref.func $f)))
+  (func (export "peek") (result i32)
+    (local $seen i32)
+    (local.set $seen
+      (i32.or
+        (i32.or
+          (i32.or (i32.ne (i32.load8_u (i32.const 100)) (i32.const 100))
+                  (i32.shl (i32.ne (i32.load8_u (i32.const 2000)) (i32.const 0)) (i32.const 1)))
+          (i32.or (i32.shl (i32.ne (i32.load8_u (i32.const 65535)) (i32.const 0)) (i32.const 2))
+                  (i32.shl (i32.ne (i32.load8_u (i32.const 70000)) (i32.const 0)) (i32.const 3))))
+        (i32.or (i32.shl (i32.ne (memory.size) (i32.const 2)) (i32.const 4))
+                (i32.shl (i32.eqz (ref.is_null (table.get (i32.const 0)))) (i32.const 5)))))
+    ;; The page the last instance grew, grown again here: zeroes too.
+    (if (i32.eq (memory.size) (i32.const 2))
+      (then (drop (memory.grow (i32.const 1)))))
+    (i32.or (local.get $seen)
+            (i32.shl (i32.ne (i32.load8_u (i32.const 131077)) (i32.const 0)) (i32.const 6))))
+)
+"""
+
+
+@pytest.mark.parametrize("keep", [0, 4096, 64 * 1024, "1MiB"])
+def test_a_reused_slot_starts_clean_whatever_it_keeps_resident(keep: int | str) -> None:
+    # One slot: every instance below is made in the slot the one before it dirtied.
+    pooling = Pooling(instances=1, memory_size=4 * MiB, keep_resident=keep)
+    with plugsafe.Host(pooling=pooling) as host:
+        policy = plugsafe.Policy(memory=4 * MiB)
+        fresh = host.load(
+            _DIRTY.encode(), policy=plugsafe.Policy(fresh_instance=True, memory=4 * MiB)
+        )
+        for _ in range(3):
+            fresh.invoke("dirty")
+            assert fresh.invoke("peek") == 0
+        fresh.close()
+        first = host.load(_DIRTY.encode(), policy=policy)
+        first.invoke("dirty")
+        assert first.invoke("peek") == 0b111_1111  # it sees its own marks
+        first.close()
+        second = host.load(_DIRTY.encode(), policy=policy)
+        assert second.invoke("peek") == 0
+
+
+def test_keep_resident_is_checked_and_takes_a_unit() -> None:
+    assert Pooling(1, MiB).keep_resident == 64 * 1024
+    assert Pooling(1, MiB, keep_resident="4KiB").keep_resident == 4096
+    assert Pooling(1, MiB, keep_resident=0).keep_resident == 0
+    for bad in (-1, True, 1.5, "8GiB", "lots"):
+        with pytest.raises(plugsafe.PolicyError) as info:
+            Pooling(1, MiB, keep_resident=bad)  # type: ignore[arg-type]
+        assert info.value.field == "keep_resident"
