@@ -753,7 +753,10 @@ class CallPath:
         me = _get_ident()
         if self.closed or self.owner == me:
             self.refuse()
-        th = _thread_room()
+        try:  # _thread_room(), inline (as in the short paths)
+            th = _tls.room
+        except AttributeError:
+            th = _thread_room()
         room = th.room
         left = room - self.cost
         if left < 0 or left & 8:
@@ -761,8 +764,9 @@ class CallPath:
         state = self.state
         timeout = state.timeout
         end = None if timeout is None else begun + timeout
-        self.acquire(me, end, function)
         lock = self.lock
+        if not lock.acquire(False):  # (acquire's own first step, without its frames)
+            self.acquire(me, end, function)
         inst: rt.Instance | None = None
         try:
             if self.has_imports:
@@ -811,8 +815,11 @@ class CallPath:
             finally:
                 self.settle(inst, start, function, th)
         finally:
-            if end is not None and inst is not None:
-                inst.limit_deadline(None)  # before the lock goes: see _ticker.limit
+            if end is not None and inst is not None and inst is self._inst:
+                # Before the lock goes: see _ticker.limit. (An instance no longer current,
+                # released or dropped, runs no call again: a fresh_instance call's, or one
+                # a failure discarded, keeps its limit.)
+                inst.limit_deadline(None)
             th.room = room
             if self.has_imports:
                 th.call = self.outer
@@ -1015,13 +1022,17 @@ class CallPath:
             if self._last_th is not th:
                 self.keep(th)
             self._last = (None, _perf_counter() - start, inst, calls, function)
+        elif self.fresh:
+            duration = _perf_counter() - start
+            # Nothing of this call may reach the next one: drop the instance, and free it now
+            # (with pooling, its slot is needed by the next call). Its stats are then what
+            # release() measured (the memory is read once, not twice: issue 14, goal 6).
+            if self._inst is not None:
+                self.instance = None
+            inst.release()
+            self.record(inst, start, function, th, duration)
         else:
             self.record(inst, start, function, th)
-            if self.fresh:
-                # Nothing of this call may reach the next one: drop the instance, and free it
-                # now (with pooling, its slot is needed by the next call).
-                self.instance = None
-                inst.release()
         if calls:  # log calls count as host calls: log_count/log_dropped are 0 otherwise
             state.host_calls = state.log_count = state.log_dropped = 0
         self.owner = None
@@ -1034,12 +1045,15 @@ class CallPath:
         start: float,
         function: str,
         th: _nesting.ThreadRoom | None = None,
+        duration: float | None = None,
     ) -> None:
         """Record the full stats of a call on ``inst`` (fuel, memory) and warn of dropped logs.
 
-        ``th`` is the calling thread's ThreadRoom (None: looked up here).
+        ``th`` is the calling thread's ThreadRoom (None: looked up here); ``duration`` the
+        call's, if measured already (None: it ends now).
         """
-        duration = _perf_counter() - start
+        if duration is None:
+            duration = _perf_counter() - start
         if th is None:
             th = _thread_room()
         if self._last_th is not th:
@@ -1188,7 +1202,9 @@ class CallPath:
                 f"plugin {self.name!r} does not implement the plugsafe ABI (it exports no "
                 f"{_abi.VERSION_EXPORT!r}); use invoke() for plain numeric exports"
             )
-        ref = self.lookup(inst, function)
+        ref = inst.func(function)
+        if ref is None:
+            ref = self.lookup(inst, function)  # (raises: which export is missing)
         if ref.params != ("i32", "i32") or ref.results != ("i64",):
             raise SignatureError(
                 f"plugin {self.name!r} export {function!r} has type "
@@ -1198,7 +1214,10 @@ class CallPath:
         if self.input_buffer:
             # The allocator is looked up when an input does not fit the buffer (abi_call): on
             # a fresh instance per call, one export lookup less (issue 14, goal 6).
-            self._use_input_buffer(inst)
+            # (_use_input_buffer, inline.)
+            query = inst.func(_abi.INPUT_BUFFER_EXPORT)
+            if query is not None:
+                inst.use_input_buffer(query)
         else:
             # Looked up now, so that the short path finds it in inst.funcs.
             inst.func(_abi.ALLOC_EXPORT)

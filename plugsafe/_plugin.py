@@ -291,6 +291,11 @@ class Plugin(Closing):
         memory_per = policy.memory // count
         self._memory_count = len(memories)
         self._memory_per = memory_per
+        # What every new instance is made with, read once here (issue 14: an instance per call).
+        self._memories_cap = count
+        self._table_elements = policy.max_table_elements
+        self._fuel = policy.fuel
+        self._timeout = policy.timeout
         for i, decl in enumerate(memories):
             if decl.minimum > memory_per:
                 split = f" (split evenly over its {count} memories)" if count > 1 else ""
@@ -813,38 +818,49 @@ class Plugin(Closing):
 
     def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:
         """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget."""
-        state = self._calls.state
-        state.begin("(start)", phase)
+        calls = self._calls
+        state = calls.state
+        # state.begin("(start)", phase), inline: this runs for every instance (issue 14).
+        state.function = "(start)"
+        state.phase = phase
+        call_start = state.call_start
+        state.start = _perf_counter() if call_start is None else call_start
+        # Made for a call (state.call_deadline): within that call's timeout.
+        timeout = state.timeout
+        until = None if call_start is None or timeout is None else call_start + timeout
         inst = None
         # A start function's host functions see this plugin as current_call(), not the call
         # (perhaps another tenant's) whose host function is loading or calling it.
-        th = thread_room()
-        outer, th.call = th.call, self._calls
+        try:
+            th = tls.room
+        except AttributeError:
+            th = thread_room()
+        outer, th.call = th.call, calls
         # Nor the context of the call it is made for: a re-instantiation after a trap (or a
         # fresh_instance call) runs the start function inside that call (attack2 finding).
         context, state.context = state.context, None
         try:
-            if self._linker.spent:
+            if self._linker.record.spent:  # (Linker.spent)
                 # A host callback returned its spare trap (Python failed at the C boundary):
                 # wasmtime freed it, so new callbacks with new spares serve from now on.
                 linker = self._build_linker()
                 linker.prepare(self._module)
-                self._linker = self._calls.linker = linker
-                self._calls.host_record = linker.record
+                self._linker = calls.linker = linker
+                calls.host_record = linker.record
             inst = rt.Instance(
                 self._engine,
                 self._linker,
                 self._module,
                 memory_size=self._memory_per,
-                memories=max(self._memory_count, 1),
-                table_elements=self._policy.max_table_elements,
+                memories=self._memories_cap,
+                table_elements=self._table_elements,
                 tables=_MAX_TABLES,
-                fuel=self._policy.fuel,
+                fuel=self._fuel,
                 deadline_ticks=self._ticks,
                 epochs=self._epochs,
-                timeout=self._policy.timeout,
+                timeout=self._timeout,
                 wasi=wasi,
-                until=state.call_deadline,  # made for a call: within that call's timeout
+                until=until,
                 timeout_ticks=self._timeout_ticks,
             )
             if self._reactor:  # its type was checked at load (_check_exports)

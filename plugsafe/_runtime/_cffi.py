@@ -140,7 +140,9 @@ class CffiBackend(CffiTraps):
         ffi = self.ffi
         instance = ffi.new("wasmtime_instance_t *")
         trap = ffi.new("wasm_trap_t **")
-        pointer = cast(tuple[Any, wasmtime.InstancePre], pre)[0]
+        # (Annotated, not cast: a subscripted cast built its generic alias on every instance.)
+        held: Any = pre
+        pointer = held[0]
         error = self.lib.wasmtime_instance_pre_instantiate(pointer, ctx, instance, trap)
         if error or trap[0]:
             self._raise(error, trap[0])

@@ -105,16 +105,12 @@ class Instance:
         self._set_fuel = b.set_fuel
         self._metered = engine.metered
         # Made through the C API directly (_store: ~20 us less than wasmtime-py's Store,
-        # set_limits, WasiConfig and set_wasi); never deleted in a forked child (_forksafe).
-        self._store = store = Store(engine.address)
-        store.limit(
-            memory_size=memory_size,
-            table_elements=table_elements,
-            instances=1,
-            tables=tables,
-            memories=memories,
+        # set_limits, WasiConfig and set_wasi) and limited as it is made; never deleted in a
+        # forked child (_forksafe).
+        self._store = store = Store(
+            engine.address, (memory_size, table_elements, 1, tables, memories)
         )
-        self._ctx = b.ctx_at(store.ctx)
+        self._ctx = ctx = b.ctx_at(store.ctx)
         if wasi is not None:
             # DEFAULT_WASI, or what wasi_config made (the Plugin keeps it as a plain object).
             error = store.set_wasi(wasi)
@@ -135,7 +131,7 @@ class Instance:
         # When (perf_counter) the deadline was last armed, shared with every invoker of this
         # instance (a list, so the invokers need no reference back to the instance), and a
         # limit to one call's end (see _ticker.limit).
-        self._arming = [-math.inf, -math.inf, math.inf]
+        self._arming = arming = [-math.inf, -math.inf, math.inf]
         if epochs is None:
             self._ticks = deadline_ticks
             self._period = 0.0
@@ -147,25 +143,36 @@ class Instance:
         # far enough ahead (half its ticks): see abi_call.
         self._set_at = -math.inf
         self._horizon = self._ticks * self._period / 2
-        if epochs is not None:
-            assert timeout is not None
-            # The store checks the wall clock when its epoch deadline comes (never early).
-            guard(self, store.ptr, self._arming, timeout, epochs)
         # set_budget, inline (a load or fresh instance makes one call fewer).
         if self._metered:
-            self._set_fuel(self._ctx, self._fuel)
-        if until is None or epochs is None:
-            self._arm()
+            self._set_fuel(ctx, self._fuel)
+        if epochs is None:
+            b.set_deadline(ctx, deadline_ticks)  # _arm without a ticker
         else:
-            # Made for a call that started earlier (``until`` is its deadline): the start
-            # function runs on what is left of that call's time, not on a timeout of its own.
-            # (limit_deadline arms the ticker and sets the epoch deadline itself.)
-            self.limit_deadline(until)
+            assert timeout is not None
+            # The store checks the wall clock when its epoch deadline comes (never early).
+            guard(self, store.ptr, arming, timeout, epochs)
+            # _arm, or (``until`` given) limit_deadline, inline: one or two frames fewer for
+            # every instance made for a call (issue 14, goal 6).
+            now = _perf_counter()
+            epochs.last = now
+            if not epochs.armed:
+                epochs.arm()
+            if until is None:
+                arming[0] = now
+                ticks = self._ticks
+            else:
+                # Made for a call that started earlier (``until`` is its deadline): the start
+                # function runs on what is left of that call's time, not on a timeout of its
+                # own; held until the call path lifts it (limit_deadline(None)).
+                limit(arming, now, until)
+                ticks = epochs.ticks(max(until - now, 0.0))
+            b.set_deadline(ctx, epochs.deadline(now, ticks))
         if linker._pre is None:
             linker.prepare(module)
         assert linker._pre is not None
         try:
-            self._instance = b.instantiate(linker._pre, self._ctx)
+            self._instance = instance = b.instantiate(linker._pre, ctx)
         except WasmFailure as failure:
             full = pool_exhausted(failure)
             if full is not None:
@@ -195,18 +202,16 @@ class Instance:
         self._in_at = self._in_raw = self._in_cap = 0
         self._in_query: FuncRef | None = None
         self._in_wanted = False
-        self._find_memories(module)
-        # The Linker closes every store made through it before serving another plugin.
-        linker.made(self)
-
-    def _find_memories(self, module: Module) -> None:
+        # The exported memories.
         for name in module.memory_exports:
-            found = self._b.export(self._ctx, self._instance, name)
+            found = b.export(ctx, instance, name)
             if found is not None and found[0] == KIND_MEMORY:
                 mem: MemHandle = found[1]  # type: ignore[assignment]  # a memory's handle
                 self._memories.append(mem)
                 if name == b"memory":
                     self.memory = mem
+        # The Linker closes every store made through it before serving another plugin.
+        linker.made(self)
 
     # -- budget -------------------------------------------------------------------------------
 

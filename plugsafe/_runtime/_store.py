@@ -70,8 +70,10 @@ class Store:
 
     __slots__ = ("__weakref__", "_pid", "ctx", "ptr")
 
-    def __init__(self, engine: int) -> None:
-        """A new store of the engine at address ``engine`` (no host data)."""
+    def __init__(self, engine: int, limits: tuple[int, int, int, int, int] | None = None) -> None:
+        """A new store of the engine at address ``engine`` (no host data), limited at once
+        with ``limits`` if given (:meth:`limit`'s arguments, in its order: one call fewer for
+        every new instance)."""
         self.ptr: int = 0
         self.ctx: int = 0
         ptr = _new(engine, None, None)
@@ -80,6 +82,8 @@ class Store:
         self._pid = _getpid()
         self.ptr = ptr
         self.ctx = _context(ptr)
+        if limits is not None:
+            _limiter(ptr, *limits)
 
     def limit(
         self, *, memory_size: int, table_elements: int, instances: int, tables: int, memories: int
@@ -110,4 +114,5 @@ class Store:
         _delete(ptr)
 
     def __del__(self) -> None:
-        self.close()
+        if self.ptr:  # (most are closed already: Instance.release; no second frame for them)
+            self.close()
