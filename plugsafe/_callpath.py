@@ -51,6 +51,10 @@ T = TypeVar("T")
 _I32 = (-(2**31), 2**32 - 1)
 _I64 = (-(2**63), 2**64 - 1)
 _F32_MAX = 3.4028234663852886e38
+# The ABI's result word, split as _abi.decode_result does (round_trip, inline).
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+_LENGTH_MASK = 0x7FFF_FFFF
+_ERROR_BIT = 0x8000_0000
 _perf_counter = time.perf_counter
 _get_ident = threading.get_ident
 _thread_room = _nesting.thread_room
@@ -385,9 +389,14 @@ class CallPath:
     def instance(self, inst: rt.Instance | None) -> None:
         # Every change of instance goes through here, so the short paths' aimed functions
         # (bound to the old instance's store: calling one with another store aborts the
-        # process) are never used past it.
+        # process) are never used past it. Nothing is aimed while there is no instance (aiming
+        # reads the live instance's functions, and every way to None came through here): from
+        # None, there is nothing to forget (a fresh_instance call sets one from None every
+        # time: issue 14, goal 6).
+        before = self._inst
         self._inst = inst
-        self._forget()
+        if before is not None:
+            self._forget()
 
     def _forget(self) -> None:
         """Drop the aimed functions (the instance changed)."""
@@ -778,7 +787,7 @@ class CallPath:
                 state.context = context
             if self.closed:
                 raise PluginClosedError(f"plugin {self.name!r} is closed")
-            inst = self.instance
+            inst = self._inst
             made = inst is None
             if inst is None:
                 # Made within the call's deadline (limited to it: see Instance.limit_deadline).
@@ -1335,7 +1344,12 @@ class CallPath:
                 f"plugin {self.name!r}: {_abi.ALLOC_EXPORT} returned a bad buffer for "
                 f"{len(payload)} input bytes: {exc}"
             ) from None
-        out_ptr, out_len, is_error = _abi.decode_result(word)
+        # _abi.decode_result, inline (a frame less on every call): pointer high, length low,
+        # the error bit above the length; unsigned.
+        word &= _U64
+        out_ptr = word >> 32
+        out_len = word & _LENGTH_MASK
+        is_error = word & _ERROR_BIT
         if out_len > self.max_output:
             what = "error message" if is_error else "output"
             raise AbiError(

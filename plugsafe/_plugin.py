@@ -904,8 +904,10 @@ class Plugin(Closing):
             raise
         finally:
             # What the start function did is no part of the next call's record; the Caller it
-            # used is gone (Plugin.memory must not find it).
-            state.reset()
+            # used is gone (Plugin.memory must not find it). (state.reset(), inline.)
+            state.host_calls = state.log_count = state.log_dropped = 0
+            state.error = None
+            state.phase = "call"
             self._linker.record.caller = None
             th.call = outer
             state.context = context

@@ -524,7 +524,12 @@ class Instance:
         with _RELEASING:
             if self._final is not None:
                 return
-            self._final = self._total()
+            mems = self._memories
+            # (_total, inline: a fresh instance per call releases one on every call.)
+            if len(mems) == 1:
+                self._final = self._b.size(self._ctx, mems[0])
+            else:
+                self._final = sum(self._b.size(self._ctx, m) for m in mems)
             self._fuel_final = self._b.get_fuel(self._ctx) if self._metered else 0
             # Everything that could still reach the store's memory or functions goes first:
             # the window points into the linear memory, the bound calls at the store's context.
