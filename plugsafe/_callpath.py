@@ -1038,8 +1038,17 @@ class CallPath:
             # release() measured (the memory is read once, not twice: issue 14, goal 6).
             if self._inst is not None:
                 self.instance = None
-            inst.release()
-            self.record(inst, start, function, th, duration)
+            memory, fuel_left = inst.release()
+            # record(), inline, with what release() measured.
+            if th is None:
+                th = _thread_room()
+            if self._last_th is not th:
+                self.keep(th)
+            fuel = self.fuel
+            consumed = None if fuel is None else max(fuel - fuel_left, 0)
+            self._last = (consumed, duration, memory, calls, function)
+            if state.log_dropped:
+                self.warn_dropped()
         else:
             self.record(inst, start, function, th)
         if calls:  # log calls count as host calls: log_count/log_dropped are 0 otherwise
@@ -1075,12 +1084,16 @@ class CallPath:
             memory = inst.memory_total()
         self._last = (consumed, duration, memory, state.host_calls, function)
         if state.log_dropped:
-            self.logger.warning(
-                "plugin %s dropped %d log message(s) beyond its limit of %d per call",
-                self.name,
-                state.log_dropped,
-                self.policy.log_messages,
-            )
+            self.warn_dropped()
+
+    def warn_dropped(self) -> None:
+        """Warn that the call ending now dropped log messages over the policy's limit."""
+        self.logger.warning(
+            "plugin %s dropped %d log message(s) beyond its limit of %d per call",
+            self.name,
+            self.state.log_dropped,
+            self.policy.log_messages,
+        )
 
     def keep(self, th: _nesting.ThreadRoom) -> None:
         """Thread ``th``'s call ends and ``last`` is another thread's: move that one aside.

@@ -275,6 +275,28 @@ def test_log_count_is_capped_per_call(
     assert len([r for r in caplog.records if r.name == "plugsafe.plugin.s"]) == 2
 
 
+def test_log_count_is_capped_per_call_on_fresh_instances(
+    host: plugsafe.Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fresh instance per call ends its calls by another way (CallPath.settle): same warning,
+    # same stats.
+    policy = Policy(allow={"log"}, log_messages=3, fresh_instance=True)
+    p = host.load(LOG_WAT.encode(), policy=policy, name="f")
+    caplog.set_level(logging.DEBUG, logger="plugsafe")
+    p.invoke("spam", 10)
+    records = [r for r in caplog.records if r.name == "plugsafe.plugin.f"]
+    assert [r.getMessage() for r in records[:3]] == ["hello"] * 3
+    assert len(records) == 4
+    assert "dropped 7 log message(s)" in records[3].getMessage()
+    stats = p.last_call
+    assert stats is not None and stats.function == "spam" and stats.host_calls == 10
+    assert stats.memory_bytes == 65536 and stats.fuel_consumed is None
+    caplog.clear()
+    p.invoke("spam", 2)  # per call: the count starts again
+    assert len([r for r in caplog.records if r.name == "plugsafe.plugin.f"]) == 2
+    assert p.last_call is not None and p.last_call.host_calls == 2
+
+
 @pytest.mark.parametrize(
     ("level", "ptr", "length", "message"),
     [

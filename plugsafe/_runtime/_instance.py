@@ -512,18 +512,20 @@ class Instance:
 
     # -- release ------------------------------------------------------------------------------
 
-    def release(self) -> None:
+    def release(self) -> tuple[int, int]:
         """Free the store now, guest memory and all, instead of whenever the GC finds it.
 
         The instance is part of reference cycles (its functions' bound calls, the deadline
         guard), so without this a closed plugin's memory stayed mapped until a collection ran.
         Only for an instance nothing will call again (``Plugin.close`` holds the call lock and
         has already detached it): afterwards it has no functions, no memory and no window, and
-        ``memory_total`` answers the size it had. Idempotent.
+        ``memory_total`` answers the size it had. Idempotent. Returns what the instance held
+        at release: the bytes of its exported memories and its fuel left (0 unmetered), as
+        ``memory_total`` and ``fuel_left`` answer from then on.
         """
         with _RELEASING:
             if self._final is not None:
-                return
+                return self._final, self._fuel_final
             mems = self._memories
             # (_total, inline: a fresh instance per call releases one on every call.)
             if len(mems) == 1:
@@ -542,6 +544,7 @@ class Instance:
             self.funcs = {}
             self._exports = {}
             self._store.close()
+            return self._final, self._fuel_final
 
     def read(self, pointer: int, length: int) -> bytes:
         """Copy bytes out of ``memory`` (bounds-checked against its current size, one copy)."""
