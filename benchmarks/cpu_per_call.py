@@ -1,5 +1,8 @@
 """Per-call CPU time of invoke, an 11-byte echo and a guest→host call (best of 7 rounds).
 
+``invoke`` calls a plugin without imports; ``invoke_imports`` the benchmark row's plugin, the
+ABI guest that imports a host function (the short path's bookkeeping for such a plugin).
+
 The echo guest declares an input buffer (docs/abi.md); ``echo11v1`` is the same guest without
 it, as a plain v1 guest (input through ``plugsafe_alloc``: two wasm calls).
 
@@ -21,7 +24,7 @@ from pathlib import Path
 import plugsafe
 
 sys.path.insert(0, str(Path(__file__).parent))
-from guests import PLUGSAFE_PURE_GUEST, PLUGSAFE_V1_GUEST
+from guests import PLUGSAFE_GUEST, PLUGSAFE_PURE_GUEST, PLUGSAFE_V1_GUEST
 
 ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 HOST_CALLS = """
@@ -54,9 +57,15 @@ def main() -> None:
         def inc(x: int) -> int:
             return x + 1
 
+        @host.function
+        def bump(x: int) -> int:
+            return x + 1
+
         add = host.load(ADD.encode())
         echo = host.load(PLUGSAFE_PURE_GUEST.encode())
         echo_v1 = host.load(PLUGSAFE_V1_GUEST.encode())
+        # The benchmark row's plugin: the ABI guest with a host import (default policy).
+        imports = host.load(PLUGSAFE_GUEST.encode(), policy=plugsafe.Policy(allow={"bump"}))
         name = next(n for n, e in echo.exports.items() if e.params == ("i32", "i32"))
         calls = host.load(
             HOST_CALLS.encode(), policy=plugsafe.Policy(allow={"inc"}, max_host_calls=10**9)
@@ -64,6 +73,11 @@ def main() -> None:
 
         def invoke(n: int) -> None:
             f = add.invoke
+            for _ in range(n):
+                f("add", 1, 2)
+
+        def invoke_imports(n: int) -> None:
+            f = imports.invoke
             for _ in range(n):
                 f("add", 1, 2)
 
@@ -78,11 +92,13 @@ def main() -> None:
                 f(name, b"hello world")
 
         invoke(10)
+        invoke_imports(10)
         call(10)
         call_v1(10)
         calls.invoke("run", 10)
         print(
             f"invoke {best(invoke, 20_000) * 1e9:.0f} ns  "
+            f"invoke_imports {best(invoke_imports, 20_000) * 1e9:.0f} ns  "
             f"echo11 {best(call, 20_000) * 1e9:.0f} ns  "
             f"echo11v1 {best(call_v1, 20_000) * 1e9:.0f} ns  "
             f"hostcall {best(lambda n: calls.invoke('run', n), 20_000) * 1e9:.0f} ns"

@@ -91,15 +91,31 @@ class CallState:
         "error",
         "function",
         "host_calls",
+        "limit",
         "log_count",
         "log_dropped",
+        "path",
         "phase",
+        "quota",
         "start",
         "timeout",
     )
 
-    def __init__(self, timeout: float | None) -> None:
+    def __init__(
+        self,
+        timeout: float | None,
+        max_host_calls: int | None = None,
+        path: Callable[[], CallPath | None] | None = None,
+    ) -> None:
         self.timeout = timeout
+        # The host calls one call may make (Policy.max_host_calls; None: no practical limit).
+        self.quota = 2**64 if max_host_calls is None else max_host_calls
+        # A host call numbered over ``limit`` takes HostCalls.over: the quota, except while a
+        # short path's call that has made no host call yet runs (-1: its first host call does
+        # the bookkeeping the short path left to it, CallPath.host_calls_begin).
+        self.limit = self.quota
+        # The call path this state is of (weakly: the path owns it), for that bookkeeping.
+        self.path: Callable[[], CallPath | None] = _no_path if path is None else path
         self.start = _perf_counter()
         # The first failure of this call's host functions: the error to raise (or a nested
         # WasmFailure to translate), never what wasmtime-py's module-global says.
@@ -145,6 +161,13 @@ class CallState:
         """The recorded host failure, cleared."""
         err, self.error = self.error, None
         return err
+
+    def first_host_call(self) -> None:
+        """A host call found ``limit`` negative: do what the short path left to it."""
+        path = self.path()
+        if path is not None:
+            path.host_calls_begin()
+        self.limit = self.quota
 
     def reset(self) -> None:
         """Back to the idle state (after work that is not a call: instantiation, the ABI check)."""
@@ -331,7 +354,7 @@ class CallPath:
         # The current instance (``instance``: setting it forgets the aimed functions below).
         self._inst: rt.Instance | None = None
         self._forget()
-        self.state = CallState(policy.timeout)
+        self.state = CallState(policy.timeout, policy.max_host_calls, weakref.ref(self))
         # Set once the plugin passed the ABI check at load.
         self.abi = False
         # Set with it if the plugin exports plugsafe_input_buffer with its type (prepare_abi).
@@ -494,14 +517,13 @@ class CallPath:
                 start = _perf_counter()
                 has_imports = self._imports
                 if has_imports:
+                    # What host functions read of the call. The rest (the owner, the thread's
+                    # room and current_call()) only host functions can see: the first host call
+                    # does it (host_calls_begin), so calls that make none skip it.
                     state = self.state
-                    self.owner = _get_ident()
                     state.function = function
                     state.start = start
-                    th.room = left
-                    # plugsafe.current_call(): this call, until it ends (see CallPath.outer).
-                    self.outer = th.call
-                    th.call = self
+                    state.limit = -1
                     if context is not None:
                         state.context = context
                 try:
@@ -524,21 +546,19 @@ class CallPath:
                     raise
                 finally:
                     if has_imports:
-                        th.room = room
-                        th.call = self.outer
-                        self.state.context = None
+                        if state.host_calls:  # host_calls_begin ran: undo it
+                            th.room = room
+                            th.call = self.outer
+                        else:
+                            state.limit = state.quota
+                        if context is not None:
+                            state.context = None
                     if self._last_th is not th:
                         self.keep(th)
-                    if (
-                        self._lean
-                        and inst is self._inst
-                        and not (has_imports and self.state.host_calls)
-                    ):
+                    if self._lean and inst is self._inst and not (has_imports and state.host_calls):
                         # settle(), its first case: provably the same (see settle); a call
-                        # of a plugin without imports set no owner.
+                        # that made no host call set no owner.
                         self._last = (None, _perf_counter() - start, inst, 0, function)
-                        if has_imports:
-                            self.owner = None
                     else:
                         self.settle(inst, start, function, th)
                     lock.release()
@@ -574,14 +594,13 @@ class CallPath:
                 start = _perf_counter()
                 has_imports = self._imports
                 if has_imports:
+                    # What host functions read of the call. The rest (the owner, the thread's
+                    # room and current_call()) only host functions can see: the first host call
+                    # does it (host_calls_begin), so calls that make none skip it.
                     state = self.state
-                    self.owner = _get_ident()
                     state.function = function
                     state.start = start
-                    th.room = left
-                    # plugsafe.current_call(): this call, until it ends (see CallPath.outer).
-                    self.outer = th.call
-                    th.call = self
+                    state.limit = -1
                     if context is not None:
                         state.context = context
                 try:
@@ -631,21 +650,19 @@ class CallPath:
                     raise
                 finally:
                     if has_imports:
-                        th.room = room
-                        th.call = self.outer
-                        self.state.context = None
+                        if state.host_calls:  # host_calls_begin ran: undo it
+                            th.room = room
+                            th.call = self.outer
+                        else:
+                            state.limit = state.quota
+                        if context is not None:
+                            state.context = None
                     if self._last_th is not th:
                         self.keep(th)
-                    if (
-                        self._lean
-                        and inst is self._inst
-                        and not (has_imports and self.state.host_calls)
-                    ):
+                    if self._lean and inst is self._inst and not (has_imports and state.host_calls):
                         # settle(), its first case: provably the same (see settle); a call
-                        # of a plugin without imports set no owner.
+                        # that made no host call set no owner.
                         self._last = (None, _perf_counter() - start, inst, 0, function)
-                        if has_imports:
-                            self.owner = None
                     else:
                         self.settle(inst, start, function, th)
                     lock.release()
@@ -657,6 +674,21 @@ class CallPath:
         return self.guarded(
             function, lambda inst: self.invoke_checked(inst, function, args), context
         )
+
+    def host_calls_begin(self) -> None:
+        """The first host call of a call a short path began: the bookkeeping it left.
+
+        Only host functions (app code, on this thread, inside the call) read it: the owner
+        (re-entry refused, ``with_instance`` served, the wait-for graph), the thread's room
+        for calls nested in this one, and ``plugsafe.current_call()``. The short path undoes
+        it as the call ends (a call's host calls on a thread nest strictly, so the thread's
+        room and innermost call are what they were when the call began).
+        """
+        th: _nesting.ThreadRoom = _tls.room
+        th.room -= self.cost
+        self.outer = th.call
+        th.call = self
+        self.owner = _get_ident()
 
     def rearm(self, ticker: rt.Ticker, now: float) -> None:
         """Set the aimed instance's epoch deadline afresh at ``now`` (armed at ``now``)."""
@@ -1455,6 +1487,10 @@ def _unaimed(*_args: object) -> Any:
 
 
 def _no_plugin() -> object | None:
+    return None
+
+
+def _no_path() -> CallPath | None:
     return None
 
 

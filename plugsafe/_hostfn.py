@@ -329,7 +329,7 @@ class HostCalls:
         self.state = state
         self.diagnosis = diagnosis
         self.logger = logger
-        self.quota = 2**64 if policy.max_host_calls is None else policy.max_host_calls
+        self.quota = state.quota
         self.timeout = policy.timeout
         # The export Caller.place may call to receive a bytes result: plugsafe_alloc once its
         # type was checked to be (i32) -> i32 (Plugin._check_exports), else None and such a
@@ -414,13 +414,24 @@ class HostCalls:
         """Count a host call against the quota and check the deadline."""
         state = self.state
         state.host_calls += 1
-        if state.host_calls > self.quota:
-            raise self.too_many(function)
+        if state.host_calls > state.limit:
+            self.over(function)
         # wasm checks its deadline only at function entries and loop back-edges: without this,
         # a run of host calls in straight-line code could stretch the call far past it.
         timeout = self.timeout
         if timeout is not None and _perf_counter() > state.start + timeout:
             raise self.late(function)
+
+    def over(self, function: str) -> None:
+        """The call's host calls passed ``state.limit``: its first host call, if a short path
+        began the call (the bookkeeping it left to this one: ``CallState.first_host_call``),
+        else one over the quota (HostCallLimitExceeded)."""
+        state = self.state
+        if state.limit < 0:
+            state.first_host_call()
+            if state.host_calls <= state.quota:
+                return
+        raise self.too_many(function)
 
     def late(self, function: str) -> DeadlineExceeded:
         """The deadline passed, noticed when the plugin called host function ``function``."""
@@ -503,13 +514,13 @@ class HostCalls:
         lo, hi = _INT_RANGE.get(rtype or "", (0, 0))
         # The checks of enter(), inlined: this runs on every host call.
         state = self.state
-        quota = self.quota
+        over = self.over
         timeout = self.timeout
 
         def numeric(*args: Any) -> Any:
             n = state.host_calls = state.host_calls + 1
-            if n > quota:
-                raise self.too_many(name)
+            if n > state.limit:
+                over(name)
             if timeout is not None and _perf_counter() > state.start + timeout:
                 raise self.late(name)
             try:
