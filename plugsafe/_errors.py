@@ -38,10 +38,14 @@ from __future__ import annotations
 
 import copyreg
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 from ._lazymodule import import_now
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
 
 __all__ = [
     "AbiError",

@@ -26,15 +26,13 @@ verdict rather than stopping at the first refusal.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from . import _abi
 from . import _runtime as rt
@@ -43,6 +41,7 @@ from ._cache import ArtifactCache, CacheShelf
 from ._errors import ImportNotAllowedError, ImportProblem, InvalidModuleError, PluginLoadError
 from ._files import read_plugin_file
 from ._isolate import compile_isolated
+from ._lazymodule import lazy_module
 from ._lazyre import lazy_re
 from ._policy import Policy
 from ._version import __version__
@@ -57,6 +56,14 @@ from ._wasmbin import (
     parse_memories,
     precheck,
 )
+
+if TYPE_CHECKING:
+    import dataclasses
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
+
+    dataclasses = lazy_module("dataclasses", globals(), "dataclasses")
 
 __all__ = [
     "Format",

@@ -11,7 +11,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
@@ -48,6 +47,11 @@ from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._wasi import SHIM_SHAPES, RunResult, WasiShims
 from ._wasmbin import MemoryDecl
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
 
 __all__ = ["CallInfo", "OnCall", "Plugin", "PluginMemory", "current_call"]
 

@@ -12,7 +12,6 @@ class is ``plugsafe.X`` however it was reached first.
 
 from __future__ import annotations
 
-import inspect  # dataclasses imports it anyway
 import typing
 
 __all__ = ["rehome"]
@@ -22,7 +21,10 @@ def rehome(*objs: object) -> None:
     """Make each class in ``objs`` ``plugsafe.<name>``; anything else is left alone."""
     for obj in objs:
         if isinstance(obj, type) and obj.__module__ != "plugsafe":
-            own = inspect.get_annotations(obj)
+            # The class's own annotations (what inspect.get_annotations returns for a class; every
+            # plugsafe module has ``from __future__ import annotations``, so they are in its
+            # namespace, as strings): inspect is not imported for this (issue 14: cold start).
+            own = vars(obj).get("__annotations__", {})
             if own:
                 hints = typing.get_type_hints(obj, include_extras=True)
                 obj.__annotations__ = {k: hints[k] for k in own}

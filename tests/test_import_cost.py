@@ -417,3 +417,33 @@ def test_a_lazy_module_stands_in_until_first_used() -> None:
     import colorsys
 
     assert namespace["cs"] is colorsys
+
+
+def test_host_functions_work_after_a_bare_import() -> None:
+    # inspect (and ast, dis, tokenize with it) is imported when a host function is first
+    # registered, not by import plugsafe (issue 14): register, refuse an async one, call one.
+    code = """
+import sys, plugsafe
+assert "inspect" not in sys.modules
+host = plugsafe.Host()
+@host.function
+def double(x: int) -> int:
+    return 2 * x
+assert "inspect" in sys.modules
+async def later(x: int) -> int:
+    return x
+try:
+    host.function(later)
+except TypeError:
+    pass
+else:
+    raise AssertionError("async host function accepted")
+wat = '''(module (import "plugsafe" "double" (func $d (param i32) (result i32)))
+  (func (export "f") (param i32) (result i32) local.get 0 call $d))'''
+plugin = host.load(wat.encode(), policy=plugsafe.Policy(allow={"double"}))
+assert plugin.invoke("f", 21) == 42
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
