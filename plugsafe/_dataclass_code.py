@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import abc
 import builtins
+import collections
 import contextlib
 import functools
+import gc
 import importlib.util
 import marshal
 import os
@@ -95,9 +97,47 @@ def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
     builtins.exec(source, globals, locals)
 
 
+def _eval(source: Any, globals: Any = None, locals: Any = None, /) -> Any:
+    """``eval`` for the collections module while plugsafe imports: ``namedtuple`` compiles its
+    ``__new__`` from a text (``typing.NamedTuple`` classes too, 0.7 M instructions each); for
+    a class of plugsafe's (namedtuple's ``module`` argument) the text is compiled once."""
+    frame = sys._getframe(1)
+    if globals is None:  # eval's own default: the caller's namespaces (never the case today)
+        globals = frame.f_globals
+        if locals is None:
+            locals = frame.f_locals
+    if type(source) is str and str(frame.f_locals.get("module", "")).startswith("plugsafe"):
+        source = eval_code(source)
+    return builtins.eval(source, globals, locals)
+
+
+def eval_code(source: str) -> CodeType:
+    """``compile(source, "<string>", "eval")`` of one of plugsafe's own expressions (its public
+    classes' annotations, see _public), compiled once and then kept in the cache too."""
+    key = "\0eval\0" + source  # no exec text starts so: the two kinds never meet
+    code = _codes.get(key)
+    if code is None:
+        code = _codes[key] = compile(source, "<string>", "eval", dont_inherit=True)
+        _state["new"] = True
+    _used[key] = code
+    return code
+
+
 def start() -> None:
-    """Load the cache (plugsafe's import only; until :func:`finish`)."""
+    """Load the cache and hold the cyclic garbage collector off (plugsafe's import only; until
+    :func:`finish`).
+
+    Why the collector: nearly every object plugsafe's import makes lives as long as the process
+    (classes, functions, tables), and the collections its allocations trigger meanwhile
+    (several full ones, each walking wasmtime's objects too) found nothing to free: 7 M of a
+    340 M cold start. finish() enables it again if (and only if) it was enabled here, so the
+    application's setting is kept; a thread of the application that changes it while plugsafe
+    is being imported has it undone.
+    """
     _state["importing"] = True
+    _state["gc"] = gc.isenabled()
+    gc.disable()
+    vars(collections)["eval"] = _eval  # (see _eval; as _hook, through the namespace for mypy)
     if not _PATH:  # pragma: no cover - no bytecode cache on this interpreter
         return
     _codes.update(_load())
@@ -113,8 +153,13 @@ def _hook(dataclasses: Any) -> None:
 
 
 def finish() -> None:
-    """Remove the hook; write the cache if a text was compiled and Python writes bytecode."""
+    """Remove the hook, enable the collector again if it was, write the cache if a text was
+    compiled and Python writes bytecode."""
     _state["importing"] = False
+    if _state.pop("gc", False):
+        gc.enable()
+    if vars(collections).get("eval") is _eval:
+        del vars(collections)["eval"]
     dataclasses = sys.modules.get("dataclasses")
     if dataclasses is not None and vars(dataclasses).get("exec") is _exec:
         del vars(dataclasses)["exec"]

@@ -11,19 +11,25 @@ from typing import TYPE_CHECKING, Any
 
 from ._dataclass_code import field_names
 from ._errors import PolicyError
-from ._lazymodule import import_now, lazy_module
+from ._lazymodule import import_now, lazy_function, lazy_module
 from ._lazyre import lazy_re
-from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
 from ._units import GiB, KiB, MiB, parse_duration, parse_size
 from ._wasi import Wasi
 
 if TYPE_CHECKING:
     import dataclasses
     from dataclasses import dataclass, field
+
+    from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
 else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
     from ._dataclass_code import dataclass, field
 
     dataclasses = lazy_module("dataclasses", globals(), "dataclasses")
+    # The policy-file parser (and the host-function signatures it reads), when a policy file or
+    # table is first read (issue 14: cold start).
+    for _name in ("in_file", "layout_of", "parse_changes", "read_toml", "relocate"):
+        globals()[_name] = lazy_function("plugsafe._policyfile", _name, globals())
+    del _name
 
 __all__ = ["Policy", "parse_policy", "policy_from_toml"]
 

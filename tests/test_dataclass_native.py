@@ -298,3 +298,26 @@ def test_the_real_fields_are_made_once_and_then_are_plain() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'a'"):
         child.a = 2  # type: ignore[misc]
     assert field_names(Child) == ("a", "b", "c")
+
+
+def test_namedtuples_compile_once_and_the_hook_is_gone(tmp_path: Path) -> None:
+    # typing.NamedTuple classes compile their __new__ from a text (collections.namedtuple's
+    # eval): plugsafe's are cached with the dataclass methods; the hook is gone after import.
+    import collections
+
+    assert "eval" not in vars(collections)
+    code = """
+import marshal, plugsafe
+from plugsafe import _dataclass_code
+from plugsafe._runtime._engine import PoolLimits
+with open(_dataclass_code._PATH, "rb") as f:
+    codes = marshal.loads(f.read()[4:])
+print(sum("lambda _cls" in key for key in codes), PoolLimits._fields[0])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(tmp_path)
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        ).stdout.split()
+    assert int(out[0]) >= 3 and out[1] == "instances"
