@@ -34,11 +34,14 @@ import collections
 import contextlib
 import functools
 import gc
-import importlib.util
 import marshal
 import os
 import sys
 from _thread import get_ident
+
+# What importlib.util re-exports, from where the import system itself has them (importlib.util
+# imports importlib's abstract base classes and machinery too: 1 M instructions of a cold start).
+from importlib._bootstrap_external import MAGIC_NUMBER, cache_from_source
 from types import CodeType, FunctionType
 from typing import Any
 
@@ -49,13 +52,11 @@ __all__ = ["MISSING", "dataclass", "field", "field_names", "finish", "start"]
 # <package>/__pycache__/_dataclass_code.<tag>.bin (the place and tag Python's own bytecode uses);
 # "" where this interpreter keeps no bytecode cache (no cache tag): then nothing is cached.
 try:
-    _PATH = importlib.util.cache_from_source(
-        os.path.join(os.path.dirname(__file__), "_dataclass_code.py")
-    )
+    _PATH = cache_from_source(os.path.join(os.path.dirname(__file__), "_dataclass_code.py"))
     _PATH = _PATH[: -len(".pyc")] + ".bin"
 except NotImplementedError:  # pragma: no cover - sys.implementation.cache_tag is None
     _PATH = ""
-_MAGIC = importlib.util.MAGIC_NUMBER
+_MAGIC = MAGIC_NUMBER
 
 # Loaded from the cache; and the texts this import used (what is written back: the cache holds
 # only what the installed version needs).
