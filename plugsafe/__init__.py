@@ -20,44 +20,52 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-# First: plugsafe's dataclasses compile their generated methods once, not per process (see there).
-from . import _dataclass_code, _public
-from ._abi import ABI_VERSION
-from ._component import ComponentPlugin
-from ._errors import (
-    AbiError,
-    AbiVersionError,
-    DeadlineExceeded,
-    ExportNotFoundError,
-    FuelExhausted,
-    GuestError,
-    HostCallLimitExceeded,
-    HostFunctionError,
-    ImportNotAllowedError,
-    ImportProblem,
-    InvalidModuleError,
-    LimitExceeded,
-    MemoryAccessError,
-    MemoryLimitExceeded,
-    PluginCallError,
-    PluginClosedError,
-    PluginExitError,
-    PluginLoadError,
-    PluginTrap,
-    PlugsafeError,
-    PolicyError,
-    PoolExhausted,
-    SignatureError,
-    StackLimitExceeded,
-)
-from ._host import Host
-from ._lazymodule import import_now as _import_now
-from ._plugin import CallInfo, Plugin, PluginMemory, current_call
-from ._policy import Policy
-from ._pooling import Pooling
-from ._types import F32, F64, I32, I64, CallStats, ExportInfo, ImportInfo
-from ._version import __version__
-from ._wasi import Preopen, RunResult, Wasi
+# First: plugsafe's dataclasses are made without the dataclasses module, their generated methods
+# compiled once, not per process, and the cyclic garbage collector is held off until the package
+# is imported (issue 14: cold start; see _dataclass_code). finish() undoes both, whatever happens.
+from . import _dataclass_code
+
+try:
+    from . import _public
+    from ._abi import ABI_VERSION
+    from ._component import ComponentPlugin
+    from ._errors import (
+        AbiError,
+        AbiVersionError,
+        DeadlineExceeded,
+        ExportNotFoundError,
+        FuelExhausted,
+        GuestError,
+        HostCallLimitExceeded,
+        HostFunctionError,
+        ImportNotAllowedError,
+        ImportProblem,
+        InvalidModuleError,
+        LimitExceeded,
+        MemoryAccessError,
+        MemoryLimitExceeded,
+        PluginCallError,
+        PluginClosedError,
+        PluginExitError,
+        PluginLoadError,
+        PluginTrap,
+        PlugsafeError,
+        PolicyError,
+        PoolExhausted,
+        SignatureError,
+        StackLimitExceeded,
+    )
+    from ._host import Host
+    from ._lazymodule import import_now as _import_now
+    from ._plugin import CallInfo, Plugin, PluginMemory, current_call
+    from ._policy import Policy
+    from ._pooling import Pooling
+    from ._types import F32, F64, I32, I64, CallStats, ExportInfo, ImportInfo
+    from ._version import __version__
+    from ._wasi import Preopen, RunResult, Wasi
+except BaseException:
+    _dataclass_code.finish()
+    raise
 
 if TYPE_CHECKING:  # imported when first used (see __getattr__ below)
     from ._pool import PluginPool
@@ -141,6 +149,8 @@ def __dir__() -> list[str]:
 
 
 # Every public class is plugsafe.X (see _public): those imported above, here.
-_public.rehome(*(globals()[name] for name in __all__ if name not in _LAZY))
-_dataclass_code.finish()
+try:
+    _public.rehome(*(globals()[name] for name in __all__ if name not in _LAZY))
+finally:
+    _dataclass_code.finish()
 del TYPE_CHECKING  # not a public name

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +44,11 @@ from ._signatures import (
     parse_host_functions,
     signature_text,
 )
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass, field
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass, field
 
 if TYPE_CHECKING:
     from ._plugin import Plugin

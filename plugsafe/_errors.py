@@ -38,10 +38,14 @@ from __future__ import annotations
 
 import copyreg
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 from ._lazymodule import import_now
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
 
 __all__ = [
     "AbiError",
@@ -422,29 +426,31 @@ def short_trap(message: str) -> str:
     return lines[-1].removeprefix("wasm trap: ")
 
 
-class Failure(Protocol):
-    """What the runtime reports about a failed wasm call (``_runtime.WasmFailure``)."""
+# Typing-only protocols (issue 14: a Protocol class costs about 0.4 M instructions to create,
+# and nothing uses these at run time: every mention is an annotation).
+if TYPE_CHECKING:
 
-    message: str
-    trap_code: str | None
-    exit_code: int | None
+    class Failure(Protocol):
+        """What the runtime reports about a failed wasm call (``_runtime.WasmFailure``)."""
 
+        message: str
+        trap_code: str | None
+        exit_code: int | None
 
-class CallRecord(Protocol):
-    """What the translation reads of a plugin's call state (``_callpath.CallState``)."""
+    class CallRecord(Protocol):
+        """What the translation reads of a plugin's call state (``_callpath.CallState``)."""
 
-    @property
-    def phase(self) -> Phase: ...
+        @property
+        def phase(self) -> Phase: ...
 
-    def take_error(self) -> BaseException | None: ...
+        def take_error(self) -> BaseException | None: ...
 
+    class Memories(Protocol):
+        """The memory sizes of the instance a failure happened in (``_runtime.Instance``)."""
 
-class Memories(Protocol):
-    """The memory sizes of the instance a failure happened in (``_runtime.Instance``)."""
+        def memory_size(self) -> int: ...
 
-    def memory_size(self) -> int: ...
-
-    def memory_total(self) -> int: ...
+        def memory_total(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _runtime as rt
 from ._cache import default_cache_dir
@@ -20,7 +20,6 @@ from ._component import (
     is_component_source,
     load_component,
 )
-from ._config import load_config
 from ._errors import PluginClosedError, PolicyError
 from ._hostfn import (
     BUILTIN_FUNCTIONS,
@@ -28,11 +27,17 @@ from ._hostfn import (
     annotated_target,
     signature_from_annotations,
 )
+from ._lazymodule import lazy_function
 from ._lazyre import lazy_re
 from ._loader import LoadedModule, ModuleLoader, Source, check_imports
 from ._plugin import OnCall, Plugin
 from ._policy import Policy
 from ._pooling import Pooling
+
+if TYPE_CHECKING:
+    from ._config import load_config
+else:  # host-config files (and the policy-file parser), when first read (issue 14: cold start)
+    load_config = lazy_function("plugsafe._config", "load_config", globals())
 
 # The first 8 bytes of every core module binary (magic, version 1): never a component's.
 _CORE_PREAMBLE = b"\x00asm\x01\x00\x00\x00"

@@ -11,13 +11,11 @@ a host failure becomes this call's documented error (``CallState.error``) for th
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import time
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # logging is imported when a plugin first logs (_log, issue 14)
@@ -34,9 +32,20 @@ from ._errors import (
     HostFunctionError,
     PlugsafeError,
 )
+from ._lazymodule import lazy_module
 from ._log import LEVELS, escape
 from ._policy import Policy
 from ._types import Width
+
+if TYPE_CHECKING:
+    import inspect
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
+
+    # inspect (with ast, dis, tokenize: ~8 % of a cold start) when a host function is first
+    # registered or awaited, not at import (issue 14).
+    inspect = lazy_module("inspect", globals(), "inspect")
 
 __all__ = [
     "BUILTIN_FUNCTIONS",

@@ -8,6 +8,14 @@ first ``rc.X``, imports the module and puts it in place of itself in the given n
 ``rc.X`` are plain attribute lookups on the real module (and monkeypatching the real module
 works as before).
 
+:func:`lazy_function` does the same for one function (or class) of one of plugsafe's own modules
+that only a rare path calls: ``compile_isolated = lazy_function("plugsafe._isolate",
+"compile_isolated", globals())`` binds a stand-in that, on its first call, imports the module and
+puts the real function in its own place (later calls are plain calls of the real function; the
+code calling it is unchanged). Modules bind the real names under ``TYPE_CHECKING``, so type
+checkers see them as before. Issue 14: a cold start loads neither the compiler child's module,
+nor the host-config and policy-file parsers, nor the ctypes backend.
+
 :func:`import_now` is how every first use of something plugsafe imports lazily imports it. A
 thread importing a module holds that module's import lock until the import is done, and a
 ``fork()`` meanwhile (from another thread) gave the child that lock held by a thread the child
@@ -28,7 +36,7 @@ from importlib import _bootstrap, import_module  # _bootstrap: the import system
 from types import ModuleType
 from typing import Any
 
-__all__ = ["import_now", "lazy_module"]
+__all__ = ["import_now", "lazy_function", "lazy_module"]
 
 
 def _forget_dead_imports() -> None:
@@ -87,3 +95,31 @@ class _LazyModule:
 def lazy_module(name: str, namespace: dict[str, Any], alias: str) -> Any:
     """A stand-in for module ``name`` bound as ``alias`` in ``namespace`` (see above)."""
     return _LazyModule(name, namespace, alias)
+
+
+class _LazyFunction:
+    def __init__(self, module: str, name: str, namespace: dict[str, Any]) -> None:
+        self._target = (module, name, namespace)
+
+    def _resolve(self) -> Any:
+        module, name, namespace = self._target
+        value = getattr(import_now(module), name)
+        if namespace.get(name) is self:
+            namespace[name] = value
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._resolve()(*args, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):  # copy, pickle and friends probing
+            raise AttributeError(attr)
+        return getattr(self._resolve(), attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy {self._target[0]}.{self._target[1]}>"
+
+
+def lazy_function(module: str, name: str, namespace: dict[str, Any]) -> Any:
+    """A stand-in for ``module.name`` bound as ``name`` in ``namespace`` (see above)."""
+    return _LazyFunction(module, name, namespace)

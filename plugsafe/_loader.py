@@ -26,15 +26,13 @@ verdict rather than stopping at the first refusal.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from . import _abi
 from . import _runtime as rt
@@ -42,7 +40,7 @@ from . import _sha as hashlib  # hashlib.sha256 without OpenSSL at start-up (see
 from ._cache import ArtifactCache, CacheShelf
 from ._errors import ImportNotAllowedError, ImportProblem, InvalidModuleError, PluginLoadError
 from ._files import read_plugin_file
-from ._isolate import compile_isolated
+from ._lazymodule import lazy_function, lazy_module
 from ._lazyre import lazy_re
 from ._policy import Policy
 from ._version import __version__
@@ -57,6 +55,18 @@ from ._wasmbin import (
     parse_memories,
     precheck,
 )
+
+if TYPE_CHECKING:
+    import dataclasses
+    from dataclasses import dataclass
+
+    from ._isolate import compile_isolated
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
+
+    dataclasses = lazy_module("dataclasses", globals(), "dataclasses")
+    # The compiler child's module, when a policy first asks for one (issue 14: cold start).
+    compile_isolated = lazy_function("plugsafe._isolate", "compile_isolated", globals())
 
 __all__ = [
     "Format",

@@ -11,7 +11,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
@@ -20,7 +19,6 @@ if TYPE_CHECKING:  # concurrent.futures is imported when call_async first runs (
 
 from . import _abi
 from . import _runtime as rt
-from ._aio import run_call
 from ._callpath import PYTHON_FAILED, PYTHON_FAILED_MESSAGE, CallPath, CallToken
 from ._closing import Closing
 from ._errors import (
@@ -41,13 +39,23 @@ from ._errors import (
     raise_clean,
 )
 from ._hostfn import BoundFunction, HostCalls
-from ._lazymodule import import_now
+from ._lazymodule import import_now, lazy_function
 from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._wasi import SHIM_SHAPES, RunResult, WasiShims
 from ._wasmbin import MemoryDecl
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+
+    from ._aio import run_call
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
+
+    # asyncio's helper (and contextvars), when call_async first runs (issue 14: cold start).
+    run_call = lazy_function("plugsafe._aio", "run_call", globals())
 
 __all__ = ["CallInfo", "OnCall", "Plugin", "PluginMemory", "current_call"]
 

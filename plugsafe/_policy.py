@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._dataclass_code import field_names
 from ._errors import PolicyError
-from ._lazymodule import import_now
+from ._lazymodule import import_now, lazy_function, lazy_module
 from ._lazyre import lazy_re
-from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
 from ._units import GiB, KiB, MiB, parse_duration, parse_size
 from ._wasi import Wasi
+
+if TYPE_CHECKING:
+    import dataclasses
+    from dataclasses import dataclass, field
+
+    from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass, field
+
+    dataclasses = lazy_module("dataclasses", globals(), "dataclasses")
+    # The policy-file parser (and the host-function signatures it reads), when a policy file or
+    # table is first read (issue 14: cold start).
+    for _name in ("in_file", "layout_of", "parse_changes", "read_toml", "relocate"):
+        globals()[_name] = lazy_function("plugsafe._policyfile", _name, globals())
+    del _name
 
 __all__ = ["Policy", "parse_policy", "policy_from_toml"]
 
@@ -348,7 +361,7 @@ def _refuse_unknown_fields() -> None:
     import functools
 
     generated = Policy.__init__
-    names = {f.name for f in dataclasses.fields(Policy)}
+    names = set(field_names(Policy))  # dataclasses.fields' names, without importing it
 
     @functools.wraps(generated)
     def __init__(self: Policy, *args: Any, **kwargs: Any) -> None:

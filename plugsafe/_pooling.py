@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import _runtime as rt
 from ._errors import PolicyError, fmt_bytes
 from ._units import GiB, KiB, parse_size
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
 
 __all__ = ["Pooling"]
 

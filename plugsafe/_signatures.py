@@ -27,12 +27,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import PolicyError
 from ._lazyre import lazy_re
 from ._units import describe, fail
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
 
 __all__ = [
     "HOST_FUNCTIONS_TABLE",

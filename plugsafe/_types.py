@@ -3,8 +3,12 @@ markers of host-function annotations (``I32`` ...)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, final
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass, field
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass, field
 
 __all__ = [
     "F32",

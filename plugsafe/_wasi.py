@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import Diagnosis, PolicyError
 from ._lazyre import lazy_re
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass, field
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass, field
 
 if TYPE_CHECKING:  # _runtime loads wasmtime; policies must not need it
     from . import _runtime as rt

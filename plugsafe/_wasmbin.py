@@ -41,10 +41,15 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._lazyre import lazy_re
 from ._types import ExportInfo, ExternKind, ImportInfo
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from ._dataclass_code import dataclass
 
 __all__ = [
     "WASM_MAGIC",

@@ -417,3 +417,188 @@ def test_a_lazy_module_stands_in_until_first_used() -> None:
     import colorsys
 
     assert namespace["cs"] is colorsys
+
+
+def test_host_functions_work_after_a_bare_import() -> None:
+    # inspect (and ast, dis, tokenize with it) is imported when a host function is first
+    # registered, not by import plugsafe (issue 14): register, refuse an async one, call one.
+    code = """
+import sys, plugsafe
+# (Before 3.11 typing_extensions, imported for Self, imports inspect itself.)
+assert "inspect" not in sys.modules or sys.version_info < (3, 11)
+host = plugsafe.Host()
+@host.function
+def double(x: int) -> int:
+    return 2 * x
+assert "inspect" in sys.modules
+async def later(x: int) -> int:
+    return x
+try:
+    host.function(later)
+except TypeError:
+    pass
+else:
+    raise AssertionError("async host function accepted")
+wat = '''(module (import "plugsafe" "double" (func $d (param i32) (result i32)))
+  (func (export "f") (param i32) (result i32) local.get 0 call $d))'''
+plugin = host.load(wat.encode(), policy=plugsafe.Policy(allow={"double"}))
+assert plugin.invoke("f", 21) == 42
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_the_collector_is_as_the_app_left_it_after_import_plugsafe() -> None:
+    # plugsafe's import holds the cyclic collector off (_dataclass_code.start): enabled again
+    # after it if it was enabled, left disabled if the app had disabled it, and enabled again
+    # when the import fails half-way (a module that cannot be imported).
+    code = """
+import gc, sys
+assert gc.isenabled()
+gc.disable()
+import plugsafe
+assert not gc.isenabled()
+print("ok")
+"""
+    failing = """
+import gc, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name == "plugsafe._wasi":
+            raise ImportError("refused")
+sys.meta_path.insert(0, Refuse())
+try:
+    import plugsafe
+except ImportError:
+    pass
+else:
+    raise AssertionError("imported")
+assert gc.isenabled()
+assert "exec" not in vars(sys.modules.get("dataclasses") or sys)
+print("ok")
+"""
+    enabled = "import gc, plugsafe; assert gc.isenabled(); print('ok')"
+    for source in (code, failing, enabled):
+        done = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "ok"
+
+
+# plugsafe's own modules that only rare paths use, bound as lazy_function stand-ins by the
+# modules that call them (issue 14): a cold start from a cache_dir loads none of them.
+LAZY_OWN = frozenset(
+    {
+        "plugsafe._aio",  # call_async and friends
+        "plugsafe._config",  # Host.load_config
+        "plugsafe._isolate",  # the compiler child (compile_timeout / compile_memory)
+        "plugsafe._policyfile",  # policy files and tables
+        "plugsafe._runtime._ctypes",  # the ctypes fallback backend
+        "plugsafe._signatures",  # declared host functions (config and policy files)
+    }
+)
+
+
+def test_a_cold_start_loads_none_of_the_rare_own_modules(tmp_path: Path) -> None:
+    wat = '(module (func (export "f") (result i32) i32.const 7))'
+    code = f"""
+import sys, json, plugsafe
+host = plugsafe.Host(cache_dir={str(tmp_path / "cache")!r})
+assert host.load({wat!r}.encode()).invoke("f") == 7
+print(json.dumps(sorted(sys.modules)))
+"""
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    loaded = set(json.loads(out))
+    assert LAZY_OWN.isdisjoint(loaded), sorted(LAZY_OWN & loaded)
+    # (Before 3.11 typing_extensions, imported for Self, imports inspect itself.)
+    heavy = {"dataclasses", "inspect"} if sys.version_info >= (3, 11) else {"dataclasses"}
+    assert heavy.isdisjoint(loaded), sorted(heavy & loaded)
+
+
+def test_the_rare_own_modules_work_after_a_bare_import(tmp_path: Path) -> None:
+    # Each in a fresh process: a host config file, a policy table, the compiler child, and the
+    # ctypes backend forced by the environment.
+    wat = '(module (func (export "f") (result i32) i32.const 7))'
+    (tmp_path / "p.wat").write_text(wat)
+    (tmp_path / "host.toml").write_text(
+        '[plugins.p]\nsource = "p.wat"\n[plugins.p.limits]\nfuel = 1000\n'
+    )
+    code = f"""
+import sys, plugsafe
+from plugsafe import _host, _loader, _policy
+assert repr(_host.load_config).startswith("<lazy plugsafe._config.load_config")
+with plugsafe.Host() as host:
+    plugins = host.load_config({str(tmp_path / "host.toml")!r})
+    assert plugins["p"].invoke("f") == 7 and plugins["p"].policy.fuel == 1000
+    import plugsafe._config
+    assert _host.load_config is plugsafe._config.load_config
+    assert plugsafe.Policy.from_dict({{"limits": {{"fuel": 5}}}}).fuel == 5
+    assert _policy.parse_changes is sys.modules["plugsafe._policyfile"].parse_changes
+    p = host.load(b{wat!r}, policy=plugsafe.Policy(compile_timeout=60))
+    assert p.invoke("f") == 7 and "plugsafe._isolate" in sys.modules
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    ctypes_code = f"""
+import sys, plugsafe
+assert "plugsafe._runtime._ctypes" in sys.modules and plugsafe._runtime.BACKEND == "ctypes"
+with plugsafe.Host() as host:
+    assert host.load(b{wat!r}).invoke("f") == 7
+print("ok")
+"""
+    env = {**os.environ, "PLUGSAFE_BACKEND": "ctypes"}
+    done = subprocess.run(
+        [sys.executable, "-c", ctypes_code], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_a_lazy_function_stands_in_until_first_called() -> None:
+    from plugsafe._lazymodule import lazy_function
+
+    namespace: dict[str, object] = {}
+    namespace["hls_to_rgb"] = stand_in = lazy_function("colorsys", "hls_to_rgb", namespace)
+    assert "colorsys.hls_to_rgb" in repr(stand_in)
+    assert stand_in(0.0, 0.0, 0.0) == (0.0, 0.0, 0.0)
+    import colorsys
+
+    assert namespace["hls_to_rgb"] is colorsys.hls_to_rgb
+    other = lazy_function("colorsys", "rgb_to_hsv", {})  # not bound: stays a stand-in
+    assert other(0.0, 0.0, 0.0) == (0.0, 0.0, 0.0)
+
+
+def test_public_annotations_are_what_get_type_hints_gives() -> None:
+    # _public.resolve evaluates a public class's annotation strings as one cached expression
+    # instead of get_type_hints' one compile per string: the same values, for every public
+    # class (evaluated again from the strings, in the class's own module), and get_type_hints
+    # itself for what it would change (a forward reference left in a string).
+    import dataclasses
+    import typing
+
+    from plugsafe import _public
+
+    checked = 0
+    for name in plugsafe.__all__:
+        cls = getattr(plugsafe, name)
+        own = vars(cls).get("__annotations__") if isinstance(cls, type) else None
+        if not own:
+            continue
+        texts = {f.name: f.type for f in dataclasses.fields(cls) if f.name in own}
+        assert set(texts) == set(own) and all(isinstance(t, str) for t in texts.values())
+        home = cls.__init__.__globals__["__name__"]
+        shadow = type(name, (), {"__annotations__": texts, "__module__": home})
+        expected = typing.get_type_hints(shadow, include_extras=True)
+        assert _public.resolve(shadow, texts) == expected == own, name
+        checked += 1
+    assert checked >= 9
+    odd = type("Odd", (), {"__annotations__": {"a": "None", "b": "list['int']"}})
+    odd.__module__ = __name__
+    assert _public.resolve(odd, dict(odd.__annotations__)) == typing.get_type_hints(odd)
+    assert _public.resolve(odd, dict(odd.__annotations__))["a"] is type(None)

@@ -6,8 +6,7 @@ import functools
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._backend import (
     Backend,
@@ -20,6 +19,11 @@ from ._backend import (
 )
 from ._module import NUMERIC_TYPES
 from ._ticker import Ticker
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+    from .._dataclass_code import dataclass
 
 _perf_counter = time.perf_counter
 

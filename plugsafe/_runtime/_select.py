@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
+from .._lazymodule import lazy_function
 from ._backend import Backend
-from ._ctypes import CtypesBackend
+
+if TYPE_CHECKING:
+    from ._ctypes import CtypesBackend
+else:  # the fallback, imported only if it is used (issue 14: cold start)
+    CtypesBackend = lazy_function("plugsafe._runtime._ctypes", "CtypesBackend", globals())
 
 __all__ = ["BACKEND", "DEFAULT", "select_backend"]
 
