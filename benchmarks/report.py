@@ -224,6 +224,16 @@ GOALS_14 = [
         _x,
     ),
     Goal(
+        "(4. the same with `Host(pooling=...)`: the first input lands in a resident page)",
+        _ratio_goal(
+            "first call on a new plugin",
+            "plugsafe, Host(pooling=...), first call",
+            "plugsafe, Host(pooling=...), later call",
+        ),
+        lambda v: v <= 2,
+        _x,
+    ),
+    Goal(
         "5. `invoke` ≥ 20x faster than wasmtime-py's `Func.__call__`",
         _ratio_goal("invoke add, interleaved", "wasmtime-py", BASE),
         lambda v: v >= 20,
