@@ -26,7 +26,6 @@ verdict rather than stopping at the first refusal.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -243,38 +242,47 @@ _META = "plugsafe_load"
 
 def _meta(shape: ModuleShape, memories: tuple[MemoryDecl, ...]) -> dict[str, object]:
     return {
-        _META: {
-            "shape": [
+        _META: (
+            (
                 shape.functions,
                 shape.imports,
                 shape.exports,
                 shape.largest_function,
                 shape.max_nesting,
                 shape.nesting_bound,
-            ],
-            "memories": [[m.minimum, m.maximum] for m in memories],
-        }
+            ),
+            tuple((m.minimum, m.maximum) for m in memories),
+        )
     }
 
 
 def _nat(v: object) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+    if type(v) is not int or v < 0:
         raise ValueError(f"not a count: {v!r}")
     return v
 
 
-def _read_meta(description: bytes) -> tuple[ModuleShape, tuple[MemoryDecl, ...]] | None:
-    """The loader's part of a disk entry's description; None if absent or not that shape."""
+def _read_meta(
+    description: bytes | dict[str, object] | None,
+) -> tuple[ModuleShape, tuple[MemoryDecl, ...]] | None:
+    """The loader's part of a disk entry's description; None if absent or not that shape.
+
+    ``description`` is the bytes, or what ``rt.load_description`` made of them.
+    """
+    data = rt.load_description(description) if isinstance(description, bytes) else description
     try:
-        meta = json.loads(description).get(_META)
-        if meta is None:
+        if data is None:
             return None
-        counts = [_nat(v) for v in meta["shape"]]
+        meta = data.get(_META)
+        if type(meta) is not tuple or len(meta) != 2:
+            return None
+        shape_counts, memories_sizes = meta
+        counts = [_nat(v) for v in shape_counts]
         if len(counts) != 6:
             return None
         shape = ModuleShape(*counts)
         memories = tuple(
-            MemoryDecl(_nat(lo), None if hi is None else _nat(hi)) for lo, hi in meta["memories"]
+            MemoryDecl(_nat(lo), None if hi is None else _nat(hi)) for lo, hi in memories_sizes
         )
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
@@ -452,8 +460,9 @@ class ModuleLoader:
         # "desc=bin": the stored description is _wasmbin's (entries written when it was
         # wasmtime's named externref "anyref"); such entries are never read back.
         # "shape": it carries the precheck's measurements and the memories as well.
+        # "marshal": the description is in marshal's format, no longer JSON (rt.describe).
         return self._disk.get(
-            f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin;shape"
+            f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin;shape;marshal"
         )
 
     def _from_disk(self, engine: rt.Engine, digest: bytes) -> _Entry | None:
@@ -465,12 +474,13 @@ class ModuleLoader:
         if stored is None:
             return None
         description, artifact = stored
-        meta = _read_meta(description)
+        data = rt.load_description(description)
+        meta = _read_meta(data)
         if meta is None:  # written without the loader's part: compile again, rewrite it
             return None
         try:
             # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
-            module = engine.deserialize(artifact, rt.parse_description(description))
+            module = engine.deserialize(artifact, rt.parse_description(data))
         except rt.WasmFailure:
             cache.discard(key)
             return None

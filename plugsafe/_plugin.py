@@ -6,7 +6,6 @@ How a call runs is in ``_callpath``, host functions in ``_hostfn``, WASI's host 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import weakref
@@ -39,7 +38,7 @@ from ._errors import (
     raise_clean,
 )
 from ._hostfn import BoundFunction, HostCalls
-from ._lazymodule import import_now, lazy_function
+from ._lazymodule import import_now, lazy_function, lazy_module
 from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
@@ -48,10 +47,15 @@ from ._wasi import SHIM_SHAPES, RunResult, WasiShims
 from ._wasmbin import MemoryDecl
 
 if TYPE_CHECKING:
+    import json
     from dataclasses import dataclass
 
     from ._aio import run_call
-else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
+else:
+    # call_json's codec, when it first runs (issue 14: a cold start that never calls it paid
+    # about 2 % of its instructions for json and its C accelerator).
+    json = lazy_module("json", globals(), "json")
+    # plugsafe's own, without importing dataclasses (see _dataclass_code)
     from ._dataclass_code import dataclass
 
     # asyncio's helper (and contextvars), when call_async first runs (issue 14: cold start).

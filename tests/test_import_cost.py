@@ -18,6 +18,8 @@ from pathlib import Path
 
 import plugsafe
 
+from wat import ECHO
+
 PACKAGE = Path(plugsafe.__file__).parent
 
 # Heavy on a cold start, used on rare paths only: imported where they are used.
@@ -602,3 +604,44 @@ def test_public_annotations_are_what_get_type_hints_gives() -> None:
     odd.__module__ = __name__
     assert _public.resolve(odd, dict(odd.__annotations__)) == typing.get_type_hints(odd)
     assert _public.resolve(odd, dict(odd.__annotations__))["a"] is type(None)
+
+
+def test_a_cold_start_reads_no_json(tmp_path: Path) -> None:
+    # The disk cache entry's description is in marshal's format (issue 14: json was about 2 % of
+    # a cold start's instructions). The modules are printed without json, which would hide it.
+    wat = '(module (func (export "f") (result i32) i32.const 7))'
+    code = f"""
+import sys, plugsafe
+host = plugsafe.Host(cache_dir={str(tmp_path / "cache")!r})
+assert host.load({wat!r}.encode()).invoke("f") == 7
+print(chr(10).join(sorted(sys.modules)))
+"""
+    for _ in range(2):  # the first compiles and writes the entry, the second reads it
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    loaded = set(out.split())
+    assert "plugsafe._loader" in loaded
+    assert "json" not in loaded
+
+
+def test_call_json_works_after_a_bare_import() -> None:
+    # _plugin imports json on the first call_json (issue 14): in a process that imported only
+    # plugsafe, so nothing imported by the test session hides a missing import.
+    code = f"""
+import sys, plugsafe
+with plugsafe.Host() as host:
+    p = host.load({ECHO!r}.encode())
+    assert "json" not in sys.modules
+    assert p.call_json("echo", {{"a": [1, "x"]}}) == {{"a": [1, "x"]}}
+    try:
+        p.call_json("echo", float("nan"))
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("nan encoded")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -4,6 +4,7 @@ with the compiled module, a hit hashes nothing, and every policy's caps still ho
 from __future__ import annotations
 
 import hashlib
+import marshal
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,109 @@ def test_the_nesting_bound_bounds_every_body(wat: str) -> None:
             assert deepest > cap
             continue
         assert deepest <= shape.nesting_bound <= cap
+
+
+def _stored(loader: _loader.ModuleLoader, wasm: bytes) -> tuple[Any, str, tuple[bytes, bytes]]:
+    """The disk cache, key and (description, artifact) of ``wasm``'s entry."""
+    engine = rt.shared_engine(metered=False, max_stack=512 * 1024)
+    cache = loader._disk_cache(engine)
+    assert cache is not None
+    key = cache.key(hashlib.sha256(wasm).digest())
+    stored = cache.get(key)
+    assert stored is not None
+    return cache, key, stored
+
+
+def test_a_disk_entry_describes_the_module_as_plain_data(tmp_path: Path) -> None:
+    wasm = _wasm(ECHO)
+    engine = rt.shared_engine(metered=False, max_stack=512 * 1024)
+    loader = _loader.ModuleLoader(max_stack=512 * 1024, cache_dir=tmp_path)
+    module = loader.load(wasm, plugsafe.Policy(), engine).module
+    _, _, (description, _) = _stored(loader, wasm)
+    data = rt.load_description(description)
+    assert data is not None and set(data) == {"imports", "exports", "plugsafe_load"}
+    # Read back exactly: the same infos, the precheck's shape and the memories.
+    assert rt.parse_description(description) == (module.imports, module.exports)
+    assert rt.parse_description(data) == (module.imports, module.exports)
+    meta = _loader._read_meta(description)
+    assert meta is not None
+    shape, memories = meta
+    assert shape == _wasmbin.ModuleShape(*data["plugsafe_load"][0])  # type: ignore[index]
+    assert [(m.minimum, m.maximum) for m in memories] == [(65536, None)]
+
+
+def _code() -> object:
+    return compile("1", "<x>", "eval")
+
+
+# Well-formed marshal data that is not a description, and bytes that are not marshal data.
+NOT_DESCRIPTIONS: list[object] = [
+    b"",
+    b"{",
+    b'{"imports": [], "exports": []}',  # what entries held before: JSON
+    b"\xff" * 40,
+    [],
+    {"imports": [], "exports": []},  # lists, not tuples
+    {"imports": ()},
+    {"imports": (), "exports": ((1, "func", (), (), ""),)},
+    {"imports": (), "exports": (("f", "fnuc", (), (), ""),)},
+    {"imports": (), "exports": (("f", "func", ("i32", 7), (), ""),)},
+    {"imports": (), "exports": (("f", "func", (), ()),)},
+    {"imports": (("m", "n", "func", (), (), b"detail"),), "exports": ()},
+    {"imports": ("m",), "exports": ()},
+    {"imports": (), "exports": _code()},
+    _code(),
+]
+
+
+@pytest.mark.parametrize("bad", NOT_DESCRIPTIONS, ids=range(len(NOT_DESCRIPTIONS)))
+def test_a_description_of_the_wrong_shape_is_refused(bad: object) -> None:
+    raw = bad if isinstance(bad, bytes) else marshal.dumps(bad)
+    with pytest.raises(rt.WasmFailure, match="unreadable module description"):
+        rt.parse_description(raw)
+    assert _loader._read_meta(raw) is None
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        [(1, 2, 3, 4, 5, 6), ()],  # a list
+        ((1, 2, 3, 4, 5), ()),
+        ((1, 2, 3, 4, 5, -6), ()),
+        ((1, 2, 3, 4, 5, True), ()),
+        ((1, 2, 3, 4, 5, 6.0), ()),
+        ((1, 2, 3, 4, 5, 6), ((1,),)),
+        ((1, 2, 3, 4, 5, 6), ((1, -2),)),
+        ((1, 2, 3, 4, 5, 6), ((1, 2, 3),)),
+        ((1, 2, 3, 4, 5, 6), "x"),
+        ((1, 2, 3, 4, 5, 6), (), ()),
+        "(1, 2, 3, 4, 5, 6)",
+    ],
+)
+def test_a_loader_part_of_the_wrong_shape_reads_as_absent(meta: object) -> None:
+    good = {"imports": (), "exports": (), "plugsafe_load": ((1, 2, 3, 4, 5, 6), ((1, None),))}
+    assert _loader._read_meta(marshal.dumps(good)) is not None
+    assert _loader._read_meta(marshal.dumps({**good, "plugsafe_load": meta})) is None
+
+
+def test_a_json_entry_under_todays_key_is_compiled_again(
+    tmp_path: Path, prechecks: list[int]
+) -> None:
+    # What an entry held before its description left JSON (issue 14), digest and all: never
+    # trusted, compiled again and rewritten in today's format.
+    wasm = _wasm(ECHO)
+    engine = rt.shared_engine(metered=False, max_stack=512 * 1024)
+    loader = _loader.ModuleLoader(max_stack=512 * 1024, cache_dir=tmp_path)
+    module = loader.load(wasm, plugsafe.Policy(), engine).module
+    cache, key, _ = _stored(loader, wasm)
+    legacy = (
+        b'{"plugsafe_load":{"shape":[3,0,3,20,2,2],"memories":[[65536,null]]},'
+        b'"imports":[],"exports":[["echo","func",["i32","i32"],["i64"],""]]}'
+    )
+    cache.put(key, module.serialize(), legacy)
+    loader.clear()
+    runs = len(prechecks)
+    assert loader.load(wasm, plugsafe.Policy(), engine).module.exports == module.exports
+    assert len(prechecks) == runs + 1
+    _, _, (description, _) = _stored(loader, wasm)
+    assert rt.load_description(description) is not None

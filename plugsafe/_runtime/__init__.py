@@ -60,7 +60,14 @@ from ._engine import (
 from ._funcref import ArgumentsDoNotFit, FuncRef
 from ._instance import Instance
 from ._linker import Binding, Caller, ErrorSink, HostCallback, Linker, LinkerPool, wasi_config
-from ._module import NUMERIC_TYPES, Description, Module, describe_binary, parse_description
+from ._module import (
+    NUMERIC_TYPES,
+    Description,
+    Module,
+    describe_binary,
+    load_description,
+    parse_description,
+)
 from ._select import BACKEND, DEFAULT, select_backend
 from ._store import DEFAULT_WASI
 from ._ticker import Ticker
@@ -97,6 +104,7 @@ __all__ = [
     "check_span",
     "describe_binary",
     "library_fingerprint",
+    "load_description",
     "parse_description",
     "wasi_config",
     "wasmtime_version",

@@ -6,7 +6,7 @@ objects: turning a ``v128`` ValType into a string aborts the process (issue 12, 
 
 from __future__ import annotations
 
-import json
+import marshal
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -81,57 +81,88 @@ class Module:
         return bytes(self._module.serialize())
 
     def describe(self, extra: Mapping[str, object] | None = None) -> bytes:
-        """Imports and exports as JSON, stored beside the artifact in the on-disk cache.
+        """Imports and exports as plain data, stored beside the artifact in the on-disk cache.
 
-        A cache hit then needs neither the binary nor a parse of it: reading the JSON back costs
-        microseconds. ``extra`` adds top-level keys of the caller's (the loader stores what the
-        precheck measured); ``parse_description`` ignores them.
+        A cache hit then needs neither the binary nor a parse of it. ``extra`` adds top-level
+        keys of the caller's (the loader stores what the precheck measured; values of str, int,
+        None and tuples of them only); ``parse_description`` ignores them. See
+        ``load_description`` for the format.
         """
-        return json.dumps(
+        return marshal.dumps(
             {
                 **(extra or {}),
-                "imports": [
-                    [i.module, i.name, i.kind, i.params, i.results, i.detail] for i in self.imports
-                ],
-                "exports": [
-                    [e.name, e.kind, e.params, e.results, e.detail] for e in self.exports.values()
-                ],
+                "imports": tuple(
+                    (i.module, i.name, i.kind, i.params, i.results, i.detail) for i in self.imports
+                ),
+                "exports": tuple(
+                    (e.name, e.kind, e.params, e.results, e.detail) for e in self.exports.values()
+                ),
             },
-            separators=(",", ":"),
-        ).encode()
+            _MARSHAL_VERSION,
+        )
+
+
+# The description is a dict of str, int, None and tuples of them in marshal's format (version 4
+# is read by every Python 3 since 3.4, and written the same by all of them). Not JSON (issue 14):
+# `json` is about 2 % of a cold start's instructions, for a few hundred bytes read once; marshal
+# is built in, and C. marshal is not meant for hostile bytes, and these are not: the on-disk
+# cache hands back only entries whose sha256 matches (ArtifactCache.get), in a directory only
+# this user can write, beside the native artifact that is trusted far more. What it loads is
+# still checked exactly (types and shapes) before use; anything else reads as unreadable.
+_MARSHAL_VERSION = 4
+
+
+def load_description(description: bytes) -> dict[str, object] | None:
+    """``Module.describe``'s output as the dict it wrote; None if it is not one."""
+    try:
+        data = marshal.loads(description)
+    except (ValueError, TypeError, EOFError):
+        return None
+    return data if type(data) is dict else None
 
 
 _KINDS = frozenset({"func", "memory", "table", "global", "tag", "unknown"})
 
 
-def parse_description(description: bytes) -> Description:
-    """Module.describe's output back as infos; WasmFailure if it is not exactly that shape."""
+def parse_description(description: bytes | dict[str, object] | None) -> Description:
+    """Module.describe's output back as infos; WasmFailure if it is not exactly that shape.
+
+    ``description`` is the bytes, or what ``load_description`` made of them.
+    """
 
     def strs(v: object) -> tuple[str, ...]:
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise ValueError("not a list of strings")
-        return tuple(v)
+        if type(v) is not tuple or not all(type(x) is str for x in v):
+            raise ValueError("not a tuple of strings")
+        return v
 
     def kind(v: object) -> ExternKind:
-        if v not in _KINDS:
+        if type(v) is not str or v not in _KINDS:
             raise ValueError(f"unknown kind {v!r}")
         return cast(ExternKind, v)
 
     def text(v: object) -> str:
-        if not isinstance(v, str):
+        if type(v) is not str:
             raise ValueError("not a string")
         return v
 
+    data = load_description(description) if isinstance(description, bytes) else description
     try:
-        data = json.loads(description)
+        if data is None:
+            raise ValueError("not a description")
         imports = tuple(
             ImportInfo(text(n), kind(k), strs(p), strs(r), text(d), text(m))
-            for m, n, k, p, r, d in data["imports"]
+            for m, n, k, p, r, d in _rows(data["imports"])
         )
         exports = {
-            text(n): ExportInfo(n, kind(k), strs(p), strs(r), text(d))
-            for n, k, p, r, d in data["exports"]
+            text(n): ExportInfo(text(n), kind(k), strs(p), strs(r), text(d))
+            for n, k, p, r, d in _rows(data["exports"])
         }
     except (ValueError, TypeError, KeyError) as exc:
         raise WasmFailure(f"unreadable module description: {exc}") from None
     return imports, exports
+
+
+def _rows(v: object) -> tuple[tuple[object, ...], ...]:
+    if type(v) is not tuple or not all(type(row) is tuple for row in v):
+        raise ValueError("not a tuple of rows")
+    return v
