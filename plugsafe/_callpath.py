@@ -256,18 +256,21 @@ class CallPath:
         "_last_th",
         "_lean",
         "_lock",
+        "_many",
         "_max_input",
-        "_out",
         "_period",
+        "_pn",
+        "_ps",
         "_put",
+        "_pv",
         "_raw",
         "_ref",
+        "_rv",
         "_set_at",
         "_set_fuel",
-        "_single",
         "_ticker",
         "_trap",
-        "_view",
+        "_tw",
         "_width",
         "abi",
         "close_pending",
@@ -300,16 +303,24 @@ class CallPath:
     # What the short paths aim at (see _aim): set together, dropped with the instance.
     _fn: object
     _ref: rt.FuncRef | None
+    # How the arguments are packed: ``_pn`` of them (0-3) by item assignment into the typed
+    # view ``_pv`` (``_ps`` items per slot), or (``_pn`` -1) by ``_put(*args)`` (rt.FuncRef).
     _put: Callable[..., None]
-    # The C call and its arguments, and the layout of the results and trap pointer.
+    _pv: Any  # a typed memoryview (Any: its items' type is the signature's)
+    _ps: int
+    _pn: int
+    # The C call and its arguments.
     _raw: Callable[..., object]
     _ctx: Any  # the instance's context (the backend's Ctx)
     _arg: object
     _buf: object
     _width: int
     _trap: object
-    _out: Any  # a struct.Struct (Any: unpack_from returns Any)
-    _view: memoryview
+    # The results: a single one is ``_rv[0]`` (``_rv`` None: not one result, then ``_many()``
+    # unpacks them as a tuple); ``_tw[0]`` is the trap pointer (null between calls).
+    _rv: memoryview | None
+    _tw: memoryview
+    _many: Callable[[], tuple[Any, ...]]
     _ticker: rt.Ticker | None
     _arming: list[float]
     # When the call path last set the instance's epoch deadline itself, and how long such a
@@ -317,8 +328,6 @@ class CallPath:
     _set_at: float
     _horizon: float
     _period: float
-    # Whether the aimed function has exactly one result.
-    _single: bool
     _fuel: int | None
     _set_fuel: Callable[[Any, int], None]
     _failure: Callable[[object, int], rt.WasmFailure]
@@ -427,14 +436,14 @@ class CallPath:
         self._fn = self._abi_fn = _UNAIMED
         self._abi_ref = None
         self._ref = self._ctx = self._ticker = self._fuel = None
-        self._arg = self._buf = self._trap = self._out = None
-        self._width = 0
-        self._view = _NO_VIEW
+        self._arg = self._buf = self._trap = self._rv = None
+        self._width = self._ps = 0
+        self._pn = -1
+        self._pv = self._tw = _NO_VIEW
         self._arming = _NO_ARMING
         self._set_at = -math.inf
         self._horizon = self._period = 0.0
-        self._single = False
-        self._put = self._raw = self._set_fuel = self._failure = _unaimed
+        self._put = self._raw = self._set_fuel = self._failure = self._many = _unaimed
 
     def _aim(self, function: str) -> bool:
         """Make ``function`` (already checked for invoke() on the current instance) the one
@@ -449,13 +458,14 @@ class CallPath:
         ref = inst.funcs.get(function)
         if ref is None or not ref.invoke_ok or ref.budget is None:
             return False
-        put = ref.put
-        assert put is not None and ref.out is not None
+        put, many = ref.put, ref.get_results
+        assert put is not None and many is not None
         self._fn = function
         self._ref = ref
-        self._put = put
+        self._put, self._pn, self._ps = put, ref.arity, ref.stride
+        self._pv = _NO_VIEW if ref.pview is None else ref.pview
         self._arg, self._buf, self._width, self._trap = ref.arg, ref.buf, ref.width, ref.trap
-        self._out, self._view = ref.out, ref.view
+        self._rv, self._tw, self._many = ref.rview, ref.trap_word, many
         self._failure = ref.failure
         backend, self._ctx, ticker, self._arming, ticks, self._fuel = ref.budget
         self._ticker = ticker
@@ -463,7 +473,6 @@ class CallPath:
             self._period = ticker.period
             # Half the deadline's ticks: a deadline set this long ago is still far ahead.
             self._horizon = ticks * ticker.period / 2
-        self._single = len(ref.results) == 1
         self._raw = backend.raw_call
         self._set_fuel = backend.set_fuel
         return True
@@ -545,22 +554,26 @@ class CallPath:
                     self.host_record.spent = self.host_record.leak = True
                     raise
                 finally:
-                    if has_imports:
-                        if state.host_calls:  # host_calls_begin ran: undo it
-                            th.room = room
-                            th.call = self.outer
-                        else:
-                            state.limit = state.quota
+                    if has_imports and state.host_calls:
+                        # host_calls_begin ran: undo it, and settle() the rest.
+                        th.room = room
+                        th.call = self.outer
                         if context is not None:
                             state.context = None
-                    if self._last_th is not th:
-                        self.keep(th)
-                    if self._lean and inst is self._inst and not (has_imports and state.host_calls):
-                        # settle(), its first case: provably the same (see settle); a call
-                        # that made no host call set no owner.
-                        self._last = (None, _perf_counter() - start, inst, 0, function)
-                    else:
                         self.settle(inst, start, function, th)
+                    else:
+                        if has_imports:
+                            state.limit = state.quota
+                            if context is not None:
+                                state.context = None
+                        if self._last_th is not th:
+                            self.keep(th)
+                        if self._lean and inst is self._inst:
+                            # settle(), its first case: provably the same (see settle); a
+                            # call that made no host call set no owner.
+                            self._last = (None, _perf_counter() - start, inst, 0, function)
+                        else:
+                            self.settle(inst, start, function, th)
                     lock.release()
             lock.release()
         return self.guarded(function, lambda inst: self.call_abi(inst, function, payload), context)
@@ -588,8 +601,8 @@ class CallPath:
                 # Aimed: there is a live instance (no assert: this runs on every call).
                 inst: rt.Instance = self._inst  # type: ignore[assignment]
                 # Read now: a host function may close the plugin during the call, which
-                # forgets the aimed function (and this with it) before the result is shaped.
-                single = self._single
+                # forgets the aimed function (and this with it) before the result is read.
+                rv = self._rv
                 # One clock reading: the call's start, its stats' and its deadline's arming.
                 start = _perf_counter()
                 has_imports = self._imports
@@ -604,10 +617,34 @@ class CallPath:
                     if context is not None:
                         state.context = context
                 try:
-                    # The numeric invoke closure (_runtime/_funcref.invoker), inlined.
+                    # The numeric invoke closure (_runtime/_funcref.invoker), inlined. Up to
+                    # three arguments of one integer type (or f64) are stored by item
+                    # assignment into a typed view of the slots (type and range checked as
+                    # struct does: ~0.1 us less than a call of the packing partial with
+                    # *args); what does not fit goes to repack, as the general path does.
+                    n = self._pn
                     try:
-                        self._put(*args)
-                    except (struct.error, TypeError, OverflowError):
+                        if n == 2:
+                            a, b = args
+                            pv = self._pv
+                            pv[0] = a
+                            pv[self._ps] = b
+                        elif n == 1:
+                            (a,) = args
+                            self._pv[0] = a
+                        elif n == 0:
+                            if args:
+                                self.repack(function, args)
+                        elif n == 3:
+                            a, b, c = args
+                            pv = self._pv
+                            step = self._ps
+                            pv[0] = a
+                            pv[step] = b
+                            pv[step + step] = c
+                        else:
+                            self._put(*args)
+                    except (struct.error, TypeError, OverflowError, ValueError):
                         self.repack(function, args)
                     fuel = self._fuel
                     if fuel is not None:
@@ -630,12 +667,12 @@ class CallPath:
                             arming[0] = start
                             if start - self._set_at > self._horizon:
                                 self.rearm(ticker, start)
-                    # FuncRef.call and FuncRef.get, unrolled: no partials to go through.
+                    # FuncRef.call, unrolled: no partial to go through.
                     error = self._raw(self._ctx, self._arg, self._buf, self._width, self._trap)
-                    # The results, then the trap pointer (null between calls).
-                    out = self._out.unpack_from(self._view)
-                    if error or out[-1]:
-                        raise self._failure(error, out[-1])
+                    if error or self._tw[0]:
+                        raise self._failure(error, self._tw[0])
+                    # One result read from its typed view: no tuple to build and index.
+                    out = rv[0] if rv is not None else self._many()
                 except rt.WasmFailure as failure:
                     raise_clean(self.failed(failure, function, inst))
                 except PlugsafeError:
@@ -649,27 +686,29 @@ class CallPath:
                     self.host_record.spent = self.host_record.leak = True
                     raise
                 finally:
-                    if has_imports:
-                        if state.host_calls:  # host_calls_begin ran: undo it
-                            th.room = room
-                            th.call = self.outer
-                        else:
-                            state.limit = state.quota
+                    if has_imports and state.host_calls:
+                        # host_calls_begin ran: undo it, and settle() the rest.
+                        th.room = room
+                        th.call = self.outer
                         if context is not None:
                             state.context = None
-                    if self._last_th is not th:
-                        self.keep(th)
-                    if self._lean and inst is self._inst and not (has_imports and state.host_calls):
-                        # settle(), its first case: provably the same (see settle); a call
-                        # that made no host call set no owner.
-                        self._last = (None, _perf_counter() - start, inst, 0, function)
-                    else:
                         self.settle(inst, start, function, th)
+                    else:
+                        if has_imports:
+                            state.limit = state.quota
+                            if context is not None:
+                                state.context = None
+                        if self._last_th is not th:
+                            self.keep(th)
+                        if self._lean and inst is self._inst:
+                            # settle(), its first case: provably the same (see settle); a
+                            # call that made no host call set no owner.
+                            self._last = (None, _perf_counter() - start, inst, 0, function)
+                        else:
+                            self.settle(inst, start, function, th)
                     lock.release()
-                # ``out`` ends with the trap pointer: one result is the common case.
-                if single:
-                    return out[0]
-                return None if len(out) == 1 else out[:-1]
+                # One result, or a tuple of several (none: an empty one, returned as None).
+                return out if rv is not None or out else None
             lock.release()
         return self.guarded(
             function, lambda inst: self.invoke_checked(inst, function, args), context

@@ -48,6 +48,14 @@ class ArgumentsDoNotFit(Exception):
 
 
 _STRUCT_CODES = {"i32": ("i", 4), "i64": ("q", 8), "f32": ("f", 4), "f64": ("d", 8)}
+# Typed views over the raw slots (16 bytes each) for the short path (issue 14, goal 5): the
+# format and how many of its items one slot spans. An item assignment checks type and range
+# as ``struct`` does (refused values go to the same general packing); f32 is left out: a
+# memoryview stores a too-large f32 as infinity where struct refuses it.
+# (Any: typeshed types memoryview.cast by literal formats.)
+_PARAM_VIEWS: dict[str, tuple[Any, int]] = {"i32": ("i", 4), "i64": ("q", 2), "f64": ("d", 2)}
+# The short path packs up to this many parameters of one such type by item assignment.
+MAX_VIEW_PARAMS = 3
 
 
 @functools.lru_cache(maxsize=1024)
@@ -87,6 +95,14 @@ class Scratch(NamedTuple):
     trap_word: memoryview
     # The layout ``get`` unpacks with (results, then the trap pointer), or None.
     out: struct.Struct | None
+    # The short path's typed views (see _PARAM_VIEWS): ``pview`` over the whole buffer when
+    # every parameter has one viewable type (their count is ``arity``, else -1; 0 for no
+    # parameters) and ``stride`` its items per slot; ``rview`` over the buffer with the type
+    # of a single result (item 0 is the result), else None.
+    pview: memoryview | None
+    stride: int
+    arity: int
+    rview: memoryview | None
 
 
 def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]) -> Scratch:
@@ -95,15 +111,27 @@ def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]
     buf = backend.buf(width + 1)  # the last slot holds the trap pointer
     view = backend.bytes_view(buf)
     trap_at = 16 * width
-    put = get = get_results = out = None
+    put = get = get_results = out = pview = rview = None
+    stride, arity = 0, -1
     if all(t in NUMERIC_TYPES for t in (*params, *results)):
         out = _slot_struct(tuple(results), width)
         put = functools.partial(_slot_struct(tuple(params)).pack_into, view, 0)
         get = functools.partial(out.unpack_from, view, 0)
         get_results = functools.partial(_slot_struct(tuple(results)).unpack_from, view, 0)
+        kind = params[0] if params else None
+        if kind is None:
+            arity = 0
+        elif kind in _PARAM_VIEWS and len(params) <= MAX_VIEW_PARAMS and len(set(params)) == 1:
+            code, stride = _PARAM_VIEWS[kind]
+            pview = view.cast(code)
+            arity = len(params)
+        if len(results) == 1:
+            rcode: Any = _STRUCT_CODES[results[0]][0]
+            # One view for both when the types agree (one object less per function).
+            rview = pview if pview is not None and pview.format == rcode else view.cast(rcode)
     return Scratch(
         buf, width, put, get, view, backend.trap_arg(buf, trap_at), get_results,
-        view[trap_at : trap_at + 8].cast("Q"), out,
+        view[trap_at : trap_at + 8].cast("Q"), out, pview, stride, arity, rview,
     )  # fmt: skip
 
 
@@ -143,6 +171,13 @@ class FuncRef:
     trap_word: memoryview
     # ``out.unpack_from(view)`` is ``get()`` (the call path's short path uses it so).
     out: struct.Struct | None
+    # Typed views for the call path's short path (see Scratch): parameters by item assignment
+    # (``pview``, ``stride`` items per slot, ``arity`` of them, -1: use ``put``), a single
+    # result as ``rview[0]`` (None: not one result).
+    pview: memoryview | None
+    stride: int
+    arity: int
+    rview: memoryview | None
     # ``call()`` makes the C call on ``buf`` (set by Instance.func).
     call: Callable[[], object] = unbound
     # ``invoke(args)``: Instance.invoke for this function as one closure (set by
