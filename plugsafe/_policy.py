@@ -185,6 +185,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         self._read_units()
+        self._plain_numbers()
         _check_int("fuel", self.fuel, lo=0, hi=_MAX_FUEL, allow_none=True)
         self._check_seconds("timeout")
         _check_int("memory", self.memory, lo=0, hi=_MAX_MEMORY, allow_none=False)
@@ -239,6 +240,24 @@ class Policy:
                         hint = " (in Python, None means no limit)" if value == "unlimited" else ""
                         raise PolicyError(f"{exc}{hint}", field=name) from None
 
+    def _plain_numbers(self) -> None:
+        """Subclasses of int and float stored as the plain number they hold.
+
+        Read with ``int.__index__``/``float.__float__``, never through the subclass's own
+        methods: a subclass whose comparisons always agree passed every range check below
+        with any value (a negative fuel reached the runtime as an OverflowError, a negative
+        ``max_module_size`` let every module through).
+        """
+        for name in field_names(Policy):
+            value = getattr(self, name)
+            kind = type(value)
+            if kind is int or kind is float or kind is bool:
+                continue
+            if isinstance(value, int):
+                object.__setattr__(self, name, int.__index__(value))
+            elif isinstance(value, float):
+                object.__setattr__(self, name, float.__float__(value))
+
     def _check_seconds(self, name: str) -> None:
         t = getattr(self, name)
         if t is None:
@@ -271,7 +290,9 @@ class Policy:
                     "(letters, digits and _, not starting with a digit)",
                     field="allow",
                 )
-            names.add(name)
+            # A subclass of str is kept as the plain str it holds: its own __hash__/__eq__
+            # could make the set answer yes for a name it does not hold.
+            names.add(str.__str__(name))
         return frozenset(names)
 
     def replace(self, **changes: Any) -> Policy:

@@ -18,9 +18,23 @@ __all__ = ["Pooling"]
 _PAGE = 64 * KiB
 
 
-def _count(name: str, value: object, hi: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hi:
-        raise PolicyError(f"{name} must be an int from 1 to {hi}, got {value!r}", field=name)
+# What a size field accepts, said in every message about one.
+_SIZE_WORDS = 'bytes as an int or a string with a unit such as "16MiB"'
+
+
+def _count(name: str, value: object, lo: int, hi: int, size: bool = False) -> int:
+    """``value`` as a plain int in ``lo..hi``, or a PolicyError saying what is accepted."""
+    # bool is an int, but True slots is a bug; a subclass of int is read as the int it holds
+    # (int.__index__), never through its own comparisons or __index__, which may say anything.
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = int.__index__(value)
+        if lo <= value <= hi:
+            return value
+    if size:
+        expected = f"a size from {fmt_bytes(lo)} to {fmt_bytes(hi)} ({_SIZE_WORDS})"
+    else:
+        expected = f"an int from {lo} to {hi}"
+    raise PolicyError(f"{name} must be {expected}, got {value!r}", field=name)
 
 
 @dataclass(frozen=True, init=False)
@@ -50,13 +64,13 @@ class Pooling:
         table_elements: elements any one table may hold.
         keep_resident: bytes at the start of each memory and each table that a freed slot
             keeps in RAM, zeroed with ``memset`` (as an int or a string with a unit; rounded
-            up to whole host pages; 0 to keep none). The rest of a freed slot goes back to the
-            kernel (``madvise``), and the next instance takes a page fault for each page of it
-            it touches. The default, one wasm page (64 KiB), spares a small plugin those faults
-            on every ``fresh_instance`` call. Either way a new instance sees only zeroes and
-            its own data segments, never the previous instance's bytes. Costs up to
-            ``instances * (memories + tables) * keep_resident`` bytes of resident memory once
-            every slot has been used.
+            up to whole host pages; 0 to keep none; at most ``memory_size``). The rest of a
+            freed slot goes back to the kernel (``madvise``), and the next instance takes a
+            page fault for each page of it it touches. The default, one wasm page (64 KiB),
+            spares a small plugin those faults on every ``fresh_instance`` call. Either way a
+            new instance sees only zeroes and its own data segments, never the previous
+            instance's bytes. Costs up to ``instances * (memories + tables) * keep_resident``
+            bytes of resident memory once every slot has been used.
     """
 
     instances: int
@@ -93,22 +107,31 @@ class Pooling:
         self._check()
 
     def _check(self) -> None:
-        _count("instances", self.instances, 1_000_000)
-        _count("memory_size", self.memory_size, 4 * GiB)
-        if self.memory_size % _PAGE:
+        # Each field stored back as the plain int it was read as (see _count).
+        def keep(name: str, value: int) -> None:
+            object.__setattr__(self, name, value)
+
+        keep("instances", _count("instances", self.instances, 1, 1_000_000))
+        size = _count("memory_size", self.memory_size, _PAGE, 4 * GiB, size=True)
+        if size % _PAGE:
             raise PolicyError(
-                f"memory_size must be a multiple of 64 KiB (a wasm page), got {self.memory_size}",
+                f"memory_size must be a multiple of 64 KiB (a wasm page), got {size}",
                 field="memory_size",
             )
-        _count("memories", self.memories, 100)
-        _count("tables", self.tables, 100)
-        _count("table_elements", self.table_elements, 10_000_000)
-        keep = self.keep_resident
-        if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= 4 * GiB:
+        keep("memory_size", size)
+        keep("memories", _count("memories", self.memories, 1, 100))
+        keep("tables", _count("tables", self.tables, 1, 100))
+        keep("table_elements", _count("table_elements", self.table_elements, 1, 10_000_000))
+        resident = _count("keep_resident", self.keep_resident, 0, 4 * GiB, size=True)
+        if resident > size:
+            # A slot has no more than memory_size to keep: asking for more is a mistake in
+            # the numbers (it was accepted silently), said here rather than clamped unseen.
             raise PolicyError(
-                f"keep_resident must be an int from 0 to {4 * GiB}, got {keep!r}",
+                f"keep_resident ({fmt_bytes(resident)}) is over memory_size "
+                f"({fmt_bytes(size)}): a slot can keep at most its memory_size resident",
                 field="keep_resident",
             )
+        keep("keep_resident", resident)
 
     def limits(self) -> rt.PoolLimits:
         """The same limits as the runtime takes them."""
