@@ -28,7 +28,6 @@ from . import _dataclass_code
 try:
     from . import _public
     from ._abi import ABI_VERSION
-    from ._component import ComponentPlugin
     from ._errors import (
         AbiError,
         AbiVersionError,
@@ -68,6 +67,7 @@ except BaseException:
     raise
 
 if TYPE_CHECKING:  # imported when first used (see __getattr__ below)
+    from ._componentplugin import ComponentPlugin
     from ._pool import PluginPool
     from ._runtime._component import Record, Variant
 
@@ -127,6 +127,7 @@ __all__ = [
 # ``import *`` see them as before; type checkers see the imports above. Such a module makes its
 # classes ``plugsafe.X`` itself (_public), however it is reached first.
 _LAZY = {
+    "ComponentPlugin": "._componentplugin",
     "PluginPool": "._pool",
     "Record": "._runtime._component",
     "Variant": "._runtime._component",

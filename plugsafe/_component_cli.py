@@ -20,7 +20,8 @@ import json
 from collections.abc import Mapping
 from typing import IO, Any
 
-from ._component import ComponentPlugin, import_problems, is_component_source, prepare_component
+from ._component import is_component_source
+from ._componentplugin import ComponentPlugin, import_problems, prepare_component
 from ._errors import PlugsafeError, SignatureError
 from ._host import Host
 from ._policy import Policy

@@ -13,13 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from . import _runtime as rt
 from ._cache import default_cache_dir
 from ._closing import Closing
-from ._component import (
-    ComponentLoader,
-    ComponentPlugin,
-    check_component_function_name,
-    is_component_source,
-    load_component,
-)
+from ._component import ComponentLoader, check_component_function_name, is_component_source
 from ._errors import PluginClosedError, PolicyError
 from ._hostfn import (
     BUILTIN_FUNCTIONS,
@@ -35,9 +29,12 @@ from ._policy import Policy
 from ._pooling import Pooling
 
 if TYPE_CHECKING:
+    from ._componentplugin import ComponentPlugin, load_component
     from ._config import load_config
 else:  # host-config files (and the policy-file parser), when first read (issue 14: cold start)
     load_config = lazy_function("plugsafe._config", "load_config", globals())
+    # The loaded component and its load, when a component is first loaded (issue 14).
+    load_component = lazy_function("plugsafe._componentplugin", "load_component", globals())
 
 # The first 8 bytes of every core module binary (magic, version 1): never a component's.
 _CORE_PREAMBLE = b"\x00asm\x01\x00\x00\x00"

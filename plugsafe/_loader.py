@@ -44,28 +44,24 @@ from ._lazyre import lazy_re
 from ._policy import Policy
 from ._version import __version__
 from ._wasi import WASI_MODULE
-from ._wasmbin import (
-    WASM_MAGIC,
-    Caps,
-    MemoryDecl,
-    ModuleShape,
-    WasmFormatError,
-    fits,
-    parse_memories,
-    precheck,
-)
+from ._wasmshape import WASM_MAGIC, Caps, MemoryDecl, ModuleShape, WasmFormatError, fits
 
 if TYPE_CHECKING:
     import dataclasses
     from dataclasses import dataclass
 
     from ._isolate import compile_isolated
+    from ._wasmbin import parse_memories, precheck
 else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
     from ._dataclass_code import dataclass
 
     dataclasses = lazy_module("dataclasses", globals(), "dataclasses")
     # The compiler child's module, when a policy first asks for one (issue 14: cold start).
     compile_isolated = lazy_function("plugsafe._isolate", "compile_isolated", globals())
+    # The binary reader, on the first module compiled: a load from a cache reads no binary
+    # (what the precheck measured is kept with the module; issue 14: cold start).
+    precheck = lazy_function("plugsafe._wasmbin", "precheck", globals())
+    parse_memories = lazy_function("plugsafe._wasmbin", "parse_memories", globals())
 
 __all__ = [
     "Format",
@@ -494,15 +490,17 @@ class ModuleLoader:
             cache.put(cache.key(entry.digest), module.serialize(), description)
 
 
-class HostFunction(Protocol):
-    """What the import check needs of a host function: which wasm types it accepts."""
+if TYPE_CHECKING:  # typing only (issue 14: a Protocol class costs ~0.4 M instructions to create)
 
-    def accepts(self, have: tuple[tuple[str, ...], tuple[str, ...]]) -> bool: ...
+    class HostFunction(Protocol):
+        """What the import check needs of a host function: which wasm types it accepts."""
 
-    def describe(self) -> str: ...
+        def accepts(self, have: tuple[tuple[str, ...], tuple[str, ...]]) -> bool: ...
+
+        def describe(self) -> str: ...
 
 
-F = TypeVar("F", bound=HostFunction)
+F = TypeVar("F", bound="HostFunction")  # a string: HostFunction is typing only
 
 
 def _fmt_sig(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:

@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ._errors import PluginCallError
 
@@ -186,18 +186,20 @@ def thread_stack_size() -> int:
 # -- deadlines of the calls a thread is inside ----------------------------------------------------
 
 
-class Active(Protocol):
-    """What :func:`wait_deadline` reads of a call path (``_callpath.CallPath``)."""
+if TYPE_CHECKING:  # typing only (issue 14: a Protocol class costs ~0.4 M instructions to create)
 
-    owner: int | None
+    class Active(Protocol):
+        """What :func:`wait_deadline` reads of a call path (``_callpath.CallPath``)."""
 
-    @property
-    def active_deadline(self) -> float | None: ...
+        owner: int | None
 
-    def waited(self, detail: str) -> Exception:
-        """The running call's DeadlineExceeded, for a wait nested in it that reached its
-        deadline (``detail`` says what it waited for)."""
-        ...
+        @property
+        def active_deadline(self) -> float | None: ...
+
+        def waited(self, detail: str) -> Exception:
+            """The running call's DeadlineExceeded, for a wait nested in it that reached its
+            deadline (``detail`` says what it waited for)."""
+            ...
 
 
 # Every call path whose plugin imports host functions (only those run app code mid-call): a
@@ -231,12 +233,14 @@ def wait_deadline(me: int) -> tuple[float, Active] | None:
 # -- waits for plugins and pools busy in other threads: refused when they can never end --------
 
 
-class Lockable(Protocol):
-    """What :func:`start_wait` reads of a call path: the thread inside its call, if any, and
-    the plugin's name (for the error naming a cycle)."""
+if TYPE_CHECKING:
 
-    owner: int | None
-    name: str
+    class Lockable(Protocol):
+        """What :func:`start_wait` reads of a call path: the thread inside its call, if any, and
+        the plugin's name (for the error naming a cycle)."""
+
+        owner: int | None
+        name: str
 
 
 class Units:
@@ -444,8 +448,10 @@ def seconds_until(deadline: float) -> float:
     return max(deadline - time.perf_counter(), 0.0)
 
 
-class Waiter(Active, Lockable, Protocol):
-    """A plugin's call path as :func:`wait_for` sees it (``CallPath``, a component's path)."""
+if TYPE_CHECKING:
+
+    class Waiter(Active, Lockable, Protocol):
+        """A plugin's call path as :func:`wait_for` sees it (``CallPath``, a component's path)."""
 
 
 def bounded_wait(

@@ -43,14 +43,15 @@ from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
-from ._wasi import SHIM_SHAPES, RunResult, WasiShims
-from ._wasmbin import MemoryDecl
+from ._wasi import SHIM_SHAPES, RunResult
+from ._wasmshape import MemoryDecl
 
 if TYPE_CHECKING:
     import json
     from dataclasses import dataclass
 
     from ._aio import run_call
+    from ._wasishims import WasiShims
 else:
     # call_json's codec, when it first runs (issue 14: a cold start that never calls it paid
     # about 2 % of its instructions for json and its C accelerator).
@@ -60,6 +61,8 @@ else:
 
     # asyncio's helper (and contextvars), when call_async first runs (issue 14: cold start).
     run_call = lazy_function("plugsafe._aio", "run_call", globals())
+    # WASI's host side, when a plugin under a Wasi grant is first loaded (issue 14: cold start).
+    WasiShims = lazy_function("plugsafe._wasishims", "WasiShims", globals())
 
 __all__ = ["CallInfo", "OnCall", "Plugin", "PluginMemory", "current_call"]
 

@@ -46,6 +46,18 @@ from typing import TYPE_CHECKING
 from ._lazyre import lazy_re
 from ._types import ExportInfo, ExternKind, ImportInfo
 
+# What the caches keep of a module and the reader's error live in _wasmshape, which a cold start
+# loads without this reader (issue 14); they are this module's names as well.
+from ._wasmshape import (
+    WASM_MAGIC,
+    Caps,
+    MemoryDecl,
+    ModuleShape,
+    PrecheckError,
+    WasmFormatError,
+    fits,
+)
+
 if TYPE_CHECKING:
     from dataclasses import dataclass
 else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
@@ -66,7 +78,6 @@ __all__ = [
     "valtype_name",
 ]
 
-WASM_MAGIC = b"\x00asm"
 _VERSION_1 = b"\x01\x00\x00\x00"
 _PAGE = 65536
 
@@ -79,21 +90,6 @@ _SEC_GLOBAL = 6
 _SEC_EXPORT = 7
 _SEC_CODE = 10
 _SEC_TAG = 13
-
-
-class WasmFormatError(ValueError):
-    """The bytes are not a module this reader can make sense of, or break a cap.
-
-    ``cap`` names the policy field a precheck failure is about; None means unreadable.
-    """
-
-    def __init__(self, message: str, *, cap: str | None = None) -> None:
-        super().__init__(message)
-        self.cap = cap
-
-
-# The precheck's name for the same error (tests and older code import it by this name).
-PrecheckError = WasmFormatError
 
 
 class _Reader:
@@ -496,51 +492,6 @@ def _body_depth(data: bytes, pos: int, end: int, cap: int, index: int) -> int:
 # -- the precheck -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Caps:
-    """The structural caps a module must stay within (``Policy`` fields of the same names)."""
-
-    max_functions: int
-    max_imports: int
-    max_exports: int
-    max_function_size: int
-    max_nesting: int
-
-
-@dataclass(frozen=True)
-class ModuleShape:
-    """What the precheck measured: counts as declared, the largest body, the deepest nesting.
-
-    ``max_nesting`` counts the function body itself as level 1 (an empty function has depth 1);
-    bodies that could not be too deep are not decoded, so it is a lower bound for them.
-    ``nesting_bound`` is an upper bound over every body (exact where a body was decoded, its
-    count of opener bytes + 1 elsewhere): what :func:`fits` compares a later policy's cap with.
-    """
-
-    functions: int = 0
-    imports: int = 0
-    exports: int = 0
-    largest_function: int = 0
-    max_nesting: int = 0
-    nesting_bound: int = 0
-
-
-def fits(shape: ModuleShape, caps: Caps) -> bool:
-    """Whether a module of ``shape`` (what :func:`precheck` measured) is certainly within ``caps``.
-
-    False means "not certain" (the nesting bound may be loose): run :func:`precheck` again
-    for ``caps``, which decides exactly and names the cap in its error. The loader keeps the
-    shape with the compiled module, so a module loaded again skips the precheck.
-    """
-    return (
-        shape.functions <= caps.max_functions
-        and shape.imports <= caps.max_imports
-        and shape.exports <= caps.max_exports
-        and shape.largest_function <= caps.max_function_size
-        and shape.nesting_bound <= caps.max_nesting
-    )
-
-
 def _check_count(what: str, count: int, cap: int, field: str) -> None:
     if count > cap:
         raise WasmFormatError(
@@ -632,14 +583,6 @@ def nesting_depths(wasm: bytes) -> list[int]:
 
 
 # -- memories ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemoryDecl:
-    """A memory the module defines itself: sizes in bytes (``maximum`` None if unbounded)."""
-
-    minimum: int
-    maximum: int | None
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ OTHER = frozenset(
         ("_runtime._ticker", "wasmtime"),
         # wasmtime-py's component API, on the first component load (most hosts never load one).
         ("_runtime._component", "wasmtime.component"),
-        ("_wasi", "."),
+        ("_wasishims", "."),
     }
 )
 
@@ -98,6 +98,7 @@ def test_only_listed_imports_are_deferred() -> None:
 # Public names whose modules plugsafe/__init__.py imports on first use (PEP 562 __getattr__),
 # with what those modules alone bring in.
 LAZY_NAMES = {
+    "ComponentPlugin": "plugsafe._componentplugin",
     "PluginPool": "plugsafe._pool",
     "Record": "plugsafe._runtime._component",
     "Variant": "plugsafe._runtime._component",

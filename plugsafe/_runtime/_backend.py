@@ -17,7 +17,7 @@ import itertools
 import weakref
 from collections.abc import Callable
 from ctypes import POINTER, byref
-from typing import NewType, Protocol, cast
+from typing import TYPE_CHECKING, NewType, Protocol, cast
 
 import wasmtime
 from wasmtime import _ffi as wf
@@ -78,27 +78,30 @@ TrapSlot = NewType("TrapSlot", object)
 Extern = tuple[int, FuncHandle | MemHandle | None]
 
 
-class RawSlot(Protocol):
-    """One wasmtime_val_raw_t: a 16-byte slot read and written as any numeric type."""
+if TYPE_CHECKING:  # typing only (issue 14: a Protocol class costs ~0.4 M instructions to create)
 
-    i32: int
-    i64: int
-    f32: float
-    f64: float
+    class RawSlot(Protocol):
+        """One wasmtime_val_raw_t: a 16-byte slot read and written as any numeric type."""
 
+        i32: int
+        i64: int
+        f32: float
+        f64: float
 
-class RawSlots(Protocol):
-    """An array of wasmtime_val_raw_t (arguments in, results out)."""
+    class RawSlots(Protocol):
+        """An array of wasmtime_val_raw_t (arguments in, results out)."""
 
-    def __getitem__(self, i: int, /) -> RawSlot: ...
+        def __getitem__(self, i: int, /) -> RawSlot: ...
 
+    class Window(Protocol):
+        """A view on a whole linear memory: slices read as bytes, slice assignment writes."""
 
-class Window(Protocol):
-    """A view on a whole linear memory: slices read as bytes, slice assignment writes."""
+        def __getitem__(self, span: slice, /) -> bytes: ...
 
-    def __getitem__(self, span: slice, /) -> bytes: ...
+        def __setitem__(self, span: slice, data: bytes, /) -> None: ...
 
-    def __setitem__(self, span: slice, data: bytes, /) -> None: ...
+else:  # at run time the names need only exist: cast() and imports mention them, no check
+    RawSlot = RawSlots = Window = Backend = object
 
 
 # What ``window`` gives for a memory of size 0 (nothing in it can be read or written).
@@ -346,119 +349,121 @@ def address(ptr: object) -> int:
     return ctypes.cast(ptr, ctypes.c_void_p).value or 0  # type: ignore[arg-type]
 
 
-class Backend(Protocol):
-    """The per-call C work, over one foreign-function library.
+if TYPE_CHECKING:
 
-    Implementations turn wasmtime-py objects into their own handles once, then make the
-    per-call C calls with as little Python as possible. Raw values are read and written as
-    ``slots[i].i32`` etc., or through ``bytes_view(buf)`` with struct layouts on the hot path.
-    """
+    class Backend(Protocol):
+        """The per-call C work, over one foreign-function library.
 
-    @property
-    def name(self) -> str:
-        """``"cffi"`` or ``"ctypes"``."""
-
-    @property
-    def ok(self) -> object:
-        """What a host callback returns when it succeeded (else ``trap(message)``)."""
-
-    # -- setting up an instance --
-
-    def ctx(self, store: wasmtime.Store) -> Ctx:
-        """The store's context."""
-
-    def ctx_at(self, address: int) -> Ctx:
-        """The context at ``address`` (a ``wasmtime_context_t *``: ``_store.Store.ctx``)."""
-
-    def buf(self, n: int) -> RawSlots:
-        """A fresh, zeroed array of ``n`` raw value slots."""
-
-    def pre(self, pre: wasmtime.InstancePre) -> PreHandle:
-        """``pre`` as ``instantiate`` takes it (keeping ``pre`` alive)."""
-
-    def instantiate(self, pre: PreHandle, ctx: Ctx) -> InstanceHandle:
-        """A new instance in ``ctx``'s store; WasmFailure if instantiation traps or fails."""
-
-    def export(self, ctx: Ctx, instance: InstanceHandle, name: bytes) -> Extern | None:
-        """The instance's export ``name`` (None if there is none)."""
-
-    # -- the fast path: raw calls on scratch buffers --
-
-    @property
-    def raw_call(self) -> Callable[[Ctx, object, RawSlots, int, TrapSlot], object]:
-        """``wasmtime_func_call_unchecked`` itself: (ctx, func_arg, buf, n, trap) -> error."""
-
-    def func_arg(self, func: FuncHandle) -> object:
-        """``func`` as ``raw_call`` takes it."""
-
-    def trap_arg(self, buf: RawSlots, offset: int) -> TrapSlot:
-        """A trap slot inside ``buf``, ``offset`` bytes in."""
-
-    def bytes_view(self, buf: RawSlots) -> memoryview:
-        """``buf``'s bytes (for struct-packed arguments and results)."""
-
-    def window(self, ctx: Ctx, mem: MemHandle) -> tuple[Window, int]:
-        """A sliceable, slice-assignable view on all of ``mem`` now, and its size."""
-
-    def address(self, ptr: object) -> int:
-        """The address a pointer ``raw_call`` returned holds (0 for null)."""
-
-    def call(
-        self, ctx: Ctx, func: FuncHandle, buf: RawSlots, n: int, trap: TrapSlot | None = None
-    ) -> None:
-        """Call ``func`` on ``buf``; WasmFailure if it traps or fails."""
-
-    def size(self, ctx: Ctx, mem: MemHandle) -> int:
-        """``mem``'s size in bytes."""
-
-    def read(self, ctx: Ctx, mem: MemHandle, pointer: int, length: int) -> bytes:
-        """Copy a span out of ``mem`` (checked by ``check_span``)."""
-
-    def write(self, ctx: Ctx, mem: MemHandle, pointer: int, data: bytes) -> None:
-        """Copy ``data`` into ``mem`` (checked by ``check_span``)."""
-
-    def set_fuel(self, ctx: Ctx, fuel: int) -> None:
-        """Set the store's fuel."""
-
-    def get_fuel(self, ctx: Ctx) -> int:
-        """The store's remaining fuel."""
-
-    def set_deadline(self, ctx: Ctx, ticks: int) -> None:
-        """Trap with INTERRUPT ``ticks`` epochs from now."""
-
-    # -- inside host callbacks --
-
-    def caller_ctx(self, caller: CallerPtr) -> Ctx:
-        """The context of the store a host callback runs in."""
-
-    def caller_export(
-        self, caller: CallerPtr, name: bytes, kind: int
-    ) -> FuncHandle | MemHandle | None:
-        """The calling instance's export ``name`` if it is of ``kind``."""
-
-    def trap(self, message: str) -> object:
-        """A new trap for a host callback to return."""
-
-    @property
-    def trap_new(self) -> Callable[[bytes, int], object]:
-        """``wasmtime_trap_new`` itself: (message, length) -> a trap a host callback returns."""
-
-    def free_trap(self, trap: object) -> None:
-        """Delete a trap made by ``trap_new`` that was never handed to wasmtime."""
-
-    def define_func(
-        self,
-        linker: wasmtime.Linker,
-        module: bytes,
-        name: bytes,
-        ty: wasmtime.FuncType,
-        callback: HostEntry,
-        spare: object,
-        onerror: Callable[[object, object, object], object],
-    ) -> object:
-        """Define ``module.name`` as ``callback``; returns what must outlive every store.
-
-        The callback is a cffi callback on both backends (ctypes callbacks have no error value:
-        one that raises returns an undefined pointer): if Python fails in it, ``onerror`` gets
-        (type, exception, traceback) and its result is returned; if that fails too, ``spare``.
+        Implementations turn wasmtime-py objects into their own handles once, then make the
+        per-call C calls with as little Python as possible. Raw values are read and written as
+        ``slots[i].i32`` etc., or through ``bytes_view(buf)`` with struct layouts on the hot path.
         """
+
+        @property
+        def name(self) -> str:
+            """``"cffi"`` or ``"ctypes"``."""
+
+        @property
+        def ok(self) -> object:
+            """What a host callback returns when it succeeded (else ``trap(message)``)."""
+
+        # -- setting up an instance --
+
+        def ctx(self, store: wasmtime.Store) -> Ctx:
+            """The store's context."""
+
+        def ctx_at(self, address: int) -> Ctx:
+            """The context at ``address`` (a ``wasmtime_context_t *``: ``_store.Store.ctx``)."""
+
+        def buf(self, n: int) -> RawSlots:
+            """A fresh, zeroed array of ``n`` raw value slots."""
+
+        def pre(self, pre: wasmtime.InstancePre) -> PreHandle:
+            """``pre`` as ``instantiate`` takes it (keeping ``pre`` alive)."""
+
+        def instantiate(self, pre: PreHandle, ctx: Ctx) -> InstanceHandle:
+            """A new instance in ``ctx``'s store; WasmFailure if instantiation traps or fails."""
+
+        def export(self, ctx: Ctx, instance: InstanceHandle, name: bytes) -> Extern | None:
+            """The instance's export ``name`` (None if there is none)."""
+
+        # -- the fast path: raw calls on scratch buffers --
+
+        @property
+        def raw_call(self) -> Callable[[Ctx, object, RawSlots, int, TrapSlot], object]:
+            """``wasmtime_func_call_unchecked`` itself: (ctx, func_arg, buf, n, trap) -> error."""
+
+        def func_arg(self, func: FuncHandle) -> object:
+            """``func`` as ``raw_call`` takes it."""
+
+        def trap_arg(self, buf: RawSlots, offset: int) -> TrapSlot:
+            """A trap slot inside ``buf``, ``offset`` bytes in."""
+
+        def bytes_view(self, buf: RawSlots) -> memoryview:
+            """``buf``'s bytes (for struct-packed arguments and results)."""
+
+        def window(self, ctx: Ctx, mem: MemHandle) -> tuple[Window, int]:
+            """A sliceable, slice-assignable view on all of ``mem`` now, and its size."""
+
+        def address(self, ptr: object) -> int:
+            """The address a pointer ``raw_call`` returned holds (0 for null)."""
+
+        def call(
+            self, ctx: Ctx, func: FuncHandle, buf: RawSlots, n: int, trap: TrapSlot | None = None
+        ) -> None:
+            """Call ``func`` on ``buf``; WasmFailure if it traps or fails."""
+
+        def size(self, ctx: Ctx, mem: MemHandle) -> int:
+            """``mem``'s size in bytes."""
+
+        def read(self, ctx: Ctx, mem: MemHandle, pointer: int, length: int) -> bytes:
+            """Copy a span out of ``mem`` (checked by ``check_span``)."""
+
+        def write(self, ctx: Ctx, mem: MemHandle, pointer: int, data: bytes) -> None:
+            """Copy ``data`` into ``mem`` (checked by ``check_span``)."""
+
+        def set_fuel(self, ctx: Ctx, fuel: int) -> None:
+            """Set the store's fuel."""
+
+        def get_fuel(self, ctx: Ctx) -> int:
+            """The store's remaining fuel."""
+
+        def set_deadline(self, ctx: Ctx, ticks: int) -> None:
+            """Trap with INTERRUPT ``ticks`` epochs from now."""
+
+        # -- inside host callbacks --
+
+        def caller_ctx(self, caller: CallerPtr) -> Ctx:
+            """The context of the store a host callback runs in."""
+
+        def caller_export(
+            self, caller: CallerPtr, name: bytes, kind: int
+        ) -> FuncHandle | MemHandle | None:
+            """The calling instance's export ``name`` if it is of ``kind``."""
+
+        def trap(self, message: str) -> object:
+            """A new trap for a host callback to return."""
+
+        @property
+        def trap_new(self) -> Callable[[bytes, int], object]:
+            """``wasmtime_trap_new`` itself: (message, length) -> a trap a host callback returns."""
+
+        def free_trap(self, trap: object) -> None:
+            """Delete a trap made by ``trap_new`` that was never handed to wasmtime."""
+
+        def define_func(
+            self,
+            linker: wasmtime.Linker,
+            module: bytes,
+            name: bytes,
+            ty: wasmtime.FuncType,
+            callback: HostEntry,
+            spare: object,
+            onerror: Callable[[object, object, object], object],
+        ) -> object:
+            """Define ``module.name`` as ``callback``; returns what must outlive every store.
+
+            The callback is a cffi callback on both backends (ctypes callbacks have no error value:
+            one that raises returns an undefined pointer): if Python fails in it, ``onerror`` gets
+            (type, exception, traceback) and its result is returned; if that fails too, ``spare``.
+            """

@@ -12,16 +12,23 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import wasmtime
 from wasmtime import _ffi as wf
 
-from . import _hostmem
+from .._lazymodule import lazy_module
 from ._backend import WasmFailure
 from ._forksafe import forksafe
 from ._module import VALTYPE_FACTORIES, Description, Module, describe_binary
 from ._ticker import Ticker
+
+if TYPE_CHECKING:
+    from . import _hostmem
+else:
+    # The components' memory creator, when the first engine for components is made (issue 14:
+    # a cold start that loads a module never needs it).
+    _hostmem = lazy_module("plugsafe._runtime._hostmem", globals(), "_hostmem")
 
 __all__ = [
     "Engine",

@@ -45,11 +45,18 @@ import mmap
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wasmtime import _ffi as wf
 
-from .. import _wasmbin
+from .._lazymodule import lazy_module
+from .._wasmshape import COMPONENT_HEADER
+
+if TYPE_CHECKING:
+    from .. import _wasmbin
+else:
+    # The binary reader, when a component's memories are first read (issue 14: cold start).
+    _wasmbin = lazy_module("plugsafe._wasmbin", globals(), "_wasmbin")
 
 __all__ = ["AVAILABLE", "Account", "creating", "data_fuel", "install", "live_memories"]
 
@@ -322,7 +329,7 @@ def install(config: Any) -> bool:
 
 # -- the fuel of copying data segments ------------------------------------------------------------
 
-_COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"
+_COMPONENT_HEADER = COMPONENT_HEADER
 _CORE_MODULE_SECTION = 1
 _COMPONENT_SECTION = 4
 _DATA_SECTION = 11

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import marshal
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import wasmtime
 
-from .. import _wasmbin
+from .._lazymodule import lazy_module
 from .._types import ExportInfo, ExternKind, ImportInfo
 from ._backend import WasmFailure
+
+if TYPE_CHECKING:
+    from .. import _wasmbin
+else:
+    # The binary reader, on the first module described from its binary (a compile): a load from
+    # the disk cache reads the description stored with the artifact (issue 14: cold start).
+    _wasmbin = lazy_module("plugsafe._wasmbin", globals(), "_wasmbin")
 
 __all__ = [
     "NUMERIC_TYPES",
