@@ -514,8 +514,10 @@ class CallPath:
         except AttributeError:
             th = _thread_room()
         room = th.room
-        left = room - self._cost
-        if left < 0 or left & 8:
+        # _nesting's ``left < 0 or left & 8`` for ``left = room - cost``, without making
+        # ``left`` (a new int object every call): refused when fewer bytes are left than the
+        # call costs, or no level (the low nibble) is.
+        if room < self._cost or not room & 15:
             raise self.too_deep(th)
         lock = self._lock
         if lock.acquire(False):
@@ -592,8 +594,7 @@ class CallPath:
         except AttributeError:
             th = _thread_room()
         room = th.room
-        left = room - self._cost
-        if left < 0 or left & 8:
+        if room < self._cost or not room & 15:  # as in call()
             raise self.too_deep(th)
         lock = self._lock
         if lock.acquire(False):

@@ -13,9 +13,10 @@ read, one subtraction and one test (``CallPath`` inlines it on its short paths):
     cost = (max_stack + LEVEL_RESERVE) * 16 + 1     per call
 
 ``left = room - cost`` is refused when ``left < 0`` (not enough bytes, or no level and no byte to
-spare) or ``left & 8`` (no level left: the borrow sets the low nibble to 15). Only a call that
-can nest (its plugin imports host functions) stores ``left`` for the calls inside it, and puts
-``room`` back when it ends: calls on one thread nest strictly.
+spare) or ``left & 8`` (no level left: the borrow sets the low nibble to 15). The short paths
+test the equivalent ``room < cost or not room & 15``, which makes no new int object. Only a
+call that can nest (its plugin imports host functions) stores ``left`` for the calls inside it,
+and puts ``room`` back when it ends: calls on one thread nest strictly.
 
 The second half is for waits: a call that waits for a plugin (its lock) or a PluginPool (a free
 instance) busy in another thread waits no longer than its own deadline and those of the calls it

@@ -391,7 +391,8 @@ if TYPE_CHECKING:
 
         @property
         def raw_call(self) -> Callable[[Ctx, object, RawSlots, int, TrapSlot], object]:
-            """``wasmtime_func_call_unchecked`` itself: (ctx, func_arg, buf, n, trap) -> error."""
+            """``wasmtime_func_call_unchecked`` itself: (ctx, func_arg, buf, n, trap) -> error
+            (a pointer, or its address as an int: false when null, ``address`` reads either)."""
 
         def func_arg(self, func: FuncHandle) -> object:
             """``func`` as ``raw_call`` takes it."""
