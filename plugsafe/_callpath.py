@@ -75,6 +75,12 @@ PYTHON_FAILED_MESSAGE = (
     "the call failed in Python itself, around the plugin's wasm (the recursion limit, or out "
     "of memory); its instance was discarded"
 )
+# The same failure as a call ended (recording its stats): its lock is released all the same
+# (attack6).
+PYTHON_FAILED_END = (
+    "the call failed in Python itself as it ended (the recursion limit, or out of memory); "
+    "its stats were not recorded"
+)
 
 
 class CallState:
@@ -426,6 +432,12 @@ class CallPath:
         # None, there is nothing to forget (a fresh_instance call sets one from None every
         # time: issue 14, goal 6).
         before = self._inst
+        if before is not None:
+            # The short paths' keys first, inline: if _forget() fails (Python at the recursion
+            # limit), nothing aimed at the old instance is used with the new one, or with none
+            # (aiming again sets everything the short paths read; attack6).
+            self._fn = self._abi_fn = _UNAIMED
+            self._set_at = -math.inf
         self._inst = inst
         if before is not None:
             self._forget()
@@ -556,26 +568,41 @@ class CallPath:
                     self.host_record.spent = self.host_record.leak = True
                     raise
                 finally:
-                    if has_imports and state.host_calls:
-                        # host_calls_begin ran: undo it, and settle() the rest.
-                        th.room = room
-                        th.call = self.outer
-                        if context is not None:
-                            state.context = None
-                        self.settle(inst, start, function, th)
-                    else:
-                        if has_imports:
+                    try:
+                        if has_imports and state.host_calls:
+                            # host_calls_begin ran: undo it, and settle() the rest.
                             state.limit = state.quota
+                            th.room = room
+                            # (Unless Python failed before it got that far: at the
+                            # recursion limit, in the first host call.)
+                            if th.call is self:
+                                th.call = self.outer
                             if context is not None:
                                 state.context = None
-                        if self._last_th is not th:
-                            self.keep(th)
-                        if self._lean and inst is self._inst:
-                            # settle(), its first case: provably the same (see settle); a
-                            # call that made no host call set no owner.
-                            self._last = (None, _perf_counter() - start, inst, 0, function)
-                        else:
                             self.settle(inst, start, function, th)
+                        else:
+                            if has_imports:
+                                state.limit = state.quota
+                                if context is not None:
+                                    state.context = None
+                            if self._last_th is not th:
+                                self.keep(th)
+                            if self._lean and inst is self._inst:
+                                # settle(), its first case: provably the same (see settle); a
+                                # call that made no host call set no owner.
+                                self._last = (None, _perf_counter() - start, inst, 0, function)
+                            else:
+                                self.settle(inst, start, function, th)
+                    except BaseException as exc:
+                        # The end of the call failed in Python itself (settle at the
+                        # recursion limit, out of memory): the plugin must not stay locked,
+                        # nor owned by this thread, for ever (attack6). Plain stores and a
+                        # C call only: no frame to overflow again.
+                        self.owner = None
+                        lock.release()
+                        if isinstance(exc, Exception) and not isinstance(exc, PlugsafeError):
+                            raise PluginCallError(PYTHON_FAILED_END) from exc
+                        raise
                     lock.release()
             lock.release()
         return self.guarded(function, lambda inst: self.call_abi(inst, function, payload), context)
@@ -687,26 +714,41 @@ class CallPath:
                     self.host_record.spent = self.host_record.leak = True
                     raise
                 finally:
-                    if has_imports and state.host_calls:
-                        # host_calls_begin ran: undo it, and settle() the rest.
-                        th.room = room
-                        th.call = self.outer
-                        if context is not None:
-                            state.context = None
-                        self.settle(inst, start, function, th)
-                    else:
-                        if has_imports:
+                    try:
+                        if has_imports and state.host_calls:
+                            # host_calls_begin ran: undo it, and settle() the rest.
                             state.limit = state.quota
+                            th.room = room
+                            # (Unless Python failed before it got that far: at the
+                            # recursion limit, in the first host call.)
+                            if th.call is self:
+                                th.call = self.outer
                             if context is not None:
                                 state.context = None
-                        if self._last_th is not th:
-                            self.keep(th)
-                        if self._lean and inst is self._inst:
-                            # settle(), its first case: provably the same (see settle); a
-                            # call that made no host call set no owner.
-                            self._last = (None, _perf_counter() - start, inst, 0, function)
-                        else:
                             self.settle(inst, start, function, th)
+                        else:
+                            if has_imports:
+                                state.limit = state.quota
+                                if context is not None:
+                                    state.context = None
+                            if self._last_th is not th:
+                                self.keep(th)
+                            if self._lean and inst is self._inst:
+                                # settle(), its first case: provably the same (see settle); a
+                                # call that made no host call set no owner.
+                                self._last = (None, _perf_counter() - start, inst, 0, function)
+                            else:
+                                self.settle(inst, start, function, th)
+                    except BaseException as exc:
+                        # The end of the call failed in Python itself (settle at the
+                        # recursion limit, out of memory): the plugin must not stay locked,
+                        # nor owned by this thread, for ever (attack6). Plain stores and a
+                        # C call only: no frame to overflow again.
+                        self.owner = None
+                        lock.release()
+                        if isinstance(exc, Exception) and not isinstance(exc, PlugsafeError):
+                            raise PluginCallError(PYTHON_FAILED_END) from exc
+                        raise
                     lock.release()
                 # One result, or a tuple of several (none: an empty one, returned as None).
                 return out if rv is not None or out else None
@@ -894,20 +936,39 @@ class CallPath:
                 self.host_record.spent = self.host_record.leak = True
                 raise
             finally:
-                self.settle(inst, start, function, th)
+                try:
+                    self.settle(inst, start, function, th)
+                except Exception as exc:
+                    # Python failed in it (the recursion limit; ctypes wraps that in an
+                    # ArgumentError): a documented error, as for the call itself (attack6).
+                    if isinstance(exc, PlugsafeError):
+                        raise
+                    raise PluginCallError(PYTHON_FAILED_END) from exc
+        except PYTHON_FAILED as exc:
+            # Python failed before op (the recursion limit, arming the deadline; ctypes wraps
+            # it in an ArgumentError): the instance may be half armed, so it is dropped, and
+            # the error is a documented one (attack6).
+            if self._inst is not None:
+                self.instance = None
+            raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
         finally:
-            if end is not None and inst is not None and inst is self._inst:
-                # Before the lock goes: see _ticker.limit. (An instance no longer current,
-                # released or dropped, runs no call again: a fresh_instance call's, or one
-                # a failure discarded, keeps its limit.)
-                inst.limit_deadline(None)
             th.room = room
             if self.has_imports:
                 th.call = self.outer
                 state.context = None
-            if self.close_pending:
-                self.complete_close()
-            lock.release()
+            try:
+                if end is not None and inst is not None and inst is self._inst:
+                    # Before the lock goes: see _ticker.limit. (An instance no longer
+                    # current, released or dropped, runs no call again: a fresh_instance
+                    # call's, or one a failure discarded, keeps its limit.)
+                    inst.limit_deadline(None)
+                if self.close_pending:
+                    self.complete_close()
+            finally:
+                # Even if settle() or the above failed in Python itself (the recursion
+                # limit): never keep the lock, nor this thread as owner (attack6).
+                self.owner = None
+                lock.release()
 
     def instantiate(self, me: int, begun: float | None = None) -> rt.Instance:
         """A new instance for calls, made with thread ``me`` as owner (lock held).

@@ -72,7 +72,9 @@ def _load() -> dict[str, CodeType]:
         if not blob.startswith(_MAGIC):
             return {}
         codes = marshal.loads(blob[len(_MAGIC) :])
-    except (OSError, ValueError, EOFError, TypeError):
+    except Exception:
+        # Unreadable or corrupt, whatever marshal makes of it (a code object with a bad field
+        # raises SystemError; attack6): compiled as if there were no cache, then rewritten.
         return {}
     if not isinstance(codes, dict):
         return {}
@@ -173,10 +175,16 @@ def finish() -> None:
     tmp = f"{_PATH}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(_PATH), exist_ok=True)
-        with open(tmp, "wb") as f:
+        # O_EXCL, as importlib writes .pyc files: never through a file or link already there
+        # (in a shared PYTHONPYCACHEPREFIX another user may plant one; attack6).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError:  # read-only install, a file in the way: compile next time, as before
+        return
+    try:
+        with open(fd, "wb") as f:
             f.write(_MAGIC + marshal.dumps(used))
         os.replace(tmp, _PATH)
-    except OSError:  # read-only install, full disk: compile next time, as before
+    except OSError:  # full disk: compile next time, as before
         with contextlib.suppress(OSError):
             os.unlink(tmp)
 
