@@ -101,8 +101,20 @@ def test_a_host_function_raising_base_exception_once_lowered_gives_the_interval_
         _PROBING, policy=plugsafe.Policy(timeout=0.2, allow={"probe"}, max_host_calls=None)
     )
     try:
-        with pytest.raises(raised):
-            plugin.invoke("run")
+        for _ in range(5):
+            try:
+                plugin.invoke("run")
+            except raised:
+                break
+            except plugsafe.DeadlineExceeded:
+                # A loaded machine kept this thread off a core from the lowering until past
+                # the deadline, so the host call found the deadline passed before the probe
+                # ran: the deadline won, as it must. The interval is back all the same; the
+                # case under test needs another try.
+                assert not seen
+                assert sys.getswitchinterval() == before
+        else:
+            pytest.fail(f"five calls in a row ran past the deadline before {raised.__name__}")
         assert seen  # the interval was lowered while the call ran
         assert sys.getswitchinterval() == before
         assert not _ticker._PROMPTS
