@@ -135,7 +135,8 @@ def start() -> None:
     (several full ones, each walking wasmtime's objects too) found nothing to free: 7 M of a
     340 M cold start. finish() enables it again if (and only if) it was enabled here, so the
     application's setting is kept; a thread of the application that changes it while plugsafe
-    is being imported has it undone.
+    is being imported has it undone. It also moves what the import made to the oldest
+    generation without scanning it (see finish).
     """
     _state["importing"] = True
     _state["gc"] = gc.isenabled()
@@ -156,10 +157,21 @@ def _hook(dataclasses: Any) -> None:
 
 
 def finish() -> None:
-    """Remove the hook, enable the collector again if it was, write the cache if a text was
-    compiled and Python writes bytecode."""
+    """Remove the hook, enable the collector again if it was (what the import made moved to
+    its oldest generation), write the cache if a text was compiled and Python writes
+    bytecode."""
     _state["importing"] = False
     if _state.pop("gc", False):
+        if not gc.get_freeze_count():
+            # Everything the import made lives as long as the process, and the first young
+            # collection after enable() would walk all of it (with wasmtime's, imported
+            # meanwhile) to find nothing: 5 M instructions of a cold start (issue 14). freeze()
+            # then unfreeze() moves every tracked object to the oldest generation without a
+            # scan and resets the young count: nothing stays frozen (a later full collection
+            # examines them all, and frees any garbage among them, as it would have). Not when
+            # the app froze objects itself: unfreeze() would thaw those too.
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()
     if vars(collections).get("eval") is _eval:
         del vars(collections)["eval"]
