@@ -905,5 +905,5 @@ def _wasi_config(policy: Policy) -> Any:
         stdin=w.stdin,
         stdout=(w.stdout, discard),
         stderr=(w.stderr, discard),
-        preopens=[(os.fspath(p.host), p.guest, p.writable) for p in w.preopens],
+        preopens=[(p.checked_host(), p.guest, p.writable) for p in w.preopens],
     )
