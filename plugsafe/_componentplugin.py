@@ -20,7 +20,6 @@ instance is discarded after any failed call and the next call makes a new one.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -782,7 +781,7 @@ def _wasi_config(policy: Policy) -> Any:
         stdin=w.stdin,
         stdout=(w.stdout, discard),
         stderr=(w.stderr, discard),
-        preopens=[(os.fspath(p.host), p.guest, p.writable) for p in w.preopens],
+        preopens=[(p.checked_host(), p.guest, p.writable) for p in w.preopens],
     )
 
 

@@ -47,11 +47,14 @@ class Pooling:
     needs a new instance (``fresh_instance``, or the first call after a trap), that finds every
     slot taken raises :class:`~plugsafe.PoolExhausted` at once rather than waiting.
 
-    Hosts made with equal ``Pooling`` share one pool (engines are process-wide). Each plugin
-    holds one instance while it is open (a ``PluginPool`` one per member); ``close()`` gives its
-    slot back at once. Address space, not memory, is reserved per slot: wasmtime sizes a slot by
-    its memory reservation (4 GiB on 64-bit hosts) plus guard pages, so 1,000 instances reserve
-    about 4 TiB of the 128 TiB a Linux process may address.
+    Hosts made with equal ``Pooling`` share one pool (engines are process-wide): its
+    ``instances`` count over all their plugins, metered (a ``fuel`` policy) or not, whatever
+    each Host's ``max_stack``. Each plugin holds one instance while it is open (a
+    ``PluginPool`` one per member); ``close()`` gives its slot back at once. Address space, not
+    memory, is reserved per slot: wasmtime sizes a slot by its memory reservation (4 GiB on
+    64-bit hosts) plus guard pages, so 1,000 instances reserve about 4 TiB of the 128 TiB a
+    Linux process may address, once per engine the pool is used by (metered and unmetered
+    plugins, and each ``max_stack``, have an engine of their own).
 
     Args:
         instances: instances alive at once, over every plugin of every Host sharing the pool.

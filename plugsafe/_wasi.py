@@ -55,17 +55,34 @@ class Preopen:
         host = os.fspath(self.host)
         if not isinstance(host, str) or not host:
             raise PolicyError(f"{where}.host: expected a non-empty path", field="wasi")
+        host = str.__str__(host)  # (a subclass of str: the text it holds)
         _no_nul(host, f"{where}.host")
         if not Path(host).is_dir():
             raise PolicyError(f"{where}.host: {host!r} is not a directory", field="wasi")
-        if not isinstance(self.guest, str) or not self.guest.startswith("/"):
+        guest = self.guest
+        if isinstance(guest, str):
+            guest = str.__str__(guest)
+        if not isinstance(guest, str) or not guest.startswith("/"):
             raise PolicyError(
-                f"{where}.guest: expected an absolute guest path like '/data', got {self.guest!r}",
+                f"{where}.guest: expected an absolute guest path like '/data', got {guest!r}",
                 field="wasi",
             )
-        _no_nul(self.guest, f"{where}.guest")
+        _no_nul(guest, f"{where}.guest")
         if not isinstance(self.writable, bool):
             raise PolicyError(f"{where}.writable: expected True or False", field="wasi")
+        object.__setattr__(self, "guest", guest)
+        # The directory checked, as a plain str: what every instance preopens (checked_host).
+        # os.fspath(host) again could answer another one (attack6).
+        object.__setattr__(self, "_host", host)
+
+    def checked_host(self) -> str:
+        """The host directory as it was checked (checked now if it never was)."""
+        host = self.__dict__.get("_host")
+        if host is None:
+            self._check("wasi.preopens")
+            host = self.__dict__["_host"]
+        assert isinstance(host, str)
+        return host
 
 
 @dataclass(frozen=True)
@@ -89,20 +106,32 @@ class Wasi:
     preopens: Sequence[Preopen] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.args, (str, bytes)) or not all(isinstance(a, str) for a in self.args):
+        # Each value is read once, copied, and the copy checked and kept: a sequence or mapping
+        # that answers differently the second time, or a subclass of str with its own
+        # ``__contains__``, must not slip a NUL or a bad name past the checks (attack6).
+        if isinstance(self.args, (str, bytes)):
             raise PolicyError("wasi.args: expected a list of strings", field="wasi")
-        for i, a in enumerate(self.args):
+        args = tuple(self.args)
+        if not all(isinstance(a, str) for a in args):
+            raise PolicyError("wasi.args: expected a list of strings", field="wasi")
+        args = tuple(str.__str__(a) for a in args)
+        for i, a in enumerate(args):
             _no_nul(a, f"wasi.args[{i}]")
-        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "args", args)
         if not isinstance(self.env, Mapping):
             raise PolicyError("wasi.env: expected a mapping of names to strings", field="wasi")
-        for k, v in self.env.items():
+        env: dict[str, str] = {}
+        for k, v in list(self.env.items()):
             if not isinstance(k, str) or not _ENV_NAME.match(k):
                 raise PolicyError(f"wasi.env: {k!r} is not a valid variable name", field="wasi")
             if not isinstance(v, str):
                 raise PolicyError(f"wasi.env.{k}: expected a string, got {v!r}", field="wasi")
+            k, v = str.__str__(k), str.__str__(v)
+            if not _ENV_NAME.match(k):
+                raise PolicyError(f"wasi.env: {k!r} is not a valid variable name", field="wasi")
             _no_nul(v, f"wasi.env.{k}")
-        object.__setattr__(self, "env", dict(self.env))
+            env[k] = v
+        object.__setattr__(self, "env", env)
         if not isinstance(self.stdin, (bytes, bytearray)):
             raise PolicyError("wasi.stdin: expected bytes", field="wasi")
         object.__setattr__(self, "stdin", bytes(self.stdin))
@@ -115,8 +144,9 @@ class Wasi:
                 )
         if isinstance(self.preopens, (str, bytes)):
             raise PolicyError("wasi.preopens: expected a list of Preopen", field="wasi")
+        preopens = tuple(self.preopens)
         guests: set[str] = set()
-        for i, p in enumerate(self.preopens):
+        for i, p in enumerate(preopens):
             if not isinstance(p, Preopen):
                 raise PolicyError(
                     f"wasi.preopens[{i}]: expected a Preopen, got {p!r}", field="wasi"
@@ -127,7 +157,7 @@ class Wasi:
                     f"wasi.preopens[{i}].guest: {p.guest!r} is preopened twice", field="wasi"
                 )
             guests.add(p.guest)
-        object.__setattr__(self, "preopens", tuple(self.preopens))
+        object.__setattr__(self, "preopens", preopens)
 
     def __hash__(self) -> int:
         return hash((self.args, tuple(sorted(self.env.items())), self.stdin, self.stdout,

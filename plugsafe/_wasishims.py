@@ -7,7 +7,6 @@ start of a plugin without WASI never needs it).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -129,7 +128,7 @@ class WasiShims:
             stdin=w.stdin if stdin is None else stdin,
             stdout=(w.stdout if read or w.stdout == "inherit" else "discard", out.write),
             stderr=(w.stderr if read or w.stderr == "inherit" else "discard", err.write),
-            preopens=[(os.fspath(p.host), p.guest, p.writable) for p in w.preopens],
+            preopens=[(p.checked_host(), p.guest, p.writable) for p in w.preopens],
         )
         return cfg, out, err
 

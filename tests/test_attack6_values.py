@@ -7,6 +7,8 @@ refused with a reason; every message says what the field accepts.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -171,3 +173,100 @@ def test_a_liar_fuel_runs_with_the_fuel_it_holds() -> None:
     with plugsafe.Host() as host:
         plugin = host.load(_ECHO, policy=Policy(fuel=_Liar(1000)))
         assert plugin.invoke("f") == 5
+
+
+_WASI_OPEN = """(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "secret.txt")
+  (func (export "probe") (result i32)
+    (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 10) (i32.const 0)
+                (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 64))))"""
+
+
+def test_a_preopen_is_the_directory_that_was_checked(tmp_path: Any) -> None:
+    # Before: Preopen._check read os.fspath(host) once, and every new instance read it
+    # again: a path-like answering another directory the second time gave the plugin a
+    # directory nobody checked (here, one holding secret.txt; it could be "/").
+    checked, other = tmp_path / "checked", tmp_path / "other"
+    checked.mkdir()
+    other.mkdir()
+    (other / "secret.txt").write_text("secret")
+
+    class Flip(os.PathLike[str]):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __fspath__(self) -> str:
+            self.calls += 1
+            return str(checked if self.calls == 1 else other)
+
+    wasi = plugsafe.Wasi(preopens=[plugsafe.Preopen(Flip(), "/data")])
+    with plugsafe.Host() as host:
+        plugin = host.load(_WASI_OPEN.encode(), policy=Policy(wasi=wasi))
+        assert plugin.invoke("probe") == 44  # ENOENT: the checked directory has no secret
+        fresh = host.load(_WASI_OPEN.encode(), policy=Policy(wasi=wasi, fresh_instance=True))
+        assert fresh.invoke("probe") == 44 and fresh.invoke("probe") == 44
+
+
+class _Shifty(Mapping[str, str]):
+    """items() says one thing, the mapping protocol (what dict() reads) another."""
+
+    def __init__(self, shown: dict[str, str], real: dict[str, str]) -> None:
+        self.shown, self.real = shown, real
+
+    def items(self) -> Any:
+        return self.shown.items()
+
+    def __getitem__(self, key: str) -> str:
+        return self.real[key]
+
+    def __iter__(self) -> Any:
+        return iter(self.real)
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+
+class _ShiftySeq(Sequence[str]):
+    """Each iteration over it yields something else."""
+
+    def __init__(self, *rounds: tuple[str, ...]) -> None:
+        self.rounds = list(rounds)
+
+    def __iter__(self) -> Any:
+        return iter(self.rounds.pop(0) if len(self.rounds) > 1 else self.rounds[0])
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.rounds[-1][i]
+
+    def __len__(self) -> int:
+        return len(self.rounds[-1])
+
+
+def test_wasi_keeps_what_it_checked() -> None:
+    # What the checks read is what is kept: a mapping or sequence answering differently the
+    # second time must not slip a NUL or a bad name past them.
+    # (Before: the env was checked through items() and copied through the mapping protocol,
+    # the args checked in two passes and copied in a third.)
+    assert plugsafe.Wasi(env=_Shifty({"OK": "fine"}, {"BAD=NAME": "x\0y"})).env == {"OK": "fine"}
+    assert plugsafe.Wasi(args=_ShiftySeq(("a",), ("a",), ("b\0c",))).args == ("a",)
+    with pytest.raises(PolicyError, match="NUL"):
+        plugsafe.Wasi(args=_ShiftySeq(("a\0",), ("a",), ("b",)))
+
+    class Sneaky(str):
+        def __contains__(self, other: object) -> bool:
+            return False  # "\0" in it: never
+
+        def startswith(self, *args: Any) -> bool:
+            return True
+
+    with pytest.raises(PolicyError, match="NUL"):
+        plugsafe.Wasi(args=[Sneaky("a\0b")])
+    with pytest.raises(PolicyError, match="NUL"):
+        plugsafe.Wasi(env={"A": Sneaky("a\0b")})
+    with pytest.raises(PolicyError, match="guest"):
+        plugsafe.Wasi(preopens=[plugsafe.Preopen("/", Sneaky("relative"))])
+    wasi = plugsafe.Wasi(args=[Sneaky("x")], env={"A": Sneaky("v")})
+    assert type(wasi.args[0]) is str and type(wasi.env["A"]) is str

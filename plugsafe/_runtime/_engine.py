@@ -21,6 +21,7 @@ from .._lazymodule import lazy_module
 from ._backend import WasmFailure
 from ._forksafe import forksafe
 from ._module import VALTYPE_FACTORIES, Description, Module, describe_binary
+from ._store import pool_slots
 from ._ticker import Ticker
 
 if TYPE_CHECKING:
@@ -144,6 +145,8 @@ class Engine:
             f"fuel={metered};stack={max_stack};epoch;nothreads;no64;nogc;multimem;nomove"
             + (";components" if components else "")
         )
+        # The pool's instances over every engine of it (see _store.PoolSlots); None unpooled.
+        self.slots = None if pooling is None else pool_slots(pooling, pooling.instances)
         if pooling is not None:
             _set_pooling(cfg, pooling)
             # (keep_resident changes no code: left out, as before it existed.)

@@ -20,6 +20,7 @@ from ._backend import (
     GuestAllocError,
     GuestMemoryError,
     MemHandle,
+    PoolExhaustedFailure,
     WasmFailure,
     Window,
     check_span,
@@ -107,9 +108,23 @@ class Instance:
         # Made through the C API directly (_store: ~20 us less than wasmtime-py's Store,
         # set_limits, WasiConfig and set_wasi) and limited as it is made; never deleted in a
         # forked child (_forksafe).
-        self._store = store = Store(
-            engine.address, (memory_size, table_elements, 1, tables, memories)
-        )
+        slots = engine.slots
+        if slots is not None and not slots.take():
+            # Every slot of the pool is taken, over all its engines (_store.PoolSlots): as
+            # wasmtime says it of one engine's pool (pool_exhausted).
+            raise PoolExhaustedFailure(
+                f"maximum concurrent limit of {slots.limit} for core instances reached",
+                "core instances",
+                slots.limit,
+            )
+        try:
+            self._store = store = Store(
+                engine.address, (memory_size, table_elements, 1, tables, memories), slots
+            )
+        except BaseException:
+            if slots is not None:
+                slots.give()
+            raise
         self._ctx = ctx = b.ctx_at(store.ctx)
         if wasi is not None:
             # DEFAULT_WASI, or what wasi_config made (the Plugin keeps it as a plain object).
@@ -174,10 +189,12 @@ class Instance:
         try:
             self._instance = instance = b.instantiate(linker._pre, ctx)
         except WasmFailure as failure:
+            # The store goes now, not when the garbage collector finds it: whatever it holds of
+            # the pool (a slot, a count in PoolSlots) is free at once.
+            self._final = 0
+            store.close()
             full = pool_exhausted(failure)
             if full is not None:
-                self._final = 0
-                store.close()  # give nothing of the pool away for longer than this
                 raise full from None
             raise
         self._exports = module.exports

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -23,7 +24,7 @@ from wasmtime import _ffi as wf
 
 from ._forksafe import count_leak
 
-__all__ = ["DEFAULT_WASI", "Store"]
+__all__ = ["DEFAULT_WASI", "PoolSlots", "Store"]
 
 _vp = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -61,6 +62,63 @@ class _DefaultWasi:
 DEFAULT_WASI: object = _DefaultWasi()
 
 
+class PoolSlots:
+    """The instances alive at once over every engine of one pool (``Pooling``'s ``instances``).
+
+    wasmtime's pooling allocator is per engine, but plugsafe makes one engine per
+    ``(metered, max_stack)``: metered and unmetered plugins, and Hosts of another
+    ``max_stack``, each had ``instances`` slots of their own (attack6). Every store of a pooled
+    engine takes one here before it is made and gives it back when it is deleted (a store holds
+    one instance, and its slot, until then).
+    """
+
+    __slots__ = ("limit", "lock", "taken")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        """One slot for a new store, or False if all ``limit`` are taken."""
+        with self.lock:
+            if self.taken >= self.limit:
+                return False
+            self.taken += 1
+            return True
+
+    def give(self) -> None:
+        """A store is deleted: its slot is free."""
+        with self.lock:
+            self.taken -= 1
+
+
+_POOLS: dict[object, PoolSlots] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def pool_slots(key: object, limit: int) -> PoolSlots:
+    """The one PoolSlots of the pool ``key`` (its limits), process-wide."""
+    with _POOLS_LOCK:
+        slots = _POOLS.get(key)
+        if slots is None:
+            slots = _POOLS[key] = PoolSlots(limit)
+        return slots
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held one at the fork: held forever in the child. (The
+    # counts stay: the child's copy of each pool still holds the parent's instances.)
+    global _POOLS_LOCK
+    _POOLS_LOCK = threading.Lock()
+    for slots in _POOLS.values():
+        slots.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Store:
     """One ``wasmtime_store_t``: its address, its context's address, and the means to free it.
 
@@ -68,14 +126,21 @@ class Store:
     Not thread-safe: its Instance serializes every use (``Instance.release`` under a lock).
     """
 
-    __slots__ = ("__weakref__", "_pid", "ctx", "ptr")
+    __slots__ = ("__weakref__", "_pid", "_slots", "ctx", "ptr")
 
-    def __init__(self, engine: int, limits: tuple[int, int, int, int, int] | None = None) -> None:
+    def __init__(
+        self,
+        engine: int,
+        limits: tuple[int, int, int, int, int] | None = None,
+        slots: PoolSlots | None = None,
+    ) -> None:
         """A new store of the engine at address ``engine`` (no host data), limited at once
         with ``limits`` if given (:meth:`limit`'s arguments, in its order: one call fewer for
-        every new instance)."""
+        every new instance). ``slots``: the pool's, one of which the caller took for it
+        (given back when the store is deleted)."""
         self.ptr: int = 0
         self.ctx: int = 0
+        self._slots = slots
         ptr = _new(engine, None, None)
         if not ptr:  # pragma: no cover - wasmtime aborts on allocation failure instead
             raise MemoryError("wasmtime_store_new failed")
@@ -112,6 +177,9 @@ class Store:
             count_leak()
             return
         _delete(ptr)
+        slots = self._slots
+        if slots is not None:
+            slots.give()
 
     def __del__(self) -> None:
         if self.ptr:  # (most are closed already: Instance.release; no second frame for them)
