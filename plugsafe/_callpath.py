@@ -13,6 +13,7 @@ import ctypes
 import math
 import operator
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, SupportsFloat, SupportsIndex, T
 
 if TYPE_CHECKING:  # logging is imported when a plugin first logs (_log, issue 14)
     import logging
+    from types import FrameType
 
 from . import _abi, _nesting
 from . import _runtime as rt
@@ -995,8 +997,13 @@ class CallPath:
         The wait is :func:`_nesting.wait_for`'s: bounded by ``end`` and the deadlines of the
         calls this thread is inside, refused if it would close a wait-for cycle.
         """
+        lock = self.lock
+        if lock.acquire(False):
+            return
+        if self.owner is None and _running_here(self):
+            raise self.reentered()
         _nesting.wait_for(
-            self.lock,
+            lock,
             me,
             self,
             end,
@@ -1099,6 +1106,14 @@ class CallPath:
             if self.close_pending:
                 self.complete_close()
             self.lock.release()
+
+    def reentered(self) -> PluginCallError:
+        """A call from a signal handler that interrupted this plugin's call on this thread (the
+        lock is this thread's own: waiting for it would never end)."""
+        return PluginCallError(
+            f"plugin {self.name!r} was called again on a thread inside one of its calls (from "
+            "a signal handler); re-entrant calls are not allowed"
+        )
 
     def refuse(self) -> NoReturn:
         """Raise why this thread may not call now: closed, or re-entering from a host function."""
@@ -1274,6 +1289,13 @@ class CallPath:
             return False
         lock = self.lock
         if not lock.acquire(False):
+            if self.owner is None and _running_here(self):
+                # From a signal handler that interrupted this plugin's call on this thread:
+                # finish when that call ends (settle; not the short paths' lean ending).
+                self.closed = True
+                self.close_pending = True
+                self._lean = False
+                return False
             # Busy in another thread: wait for its call, registered like any wait for a plugin
             # (_nesting.start_wait), unless that call waits in turn (through host functions)
             # for what this thread holds (close() from a host function): then it could never
@@ -1593,6 +1615,36 @@ def _no_plugin() -> object | None:
 
 def _no_path() -> CallPath | None:
     return None
+
+
+# The frames of a call that holds a plugin's lock (see _running_here).
+_CALL_CODES = frozenset(
+    {
+        CallPath.call.__code__,
+        CallPath.invoke.__code__,
+        CallPath.guarded.__code__,
+        CallPath.with_instance.__code__,
+    }
+)
+
+
+def _running_here(path: CallPath) -> bool:
+    """Whether this thread is inside a call of ``path`` whose lock it may hold: a frame of it
+    is on this thread's stack. Asked only when the lock is taken and no thread owns the call
+    (a short path's call before its first host call, a plugin without imports): then only a
+    signal handler can be asking, and waiting for the lock would never end (attack6: a call
+    from a SIGALRM handler waited for ever with no timeout). Never on a call's own path."""
+    frame: FrameType | None = sys._getframe(2)
+    codes = _CALL_CODES
+    # The asking call's own frames first (guarded, and the short path that fell through to
+    # it: neither holds the lock): only a frame of this plugin's call below them counts.
+    while frame is not None and frame.f_code in codes and frame.f_locals.get("self") is path:
+        frame = frame.f_back
+    while frame is not None:
+        if frame.f_code in codes and frame.f_locals.get("self") is path:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _payload(data: object) -> bytes:

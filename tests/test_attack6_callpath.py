@@ -279,3 +279,70 @@ def test_python_failing_at_the_recursion_limit_never_leaves_a_call_behind(backen
     assert report["problems"] == [], report
     # The scan did reach the failures it is about.
     assert "PluginCallError" in report["kinds"] and "ok" in report["kinds"], report
+
+
+# A SIGALRM handler runs as soon as Python resumes after the wasm call it came during: inside
+# the call path, the plugin's lock held, no owner yet (no host call made, or no imports). Its
+# call of that plugin waited for the lock it was itself holding: for ever without a timeout
+# (before the lazy bookkeeping, a plugin with imports had its owner and refused at once).
+_SIGNAL = textwrap.dedent(
+    """
+    import json, signal, sys, time
+    sys.path.insert(0, {tests!r})
+    import plugsafe
+    from wat import abi_module
+    body = '''
+      (func (export "busy") (result i32) (local $i i32)
+        (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 30000000)))) (i32.const 1))
+      (func (export "quiet") (result i32) (i32.const 7))'''
+    imports = {imports!r}
+    wat = abi_module(body, imports='(import "plugsafe" "hook" (func (param i32) (result i32)))'
+                     ) if imports else "(module " + body + ")"
+    host = plugsafe.Host()
+    @host.function
+    def hook(x: int) -> int:
+        return x
+    p = host.load(wat.encode(), policy=plugsafe.Policy(allow={{"hook"}} if imports else set(),
+                                                      timeout=None))
+    p.invoke("busy"); p.invoke("busy")  # the short path, aimed
+    seen = []
+    def handler(signum, frame):
+        try:
+            seen.append(["ok", p.{op}])
+        except plugsafe.PlugsafeError as e:
+            seen.append([type(e).__name__, str(e)])
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.005)
+    outer = p.invoke("busy")
+    after = None if p.closed else p.invoke("quiet")
+    released = p._calls.instance is None and not p._calls.close_pending
+    print(json.dumps({{"outer": outer, "seen": seen, "after": after, "closed": p.closed,
+                      "released": released}}))
+    """
+)
+
+
+@pytest.mark.parametrize("imports", [True, False])
+@pytest.mark.parametrize("op", ['invoke("quiet")', 'call("x")', "close()"])
+def test_a_signal_handler_reentering_a_plugin_mid_call_is_refused_not_hung(
+    imports: bool, op: str
+) -> None:
+    code = _SIGNAL.format(tests=str(_TESTS), imports=imports, op=op)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the signal handler's call waited for ever for its own thread's lock")
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["outer"] == 1
+    if op == "close()":
+        # Closed as the interrupted call ends: it returns its result, then no call is served.
+        assert report["seen"] == [["ok", None]] and report["closed"] is True
+        assert report["released"] is True  # its instance freed as that call ended
+    else:
+        assert len(report["seen"]) == 1 and report["seen"][0][0] == "PluginCallError", report
+        assert "re-entrant" in report["seen"][0][1]
+        assert report["after"] == 7
