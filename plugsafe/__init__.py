@@ -56,19 +56,21 @@ try:
     )
     from ._host import Host
     from ._lazymodule import import_now as _import_now
-    from ._plugin import CallInfo, Plugin, PluginMemory, current_call
+    from ._plugin import Plugin, PluginMemory, current_call
     from ._policy import Policy
-    from ._pooling import Pooling
     from ._types import F32, F64, I32, I64, CallStats, ExportInfo, ImportInfo
     from ._version import __version__
-    from ._wasi import Preopen, RunResult, Wasi
+    from ._wasi import Preopen, Wasi
 except BaseException:
     _dataclass_code.finish()
     raise
 
 if TYPE_CHECKING:  # imported when first used (see __getattr__ below)
+    from ._callinfo import CallInfo
     from ._componentplugin import ComponentPlugin
     from ._pool import PluginPool
+    from ._pooling import Pooling
+    from ._runresult import RunResult
     from ._runtime._component import Record, Variant
 
 __all__ = [
@@ -127,9 +129,12 @@ __all__ = [
 # ``import *`` see them as before; type checkers see the imports above. Such a module makes its
 # classes ``plugsafe.X`` itself (_public), however it is reached first.
 _LAZY = {
+    "CallInfo": "._callinfo",
     "ComponentPlugin": "._componentplugin",
     "PluginPool": "._pool",
+    "Pooling": "._pooling",
     "Record": "._runtime._component",
+    "RunResult": "._runresult",
     "Variant": "._runtime._component",
 }
 

@@ -67,7 +67,11 @@ def is_component_source(source: object) -> bool:
             return False  # the module loader reports unreadable files
     else:
         return False
-    return head[:8] == COMPONENT_HEADER or bool(_TEXT.match(head))
+    # _TEXT matches only text that starts with whitespace, a comment or "(": a core module's
+    # binary (b"\0asm") is told apart without compiling the pattern (issue 14: cold start).
+    if head[:8] == COMPONENT_HEADER:
+        return True
+    return head[:1] in b" \t\n\r\f\v;(" and bool(_TEXT.match(head))
 
 
 class ComponentLoader:

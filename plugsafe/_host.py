@@ -21,16 +21,16 @@ from ._hostfn import (
     annotated_target,
     signature_from_annotations,
 )
-from ._lazymodule import lazy_function
+from ._lazymodule import import_now, lazy_function
 from ._lazyre import lazy_re
 from ._loader import LoadedModule, ModuleLoader, Source, check_imports
 from ._plugin import OnCall, Plugin
 from ._policy import Policy
-from ._pooling import Pooling
 
 if TYPE_CHECKING:
     from ._componentplugin import ComponentPlugin, load_component
     from ._config import load_config
+    from ._pooling import Pooling
 else:  # host-config files (and the policy-file parser), when first read (issue 14: cold start)
     load_config = lazy_function("plugsafe._config", "load_config", globals())
     # The loaded component and its load, when a component is first loaded (issue 14).
@@ -104,7 +104,8 @@ class Host(Closing):
             raise TypeError(f"on_call must be callable, got {type(on_call).__name__}")
         self._on_call = on_call
         self._max_stack = max_stack
-        if pooling is not None and not isinstance(pooling, Pooling):
+        # Pooling's module is imported with its first user (issue 14: cold start).
+        if pooling is not None and not isinstance(pooling, import_now("plugsafe._pooling").Pooling):
             raise TypeError(f"pooling must be a plugsafe.Pooling, got {type(pooling).__name__}")
         self._pooling = pooling
         self._lock = threading.Lock()

@@ -87,6 +87,10 @@ def logger_for(plugin_name: str) -> logging.Logger:
     """The logger ``plugsafe.plugin.<name>``; characters a logger name should not hold become _."""
     logger = _LOGGERS.get(plugin_name)
     if logger is None:
-        logger = lazy_logger(f"plugsafe.plugin.{_UNSAFE_NAME.sub('_', plugin_name) or '_'}")
+        # A name of letters, digits, _ and - only (most) is kept as it is without compiling the
+        # pattern: re's compiler is Python code, a cold start's every load names a plugin.
+        safe = plugin_name.isascii() and plugin_name.replace("_", "").replace("-", "").isalnum()
+        name = plugin_name if safe else _UNSAFE_NAME.sub("_", plugin_name) or "_"
+        logger = lazy_logger(f"plugsafe.plugin.{name}")
         _LOGGERS[plugin_name] = logger
     return logger

@@ -43,26 +43,27 @@ from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
-from ._wasi import SHIM_SHAPES, RunResult
+from ._wasi import SHIM_SHAPES
 from ._wasmshape import MemoryDecl
 
 if TYPE_CHECKING:
     import json
-    from dataclasses import dataclass
 
     from ._aio import run_call
+    from ._callinfo import CallInfo
+    from ._runresult import RunResult
     from ._wasishims import WasiShims
 else:
     # call_json's codec, when it first runs (issue 14: a cold start that never calls it paid
     # about 2 % of its instructions for json and its C accelerator).
     json = lazy_module("json", globals(), "json")
-    # plugsafe's own, without importing dataclasses (see _dataclass_code)
-    from ._dataclass_code import dataclass
-
     # asyncio's helper (and contextvars), when call_async first runs (issue 14: cold start).
     run_call = lazy_function("plugsafe._aio", "run_call", globals())
     # WASI's host side, when a plugin under a Wasi grant is first loaded (issue 14: cold start).
     WasiShims = lazy_function("plugsafe._wasishims", "WasiShims", globals())
+    # current_call()'s and run()'s results, when first made (issue 14: two dataclasses fewer).
+    CallInfo = lazy_function("plugsafe._callinfo", "CallInfo", globals())
+    RunResult = lazy_function("plugsafe._runresult", "RunResult", globals())
 
 __all__ = ["CallInfo", "OnCall", "Plugin", "PluginMemory", "current_call"]
 
@@ -71,22 +72,6 @@ T = TypeVar("T")
 OnCall = Callable[[CallStats], object]
 _perf_counter = time.perf_counter
 _log = lazy_logger("plugsafe")
-
-
-@dataclass(frozen=True)
-class CallInfo:
-    """The plugin call a host function is running in: what ``plugsafe.current_call()`` returns.
-
-    Attributes:
-        plugin: the :class:`Plugin` being called.
-        function: the export being called (``"(start)"`` while a start function runs,
-            ``"_initialize"`` while a reactor initializes, ``"_start"`` under ``Plugin.run``).
-        context: what the caller passed as ``context=`` (``None`` if nothing).
-    """
-
-    plugin: Plugin
-    function: str
-    context: Any = None
 
 
 def current_call() -> CallInfo | None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from . import _runtime as rt
 from ._errors import PolicyError, fmt_bytes
+from ._public import rehome
 from ._units import GiB, KiB, parse_size
 
 if TYPE_CHECKING:
@@ -155,3 +156,8 @@ class Pooling:
                 f"{fmt_bytes(self.memory_size)} of the Host's Pooling(memory_size=...) slots"
             )
         return None
+
+
+# plugsafe imports this module when Pooling is first used (issue 14: cold start): it is
+# plugsafe.Pooling however it is reached first.
+rehome(Pooling)

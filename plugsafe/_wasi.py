@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
     from ._dataclass_code import dataclass, field
 
-__all__ = ["SHIMS", "SHIM_SHAPES", "WASI_MODULE", "OutputMode", "Preopen", "RunResult", "Wasi"]
+__all__ = ["SHIMS", "SHIM_SHAPES", "WASI_MODULE", "OutputMode", "Preopen", "Wasi"]
 
 WASI_MODULE = "wasi_snapshot_preview1"
 
@@ -162,21 +162,6 @@ class Wasi:
     def __hash__(self) -> int:
         return hash((self.args, tuple(sorted(self.env.items())), self.stdin, self.stdout,
                      self.stderr, self.preopens))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What :meth:`Plugin.run` returns: the exit code and the captured output.
-
-    ``stdout_truncated``/``stderr_truncated`` say the stream went past the policy's
-    ``max_output`` and the rest was dropped.
-    """
-
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
 
 
 _I32 = ("i32",)

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import wasmtime
+
 import plugsafe
 
 from wat import ECHO
@@ -98,9 +100,12 @@ def test_only_listed_imports_are_deferred() -> None:
 # Public names whose modules plugsafe/__init__.py imports on first use (PEP 562 __getattr__),
 # with what those modules alone bring in.
 LAZY_NAMES = {
+    "CallInfo": "plugsafe._callinfo",
     "ComponentPlugin": "plugsafe._componentplugin",
     "PluginPool": "plugsafe._pool",
+    "Pooling": "plugsafe._pooling",
     "Record": "plugsafe._runtime._component",
+    "RunResult": "plugsafe._runresult",
     "Variant": "plugsafe._runtime._component",
 }
 LAZY_MODULES = frozenset({*LAZY_NAMES.values(), "queue"})
@@ -319,6 +324,64 @@ print(seen)
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]", out
+
+
+def test_a_cold_start_compiles_no_regular_expression_of_its_own(tmp_path: Path) -> None:
+    # Loading a core module (from a file, then from the disk cache, then from bytes) under a
+    # plain name compiles none of plugsafe's patterns: is_component_source tells b"\0asm" from
+    # text by its first byte, logger_for keeps a name of [A-Za-z0-9_-] as it is (re's compiler
+    # is Python code: about 0.5 M instructions a pattern; issue 14).
+    wasm = tmp_path / "seven.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 7))'))
+    code = f"""
+import re, sys
+seen = []
+compile_ = re._compile
+def spy(pattern, flags):
+    caller = sys._getframe(2).f_globals.get("__name__", "")
+    if caller.startswith("plugsafe"):
+        seen.append((caller, pattern))
+    return compile_(pattern, flags)
+re._compile = spy
+import plugsafe
+host = plugsafe.Host(cache_dir={str(tmp_path / "cache")!r})
+assert host.load({str(wasm)!r}, name="seven_7-x").invoke("f") == 7
+assert host.load({str(wasm)!r}).invoke("f") == 7
+assert host.load(open({str(wasm)!r}, "rb").read(), name="Seven").invoke("f") == 7
+print(seen)
+"""
+    for _ in range(2):  # the second process loads from the disk cache
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.strip() == "[]", out
+
+
+def test_the_pattern_free_checks_agree_with_the_patterns(tmp_path: Path) -> None:
+    # What the cold start decides without compiling a pattern is what the pattern decides.
+    from plugsafe import _component, _log
+
+    texts = [
+        b"",
+        b"\0asm\x01\0\0\0",
+        b"(component)",
+        b"  (component)",
+        b"\t\n\r\f\v(component)",
+        b";; c\n(component)",
+        b"(; c ;) (component)",
+        b"(module)",
+        b"x(component)",
+        b";(component)",
+        b"\x85(component)",
+        b"\xa0(component)",
+    ]
+    for text in texts:
+        expected = text[:8] == _component.COMPONENT_HEADER or bool(_component._TEXT.match(text))
+        assert _component.is_component_source(text) is expected, text
+    names = ["", "a", "Plug_in-7", "a b", "a.b", "é", "x/y", "\uff46ull", "\u0663", "a\n", "_-"]
+    for name in names:
+        expected = f"plugsafe.plugin.{_log._UNSAFE_NAME.sub('_', name) or '_'}"
+        assert _log.logger_for(name).name == expected, name
 
 
 def test_a_lazy_pattern_is_the_compiled_one_once_used() -> None:
