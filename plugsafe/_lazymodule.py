@@ -32,9 +32,23 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from importlib import _bootstrap, import_module  # _bootstrap: the import system itself
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importlib import _bootstrap, import_module
+else:
+    # The import system itself (what importlib calls _bootstrap), without importing the
+    # importlib package (issue 14: cold start); import_module of an absolute name is its
+    # _gcd_import.
+    try:
+        import _frozen_importlib as _bootstrap
+    except ImportError:  # pragma: no cover - an interpreter without it: importlib's own
+        from importlib import _bootstrap
+
+    def import_module(name: str) -> ModuleType:
+        return _bootstrap._gcd_import(name)  # what importlib.import_module(name) calls
+
 
 __all__ = ["import_now", "lazy_function", "lazy_module"]
 

@@ -13,7 +13,6 @@ from ._dataclass_code import field_names
 from ._errors import PolicyError
 from ._lazymodule import import_now, lazy_function, lazy_module
 from ._lazyre import lazy_re
-from ._units import GiB, KiB, MiB, parse_duration, parse_size
 from ._wasi import Wasi
 
 if TYPE_CHECKING:
@@ -21,10 +20,14 @@ if TYPE_CHECKING:
     from dataclasses import dataclass, field
 
     from ._policyfile import in_file, layout_of, parse_changes, read_toml, relocate
+    from ._units import parse_duration, parse_size
 else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
     from ._dataclass_code import dataclass, field
 
     dataclasses = lazy_module("dataclasses", globals(), "dataclasses")
+    # Sizes and durations given as strings, when one first is (issue 14: cold start).
+    parse_size = lazy_function("plugsafe._units", "parse_size", globals())
+    parse_duration = lazy_function("plugsafe._units", "parse_duration", globals())
     # The policy-file parser (and the host-function signatures it reads), when a policy file or
     # table is first read (issue 14: cold start).
     for _name in ("in_file", "layout_of", "parse_changes", "read_toml", "relocate"):
@@ -35,6 +38,11 @@ __all__ = ["Policy", "parse_policy", "policy_from_toml"]
 
 # wasm32 pointers cannot address more than 4 GiB, and a plugin input or output is a (pointer,
 # length) pair whose length has 31 bits in the ABI's result word.
+# _units' constants (tests/test_import_cost.py keeps them equal): _units itself, the parser
+# of size and duration strings, is imported when a policy is first given one (issue 14).
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
 _MAX_MEMORY = 4 * GiB
 _MAX_PAYLOAD = 2**31 - 1
 _MAX_FUEL = 2**63 - 1

@@ -16,7 +16,6 @@ Used as ``from . import _sha as hashlib`` by the modules that only ever call
 from __future__ import annotations
 
 import sys
-from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._lazymodule import import_now
@@ -37,7 +36,7 @@ if TYPE_CHECKING:  # typing only (issue 14: a Protocol class costs ~0.4 M instru
 def _builtin() -> Any:
     for name in ("_sha2", "_sha256"):  # CPython 3.12+, then 3.10-3.11
         try:
-            return import_module(name).sha256
+            return import_now(name).sha256
         except (ImportError, AttributeError):
             continue
     return None  # pragma: no cover - a Python built without them: hashlib from the start

@@ -602,8 +602,52 @@ LAZY_OWN = frozenset(
         "plugsafe._policyfile",  # policy files and tables
         "plugsafe._runtime._ctypes",  # the ctypes fallback backend
         "plugsafe._signatures",  # declared host functions (config and policy files)
+        "plugsafe._units",  # sizes and durations given as strings ("64MiB", "250ms")
     }
 )
+
+
+def test_the_policy_s_unit_constants_are_the_parser_s() -> None:
+    from plugsafe import _policy, _units
+
+    assert (_policy.KiB, _policy.MiB, _policy.GiB) == (_units.KiB, _units.MiB, _units.GiB)
+
+
+def test_a_cold_start_without_site_imports_no_importlib_package(tmp_path: Path) -> None:
+    # plugsafe takes the import system's functions from the modules Python starts with
+    # (_frozen_importlib, _frozen_importlib_external), not from the importlib package (1.4 M
+    # instructions of a cold start, issue 14). Only without site (-S) is importlib absent at
+    # start-up: the development environment's .pth hook imports it.
+    import sysconfig
+
+    wat = '(module (func (export "f") (result i32) i32.const 7))'
+    code = f"""
+import sys
+assert "importlib" not in sys.modules, "importlib before plugsafe"
+import plugsafe
+from plugsafe import _dataclass_code, _lazymodule
+host = plugsafe.Host(cache_dir={str(tmp_path / "cache")!r})
+assert host.load({wat!r}.encode()).invoke("f") == 7
+assert plugsafe.PluginPool.__module__ == "plugsafe"  # a lazy name, through import_module
+loaded = "importlib" in sys.modules
+import importlib, importlib.util
+assert _lazymodule._bootstrap is importlib._bootstrap
+assert _dataclass_code._MAGIC == importlib.util.MAGIC_NUMBER
+assert _dataclass_code._PATH.endswith(".bin")
+print(loaded)
+"""
+    paths = [
+        str(PACKAGE.parent),
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["platlib"],
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    for _ in range(2):  # the second process loads from the disk cache
+        done = subprocess.run(
+            [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "False"
 
 
 def test_a_cold_start_loads_none_of_the_rare_own_modules(tmp_path: Path) -> None:
