@@ -109,21 +109,23 @@ class Instance:
         # set_limits, WasiConfig and set_wasi) and limited as it is made; never deleted in a
         # forked child (_forksafe).
         slots = engine.slots
-        if slots is not None and not slots.take():
-            # Every slot of the pool is taken, over all its engines (_store.PoolSlots): as
-            # wasmtime says it of one engine's pool (pool_exhausted).
-            raise PoolExhaustedFailure(
-                f"maximum concurrent limit of {slots.limit} for core instances reached",
-                "core instances",
-                slots.limit,
-            )
+        if slots is not None:
+            try:
+                slots.free.pop()  # (PoolSlots: one slot of the pool, over all its engines)
+            except IndexError:
+                # Every slot is taken: as wasmtime says it of one engine's pool.
+                raise PoolExhaustedFailure(
+                    f"maximum concurrent limit of {slots.limit} for core instances reached",
+                    "core instances",
+                    slots.limit,
+                ) from None
         try:
             self._store = store = Store(
                 engine.address, (memory_size, table_elements, 1, tables, memories), slots
             )
         except BaseException:
             if slots is not None:
-                slots.give()
+                slots.free.append(None)
             raise
         self._ctx = ctx = b.ctx_at(store.ctx)
         if wasi is not None:

@@ -68,29 +68,16 @@ class PoolSlots:
     wasmtime's pooling allocator is per engine, but plugsafe makes one engine per
     ``(metered, max_stack)``: metered and unmetered plugins, and Hosts of another
     ``max_stack``, each had ``instances`` slots of their own (attack6). Every store of a pooled
-    engine takes one here before it is made and gives it back when it is deleted (a store holds
-    one instance, and its slot, until then).
+    engine takes one of ``free`` before it is made (``free.pop()``, IndexError: none left) and
+    gives it back when it is deleted (``free.append(None)``): single list operations, atomic
+    under the GIL, so no lock (none to be held at a fork either), ~0.1 us per fresh instance.
     """
 
-    __slots__ = ("limit", "lock", "taken")
+    __slots__ = ("free", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.taken = 0
-        self.lock = threading.Lock()
-
-    def take(self) -> bool:
-        """One slot for a new store, or False if all ``limit`` are taken."""
-        with self.lock:
-            if self.taken >= self.limit:
-                return False
-            self.taken += 1
-            return True
-
-    def give(self) -> None:
-        """A store is deleted: its slot is free."""
-        with self.lock:
-            self.taken -= 1
+        self.free: list[None] = [None] * limit
 
 
 _POOLS: dict[object, PoolSlots] = {}
@@ -107,12 +94,10 @@ def pool_slots(key: object, limit: int) -> PoolSlots:
 
 
 def _after_fork_in_child() -> None:
-    # A thread of the parent may have held one at the fork: held forever in the child. (The
+    # A thread of the parent may have held it at the fork: held forever in the child. (The
     # counts stay: the child's copy of each pool still holds the parent's instances.)
     global _POOLS_LOCK
     _POOLS_LOCK = threading.Lock()
-    for slots in _POOLS.values():
-        slots.lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -179,7 +164,7 @@ class Store:
         _delete(ptr)
         slots = self._slots
         if slots is not None:
-            slots.give()
+            slots.free.append(None)  # (PoolSlots: its slot back)
 
     def __del__(self) -> None:
         if self.ptr:  # (most are closed already: Instance.release; no second frame for them)
