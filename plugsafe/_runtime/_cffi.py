@@ -111,10 +111,11 @@ class CffiBackend(CffiTraps):
         self.lib = self._traps = lib
         self._call = lib.wasmtime_func_call_unchecked
         # The same function as the per-call paths call it (raw_call): declared to return the
-        # error pointer as an intptr_t (returned in the same register as a pointer on every
-        # ABI cffi supports), so that a call that succeeds gives the cached int 0 instead of a
-        # new NULL cdata object to make and free (issue 14, goal 5: ~170 fewer instructions a
-        # call, counted with callgrind). ``address`` takes either.
+        # error pointer as an intptr_t (returned in the same register as a pointer on x86-64
+        # and aarch64, System V and Windows: wasmtime's wheels), so that a call that succeeds
+        # gives the cached int 0 instead of a new NULL cdata object to make and free (issue
+        # 14, goal 5: ~170 fewer instructions a call, counted with callgrind). ``address``
+        # takes either.
         self._raw_call: Callable[[Ctx, object, RawSlots, int, TrapSlot], object] = ffi.cast(
             "intptr_t(*)(wasmtime_context_t *, const wasmtime_func_t *, wasmtime_val_raw_t *,"
             " size_t, wasm_trap_t **)",
