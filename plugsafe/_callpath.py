@@ -560,14 +560,14 @@ class CallPath:
                 except PYTHON_FAILED as exc:
                     # Python failed around the C call: plain stores only (see
                     # rt.HostRecord), then a documented error made from constants.
-                    self.instance = None
                     self.host_record.spent = self.host_record.leak = True
+                    self.instance = None  # (a setter: a frame, after the plain stores)
                     raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
                 except BaseException:
                     # An exception raised asynchronously (KeyboardInterrupt): as above,
                     # and it propagates as itself.
-                    self.instance = None
                     self.host_record.spent = self.host_record.leak = True
+                    self.instance = None  # (a setter: a frame, after the plain stores)
                     raise
                 finally:
                     try:
@@ -708,12 +708,12 @@ class CallPath:
                 except PlugsafeError:
                     raise
                 except PYTHON_FAILED as exc:
-                    self.instance = None  # as in call() above
-                    self.host_record.spent = self.host_record.leak = True
+                    self.host_record.spent = self.host_record.leak = True  # as in call() above
+                    self.instance = None  # (a setter: a frame, after the plain stores)
                     raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
                 except BaseException:
-                    self.instance = None
                     self.host_record.spent = self.host_record.leak = True
+                    self.instance = None  # (a setter: a frame, after the plain stores)
                     raise
                 finally:
                     try:
@@ -930,12 +930,12 @@ class CallPath:
             except PlugsafeError:
                 raise
             except PYTHON_FAILED as exc:
-                self.instance = None  # see the short paths
-                self.host_record.spent = self.host_record.leak = True
+                self.host_record.spent = self.host_record.leak = True  # see the short paths
+                self.instance = None  # (a setter: a frame, after the plain stores)
                 raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
             except BaseException:
-                self.instance = None
                 self.host_record.spent = self.host_record.leak = True
+                self.instance = None  # (a setter: a frame, after the plain stores)
                 raise
             finally:
                 try:
