@@ -536,10 +536,17 @@ class CallPath:
         lock = self._lock
         if lock.acquire(False):
             inst = self._inst
-            ref = self._abi_ref if function is self._abi_fn else self._aim_abi(function)
+            try:
+                ref = self._abi_ref if function is self._abi_fn else self._aim_abi(function)
+                start = _perf_counter()
+            except BaseException:
+                # Python failed before the call began (the app at its recursion limit:
+                # _aim_abi's frame, or on 3.10 even the clock's C call): nothing to undo but
+                # the lock, which must not stay held for good (Python 3.10 scan, attack6).
+                lock.release()
+                raise
             if ref is not None:
                 assert inst is not None
-                start = _perf_counter()
                 has_imports = self._imports
                 if has_imports:
                     # What host functions read of the call. The rest (the owner, the thread's
@@ -627,14 +634,19 @@ class CallPath:
             raise self.too_deep(th)
         lock = self._lock
         if lock.acquire(False):
-            if function is self._fn or self._aim(function):
+            try:
+                aimed = function is self._fn or self._aim(function)
+                # One clock reading: the call's start, its stats' and its deadline's arming.
+                start = _perf_counter()
+            except BaseException:
+                lock.release()  # as in call()
+                raise
+            if aimed:
                 # Aimed: there is a live instance (no assert: this runs on every call).
                 inst: rt.Instance = self._inst  # type: ignore[assignment]
                 # Read now: a host function may close the plugin during the call, which
                 # forgets the aimed function (and this with it) before the result is read.
                 rv = self._rv
-                # One clock reading: the call's start, its stats' and its deadline's arming.
-                start = _perf_counter()
                 has_imports = self._imports
                 if has_imports:
                     # What host functions read of the call. The rest (the owner, the thread's
