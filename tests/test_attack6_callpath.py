@@ -346,3 +346,49 @@ def test_a_signal_handler_reentering_a_plugin_mid_call_is_refused_not_hung(
         assert len(report["seen"]) == 1 and report["seen"][0][0] == "PluginCallError", report
         assert "re-entrant" in report["seen"][0][1]
         assert report["after"] == 7
+
+
+# Python failing between taking the lock and the call's own try block (aiming the short path
+# at a function it was not aimed at, or the clock's C call, at the app's recursion limit): the
+# scan above found it on Python 3.10 and 3.13 only, where the limit fell there; forced here on
+# every version.
+_AIMED = abi_module(
+    """
+  (func (export "one") (result i32) (i32.const 1))
+  (func (export "two") (result i32) (i32.const 2))
+  (func (export "echo") (param $p i32) (param $n i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
+            (i64.extend_i32_u (local.get $n))))
+  (func (export "echo2") (param $p i32) (param $n i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
+            (i64.extend_i32_u (local.get $n))))"""
+)
+
+
+@pytest.mark.parametrize("path", ["invoke", "call"])
+def test_failing_to_aim_a_short_path_leaves_the_plugin_unlocked(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugsafe._callpath import CallPath
+
+    def fails(self: object, function: str) -> object:
+        raise RecursionError("maximum recursion depth exceeded (forced)")
+
+    with plugsafe.Host() as host:
+        plugin = host.load(_AIMED.encode())
+        if path == "invoke":
+            first, other = (lambda: plugin.invoke("one")), (lambda: plugin.invoke("two"))
+        else:
+            first, other = (lambda: plugin.call("echo", b"a")), (lambda: plugin.call("echo2", b"b"))
+        first()  # aimed at the first function
+        monkeypatch.setattr(CallPath, "_aim" if path == "invoke" else "_aim_abi", fails)
+        with pytest.raises(RecursionError):
+            other()  # not the aimed function: aiming it fails, before the call's try block
+        held = plugin._calls.lock.locked()
+        if held:  # (so that a failure here fails the test instead of hanging its close)
+            plugin._calls.lock.release()
+        assert not held
+        assert current_call() is None
+        monkeypatch.undo()
+        assert other() == (2 if path == "invoke" else b"b")
+        assert first() == (1 if path == "invoke" else b"a")
