@@ -42,29 +42,20 @@ sys.path[:0] = [str(HERE), str(REPO)]
 import wasmtime  # noqa: E402
 from test_bench_issue14 import _COLD_PLUGSAFE, _COLD_WASMTIME  # noqa: E402
 
+from plugsafe._cdef import CDEF  # noqa: E402
+
 from conftest import U64  # noqa: E402
 from guests import PLUGSAFE_PURE_GUEST  # noqa: E402
 
-# The few declarations the echo needs (the layouts are those of plugsafe/_cdef.py, which
-# plugsafe checks against wasmtime-py's at start-up).
-_CDEF = """
+# What the echo needs beyond plugsafe's own declarations (plugsafe/_cdef.py: the handles, value
+# slots and the unchecked call, whose layouts plugsafe checks against wasmtime-py's at start-up):
+# the engine, deserializing, a store and a linker.
+_CDEF = (
+    CDEF
+    + """
 typedef struct wasm_engine_t wasm_engine_t;
 typedef struct wasmtime_module wasmtime_module_t;
 typedef struct wasmtime_store wasmtime_store_t;
-typedef struct wasmtime_context wasmtime_context_t;
-typedef struct wasmtime_linker wasmtime_linker_t;
-typedef struct wasm_trap_t wasm_trap_t;
-typedef struct wasmtime_error wasmtime_error_t;
-typedef struct { uint64_t store_id; void *private_; } wasmtime_func_t;
-typedef struct { struct { uint64_t store_id; uint32_t private1; } a; uint32_t private2; }
-    wasmtime_memory_t;
-typedef union { int32_t i32; int64_t i64; float f32; double f64; uint8_t v128[16]; }
-    wasmtime_val_raw_t;
-typedef struct { uint64_t store_id; size_t private_; } wasmtime_instance_t;
-typedef struct {
-    uint8_t kind;
-    union { wasmtime_func_t func; wasmtime_memory_t memory; uint8_t pad[24]; } of;
-} wasmtime_extern_t;
 wasm_engine_t *wasm_engine_new(void);
 wasmtime_error_t *wasmtime_module_deserialize(
     wasm_engine_t *, const uint8_t *, size_t, wasmtime_module_t **);
@@ -73,16 +64,12 @@ wasmtime_context_t *wasmtime_store_context(wasmtime_store_t *);
 wasmtime_linker_t *wasmtime_linker_new(wasm_engine_t *);
 wasmtime_error_t *wasmtime_linker_instantiate(const wasmtime_linker_t *, wasmtime_context_t *,
     const wasmtime_module_t *, wasmtime_instance_t *, wasm_trap_t **);
-bool wasmtime_instance_export_get(const wasmtime_context_t *, const wasmtime_instance_t *,
-    const char *, size_t, wasmtime_extern_t *);
-wasmtime_error_t *wasmtime_func_call_unchecked(wasmtime_context_t *, const wasmtime_func_t *,
-    wasmtime_val_raw_t *, size_t, wasm_trap_t **);
-uint8_t *wasmtime_memory_data(const wasmtime_context_t *, const wasmtime_memory_t *);
 void wasmtime_store_delete(wasmtime_store_t *);
 void wasmtime_linker_delete(wasmtime_linker_t *);
 void wasmtime_module_delete(wasmtime_module_t *);
 void wasm_engine_delete(wasm_engine_t *);
 """
+)
 
 _COLD_C_API = """
 import importlib.util, os, sys
