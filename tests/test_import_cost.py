@@ -304,10 +304,8 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
-def test_import_plugsafe_compiles_no_regular_expression_of_its_own() -> None:
-    # plugsafe's patterns are lazy_re: compiled when first used (a fresh process that only
-    # imports plugsafe compiles none of them; the standard library's own are not counted).
-    code = """
+# A fresh process's prelude: records every pattern plugsafe's own modules compile (in ``seen``).
+_RE_SPY = """
 import re, sys
 seen = []
 compile_ = re._compile
@@ -317,9 +315,13 @@ def spy(pattern, flags):
         seen.append((caller, pattern))
     return compile_(pattern, flags)
 re._compile = spy
-import plugsafe
-print(seen)
 """
+
+
+def test_import_plugsafe_compiles_no_regular_expression_of_its_own() -> None:
+    # plugsafe's patterns are lazy_re: compiled when first used (a fresh process that only
+    # imports plugsafe compiles none of them; the standard library's own are not counted).
+    code = _RE_SPY + "import plugsafe\nprint(seen)\n"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
@@ -333,16 +335,9 @@ def test_a_cold_start_compiles_no_regular_expression_of_its_own(tmp_path: Path) 
     # is Python code: about 0.5 M instructions a pattern; issue 14).
     wasm = tmp_path / "seven.wasm"
     wasm.write_bytes(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 7))'))
-    code = f"""
-import re, sys
-seen = []
-compile_ = re._compile
-def spy(pattern, flags):
-    caller = sys._getframe(2).f_globals.get("__name__", "")
-    if caller.startswith("plugsafe"):
-        seen.append((caller, pattern))
-    return compile_(pattern, flags)
-re._compile = spy
+    code = (
+        _RE_SPY
+        + f"""
 import plugsafe
 host = plugsafe.Host(cache_dir={str(tmp_path / "cache")!r})
 assert host.load({str(wasm)!r}, name="seven_7-x").invoke("f") == 7
@@ -350,6 +345,7 @@ assert host.load({str(wasm)!r}).invoke("f") == 7
 assert host.load(open({str(wasm)!r}, "rb").read(), name="Seven").invoke("f") == 7
 print(seen)
 """
+    )
     for _ in range(2):  # the second process loads from the disk cache
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
