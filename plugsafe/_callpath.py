@@ -1601,7 +1601,10 @@ class CallPath:
         ):
             raise SignatureError(f"{where} is {t}; got {type(a).__name__}")
         try:
-            x = float(a)  # type: ignore[arg-type]
+            # A float subclass is the float it holds, as struct and the short path's typed
+            # views read it (attack7: its own __float__ was asked only when the held value
+            # was refused, so an out-of-range f32 passed as whatever that answered).
+            x = float.__float__(a) if isinstance(a, float) else float(a)  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError) as exc:
             raise SignatureError(
                 f"{where} is {t}; {type(a).__name__} did not convert: {exc}"
