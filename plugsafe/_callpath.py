@@ -1601,7 +1601,10 @@ class CallPath:
         ):
             raise SignatureError(f"{where} is {t}; got {type(a).__name__}")
         try:
-            x = float(a)  # type: ignore[arg-type]
+            # A float subclass is the float it holds, as struct and the short path's typed
+            # views read it (attack7: its own __float__ was asked only when the held value
+            # was refused, so an out-of-range f32 passed as whatever that answered).
+            x = float.__float__(a) if isinstance(a, float) else float(a)  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError) as exc:
             raise SignatureError(
                 f"{where} is {t}; {type(a).__name__} did not convert: {exc}"
@@ -1640,6 +1643,11 @@ _CALL_CODES = frozenset(
 )
 
 
+_GUARDED_CODE = CallPath.guarded.__code__
+_WITH_INSTANCE_CODE = CallPath.with_instance.__code__
+_SHORT_CODES = frozenset({CallPath.call.__code__, CallPath.invoke.__code__})
+
+
 def _running_here(path: CallPath) -> bool:
     """Whether this thread is inside a call of ``path`` whose lock it may hold: a frame of it
     is on this thread's stack. Asked only when the lock is taken and no thread owns the call
@@ -1648,10 +1656,21 @@ def _running_here(path: CallPath) -> bool:
     from a SIGALRM handler waited for ever with no timeout). Never on a call's own path."""
     frame: FrameType | None = sys._getframe(2)
     codes = _CALL_CODES
-    # The asking call's own frames first (guarded, and the short path that fell through to
-    # it: neither holds the lock): only a frame of this plugin's call below them counts.
-    while frame is not None and frame.f_code in codes and frame.f_locals.get("self") is path:
-        frame = frame.f_back
+    # The asking call's own frames first (neither holds the lock): with_instance, or guarded
+    # and at most the one short path that fell through to it. Only those: a frame of this
+    # plugin's call right below them is the call that holds the lock (attack7: a signal
+    # handler, or an argument's __index__, that is ``plugin.invoke`` itself, bound or in a
+    # functools.partial, has no frame of its own between the two; skipping every such frame
+    # skipped the interrupted call too, and its re-entry waited for ever).
+    if frame is not None and frame.f_locals.get("self") is path:
+        if frame.f_code is _GUARDED_CODE:
+            frame = frame.f_back
+            if frame is not None and frame.f_code in _SHORT_CODES:
+                # (Necessarily the asking call's: a short path holding the lock never calls
+                # guarded; it releases the lock first.)
+                frame = frame.f_back if frame.f_locals.get("self") is path else frame
+        elif frame.f_code is _WITH_INSTANCE_CODE:
+            frame = frame.f_back
     while frame is not None:
         if frame.f_code in codes and frame.f_locals.get("self") is path:
             return True
