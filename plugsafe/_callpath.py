@@ -614,6 +614,8 @@ class CallPath:
                         raise
                     lock.release()
             lock.release()
+        if type(function) is not str:  # (see _plain)
+            function = _plain(function)
         return self.guarded(function, lambda inst: self.call_abi(inst, function, payload), context)
 
     def invoke(
@@ -767,6 +769,8 @@ class CallPath:
                 # One result, or a tuple of several (none: an empty one, returned as None).
                 return out if rv is not None or out else None
             lock.release()
+        if type(function) is not str:  # (see _plain)
+            function = _plain(function)
         return self.guarded(
             function, lambda inst: self.invoke_checked(inst, function, args), context
         )
@@ -827,6 +831,9 @@ class CallPath:
                 f"max_input of {self.max_input}"
             )
 
+        if type(function) is not str:  # (see _plain)
+            function = _plain(function)
+
         def op(inst: rt.Instance) -> bytes:
             token.begin(self, inst)
             try:
@@ -845,6 +852,8 @@ class CallPath:
         begun: float | None = None,
     ) -> Any:
         """``invoke`` for an asynchronous call (as call_tracked)."""
+        if type(function) is not str:  # (see _plain)
+            function = _plain(function)
 
         def op(inst: rt.Instance) -> Any:
             token.begin(self, inst)
@@ -1676,6 +1685,18 @@ def _running_here(path: CallPath) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _plain(function: str) -> str:
+    """The function name a caller passed, as the plain str it holds.
+
+    The general path compares the name (the WASI entry points are refused) and looks it up
+    (in dicts, and through ``encode()`` in the runtime): a str subclass answering each its own
+    way (attack7) ran ``_initialize`` again, or called one export through another's signature
+    (an unchecked call with the wrong number of results: the process died). The short paths
+    take exact str only. Anything else is left as it is: no export has such a name.
+    """
+    return str.__str__(function) if isinstance(function, str) else function
 
 
 def _payload(data: object) -> bytes:
