@@ -13,9 +13,10 @@ prints each one's count and its ratio to wasmtime-py by hand:
 - ``plugsafe``: the cold-start row's plugsafe script (import, ``Host(cache_dir=)``, load from
   the disk cache, call).
 
-It answers one question: how much of a cold start is ``import wasmtime`` itself, which plugsafe
-pays as long as its runtime is built on wasmtime-py's objects. Usage (valgrind installed; the
-interpreter of the development environment)::
+It answered one question: how much of a cold start is ``import wasmtime`` itself, which plugsafe
+paid while its runtime was built on wasmtime-py's objects; now that it speaks to the library
+through its own declarations (``plugsafe._runtime._lib``), the C API row is its floor. Usage
+(valgrind installed; the interpreter of the development environment)::
 
     python benchmarks/coldstart_floor.py
 
@@ -48,26 +49,18 @@ from conftest import U64  # noqa: E402
 from guests import PLUGSAFE_PURE_GUEST  # noqa: E402
 
 # What the echo needs beyond plugsafe's own declarations (plugsafe/_cdef.py: the handles, value
-# slots and the unchecked call, whose layouts plugsafe checks against wasmtime-py's at start-up):
-# the engine, deserializing, a store and a linker.
+# slots, the unchecked call, and what plugsafe makes and frees itself: configs, engines, modules,
+# linkers), for the C API's plainest path: a default engine, a store and Linker.instantiate.
 _CDEF = (
     CDEF
     + """
-typedef struct wasm_engine_t wasm_engine_t;
-typedef struct wasmtime_module wasmtime_module_t;
 typedef struct wasmtime_store wasmtime_store_t;
 wasm_engine_t *wasm_engine_new(void);
-wasmtime_error_t *wasmtime_module_deserialize(
-    wasm_engine_t *, const uint8_t *, size_t, wasmtime_module_t **);
 wasmtime_store_t *wasmtime_store_new(wasm_engine_t *, void *, void (*)(void *));
 wasmtime_context_t *wasmtime_store_context(wasmtime_store_t *);
-wasmtime_linker_t *wasmtime_linker_new(wasm_engine_t *);
 wasmtime_error_t *wasmtime_linker_instantiate(const wasmtime_linker_t *, wasmtime_context_t *,
     const wasmtime_module_t *, wasmtime_instance_t *, wasm_trap_t **);
 void wasmtime_store_delete(wasmtime_store_t *);
-void wasmtime_linker_delete(wasmtime_linker_t *);
-void wasmtime_module_delete(wasmtime_module_t *);
-void wasm_engine_delete(wasm_engine_t *);
 """
 )
 

@@ -1,9 +1,18 @@
-"""The C declarations plugsafe's cffi call path uses, and the generator of their parsed form.
+"""The C declarations plugsafe uses of libwasmtime, and the generator of their parsed form.
 
 ``_wasmtime_cffi.py`` is generated from ``CDEF`` by ``python -m plugsafe._cdef`` (cffi's
 out-of-line ABI mode: no compiler, and no C parsing when plugsafe is imported). A test checks
-that the generated file is up to date. The layouts declared here are checked against
-wasmtime-py's own ctypes declarations every time plugsafe starts (see ``_runtime._cffi``).
+that the generated file is up to date.
+
+Two parts. The per-call declarations (handles, value slots, the unchecked call, memory, fuel,
+deadlines, host callbacks) involve struct layouts: ``LAYOUTS`` holds those layouts as wasmtime
+48, 49 and 50 define them, checked when the cffi backend is made (``_runtime._cffi``), and a
+test compares ``LAYOUTS`` with wasmtime-py's own ctypes declarations. The management
+declarations (configs, engines, modules, linkers, WASI, function types, errors and traps) take
+only opaque pointers and ``{size, data}`` vectors: what ``_runtime`` makes and frees without
+wasmtime-py (issue 14: a cold start never imports it). Every signature here is copied from
+wasmtime's ``crates/c-api/include`` (the same as wasmtime-py's generated ``_bindings.py``),
+identical in wasmtime 48, 49 and 50.
 """
 
 from __future__ import annotations
@@ -11,10 +20,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["CDEF", "generate"]
+__all__ = ["CDEF", "LAYOUTS", "generate"]
 
-# wasmtime_extern_t's union is 24 bytes in wasmtime 50 (its largest members are the table,
-# memory and global handles); the import-time layout check refuses anything else.
+# wasmtime_extern_t's union is 24 bytes in wasmtime 48-50 (its largest members are the table,
+# memory and global handles); the layout check refuses anything else (see LAYOUTS).
 CDEF = """
 typedef struct wasmtime_context wasmtime_context_t;
 typedef struct wasmtime_caller wasmtime_caller_t;
@@ -55,7 +64,115 @@ wasmtime_error_t *wasmtime_instance_pre_instantiate(
 wasmtime_error_t *wasmtime_linker_define_func_unchecked(
     wasmtime_linker_t *, const char *, size_t, const char *, size_t, const wasm_functype_t *,
     wasmtime_func_unchecked_callback_t, void *, void (*)(void *));
+
+typedef struct wasm_config_t wasm_config_t;
+typedef struct wasm_engine_t wasm_engine_t;
+typedef struct wasmtime_module wasmtime_module_t;
+typedef struct wasm_valtype_t wasm_valtype_t;
+typedef struct wasi_config_t wasi_config_t;
+typedef struct wasmtime_pooling_allocation_config_t wasmtime_pooling_allocation_config_t;
+typedef struct { size_t size; uint8_t *data; } wasm_byte_vec_t;
+typedef struct { size_t size; wasm_valtype_t **data; } wasm_valtype_vec_t;
+typedef ssize_t (*plugsafe_output_callback_t)(void *, const unsigned char *, size_t);
+
+wasm_config_t *wasm_config_new(void);
+void wasm_config_delete(wasm_config_t *);
+void wasmtime_config_consume_fuel_set(wasm_config_t *, bool);
+void wasmtime_config_epoch_interruption_set(wasm_config_t *, bool);
+void wasmtime_config_max_wasm_stack_set(wasm_config_t *, size_t);
+void wasmtime_config_wasm_threads_set(wasm_config_t *, bool);
+void wasmtime_config_shared_memory_set(wasm_config_t *, bool);
+void wasmtime_config_wasm_memory64_set(wasm_config_t *, bool);
+void wasmtime_config_wasm_gc_set(wasm_config_t *, bool);
+void wasmtime_config_wasm_component_model_set(wasm_config_t *, bool);
+void wasmtime_config_wasm_multi_memory_set(wasm_config_t *, bool);
+void wasmtime_config_memory_may_move_set(wasm_config_t *, bool);
+void wasmtime_config_parallel_compilation_set(wasm_config_t *, bool);
+wasmtime_pooling_allocation_config_t *wasmtime_pooling_allocation_config_new(void);
+void wasmtime_pooling_allocation_config_delete(wasmtime_pooling_allocation_config_t *);
+void wasmtime_pooling_allocation_config_total_core_instances_set(
+    wasmtime_pooling_allocation_config_t *, uint32_t);
+void wasmtime_pooling_allocation_config_total_memories_set(
+    wasmtime_pooling_allocation_config_t *, uint32_t);
+void wasmtime_pooling_allocation_config_total_tables_set(
+    wasmtime_pooling_allocation_config_t *, uint32_t);
+void wasmtime_pooling_allocation_config_max_memories_per_module_set(
+    wasmtime_pooling_allocation_config_t *, uint32_t);
+void wasmtime_pooling_allocation_config_max_tables_per_module_set(
+    wasmtime_pooling_allocation_config_t *, uint32_t);
+void wasmtime_pooling_allocation_config_max_memory_size_set(
+    wasmtime_pooling_allocation_config_t *, size_t);
+void wasmtime_pooling_allocation_config_table_elements_set(
+    wasmtime_pooling_allocation_config_t *, size_t);
+void wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
+    wasmtime_pooling_allocation_config_t *, size_t);
+void wasmtime_pooling_allocation_config_table_keep_resident_set(
+    wasmtime_pooling_allocation_config_t *, size_t);
+void wasmtime_pooling_allocation_config_total_component_instances_set(
+    wasmtime_pooling_allocation_config_t *, uint32_t);
+void wasmtime_pooling_allocation_config_total_gc_heaps_set(
+    wasmtime_pooling_allocation_config_t *, uint32_t);
+void wasmtime_pooling_allocation_strategy_set(
+    wasm_config_t *, const wasmtime_pooling_allocation_config_t *);
+wasm_engine_t *wasm_engine_new_with_config(wasm_config_t *);
+void wasm_engine_delete(wasm_engine_t *);
+void wasmtime_engine_increment_epoch(wasm_engine_t *);
+
+void wasm_byte_vec_new(wasm_byte_vec_t *, size_t, const uint8_t *);
+void wasm_byte_vec_delete(wasm_byte_vec_t *);
+wasmtime_error_t *wasmtime_wat2wasm(const char *, size_t, wasm_byte_vec_t *);
+wasmtime_error_t *wasmtime_module_new(wasm_engine_t *, const uint8_t *, size_t,
+    wasmtime_module_t **);
+wasmtime_error_t *wasmtime_module_deserialize(wasm_engine_t *, const uint8_t *, size_t,
+    wasmtime_module_t **);
+wasmtime_error_t *wasmtime_module_serialize(wasmtime_module_t *, wasm_byte_vec_t *);
+void wasmtime_module_delete(wasmtime_module_t *);
+
+wasm_valtype_t *wasm_valtype_new(uint8_t);
+void wasm_valtype_vec_new(wasm_valtype_vec_t *, size_t, wasm_valtype_t *const *);
+wasm_functype_t *wasm_functype_new(wasm_valtype_vec_t *, wasm_valtype_vec_t *);
+void wasm_functype_delete(wasm_functype_t *);
+
+wasmtime_linker_t *wasmtime_linker_new(wasm_engine_t *);
+void wasmtime_linker_delete(wasmtime_linker_t *);
+void wasmtime_linker_allow_shadowing(wasmtime_linker_t *, bool);
+wasmtime_error_t *wasmtime_linker_define_wasi(wasmtime_linker_t *);
+wasmtime_error_t *wasmtime_linker_instantiate_pre(const wasmtime_linker_t *,
+    const wasmtime_module_t *, wasmtime_instance_pre_t **);
+void wasmtime_instance_pre_delete(wasmtime_instance_pre_t *);
+
+void wasmtime_error_message(const wasmtime_error_t *, wasm_byte_vec_t *);
+bool wasmtime_error_exit_status(const wasmtime_error_t *, int *);
+void wasmtime_error_delete(wasmtime_error_t *);
+void wasm_trap_message(const wasm_trap_t *, wasm_byte_vec_t *);
+bool wasmtime_trap_code(const wasm_trap_t *, uint8_t *);
+
+wasi_config_t *wasi_config_new(void);
+void wasi_config_delete(wasi_config_t *);
+bool wasi_config_set_argv(wasi_config_t *, size_t, const char *[]);
+bool wasi_config_set_env(wasi_config_t *, size_t, const char *[], const char *[]);
+void wasi_config_set_stdin_bytes(wasi_config_t *, wasm_byte_vec_t *);
+void wasi_config_inherit_stdout(wasi_config_t *);
+void wasi_config_inherit_stderr(wasi_config_t *);
+void wasi_config_set_stdout_custom(wasi_config_t *, plugsafe_output_callback_t, void *,
+    void (*)(void *));
+void wasi_config_set_stderr_custom(wasi_config_t *, plugsafe_output_callback_t, void *,
+    void (*)(void *));
+bool wasi_config_preopen_dir(wasi_config_t *, const char *, const char *, bool);
 """
+
+# The per-call structs as wasmtime defines them, by major version: (size, {field: offset}).
+# wasmtime_extern_t.kind is a uint8 tag (WASMTIME_EXTERN_FUNC = 0, WASMTIME_EXTERN_MEMORY = 3).
+# tests/test_layouts.py compares this with wasmtime-py's ctypes declarations of the installed
+# version (CI runs it on 48 and on the newest): a wasmtime that changes a layout fails there.
+_LAYOUT = {
+    "wasmtime_func_t": (16, {"store_id": 0}),
+    "wasmtime_memory_t": (24, {}),
+    "wasmtime_val_raw_t": (16, {}),
+    "wasmtime_extern_t": (32, {"kind": 0, "of": 8}),
+    "wasmtime_instance_t": (16, {"store_id": 0}),
+}
+LAYOUTS: dict[int, dict[str, tuple[int, dict[str, int]]]] = {48: _LAYOUT, 49: _LAYOUT, 50: _LAYOUT}
 
 
 def generate(path: str | Path) -> None:

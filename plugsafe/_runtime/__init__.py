@@ -10,28 +10,40 @@ module-global variable that threads running wasm at the same time overwrite. Her
 ``wasmtime_func_call_unchecked`` with types checked once, and host callbacks never raise into
 wasmtime-py: they report failures to a sink the caller owns and return a trap of their own.
 
+The core runtime never imports wasmtime-py (issue 14: ``import wasmtime`` alone cost a cold start
+~190 M instructions). ``_lib`` finds the ``libwasmtime`` inside the wasmtime wheel without running
+the package's code and opens it with cffi on plugsafe's own declarations (``plugsafe._cdef``):
+engines and their configuration, compiling and deserializing, linkers with WASI and host
+functions, WASI configurations, function types, stores, errors and traps are all made and freed
+through the C API. Each C object plugsafe owns is a ``_forksafe.Owned``: freed exactly once, by
+the process that made it, and handed to wasmtime (``take``) where a C function takes it over.
+wasmtime-py is imported only where it is really needed: components (``_component``: its
+component API; their engines get the same settings by the same code, ``_engine._configure``),
+the ctypes fallback backend (``_ctypes``), and checks against its declarations when it is
+loaded anyway.
+
 Two interchangeable *backends* (``_backend.Backend``) do the per-call work (calls, memory access,
 fuel, deadlines, host callbacks):
 
-- ``cffi`` (``_cffi``): cffi in ABI mode on the ``libwasmtime`` inside the wasmtime wheel (no
-  compiler needed). The struct layouts it declares are checked against wasmtime-py's own ctypes
-  declarations at import; if they differ the package falls back to ``ctypes`` and warns once.
+- ``cffi`` (``_cffi``): cffi in ABI mode on ``_lib``'s library (no compiler needed). The struct
+  layouts it declares are checked against ``_cdef.LAYOUTS`` for the installed wasmtime major (and
+  against wasmtime-py's ctypes declarations when wasmtime-py is loaded); if they differ the
+  package falls back to ``ctypes`` and warns once.
 - ``ctypes`` (``_ctypes``): wasmtime-py's ctypes bindings, used directly.
 
 ``_select`` picks one at import; set ``PLUGSAFE_BACKEND=ctypes`` to force the fallback. A Linker
 (and every Instance made through it) may be given another backend explicitly, which is how the
-parity tests run both in one process. Everything else (engines, compiling, linkers,
-instantiation) uses wasmtime-py's objects, which are not on the per-call path.
+parity tests run both in one process.
 
-Modules: ``_backend`` (the Backend protocol, handles, failures, the one bounds check),
-``_cffi``/``_ctypes`` (the backends), ``_select`` (choosing one), ``_engine`` (Engine, the epoch
-ticker, wat_to_wasm), ``_module`` (Module and its description, read from the binary),
-``_linker`` (Linker, LinkerPool, Binding, Caller, wasi_config), ``_funcref`` (FuncRef and the
-invoke closure), ``_instance`` (Instance), ``_store`` (its store, made and freed through the C
-API directly), ``_ticker`` (epoch timers, the deadline guard, the
-switch interval while a deadline is due), ``_component`` (components: description, values, one
-store per instance), ``_hostmem`` (the components' memory creator), ``_forksafe`` (what a forked
-child must never delete).
+Modules: ``_lib`` (the library, its path, error and trap text), ``_backend`` (the Backend
+protocol, handles, failures, the one bounds check), ``_cffi``/``_ctypes`` (the backends),
+``_select`` (choosing one), ``_engine`` (Engine and its settings, compiling, wat_to_wasm),
+``_module`` (Module and its description, read from the binary), ``_linker`` (Linker,
+LinkerPool, Binding, Caller, wasi_config), ``_funcref`` (FuncRef and the invoke closure),
+``_instance`` (Instance), ``_store`` (its store), ``_ticker`` (epoch timers, the deadline guard,
+the switch interval while a deadline is due), ``_component`` (components: description, values,
+one store per instance), ``_hostmem`` (the components' memory creator), ``_forksafe`` (what a
+forked child must never delete).
 """
 
 from __future__ import annotations

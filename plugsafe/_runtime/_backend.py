@@ -16,14 +16,15 @@ import ctypes
 import itertools
 import weakref
 from collections.abc import Callable
-from ctypes import POINTER, byref
 from typing import TYPE_CHECKING, NewType, Protocol, cast
 
-import wasmtime
-from wasmtime import _ffi as wf
-
 from .._lazyre import lazy_re
+from ._forksafe import Owned
+from ._lib import error_text, trap_text
 from ._ticker import prompt_off
+
+if TYPE_CHECKING:
+    import wasmtime
 
 __all__ = [
     "Backend",
@@ -57,8 +58,9 @@ __all__ = [
 
 U32 = 0xFFFF_FFFF
 _I32_WRAP = 0x1_0000_0000
-KIND_FUNC: int = wf.WASMTIME_EXTERN_FUNC.value
-KIND_MEMORY: int = wf.WASMTIME_EXTERN_MEMORY.value
+# wasmtime_extern_t's kind tags (WASMTIME_EXTERN_FUNC, WASMTIME_EXTERN_MEMORY).
+KIND_FUNC = 0
+KIND_MEMORY = 3
 
 # A store context (wasmtime_context_t *).
 Ctx = NewType("Ctx", object)
@@ -187,10 +189,6 @@ def check_span(pointer: int, length: int, size: int) -> tuple[int, int]:
             f"{size}-byte memory"
         )
     return pointer, end
-
-
-_TrapPtr = POINTER(wf.wasm_trap_t)
-_ErrorPtr = POINTER(wf.wasmtime_error_t)
 
 
 class HostCallbackFailed(RuntimeError):
@@ -326,17 +324,11 @@ def failure_from_addresses(error: int, trap: int) -> WasmFailure:
     # The call is back on this thread: a switch interval its deadline lowered goes back now.
     prompt_off()
     if error:
-        ptr = ctypes.cast(error, _ErrorPtr)
-        status = ctypes.c_int()
-        exit_code = status.value if wf.wasmtime_error_exit_status(ptr, byref(status)) else None
-        message = str(wasmtime.WasmtimeError._from_ptr(ptr))
+        message, exit_code = error_text(error)  # (freed: both were the caller's)
         if exit_code is None and "[plugsafe-host#" in message:
             return _host_failure(message, None)
         return WasmFailure(message, exit_code=exit_code)
-    t = wasmtime.Trap._from_ptr(ctypes.cast(trap, _TrapPtr))
-    code = t.trap_code
-    message = t.message
-    name = None if code is None else code.name
+    message, name = trap_text(trap)
     if "[plugsafe-host#" in message:
         return _host_failure(message, name)
     return WasmFailure(message, name)
@@ -378,8 +370,9 @@ if TYPE_CHECKING:
         def buf(self, n: int) -> RawSlots:
             """A fresh, zeroed array of ``n`` raw value slots."""
 
-        def pre(self, pre: wasmtime.InstancePre) -> PreHandle:
-            """``pre`` as ``instantiate`` takes it (keeping ``pre`` alive)."""
+        def pre(self, pre: Owned) -> PreHandle:
+            """``pre`` (an owned ``wasmtime_instance_pre_t``) as ``instantiate`` takes it
+            (keeping ``pre`` alive)."""
 
         def instantiate(self, pre: PreHandle, ctx: Ctx) -> InstanceHandle:
             """A new instance in ``ctx``'s store; WasmFailure if instantiation traps or fails."""
@@ -454,15 +447,18 @@ if TYPE_CHECKING:
 
         def define_func(
             self,
-            linker: wasmtime.Linker,
+            linker: int,
             module: bytes,
             name: bytes,
-            ty: wasmtime.FuncType,
+            ty: int,
+            width: int,
             callback: HostEntry,
             spare: object,
             onerror: Callable[[object, object, object], object],
         ) -> object:
-            """Define ``module.name`` as ``callback``; returns what must outlive every store.
+            """Define ``module.name`` as ``callback`` in the linker at address ``linker``, of the
+            function type at address ``ty`` (``width``: max(params, results, 1) value slots);
+            returns what must outlive every store.
 
             The callback is a cffi callback on both backends (ctypes callbacks have no error value:
             one that raises returns an undefined pointer): if Python fails in it, ``onerror`` gets

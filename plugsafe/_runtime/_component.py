@@ -34,10 +34,11 @@ from wasmtime import _ffi as wf
 
 from .._public import rehome
 from . import _hostmem
-from ._backend import WasmFailure
+from ._backend import WasmFailure, failure_from_addresses
 from ._engine import NO_DEADLINE_TICKS, Engine
 from ._forksafe import forksafe
 from ._select import DEFAULT as _BACKEND
+from ._store import give_wasi
 from ._ticker import Ticker, guard, limit, prompt_off
 
 # wasmtime-py's ``wasmtime.component`` (Component, Linker, types) is imported on first use: it
@@ -1090,7 +1091,9 @@ class ComponentInstance:
             store.set_limits(table_elements=table_elements)
         if wasi is not None:
             # What _linker.wasi_config made; wasmtime's preview 2 context is built from it too.
-            store.set_wasi(cast(wasmtime.WasiConfig, wasi))
+            error = give_wasi(ctypes.cast(store._context(), ctypes.c_void_p).value or 0, wasi)
+            if error:
+                raise failure_from_addresses(error, 0)
         self._ticker = epochs
         self._ticks = NO_DEADLINE_TICKS if epochs is None else epochs.ticks(cast(float, timeout))
         # A deadline ``until`` at most this much before now + timeout is armed as a whole

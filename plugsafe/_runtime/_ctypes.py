@@ -10,11 +10,12 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from ctypes import POINTER, byref
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import wasmtime
 from wasmtime import _ffi as wf
 
+from . import _lib
 from ._backend import (
     EMPTY_WINDOW,
     KIND_FUNC,
@@ -34,13 +35,19 @@ from ._backend import (
     check_span,
     failure_from_addresses,
 )
-from ._cffi import CffiTraps, _load_ffi
+from ._cffi import CffiTraps
+
+if TYPE_CHECKING:
+    from ._forksafe import Owned
 
 __all__ = ["CtypesBackend"]
 
 _TrapPtr = POINTER(wf.wasm_trap_t)
 _CallerPtr = POINTER(wf.wasmtime_caller_t)
 _ContextPtr = POINTER(wf.wasmtime_context_t)
+_PrePtr = POINTER(wf.wasmtime_instance_pre_t)
+_LinkerPtr = POINTER(wf.wasmtime_linker_t)
+_FuncTypePtr = POINTER(wf.wasm_functype_t)
 
 
 def _raise(error: object, trap: object) -> None:
@@ -61,8 +68,8 @@ class CtypesBackend(CffiTraps):
         self._null_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
         # cffi for the host callbacks only (see define_func): their declarations involve no
         # struct layout, so they hold whatever made the cffi backend unusable.
-        self._ffi = _load_ffi()
-        self._traps = self._ffi.dlopen(str(wf.filename))
+        self._ffi = _lib.ffi
+        self._traps = _lib.lib
         # What a host callback returns when it succeeded: a null trap pointer.
         self.ok: object = self._ffi.NULL
 
@@ -75,14 +82,15 @@ class CtypesBackend(CffiTraps):
     def buf(self, n: int) -> RawSlots:
         return cast(RawSlots, (wf.wasmtime_val_raw_t * n)())
 
-    def pre(self, pre: wasmtime.InstancePre) -> PreHandle:
-        return PreHandle(pre)
+    def pre(self, pre: Owned) -> PreHandle:
+        # A ctypes pointer, kept with the object that owns it.
+        return PreHandle((ctypes.cast(_lib.address(pre.raw), _PrePtr), pre))
 
     def instantiate(self, pre: PreHandle, ctx: Ctx) -> InstanceHandle:
         instance = wf.wasmtime_instance_t()
         trap = _TrapPtr()
-        owner = cast(wasmtime.InstancePre, pre)
-        error = wf.wasmtime_instance_pre_instantiate(owner.ptr(), ctx, byref(instance), byref(trap))
+        held: tuple[object, Owned] = pre  # type: ignore[assignment]  # what pre() made
+        error = wf.wasmtime_instance_pre_instantiate(held[0], ctx, byref(instance), byref(trap))
         if error or trap:
             _raise(error, trap)
         return InstanceHandle(instance)
@@ -187,10 +195,11 @@ class CtypesBackend(CffiTraps):
 
     def define_func(
         self,
-        linker: wasmtime.Linker,
+        linker: int,
         module: bytes,
         name: bytes,
-        ty: wasmtime.FuncType,
+        ty: int,
+        width: int,
         callback: HostEntry,
         spare: object,
         onerror: Callable[[object, object, object], object],
@@ -199,7 +208,7 @@ class CtypesBackend(CffiTraps):
         # pointer (NULL, "success", in practice), where cffi returns onerror's trap or the spare.
         # Its pointers arrive as integers: the argument slots become a ctypes array here (the
         # host callbacks' code is the same on both backends), the caller is cast when used.
-        slots = wf.wasmtime_val_raw_t * max(len(ty.params), len(ty.results), 1)
+        slots = wf.wasmtime_val_raw_t * width
         from_address = slots.from_address
 
         def entry(env: object, caller: CallerPtr, raw: int, n: int) -> object:
@@ -208,7 +217,8 @@ class CtypesBackend(CffiTraps):
         cb = self._ffi.callback("plugsafe_addr_callback_t", entry, error=spare, onerror=onerror)
         fn = wf.wasmtime_func_unchecked_callback_t(int(self._ffi.cast("uintptr_t", cb)))
         error = wf.wasmtime_linker_define_func_unchecked(
-            linker.ptr(), module, len(module), name, len(name), ty.ptr(), fn, None,
+            ctypes.cast(linker, _LinkerPtr), module, len(module), name, len(name),
+            ctypes.cast(ty, _FuncTypePtr), fn, None,
             self._null_finalizer,
         )  # fmt: skip
         if error:

@@ -1,5 +1,11 @@
 """Engines (process-wide, each with its epoch ticker) and compiling text and binaries.
 
+Everything here goes through the C API (``_lib``): a core engine, its configuration, compiling,
+deserializing, function types and ``wat_to_wasm`` never import wasmtime-py (issue 14: a cold
+start). An engine for components is a ``wasmtime.Engine`` (wasmtime-py's component API takes
+nothing else), made from a ``wasmtime.Config`` given exactly the same settings by the same code
+(``_configure``, on the config's pointer) and owned by wasmtime-py alone.
+
 Deadlines are enforced by ``_ticker``: each Engine owns a :class:`~._ticker.Ticker` (kept, like
 the engine, for the life of the process). ``EpochTicker`` is only a Host's view of it.
 """
@@ -12,24 +18,26 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
-
-import wasmtime
-from wasmtime import _ffi as wf
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._lazymodule import lazy_module
-from ._backend import WasmFailure
-from ._forksafe import forksafe
-from ._module import VALTYPE_FACTORIES, Description, Module, describe_binary
+from ._backend import failure_from_addresses
+from ._forksafe import Owned
+from ._lib import PATH, address, ffi, lib, take_bytes
+from ._module import VALKINDS, Description, Module, describe_binary
 from ._store import pool_slots
 from ._ticker import Ticker
 
 if TYPE_CHECKING:
+    import wasmtime
+
     from . import _hostmem
 else:
     # The components' memory creator, when the first engine for components is made (issue 14:
     # a cold start that loads a module never needs it).
     _hostmem = lazy_module("plugsafe._runtime._hostmem", globals(), "_hostmem")
+    # wasmtime-py, for engines of components only.
+    wasmtime = lazy_module("wasmtime", globals(), "wasmtime")
 
 __all__ = [
     "Engine",
@@ -67,16 +75,71 @@ def library_fingerprint() -> str:
     Cheaper than asking importlib.metadata (which alone costs a fresh process ~20 ms): any other
     wasmtime install is another file, or the same path with another size or modification time.
     """
-    st = os.stat(wf.filename)
-    return f"{wf.filename}:{st.st_size}:{st.st_mtime_ns}"
+    st = os.stat(PATH)
+    return f"{PATH}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def wat_to_wasm(text: str) -> bytes:
+def _check(error: Any) -> None:
+    """Raise the WasmFailure for a ``wasmtime_error_t *`` a C function returned (freed), if any."""
+    if error:
+        raise failure_from_addresses(address(error), 0)
+
+
+def wat_to_wasm(text: str | bytes) -> bytes:
     """Translate WebAssembly text to binary; raises WasmFailure with wasmtime's message."""
-    try:
-        return bytes(wasmtime.wat2wasm(text))
-    except wasmtime.WasmtimeError as exc:
-        raise WasmFailure(str(exc)) from None
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    out = ffi.new("wasm_byte_vec_t *")
+    _check(lib.wasmtime_wat2wasm(data, len(data), out))
+    return take_bytes(out)
+
+
+def _configure(
+    cfg: Any, *, metered: bool, max_stack: int, components: bool, pooling: PoolLimits | None
+) -> None:
+    """Give the ``wasm_config_t *`` ``cfg`` every setting of a plugsafe engine: the one home of
+    them, for core engines (a config of the C API's) and component engines (wasmtime-py's)."""
+    lib.wasmtime_config_consume_fuel_set(cfg, metered)
+    lib.wasmtime_config_epoch_interruption_set(cfg, True)
+    lib.wasmtime_config_max_wasm_stack_set(cfg, max_stack)
+    # Features that widen the attack surface or break the 32-bit pointer model are off.
+    lib.wasmtime_config_wasm_threads_set(cfg, False)
+    lib.wasmtime_config_shared_memory_set(cfg, False)
+    lib.wasmtime_config_wasm_memory64_set(cfg, False)
+    lib.wasmtime_config_wasm_gc_set(cfg, False)
+    # Components get engines of their own (``components=True``): core modules never see
+    # the component model's parser and validator.
+    lib.wasmtime_config_wasm_component_model_set(cfg, components)
+    lib.wasmtime_config_wasm_multi_memory_set(cfg, True)
+    # A linear memory never moves once created (growth past the reservation, 4 GiB on 64-bit
+    # hosts, fails instead): an Instance may then keep a window on its memory across calls
+    # rather than asking wasmtime for the base address on every access.
+    lib.wasmtime_config_memory_may_move_set(cfg, False)
+    # wasmtime compiles on a thread pool of its own, whose threads do not survive fork(): a
+    # forked worker (ProcessPoolExecutor, pre-forking servers) that compiled after its
+    # parent had compiled hung forever, with its parent waiting on it. One thread compiles
+    # instead (no slower on the 2-core machines measured; compile_timeout bounds it anyway).
+    lib.wasmtime_config_parallel_compilation_set(cfg, False)
+    if pooling is not None:
+        _set_pooling(cfg, pooling)
+
+
+class _CoreEngine:
+    """A ``wasm_engine_t`` made through the C API, freed with its last reference.
+
+    Shaped as a Ticker takes an engine (``ptr()``): a Ticker keeps it for the life of the
+    process. Modules, linkers and stores hold wasmtime's own references to the engine inside,
+    so freeing this handle first is safe.
+    """
+
+    __slots__ = ("address", "owned")
+
+    def __init__(self, cfg: Any) -> None:
+        # wasm_engine_new_with_config takes the config over.
+        self.owned = Owned(lib.wasm_engine_new_with_config(cfg), lib.wasm_engine_delete)
+        self.address = address(self.owned.raw)
+
+    def ptr(self) -> ctypes.c_void_p:
+        return ctypes.c_void_p(self.address)
 
 
 class PoolLimits(NamedTuple):
@@ -115,29 +178,7 @@ class Engine:
     ) -> None:
         # The native stack one call may use (plugsafe counts it per thread: _nesting).
         self.max_stack = max_stack
-        cfg = wasmtime.Config()
-        cfg.consume_fuel = metered
-        cfg.epoch_interruption = True
-        cfg.max_wasm_stack = max_stack
-        # Features that widen the attack surface or break the 32-bit pointer model are off.
-        cfg.wasm_threads = False
-        cfg.shared_memory = False
-        cfg.wasm_memory64 = False
-        cfg.wasm_gc = False
-        # Components get engines of their own (``components=True``): core modules never see
-        # the component model's parser and validator.
-        cfg.wasm_component_model = components
         self.components = components
-        cfg.wasm_multi_memory = True
-        # A linear memory never moves once created (growth past the reservation, 4 GiB on 64-bit
-        # hosts, fails instead): an Instance may then keep a window on its memory across calls
-        # rather than asking wasmtime for the base address on every access.
-        cfg.memory_may_move = False
-        # wasmtime compiles on a thread pool of its own, whose threads do not survive fork(): a
-        # forked worker (ProcessPoolExecutor, pre-forking servers) that compiled after its
-        # parent had compiled hung forever, with its parent waiting on it. One thread compiles
-        # instead (no slower on the 2-core machines measured; compile_timeout bounds it anyway).
-        cfg.parallel_compilation = False
         self.metered = metered
         self.pooling = pooling
         # Everything that changes compiled code: part of the on-disk cache key.
@@ -148,36 +189,52 @@ class Engine:
         # The pool's instances over every engine of it (see _store.PoolSlots); None unpooled.
         self.slots = None if pooling is None else pool_slots(pooling, pooling.instances)
         if pooling is not None:
-            _set_pooling(cfg, pooling)
             # (keep_resident changes no code: left out, as before it existed.)
             self.settings += ";pool=" + ",".join(map(str, pooling[:5]))
-        # Components' memories come from plugsafe (_hostmem): the only way the host sees a
-        # component's memory grow and can tell a refused growth from any other trap. It turns
-        # copy-on-write initialisation off, which wasmtime records in compiled artifacts (one
-        # compiled with it on is refused by an engine with it off): part of the cache key.
-        self.host_memory = components and pooling is None and _hostmem.install(cfg)
-        if self.host_memory:
-            self.settings += ";hostmem"
-        self._engine = wasmtime.Engine(cfg)
-        self._ptr = self._engine.ptr()
-        # Its address, for stores made through the C API directly (_store.Store).
-        self.address: int = ctypes.cast(self._ptr, ctypes.c_void_p).value or 0
+        # wasmtime-py's engine, for components only (None for core engines).
+        self._engine: wasmtime.Engine | None = None
+        self.host_memory = False
+        if components:
+            cfg = wasmtime.Config()
+            raw = ffi.cast("wasm_config_t *", _ctypes_address(cfg.ptr()))
+            _configure(raw, metered=metered, max_stack=max_stack, components=True, pooling=pooling)
+            # Components' memories come from plugsafe (_hostmem): the only way the host sees a
+            # component's memory grow and can tell a refused growth from any other trap. It
+            # turns copy-on-write initialisation off, which wasmtime records in compiled
+            # artifacts (one compiled with it on is refused by an engine with it off): part of
+            # the cache key.
+            self.host_memory = pooling is None and _hostmem.install(cfg)
+            if self.host_memory:
+                self.settings += ";hostmem"
+            self._engine = engine = wasmtime.Engine(cfg)
+            self._owner: Any = engine
+            self.address: int = _ctypes_address(engine.ptr())
+        else:
+            raw = lib.wasm_config_new()
+            _configure(raw, metered=metered, max_stack=max_stack, components=False, pooling=pooling)
+            self._owner = core = _CoreEngine(raw)
+            # Its address, for stores made through the C API directly (_store.Store).
+            self.address = core.address
+        # The wasm_engine_t * as cffi passes it (linkers, modules).
+        self.ptr: Any = ffi.cast("wasm_engine_t *", self.address)
         self._ticker: Ticker | None = None
-        self._functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], wasmtime.FuncType] = {}
+        self._functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], Owned] = {}
 
-    def functype(self, params: tuple[str, ...], results: tuple[str, ...]) -> wasmtime.FuncType:
-        """A function type of numeric value types, made once per signature for this engine.
+    def functype(self, params: tuple[str, ...], results: tuple[str, ...]) -> Owned:
+        """A function type (an owned ``wasm_functype_t``) of numeric value types, made once
+        per signature for this engine.
 
-        Building one through wasmtime-py costs ~25 µs (a ctypes call per value type), and every
-        host function of every load needs one. Defining a function only borrows the type, but
-        wasmtime ties it to the first engine it is used with (using it with another one is a
-        Rust panic, which aborts the process): hence one cache per engine, never a global one.
+        Every host function of every load needs one. Defining a function only borrows the
+        type, but wasmtime ties it to the first engine it is used with (using it with another
+        one is a Rust panic, which aborts the process): hence one cache per engine, never a
+        global one.
         """
         key = (params, results)
         ty = self._functypes.get(key)
         if ty is None:
-            ty = wasmtime.FuncType(
-                [VALTYPE_FACTORIES[t]() for t in params], [VALTYPE_FACTORIES[t]() for t in results]
+            ty = Owned(
+                lib.wasm_functype_new(_valtypes(params), _valtypes(results)),
+                lib.wasm_functype_delete,
             )
             with _SHARED_LOCK:
                 if len(self._functypes) >= _FUNCTYPES_KEPT:
@@ -193,25 +250,31 @@ class Engine:
         if ticker is None:
             with _SHARED_LOCK:
                 if self._ticker is None:
-                    self._ticker = Ticker(self._engine)
+                    self._ticker = Ticker(self._owner)
                 ticker = self._ticker
         return ticker
 
     def increment_epoch(self) -> None:
         """Advance the epoch; safe from any thread."""
-        wf.wasmtime_engine_increment_epoch(self._ptr)
+        lib.wasmtime_engine_increment_epoch(self.ptr)
 
     def compile(self, wasm: bytes) -> Module:
-        """Compile and validate a wasm binary (the GIL is released while wasmtime compiles).
+        """Compile and validate a wasm binary (the GIL is released while wasmtime compiles:
+        cffi releases it around every C call).
 
-        Its imports and exports are described from ``wasm`` itself (``describe_binary``).
+        Bytes that do not start with a NUL byte are taken as WebAssembly text, as wasmtime-py's
+        ``Module`` takes them. Its imports and exports are described from the binary itself
+        (``describe_binary``).
         """
-        try:
-            # Never deleted in a forked child (see _forksafe: it could wait on a lock forever).
-            compiled = forksafe(wasmtime.Module(self._engine, wasm))
-        except wasmtime.WasmtimeError as exc:
-            raise WasmFailure(str(exc)) from None
-        return Module(compiled, describe_binary(wasm))
+        if wasm and wasm[0] != 0:
+            wasm = wat_to_wasm(wasm)
+        return Module(self._module_of(lib.wasmtime_module_new, wasm), describe_binary(wasm))
+
+    def _module_of(self, make: Any, data: bytes) -> Owned:
+        out = ffi.new("wasmtime_module_t **")
+        _check(make(self.ptr, data, len(data), out))
+        # Never deleted in a forked child (see _forksafe: it could wait on a lock forever).
+        return Owned(out[0], lib.wasmtime_module_delete)
 
     def deserialize(self, artifact: bytes, description: Description) -> Module:
         """Load an artifact that ``Module.serialize`` of *this plugsafe* produced.
@@ -220,11 +283,7 @@ class Engine:
         stored, or ``describe_binary`` of the binary it was compiled from.
         Never call this on bytes from anywhere else: a crafted artifact runs arbitrary code.
         """
-        try:
-            compiled = forksafe(wasmtime.Module.deserialize(self._engine, artifact))
-            return Module(compiled, description)
-        except wasmtime.WasmtimeError as exc:
-            raise WasmFailure(str(exc)) from None
+        return Module(self._module_of(lib.wasmtime_module_deserialize, artifact), description)
 
 
 class EpochTicker:
@@ -261,22 +320,36 @@ class EpochTicker:
         self._stopped.set()
 
 
-def _set_pooling(cfg: wasmtime.Config, limits: PoolLimits) -> None:
-    """Switch ``cfg`` to the pooling allocator with these slots (the C API: wasmtime-py has no
-    Python wrapper for it)."""
-    pool = wf.wasmtime_pooling_allocation_config_new()
+def _valtypes(kinds: Sequence[str]) -> Any:
+    """A new ``wasm_valtype_vec_t *`` of these numeric types (``wasm_functype_new`` takes the
+    vector and its types over)."""
+    vec = ffi.new("wasm_valtype_vec_t *")
+    types = [lib.wasm_valtype_new(VALKINDS[k]) for k in kinds]
+    # (Never a null array, even for no types: wasmtime makes a slice of it.)
+    lib.wasm_valtype_vec_new(vec, len(types), ffi.new("wasm_valtype_t *[]", types or 1))
+    return vec
+
+
+def _ctypes_address(ptr: Any) -> int:
+    """The address a wasmtime-py (ctypes) pointer holds."""
+    return ctypes.cast(ptr, ctypes.c_void_p).value or 0
+
+
+def _set_pooling(cfg: Any, limits: PoolLimits) -> None:
+    """Switch the ``wasm_config_t *`` ``cfg`` to the pooling allocator with these slots."""
+    pool = lib.wasmtime_pooling_allocation_config_new()
     try:
-        wf.wasmtime_pooling_allocation_config_total_core_instances_set(pool, limits.instances)
-        wf.wasmtime_pooling_allocation_config_total_memories_set(
+        lib.wasmtime_pooling_allocation_config_total_core_instances_set(pool, limits.instances)
+        lib.wasmtime_pooling_allocation_config_total_memories_set(
             pool, limits.instances * limits.memories
         )
-        wf.wasmtime_pooling_allocation_config_total_tables_set(
+        lib.wasmtime_pooling_allocation_config_total_tables_set(
             pool, limits.instances * limits.tables
         )
-        wf.wasmtime_pooling_allocation_config_max_memories_per_module_set(pool, limits.memories)
-        wf.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, limits.tables)
-        wf.wasmtime_pooling_allocation_config_max_memory_size_set(pool, limits.memory_size)
-        wf.wasmtime_pooling_allocation_config_table_elements_set(pool, limits.table_elements)
+        lib.wasmtime_pooling_allocation_config_max_memories_per_module_set(pool, limits.memories)
+        lib.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, limits.tables)
+        lib.wasmtime_pooling_allocation_config_max_memory_size_set(pool, limits.memory_size)
+        lib.wasmtime_pooling_allocation_config_table_elements_set(pool, limits.table_elements)
         if limits.keep_resident:
             # A freed slot's first bytes are zeroed with memset and stay mapped, instead of
             # being handed back (madvise) and faulted in again, a page at a time, by the next
@@ -284,18 +357,18 @@ def _set_pooling(cfg: wasmtime.Config, limits: PoolLimits) -> None:
             # guest (issue 14, goal 6). wasmtime still resets the slot (zeroes, then the
             # module's data): a new instance never sees the last one's bytes
             # (tests/test_pooling.py).
-            wf.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
+            lib.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
                 pool, limits.keep_resident
             )
-            wf.wasmtime_pooling_allocation_config_table_keep_resident_set(
+            lib.wasmtime_pooling_allocation_config_table_keep_resident_set(
                 pool, limits.keep_resident
             )
         # Components and GC heaps are off on plugsafe's engines: no slots for them.
-        wf.wasmtime_pooling_allocation_config_total_component_instances_set(pool, 0)
-        wf.wasmtime_pooling_allocation_config_total_gc_heaps_set(pool, 0)
-        wf.wasmtime_pooling_allocation_strategy_set(cfg.ptr(), pool)
+        lib.wasmtime_pooling_allocation_config_total_component_instances_set(pool, 0)
+        lib.wasmtime_pooling_allocation_config_total_gc_heaps_set(pool, 0)
+        lib.wasmtime_pooling_allocation_strategy_set(cfg, pool)
     finally:
-        wf.wasmtime_pooling_allocation_config_delete(pool)
+        lib.wasmtime_pooling_allocation_config_delete(pool)
 
 
 _SHARED: dict[tuple[bool, int, bool, PoolLimits | None], Engine] = {}

@@ -15,8 +15,9 @@ thread's ``ThreadRoom`` and the per-thread ``last_call`` records it keyed were f
 in every case seen, but nothing guarantees it). A ProcessPoolExecutor worker forked by the test
 suite once hung there for minutes (not reproduced since).
 
-So every wasmtime object plugsafe makes that can take such a lock when deleted goes through
-:func:`forksafe`: it is deleted only by the process that made it; a forked child leaks what it
+So every wasmtime object plugsafe makes that can take such a lock when deleted is an
+:class:`Owned` pointer (made through the C API) or goes through :func:`forksafe` (a wasmtime-py
+object: components): it is deleted only by the process that made it; a forked child leaks what it
 inherited (its memory is the parent's copy-on-write pages: nothing the child did not already
 have). Objects the child makes itself are deleted as usual. The cost: an ``os.getpid()`` (a
 plain system call, ~0.1 us) when the object is made and when it is deleted, never per call.
@@ -25,9 +26,10 @@ plain system call, ~0.1 us) when the object is made and when it is deleted, neve
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["count_leak", "forksafe", "leaked"]
+__all__ = ["Owned", "count_leak", "forksafe", "leaked"]
 
 T = TypeVar("T")
 
@@ -43,6 +45,46 @@ def leaked() -> int:
 def count_leak() -> None:
     """Count one inherited object leaked (for objects not made through wasmtime-py: _store)."""
     _leaked[0] += 1
+
+
+class Owned:
+    """One C object plugsafe made through the C API and frees exactly once: when this object
+    is closed or collected, in the process that made it (a forked child leaks it, counted).
+
+    ``raw`` is the pointer (a cffi ``cdata``), None once freed or taken: whoever holds an Owned
+    reads ``raw`` at the moment of use and never keeps the pointer past the Owned's life.
+    """
+
+    __slots__ = ("__weakref__", "_free", "_pid", "raw")
+
+    def __init__(self, raw: Any, free: Callable[[Any], None]) -> None:
+        if not raw:
+            raise MemoryError("wasmtime returned a null pointer")
+        self.raw: Any = raw
+        self._free = free
+        self._pid = os.getpid()
+
+    def take(self) -> Any:
+        """The pointer, now the caller's (a C function that takes ownership of it); this object
+        forgets it and frees nothing. ValueError if it was freed or taken already."""
+        raw, self.raw = self.raw, None
+        if raw is None:
+            raise ValueError("a C object used after it was freed or handed over")
+        return raw
+
+    def close(self, _getpid: Callable[[], int] = os.getpid, _leaked: list[int] = _leaked) -> None:
+        """Free it now (idempotent; a forked child only counts it as leaked)."""
+        # (Both bound as defaults: __del__ may run at shutdown, once module globals are gone.)
+        raw, self.raw = self.raw, None
+        if raw is None:
+            return
+        if _getpid() != self._pid:
+            _leaked[0] += 1
+            return
+        self._free(raw)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _kept(cls: type) -> type:

@@ -7,14 +7,11 @@ it (issue 14; docs/performance.md says why Linkers are not shared by live plugin
 
 from __future__ import annotations
 
-import ctypes
+import errno
+import itertools
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from ctypes import byref
 from typing import Any, NamedTuple
-
-import wasmtime
-from wasmtime import _ffi as wf
 
 from ._backend import (
     KIND_FUNC,
@@ -34,10 +31,12 @@ from ._backend import (
     RawSlots,
     WasmFailure,
     check_span,
+    failure_from_addresses,
 )
 from ._engine import Engine
-from ._forksafe import forksafe
+from ._forksafe import Owned
 from ._funcref import Scratch
+from ._lib import address, ffi, lib
 from ._module import Module
 from ._select import DEFAULT
 
@@ -186,41 +185,82 @@ def wasi_config(
     stdout: tuple[str, Callable[[bytes], int]],
     stderr: tuple[str, Callable[[bytes], int]],
     preopens: Sequence[tuple[str, str, bool]],
-) -> wasmtime.WasiConfig:
-    """A wasmtime WasiConfig granting exactly this, and nothing of the host by default.
+) -> Owned:
+    """A WASI configuration (an owned ``wasi_config_t``, for ``_store.Store.set_wasi``)
+    granting exactly this, and nothing of the host by default.
 
     ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, "discard" leaves
     it unset (wasmtime then drops every write, reporting it written in full), anything else
     hands every write to ``sink`` (which returns the bytes it took).
     """
-    cfg = wasmtime.WasiConfig()
-    # wasmtime-py exposes these as write-only properties. A new WasiConfig has no arguments and
-    # no variables: setting none costs nothing (each setter costs 5-8 us, and every instance of
-    # a WASI plugin gets a config of its own).
+    cfg = Owned(lib.wasi_config_new(), lib.wasi_config_delete)
+    raw = cfg.raw
+    # A new config has no arguments and no variables: setting none costs nothing (every
+    # instance of a WASI plugin gets a config of its own).
     if args:
-        cfg.argv = list(args)
+        argv = [ffi.new("char[]", a.encode("utf-8")) for a in args]
+        if not lib.wasi_config_set_argv(raw, len(argv), argv):
+            raise WasmFailure("failed to configure argv")
     if env:
-        cfg.env = list(env.items())
+        names = [ffi.new("char[]", k.encode("utf-8")) for k in env]
+        values = [ffi.new("char[]", v.encode("utf-8")) for v in env.values()]
+        if not lib.wasi_config_set_env(raw, len(names), names, values):
+            raise WasmFailure("failed to configure environment")
     if stdin:
-        vec = wf.wasm_byte_vec_t()
-        buf = (ctypes.c_uint8 * len(stdin)).from_buffer_copy(stdin)
-        # wasi_config_set_stdin_bytes takes ownership of the vector: stdin is an in-memory
+        vec = ffi.new("wasm_byte_vec_t *")
+        # wasi_config_set_stdin_bytes takes the vector's bytes over: stdin is an in-memory
         # buffer, so reading it never blocks. With none set, stdin is at its end at once, as an
         # empty buffer is (measured: fd_read gives 0 bytes either way).
-        wf.wasm_byte_vec_new(byref(vec), len(stdin), buf)
-        wf.wasi_config_set_stdin_bytes(cfg.ptr(), byref(vec))
+        lib.wasm_byte_vec_new(vec, len(stdin), stdin)
+        lib.wasi_config_set_stdin_bytes(raw, vec)
     if stdout[0] == "inherit":
-        cfg.inherit_stdout()
+        lib.wasi_config_inherit_stdout(raw)
     elif stdout[0] != "discard":
-        cfg.stdout_custom = stdout[1]
+        lib.wasi_config_set_stdout_custom(raw, _WRITE, _output(stdout[1]), _FORGET)
     if stderr[0] == "inherit":
-        cfg.inherit_stderr()
+        lib.wasi_config_inherit_stderr(raw)
     elif stderr[0] != "discard":
-        cfg.stderr_custom = stderr[1]
+        lib.wasi_config_set_stderr_custom(raw, _WRITE, _output(stderr[1]), _FORGET)
     for host, guest, writable in preopens:
-        # wasmtime-py's default is writable: say so explicitly every time.
-        cfg.preopen_dir(host, guest, fs_mutable=writable)
+        # Writable only when asked for, said explicitly every time.
+        if not lib.wasi_config_preopen_dir(
+            raw, host.encode("utf-8"), guest.encode("utf-8"), bool(writable)
+        ):
+            raise WasmFailure("failed to add preopen dir")
     return cfg
+
+
+# Custom outputs' sinks by the key wasmtime hands back to _write (its ``data`` pointer): held
+# until wasmtime drops the output stream (_forget), which is when its store or config is freed.
+_OUTPUTS: dict[int, Callable[[bytes], int | None]] = {}
+_OUTPUT_KEYS = itertools.count(1)
+
+
+def _output(sink: Callable[[bytes], int | None]) -> Any:
+    key = next(_OUTPUT_KEYS)
+    _OUTPUTS[key] = sink
+    return ffi.cast("void *", key)
+
+
+def _write(data: Any, buf: Any, size: int) -> int:
+    # A guest's write to a custom stdout or stderr. Nothing may raise into wasmtime: a failing
+    # sink is an I/O error for the guest (as with wasmtime-py's custom outputs).
+    try:
+        sink = _OUTPUTS[int(ffi.cast("uintptr_t", data))]
+        taken = sink(bytes(ffi.buffer(buf, size)) if size else b"")
+        return size if taken is None else int(taken)
+    except BaseException:
+        return -errno.EIO
+
+
+def _forget(data: Any) -> None:
+    _OUTPUTS.pop(int(ffi.cast("uintptr_t", data)), None)
+
+
+# Made once, kept for the life of the process: wasmtime may call them from any store's WASI.
+# (error=/onerror=: if even the except path fails, the write fails, never a Python exception.)
+_WRITE = ffi.callback("plugsafe_output_callback_t", _write, error=-errno.EIO)
+_FORGET = ffi.callback("void(*)(void *)", _forget, onerror=lambda *_: None)
 
 
 class Linker:
@@ -241,7 +281,7 @@ class Linker:
         self._caller = caller_class(backend)
         self._engine = engine
         # Never deleted in a forked child (see _forksafe: it could wait on a lock forever).
-        self._linker = forksafe(wasmtime.Linker(engine._engine))
+        self._linker = Owned(lib.wasmtime_linker_new(engine.ptr), lib.wasmtime_linker_delete)
         # What the host callbacks record, their spare traps (see HostRecord).
         self.record = HostRecord(backend.free_trap)
         # The callback objects (and the record with their spares) must outlive every store that
@@ -477,8 +517,9 @@ class Linker:
         record.spares.append(spare)
         ty = self._engine.functype(params, results)
         cb = backend.define_func(
-            self._linker, module.encode(), name.encode(), ty, entry, spare, onerror
-        )
+            address(self._linker.raw), module.encode(), name.encode(), address(ty.raw),
+            max(len(params), len(results), 1), entry, spare, onerror,
+        )  # fmt: skip
         self._keep.append((cb, ty))
 
     def define_wasi(self) -> None:
@@ -486,11 +527,11 @@ class Linker:
 
         Later definitions may shadow individual WASI functions (plugsafe replaces poll_oneoff).
         """
-        self._linker.allow_shadowing = True
-        try:
-            self._linker.define_wasi()
-        except wasmtime.WasmtimeError as exc:
-            raise WasmFailure(str(exc)) from None
+        linker = self._linker.raw
+        lib.wasmtime_linker_allow_shadowing(linker, True)
+        error = lib.wasmtime_linker_define_wasi(linker)
+        if error:
+            raise failure_from_addresses(address(error), 0)
 
     @property
     def spent(self) -> bool:
@@ -510,12 +551,14 @@ class Linker:
         """Type-check imports once (an InstancePre); later instantiations skip that work."""
         if self._pre is not None and self._pre_module is module:
             return  # a pooled Linker, prepared for this very module
-        try:
-            pre = forksafe(self._linker.instantiate_pre(module._module))
-            self._pre = self.backend.pre(pre)
-            self._pre_module = module
-        except wasmtime.WasmtimeError as exc:
-            raise WasmFailure(str(exc)) from None
+        out = ffi.new("wasmtime_instance_pre_t **")
+        error = lib.wasmtime_linker_instantiate_pre(self._linker.raw, module._module.raw, out)
+        if error:
+            raise failure_from_addresses(address(error), 0)
+        # Never deleted in a forked child (see _forksafe: it could wait on a lock forever).
+        pre = Owned(out[0], lib.wasmtime_instance_pre_delete)
+        self._pre = self.backend.pre(pre)
+        self._pre_module = module
 
 
 class LinkerPool:

@@ -7,14 +7,14 @@ objects: turning a ``v128`` ValType into a string aborts the process (issue 12, 
 from __future__ import annotations
 
 import marshal
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
-
-import wasmtime
 
 from .._lazymodule import lazy_module
 from .._types import ExportInfo, ExternKind, ImportInfo
-from ._backend import WasmFailure
+from ._backend import WasmFailure, failure_from_addresses
+from ._forksafe import Owned
+from ._lib import address, ffi, lib, take_bytes
 
 if TYPE_CHECKING:
     from .. import _wasmbin
@@ -25,21 +25,17 @@ else:
 
 __all__ = [
     "NUMERIC_TYPES",
-    "VALTYPE_FACTORIES",
+    "VALKINDS",
     "Description",
     "Module",
     "describe_binary",
     "parse_description",
 ]
 
-VALTYPE_FACTORIES: dict[str, Callable[[], wasmtime.ValType]] = {
-    "i32": wasmtime.ValType.i32,
-    "i64": wasmtime.ValType.i64,
-    "f32": wasmtime.ValType.f32,
-    "f64": wasmtime.ValType.f64,
-}
+# The numeric value types' wasm_valkind_t codes (WASM_I32 ... WASM_F64).
+VALKINDS: dict[str, int] = {"i32": 0, "i64": 1, "f32": 2, "f64": 3}
 # The value types a function may have for Instance.invoke and for host functions.
-NUMERIC_TYPES = frozenset(VALTYPE_FACTORIES)
+NUMERIC_TYPES = frozenset(VALKINDS)
 
 # A module's imports, and its exports by name, as plain data.
 Description = tuple[tuple[ImportInfo, ...], dict[str, ExportInfo]]
@@ -67,7 +63,8 @@ class Module:
     description stored beside the artifact); nothing asks wasmtime for types.
     """
 
-    def __init__(self, module: wasmtime.Module, description: Description) -> None:
+    def __init__(self, module: Owned, description: Description) -> None:
+        # The wasmtime_module_t, freed with this object (never in a forked child).
         self._module = module
         self.imports: tuple[ImportInfo, ...] = description[0]
         self.exports: dict[str, ExportInfo] = description[1]
@@ -85,7 +82,11 @@ class Module:
 
     def serialize(self) -> bytes:
         """The compiled artifact, for plugsafe's own on-disk cache."""
-        return bytes(self._module.serialize())
+        out = ffi.new("wasm_byte_vec_t *")
+        error = lib.wasmtime_module_serialize(self._module.raw, out)
+        if error:
+            raise failure_from_addresses(address(error), 0)
+        return take_bytes(out)
 
     def describe(self, extra: Mapping[str, object] | None = None) -> bytes:
         """Imports and exports as plain data, stored beside the artifact in the on-disk cache.

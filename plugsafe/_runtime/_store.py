@@ -19,20 +19,18 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
-import wasmtime
-from wasmtime import _ffi as wf
+from ._forksafe import Owned, count_leak
+from ._lib import address, dll
 
-from ._forksafe import count_leak
-
-__all__ = ["DEFAULT_WASI", "PoolSlots", "Store"]
+__all__ = ["DEFAULT_WASI", "PoolSlots", "Store", "give_wasi"]
 
 _vp = ctypes.c_void_p
 _i64 = ctypes.c_int64
 
 
 def _proto(factory: Any, name: str, restype: Any, *argtypes: Any) -> Callable[..., Any]:
-    address = ctypes.cast(getattr(wf.dll, name), _vp).value
-    return cast(Callable[..., Any], factory(restype, *argtypes)(address))
+    at = ctypes.cast(getattr(dll, name), _vp).value
+    return cast(Callable[..., Any], factory(restype, *argtypes)(at))
 
 
 # Quick calls keep the GIL (PYFUNCTYPE: no release and re-take around a few hundred
@@ -104,6 +102,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def give_wasi(ctx: int, config: object) -> int:
+    """Give the store context at address ``ctx`` its WASI context: ``DEFAULT_WASI``, or what
+    ``_linker.wasi_config`` made (an owned ``wasi_config_t``, handed over: a config serves one
+    store). Returns the address of a wasmtime error (owned by the caller), or 0."""
+    raw = _wasi_new() if config is DEFAULT_WASI else address(cast(Owned, config).take())
+    # wasmtime_context_set_wasi takes the config over, whatever it returns.
+    return int(_set_wasi(ctx, raw) or 0)
+
+
 class Store:
     """One ``wasmtime_store_t``: its address, its context's address, and the means to free it.
 
@@ -142,15 +149,10 @@ class Store:
         _limiter(self.ptr, memory_size, table_elements, instances, tables, memories)
 
     def set_wasi(self, config: object) -> int:
-        """Give the store its WASI context: ``DEFAULT_WASI``, or a ``wasmtime.WasiConfig``
-        (consumed). Returns the address of a wasmtime error (owned by the caller), or 0."""
-        if config is DEFAULT_WASI:
-            raw = _wasi_new()
-        else:
-            owned = cast(wasmtime.WasiConfig, config)._consume()
-            raw = ctypes.cast(owned, _vp).value
-        # wasmtime_context_set_wasi takes the config over, whatever it returns.
-        return int(_set_wasi(self.ctx, raw) or 0)
+        """Give the store its WASI context: ``DEFAULT_WASI``, or what ``_linker.wasi_config``
+        made (an owned ``wasi_config_t``, handed over: a config serves one store). Returns the
+        address of a wasmtime error (owned by the caller), or 0."""
+        return give_wasi(self.ctx, config)
 
     def close(self) -> None:
         """Delete the store now (idempotent). A forked child never deletes its parent's."""

@@ -58,6 +58,8 @@ import time
 import weakref
 from typing import Any
 
+from . import _lib
+
 __all__ = [
     "BUSY",
     "FALLBACK_PERIOD",
@@ -186,8 +188,6 @@ class _Native:
             self.why_not = "not glibc"
             return
         try:
-            from wasmtime import _ffi
-
             libc = ctypes.CDLL(None, use_errno=True)
             if not hasattr(libc, "timer_create"):  # glibc < 2.34 keeps them in librt
                 # Imported here: ctypes.util imports subprocess, shutil, tempfile (issue 14).
@@ -200,7 +200,7 @@ class _Native:
             settime = libc.timer_settime
             settime.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
             settime.restype = ctypes.c_int
-            increment = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p)
+            increment = ctypes.cast(_lib.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p)
         except (OSError, AttributeError, ImportError) as exc:
             self.why_not = f"probe failed: {exc}"
             return
@@ -244,9 +244,7 @@ def native_available() -> bool:
 
 def _increment_fn() -> Any:
     """wasmtime_engine_increment_epoch taking the engine as a plain address."""
-    from wasmtime import _ffi
-
-    address = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value
+    address = ctypes.cast(_lib.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value
     return ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address or 0)
 
 
@@ -310,7 +308,8 @@ class Ticker:
     """
 
     def __init__(self, engine: Any, *, native: bool | None = None) -> None:
-        """Tick ``engine`` (a ``wasmtime.Engine`` with ``epoch_interruption`` on).
+        """Tick ``engine`` (an object whose ``ptr()`` is a ``wasm_engine_t *`` with
+        ``epoch_interruption`` on: a ``wasmtime.Engine``, or ``_engine``'s own handle).
 
         ``native`` forces the POSIX-timer ticker (True; raises OSError if unavailable) or the
         Python fallback (False); None picks the native one where it works.
@@ -674,14 +673,12 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
 
 
 class _Api:
-    """The two wasmtime C functions the guard uses, declared here rather than borrowed from
-    wasmtime-py (changing argtypes on its shared function objects would change its own)."""
+    """The two wasmtime C functions the guard uses, declared here with the prototypes it needs
+    (ctypes on ``_lib.dll``: the callback type is a ctypes one)."""
 
     def __init__(self) -> None:
-        from wasmtime import _ffi
-
         def address(name: str) -> int:
-            return ctypes.cast(getattr(_ffi.dll, name), ctypes.c_void_p).value or 0
+            return ctypes.cast(getattr(_lib.dll, name), ctypes.c_void_p).value or 0
 
         self.trap_new_code = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint8)(
             address("wasmtime_trap_new_code")
