@@ -248,7 +248,8 @@ def _write(data: Any, buf: Any, size: int) -> int:
     try:
         sink = _OUTPUTS[int(ffi.cast("uintptr_t", data))]
         taken = sink(bytes(ffi.buffer(buf, size)) if size else b"")
-        return size if taken is None else int(taken)
+        # Never more than was offered, never a negative count: wasmtime trusts the answer.
+        return size if taken is None else min(size, max(0, int(taken)))
     except BaseException:
         return -errno.EIO
 
