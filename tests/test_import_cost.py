@@ -36,6 +36,7 @@ RARE = frozenset(
         "importlib.metadata",  # the wasmtime version, when asked (_runtime/_engine)
         "logging",  # when a plugin first logs (_log's lazy loggers)
         "pickle",  # pickling an error's cause (_errors)
+        "platform",  # the machine's name on Windows, which has no os.uname (_runtime/_lib)
         "resource",  # the compiler child's memory cap, the stack size (_isolate, _nesting)
         "signal",  # how the compiler child died (_isolate)
         "subprocess",  # the compiler child (_isolate)
