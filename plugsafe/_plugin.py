@@ -223,7 +223,7 @@ class PluginMemory:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` into memory at ``offset``; MemoryAccessError if out of range."""
-        payload = bytes(data)
+        payload = _abi.plain_bytes(data)  # its buffer's own length (attack7)
         self._check(offset, len(payload))
 
         def op(target: rt.Instance | rt.Caller) -> None:
