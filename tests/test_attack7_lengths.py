@@ -100,3 +100,33 @@ def test_memory_write_copies_what_the_buffer_holds(load: LoadFn) -> None:
     assert p.memory.read(60000, 8) == b"x" + bytes(7)
     p.memory.write(60100, Big(b"yz"))
     assert p.memory.read(60100, 8) == b"yz" + bytes(6)
+
+
+class LyingInt(int):
+    """An offset that says it is small and in range to every comparison and sum."""
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return False
+
+    def __add__(self, other: object) -> int:
+        return 8
+
+    __radd__ = __add__
+
+
+@pytest.mark.parametrize("offset", [1 << 40, 65536 + 4096, -(1 << 20)])
+def test_memory_offsets_are_the_ints_they_hold(load: LoadFn, offset: int) -> None:
+    # The range checks compared the object itself: every offset passed, and the memory view
+    # clamped the slice (a negative one wrote at 0, the others failed untyped).
+    p = load(ECHO)
+    before = p.memory.read(0, 16)
+    with pytest.raises(plugsafe.MemoryAccessError):
+        p.memory.read(LyingInt(offset), 8)
+    with pytest.raises(plugsafe.MemoryAccessError):
+        p.memory.write(LyingInt(offset), b"AAAAAAAA")
+    assert p.memory.read(0, 16) == before
+    with pytest.raises(plugsafe.MemoryAccessError):
+        p.memory.read(0, LyingInt(offset))
