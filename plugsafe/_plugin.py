@@ -700,7 +700,8 @@ class Plugin(Closing):
             outer, th.call = th.call, calls  # plugsafe.current_call()
             try:
                 cfg, out, err = shims.config(
-                    None if args is None else list(args), None if stdin is None else bytes(stdin)
+                    None if args is None else list(args),
+                    None if stdin is None else _abi.plain_bytes(stdin),
                 )
                 inst = self._instantiate("call", cfg)
                 ref = inst.func("_start")

@@ -130,3 +130,27 @@ def test_memory_offsets_are_the_ints_they_hold(load: LoadFn, offset: int) -> Non
     assert p.memory.read(0, 16) == before
     with pytest.raises(plugsafe.MemoryAccessError):
         p.memory.read(0, LyingInt(offset))
+
+
+# A WASI command that copies up to 64 bytes of stdin to stdout.
+CAT = """(module
+  (import "wasi_snapshot_preview1" "fd_read"
+    (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 64))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 4) (i32.load (i32.const 8)))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 12)))))"""
+
+
+def test_stdin_is_as_long_as_its_buffer(host: plugsafe.Host) -> None:
+    wasi = plugsafe.Wasi(stdin=MadeBig(b"abc"))
+    assert type(wasi.stdin) is bytes and wasi.stdin == b"x"
+    p = host.load(CAT.encode(), policy=plugsafe.Policy(wasi=wasi))
+    assert p.run().stdout == b"x"
+    assert p.run(stdin=MadeBig(b"abc")).stdout == b"x"
+    assert p.run(stdin=b"plain").stdout == b"plain"
