@@ -154,3 +154,16 @@ def test_stdin_is_as_long_as_its_buffer(host: plugsafe.Host) -> None:
     assert p.run().stdout == b"x"
     assert p.run(stdin=MadeBig(b"abc")).stdout == b"x"
     assert p.run(stdin=b"plain").stdout == b"plain"
+
+
+def test_a_components_string_and_bytes_arguments_are_what_their_buffers_hold(
+    host: plugsafe.Host,
+) -> None:
+    # (Before: a ValueError from the copy's own size check, untyped.)
+    from component_wat import WORLD
+
+    with host.load(WORLD.encode(), policy=plugsafe.Policy(fuel=1_000_000)) as world:
+        for _ in range(2):
+            assert world.invoke("echo", LyingStr("hello")) == "hello"
+            assert world.invoke("echo-bytes", MadeBig(b"abc")) == b"x"
+            assert world.invoke("size", MadeBig(b"abc")) == 1

@@ -516,13 +516,18 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
         if not isinstance(value, str):
             raise ValueMismatch(f"expected a str, got {type(value).__name__}", path)
         try:
-            return value.encode("utf-8")
+            # The UTF-8 of the str it holds: a subclass's own encode could answer bytes whose
+            # len() lies about their buffer (attack7; the copy to wasmtime trusts len()).
+            return str.encode(value, "utf-8")
         except UnicodeEncodeError:
             raise ValueMismatch("the str has lone surrogates (not valid UTF-8)", path) from None
     if k == "list":
         elem = cast(VType, ty.of[0])
         if elem.kind == "u8" and isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value)
+            # Plain bytes of the buffer's length (bytes() returns what a subclass's __bytes__
+            # made, whose len() may lie: attack7).
+            data = bytes(value)
+            return data if type(data) is bytes else bytes(memoryview(data))
         if isinstance(value, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(
             value, Iterable
         ):
@@ -570,7 +575,7 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
             raise ValueMismatch(f"case {tag!r} needs a value", path)
         return (i, normalise(payload, pty, f"{path}<{tag}>"))
     if k == "enum":
-        if not isinstance(value, str) or value not in ty.names:
+        if not isinstance(value, str) or (value := str.__str__(value)) not in ty.names:
             raise ValueMismatch(f"expected one of {', '.join(map(repr, ty.names))}", path)
         return value
     if k == "flags":
