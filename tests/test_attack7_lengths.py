@@ -167,3 +167,27 @@ def test_a_components_string_and_bytes_arguments_are_what_their_buffers_hold(
             assert world.invoke("echo", LyingStr("hello")) == "hello"
             assert world.invoke("echo-bytes", MadeBig(b"abc")) == b"x"
             assert world.invoke("size", MadeBig(b"abc")) == 1
+
+
+class SaysSmall(int):
+    """Any int that says it is in every range, and 7 when asked for its int."""
+
+    def __le__(self, other: object) -> bool:
+        return True
+
+    def __ge__(self, other: object) -> bool:
+        return True
+
+    def __int__(self) -> int:
+        return 7
+
+
+def test_a_components_integer_arguments_are_the_ints_they_hold(host: plugsafe.Host) -> None:
+    # Range-checked through the subclass's comparisons and lowered as its __int__: 2**32 + 3
+    # passed as a u32 and was added as 7 (or truncated to 3 by wasmtime).
+    from component_wat import WORLD
+
+    with host.load(WORLD.encode(), policy=plugsafe.Policy(fuel=1_000_000)) as world:
+        assert world.invoke("add", SaysSmall(1), SaysSmall(2)) == 3
+        with pytest.raises(plugsafe.SignatureError, match="out of range"):
+            world.invoke("add", SaysSmall(2**32 + 3), 1)

@@ -491,10 +491,13 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
     if k in _INT_RANGES:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueMismatch(f"expected an int ({k}), got {type(value).__name__}", path)
+        # The int it holds: a subclass's own comparisons or __int__ could take another value
+        # past the range check, which wasmtime would truncate (attack7).
+        value = int.__index__(value)
         lo, hi = _INT_RANGES[k]
         if not lo <= value <= hi:
             raise ValueMismatch(f"{value} is out of range for {k} ({lo} to {hi})", path)
-        return int(value)
+        return value
     if k == "bool":
         if not isinstance(value, bool):
             raise ValueMismatch(f"expected a bool, got {type(value).__name__}", path)
@@ -503,11 +506,14 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueMismatch(f"expected a float ({k}), got {type(value).__name__}", path)
         try:
-            return float(value)
+            # The number it holds, not a subclass's own __float__ (attack7).
+            return (
+                float.__float__(value) if isinstance(value, float) else float(int.__index__(value))
+            )
         except OverflowError:
             raise ValueMismatch(f"{value} does not fit a {k}", path) from None
     if k == "char":
-        if not isinstance(value, str) or len(value) != 1:
+        if not isinstance(value, str) or len(value := str.__str__(value)) != 1:
             raise ValueMismatch("expected a str of one character", path)
         if 0xD800 <= ord(value) <= 0xDFFF:
             raise ValueMismatch("a surrogate is not a Unicode scalar value", path)
