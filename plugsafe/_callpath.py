@@ -1700,8 +1700,9 @@ def _plain(function: str) -> str:
 
 
 def _payload(data: object) -> bytes:
+    # Plain bytes of the buffer's own length, whatever a subclass answers (_abi.plain_bytes).
     if isinstance(data, str):
-        return data.encode("utf-8")
+        return str.encode(data, "utf-8")
     if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
+        return _abi.plain_bytes(data)
     raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")
