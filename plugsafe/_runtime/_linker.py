@@ -524,7 +524,8 @@ class Linker:
         self._keep.append((cb, ty))
 
     def define_wasi(self) -> None:
-        """Offer wasmtime's WASI preview 1 functions (the store's WasiConfig says what they see).
+        """Offer wasmtime's WASI preview 1 functions (the store's WASI configuration says what
+        they see).
 
         Later definitions may shadow individual WASI functions (plugsafe replaces poll_oneoff).
         """

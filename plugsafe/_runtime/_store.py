@@ -5,7 +5,7 @@ Through wasmtime-py that cost ~20 us of Python on top of wasmtime's own work (is
 ``Store()`` (type checks, a ctypes finalizer cast, its context), ``set_limits``, a ``WasiConfig``
 object and ``set_wasi``, two ctypes casts to reach the raw pointers the backends and the
 deadline guard need, and ``close()``. Here each is one foreign call on plain addresses, with
-prototypes declared here (wasmtime-py's shared function objects are left as they are).
+ctypes prototypes declared here on ``_lib.dll`` (PYFUNCTYPE: the quick ones keep the GIL).
 
 Deleting keeps :mod:`._forksafe`'s rule: only the process that made the store deletes it; a
 forked child leaks what it inherited (counted with the rest in ``_forksafe.leaked``).
@@ -46,7 +46,7 @@ _getpid = os.getpid
 
 
 class _DefaultWasi:
-    """The WASI context of a new ``WasiConfig`` with nothing set (see :data:`DEFAULT_WASI`)."""
+    """The WASI context of a new ``wasi_config_t`` with nothing set (see :data:`DEFAULT_WASI`)."""
 
     __slots__ = ()
 
@@ -56,7 +56,7 @@ class _DefaultWasi:
 
 # What ``Instance(wasi=...)`` takes for a WASI context with no arguments, no variables, empty
 # stdin, output discarded and nothing preopened: what a WASI plugin's instances for calls get
-# under the default ``Wasi()``. Made by ``wasi_config_new`` alone, no wasmtime-py object.
+# under the default ``Wasi()``. Made by ``wasi_config_new`` alone, no Python object.
 DEFAULT_WASI: object = _DefaultWasi()
 
 
