@@ -683,7 +683,7 @@ class HostCalls:
         if base == "str":
             if not isinstance(result, str):
                 raise wrong("str")
-            data = result.encode("utf-8") if type(result) is str else str.encode(result, "utf-8")
+            data = str.encode(result, "utf-8")  # (as fast as result.encode: measured)
         else:
             if not isinstance(result, (bytes, bytearray, memoryview)):
                 raise wrong("bytes")
