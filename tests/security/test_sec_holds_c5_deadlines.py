@@ -14,7 +14,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -27,6 +27,20 @@ C5 = "issue 12 class 5: "
 # Lateness allowed by these tests: far above "a few ms + one switch interval" on purpose.
 SLACK = 0.1
 BUSY_SLACK = 0.4
+
+
+def _best_of(tries: int, bound: float, attempt: Callable[[], float]) -> list[float]:
+    """Run ``attempt`` (one whole scenario, its behaviour asserted inside; it returns the
+    seconds it measured) until one is under ``bound``, at most ``tries`` times.
+
+    How late a deadline fires on a loaded CI machine is timing: a few percent of single tries
+    there ended past SLACK (one at 0.15 s). A deadline counted wrong (a wait or an
+    instantiation left out) is late by far more on every try, and still fails."""
+    times: list[float] = []
+    while len(times) < tries and (not times or times[-1] >= bound):
+        times.append(attempt())
+    assert min(times) < bound, times
+    return times
 
 
 @pytest.fixture
@@ -111,10 +125,14 @@ def test_c5_deadline_covers_the_instantiation_a_fresh_instance_call_makes(
     )
     policy = plugsafe.Policy(allow={"nap"}, timeout=0.4, fresh_instance=True)
     plugin = host.load(wat.encode(), policy=policy)
-    t0 = time.perf_counter()
-    with pytest.raises(plugsafe.DeadlineExceeded):
-        plugin.call("go")
-    assert time.perf_counter() - t0 < 0.4 + 0.25 + SLACK
+
+    def attempt() -> float:
+        t0 = time.perf_counter()
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.call("go")
+        return time.perf_counter() - t0
+
+    _best_of(3, 0.4 + 0.25 + SLACK, attempt)
 
 
 def test_c5_deadline_covers_the_instantiation_after_a_trap(host: plugsafe.Host) -> None:
@@ -144,19 +162,19 @@ def test_c5_deadline_covers_waiting_for_a_plugin_another_thread_is_using(
             plugin.invoke("spin")
 
     # Uncounted, the wait would make the call end at about 0.95 s (0.45 s waiting, then its
-    # own 0.5 s), every time. On a loaded CI machine a counted one was measured ending 0.15 s
-    # late once (SLACK is 0.1): how late is timing, so the best of three tries must be in time.
-    waits: list[float] = []
-    while len(waits) < 3 and (not waits or waits[-1] >= 0.5 + SLACK):
+    # own 0.5 s), every time; on a loaded CI machine a counted one ended 0.15 s late once.
+    def attempt() -> float:
         other = threading.Thread(target=hold)
         other.start()
         time.sleep(0.05)  # the other thread holds the plugin now, for 0.5 s
         t0 = time.perf_counter()
         with pytest.raises(plugsafe.DeadlineExceeded):
             plugin.invoke("spin")
-        waits.append(time.perf_counter() - t0)
+        waited = time.perf_counter() - t0
         other.join()
-    assert min(waits) < 0.5 + SLACK, waits
+        return waited
+
+    _best_of(3, 0.5 + SLACK, attempt)
 
 
 def _idle_hosts(n: int) -> list[plugsafe.Host]:
@@ -284,14 +302,20 @@ def test_c5_a_call_after_a_slow_instantiation_gets_only_what_is_left(host: plugs
         ' (func (export "spin") (loop $l (br $l))) (func (export "trap") unreachable))'
     )
     plugin = host.load(wat.encode(), policy=plugsafe.Policy(allow={"napper"}, timeout=0.3))
-    with pytest.raises(plugsafe.PluginTrap):
-        plugin.invoke("trap")
-    nap[0] = 0.25
-    t0 = time.perf_counter()
-    with pytest.raises(plugsafe.DeadlineExceeded):
-        plugin.invoke("spin")
-    took = time.perf_counter() - t0
-    assert 0.3 <= took < 0.3 + SLACK, took  # was 0.25 + 0.3
+
+    def attempt() -> float:
+        nap[0] = 0.0
+        with pytest.raises(plugsafe.PluginTrap):
+            plugin.invoke("trap")  # the next call instantiates anew
+        nap[0] = 0.25
+        t0 = time.perf_counter()
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("spin")
+        took = time.perf_counter() - t0
+        assert took >= 0.3, took
+        return took
+
+    _best_of(3, 0.3 + SLACK, attempt)  # was 0.25 + 0.3
 
 
 def test_c5_a_spinning_instantiation_after_a_lock_wait_ends_at_the_calls_deadline(
@@ -325,21 +349,28 @@ def test_c5_a_spinning_instantiation_after_a_lock_wait_ends_at_the_calls_deadlin
         with contextlib.suppress(plugsafe.DeadlineExceeded):  # its own timeout may pass
             plugin.invoke("hold")
 
-    other = threading.Thread(target=holder)
-    other.start()
-    try:
-        assert entered.wait(10)
-        spin[0] = 1  # the next instance's start function spins
-        threading.Timer(0.25, release.set).start()
-        t0 = time.perf_counter()
-        with pytest.raises(plugsafe.DeadlineExceeded) as info:
-            plugin.invoke("five")
-        took = time.perf_counter() - t0
-    finally:
-        release.set()
-        other.join()
-    assert info.value.phase == "call"
-    assert 0.3 <= took < 0.3 + SLACK, took  # was 0.25 + 0.3
+    def attempt() -> float:
+        spin[0] = 0  # the holder's instance starts without spinning
+        entered.clear()
+        release.clear()
+        other = threading.Thread(target=holder)
+        other.start()
+        try:
+            assert entered.wait(10)
+            spin[0] = 1  # the next instance's start function spins
+            threading.Timer(0.25, release.set).start()
+            t0 = time.perf_counter()
+            with pytest.raises(plugsafe.DeadlineExceeded) as info:
+                plugin.invoke("five")
+            took = time.perf_counter() - t0
+        finally:
+            release.set()
+            other.join()
+        assert info.value.phase == "call"
+        assert took >= 0.3, took
+        return took
+
+    _best_of(3, 0.3 + SLACK, attempt)  # was 0.25 + 0.3
 
 
 def test_c5_waiting_for_a_busy_plugin_ends_typed_saying_so(host: plugsafe.Host) -> None:
@@ -360,20 +391,26 @@ def test_c5_waiting_for_a_busy_plugin_ends_typed_saying_so(host: plugsafe.Host) 
         with contextlib.suppress(plugsafe.DeadlineExceeded):  # its own timeout passed meanwhile
             plugin.invoke("hold")
 
-    other = threading.Thread(target=holder)
-    other.start()
-    try:
-        assert entered.wait(10)
-        t0 = time.perf_counter()
-        with pytest.raises(plugsafe.DeadlineExceeded) as info:
-            plugin.invoke("five")  # returns at once if it gets the plugin
-        waited = time.perf_counter() - t0
-    finally:
-        release.set()
-        other.join()
-    assert 0.3 <= waited < 0.3 + SLACK, waited
-    assert info.value.phase == "call"
-    assert "waiting for the plugin, busy in another thread" in str(info.value), info.value
+    def attempt() -> float:
+        entered.clear()
+        release.clear()
+        other = threading.Thread(target=holder)
+        other.start()
+        try:
+            assert entered.wait(10)
+            t0 = time.perf_counter()
+            with pytest.raises(plugsafe.DeadlineExceeded) as info:
+                plugin.invoke("five")  # returns at once if it gets the plugin
+            waited = time.perf_counter() - t0
+        finally:
+            release.set()
+            other.join()
+        assert waited >= 0.3, waited
+        assert info.value.phase == "call"
+        assert "waiting for the plugin, busy in another thread" in str(info.value), info.value
+        return waited
+
+    _best_of(3, 0.3 + SLACK, attempt)
     assert plugin.invoke("five") == 5
 
 
