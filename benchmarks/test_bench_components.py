@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def grayscale_rows(request: pytest.FixtureRequest) -> dict[tuple[str, int], floa
             side = _side(payload)
             pixels = bytes(range(256)) * (side * side * 3 // 256) + bytes(side * side * 3 % 256)
             image = {"width": side, "height": side, "data": pixels}
-            record = wc.Record()
+            record: Any = wc.Record()
             record.width, record.height, record.data = side, side, pixels
             request_bytes = struct.pack("<II", side, side) + pixels
             # The three agree before anything is timed.
@@ -84,9 +85,9 @@ def grayscale_rows(request: pytest.FixtureRequest) -> dict[tuple[str, int], floa
             per = 1 if quick or payload > 64 * 1024 else 5
             medians = interleaved(
                 {
-                    "plugsafe component": lambda i=image: comp.invoke("processor/grayscale", i),
-                    "wasmtime-py component": lambda r=record: func(store, r),
-                    "plugsafe core ABI": lambda q=request_bytes: core.call("grayscale", q),
+                    "plugsafe component": partial(comp.invoke, "processor/grayscale", image),
+                    "wasmtime-py component": partial(func, store, record),
+                    "plugsafe core ABI": partial(core.call, "grayscale", request_bytes),
                 },
                 rounds=rounds,
                 per=per,

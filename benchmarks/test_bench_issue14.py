@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ REPO = Path(plugsafe.__file__).resolve().parent.parent
 _pc = time.perf_counter
 
 Contenders = dict[str, Callable[[], object]]
+
+
+def _load_close(host: plugsafe.Host, wasm: bytes) -> None:
+    host.load(wasm).close()
 
 
 def _quick(request: pytest.FixtureRequest) -> bool:
@@ -171,12 +176,12 @@ def load_by_size(request: pytest.FixtureRequest) -> dict[tuple[str, int], float]
                 linker.instantiate(store, module)
 
             contenders: Contenders = {
-                "plugsafe": lambda wasm=wasm: host.load(wasm).close(),
+                "plugsafe": partial(_load_close, host, wasm),
                 "wasmtime-py": by_hand,
             }
             if extism is not None:
                 compiled = extism.extism.CompiledPlugin(wasm, functions=[])
-                contenders["extism"] = lambda c=compiled: extism.Plugin(c)
+                contenders["extism"] = partial(extism.Plugin, compiled)
             medians = interleaved(contenders, rounds=1 if quick else 9, per=1 if quick else 10)
             for who, v in medians.items():
                 out[(who, len(wasm))] = v
@@ -344,7 +349,7 @@ def many(request: pytest.FixtureRequest) -> dict[str, float]:
         engine = wasmtime.Engine()
         module = wasmtime.Module(engine, wasm)
         linker = wasmtime.Linker(engine)
-        pairs = []
+        pairs: list[tuple[Any, wasmtime.Store]] = []
         for _ in range(n):
             store = wasmtime.Store(engine)
             pairs.append((linker.instantiate(store, module).exports(store)["add"], store))
@@ -403,11 +408,11 @@ def echo_by_size(
     for size in ECHO_SIZES[:1] if quick else ECHO_SIZES:
         data = bytes(range(256)) * (size // 256) + bytes(size % 256)
         contenders: Contenders = {
-            "plugsafe": lambda d=data: ps_plugin.call("echo", d),
-            "wasmtime-py": lambda d=data: wt.call_echo(d),
+            "plugsafe": partial(ps_plugin.call, "echo", data),
+            "wasmtime-py": partial(wt.call_echo, data),
         }
         if ex is not None:
-            contenders["extism"] = lambda d=data: ex.call("echo", d)
+            contenders["extism"] = partial(ex.call, "echo", data)
         per = 1 if quick else max(1, 2000 // (1 + size // 1024))
         for who, v in interleaved(contenders, rounds=1 if quick else 9, per=per).items():
             out[(who, size)] = v

@@ -28,6 +28,7 @@ __all__ = [
     "encode_result",
     "export_problem",
     "fmt_signature",
+    "plain_bytes",
 ]
 
 ABI_VERSION = 1
@@ -56,6 +57,20 @@ _U32 = 0xFFFF_FFFF
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 # A host function returning ``None`` where ``bytes | None`` is declared answers with -1.
 NONE_WORD = -1
+
+
+def plain_bytes(data: bytes | bytearray | memoryview) -> bytes:
+    """``bytes(data)`` as plain bytes, exactly what the buffer holds: what may be copied into
+    guest memory.
+
+    Copies into the guest are measured with ``len()``, which a bytes subclass answers itself,
+    and ``bytes(x)`` returns whatever bytes subclass ``x.__bytes__`` made (as ``encode`` of a
+    str subclass is its own): attack7, a 1-byte buffer saying it was 4096 bytes long had 4095
+    bytes of the host's heap copied after it into the plugin's memory. (For a str: its UTF-8,
+    ``str.encode(s, "utf-8")``, never ``s.encode``.)
+    """
+    out = bytes(data)
+    return out if type(out) is bytes else bytes(memoryview(out))
 
 
 def decode_result(word: int) -> tuple[int, int, bool]:

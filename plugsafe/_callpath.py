@@ -614,6 +614,8 @@ class CallPath:
                         raise
                     lock.release()
             lock.release()
+        if type(function) is not str:  # (see _plain)
+            function = _plain(function)
         return self.guarded(function, lambda inst: self.call_abi(inst, function, payload), context)
 
     def invoke(
@@ -767,6 +769,8 @@ class CallPath:
                 # One result, or a tuple of several (none: an empty one, returned as None).
                 return out if rv is not None or out else None
             lock.release()
+        if type(function) is not str:  # (see _plain)
+            function = _plain(function)
         return self.guarded(
             function, lambda inst: self.invoke_checked(inst, function, args), context
         )
@@ -827,6 +831,9 @@ class CallPath:
                 f"max_input of {self.max_input}"
             )
 
+        if type(function) is not str:  # (see _plain)
+            function = _plain(function)
+
         def op(inst: rt.Instance) -> bytes:
             token.begin(self, inst)
             try:
@@ -845,6 +852,8 @@ class CallPath:
         begun: float | None = None,
     ) -> Any:
         """``invoke`` for an asynchronous call (as call_tracked)."""
+        if type(function) is not str:  # (see _plain)
+            function = _plain(function)
 
         def op(inst: rt.Instance) -> Any:
             token.begin(self, inst)
@@ -1601,7 +1610,10 @@ class CallPath:
         ):
             raise SignatureError(f"{where} is {t}; got {type(a).__name__}")
         try:
-            x = float(a)  # type: ignore[arg-type]
+            # A float subclass is the float it holds, as struct and the short path's typed
+            # views read it (attack7: its own __float__ was asked only when the held value
+            # was refused, so an out-of-range f32 passed as whatever that answered).
+            x = float.__float__(a) if isinstance(a, float) else float(a)  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError) as exc:
             raise SignatureError(
                 f"{where} is {t}; {type(a).__name__} did not convert: {exc}"
@@ -1640,6 +1652,11 @@ _CALL_CODES = frozenset(
 )
 
 
+_GUARDED_CODE = CallPath.guarded.__code__
+_WITH_INSTANCE_CODE = CallPath.with_instance.__code__
+_SHORT_CODES = frozenset({CallPath.call.__code__, CallPath.invoke.__code__})
+
+
 def _running_here(path: CallPath) -> bool:
     """Whether this thread is inside a call of ``path`` whose lock it may hold: a frame of it
     is on this thread's stack. Asked only when the lock is taken and no thread owns the call
@@ -1648,10 +1665,21 @@ def _running_here(path: CallPath) -> bool:
     from a SIGALRM handler waited for ever with no timeout). Never on a call's own path."""
     frame: FrameType | None = sys._getframe(2)
     codes = _CALL_CODES
-    # The asking call's own frames first (guarded, and the short path that fell through to
-    # it: neither holds the lock): only a frame of this plugin's call below them counts.
-    while frame is not None and frame.f_code in codes and frame.f_locals.get("self") is path:
-        frame = frame.f_back
+    # The asking call's own frames first (neither holds the lock): with_instance, or guarded
+    # and at most the one short path that fell through to it. Only those: a frame of this
+    # plugin's call right below them is the call that holds the lock (attack7: a signal
+    # handler, or an argument's __index__, that is ``plugin.invoke`` itself, bound or in a
+    # functools.partial, has no frame of its own between the two; skipping every such frame
+    # skipped the interrupted call too, and its re-entry waited for ever).
+    if frame is not None and frame.f_locals.get("self") is path:
+        if frame.f_code is _GUARDED_CODE:
+            frame = frame.f_back
+            if frame is not None and frame.f_code in _SHORT_CODES:
+                # (Necessarily the asking call's: a short path holding the lock never calls
+                # guarded; it releases the lock first.)
+                frame = frame.f_back if frame.f_locals.get("self") is path else frame
+        elif frame.f_code is _WITH_INSTANCE_CODE:
+            frame = frame.f_back
     while frame is not None:
         if frame.f_code in codes and frame.f_locals.get("self") is path:
             return True
@@ -1659,9 +1687,22 @@ def _running_here(path: CallPath) -> bool:
     return False
 
 
+def _plain(function: str) -> str:
+    """The function name a caller passed, as the plain str it holds.
+
+    The general path compares the name (the WASI entry points are refused) and looks it up
+    (in dicts, and through ``encode()`` in the runtime): a str subclass answering each its own
+    way (attack7) ran ``_initialize`` again, or called one export through another's signature
+    (an unchecked call with the wrong number of results: the process died). The short paths
+    take exact str only. Anything else is left as it is: no export has such a name.
+    """
+    return str.__str__(function) if isinstance(function, str) else function
+
+
 def _payload(data: object) -> bytes:
+    # Plain bytes of the buffer's own length, whatever a subclass answers (_abi.plain_bytes).
     if isinstance(data, str):
-        return data.encode("utf-8")
+        return str.encode(data, "utf-8")
     if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
+        return _abi.plain_bytes(data)
     raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")

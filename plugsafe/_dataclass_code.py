@@ -225,14 +225,23 @@ def finish() -> None:
 # (``order``, ``unsafe_hash``, ``slots``, ``ClassVar``/``InitVar``/``KW_ONLY``, annotations
 # that are not strings, a base made by ``dataclasses`` itself, a class without a docstring
 # and with its own ``__init__`` or ``__new__``, or an interpreter whose ``dataclasses`` this
-# was not compared with: before 3.10 or from 3.13 on) goes to ``dataclasses.dataclass``.
-# tests/test_dataclass_code.py compares every plugsafe dataclass with the one ``dataclasses``
-# makes of the same class.
+# was not compared with: before 3.10 or from 3.14 on) goes to ``dataclasses.dataclass``.
+# tests/test_dataclass_native.py compares every plugsafe dataclass with the one ``dataclasses``
+# makes of the same class, on each Python CI runs (3.10, 3.11, 3.13).
+#
+# 3.13's ``dataclasses`` differs from 3.10-3.12's in what an app can see, and those differences
+# are followed here (_PY313): ``__eq__`` compares field by field and is true for the same
+# object (a NaN field), every class gets ``__replace__`` (``copy.replace``), a frozen class may
+# not have a non-frozen dataclass among its bases even if another base is frozen, and the
+# "non-default argument" error names the default argument too. (3.13 also compiles a class's
+# methods in one text; the methods are the same, so the per-method texts here, which the cache
+# keeps, are kept.)
 
 # PLUGSAFE_STDLIB_DATACLASSES=1: every class to dataclasses itself (how the tests compare the
 # two; an escape hatch should the two ever differ).
-_NATIVE = (3, 10) <= sys.version_info[:2] < (3, 13)
+_NATIVE = (3, 10) <= sys.version_info[:2] < (3, 14)
 _NATIVE = _NATIVE and not os.environ.get("PLUGSAFE_STDLIB_DATACLASSES")
+_PY313 = sys.version_info >= (3, 13)
 
 
 class _Missing:
@@ -399,6 +408,7 @@ def _process(cls: type, options: dict[str, Any]) -> type:
         return _by_dataclasses(cls, options)  # its docstring would come from inspect.signature
     fields: dict[str, _Field] = {}
     any_frozen_base = has_dataclass_bases = False
+    all_frozen_bases = True
     for base in cls.__mro__[-1:0:-1]:
         lazy = vars(base).get("__dataclass_fields__")
         if lazy is None:
@@ -408,6 +418,7 @@ def _process(cls: type, options: dict[str, Any]) -> type:
         has_dataclass_bases = True
         fields.update(lazy.spec.fields)
         any_frozen_base = any_frozen_base or lazy.spec.options["frozen"]
+        all_frozen_bases = all_frozen_bases and lazy.spec.options["frozen"]
     if type(cls) is not type:
         return _by_dataclasses(cls, options)
 
@@ -427,7 +438,12 @@ def _process(cls: type, options: dict[str, Any]) -> type:
             raise TypeError(f"{name!r} is a field but has no type annotation")
     if has_dataclass_bases and any_frozen_base and not opts["frozen"]:
         raise TypeError("cannot inherit non-frozen dataclass from a frozen one")
-    if has_dataclass_bases and not any_frozen_base and opts["frozen"]:
+    # Before 3.13 one frozen dataclass base is enough; from 3.13 on every one must be frozen.
+    if (
+        has_dataclass_bases
+        and opts["frozen"]
+        and not (all_frozen_bases if _PY313 else any_frozen_base)
+    ):
         raise TypeError("cannot inherit frozen dataclass from a non-frozen one")
     spec = _Spec(fields, own, opts)
     cls.__dataclass_params__ = _Lazy(spec, "__dataclass_params__")  # type: ignore[attr-defined]
@@ -448,13 +464,19 @@ def _process(cls: type, options: dict[str, Any]) -> type:
             field_list, std, kw, opts["frozen"], hasattr(cls, "__post_init__"), self_name, globals
         )
         _set_new_attribute(cls, "__init__", init)
+    if _PY313 and "__replace__" not in vars(cls):
+        # Not through _set_new_attribute: that would rename the one shared function.
+        cls.__replace__ = _replace  # type: ignore[attr-defined]
     if opts["repr"]:
         _set_new_attribute(cls, "__repr__", _repr_fn([f for f in field_list if f.repr], globals))
     if opts["eq"]:
         compared = [f for f in field_list if f.compare]
-        eq = _cmp_fn(
-            "__eq__", "==", _tuple_str("self", compared), _tuple_str("other", compared), globals
-        )
+        if _PY313:
+            eq = _eq_fn_313(compared, globals)
+        else:
+            eq = _cmp_fn(
+                "__eq__", "==", _tuple_str("self", compared), _tuple_str("other", compared), globals
+            )
         _set_new_attribute(cls, "__eq__", eq)
     if opts["frozen"]:
         for fn in _frozen_get_del_attr(cls, field_list, globals):
@@ -579,12 +601,13 @@ def _init_fn(
     self_name: str,
     globals: dict[str, Any],
 ) -> Any:
-    seen_default = False
+    seen_default: _Field | None = None
     for f in std_fields:
         if not (f.default is MISSING and f.default_factory is MISSING):
-            seen_default = True
-        elif seen_default:
-            raise TypeError(f"non-default argument {f.name!r} follows default argument")
+            seen_default = f
+        elif seen_default is not None:
+            after = f" {seen_default.name!r}" if _PY313 else ""
+            raise TypeError(f"non-default argument {f.name!r} follows default argument{after}")
     locals: dict[str, Any] = {f"_type_{f.name}": f.type for f in fields}
     locals.update(
         {
@@ -688,6 +711,30 @@ def _cmp_fn(name: str, op: str, self_tuple: str, other_tuple: str, globals: dict
         ],
         globals=globals,
     )
+
+
+def _eq_fn_313(fields: list[_Field], globals: dict[str, Any]) -> Any:
+    # 3.13's __eq__: the same object is equal to itself, then the fields one by one (a field
+    # that is not equal to itself, NaN, no longer makes an instance unequal to itself).
+    terms = " and ".join([f"self.{f.name}==other.{f.name}" for f in fields]) or "True"
+    return _create_fn(
+        "__eq__",
+        ("self", "other"),
+        [
+            "if self is other:",
+            " return True",
+            "if other.__class__ is self.__class__:",
+            f" return {terms}",
+            "return NotImplemented",
+        ],
+        globals=globals,
+    )
+
+
+def _replace(self: Any, /, **changes: Any) -> Any:
+    """3.13's ``__replace__`` (``copy.replace``): ``dataclasses.replace``, imported then (it
+    needs the real fields)."""
+    return import_now("dataclasses").replace(self, **changes)
 
 
 def _hash_fn(fields: list[_Field], globals: dict[str, Any]) -> Any:

@@ -93,6 +93,9 @@ class Host(Closing):
     ) -> None:
         if not isinstance(max_stack, int) or isinstance(max_stack, bool):
             raise TypeError("max_stack must be an int")
+        # The int it holds: a subclass's own comparisons could pass the range check below with
+        # any value, and the engine made from it aborts the process (attack7).
+        max_stack = int.__index__(max_stack)
         # wasmtime aborts the whole process (a Rust panic) on a max_wasm_stack above its 2 MiB
         # async stack size, so the range is checked here, where it can still be an exception.
         if not _MIN_STACK <= max_stack <= _MAX_STACK:

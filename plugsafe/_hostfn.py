@@ -678,14 +678,16 @@ class HostCalls:
             if optional:
                 return [_abi.NONE_WORD]
             raise wrong(base)
+        # Plain bytes of the buffer's own length: a subclass's encode, __bytes__ or __len__
+        # never sizes the copy into the guest (attack7; _abi.plain_bytes).
         if base == "str":
             if not isinstance(result, str):
                 raise wrong("str")
-            data = result.encode("utf-8")
+            data = result.encode("utf-8") if type(result) is str else str.encode(result, "utf-8")
         else:
             if not isinstance(result, (bytes, bytearray, memoryview)):
                 raise wrong("bytes")
-            data = bytes(result)
+            data = result if type(result) is bytes else _abi.plain_bytes(result)
         if len(data) > 0x7FFF_FFFF:
             raise _AppError(name, OverflowError(f"host function {name!r} returned over 2 GiB"))
         assert caller is not None

@@ -201,16 +201,23 @@ class PluginMemory:
         self._name = name
 
     @staticmethod
-    def _check(offset: int, length: int) -> None:
+    def _check(offset: int, length: int) -> tuple[int, int]:
+        """``(offset, length)`` as the plain ints they hold, checked to be >= 0."""
+        out = []
         for label, v in (("offset", offset), ("length", length)):
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"{label} must be an int, got {type(v).__name__}")
+            # An int subclass is the int it holds: its own comparisons and arithmetic could
+            # pass every range check with another value (attack7).
+            v = int.__index__(v)
             if v < 0:
                 raise MemoryAccessError(f"{label} must be >= 0, got {v}")
+            out.append(v)
+        return out[0], out[1]
 
     def read(self, offset: int, length: int) -> bytes:
         """Copy ``length`` bytes starting at ``offset``; MemoryAccessError if out of range."""
-        self._check(offset, length)
+        offset, length = self._check(offset, length)
 
         def op(target: rt.Instance | rt.Caller) -> bytes:
             try:
@@ -223,8 +230,8 @@ class PluginMemory:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` into memory at ``offset``; MemoryAccessError if out of range."""
-        payload = bytes(data)
-        self._check(offset, len(payload))
+        payload = _abi.plain_bytes(data)  # its buffer's own length (attack7)
+        offset, _ = self._check(offset, len(payload))
 
         def op(target: rt.Instance | rt.Caller) -> None:
             try:
@@ -693,7 +700,8 @@ class Plugin(Closing):
             outer, th.call = th.call, calls  # plugsafe.current_call()
             try:
                 cfg, out, err = shims.config(
-                    None if args is None else list(args), None if stdin is None else bytes(stdin)
+                    None if args is None else list(args),
+                    None if stdin is None else _abi.plain_bytes(stdin),
                 )
                 inst = self._instantiate("call", cfg)
                 ref = inst.func("_start")

@@ -98,7 +98,13 @@ class PluginPool(Closing):
         name: str | None = None,
         on_call: OnCall | None = None,
     ) -> None:
-        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1024:
+        # The int it holds: a subclass's own comparisons could pass the range with any size
+        # (attack7; as Host's max_stack).
+        if (
+            not isinstance(size, int)
+            or isinstance(size, bool)
+            or not 1 <= (size := int.__index__(size)) <= 1024
+        ):
             raise ValueError(f"size must be an int from 1 to 1024, got {size!r}")
         if host is not None and on_call is not None:
             raise TypeError(

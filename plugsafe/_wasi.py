@@ -134,7 +134,12 @@ class Wasi:
         object.__setattr__(self, "env", env)
         if not isinstance(self.stdin, (bytes, bytearray)):
             raise PolicyError("wasi.stdin: expected bytes", field="wasi")
-        object.__setattr__(self, "stdin", bytes(self.stdin))
+        # Plain bytes of the buffer's own length (bytes() returns what a subclass's __bytes__
+        # made, whose len() may lie about what it holds: attack7, see _abi.plain_bytes).
+        stdin = bytes(self.stdin)
+        if type(stdin) is not bytes:
+            stdin = bytes(memoryview(stdin))
+        object.__setattr__(self, "stdin", stdin)
         for name in ("stdout", "stderr"):
             mode = getattr(self, name)
             if mode not in _MODES:

@@ -275,11 +275,19 @@ def test_a_ticker_starts_ticking_only_before_the_shortest_timeout_could_end(
     rig, lock = delayed
     tk = rig.ticker
     for timeout in (SHORTEST, 0.25):
-        _wait_disarmed(tk, 5.0)
-        with lock:  # "a timed call is running": the call path's protocol
-            took, ahead = _run_delayed(rig, timeout)
-        assert ahead >= SHORTEST - _ticker.LEAD, ahead  # armed by this call, ticks far off
-        assert timeout <= took < timeout + 0.4, (timeout, took)
+        # How late the trap comes is timing: on a loaded machine (two busy processes beside
+        # this one) the ticking thread was measured 0.57 s late now and then. A deadline that
+        # is late every time (counted wrong, or left to the guard's margin) still fails: the
+        # best of a few tries must be in time, and every try is checked for the rest.
+        late: list[float] = []
+        while len(late) < 5 and (not late or late[-1] >= 0.4):
+            _wait_disarmed(tk, 5.0)
+            with lock:  # "a timed call is running": the call path's protocol
+                took, ahead = _run_delayed(rig, timeout)
+            assert ahead >= SHORTEST - _ticker.LEAD, ahead  # armed by this call, ticks far off
+            assert took >= timeout, (timeout, took)  # never early, on any try
+            late.append(took - timeout)
+        assert min(late) < 0.4, (timeout, late)
 
 
 def test_a_deadline_shorter_than_the_ticker_knew_starts_the_ticks_at_once(
@@ -289,10 +297,18 @@ def test_a_deadline_shorter_than_the_ticker_knew_starts_the_ticks_at_once(
     # before the first tick, so deadline() starts the ticking at once (else it would fire
     # only after the first tick, at about SHORTEST).
     rig, lock = delayed
-    _wait_disarmed(rig.ticker, 5.0)
-    with lock:
-        took, _ = _run_delayed(rig, 0.02)
-    assert 0.02 <= took < SHORTEST, took
+    # deadline() started the ticks at once (no first tick still to come) on every try; how
+    # soon the trap then comes is timing, late by 0.17 s now and then on a loaded machine: the
+    # best of a few tries must come before SHORTEST.
+    took_all: list[float] = []
+    while len(took_all) < 5 and (not took_all or took_all[-1] >= SHORTEST):
+        _wait_disarmed(rig.ticker, 5.0)
+        with lock:
+            took, ahead = _run_delayed(rig, 0.02)
+        assert ahead == -math.inf, ahead
+        assert took >= 0.02, took
+        took_all.append(took)
+    assert min(took_all) < SHORTEST, took_all
 
 
 @pytest.mark.parametrize("busy", [0, 2, 4], indirect=True, ids=["idle", "2busy", "4busy"])
@@ -302,11 +318,16 @@ def test_late_by_little(rig: Rig) -> None:
     # noisy CI machines (the measured figures are in benchmarks/test_bench_deadlines.py); it
     # includes getting the GIL back after the trap.
     timeout = 0.2
-    late = sorted(rig.run(timeout) - timeout for _ in range(5))
-    assert late[0] >= 0
     # Both tickers: the interrupted call needs the GIL back to return, a few switch intervals
-    # with busy threads on a shared 2-core machine (the fallback also needs it to tick).
-    assert late[2] < 0.4, late
+    # with busy threads on a shared 2-core machine (the fallback also needs it to tick). With
+    # other processes busy too the median of five was measured at 0.40 s once: up to three
+    # rounds, each never early, the best median under the bound.
+    medians: list[float] = []
+    while len(medians) < 3 and (not medians or medians[-1] >= 0.4):
+        late = sorted(rig.run(timeout) - timeout for _ in range(5))
+        assert late[0] >= 0
+        medians.append(late[2])
+    assert min(medians) < 0.4, medians
 
 
 def _wait_disarmed(tk: _ticker.Ticker, limit: float) -> float:
@@ -444,7 +465,14 @@ def _fork_pool_scenario(native: bool, workers: int) -> None:
     """(In a fresh interpreter.) The parent makes a timed call, then a fork ProcessPoolExecutor's
     workers each make one on the rig they inherited."""
     rig = _RIGS[native] = Rig(native)
-    assert rig.run(0.01) >= 0.01  # the parent made a timed call: ticker armed, reaper running
+    # The parent made a timed call: ticker armed, reaper running. The reaper disarms a rig's
+    # ticker 0.5 s (MARGIN) after the last call began: a loaded machine can take that long
+    # between the call's start and the look (a late trap, a descheduled thread), so a few
+    # tries for the state the fork must see.
+    for _ in range(5):
+        assert rig.run(0.01) >= 0.01
+        if rig.ticker.armed:
+            break
     assert rig.ticker.armed
     ctx = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:

@@ -71,17 +71,27 @@ def test_the_interval_is_low_only_while_the_deadline_is_due(host: plugsafe.Host)
         return 1
 
     plugin = host.load(PROBING, policy=plugsafe.Policy(timeout=timeout, allow={"probe"}))
-    t0 = time.perf_counter()
-    with pytest.raises(plugsafe.DeadlineExceeded):
-        plugin.invoke("run")
-    # Well before the deadline the app's interval holds (the guard looks AHEAD early, at most
-    # a few ticks more on a busy machine) ...
-    early = [iv for at, iv in seen if at < timeout - _ticker.AHEAD - 0.05]
-    assert early and all(iv == pytest.approx(DEFAULT) for iv in early)
-    # ... close to it, it is lowered (the guard's look came, and the probe saw it) ...
-    assert any(abs(iv - _ticker.PROMPT_INTERVAL) < 1e-7 for _, iv in seen), seen[-5:]
-    # ... and once the call is back, the app's value is back.
-    assert sys.getswitchinterval() == pytest.approx(DEFAULT)
+    # The guard's look comes with a tick AHEAD of the deadline; on a loaded machine the tick
+    # (a thread) can be late by more than AHEAD, and then the look and the deadline come
+    # together and no probe runs in between to see the lowered interval. That is timing, not
+    # the mechanism: a few tries for the probe to see it, each one checked in full otherwise.
+    lowered_seen = []
+    for _ in range(5):
+        seen.clear()
+        t0 = time.perf_counter()
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("run")
+        # Well before the deadline the app's interval holds (the guard looks AHEAD early, at
+        # most a few ticks more on a busy machine: ticks are never early) ...
+        early = [iv for at, iv in seen if at < timeout - _ticker.AHEAD - 0.05]
+        assert early and all(iv == pytest.approx(DEFAULT) for iv in early)
+        # ... and once the call is back, the app's value is back.
+        assert sys.getswitchinterval() == pytest.approx(DEFAULT)
+        # ... close to the deadline it is lowered (the guard's look came, the probe saw it).
+        lowered_seen.append(any(abs(iv - _ticker.PROMPT_INTERVAL) < 1e-7 for _, iv in seen))
+        if lowered_seen[-1]:
+            break
+    assert any(lowered_seen), seen[-5:]
 
 
 def test_a_call_that_ends_in_time_gives_it_back_after_its_grace(host: plugsafe.Host) -> None:
@@ -147,17 +157,24 @@ def test_calls_on_two_threads_share_one_lowering(
 
     other = host.load(PROBING, policy=plugsafe.Policy(timeout=0.1, allow={"probe"}))
     failed: list[BaseException] = []
+    tries = [0]
 
     def run_other() -> None:
-        try:
-            other.invoke("run")
-        except BaseException as exc:  # checked below
-            failed.append(exc)
+        # A few tries for a probe to see the interval lowered: on a loaded machine the guard's
+        # look can come only with the deadline (its tick late by more than AHEAD), and then no
+        # probe runs in between (see test_the_interval_is_low_only_while_the_deadline_is_due).
+        while tries[0] < 5 and not other_due.is_set():
+            tries[0] += 1
+            try:
+                other.invoke("run")
+            except BaseException as exc:  # checked below
+                failed.append(exc)
 
     t = threading.Thread(target=run_other)
     t.start()
     try:
-        assert other_due.wait(30)
+        while not other_due.wait(0.05):
+            assert t.is_alive(), "no try of the other call saw the interval lowered"
         plugin = host.load(SPIN, policy=plugsafe.Policy(timeout=0.05))
         with pytest.raises(plugsafe.DeadlineExceeded):
             plugin.invoke("spin")
@@ -166,7 +183,7 @@ def test_calls_on_two_threads_share_one_lowering(
         other_back.set()
         t.join(30)
     assert not t.is_alive()
-    assert len(failed) == 1 and isinstance(failed[0], plugsafe.DeadlineExceeded)
+    assert len(failed) == tries[0] and all(isinstance(e, plugsafe.DeadlineExceeded) for e in failed)
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
     assert not _ticker._PROMPTS
 

@@ -32,6 +32,14 @@ def test_examples_type_check_as_users_write_them() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_benchmarks_type_check_too() -> None:
+    # The benchmarks are the evidence behind docs/performance.md: a wrong type there can make a
+    # row measure something else without failing (a lambda's default argument bound late).
+    pytest.importorskip("mypy")
+    result = _run(sys.executable, "-m", "mypy", "--strict", "benchmarks")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_ruff_is_clean() -> None:
     pytest.importorskip("ruff")
     result = _run(

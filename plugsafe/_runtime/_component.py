@@ -492,10 +492,13 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
     if k in _INT_RANGES:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueMismatch(f"expected an int ({k}), got {type(value).__name__}", path)
+        # The int it holds: a subclass's own comparisons or __int__ could take another value
+        # past the range check, which wasmtime would truncate (attack7).
+        value = int.__index__(value)
         lo, hi = _INT_RANGES[k]
         if not lo <= value <= hi:
             raise ValueMismatch(f"{value} is out of range for {k} ({lo} to {hi})", path)
-        return int(value)
+        return value
     if k == "bool":
         if not isinstance(value, bool):
             raise ValueMismatch(f"expected a bool, got {type(value).__name__}", path)
@@ -504,11 +507,14 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueMismatch(f"expected a float ({k}), got {type(value).__name__}", path)
         try:
-            return float(value)
+            # The number it holds, not a subclass's own __float__ (attack7).
+            return (
+                float.__float__(value) if isinstance(value, float) else float(int.__index__(value))
+            )
         except OverflowError:
             raise ValueMismatch(f"{value} does not fit a {k}", path) from None
     if k == "char":
-        if not isinstance(value, str) or len(value) != 1:
+        if not isinstance(value, str) or len(value := str.__str__(value)) != 1:
             raise ValueMismatch("expected a str of one character", path)
         if 0xD800 <= ord(value) <= 0xDFFF:
             raise ValueMismatch("a surrogate is not a Unicode scalar value", path)
@@ -517,13 +523,18 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
         if not isinstance(value, str):
             raise ValueMismatch(f"expected a str, got {type(value).__name__}", path)
         try:
-            return value.encode("utf-8")
+            # The UTF-8 of the str it holds: a subclass's own encode could answer bytes whose
+            # len() lies about their buffer (attack7; the copy to wasmtime trusts len()).
+            return str.encode(value, "utf-8")
         except UnicodeEncodeError:
             raise ValueMismatch("the str has lone surrogates (not valid UTF-8)", path) from None
     if k == "list":
         elem = cast(VType, ty.of[0])
         if elem.kind == "u8" and isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value)
+            # Plain bytes of the buffer's length (bytes() returns what a subclass's __bytes__
+            # made, whose len() may lie: attack7).
+            data = bytes(value)
+            return data if type(data) is bytes else bytes(memoryview(data))
         if isinstance(value, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(
             value, Iterable
         ):
@@ -571,7 +582,7 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
             raise ValueMismatch(f"case {tag!r} needs a value", path)
         return (i, normalise(payload, pty, f"{path}<{tag}>"))
     if k == "enum":
-        if not isinstance(value, str) or value not in ty.names:
+        if not isinstance(value, str) or (value := str.__str__(value)) not in ty.names:
             raise ValueMismatch(f"expected one of {', '.join(map(repr, ty.names))}", path)
         return value
     if k == "flags":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 from typing import Any
 
@@ -66,9 +65,15 @@ def _library_path() -> str:
         name = "_libwasmtime.dylib"
     else:  # pragma: no cover - wasmtime-py refuses these too
         raise ImportError(f"unsupported platform {system!r} for wasmtime")
-    machine = {"AMD64": "x86_64", "arm64": "aarch64", "ARM64": "aarch64"}.get(
-        platform.machine(), platform.machine()
-    )
+    # os.uname, not the platform module: on Python 3.10 importing platform imports subprocess
+    # (a cold start's cost, issue 14). Windows has no uname: platform answers there.
+    if hasattr(os, "uname"):
+        machine = os.uname().machine
+    else:  # pragma: no cover - Windows
+        import platform
+
+        machine = platform.machine()
+    machine = {"AMD64": "x86_64", "arm64": "aarch64", "ARM64": "aarch64"}.get(machine, machine)
     return os.path.join(here, f"{system}-{machine}", name)
 
 

@@ -247,9 +247,11 @@ def _write(data: Any, buf: Any, size: int) -> int:
     # A guest's write to a custom stdout or stderr. Nothing may raise into wasmtime: a failing
     # sink is an I/O error for the guest (as with wasmtime-py's custom outputs). The count is
     # always all of it: wasmtime's stream panics (the process aborts, measured on wasmtime 50)
-    # when told that fewer bytes were written, and plugsafe's sinks take everything anyway.
+    # when told that fewer bytes (or more) were written; plugsafe's sinks take everything.
     try:
         _OUTPUTS[int(ffi.cast("uintptr_t", data))](bytes(ffi.buffer(buf, size)) if size else b"")
+        # Whatever the sink answered (more, less, negative, not a number): wasmtime trusts the
+        # count, and only the whole write is safe to report.
         return size
     except BaseException:
         return -errno.EIO

@@ -52,7 +52,6 @@ import contextlib
 import ctypes
 import math
 import os
-import platform
 import sys
 import threading
 import time
@@ -131,6 +130,15 @@ _CLOCK_MONOTONIC = 1
 _SIGEV_THREAD = 2
 
 
+def _glibc() -> bool:
+    """Whether the C library is glibc (``platform.libc_ver()[0] == "glibc"`` where glibc
+    answers confstr; elsewhere, musl for one, it does not, and the answer is no)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc ")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
@@ -168,11 +176,15 @@ class _Native:
         if not sys.platform.startswith("linux"):
             self.why_not = f"no POSIX timers with SIGEV_THREAD on {sys.platform}"
             return
-        if platform.machine() not in ("x86_64", "aarch64") or ctypes.sizeof(ctypes.c_void_p) != 8:
+        # os.uname() and confstr, what platform.machine() and platform.libc_ver() read: the
+        # platform module imports subprocess (and signal, selectors) at its top on Python
+        # 3.10, a cold-start cost for two strings.
+        machine = os.uname().machine
+        if machine not in ("x86_64", "aarch64") or ctypes.sizeof(ctypes.c_void_p) != 8:
             # struct sigevent's layout below is glibc's on LP64.
-            self.why_not = f"struct sigevent layout unchecked on {platform.machine()}"
+            self.why_not = f"struct sigevent layout unchecked on {machine}"
             return
-        if platform.libc_ver()[0] != "glibc":
+        if not _glibc():
             self.why_not = "not glibc"
             return
         try:

@@ -143,15 +143,20 @@ def test_c5_deadline_covers_waiting_for_a_plugin_another_thread_is_using(
         with pytest.raises(plugsafe.DeadlineExceeded):
             plugin.invoke("spin")
 
-    other = threading.Thread(target=hold)
-    other.start()
-    time.sleep(0.05)  # the other thread holds the plugin now, for 0.5 s
-    t0 = time.perf_counter()
-    with pytest.raises(plugsafe.DeadlineExceeded):
-        plugin.invoke("spin")
-    waited = time.perf_counter() - t0
-    other.join()
-    assert waited < 0.5 + SLACK, waited
+    # Uncounted, the wait would make the call end at about 0.95 s (0.45 s waiting, then its
+    # own 0.5 s), every time. On a loaded CI machine a counted one was measured ending 0.15 s
+    # late once (SLACK is 0.1): how late is timing, so the best of three tries must be in time.
+    waits: list[float] = []
+    while len(waits) < 3 and (not waits or waits[-1] >= 0.5 + SLACK):
+        other = threading.Thread(target=hold)
+        other.start()
+        time.sleep(0.05)  # the other thread holds the plugin now, for 0.5 s
+        t0 = time.perf_counter()
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("spin")
+        waits.append(time.perf_counter() - t0)
+        other.join()
+    assert min(waits) < 0.5 + SLACK, waits
 
 
 def _idle_hosts(n: int) -> list[plugsafe.Host]:
