@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from plugsafe import _runtime as rt
-from plugsafe._runtime import _lib
+from plugsafe._runtime import _hostmem, _lib
 
 PAGE = 65536
 STACK = 512 * 1024
@@ -167,6 +167,17 @@ def test_the_cache_key_settings_are_unchanged() -> None:
         f"fuel=False;stack={STACK};epoch;nothreads;no64;nogc;multimem;nomove"
         f";pool=4,{2 * PAGE},1,1,100"
     )
+    components = rt.Engine(metered=True, max_stack=STACK, components=True)
+    assert components.settings == (
+        f"fuel=True;stack={STACK};epoch;nothreads;no64;nogc;multimem;nomove;components"
+        + (";hostmem" if _hostmem.AVAILABLE else "")
+    )
+    # Its engine is wasmtime-py's (the component API takes nothing else), made from the same
+    # settings: a core module compiled on it runs metered, as on a core engine.
+    assert components._engine is not None and components.address
+    with pytest.raises(rt.WasmFailure) as info:
+        _invoke(_instance(components, COUNT, fuel=10_000), "count", 1_000_000)
+    assert info.value.trap_code == "OUT_OF_FUEL"
 
 
 def test_wat_to_wasm_reports_wasmtime_s_message() -> None:

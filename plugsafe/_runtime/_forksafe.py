@@ -58,9 +58,10 @@ class Owned:
     __slots__ = ("__weakref__", "_free", "_pid", "raw")
 
     def __init__(self, raw: Any, free: Callable[[Any], None]) -> None:
+        self.raw: Any = None  # (set first: __del__ runs even when __init__ raises)
         if not raw:
             raise MemoryError("wasmtime returned a null pointer")
-        self.raw: Any = raw
+        self.raw = raw
         self._free = free
         self._pid = os.getpid()
 

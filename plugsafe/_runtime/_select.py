@@ -29,7 +29,7 @@ def select_backend() -> Backend:
         from ._cffi import CffiBackend
 
         return CffiBackend()
-    except Exception as exc:  # cffi missing, or layouts that do not match this wasmtime
+    except Exception as exc:  # layouts that do not match this wasmtime
         warnings.warn(
             f"plugsafe: using the slower ctypes call path because the cffi one is unavailable: "
             f"{exc}",
