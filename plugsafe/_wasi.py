@@ -62,7 +62,8 @@ class Preopen:
     """A host directory the plugin may see at ``guest`` (read-only unless ``writable``).
 
     The plugin can reach nothing outside it: ``..``, absolute paths and symlinks that point
-    outside are refused by wasmtime's capability-based file system.
+    outside are refused by wasmtime's capability-based file system. A relative ``host`` is
+    taken relative to the working directory when the policy is made, not when it is used.
     """
 
     host: str | os.PathLike[str]
@@ -77,6 +78,9 @@ class Preopen:
             raise PolicyError(f"{where}.host: expected a non-empty path", field="wasi")
         host = str.__str__(host)  # (a subclass of str: the text it holds)
         check_c_text(host, f"{where}.host")
+        # Absolute now: every instance preopens it again, and a relative path would then name
+        # another directory after a chdir than the one checked here (attack8).
+        host = os.path.abspath(host)
         if not Path(host).is_dir():
             raise PolicyError(f"{where}.host: {host!r} is not a directory", field="wasi")
         guest = self.guest

@@ -132,3 +132,41 @@ def test_a_preopened_directory_gone_before_a_call_is_a_call_error(tmp_path: Path
         gone.mkdir()
         assert plugin.invoke("write") == 0
         assert command.run(["x"]).stdout == b"\x02"
+
+
+# Opens "data/f" under the preopen (fd 3) and reads up to 16 bytes of it into memory at 256;
+# returns how many it read (or -1 if the open failed).
+READER = b"""(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read"
+    (func $read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "f")
+  (func (export "read") (result i32)
+    (if (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 0)
+                    (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 32))
+      (then (return (i32.const -1))))
+    (i32.store (i32.const 40) (i32.const 256))
+    (i32.store (i32.const 44) (i32.const 16))
+    (drop (call $read (i32.load (i32.const 32)) (i32.const 40) (i32.const 1) (i32.const 48)))
+    (i32.load (i32.const 48))))"""
+
+
+def test_a_relative_preopen_is_the_directory_that_was_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The policy checked "data" under one working directory; every instance preopened "data"
+    # again, relative to whatever the working directory was by then: after a chdir, another
+    # directory than the one checked (and reviewed) was the plugin's.
+    checked, elsewhere = tmp_path / "a", tmp_path / "b"
+    for base, text in ((checked, b"checked"), (elsewhere, b"secret-data")):
+        (base / "data").mkdir(parents=True)
+        (base / "data" / "f").write_bytes(text)
+    monkeypatch.chdir(checked)
+    policy = Policy(wasi=Wasi(preopens=[Preopen("data", "/data")]))
+    monkeypatch.chdir(elsewhere)
+    with plugsafe.Host() as host:
+        plugin = host.load(READER, policy=policy)
+        assert plugin.invoke("read") == len(b"checked")
+        assert plugin.memory.read(256, 7) == b"checked"
