@@ -77,7 +77,8 @@ class Host(Closing):
             plugin; an exception it raises is logged (logger ``plugsafe``) and never changes
             what the call returns or raises.
         pooling: instances from wasmtime's pooling allocator, with these explicit limits
-            (:class:`Pooling`); None (the default) maps memory per instance.
+            (:class:`Pooling`); None (the default) maps memory per instance. PolicyError
+            (``field="instances"``) if this process cannot reserve the pool's address space.
 
     A Host is safe to use from many threads. Use it as a context manager, or call
     :meth:`close` to stop its ticker thread and close every plugin it loaded.
@@ -226,11 +227,17 @@ class Host(Closing):
             engine = self._engines.get(metered)
             if engine is None:
                 # Process-wide: hosts share engines and their tickers (see rt.shared_engine).
-                engine = rt.shared_engine(
-                    metered=metered,
-                    max_stack=self._max_stack,
-                    pooling=None if self._pooling is None else self._pooling.limits(),
-                )
+                try:
+                    engine = rt.shared_engine(
+                        metered=metered,
+                        max_stack=self._max_stack,
+                        pooling=None if self._pooling is None else self._pooling.limits(),
+                    )
+                except rt.PoolUnreservable as exc:
+                    # Limits valid one by one, impossible together here (attack8).
+                    raise PolicyError(
+                        f"Host(pooling=...): {exc.message}", field="instances"
+                    ) from None
                 self._engines[metered] = engine
                 self._ticker.add(engine)
             return engine

@@ -43,7 +43,7 @@ from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
 from ._types import CallStats, ExportInfo, ImportInfo
-from ._wasi import SHIM_SHAPES
+from ._wasi import SHIM_SHAPES, check_c_text
 from ._wasmshape import MemoryDecl
 
 if TYPE_CHECKING:
@@ -651,7 +651,8 @@ class Plugin(Closing):
     def run(self, args: Sequence[str] | None = None, stdin: bytes | None = None) -> RunResult:
         """Run a WASI command's ``_start`` on a fresh instance and return its exit and output.
 
-        ``args`` and ``stdin`` replace the policy's ``Wasi.args``/``Wasi.stdin`` for this run.
+        ``args`` and ``stdin`` replace the policy's ``Wasi.args``/``Wasi.stdin`` for this run
+        (an argument holding a NUL, or that is not UTF-8 text, is a PolicyError, as in ``Wasi``).
         ``proc_exit(n)`` ends the run with ``exit_code == n``; returning from ``_start`` is 0.
         Traps and limits raise as for :meth:`call`. The plugin's own instance (used by
         ``call``/``invoke``) is not touched. ``Host(on_call=...)`` reports it as ``_start``.
@@ -669,6 +670,12 @@ class Plugin(Closing):
             isinstance(args, (str, bytes)) or not all(isinstance(a, str) for a in args)
         ):
             raise TypeError("args must be a list of str")
+        if args is not None:
+            # Each the text it holds, whole, as wasmtime takes it: a NUL cut an argument short
+            # in C without a word, a surrogate failed with a bare UnicodeEncodeError (attack8).
+            args = [str.__str__(a) for a in args]
+            for i, a in enumerate(args):
+                check_c_text(a, f"run() args[{i}]")
         if stdin is not None and not isinstance(stdin, (bytes, bytearray)):
             raise TypeError("stdin must be bytes")
         if stdin is not None and len(stdin) > self._policy.max_input:
@@ -699,10 +706,13 @@ class Plugin(Closing):
             th.room = left
             outer, th.call = th.call, calls  # plugsafe.current_call()
             try:
-                cfg, out, err = shims.config(
-                    None if args is None else list(args),
-                    None if stdin is None else _abi.plain_bytes(stdin),
-                )
+                try:
+                    cfg, out, err = shims.config(
+                        None if args is None else list(args),
+                        None if stdin is None else _abi.plain_bytes(stdin),
+                    )
+                except rt.WasmFailure as exc:
+                    raise self._wasi_refused(exc, "call") from None
                 inst = self._instantiate("call", cfg)
                 ref = inst.func("_start")
                 assert ref is not None
@@ -822,7 +832,17 @@ class Plugin(Closing):
             return self._instantiate(phase, None)
         if wasi.bare:  # a bare WASI context, made in C (no WasiConfig: issue 14)
             return self._instantiate(phase, rt.DEFAULT_WASI)
-        return self._instantiate(phase, wasi.config(None, None, read=False)[0])
+        try:
+            cfg = wasi.config(None, None, read=False)[0]
+        except rt.WasmFailure as exc:
+            raise self._wasi_refused(exc, phase) from None
+        return self._instantiate(phase, cfg)
+
+    def _wasi_refused(self, exc: rt.WasmFailure, phase: Phase) -> PluginLoadError | PluginCallError:
+        """The error for a WASI context wasmtime would not make for a new instance (a preopened
+        directory gone or unreadable since the policy checked it: attack8)."""
+        text = f"plugin {self._name!r}: cannot give the plugin its WASI context: {exc.message}"
+        return PluginLoadError(text) if phase == "load" else PluginCallError(text)
 
     def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:
         """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget."""

@@ -55,7 +55,10 @@ class Pooling:
     memory, is reserved per slot: wasmtime sizes a slot by its memory reservation (4 GiB on
     64-bit hosts) plus guard pages, so 1,000 instances reserve about 4 TiB of the 128 TiB a
     Linux process may address, once per engine the pool is used by (metered and unmetered
-    plugins, and each ``max_stack``, have an engine of their own).
+    plugins, and each ``max_stack``, have an engine of their own). A pool whose reservation
+    this process cannot map (past that, or past ``ulimit -v``) is refused with
+    :class:`~plugsafe.PolicyError` (``field="instances"``) when an engine needs it: by
+    ``Host(...)``, or by the first metered load.
 
     Args:
         instances: instances alive at once, over every plugin of every Host sharing the pool.

@@ -23,7 +23,15 @@ if TYPE_CHECKING:
 else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
     from ._dataclass_code import dataclass, field
 
-__all__ = ["SHIMS", "SHIM_SHAPES", "WASI_MODULE", "OutputMode", "Preopen", "Wasi"]
+__all__ = [
+    "SHIMS",
+    "SHIM_SHAPES",
+    "WASI_MODULE",
+    "OutputMode",
+    "Preopen",
+    "Wasi",
+    "check_c_text",
+]
 
 WASI_MODULE = "wasi_snapshot_preview1"
 
@@ -32,9 +40,21 @@ _MODES = ("capture", "discard", "inherit")
 _ENV_NAME = lazy_re(r"^[^=\x00]+$")
 
 
-def _no_nul(value: str, where: str) -> None:
+def check_c_text(value: str, where: str) -> None:
+    """PolicyError for what wasmtime's C API cannot take as a C string of UTF-8 text (a NUL
+    would end it early, unseen; a lone surrogate does not encode)."""
     if "\x00" in value:
         raise PolicyError(f"{where}: must not contain NUL characters", field="wasi")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (os.fsdecode of a non-UTF-8 file name): it failed every load
+            # with a bare UnicodeEncodeError inside the runtime (attack8).
+            raise PolicyError(
+                f"{where}: {value!r} is not UTF-8 text (wasmtime takes only UTF-8)",
+                field="wasi",
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -42,7 +62,8 @@ class Preopen:
     """A host directory the plugin may see at ``guest`` (read-only unless ``writable``).
 
     The plugin can reach nothing outside it: ``..``, absolute paths and symlinks that point
-    outside are refused by wasmtime's capability-based file system.
+    outside are refused by wasmtime's capability-based file system. A relative ``host`` is
+    taken relative to the working directory when the policy is made, not when it is used.
     """
 
     host: str | os.PathLike[str]
@@ -56,7 +77,10 @@ class Preopen:
         if not isinstance(host, str) or not host:
             raise PolicyError(f"{where}.host: expected a non-empty path", field="wasi")
         host = str.__str__(host)  # (a subclass of str: the text it holds)
-        _no_nul(host, f"{where}.host")
+        check_c_text(host, f"{where}.host")
+        # Absolute now: every instance preopens it again, and a relative path would then name
+        # another directory after a chdir than the one checked here (attack8).
+        host = os.path.abspath(host)
         if not Path(host).is_dir():
             raise PolicyError(f"{where}.host: {host!r} is not a directory", field="wasi")
         guest = self.guest
@@ -67,7 +91,7 @@ class Preopen:
                 f"{where}.guest: expected an absolute guest path like '/data', got {guest!r}",
                 field="wasi",
             )
-        _no_nul(guest, f"{where}.guest")
+        check_c_text(guest, f"{where}.guest")
         if not isinstance(self.writable, bool):
             raise PolicyError(f"{where}.writable: expected True or False", field="wasi")
         object.__setattr__(self, "guest", guest)
@@ -116,7 +140,7 @@ class Wasi:
             raise PolicyError("wasi.args: expected a list of strings", field="wasi")
         args = tuple(str.__str__(a) for a in args)
         for i, a in enumerate(args):
-            _no_nul(a, f"wasi.args[{i}]")
+            check_c_text(a, f"wasi.args[{i}]")
         object.__setattr__(self, "args", args)
         if not isinstance(self.env, Mapping):
             raise PolicyError("wasi.env: expected a mapping of names to strings", field="wasi")
@@ -129,7 +153,8 @@ class Wasi:
             k, v = str.__str__(k), str.__str__(v)
             if not _ENV_NAME.match(k):
                 raise PolicyError(f"wasi.env: {k!r} is not a valid variable name", field="wasi")
-            _no_nul(v, f"wasi.env.{k}")
+            check_c_text(k, "wasi.env")
+            check_c_text(v, f"wasi.env.{k}")
             env[k] = v
         object.__setattr__(self, "env", env)
         if not isinstance(self.stdin, (bytes, bytearray)):

@@ -35,6 +35,7 @@ RARE = frozenset(
         "difflib",  # "did you mean" in policy errors (_policy, _policyfile)
         "importlib.metadata",  # the wasmtime version, when asked (_runtime/_engine)
         "logging",  # when a plugin first logs (_log's lazy loggers)
+        "mmap",  # trying a pool's reservation before its engine is made (_runtime/_engine)
         "pickle",  # pickling an error's cause (_errors)
         "platform",  # the machine's name on Windows, which has no os.uname (_runtime/_lib)
         "resource",  # the compiler child's memory cap, the stack size (_isolate, _nesting)

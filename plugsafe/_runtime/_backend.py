@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NewType, Protocol, cast
@@ -204,8 +205,9 @@ class HostRecord:
 
     A host callback that fails records the exception in ``pending`` with plain attribute stores
     (no call that could itself fail) and returns a new trap whose message carries this record's
-    marker ``plugsafe-host#<id>.<function>``. When that trap has unwound out of wasm, the one
-    conversion of traps into WasmFailures (:func:`failure_from_addresses`) finds the marker,
+    marker ``[plugsafe-host#<secret>.<id>.<function>]`` (the secret: see ``_SECRET``). When that
+    trap has unwound out of wasm, the one conversion of traps into WasmFailures
+    (:func:`failure_from_addresses`) finds the marker,
     takes ``pending`` and hands it to the function's sink, in ordinary Python, outside any C
     frame.
 
@@ -260,7 +262,7 @@ class HostRecord:
 
     def marker(self, function: int, spare: bool = False) -> str:
         """The text that ties a trap to this record and function (and says if it is a spare)."""
-        return f"[plugsafe-host#{self.ident}.{function}{' spare' if spare else ''}]"
+        return f"{_PREFIX}{self.ident}.{function}{' spare' if spare else ''}]"
 
     def distrust(self) -> None:
         """Python failed around a call into wasm: never reuse these callbacks, never free."""
@@ -280,16 +282,24 @@ class HostRecord:
 
 _IDS = itertools.count(1)
 _RECORDS: weakref.WeakValueDictionary[int, HostRecord] = weakref.WeakValueDictionary()
-_MARKER = lazy_re(r"\[plugsafe-host#(\d+)\.(\d+)( spare)?\]")
+# Every marker holds this process's secret (attack8): a plugin writes text into the messages
+# wasmtime makes (its function names are in a trap's backtrace, its text in a WAT error, its
+# export names in a validation error) and could otherwise forge another plugin's marker, whose
+# counters are easy to guess: its trap read as that plugin's host failure (its recorded
+# exception taken, its sink fed, its Linker spent), or a bare IndexError from a marker naming no
+# function. No plugin ever sees a marker: a trap it caused never comes back into it.
+_SECRET = os.urandom(8).hex()
+_PREFIX = f"[plugsafe-host#{_SECRET}."
+_MARKER = lazy_re(r"\[plugsafe-host#" + _SECRET + r"\.(\d+)\.(\d+)( spare)?\]")
 
 
 def _host_failure(message: str, code: str | None) -> WasmFailure:
     """The WasmFailure for a trap a host callback returned (its marker is in ``message``)."""
     m = _MARKER.search(message)
-    record = None if m is None else _RECORDS.get(int(m.group(1)))
-    if m is None or record is None:
-        return WasmFailure(message, code)
-    function = int(m.group(2))
+    record, function = (None, -1) if m is None else (_RECORDS.get(int(m[1])), int(m[2]))
+    if m is None or record is None or not 0 <= function < len(record.names):
+        # (Its record is gone: the secret is not for the app's logs either.)
+        return WasmFailure(_MARKER.sub("[plugsafe-host]", message), code)
     exc, record.pending = record.pending, None
     if exc is not None and (
         isinstance(exc, (RecursionError, MemoryError, ctypes.ArgumentError))
@@ -325,11 +335,11 @@ def failure_from_addresses(error: int, trap: int) -> WasmFailure:
     prompt_off()
     if error:
         message, exit_code = error_text(error)  # (freed: both were the caller's)
-        if exit_code is None and "[plugsafe-host#" in message:
+        if exit_code is None and _PREFIX in message:
             return _host_failure(message, None)
         return WasmFailure(message, exit_code=exit_code)
     message, name = trap_text(trap)
-    if "[plugsafe-host#" in message:
+    if _PREFIX in message:
         return _host_failure(message, name)
     return WasmFailure(message, name)
 

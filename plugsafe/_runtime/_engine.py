@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._lazymodule import lazy_module
-from ._backend import failure_from_addresses
+from ._backend import WasmFailure, failure_from_addresses
 from ._forksafe import Owned
 from ._lib import PATH, address, ffi, lib, take_bytes
 from ._module import VALKINDS, Description, Module, describe_binary
@@ -44,6 +44,7 @@ __all__ = [
     "EpochTicker",
     "NO_DEADLINE_TICKS",
     "PoolLimits",
+    "PoolUnreservable",
     "TICK_SECONDS",
     "library_fingerprint",
     "shared_engine",
@@ -210,6 +211,10 @@ class Engine:
             self._owner: Any = engine
             self.address: int = _ctypes_address(engine.ptr())
         else:
+            if pooling is not None:
+                # Before the config exists (nothing to free if this raises): the C API cannot
+                # report a failed engine, it aborts the process (see _check_reservable).
+                _check_reservable(pooling)
             raw = lib.wasm_config_new()
             _configure(raw, metered=metered, max_stack=max_stack, components=False, pooling=pooling)
             self._owner = core = _CoreEngine(raw)
@@ -333,6 +338,57 @@ def _valtypes(kinds: Sequence[str]) -> Any:
 def _ctypes_address(ptr: Any) -> int:
     """The address a wasmtime-py (ctypes) pointer holds."""
     return ctypes.cast(ptr, ctypes.c_void_p).value or 0
+
+
+class PoolUnreservable(WasmFailure):
+    """A pooling allocator's slots do not fit in this process's address space (or under its
+    ``RLIMIT_AS``): no engine was made."""
+
+
+# What wasmtime reserves per pooled linear memory at least (its default memory reservation on
+# 64-bit hosts), the guard after it, bytes per table element, and what a pooled engine reserves
+# whatever its limits: each an over-estimate on purpose. (Measured, wasmtime 50 on x86-64: an
+# engine with one slot of one table element reserved 6,164 MiB, each further slot 4,128 MiB.)
+_SLOT_RESERVATION = 4 << 30
+_SLOT_GUARD = 64 << 20
+_TABLE_ELEMENT = 16
+_WASM_PAGE = 64 << 10
+_POOL_BASE = (2 << 30) + (256 << 20)
+
+
+def reservation_bytes(limits: PoolLimits) -> int:
+    """At least the address space wasmtime's pooling allocator reserves for ``limits`` when
+    an engine is made: a slot per memory (its 4 GiB reservation or ``memory_size`` if larger,
+    plus guard pages) and per table, and what every pooled engine reserves."""
+    slot = max(limits.memory_size, _SLOT_RESERVATION) + _SLOT_GUARD
+    table = -(-limits.table_elements * _TABLE_ELEMENT // _WASM_PAGE) * _WASM_PAGE
+    count = limits.instances
+    return count * limits.memories * slot + count * limits.tables * table + _POOL_BASE
+
+
+def _check_reservable(limits: PoolLimits) -> None:
+    """Raise PoolUnreservable unless ``reservation_bytes(limits)`` can be mapped now.
+
+    ``wasm_engine_new_with_config`` ``unwrap()``s wasmtime's engine creation: a pool whose
+    reservation fails (``mmap`` refused: past the 128 TiB a Linux process may address, or
+    past ``ulimit -v``) was a Rust panic that aborted the host process at the first load
+    (attack8). So the same reservation is tried here first (inaccessible, never touched:
+    address space only, not memory) and released at once; wasmtime then reserves what fits.
+    """
+    size = reservation_bytes(limits)
+    if os.name != "posix":  # pragma: no cover - no anonymous PROT_NONE mappings to try
+        return
+    import mmap
+
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+    try:
+        mmap.mmap(-1, size, flags=flags, prot=0).close()
+    except (OSError, OverflowError, ValueError) as exc:
+        raise PoolUnreservable(
+            f"the pool's slots need {size / (1 << 40):.1f} TiB of address space "
+            f"({limits.instances} instances x {limits.memories} memories of 4 GiB or more, "
+            f"plus tables and guard pages), which this process cannot reserve ({exc})"
+        ) from None
 
 
 def _set_pooling(cfg: Any, limits: PoolLimits) -> None:

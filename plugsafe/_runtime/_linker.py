@@ -227,7 +227,8 @@ def wasi_config(
         if not lib.wasi_config_preopen_dir(
             raw, host.encode("utf-8"), guest.encode("utf-8"), bool(writable)
         ):
-            raise WasmFailure("failed to add preopen dir")
+            # (wasmtime opens it now: gone, or no longer readable, since the policy checked.)
+            raise WasmFailure(f"cannot preopen the host directory {host!r} as {guest!r}")
     return cfg
 
 
