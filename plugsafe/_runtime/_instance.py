@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import threading
@@ -201,7 +200,6 @@ class Instance:
             raise
         self._exports = module.exports
         self._scratch = linker.scratch
-        self._raw_call = linker.raw_call
         # The host callbacks must outlive this store: freeing them while it can still call
         # them would send wasm to freed code. Held here too, so dropping the Linker is safe.
         self._callbacks = linker._keep
@@ -332,7 +330,7 @@ class Instance:
         arg = b.func_arg(func)
         ref = FuncRef(name, func, arg, info.params, info.results, *scratch)
         # The C call with every argument bound: one attribute load on the hot path, not five.
-        ref.call = functools.partial(self._raw_call, self._ctx, arg, ref.buf, ref.width, ref.trap)
+        ref.call = b.bind_call(self._ctx, arg, ref.buf, ref.width, ref.trap)
         self.funcs[name] = ref
         return ref
 
