@@ -479,7 +479,7 @@ class CallPath:
             # Half the deadline's ticks: a deadline set this long ago is still far ahead.
             self._horizon = ticks * ticker.period / 2
         # The C call with its arguments bound (compiled where plugsafe._speedups was built).
-        self._raw = ref.call
+        self._raw = inst.fast_call(ref)
         self._set_fuel = backend.set_fuel
         return True
 
@@ -492,6 +492,11 @@ class CallPath:
         ref = inst.funcs.get(function)
         if ref is None or not ref.abi_ok:
             return None
+        # Its C calls compiled from now on (and the allocator's, if it was used).
+        inst.fast_call(ref)
+        alloc = inst.funcs.get(_abi.ALLOC_EXPORT)
+        if alloc is not None:
+            inst.fast_call(alloc)
         self._abi_fn, self._abi_ref = function, ref
         return ref
 

@@ -42,10 +42,15 @@ NUMERIC = """
   (memory (export "memory") 1)
   (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
   (func (export "spin") (loop $l (br $l)))
-  (func (export "boom") unreachable)
+  (func (export "wait") (param i32) (result i32)
+    (if (i32.lt_s (local.get 0) (i32.const 0)) (then (loop $l (br $l))))
+    (local.get 0))
+  (func (export "boom") (param i32) (result i32)
+    (if (local.get 0) (then unreachable)) (local.get 0))
   (func (export "div") (param i32 i32) (result i32) (i32.div_s (local.get 0) (local.get 1)))
-  (func (export "oob") (result i32) (i32.load (i32.const 0x7fffffff)))
-  (func (export "quit") (call $exit (i32.const 3)))
+  (func (export "oob") (param i32) (result i32) (i32.load (local.get 0)))
+  (func (export "quit") (param i32) (result i32)
+    (if (local.get 0) (then (call $exit (i32.const 3)))) (local.get 0))
   (func (export "run") (param i32) (result i64) (local i64)
     (block (loop
       (br_if 1 (i32.eqz (local.get 0)))
@@ -90,21 +95,32 @@ def _policy(**kw: Any) -> Policy:
     return Policy(allow={"inc"}, wasi=plugsafe.Wasi(), **kw)
 
 
+def _path(plugin: plugsafe.Plugin) -> Any:
+    return plugin.invoke.__self__  # type: ignore[attr-defined]
+
+
 def _bound_call(plugin: plugsafe.Plugin, function: str) -> object:
     """The bound C call the plugin's current instance makes for ``function``."""
-    path: Any = plugin.invoke.__self__  # type: ignore[attr-defined]
-    return path.instance.func(function).call
+    return _path(plugin).instance.funcs[function].call
 
 
-def _assert_path(plugin: plugsafe.Plugin, function: str) -> None:
-    """The plugin's calls of ``function`` on its current instance go through the compiled
-    call exactly when it is in use (a failed call drops its instance: ask before it)."""
-    call = _bound_call(plugin, function)
+def _assert_compiled_if_in_use(call: object) -> None:
     if rt.SPEEDUPS:
         assert type(call).__name__ == "RawCall"
         assert type(call).__module__ == "plugsafe._speedups"
     else:
         assert isinstance(call, functools.partial)
+
+
+def _aim(plugin: plugsafe.Plugin, function: str, *args: int) -> None:
+    """Call ``function`` twice: the second call (and every later one on this instance) takes
+    the short path, which makes the C call compiled where it is in use (Instance.fast_call)."""
+    plugin.invoke(function, *args)
+    plugin.invoke(function, *args)
+    path = _path(plugin)
+    assert path._fn == function
+    _assert_compiled_if_in_use(path._raw)
+    assert path._raw is _bound_call(plugin, function)
 
 
 # -- which call is in use ---------------------------------------------------------------------
@@ -118,15 +134,19 @@ def test_the_compiled_call_is_built_and_used() -> None:
     with _host() as host:
         plugin = host.load(NUMERIC.encode(), policy=_policy())
         assert plugin.invoke("add", 1, 2) == 3
-        assert isinstance(_bound_call(plugin, "add"), sp.RawCall)
-        # The short path (from the second call) calls it directly.
+        # Bound at the first call on an instance is cffi's call (binding the compiled one
+        # costs more than one call saves: fresh_instance, first calls) ...
+        assert isinstance(_bound_call(plugin, "add"), functools.partial)
+        # ... and the short path (from the second call) makes it the compiled one.
         assert plugin.invoke("add", 2, 2) == 4
-        path: Any = plugin.invoke.__self__  # type: ignore[attr-defined]
-        assert isinstance(path._raw, sp.RawCall)
-        # And the ABI path's calls too.
+        assert isinstance(_path(plugin)._raw, sp.RawCall)
+        assert isinstance(_bound_call(plugin, "add"), sp.RawCall)
+        # And the ABI path's calls too, the allocator's with them.
         echo = host.load(ECHO.encode())
         assert echo.call("echo", b"hello") == b"hello"
+        assert echo.call("echo", b"hello") == b"hello"
         assert isinstance(_bound_call(echo, "echo"), sp.RawCall)
+        assert isinstance(_bound_call(echo, "plugsafe_alloc"), sp.RawCall)
 
 
 def _run_child(code: str, **env: str) -> dict[str, Any]:
@@ -242,27 +262,26 @@ def test_results_and_host_callbacks() -> None:
     with _host() as host:
         plugin = host.load(NUMERIC.encode(), policy=_policy())
         assert plugin.invoke("add", 2**31 - 1, 1) == -(2**31)
+        _aim(plugin, "run", 1)
         assert plugin.invoke("run", 5) == 5  # five host calls, each back into Python
-        _assert_path(plugin, "run")
         assert plugin.last_call is not None and plugin.last_call.host_calls == 5
         with pytest.raises(plugsafe.HostFunctionError) as info:
             plugin.invoke("run", 8)  # the eighth host call raises ValueError("seven")
         assert isinstance(info.value.__cause__, ValueError)
         assert str(info.value.__cause__) == "seven"
         assert plugin.invoke("run", 6) == 6  # and the plugin goes on
+        _aim(plugin, "run", 1)
+        assert plugin.invoke("run", 4) == 4
 
 
 def test_a_deadline_interrupts_a_guest_loop() -> None:
     with _host() as host:
         plugin = host.load(NUMERIC.encode(), policy=_policy(timeout=0.2))
-        assert plugin.invoke("add", 1, 2) == 3
-        _assert_path(plugin, "add")
-        for _ in range(2):
-            plugin.invoke("add", 1, 2)  # a live instance to look at
-            _assert_path(plugin, "spin")
+        for _ in range(2):  # the failure drops the instance: again on a new one
+            _aim(plugin, "wait", 0)
             t = time.monotonic()
             with pytest.raises(plugsafe.DeadlineExceeded):
-                plugin.invoke("spin")
+                plugin.invoke("wait", -1)  # forever
             assert time.monotonic() - t < 30  # generous: a shared machine
         assert plugin.invoke("add", 1, 2) == 3
 
@@ -271,10 +290,9 @@ def test_fuel_runs_out_in_a_guest_loop() -> None:
     with _host() as host:
         plugin = host.load(NUMERIC.encode(), policy=_policy(fuel=100_000))
         for _ in range(2):
-            plugin.invoke("add", 1, 2)
-            _assert_path(plugin, "spin")
+            _aim(plugin, "wait", 0)
             with pytest.raises(plugsafe.FuelExhausted):
-                plugin.invoke("spin")
+                plugin.invoke("wait", -1)
         assert plugin.invoke("add", 1, 2) == 3
 
 
@@ -295,11 +313,10 @@ def test_other_threads_run_while_a_guest_runs() -> None:
         thread.start()
         try:
             for _ in range(2):
-                plugin.invoke("add", 1, 2)
-                _assert_path(plugin, "spin")
+                _aim(plugin, "wait", 0)
                 began = time.monotonic()
                 with pytest.raises(plugsafe.DeadlineExceeded):
-                    plugin.invoke("spin")
+                    plugin.invoke("wait", -1)
                 ended = time.monotonic()
                 inside = [t for t in ticks if began + 0.2 < t < ended - 0.2]
                 assert len(inside) > 10, (began, ended, len(ticks))
@@ -323,13 +340,21 @@ _FAILURES = """
 
     with _host() as host:
         plugin = host.load(NUMERIC.encode(), policy=_policy(), name="failing")
-        got = [outcome(f) for f in (
-            lambda: plugin.invoke("boom"), lambda: plugin.invoke("boom"),
-            lambda: plugin.invoke("div", 1, 0), lambda: plugin.invoke("div", 1, 0),
-            lambda: plugin.invoke("oob"), lambda: plugin.invoke("quit"),
-            lambda: plugin.invoke("quit"), lambda: plugin.invoke("div", 7, 2),
-        )]
-    print(json.dumps({"speedups": rt.SPEEDUPS, "got": got}))
+        path = plugin.invoke.__self__
+        got, calls = [], []
+        # Each function called well twice first (the second call aims the short path at it,
+        # which makes its C call the compiled one where that is in use), then badly: a
+        # failure drops the instance, so the next case starts on a new one.
+        for fn, good, bad in (
+            ("boom", (0,), (1,)), ("div", (7, 2), (1, 0)), ("oob", (0,), (0x7FFFFFFF,)),
+            ("quit", (0,), (1,)), ("div", (7, 2), (-2**31, -1)),
+        ):
+            plugin.invoke(fn, *good)
+            plugin.invoke(fn, *good)
+            calls.append(type(path._raw).__name__)
+            got.append(outcome(lambda: plugin.invoke(fn, *bad)))
+        got.append(outcome(lambda: plugin.invoke("div", 7, 2)))
+    print(json.dumps({"speedups": rt.SPEEDUPS, "got": got, "calls": calls}))
 """
 
 
@@ -339,9 +364,15 @@ def test_traps_and_errors_are_the_same_on_both_calls() -> None:
     compiled = _run_child(_FAILURES)
     plain = _run_child(_FAILURES, PLUGSAFE_SPEEDUPS="0")
     assert plain["speedups"] is False
+    assert plain["calls"] == ["partial"] * 5
+    if compiled["speedups"]:
+        assert compiled["calls"] == ["RawCall"] * 5
     assert compiled["got"] == plain["got"]
     names = [g[0] for g in compiled["got"]]
-    assert names == ["PluginTrap"] * 5 + ["PluginExitError"] * 2 + ["ok"]
-    assert compiled["got"][5][3] == 3  # the exit code
+    assert names == ["PluginTrap"] * 3 + ["PluginExitError", "PluginTrap", "ok"]
     assert compiled["got"][0][2] == "UNREACHABLE"
-    assert compiled["got"][2][2] == "INTEGER_DIVISION_BY_ZERO"
+    assert compiled["got"][1][2] == "INTEGER_DIVISION_BY_ZERO"
+    assert compiled["got"][2][2] == "MEMORY_OUT_OF_BOUNDS"
+    assert compiled["got"][3][3] == 3  # the exit code
+    assert compiled["got"][4][2] == "INTEGER_OVERFLOW"
+    assert compiled["got"][5] == ["ok", "3"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -200,6 +201,7 @@ class Instance:
             raise
         self._exports = module.exports
         self._scratch = linker.scratch
+        self._raw_call = linker.raw_call
         # The host callbacks must outlive this store: freeing them while it can still call
         # them would send wasm to freed code. Held here too, so dropping the Linker is safe.
         self._callbacks = linker._keep
@@ -330,9 +332,25 @@ class Instance:
         arg = b.func_arg(func)
         ref = FuncRef(name, func, arg, info.params, info.results, *scratch)
         # The C call with every argument bound: one attribute load on the hot path, not five.
-        ref.call = b.bind_call(self._ctx, arg, ref.buf, ref.width, ref.trap)
+        ref.call = functools.partial(self._raw_call, self._ctx, arg, ref.buf, ref.width, ref.trap)
         self.funcs[name] = ref
         return ref
+
+    def fast_call(self, ref: FuncRef) -> Callable[[], object]:
+        """``ref.call``, made the backend's compiled call first if it has one (once per
+        function and instance: ``plugsafe._speedups``, see Backend.bind_call).
+
+        The call path asks for it when a short path aims at a function, i.e. from its second
+        call on this instance: binding costs about what three compiled calls save (the
+        addresses read through cffi), which a function called once on its instance
+        (``fresh_instance``, the first call) would pay without getting it back.
+        """
+        if not ref.fast:
+            b = self._b
+            if b.compiled:
+                ref.call = b.bind_call(self._ctx, ref.arg, ref.buf, ref.width, ref.trap)
+            ref.fast = True
+        return ref.call
 
     def warm(self, names: Sequence[str]) -> None:
         """Look up the functions ``names`` and the memory window ahead of the first call.
