@@ -1,4 +1,5 @@
-"""Build hook: ship the guest SDKs and plugin templates in the package as ``plugsafe/_sdk/``.
+"""Build hooks: ship the guest SDKs and plugin templates in the package as ``plugsafe/_sdk/``,
+and build the optional compiled call into wasm (``plugsafe._speedups``).
 
 Everything else about the build is in ``pyproject.toml``. ``plugsafe new`` (``plugsafe._scaffold``)
 copies templates from ``plugsafe/_sdk/`` in a regular install, and from ``plugins-sdk/`` in a
@@ -10,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 SDK_SOURCE = Path(__file__).resolve().parent / "plugins-sdk"
@@ -33,4 +34,9 @@ class BuildPyWithSdk(build_py):
             shutil.copytree(SDK_SOURCE / part, dest / part, ignore=IGNORE, dirs_exist_ok=True)
 
 
-setup(cmdclass={"build_py": BuildPyWithSdk})
+# plugsafe/_speedups.c (issue 14, goal 5): the per-call C call without cffi's ABI-mode call.
+# Optional: without a C compiler or Python's headers the build warns and goes on, and the
+# cffi backend calls through cffi as before (plugsafe._runtime.SPEEDUPS says which is in use).
+SPEEDUPS = Extension("plugsafe._speedups", ["plugsafe/_speedups.c"], optional=True)
+
+setup(cmdclass={"build_py": BuildPyWithSdk}, ext_modules=[SPEEDUPS])

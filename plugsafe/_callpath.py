@@ -249,9 +249,7 @@ class CallPath:
         "__weakref__",
         "_abi_fn",
         "_abi_ref",
-        "_arg",
         "_arming",
-        "_buf",
         "_cost",
         "_ctx",
         "_failure",
@@ -277,9 +275,7 @@ class CallPath:
         "_set_at",
         "_set_fuel",
         "_ticker",
-        "_trap",
         "_tw",
-        "_width",
         "abi",
         "close_pending",
         "closed",
@@ -317,13 +313,9 @@ class CallPath:
     _pv: Any  # a typed memoryview (Any: its items' type is the signature's)
     _ps: int
     _pn: int
-    # The C call and its arguments.
-    _raw: Callable[..., object]
-    _ctx: Any  # the instance's context (the backend's Ctx)
-    _arg: object
-    _buf: object
-    _width: int
-    _trap: object
+    # The C call with its arguments bound (FuncRef.call), and the instance's context.
+    _raw: Callable[[], object]
+    _ctx: Any  # the backend's Ctx
     # The results: a single one is ``_rv[0]`` (``_rv`` None: not one result, then ``_many()``
     # unpacks them as a tuple); ``_tw[0]`` is the trap pointer (null between calls).
     _rv: memoryview | None
@@ -450,8 +442,8 @@ class CallPath:
         self._fn = self._abi_fn = _UNAIMED
         self._abi_ref = None
         self._ref = self._ctx = self._ticker = self._fuel = None
-        self._arg = self._buf = self._trap = self._rv = None
-        self._width = self._ps = 0
+        self._rv = None
+        self._ps = 0
         self._pn = -1
         self._pv = self._tw = _NO_VIEW
         self._arming = _NO_ARMING
@@ -478,7 +470,6 @@ class CallPath:
         self._ref = ref
         self._put, self._pn, self._ps = put, ref.arity, ref.stride
         self._pv = _NO_VIEW if ref.pview is None else ref.pview
-        self._arg, self._buf, self._width, self._trap = ref.arg, ref.buf, ref.width, ref.trap
         self._rv, self._tw, self._many = ref.rview, ref.trap_word, many
         self._failure = ref.failure
         backend, self._ctx, ticker, self._arming, ticks, self._fuel = ref.budget
@@ -487,7 +478,8 @@ class CallPath:
             self._period = ticker.period
             # Half the deadline's ticks: a deadline set this long ago is still far ahead.
             self._horizon = ticks * ticker.period / 2
-        self._raw = backend.raw_call
+        # The C call with its arguments bound (compiled where plugsafe._speedups was built).
+        self._raw = inst.fast_call(ref)
         self._set_fuel = backend.set_fuel
         return True
 
@@ -500,6 +492,11 @@ class CallPath:
         ref = inst.funcs.get(function)
         if ref is None or not ref.abi_ok:
             return None
+        # Its C calls compiled from now on (and the allocator's, if it was used).
+        inst.fast_call(ref)
+        alloc = inst.funcs.get(_abi.ALLOC_EXPORT)
+        if alloc is not None:
+            inst.fast_call(alloc)
         self._abi_fn, self._abi_ref = function, ref
         return ref
 
@@ -711,8 +708,9 @@ class CallPath:
                             arming[0] = start
                             if start - self._set_at > self._horizon:
                                 self.rearm(ticker, start)
-                    # FuncRef.call, unrolled: no partial to go through.
-                    error = self._raw(self._ctx, self._arg, self._buf, self._width, self._trap)
+                    # FuncRef.call: compiled (plugsafe._speedups, a few hundred instructions)
+                    # or cffi's ABI-mode call through a partial (about 3,000).
+                    error = self._raw()
                     if error or self._tw[0]:
                         raise self._failure(error, self._tw[0])
                     # One result read from its typed view: no tuple to build and index.

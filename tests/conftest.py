@@ -77,6 +77,10 @@ SLOW_TESTS = (
     "tests/test_speed_features.py::test_cache_is_used_by_a_fresh_process",
     "tests/test_speed_features.py::test_forced_fallback_backend_runs",
     "tests/test_threads.py::test_wasm_runs_without_holding_the_gil",
+    # New processes, with and without the compiled call.
+    "tests/test_speedups.py::test_plugsafe_speedups_0_turns_it_off",
+    "tests/test_speedups.py::test_without_the_extension_the_cffi_call_is_used",
+    "tests/test_speedups.py::test_traps_and_errors_are_the_same_on_both_calls",
 )
 
 

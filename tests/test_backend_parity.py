@@ -20,18 +20,24 @@ from plugsafe._runtime._linker import Caller
 from wat import abi_module
 
 
-def _cffi() -> Backend:
-    from plugsafe._runtime._cffi import CffiBackend
+def _cffi(compiled: bool) -> Backend:
+    from plugsafe._runtime._cffi import SPEEDUPS, CffiBackend
 
-    return CffiBackend()
+    if not compiled:
+        return CffiBackend(speedups=None)
+    if SPEEDUPS is None:  # not built here, or PLUGSAFE_SPEEDUPS=0 (tests/test_speedups.py)
+        raise RuntimeError("the compiled call (plugsafe._speedups) is not in use here")
+    return CffiBackend(speedups=SPEEDUPS)
 
 
 def _backends() -> list[Any]:
     out: list[Any] = [pytest.param(CtypesBackend(), id="ctypes")]
-    try:
-        out.append(pytest.param(_cffi(), id="cffi"))
-    except Exception as exc:  # cffi missing here: the ctypes cases still run
-        out.append(pytest.param(None, id="cffi", marks=pytest.mark.skip(reason=str(exc))))
+    # cffi's own ABI-mode call, and the compiled one (plugsafe._speedups) where it is in use.
+    for compiled, name in ((False, "cffi"), (True, "cffi-compiled")):
+        try:
+            out.append(pytest.param(_cffi(compiled), id=name))
+        except Exception as exc:  # cffi missing here: the ctypes cases still run
+            out.append(pytest.param(None, id=name, marks=pytest.mark.skip(reason=str(exc))))
     return out
 
 

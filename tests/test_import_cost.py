@@ -66,6 +66,8 @@ OTHER = frozenset(
         ("_runtime._lib", ".._wasmtime_cffi"),
         ("_runtime._lib", "cffi"),
         ("_runtime._select", "._cffi"),
+        # The optional compiled call (plugsafe._speedups), not built where there was no compiler.
+        ("_runtime._cffi", ".."),
         # wasmtime-py's component API, on the first component load (most hosts never load one).
         ("_runtime._component", "wasmtime.component"),
         ("_wasishims", "."),

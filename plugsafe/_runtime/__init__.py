@@ -31,7 +31,11 @@ fuel, deadlines, host callbacks):
   package falls back to ``ctypes`` and warns once.
 - ``ctypes`` (``_ctypes``): wasmtime-py's ctypes bindings, used directly.
 
-``_select`` picks one at import; set ``PLUGSAFE_BACKEND=ctypes`` to force the fallback. A Linker
+``_select`` picks one at import; set ``PLUGSAFE_BACKEND=ctypes`` to force the fallback.
+The cffi backend's per-call C call (``Backend.bind_call``) is compiled where the optional
+extension ``plugsafe._speedups`` was built at install (``plugsafe/_speedups.c``: a C compiler
+and Python's headers); else, or with ``PLUGSAFE_SPEEDUPS=0`` (read once at import), it is
+cffi's ABI-mode call. ``SPEEDUPS`` says which is in use. A Linker
 (and every Instance made through it) may be given another backend explicitly, which is how the
 parity tests run both in one process.
 
@@ -81,7 +85,7 @@ from ._module import (
     load_description,
     parse_description,
 )
-from ._select import BACKEND, DEFAULT, select_backend
+from ._select import BACKEND, DEFAULT, SPEEDUPS, select_backend
 from ._store import DEFAULT_WASI
 from ._ticker import Ticker
 
@@ -113,6 +117,7 @@ __all__ = [
     "PoolExhaustedFailure",
     "PoolLimits",
     "PoolUnreservable",
+    "SPEEDUPS",
     "TICK_SECONDS",
     "WasmFailure",
     "check_span",

@@ -369,6 +369,10 @@ if TYPE_CHECKING:
         def ok(self) -> object:
             """What a host callback returns when it succeeded (else ``trap(message)``)."""
 
+        @property
+        def compiled(self) -> bool:
+            """True if ``bind_call`` makes compiled calls (``plugsafe._speedups``)."""
+
         # -- setting up an instance --
 
         def ctx(self, store: wasmtime.Store) -> Ctx:
@@ -399,6 +403,14 @@ if TYPE_CHECKING:
 
         def func_arg(self, func: FuncHandle) -> object:
             """``func`` as ``raw_call`` takes it."""
+
+        def bind_call(
+            self, ctx: Ctx, arg: object, buf: RawSlots, n: int, trap: TrapSlot
+        ) -> Callable[[], object]:
+            """``raw_call`` with every argument bound: () -> error, as ``raw_call`` returns it.
+
+            The cffi backend's is compiled (``plugsafe._speedups``) where it was built and not
+            turned off (``compiled``); else a ``functools.partial`` of ``raw_call``."""
 
         def trap_arg(self, buf: RawSlots, offset: int) -> TrapSlot:
             """A trap slot inside ``buf``, ``offset`` bytes in."""

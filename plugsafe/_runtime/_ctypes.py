@@ -8,6 +8,7 @@ wasmtime-py.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 from ctypes import POINTER, byref
 from typing import TYPE_CHECKING, cast
@@ -59,6 +60,8 @@ class CtypesBackend(CffiTraps):
     """The Backend over ctypes. Handles are wasmtime-py's ctypes structs and pointers."""
 
     name = "ctypes"
+    # Its calls go through ctypes (plugsafe._speedups binds the cffi backend's only).
+    compiled = False
 
     def __init__(self) -> None:
         self._call = wf.wasmtime_func_call_unchecked
@@ -115,6 +118,11 @@ class CtypesBackend(CffiTraps):
 
     def func_arg(self, func: FuncHandle) -> object:
         return byref(func)  # type: ignore[arg-type]
+
+    def bind_call(
+        self, ctx: Ctx, arg: object, buf: RawSlots, n: int, trap: TrapSlot
+    ) -> Callable[[], object]:
+        return functools.partial(self._call, ctx, arg, buf, n, trap)
 
     def trap_arg(self, buf: RawSlots, offset: int) -> TrapSlot:
         return TrapSlot(ctypes.cast(ctypes.addressof(buf) + offset, POINTER(_TrapPtr)))  # type: ignore[arg-type]

@@ -178,8 +178,10 @@ class FuncRef:
     stride: int
     arity: int
     rview: memoryview | None
-    # ``call()`` makes the C call on ``buf`` (set by Instance.func).
+    # ``call()`` makes the C call on ``buf`` (set by Instance.func; made the compiled call by
+    # Instance.fast_call, which sets ``fast``).
     call: Callable[[], object] = unbound
+    fast: bool = False
     # ``invoke(args)``: Instance.invoke for this function as one closure (set by
     # Instance.prepare_invoke for numeric functions): the per-call path with no method lookups.
     invoke: Callable[[Sequence[object]], Results] = unbound

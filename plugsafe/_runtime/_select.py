@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 else:  # the fallback, imported only if it is used (issue 14: cold start)
     CtypesBackend = lazy_function("plugsafe._runtime._ctypes", "CtypesBackend", globals())
 
-__all__ = ["BACKEND", "DEFAULT", "select_backend"]
+__all__ = ["BACKEND", "DEFAULT", "SPEEDUPS", "select_backend"]
 
 
 def select_backend() -> Backend:
@@ -41,3 +41,6 @@ def select_backend() -> Backend:
 
 DEFAULT: Backend = select_backend()
 BACKEND: str = DEFAULT.name
+# True if the per-call C call is the compiled one (plugsafe._speedups: built at install where a
+# C compiler was found, not turned off with PLUGSAFE_SPEEDUPS=0, and the cffi backend in use).
+SPEEDUPS: bool = DEFAULT.compiled

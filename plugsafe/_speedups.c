@@ -1,0 +1,175 @@
+/* plugsafe._speedups: the per-call C call into wasm, made without cffi's ABI-mode call.
+ *
+ * Optional (setup.py builds it when a C compiler and Python's headers are there; without it
+ * the cffi backend calls through cffi, as before). One thing only: ``bind`` makes a ``RawCall``
+ * object holding the addresses of one exported function's call (wasmtime_func_call_unchecked,
+ * the store's context, the function, its scratch slots, their count and the trap slot), all of
+ * them plugsafe's own (plugsafe/_runtime/_cffi.py: cffi objects it made, kept alive by ``keep``);
+ * calling the object makes that C call with the GIL released, as cffi's call does (the epoch
+ * ticker, other threads and host callbacks, which are cffi callbacks that take the GIL back,
+ * depend on it), and returns the error pointer as an int: 0 when the call succeeded.
+ * Nothing here reads or writes guest memory or takes a value from a guest. No Python code runs
+ * between releasing and retaking the GIL, so no Python exception can cross this boundary.
+ *
+ * Why by hand: cffi's ABI-mode call (libffi, argument conversion of five cdata objects) costs
+ * about 3,000 instructions; this one a few hundred (issue 14, goal 5; docs/performance.md).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* wasmtime_func_call_unchecked(wasmtime_context_t *, const wasmtime_func_t *,
+ *                              wasmtime_val_raw_t *, size_t, wasm_trap_t **) -> wasmtime_error_t * */
+typedef void *(*call_unchecked_fn)(void *, const void *, void *, size_t, void **);
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    call_unchecked_fn target;
+    void *ctx;
+    const void *func;
+    void *slots;
+    size_t width;
+    void **trap;
+    PyObject *keep; /* the objects that own the memory behind these addresses */
+} RawCall;
+
+static PyObject *
+rawcall_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RawCall *self = (RawCall *)op;
+    void *error;
+    (void)args;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a RawCall takes no arguments");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    error = self->target(self->ctx, self->func, self->slots, self->width, self->trap);
+    Py_END_ALLOW_THREADS
+    if (error == NULL) {
+        return PyLong_FromLong(0); /* the cached small int: nothing allocated */
+    }
+    return PyLong_FromVoidPtr(error);
+}
+
+static void
+rawcall_dealloc(PyObject *op)
+{
+    Py_XDECREF(((RawCall *)op)->keep);
+    PyObject_Free(op);
+}
+
+static PyTypeObject RawCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "plugsafe._speedups.RawCall",
+    .tp_basicsize = sizeof(RawCall),
+    .tp_dealloc = rawcall_dealloc,
+    .tp_vectorcall_offset = offsetof(RawCall, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    /* Made by bind() only: instantiated from Python, its addresses would be null. */
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_doc = "One exported function's C call, bound (made by bind()); call it with no arguments.",
+};
+
+/* An address: an exact int in 1..UINTPTR_MAX (every address bound is one, none is null). */
+static int
+address_arg(PyObject *value, const char *what, uintptr_t *out)
+{
+    unsigned long long v;
+    if (!PyLong_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "bind(): %s must be an int", what);
+        return -1;
+    }
+    v = PyLong_AsUnsignedLongLong(value); /* OverflowError if negative or too large */
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v == 0 || v > (unsigned long long)UINTPTR_MAX) {
+        PyErr_Format(PyExc_ValueError, "bind(): %s is not an address", what);
+        return -1;
+    }
+    *out = (uintptr_t)v;
+    return 0;
+}
+
+PyDoc_STRVAR(bind_doc,
+"bind(target, ctx, func, slots, width, trap, keep) -> RawCall\n\n"
+"target: the address of wasmtime_func_call_unchecked; ctx, func, slots and trap: the addresses\n"
+"of the call's arguments; width: the number of slots; keep: what owns that memory (held).");
+
+static PyObject *
+bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    uintptr_t target, ctx, func, slots, trap;
+    size_t width;
+    RawCall *self;
+    (void)module;
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "bind() takes 7 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (address_arg(args[0], "target", &target) < 0 || address_arg(args[1], "ctx", &ctx) < 0
+        || address_arg(args[2], "func", &func) < 0 || address_arg(args[3], "slots", &slots) < 0
+        || address_arg(args[5], "trap", &trap) < 0) {
+        return NULL;
+    }
+    if (!PyLong_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "bind(): width must be an int");
+        return NULL;
+    }
+    width = PyLong_AsSize_t(args[4]); /* OverflowError if negative */
+    if (width == (size_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    self = PyObject_New(RawCall, &RawCallType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = rawcall_vectorcall;
+    /* An address made a function pointer: what cffi's cast did (implementation-defined, and
+     * what every platform wasmtime's wheels are built for does). */
+    self->target = (call_unchecked_fn)target;
+    self->ctx = (void *)ctx;
+    self->func = (const void *)func;
+    self->slots = (void *)slots;
+    self->width = width;
+    self->trap = (void **)trap;
+    Py_INCREF(args[6]);
+    self->keep = args[6];
+    return (PyObject *)self;
+}
+
+static PyMethodDef methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, bind_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "plugsafe._speedups",
+    .m_doc = "plugsafe's optional compiled call into wasm (see plugsafe/_runtime/_cffi.py).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *module;
+    if (PyType_Ready(&RawCallType) < 0) {
+        return NULL;
+    }
+    module = PyModule_Create(&module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&RawCallType);
+    if (PyModule_AddObject(module, "RawCall", (PyObject *)&RawCallType) < 0) {
+        Py_DECREF(&RawCallType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

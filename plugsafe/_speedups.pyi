@@ -1,0 +1,12 @@
+# The optional compiled call into wasm (plugsafe/_speedups.c; see plugsafe/_runtime/_cffi.py).
+from typing import final
+
+@final
+class RawCall:
+    """One exported function's C call, bound by ``bind``: returns the error's address (0: none)."""
+
+    def __call__(self) -> int: ...
+
+def bind(
+    target: int, ctx: int, func: int, slots: int, width: int, trap: int, keep: object, /
+) -> RawCall: ...
