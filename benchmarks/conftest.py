@@ -177,7 +177,7 @@ def wt() -> ByHand:
 def _extism() -> Any:
     """Import Extism's SDK or skip with the reason (``pip install -e .[bench]`` installs it)."""
     try:
-        import extism  # type: ignore[import-untyped]
+        import extism
     except ImportError as exc:
         pytest.skip(
             f"Extism columns skipped: its Python SDK or native library cannot be imported ({exc}); "

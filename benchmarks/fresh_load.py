@@ -69,7 +69,7 @@ def main(mode: str, wasm_path: str, cache_dir: str) -> dict[str, float]:
         t2 = time.perf_counter()
         assert exports["add"](store, 1, 2) == 3
     elif mode == "extism":
-        import extism  # type: ignore[import-untyped]
+        import extism
 
         imported = time.perf_counter() - t_import
         wasm = (Path(wasm_path).parent / "extism.wasm").read_bytes()

@@ -80,7 +80,7 @@ def report(benchmark: Any, item: str, contender: str, seconds: float, **extra: A
 
 def _extism() -> Any | None:
     try:
-        import extism  # type: ignore[import-untyped]
+        import extism
     except (ImportError, OSError):
         return None
     return extism
