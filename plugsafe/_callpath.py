@@ -492,6 +492,13 @@ class CallPath:
         ref = inst.funcs.get(function)
         if ref is None or not ref.abi_ok:
             return None
+        if not ref.abi_seen:
+            # Its first call on this instance: not aimed, so that its second one comes back
+            # here. Binding the compiled call costs about what three compiled calls save, which
+            # a function called once on its instance (``fresh_instance``, every plugin's first
+            # call: issue 14, goals 4 and 6) would pay for nothing, as _aim's callers do.
+            ref.abi_seen = True
+            return ref
         # Its C calls compiled from now on (and the allocator's, if it was used).
         inst.fast_call(ref)
         alloc = inst.funcs.get(_abi.ALLOC_EXPORT)

@@ -144,6 +144,8 @@ def test_the_compiled_call_is_built_and_used() -> None:
         # And the ABI path's calls too, the allocator's with them.
         echo = host.load(ECHO.encode())
         assert echo.call("echo", b"hello") == b"hello"
+        # Not at its first call on the instance either (a fresh instance's only call) ...
+        assert isinstance(_bound_call(echo, "echo"), functools.partial)
         assert echo.call("echo", b"hello") == b"hello"
         assert isinstance(_bound_call(echo, "echo"), sp.RawCall)
         assert isinstance(_bound_call(echo, "plugsafe_alloc"), sp.RawCall)

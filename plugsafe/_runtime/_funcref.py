@@ -182,6 +182,9 @@ class FuncRef:
     # Instance.fast_call, which sets ``fast``).
     call: Callable[[], object] = unbound
     fast: bool = False
+    # Set by the call path at this function's first ABI call on its instance: the second one
+    # binds the compiled call (see CallPath._aim_abi).
+    abi_seen: bool = False
     # ``invoke(args)``: Instance.invoke for this function as one closure (set by
     # Instance.prepare_invoke for numeric functions): the per-call path with no method lookups.
     invoke: Callable[[Sequence[object]], Results] = unbound
