@@ -28,7 +28,10 @@ __all__ = [
     "VALKINDS",
     "Description",
     "Module",
+    "MAX_DESCRIPTION",
+    "check_description",
     "describe_binary",
+    "load_description",
     "parse_description",
 ]
 
@@ -113,20 +116,133 @@ class Module:
 # The description is a dict of str, int, None and tuples of them in marshal's format (version 4
 # is read by every Python 3 since 3.4, and written the same by all of them). Not JSON (issue 14):
 # `json` is about 2 % of a cold start's instructions, for a few hundred bytes read once; marshal
-# is built in, and C. marshal is not meant for hostile bytes, and these are not: the on-disk
-# cache hands back only entries whose sha256 matches (ArtifactCache.get), in a directory only
-# this user can write, beside the native artifact that is trusted far more. What it loads is
-# still checked exactly (types and shapes) before use; anything else reads as unreadable.
+# is built in, and C. Reading it back is not left to ``marshal.loads``, which is not meant for
+# hostile bytes: a 5-byte tuple header of 2**31 - 1 items made it allocate 16 GiB before it
+# found no items (tidy9). The on-disk cache hands back only entries whose sha256 matches, in a
+# directory only this user can write, but another process of that user can write such an entry
+# on purpose (tests/test_tidy9_cache.py). So ``load_description`` reads the subset ``describe``
+# writes itself, every count bounded by the bytes left, and nothing else.
 _MARSHAL_VERSION = 4
+# The largest description read or written (a module of 16 MiB, the default max_module_size, of
+# nothing but exports describes itself in less); larger ones are not cached.
+MAX_DESCRIPTION = 64 << 20
+# Containers inside the top-level dict: describe's rows nest 3 deep (meta, memories, a memory).
+_MAX_DEPTH = 4
+_PENDING = object()  # a tuple's reference slot while its items are read (marshal's "reserve")
 
 
 def load_description(description: bytes) -> dict[str, object] | None:
-    """``Module.describe``'s output as the dict it wrote; None if it is not one."""
-    try:
-        data = marshal.loads(description)
-    except (ValueError, TypeError, EOFError):
+    """``Module.describe``'s output as the dict it wrote; None if it is not one.
+
+    Reads marshal's format (version 4) as ``marshal.loads`` would, but only what ``describe``
+    writes: one dict of str keys whose values are str, int, None and tuples of them, with
+    marshal's back-references. Any other type, a count larger than the bytes left (an item takes
+    one byte at least), nesting deeper than describe's, a reference to nothing or to an
+    unfinished tuple, trailing bytes, or more than MAX_DESCRIPTION bytes: None. Its memory is
+    therefore bounded by a small multiple of its input's size.
+    """
+    if len(description) > MAX_DESCRIPTION or description[:1] not in (b"{", b"\xfb"):
         return None
-    return data if type(data) is dict else None
+    try:
+        data, end = _unmarshal(description)
+    except (ValueError, IndexError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if end == len(description) and type(data) is dict else None
+
+
+def _unmarshal(raw: bytes) -> tuple[object, int]:
+    """(the object marshal's bytes ``raw`` start with, the offset after it): see
+    ``load_description`` for the subset. Raises ValueError (or IndexError) on anything else."""
+    refs: list[object] = []
+    pos = 0
+    size = len(raw)
+
+    def count(width: int) -> int:
+        nonlocal pos
+        n = int.from_bytes(raw[pos : pos + width], "little", signed=width == 4)
+        pos += width
+        if n < 0 or n > size - pos:  # (a short read above gives a small n: checked here too)
+            raise ValueError("count out of range")
+        return n
+
+    def text(n: int, encoding: str) -> str:
+        nonlocal pos
+        pos += n
+        return raw[pos - n : pos].decode(encoding, "surrogatepass")
+
+    def read(depth: int) -> object:
+        nonlocal pos
+        code = raw[pos]
+        pos += 1
+        flag, code = code & 0x80, code & 0x7F
+        value: object
+        if code in (0x7A, 0x5A):  # 'z' 'Z': short ASCII (interned)
+            value = text(count(1), "ascii")
+        elif code in (0x61, 0x41):  # 'a' 'A': ASCII (interned)
+            value = text(count(4), "ascii")
+        elif code in (0x75, 0x74):  # 'u' 't': UTF-8 (interned)
+            value = text(count(4), "utf-8")
+        elif code == 0x69:  # 'i': a 32-bit int
+            if pos + 4 > size:
+                raise ValueError("truncated")
+            value = int.from_bytes(raw[pos : pos + 4], "little", signed=True)
+            pos += 4
+        elif code == 0x6C:  # 'l': a long, 15-bit digits, least significant first
+            if pos + 4 > size:
+                raise ValueError("truncated")
+            n = int.from_bytes(raw[pos : pos + 4], "little", signed=True)
+            pos += 4
+            digits = abs(n)
+            if digits * 2 > size - pos:
+                raise ValueError("count out of range")
+            value = 0
+            for i in range(digits):
+                d = int.from_bytes(raw[pos : pos + 2], "little")
+                pos += 2
+                if d >= 1 << 15 or (d == 0 and i == digits - 1):
+                    raise ValueError("bad long digit")
+                value |= d << (15 * i)
+            value = -value if n < 0 else value
+        elif code == 0x4E:  # 'N'
+            value = None
+        elif code == 0x72:  # 'r': a back-reference
+            if pos + 4 > size:
+                raise ValueError("truncated")
+            index = int.from_bytes(raw[pos : pos + 4], "little")
+            pos += 4
+            if index >= len(refs) or refs[index] is _PENDING:
+                raise ValueError("bad reference")
+            return refs[index]
+        elif code in (0x29, 0x28) and depth < _MAX_DEPTH:  # ')' '(': a tuple (small)
+            n = count(1 if code == 0x29 else 4)
+            slot = len(refs)
+            if flag:
+                refs.append(_PENDING)
+            value = tuple([read(depth + 1) for _ in range(n)])
+            if flag:
+                refs[slot] = value
+            return value
+        elif code == 0x7B and depth == 0:  # '{': the one dict, of str keys, until '0'
+            mapping: dict[str, object] = {}
+            slot = len(refs)
+            if flag:
+                refs.append(_PENDING)  # (no dict inside itself)
+            while raw[pos] != 0x30:
+                key = read(1)
+                if type(key) is not str:
+                    raise ValueError("not a str key")
+                mapping[key] = read(1)
+            pos += 1
+            if flag:
+                refs[slot] = mapping
+            return mapping
+        else:
+            raise ValueError(f"type code {code:#x} is not in a description")
+        if flag:
+            refs.append(value)
+        return value
+
+    return read(0), pos
 
 
 _KINDS = frozenset({"func", "memory", "table", "global", "tag", "unknown"})
@@ -174,3 +290,88 @@ def _rows(v: object) -> tuple[tuple[object, ...], ...]:
     if type(v) is not tuple or not all(type(row) is tuple for row in v):
         raise ValueError("not a tuple of rows")
     return v
+
+
+# wasm_externkind_t as wasmtime's C API reports it (4, a tag, is wasmtime's own).
+_EXTERN_CODES: dict[str, int] = {"func": 0, "global": 1, "table": 2, "memory": 3, "tag": 4}
+# wasm_valtype_t * of i32, i64, f32 and f64 (VALKINDS' order), made once for the process and
+# never freed: a value type belongs to no engine, and these are four small allocations.
+_NUMERIC: list[Any] = []
+
+
+def check_description(module: Any, description: Description) -> None:
+    """Raise WasmFailure unless ``description`` says what wasmtime says of the
+    ``wasmtime_module_t *`` ``module``: the same imports and exports, in order, by name and
+    kind, and for functions the same numbers of parameters and results, each of the four
+    number types exactly where the description names it and none where it names another type.
+
+    Calls trust the description (the unchecked call packs and unpacks the value slots it
+    gives), so one that lies made a call crash the process (tidy9): ``Engine.deserialize`` runs
+    this on every module it loads. Types are compared with ``wasmtime_wasm_valtype_equal``,
+    never read with ``wasm_valtype_kind``, which aborts the process on ``v128`` and typed
+    references (for those the description's own name is kept: calls refuse them anyway).
+    Globals' and tags' types are not compared: no call goes through them.
+    """
+    imports, exports = description
+    vec = ffi.new("wasm_importtype_vec_t *")
+    lib.wasmtime_module_imports(module, vec)
+    try:
+        if vec.size != len(imports):
+            raise WasmFailure(f"it has {vec.size} imports, its description {len(imports)}")
+        for i, imp in enumerate(imports):
+            item = vec.data[i]
+            if _name(lib.wasm_importtype_module(item)) != imp.module or _name(
+                lib.wasm_importtype_name(item)
+            ) != imp.name:
+                raise WasmFailure(f"its import {i} is not {imp.module}.{imp.name}")
+            _check_extern(lib.wasm_importtype_type(item), imp, "import")
+    finally:
+        lib.wasm_importtype_vec_delete(vec)
+    vec = ffi.new("wasm_exporttype_vec_t *")
+    lib.wasmtime_module_exports(module, vec)
+    try:
+        if vec.size != len(exports):
+            raise WasmFailure(f"it has {vec.size} exports, its description {len(exports)}")
+        for i, exp in enumerate(exports.values()):
+            item = vec.data[i]
+            if _name(lib.wasm_exporttype_name(item)) != exp.name:
+                raise WasmFailure(f"its export {i} is not {exp.name!r}")
+            _check_extern(lib.wasm_exporttype_type(item), exp, "export")
+    finally:
+        lib.wasm_exporttype_vec_delete(vec)
+
+
+def _name(vec: Any) -> str:
+    """A ``wasm_name_t *`` (borrowed) as text (names are UTF-8: wasm validates them)."""
+    return bytes(ffi.buffer(vec.data, vec.size)).decode("utf-8", "replace") if vec.size else ""
+
+
+def _check_extern(ty: Any, info: ImportInfo | ExportInfo, what: str) -> None:
+    if lib.wasm_externtype_kind(ty) != _EXTERN_CODES.get(info.kind):
+        raise WasmFailure(f"its {what} {info.name!r} is not a {info.kind}")
+    if info.kind == "func":
+        func = lib.wasm_externtype_as_functype_const(ty)
+        if not (
+            _same_values(lib.wasm_functype_params(func), info.params)
+            and _same_values(lib.wasm_functype_results(func), info.results)
+        ):
+            raise WasmFailure(f"its {what} {info.name!r} is not of type {info}")
+
+
+def _same_values(vec: Any, types: tuple[str, ...]) -> bool:
+    """Whether the ``wasm_valtype_vec_t *`` ``vec`` agrees with ``types`` (see
+    ``check_description``)."""
+    if vec.size != len(types):
+        return False
+    if not _NUMERIC:
+        _NUMERIC.extend(lib.wasm_valtype_new(code) for code in VALKINDS.values())
+    equal = lib.wasmtime_wasm_valtype_equal
+    for i, name in enumerate(types):
+        actual = vec.data[i]
+        code = VALKINDS.get(name)
+        if code is not None:
+            if not equal(actual, _NUMERIC[code]):
+                return False
+        elif any(equal(actual, number) for number in _NUMERIC):
+            return False
+    return True

@@ -1,0 +1,235 @@
+"""tidy9: disk-cache entries that are correctly hashed but lie, or are built to bloat.
+
+The cache believed a description whose sha256 matched (``_cache.py``): an entry that says an
+export takes or returns other types than its artifact's code does made the unchecked call
+(``wasmtime_func_call_unchecked``, which trusts the caller's slot count and types) crash the
+process, and a 5-byte marshal tuple header of 2**31 - 1 items made ``marshal.loads`` allocate
+16 GiB before it found there were no items. Such an entry now reads as corrupt: it is deleted
+and the module compiled again (docs/performance.md, "The disk cache").
+
+Scenarios that crashed run in a fresh interpreter: an abort must fail the test, not the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import plugsafe
+from plugsafe import _cache
+from plugsafe import _runtime as rt
+
+from wat import ECHO
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="runs children with rlimits")
+
+
+def _entries(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def _split(entry: Path) -> tuple[bytes, bytes]:
+    """(description, artifact) of an entry, as ``ArtifactCache.put`` wrote them."""
+    body = entry.read_bytes()[len(_cache._MAGIC) + 32 :]
+    split = 4 + int.from_bytes(body[:4], "little")
+    return body[4:split], body[split:]
+
+
+def _forge(entry: Path, description: bytes) -> None:
+    """Replace ``entry``'s description with ``description``; the digest made to match."""
+    artifact = _split(entry)[1]
+    body = len(description).to_bytes(4, "little") + description + artifact
+    entry.write_bytes(_cache._MAGIC + hashlib.sha256(body).digest() + body)
+
+
+def _edited(entry: Path, **exports: tuple[tuple[str, ...], tuple[str, ...]]) -> bytes:
+    """``entry``'s description with the given exports' (params, results) replaced."""
+    data = marshal.loads(_split(entry)[0])
+    rows = tuple(
+        (n, k, *exports[n], d) if n in exports else (n, k, p, r, d)
+        for n, k, p, r, d in data["exports"]
+    )
+    return marshal.dumps({**data, "exports": rows}, 4)
+
+
+def _cached(tmp_path: Path) -> Path:
+    """Load ECHO once through a Host with a disk cache in ``tmp_path``; its one entry."""
+    with plugsafe.Host(cache_dir=tmp_path) as host:
+        assert host.load(ECHO.encode()).invoke("add", 2, 3) == 5
+    [entry] = _entries(tmp_path)
+    return entry
+
+
+def _run(script: str, *, data_limit: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter (with RLIMIT_DATA ``data_limit`` if given)."""
+    prelude = ""
+    if data_limit is not None:
+        # RLIMIT_DATA, not RLIMIT_AS: wasmtime reserves GiBs of inaccessible address space
+        # per memory, which RLIMIT_DATA does not count; a 16 GiB malloc it refuses.
+        prelude = (
+            "import resource; resource.setrlimit(resource.RLIMIT_DATA, "
+            f"({data_limit}, {data_limit}))\n"
+        )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+    )
+
+
+_LOAD_AND_CALL = """
+    import sys
+    from pathlib import Path
+    import plugsafe
+    sys.path.insert(0, 'tests')
+    from wat import ECHO
+    with plugsafe.Host(cache_dir=Path({cache!r})) as host:
+        plugin = host.load(ECHO.encode())
+        print(plugin.invoke("add", 2, 3), plugin.call("echo", b"hi"), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        # More results than the code returns: the unchecked call reads slots never written.
+        {"add": (("i32", "i32"), ("i64", "i64", "i64", "i64", "i64", "i64", "i64", "i64"))},
+        # Fewer parameters than the code takes (the call packs 0 slots for 2).
+        {"add": ((), ("i32",))},
+        # The same counts, other types: the numbers are reinterpreted.
+        {"add": (("f64", "f64"), ("f64",))},
+        # The ABI's allocator said to return nothing (the host then writes input at 0).
+        {"plugsafe_alloc": (("i32",), ())},
+        # A control: an edit that changes nothing.
+        {"add": (("i32", "i32"), ("i32",)), "echo": (("i32", "i32"), ("i64",))},
+    ],
+    ids=["more-results", "fewer-params", "other-types", "abi-alloc", "unchanged"],
+)
+def test_an_entry_lying_about_a_signature_is_compiled_again_not_called(
+    tmp_path: Path, lie: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+) -> None:
+    entry = _cached(tmp_path)
+    honest = _split(entry)
+    _forge(entry, _edited(entry, **lie))
+    res = _run(_LOAD_AND_CALL.format(cache=str(tmp_path)))
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"
+    assert res.stdout.split() == ["5", "b'hi'"]
+    if lie != {"add": (("i32", "i32"), ("i32",)), "echo": (("i32", "i32"), ("i64",))}:
+        # The lying entry was deleted and the compiled module stored again, truthfully.
+        assert marshal.loads(_split(entry)[0]) == marshal.loads(honest[0])
+
+
+REFS = """(module
+  (type $t (func))
+  (func (export "refs") (param funcref externref) (result i32) (i32.const 1))
+  (func (export "simd") (param v128) (result i32) (i32.const 2))
+  (func (export "typed") (param (ref null $t)) (result i32) (i32.const 3))
+  (func (export "num") (param i32) (result i32) (local.get 0)))"""
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        {"refs": (("i64", "i64"), ("i32",))},
+        {"simd": (("i32",), ("i32",))},
+        {"typed": (("i64",), ("i32",))},
+        {"num": (("v128",), ("i32",))},
+    ],
+    ids=["ref-as-number", "v128-as-number", "typed-ref-as-number", "number-as-v128"],
+)
+def test_non_numeric_types_said_to_be_numbers_are_caught_without_asking_their_kind(
+    tmp_path: Path, lie: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+) -> None:
+    # wasm_valtype_kind aborts the process on v128 and typed references: the check must
+    # compare types some other way.
+    with plugsafe.Host(cache_dir=tmp_path) as host:
+        assert host.load(REFS.encode()).invoke("num", 4) == 4
+    [entry] = _entries(tmp_path)
+    _forge(entry, _edited(entry, **lie))
+    script = f"""
+        from pathlib import Path
+        import plugsafe
+        with plugsafe.Host(cache_dir=Path({str(tmp_path)!r})) as host:
+            p = host.load({REFS.encode()!r})
+            print(p.invoke("num", 4), [str(p.exports[n]) for n in ("refs", "simd", "typed")])
+            try:
+                p.invoke("simd", 1)
+            except plugsafe.SignatureError:
+                print("refused")
+    """
+    res = _run(script)
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"
+    first, refused = res.stdout.splitlines()
+    assert first.startswith("4 ") and "v128" in first and "funcref" in first
+    assert refused == "refused"
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        b"(\xff\xff\xff\x7f",  # a tuple of 2**31 - 1 items, none of them there
+        b"[\xff\xff\xff\x7f",  # a list, the same
+        b"{\xda\x07importsN\xda\x07exports(\xff\xff\xff\x7f",  # inside the dict
+        b"\xa9\x01r\x00\x00\x00\x00",  # a tuple holding itself
+        b"\xfb\xda\x07importsr\x00\x00\x00\x00\xda\x07exports)\x000",  # a dict, the same
+        b"c" + b"\0" * 40,  # a code object (never made)
+        b"{" * 5000,  # deeper than marshal's stack
+    ],
+    ids=["tuple", "list", "nested", "self-ref", "dict-self-ref", "code", "deep"],
+)
+def test_a_hostile_description_is_refused_within_its_own_size(
+    tmp_path: Path, description: bytes
+) -> None:
+    entry = _cached(tmp_path)
+    _forge(entry, description)
+    # 512 MiB of heap: the allocation marshal made (16 GiB) fails; the load must not need it.
+    res = _run(_LOAD_AND_CALL.format(cache=str(tmp_path)), data_limit=512 << 20)
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"
+    assert res.stdout.split() == ["5", "b'hi'"]
+    assert _split(entry)[0] != description  # deleted, and written again by the compile
+
+
+def test_the_description_reader_reads_what_describe_writes() -> None:
+    engine = rt.shared_engine(metered=False, max_stack=512 << 10)
+    for wat in (ECHO, REFS):
+        module = engine.compile(wat.encode())
+        extra = {"plugsafe_load": ((1, 2, 3, 4, 5, 6), ((1, None), (0, 2**32), (2**40, 2**63)))}
+        raw = module.describe(extra)
+        assert rt.load_description(raw) == marshal.loads(raw)
+        assert rt.parse_description(raw) == (module.imports, module.exports)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"imports": (), "exports": ()},
+        {"a": (None, -1, 0, 2**31 - 1, -(2**31), 2**31, -(2**31) - 1, 2**100, -(2**100))},
+        {"é": ("ünï", "x" * 300, "", ("deep", ("er", ()))[:1])},
+        {"s": ("same", "same", "same")},
+    ],
+)
+def test_the_reader_agrees_with_marshal(value: dict[str, object]) -> None:
+    raw = marshal.dumps(value, 4)
+    assert rt.load_description(raw) == value
+    # Truncated anywhere: unreadable, never an exception.
+    for cut in range(len(raw)):
+        assert rt.load_description(raw[:cut]) is None
+
+
+def test_anything_but_the_describe_subset_is_unreadable() -> None:
+    for value in ([1], {1: 2}, b"x", 1.5, True, frozenset(), {"a": [1]}, {"a": 1.0}, ("a",)):
+        assert rt.load_description(marshal.dumps(value, 4)) is None
+    assert rt.load_description(marshal.dumps({"a": 1}, 4) + b"N") is None  # trailing bytes
+    # Deeper than describe nests (a row's parameter list is 3 tuples deep).
+    assert rt.load_description(marshal.dumps({"a": ((((),),),)}, 4)) is None
+    assert rt.load_description(marshal.dumps({"a": (((),),)}, 4)) == {"a": (((),),)}
