@@ -320,9 +320,10 @@ def check_description(module: Any, description: Description) -> None:
             raise WasmFailure(f"it has {vec.size} imports, its description {len(imports)}")
         for i, imp in enumerate(imports):
             item = vec.data[i]
-            if _name(lib.wasm_importtype_module(item)) != imp.module or _name(
-                lib.wasm_importtype_name(item)
-            ) != imp.name:
+            if (
+                _name(lib.wasm_importtype_module(item)) != imp.module
+                or _name(lib.wasm_importtype_name(item)) != imp.name
+            ):
                 raise WasmFailure(f"its import {i} is not {imp.module}.{imp.name}")
             _check_extern(lib.wasm_importtype_type(item), imp, "import")
     finally:
