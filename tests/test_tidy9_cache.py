@@ -15,9 +15,6 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,7 @@ import plugsafe
 from plugsafe import _cache
 from plugsafe import _runtime as rt
 
+from helpers import run_script
 from wat import ECHO
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="runs children with rlimits")
@@ -67,31 +65,9 @@ def _cached(tmp_path: Path) -> Path:
     return entry
 
 
-def _run(script: str, *, data_limit: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` in a fresh interpreter (with RLIMIT_DATA ``data_limit`` if given)."""
-    prelude = ""
-    if data_limit is not None:
-        # RLIMIT_DATA, not RLIMIT_AS: wasmtime reserves GiBs of inaccessible address space
-        # per memory, which RLIMIT_DATA does not count; a 16 GiB malloc it refuses.
-        prelude = (
-            "import resource; resource.setrlimit(resource.RLIMIT_DATA, "
-            f"({data_limit}, {data_limit}))\n"
-        )
-    return subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).parent.parent,
-        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
-    )
-
-
 _LOAD_AND_CALL = """
-    import sys
     from pathlib import Path
     import plugsafe
-    sys.path.insert(0, 'tests')
     from wat import ECHO
     with plugsafe.Host(cache_dir=Path({cache!r})) as host:
         plugin = host.load(ECHO.encode())
@@ -121,7 +97,7 @@ def test_an_entry_lying_about_a_signature_is_compiled_again_not_called(
     entry = _cached(tmp_path)
     honest = _split(entry)
     _forge(entry, _edited(entry, **lie))
-    res = _run(_LOAD_AND_CALL.format(cache=str(tmp_path)))
+    res = run_script(_LOAD_AND_CALL.format(cache=str(tmp_path)))
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"
     assert res.stdout.split() == ["5", "b'hi'"]
     if lie != {"add": (("i32", "i32"), ("i32",)), "echo": (("i32", "i32"), ("i64",))}:
@@ -167,7 +143,7 @@ def test_non_numeric_types_said_to_be_numbers_are_caught_without_asking_their_ki
             except plugsafe.SignatureError:
                 print("refused")
     """
-    res = _run(script)
+    res = run_script(script)
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"
     first, refused = res.stdout.splitlines()
     assert first.startswith("4 ") and "v128" in first and "funcref" in first
@@ -193,7 +169,7 @@ def test_a_hostile_description_is_refused_within_its_own_size(
     entry = _cached(tmp_path)
     _forge(entry, description)
     # 512 MiB of heap: the allocation marshal made (16 GiB) fails; the load must not need it.
-    res = _run(_LOAD_AND_CALL.format(cache=str(tmp_path)), data_limit=512 << 20)
+    res = run_script(_LOAD_AND_CALL.format(cache=str(tmp_path)), data_limit=512 << 20)
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"
     assert res.stdout.split() == ["5", "b'hi'"]
     assert _split(entry)[0] != description  # deleted, and written again by the compile

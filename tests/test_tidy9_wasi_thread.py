@@ -20,22 +20,7 @@ import pytest
 import plugsafe
 from plugsafe import Policy, Wasi, _wasishims
 
-# A command that writes "hello" to stdout and "oops" to stderr, and a function doing the same.
-WRITER = b"""(module
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello")
-  (data (i32.const 32) "oops")
-  (func $both
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 5))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 100)))
-    (i32.store (i32.const 0) (i32.const 32))
-    (i32.store (i32.const 4) (i32.const 4))
-    (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 100))))
-  (func (export "_start") (call $both))
-  (func (export "write") (result i32) (call $both) (i32.const 0)))"""
+from wat import WASI_WRITER as WRITER
 
 
 @pytest.fixture
