@@ -152,97 +152,110 @@ def load_description(description: bytes) -> dict[str, object] | None:
 
 def _unmarshal(raw: bytes) -> tuple[object, int]:
     """(the object marshal's bytes ``raw`` start with, the offset after it): see
-    ``load_description`` for the subset. Raises ValueError (or IndexError) on anything else."""
+    ``load_description`` for the subset. Raises ValueError (or IndexError) on anything else.
+
+    Every count is checked against the bytes left before anything is made of it (an item takes
+    a byte at least): what marshal.loads did not do. Written for speed (a cold start reads one):
+    branches by how often describe's output has each code, offsets passed rather than shared.
+    """
     refs: list[object] = []
-    pos = 0
     size = len(raw)
+    from_bytes = int.from_bytes
 
-    def count(width: int) -> int:
-        nonlocal pos
-        n = int.from_bytes(raw[pos : pos + width], "little", signed=width == 4)
-        pos += width
-        if n < 0 or n > size - pos:  # (a short read above gives a small n: checked here too)
-            raise ValueError("count out of range")
-        return n
-
-    def text(n: int, encoding: str) -> str:
-        nonlocal pos
-        pos += n
-        return raw[pos - n : pos].decode(encoding, "surrogatepass")
-
-    def read(depth: int) -> object:
-        nonlocal pos
+    def read(pos: int, depth: int) -> tuple[object, int]:
         code = raw[pos]
+        flag = code & 0x80  # FLAG_REF: the object is kept for later back-references
+        code &= 0x7F
         pos += 1
-        flag, code = code & 0x80, code & 0x7F
         value: object
-        if code in (0x7A, 0x5A):  # 'z' 'Z': short ASCII (interned)
-            value = text(count(1), "ascii")
-        elif code in (0x61, 0x41):  # 'a' 'A': ASCII (interned)
-            value = text(count(4), "ascii")
-        elif code in (0x75, 0x74):  # 'u' 't': UTF-8 (interned)
-            value = text(count(4), "utf-8")
-        elif code == 0x69:  # 'i': a 32-bit int
-            if pos + 4 > size:
+        if code == 0x72:  # 'r': a back-reference
+            end = pos + 4
+            if end > size:
                 raise ValueError("truncated")
-            value = int.from_bytes(raw[pos : pos + 4], "little", signed=True)
-            pos += 4
-        elif code == 0x6C:  # 'l': a long, 15-bit digits, least significant first
-            if pos + 4 > size:
-                raise ValueError("truncated")
-            n = int.from_bytes(raw[pos : pos + 4], "little", signed=True)
-            pos += 4
-            digits = abs(n)
-            if digits * 2 > size - pos:
-                raise ValueError("count out of range")
-            value = 0
-            for i in range(digits):
-                d = int.from_bytes(raw[pos : pos + 2], "little")
-                pos += 2
-                if d >= 1 << 15 or (d == 0 and i == digits - 1):
-                    raise ValueError("bad long digit")
-                value |= d << (15 * i)
-            value = -value if n < 0 else value
-        elif code == 0x4E:  # 'N'
-            value = None
-        elif code == 0x72:  # 'r': a back-reference
-            if pos + 4 > size:
-                raise ValueError("truncated")
-            index = int.from_bytes(raw[pos : pos + 4], "little")
-            pos += 4
+            index = from_bytes(raw[pos:end], "little")
             if index >= len(refs) or refs[index] is _PENDING:
                 raise ValueError("bad reference")
-            return refs[index]
-        elif code in (0x29, 0x28) and depth < _MAX_DEPTH:  # ')' '(': a tuple (small)
-            n = count(1 if code == 0x29 else 4)
+            return refs[index], end
+        if code == 0x7A or code == 0x5A:  # 'z' 'Z': short ASCII (interned)
+            end = pos + 1 + raw[pos]
+            if end > size:
+                raise ValueError("truncated")
+            value = raw[pos + 1 : end].decode("ascii")
+        elif code == 0x29 or code == 0x28:  # ')' '(': a tuple (small: a 1-byte count)
+            if depth >= _MAX_DEPTH:
+                raise ValueError("nested too deep")
+            if code == 0x29:
+                n = raw[pos]
+                pos += 1
+            else:
+                n = from_bytes(raw[pos : pos + 4], "little", signed=True)
+                pos += 4
+            if n < 0 or n > size - pos:
+                raise ValueError("count out of range")
             slot = len(refs)
             if flag:
-                refs.append(_PENDING)
-            value = tuple([read(depth + 1) for _ in range(n)])
+                refs.append(_PENDING)  # (no tuple inside itself)
+            items = []
+            depth += 1
+            for _ in range(n):
+                item, pos = read(pos, depth)
+                items.append(item)
+            value = tuple(items)
             if flag:
                 refs[slot] = value
-            return value
+            return value, pos
+        elif code == 0x69:  # 'i': a 32-bit int
+            end = pos + 4
+            if end > size:
+                raise ValueError("truncated")
+            value = from_bytes(raw[pos:end], "little", signed=True)
+        elif code == 0x4E:  # 'N'
+            value, end = None, pos
+        elif code in (0x61, 0x41, 0x75, 0x74):  # 'a' 'A' ASCII, 'u' 't' UTF-8 (interned)
+            n = from_bytes(raw[pos : pos + 4], "little")
+            pos += 4
+            end = pos + n
+            if end > size:
+                raise ValueError("truncated")
+            value = raw[pos:end].decode(
+                "ascii" if code in (0x61, 0x41) else "utf-8", "surrogatepass"
+            )
+        elif code == 0x6C:  # 'l': a long, 15-bit digits, least significant first
+            end = pos + 4
+            if end > size:
+                raise ValueError("truncated")
+            n = from_bytes(raw[pos:end], "little", signed=True)
+            digits, pos = abs(n), end
+            end = pos + 2 * digits
+            if end > size:
+                raise ValueError("count out of range")
+            number = 0
+            for i in range(digits):
+                d = from_bytes(raw[pos + 2 * i : pos + 2 * i + 2], "little")
+                if d >= 1 << 15 or (d == 0 and i == digits - 1):
+                    raise ValueError("bad long digit")
+                number |= d << (15 * i)
+            value = -number if n < 0 else number
         elif code == 0x7B and depth == 0:  # '{': the one dict, of str keys, until '0'
             mapping: dict[str, object] = {}
             slot = len(refs)
             if flag:
                 refs.append(_PENDING)  # (no dict inside itself)
             while raw[pos] != 0x30:
-                key = read(1)
+                key, pos = read(pos, 1)
                 if type(key) is not str:
                     raise ValueError("not a str key")
-                mapping[key] = read(1)
-            pos += 1
+                mapping[key], pos = read(pos, 1)
             if flag:
                 refs[slot] = mapping
-            return mapping
+            return mapping, pos + 1
         else:
             raise ValueError(f"type code {code:#x} is not in a description")
         if flag:
             refs.append(value)
-        return value
+        return value, end
 
-    return read(0), pos
+    return read(0, 0)
 
 
 _KINDS = frozenset({"func", "memory", "table", "global", "tag", "unknown"})
