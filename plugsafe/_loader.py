@@ -484,7 +484,13 @@ class ModuleLoader:
         except rt.WasmFailure:
             cache.discard(key)
             return None
-        return _Entry(module, meta[1], meta[0], digest)
+        shape = meta[0]
+        if shape.imports != len(module.imports) or shape.exports != len(module.exports):
+            # The stored shape disagrees with the counts just checked against wasmtime: it is
+            # not the precheck's, and the policy's caps would be checked against a lie.
+            cache.discard(key)
+            return None
+        return _Entry(module, meta[1], shape, digest)
 
     def _to_disk(self, engine: rt.Engine, entry: _Entry) -> None:
         cache = self._disk_cache(engine)

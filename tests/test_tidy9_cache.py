@@ -209,3 +209,22 @@ def test_anything_but_the_describe_subset_is_unreadable() -> None:
     # Deeper than describe nests (a row's parameter list is 3 tuples deep).
     assert rt.load_description(marshal.dumps({"a": ((((),),),)}, 4)) is None
     assert rt.load_description(marshal.dumps({"a": (((),),)}, 4)) == {"a": (((),),)}
+
+
+def test_a_stored_shape_that_disagrees_with_the_artifact_is_compiled_again(tmp_path: Path) -> None:
+    # The precheck's measurements kept with the entry decide a later policy's structural caps
+    # without reading the binary: counts that disagree with the (checked) imports and exports
+    # make the entry unusable.
+    entry = _cached(tmp_path)
+    data = marshal.loads(_split(entry)[0])
+    counts, memories = data["plugsafe_load"]
+    _forge(
+        entry,
+        marshal.dumps({**data, "plugsafe_load": ((counts[0], 0, 1, *counts[3:]), memories)}, 4),
+    )
+    with plugsafe.Host(cache_dir=tmp_path) as host:
+        with pytest.raises(plugsafe.InvalidModuleError, match="exports"):
+            host.load(ECHO.encode(), policy=plugsafe.Policy(max_exports=2))
+        assert not entry.exists()  # deleted; the precheck then refused the module
+        host.load(ECHO.encode())
+    assert marshal.loads(_split(entry)[0]) == data  # compiled again, the truth stored
