@@ -153,7 +153,11 @@ def logger_for(plugin_name: str) -> logging.Logger:
         name = plugin_name if safe else _UNSAFE_NAME.sub("_", plugin_name) or "_"
         logger = lazy_logger(f"{_PLUGIN_PREFIX}{name}")
         if len(_LOGGERS) >= _LOGGERS_KEPT:
-            # The oldest first (dicts keep insertion order); another thread may have taken it.
-            _LOGGERS.pop(next(iter(_LOGGERS), plugin_name), None)
+            # The oldest first (dicts keep insertion order). Another thread may change the
+            # dict meanwhile: then this one is left, and the next name drops one.
+            try:
+                del _LOGGERS[next(iter(_LOGGERS))]
+            except (KeyError, RuntimeError, StopIteration):
+                pass
         _LOGGERS[plugin_name] = logger
     return logger
