@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -221,7 +222,13 @@ def test_anything_but_the_describe_subset_is_unreadable() -> None:
     for value in ([1], {1: 2}, b"x", 1.5, True, frozenset(), {"a": [1]}, {"a": 1.0}, ("a",)):
         assert rt.load_description(marshal.dumps(value, 4)) is None
     assert rt.load_description(marshal.dumps({"a": 1}, 4) + b"N") is None  # trailing bytes
-    # Deeper than describe nests (a row's parameter list is 3 tuples deep).
+    # Deeper than describe nests (a row's parameter list is 3 tuples deep), also through
+    # back-references to tuples made higher up (marshal refers to a tuple it wrote before).
+    shared = ("x",)
+    twice = (shared,)
+    deep = marshal.dumps({"a": (shared, twice, (twice,))}, 4)
+    assert b"r" in deep and rt.load_description(deep) is None
+    assert rt.load_description(marshal.dumps({"a": (shared, twice)}, 4)) == {"a": (shared, twice)}
     assert rt.load_description(marshal.dumps({"a": ((((),),),)}, 4)) is None
     assert rt.load_description(marshal.dumps({"a": (((),),)}, 4)) == {"a": (((),),)}
 
@@ -243,3 +250,31 @@ def test_a_stored_shape_that_disagrees_with_the_artifact_is_compiled_again(tmp_p
         assert not entry.exists()  # deleted; the precheck then refused the module
         host.load(ECHO.encode())
     assert marshal.loads(_split(entry)[0]) == data  # compiled again, the truth stored
+
+
+def test_mutated_descriptions_read_as_marshal_reads_them_or_not_at_all() -> None:
+    # Seeded mutations of real descriptions (bit flips, type codes, cuts, insertions): the
+    # reader never raises, and whatever it accepts is what marshal makes of the same bytes.
+    engine = rt.shared_engine(metered=False, max_stack=512 << 10)
+    extra = {"plugsafe_load": ((1, 2, 3, 4, 5, 6), ((1, None), (1, 2**32)))}
+    seeds = [engine.compile(w.encode()).describe(extra) for w in (ECHO, REFS)]
+    accepted = 0
+    for seed in range(3000):
+        rnd = random.Random(seed)
+        raw = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            i = rnd.randrange(len(raw))
+            op = rnd.randrange(4)
+            if op == 0:
+                raw[i] ^= 1 << rnd.randrange(8)
+            elif op == 1:
+                raw[i] = rnd.choice(b"()[{0NrzZaAuti\xff\x7f\x00\x80\xa9\xdb\xec")
+            elif op == 2:
+                del raw[i : i + rnd.randint(1, 8)]
+            else:
+                raw[i:i] = rnd.randbytes(rnd.randint(1, 6))
+        got = rt.load_description(bytes(raw))
+        if got is not None:
+            accepted += 1
+            assert got == marshal.loads(bytes(raw)), seed
+    assert accepted > 50  # (the mutations do reach past the first byte)

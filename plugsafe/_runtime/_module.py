@@ -159,10 +159,14 @@ def _unmarshal(raw: bytes) -> tuple[object, int]:
     branches by how often describe's output has each code, offsets passed rather than shared.
     """
     refs: list[object] = []
+    # The height of each object kept for back-references (0: not a tuple; a tuple of those:
+    # 1; ...): a reference is as deep as what it names, and nesting stays bounded through them.
+    heights: list[int] = []
     size = len(raw)
     from_bytes = int.from_bytes
 
-    def read(pos: int, depth: int) -> tuple[object, int]:
+    def read(pos: int, depth: int) -> tuple[object, int, int]:
+        """(the object at ``pos``, the offset after it, its height), at nesting ``depth``."""
         code = raw[pos]
         flag = code & 0x80  # FLAG_REF: the object is kept for later back-references
         code &= 0x7F
@@ -175,7 +179,10 @@ def _unmarshal(raw: bytes) -> tuple[object, int]:
             index = from_bytes(raw[pos:end], "little")
             if index >= len(refs) or refs[index] is _PENDING:
                 raise ValueError("bad reference")
-            return refs[index], end
+            height = heights[index]
+            if height and depth + height > _MAX_DEPTH:
+                raise ValueError("nested too deep")
+            return refs[index], end, height
         if code == 0x7A or code == 0x5A:  # 'z' 'Z': short ASCII (interned)
             end = pos + 1 + raw[pos]
             if end > size:
@@ -195,15 +202,21 @@ def _unmarshal(raw: bytes) -> tuple[object, int]:
             slot = len(refs)
             if flag:
                 refs.append(_PENDING)  # (no tuple inside itself)
+                heights.append(0)
             items = []
+            height = 0
             depth += 1
             for _ in range(n):
-                item, pos = read(pos, depth)
+                item, pos, below = read(pos, depth)
                 items.append(item)
+                if below > height:
+                    height = below
             value = tuple(items)
+            height += 1
             if flag:
                 refs[slot] = value
-            return value, pos
+                heights[slot] = height
+            return value, pos, height
         elif code == 0x69:  # 'i': a 32-bit int
             end = pos + 4
             if end > size:
@@ -241,21 +254,22 @@ def _unmarshal(raw: bytes) -> tuple[object, int]:
             slot = len(refs)
             if flag:
                 refs.append(_PENDING)  # (no dict inside itself)
+                heights.append(0)
             while raw[pos] != 0x30:
-                key, pos = read(pos, 1)
+                key, pos, _height = read(pos, 1)
                 if type(key) is not str:
                     raise ValueError("not a str key")
-                mapping[key], pos = read(pos, 1)
-            if flag:
-                refs[slot] = mapping
-            return mapping, pos + 1
+                mapping[key], pos, _height = read(pos, 1)
+            return mapping, pos + 1, 0
         else:
             raise ValueError(f"type code {code:#x} is not in a description")
         if flag:
             refs.append(value)
-        return value, end
+            heights.append(0)
+        return value, end, 0
 
-    return read(0, 0)
+    value, end, _height = read(0, 0)
+    return value, end
 
 
 _KINDS = frozenset({"func", "memory", "table", "global", "tag", "unknown"})
