@@ -10,6 +10,7 @@ app made it, else one outside logging's registry, which never frees a logger
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING, Any, cast
 
@@ -155,9 +156,7 @@ def logger_for(plugin_name: str) -> logging.Logger:
         if len(_LOGGERS) >= _LOGGERS_KEPT:
             # The oldest first (dicts keep insertion order). Another thread may change the
             # dict meanwhile: then this one is left, and the next name drops one.
-            try:
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
                 del _LOGGERS[next(iter(_LOGGERS))]
-            except (KeyError, RuntimeError, StopIteration):
-                pass
         _LOGGERS[plugin_name] = logger
     return logger
