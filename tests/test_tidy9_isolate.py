@@ -53,8 +53,14 @@ def test_the_compiler_child_builds_the_parents_engine(
 
 
 @pytest.mark.parametrize("pooling", POOLS, ids=["small", "wide", "tiny"])
-def test_a_pooled_host_compiling_in_a_child_loads_and_runs(pooling: plugsafe.Pooling) -> None:
-    policy = plugsafe.Policy(compile_timeout=60, memory="64KiB", fuel=10**6)
+@pytest.mark.parametrize("limit", ["compile_timeout", "compile_memory"])
+def test_a_pooled_host_compiling_in_a_child_loads_and_runs(
+    pooling: plugsafe.Pooling, limit: str
+) -> None:
+    # compile_memory limits the child's address space on top of what it has after start-up,
+    # the pool's reservation included (made before the limit is set).
+    value: object = 60 if limit == "compile_timeout" else "512MiB"
+    policy = plugsafe.Policy(memory="64KiB", fuel=10**6, **{limit: value})  # type: ignore[arg-type]
     with plugsafe.Host(pooling=pooling) as host:
         for metered in (policy, policy.replace(fuel=None)):
             plugin = host.load(ECHO.encode(), policy=metered)
