@@ -13,7 +13,11 @@ can take over the process. This cache therefore only ever deserializes entries i
   crash never leaves half an entry.
 
 What this cannot protect against is another process running as the same user that writes a
-well-formed entry on purpose: anything that can do that can already run code as that user.
+well-formed entry on purpose: anything that can do that can already run code as that user. What
+such an entry *says* is still checked by its readers, because believing it is how a lie would
+turn into a crash rather than into code that process chose to run: the loader reads the
+description with a bounded reader and compares it with the artifact's types as wasmtime reports
+them (``_runtime.load_description``, ``check_description``); an entry that fails is corrupt.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ Two parts. The per-call declarations (handles, value slots, the unchecked call, 
 deadlines, host callbacks) involve struct layouts: ``LAYOUTS`` holds those layouts as wasmtime
 48, 49 and 50 define them, checked when the cffi backend is made (``_runtime._cffi``), and a
 test compares ``LAYOUTS`` with wasmtime-py's own ctypes declarations. The management
-declarations (configs, engines, modules, linkers, WASI, function types, errors and traps) take
-only opaque pointers and ``{size, data}`` vectors: what ``_runtime`` makes and frees without
-wasmtime-py (issue 14: a cold start never imports it). Every signature here is copied from
+declarations (configs, engines, modules and their import and export types, linkers, WASI,
+function types, errors and traps) take only opaque pointers and ``{size, data}`` vectors: what
+``_runtime`` makes and frees without wasmtime-py (issue 14: a cold start never imports it).
+Every signature here is copied from
 wasmtime's ``crates/c-api/include`` (the same as wasmtime-py's generated ``_bindings.py``),
 identical in wasmtime 48, 49 and 50.
 """
@@ -128,7 +129,27 @@ wasmtime_error_t *wasmtime_module_deserialize(wasm_engine_t *, const uint8_t *, 
 wasmtime_error_t *wasmtime_module_serialize(wasmtime_module_t *, wasm_byte_vec_t *);
 void wasmtime_module_delete(wasmtime_module_t *);
 
+typedef struct wasm_exporttype_t wasm_exporttype_t;
+typedef struct wasm_importtype_t wasm_importtype_t;
+typedef struct wasm_externtype_t wasm_externtype_t;
+typedef struct { size_t size; wasm_exporttype_t **data; } wasm_exporttype_vec_t;
+typedef struct { size_t size; wasm_importtype_t **data; } wasm_importtype_vec_t;
+void wasmtime_module_exports(const wasmtime_module_t *, wasm_exporttype_vec_t *);
+void wasmtime_module_imports(const wasmtime_module_t *, wasm_importtype_vec_t *);
+void wasm_exporttype_vec_delete(wasm_exporttype_vec_t *);
+void wasm_importtype_vec_delete(wasm_importtype_vec_t *);
+const wasm_byte_vec_t *wasm_exporttype_name(const wasm_exporttype_t *);
+const wasm_externtype_t *wasm_exporttype_type(const wasm_exporttype_t *);
+const wasm_byte_vec_t *wasm_importtype_module(const wasm_importtype_t *);
+const wasm_byte_vec_t *wasm_importtype_name(const wasm_importtype_t *);
+const wasm_externtype_t *wasm_importtype_type(const wasm_importtype_t *);
+uint8_t wasm_externtype_kind(const wasm_externtype_t *);
+const wasm_functype_t *wasm_externtype_as_functype_const(const wasm_externtype_t *);
+const wasm_valtype_vec_t *wasm_functype_params(const wasm_functype_t *);
+const wasm_valtype_vec_t *wasm_functype_results(const wasm_functype_t *);
+
 wasm_valtype_t *wasm_valtype_new(uint8_t);
+bool wasmtime_wasm_valtype_equal(const wasm_valtype_t *, const wasm_valtype_t *);
 void wasm_valtype_vec_new(wasm_valtype_vec_t *, size_t, wasm_valtype_t *const *);
 wasm_functype_t *wasm_functype_new(wasm_valtype_vec_t *, wasm_valtype_vec_t *);
 void wasm_functype_delete(wasm_functype_t *);

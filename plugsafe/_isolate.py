@@ -8,8 +8,11 @@ With ``Policy(compile_timeout=..., compile_memory=...)`` the Host compiles in a 
 - the child is this same Python running this same plugsafe (its package directory is put first
   on ``sys.path`` in isolated mode ``-I``, so neither the environment nor the working directory
   can swap the code), and it builds its engine with the same ``_runtime.Engine`` constructor and
-  arguments as the parent, so the compiled artifact matches the parent's engine configuration
-  (wasmtime also checks that when deserializing, and refuses a mismatch);
+  arguments as the parent (fuel, stack and the pooling allocator's limits: before tidy9 it left
+  the pool out, and only wasmtime's tolerance of that made its artifacts load), so the compiled
+  artifact matches the parent's engine configuration. It sends its engine's ``settings`` back
+  with the artifact and the parent refuses any other (wasmtime also checks what it can when
+  deserializing, and refuses a mismatch);
 - the wasm goes to the child over its stdin pipe and the serialized module comes back over its
   stdout pipe, framed with a magic line and a length. The parent deserializes only bytes read
   from the pipe of a child it started for this very module: ``Module.deserialize`` runs
@@ -43,7 +46,8 @@ from ._errors import (
 
 __all__ = ["compile_isolated"]
 
-_FRAME = b"plugsafe-compiled-module-v1\n"
+# v2: the frame line, the child engine's settings and a newline, the length, the artifact.
+_FRAME = b"plugsafe-compiled-module-v2\n"
 _LENGTH_BYTES = 8
 _EXIT_INVALID = 3
 _EXIT_MEMORY = 4
@@ -90,6 +94,7 @@ def compile_isolated(
         "1" if engine.metered else "0",
         str(max_stack),
         "-" if memory is None else str(memory),
+        "-" if engine.pooling is None else ",".join(map(str, engine.pooling)),
     ]
     try:
         done = subprocess.run(
@@ -141,10 +146,17 @@ def compile_isolated(
 
 
 def _deserialize(engine: rt.Engine, out: bytes, name: str, wasm: bytes) -> rt.Module:
-    head = len(_FRAME) + _LENGTH_BYTES
-    if not out.startswith(_FRAME) or len(out) < head:
+    settings_end = out.find(b"\n", len(_FRAME))
+    head = settings_end + 1 + _LENGTH_BYTES
+    if not out.startswith(_FRAME) or settings_end < 0 or len(out) < head:
         raise PluginLoadError(f"the compiler process for plugin {name!r} sent no module")
-    length = int.from_bytes(out[len(_FRAME) : head], "little")
+    settings = out[len(_FRAME) : settings_end].decode("utf-8", "replace")
+    if settings != engine.settings:
+        raise PluginLoadError(
+            f"the compiler process for plugin {name!r} compiled for other engine settings "
+            f"({settings!r}, not {engine.settings!r})"
+        )
+    length = int.from_bytes(out[settings_end + 1 : head], "little")
     if length != len(out) - head:
         raise PluginLoadError(
             f"the compiler process for plugin {name!r} sent {len(out) - head} bytes, "
@@ -177,9 +189,12 @@ def _set_memory_limit(extra: int) -> None:
 
 def _child_main(argv: list[str]) -> None:
     """The compiler child: read wasm from stdin, write the framed serialized module to stdout."""
-    metered, max_stack, memory = argv
+    metered, max_stack, memory, pool = argv
     wasm = sys.stdin.buffer.read()
-    engine = rt.Engine(metered=metered == "1", max_stack=int(max_stack))
+    # The parent's engine, pooling allocator included (made before the memory limit: a pool
+    # reserves address space, which RLIMIT_AS counts, and the limit is on top of that).
+    pooling = None if pool == "-" else rt.PoolLimits(*map(int, pool.split(",")))
+    engine = rt.Engine(metered=metered == "1", max_stack=int(max_stack), pooling=pooling)
     if memory != "-":
         _set_memory_limit(int(memory))
     try:
@@ -191,6 +206,8 @@ def _child_main(argv: list[str]) -> None:
     except MemoryError:
         os._exit(_EXIT_MEMORY)
     out = sys.stdout.buffer
-    out.write(_FRAME + len(data).to_bytes(_LENGTH_BYTES, "little"))
+    out.write(
+        _FRAME + engine.settings.encode() + b"\n" + len(data).to_bytes(_LENGTH_BYTES, "little")
+    )
     out.write(data)
     out.flush()

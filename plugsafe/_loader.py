@@ -42,6 +42,7 @@ from ._files import read_plugin_file
 from ._lazymodule import lazy_function, lazy_module
 from ._lazyre import lazy_re
 from ._policy import Policy
+from ._runtime._module import MAX_DESCRIPTION
 from ._version import __version__
 from ._wasi import WASI_MODULE
 from ._wasmshape import WASM_MAGIC, Caps, MemoryDecl, ModuleShape, WasmFormatError, fits
@@ -476,18 +477,28 @@ class ModuleLoader:
             return None
         try:
             # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
+            # An entry whose description does not match its artifact (written on purpose: the
+            # digest is no secret) is refused by deserialize (rt.check_description), like one
+            # wasmtime refuses: deleted, and the module compiled again (tests/test_tidy9_cache).
             module = engine.deserialize(artifact, rt.parse_description(data))
         except rt.WasmFailure:
             cache.discard(key)
             return None
-        return _Entry(module, meta[1], meta[0], digest)
+        shape = meta[0]
+        if shape.imports != len(module.imports) or shape.exports != len(module.exports):
+            # The stored shape disagrees with the counts just checked against wasmtime: it is
+            # not the precheck's, and the policy's caps would be checked against a lie.
+            cache.discard(key)
+            return None
+        return _Entry(module, meta[1], shape, digest)
 
     def _to_disk(self, engine: rt.Engine, entry: _Entry) -> None:
         cache = self._disk_cache(engine)
         if cache is not None and entry.shape is not None:
             module = entry.module
             description = module.describe(_meta(entry.shape, entry.memories))
-            cache.put(cache.key(entry.digest), module.serialize(), description)
+            if len(description) <= MAX_DESCRIPTION:  # larger: never read back (rt.load_description)
+                cache.put(cache.key(entry.digest), module.serialize(), description)
 
 
 if TYPE_CHECKING:  # typing only (issue 14: a Protocol class costs ~0.4 M instructions to create)

@@ -13,7 +13,7 @@ from ._dataclass_code import field_names
 from ._errors import PolicyError
 from ._lazymodule import import_now, lazy_function, lazy_module
 from ._lazyre import lazy_re
-from ._wasi import Wasi
+from ._wasi import Wasi, restore_checked
 
 if TYPE_CHECKING:
     import dataclasses
@@ -302,6 +302,11 @@ class Policy:
             # could make the set answer yes for a name it does not hold.
             names.add(str.__str__(name))
         return frozenset(names)
+
+    def __setstate__(self, state: object) -> None:
+        # Unpickled (or copied): the pickled fields are checked as Policy(...) checks them,
+        # a PolicyError otherwise (see _wasi.restore_checked; tidy9).
+        restore_checked(self, state, Policy)
 
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with ``changes`` applied (validated like a new policy)."""

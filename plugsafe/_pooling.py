@@ -8,6 +8,7 @@ from . import _runtime as rt
 from ._errors import PolicyError, fmt_bytes
 from ._public import rehome
 from ._units import GiB, KiB, parse_size
+from ._wasi import restore_checked
 
 if TYPE_CHECKING:
     from dataclasses import dataclass
@@ -139,6 +140,9 @@ class Pooling:
                 field="keep_resident",
             )
         keep("keep_resident", resident)
+
+    def __setstate__(self, state: object) -> None:
+        restore_checked(self, state, Pooling)  # validated as by the constructor (tidy9)
 
     def limits(self) -> rt.PoolLimits:
         """The same limits as the runtime takes them."""

@@ -11,9 +11,9 @@ output captured (and capped), no directories. ``docs/wasi.md`` has the threat ta
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import PolicyError
 from ._lazyre import lazy_re
@@ -31,6 +31,7 @@ __all__ = [
     "Preopen",
     "Wasi",
     "check_c_text",
+    "restore_checked",
 ]
 
 WASI_MODULE = "wasi_snapshot_preview1"
@@ -55,6 +56,28 @@ def check_c_text(value: str, where: str) -> None:
                 f"{where}: {value!r} is not UTF-8 text (wasmtime takes only UTF-8)",
                 field="wasi",
             ) from None
+
+
+def restore_checked(obj: object, state: object, make: Callable[..., object]) -> None:
+    """Unpickling ``obj`` (its ``__setstate__``): it becomes ``make(**state)``.
+
+    Unpickling a dataclass sets its ``__dict__`` from the pickle without ``__init__``: a pickle
+    made by hand or by an older plugsafe made a frozen Policy (or Pooling, Wasi, Preopen) with
+    fields its constructor refuses, which the runtime then trusted (tidy9). So the pickled
+    fields go through the constructor (``make``), its checks and conversions included, and the
+    object takes what it made: a PolicyError otherwise. Fields an older version did not have
+    get their defaults; private state (Preopen's checked directory) is never taken from a
+    pickle. ``copy.copy`` and ``copy.deepcopy`` come through here too.
+    """
+    name = type(obj).__name__
+    if type(state) is not dict or not all(type(k) is str for k in state):
+        raise PolicyError(f"cannot unpickle a {name}: its state is not a dict of its fields")
+    fields: dict[str, Any] = {k: v for k, v in state.items() if not k.startswith("_")}
+    try:
+        made = make(**fields)
+    except TypeError as exc:  # an unknown field (Policy says which itself)
+        raise PolicyError(f"cannot unpickle a {name}: {exc}") from None
+    obj.__dict__.update(made.__dict__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,10 @@ class Preopen:
         # The directory checked, as a plain str: what every instance preopens (checked_host).
         # os.fspath(host) again could answer another one (attack6).
         object.__setattr__(self, "_host", host)
+
+    def __setstate__(self, state: object) -> None:
+        # Checked again (by Wasi, or by checked_host) rather than believed: see restore_checked.
+        restore_checked(self, state, Preopen)
 
     def checked_host(self) -> str:
         """The host directory as it was checked (checked now if it never was)."""
@@ -188,6 +215,9 @@ class Wasi:
                 )
             guests.add(p.guest)
         object.__setattr__(self, "preopens", preopens)
+
+    def __setstate__(self, state: object) -> None:
+        restore_checked(self, state, Wasi)  # validated as by the constructor
 
     def __hash__(self) -> int:
         return hash((self.args, tuple(sorted(self.env.items())), self.stdin, self.stdout,

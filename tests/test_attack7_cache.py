@@ -6,8 +6,10 @@ description is then believed without asking wasmtime (issue 14: cold start). Onl
 process of the same user can write such an entry, and that process can already run code as the
 user (the artifact is native code). Whatever it says, though, the policy's import check is not
 the only gate: the Linker defines only the host functions the policy allows, so a description
-that hides or renames an import cannot let a guest call a function the policy denies. These
-tests write such entries (digest and all) and load them.
+that hides or renames an import cannot let a guest call a function the policy denies. Since
+tidy9 a description is also checked against the artifact's own import and export types
+(``rt.check_description``): a lie is an unusable entry, compiled again. These tests write such
+entries (digest and all) and load them.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def _rewrite(entry: Path, edit: dict[str, object]) -> None:
     raw = marshal.dumps(description, 4)
     body = len(raw).to_bytes(4, "little") + raw + artifact
     entry.write_bytes(_cache._MAGIC + hashlib.sha256(body).digest() + body)
+
+
+def _split_description(entry: Path) -> bytes:
+    body = entry.read_bytes()[len(_cache._MAGIC) + 32 :]
+    return body[4 : 4 + int.from_bytes(body[:4], "little")]
 
 
 def _host(tmp_path: Path, calls: list[str]) -> plugsafe.Host:
@@ -85,14 +92,17 @@ def test_a_description_hiding_a_denied_import_lets_no_call_through(
     # The refused module was still compiled and stored (the import check comes after).
     [entry] = _entries(tmp_path)
     _rewrite(entry, lie)
-    # Believed, the lie passes the import check; the Linker, which defines only what the
-    # policy allows, then refuses the real import, typed.
+    # The lie no longer matches the artifact's imports (rt.check_description, tidy9): the entry
+    # is deleted and the module compiled again, so the refusal is the compiler's own. (Before,
+    # the lie passed the import check and the Linker, which defines only what the policy
+    # allows, refused the real import: both gates hold.)
     with (
         _host(tmp_path, calls) as host,
-        pytest.raises(plugsafe.PluginLoadError, match="plugsafe::secret"),
+        pytest.raises(plugsafe.ImportNotAllowedError, match="secret"),
     ):
         host.load(GUEST, policy=policy)
     assert calls == []
+    assert marshal.loads(_split_description(entry))["imports"] != lie["imports"]
 
 
 def test_an_entry_of_a_denied_module_is_not_a_way_around_the_check(tmp_path: Path) -> None:

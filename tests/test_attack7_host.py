@@ -9,10 +9,9 @@ Pooling's numbers).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+
+from helpers import run_ok
 
 _SCRIPT = """
 import plugsafe
@@ -32,27 +31,12 @@ except ValueError as exc:
 
 @pytest.mark.parametrize("value", [64 << 20, 4 << 20, 1])
 def test_an_int_subclass_cannot_pass_max_stacks_range_check(value: int) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT.format(value=value)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, (done.returncode, done.stderr[-1500:])
-    assert done.stdout.startswith("refused max_stack must be from"), done.stdout
+    out = run_ok(_SCRIPT.format(value=value), timeout=120)
+    assert out.startswith("refused max_stack must be from"), out
 
 
 def test_an_int_subclass_in_range_is_kept_as_the_int_it_holds() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT.format(value=256 * 1024)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-1500:]
-    assert done.stdout.strip() == "accepted 262144 int"
+    assert run_ok(_SCRIPT.format(value=256 * 1024), timeout=120).strip() == "accepted 262144 int"
 
 
 def test_a_pools_size_is_the_int_it_holds() -> None:

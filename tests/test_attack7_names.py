@@ -17,6 +17,7 @@ import pytest
 import plugsafe
 
 from conftest import LoadFn
+from helpers import run_ok
 
 REACTOR = """(module (global $g (mut i32) (i32.const 0))
   (func (export "_initialize") (global.set $g (i32.add (global.get $g) (i32.const 100))))
@@ -88,14 +89,4 @@ print("ok")
 def test_a_str_subclass_cannot_call_one_export_through_anothers_signature() -> None:
     # ``small`` () -> () was described, and ``big`` (400 i64 results) called on its one-slot
     # buffer: wasmtime wrote past it and the process died.
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-c", _OTHER_SIGNATURE],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert done.stdout.strip() == "ok"
+    assert run_ok(_OTHER_SIGNATURE, timeout=120).strip() == "ok"

@@ -15,61 +15,34 @@ timeout; with one, it ended as a ``DeadlineExceeded`` that blamed "another threa
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
-_TESTS = Path(__file__).parent
+from helpers import REENTRY_PLUGIN, last_json, run_ok
 
-_SCRIPT = textwrap.dedent(
-    """
-    import functools, json, signal, sys
-    sys.path.insert(0, {tests!r})
-    import plugsafe
-    from wat import abi_module
-    body = '''
-      (func (export "busy") (param i32) (result i32) (local $i i32)
-        (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br_if $l (i32.lt_u (local.get $i) (i32.const 30000000)))) (local.get 0))
-      (func (export "quiet") (result i32) (i32.const 7))
-      (func (export "one") (param i32) (result i32) (local.get 0))'''
-    imports = {imports!r}
-    wat = abi_module(body, imports='(import "plugsafe" "hook" (func (param i32) (result i32)))'
-                     ) if imports else "(module " + body + ")"
-    host = plugsafe.Host()
-    @host.function
-    def hook(x: int) -> int:
-        return x
-    p = host.load(wat.encode(), policy=plugsafe.Policy(allow={{"hook"}} if imports else set(),
-                                                      timeout=None))
-    for _ in range(2):  # the short path, aimed
-        p.invoke("busy", 1)
-        p.invoke("one", 1)
-    how = {how!r}
-    outer = None
-    try:
-        if how == "index":
-            # An argument whose __index__ is the plugin's own invoke: runs while the outer call
-            # packs its arguments, the lock held.
-            Arg = type("Arg", (), {{"__index__": functools.partial(p.invoke, "quiet")}})
-            outer = p.invoke("one", Arg())
-        else:
-            handler = functools.partial(p.invoke, "quiet") if how == "partial" else p.invoke
-            signal.signal(signal.SIGALRM, handler)
-            signal.setitimer(signal.ITIMER_REAL, 0.005)
-            outer = p.invoke("busy", 1)
-        error = None
-    except Exception as e:
-        error = [type(e).__name__, isinstance(e, plugsafe.PlugsafeError), str(e)]
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    after = p.invoke("quiet")
-    again = p.invoke("one", 5)
-    print(json.dumps({{"outer": outer, "error": error, "after": after, "again": again}}))
-    """
+_SCRIPT = (
+    REENTRY_PLUGIN
+    + """
+how = {how!r}
+outer = None
+try:
+    if how == "index":
+        # An argument whose __index__ is the plugin's own invoke: runs while the outer call
+        # packs its arguments, the lock held.
+        Arg = type("Arg", (), {{"__index__": functools.partial(p.invoke, "quiet")}})
+        outer = p.invoke("one", Arg())
+    else:
+        handler = functools.partial(p.invoke, "quiet") if how == "partial" else p.invoke
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.005)
+        outer = p.invoke("busy", 1)
+    error = None
+except Exception as e:
+    error = [type(e).__name__, isinstance(e, plugsafe.PlugsafeError), str(e)]
+signal.signal(signal.SIGALRM, signal.SIG_DFL)
+after = p.invoke("quiet")
+again = p.invoke("one", 5)
+print(json.dumps({{"outer": outer, "error": error, "after": after, "again": again}}))
+"""
 )
 
 
@@ -78,19 +51,16 @@ _SCRIPT = textwrap.dedent(
 def test_reentering_through_the_plugins_own_invoke_is_refused_not_hung(
     imports: bool, how: str
 ) -> None:
-    code = _SCRIPT.format(tests=str(_TESTS), imports=imports, how=how)
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the re-entering call waited for ever for its own thread's lock")
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    out = run_ok(
+        _SCRIPT.format(imports=imports, how=how),
+        timeout=60,
+        hang="the re-entering call waited for ever for its own thread's lock",
+    )
+    report = last_json(out)
     # The re-entering call was refused as re-entry (typed), which ended the call it interrupted
     # (the handler's, or __index__'s, exception propagates from there) ...
     assert report["outer"] is None
-    name, typed, message = report["error"]
+    name, typed, message = report["error"]  # type: ignore[misc]
     assert (name, typed) == ("PluginCallError", True), report
     assert "re-entrant calls are not allowed" in message
     # ... and the plugin is neither locked nor owned afterwards.

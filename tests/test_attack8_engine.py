@@ -14,25 +14,12 @@ Each scenario runs in a fresh interpreter: an abort must fail the test, not the 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
+from helpers import run_ok as _run
+
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="address-space limits are POSIX")
-
-
-def _run(script: str) -> str:
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
-    )
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"
-    return res.stdout
 
 
 _LOAD = """

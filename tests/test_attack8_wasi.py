@@ -16,16 +16,7 @@ import pytest
 import plugsafe
 from plugsafe import Policy, PolicyError, Preopen, Wasi
 
-# fd_write of "hello" to stdout; returns the errno.
-WRITER = b"""(module
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello")
-  (func (export "write") (result i32)
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 5))
-    (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 100))))"""
+from wat import WASI_WRITER as WRITER
 
 
 @pytest.mark.parametrize(

@@ -53,3 +53,22 @@ ECHO = abi_module(
   (func (export "trap") unreachable)
 """
 )
+
+
+# A WASI guest: ``_start`` (a command) and ``write`` (a function returning 0) each write "hello"
+# to stdout and "oops" to stderr with fd_write.
+WASI_WRITER = b"""(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello")
+  (data (i32.const 32) "oops")
+  (func $both
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 5))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 100)))
+    (i32.store (i32.const 0) (i32.const 32))
+    (i32.store (i32.const 4) (i32.const 4))
+    (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 100))))
+  (func (export "_start") (call $both))
+  (func (export "write") (result i32) (call $both) (i32.const 0)))"""

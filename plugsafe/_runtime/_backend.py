@@ -329,7 +329,8 @@ def failure_from_addresses(error: int, trap: int) -> WasmFailure:
     """Wrap an owned wasmtime error or trap (given as addresses) into a WasmFailure.
 
     The one place a trap becomes a WasmFailure: a trap returned by a host callback is matched
-    with what that callback recorded (see HostRecord).
+    with what that callback recorded (see HostRecord). The text and codes are read by
+    ``_lib.error_text``/``trap_text`` (the only readers of wasmtime's errors and traps).
     """
     # The call is back on this thread: a switch interval its deadline lowered goes back now.
     prompt_off()

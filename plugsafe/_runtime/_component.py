@@ -34,9 +34,10 @@ from wasmtime import _ffi as wf
 
 from .._public import rehome
 from . import _hostmem
-from ._backend import WasmFailure, failure_from_addresses
+from ._backend import WasmFailure, address, failure_from_addresses
 from ._engine import NO_DEADLINE_TICKS, Engine
 from ._forksafe import forksafe
+from ._lib import error_text
 from ._select import DEFAULT as _BACKEND
 from ._store import give_wasi
 from ._ticker import Ticker, guard, limit, prompt_off
@@ -936,8 +937,12 @@ _perf_counter = time.perf_counter
 
 
 def _failure(err: Any) -> WasmFailure:
-    """A WasmFailure for a ``wasmtime_error_t*`` (freed here)."""
-    return _classify(str(wasmtime.WasmtimeError._from_ptr(err)))
+    """A WasmFailure for a ``wasmtime_error_t*`` (a ctypes pointer; freed here).
+
+    Its text is read by ``_lib.error_text``, the one reader of wasmtime errors (it was
+    wasmtime-py's ``WasmtimeError``: the same C calls, a second home; tidy9).
+    """
+    return _classify(error_text(address(err))[0])
 
 
 def _classify(message: str) -> WasmFailure:

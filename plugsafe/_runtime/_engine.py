@@ -24,7 +24,7 @@ from .._lazymodule import lazy_module
 from ._backend import WasmFailure, failure_from_addresses
 from ._forksafe import Owned
 from ._lib import PATH, address, ffi, lib, take_bytes
-from ._module import VALKINDS, Description, Module, describe_binary
+from ._module import VALKINDS, Description, Module, check_description, describe_binary
 from ._store import pool_slots
 from ._ticker import Ticker
 
@@ -287,8 +287,15 @@ class Engine:
         ``description`` is the module's, from ``parse_description`` of what ``Module.describe``
         stored, or ``describe_binary`` of the binary it was compiled from.
         Never call this on bytes from anywhere else: a crafted artifact runs arbitrary code.
+        Raises WasmFailure if wasmtime refuses the artifact, or if ``description`` does not
+        match the artifact's imports and exports (``check_description``: calls trust it).
         """
-        return Module(self._module_of(lib.wasmtime_module_deserialize, artifact), description)
+        owned = self._module_of(lib.wasmtime_module_deserialize, artifact)
+        try:
+            check_description(owned.raw, description)
+        except WasmFailure as exc:
+            raise WasmFailure(f"the artifact does not match its description: {exc}") from None
+        return Module(owned, description)
 
 
 class EpochTicker:

@@ -17,7 +17,10 @@ wasmtime-py is still the library's Python binding for what plugsafe leaves to it
 of the library, one process-wide state.
 
 The helpers here turn the C API's owned results into Python values and free them at once:
-``error_text``, ``trap_text``, ``take_bytes``.
+``error_text``, ``trap_text``, ``take_bytes``. The first two are the only readers of wasmtime's
+errors and traps (components' errors included); what an error or trap *means* to a call (a
+host function's failure, an exit status, a trap code) is decided in one place on top of them,
+``_backend.failure_from_addresses`` (components: ``_component._failure``, by message).
 """
 
 from __future__ import annotations

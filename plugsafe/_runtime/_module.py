@@ -28,7 +28,10 @@ __all__ = [
     "VALKINDS",
     "Description",
     "Module",
+    "MAX_DESCRIPTION",
+    "check_description",
     "describe_binary",
+    "load_description",
     "parse_description",
 ]
 
@@ -113,20 +116,160 @@ class Module:
 # The description is a dict of str, int, None and tuples of them in marshal's format (version 4
 # is read by every Python 3 since 3.4, and written the same by all of them). Not JSON (issue 14):
 # `json` is about 2 % of a cold start's instructions, for a few hundred bytes read once; marshal
-# is built in, and C. marshal is not meant for hostile bytes, and these are not: the on-disk
-# cache hands back only entries whose sha256 matches (ArtifactCache.get), in a directory only
-# this user can write, beside the native artifact that is trusted far more. What it loads is
-# still checked exactly (types and shapes) before use; anything else reads as unreadable.
+# is built in, and C. Reading it back is not left to ``marshal.loads``, which is not meant for
+# hostile bytes: a 5-byte tuple header of 2**31 - 1 items made it allocate 16 GiB before it
+# found no items (tidy9). The on-disk cache hands back only entries whose sha256 matches, in a
+# directory only this user can write, but another process of that user can write such an entry
+# on purpose (tests/test_tidy9_cache.py). So ``load_description`` reads the subset ``describe``
+# writes itself, every count bounded by the bytes left, and nothing else.
 _MARSHAL_VERSION = 4
+# The largest description read or written (a module of 16 MiB, the default max_module_size, of
+# nothing but exports describes itself in less); larger ones are not cached.
+MAX_DESCRIPTION = 64 << 20
+# Containers inside the top-level dict: describe's rows nest 3 deep (meta, memories, a memory).
+_MAX_DEPTH = 4
+_PENDING = object()  # a tuple's reference slot while its items are read (marshal's "reserve")
 
 
 def load_description(description: bytes) -> dict[str, object] | None:
-    """``Module.describe``'s output as the dict it wrote; None if it is not one."""
-    try:
-        data = marshal.loads(description)
-    except (ValueError, TypeError, EOFError):
+    """``Module.describe``'s output as the dict it wrote; None if it is not one.
+
+    Reads marshal's format (version 4) as ``marshal.loads`` would, but only what ``describe``
+    writes: one dict of str keys whose values are str, int, None and tuples of them, with
+    marshal's back-references. Any other type, a count larger than the bytes left (an item takes
+    one byte at least), nesting deeper than describe's, a reference to nothing or to an
+    unfinished tuple, trailing bytes, or more than MAX_DESCRIPTION bytes: None. Its memory is
+    therefore bounded by a small multiple of its input's size.
+    """
+    if len(description) > MAX_DESCRIPTION or description[:1] not in (b"{", b"\xfb"):
         return None
-    return data if type(data) is dict else None
+    try:
+        data, end = _unmarshal(description)
+    except (ValueError, IndexError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if end == len(description) and type(data) is dict else None
+
+
+def _unmarshal(raw: bytes) -> tuple[object, int]:
+    """(the object marshal's bytes ``raw`` start with, the offset after it): see
+    ``load_description`` for the subset. Raises ValueError (or IndexError) on anything else.
+
+    Every count is checked against the bytes left before anything is made of it (an item takes
+    a byte at least): what marshal.loads did not do. Written for speed (a cold start reads one):
+    branches by how often describe's output has each code, offsets passed rather than shared.
+    """
+    refs: list[object] = []
+    # The height of each object kept for back-references (0: not a tuple; a tuple of those:
+    # 1; ...): a reference is as deep as what it names, and nesting stays bounded through them.
+    heights: list[int] = []
+    size = len(raw)
+    from_bytes = int.from_bytes
+
+    def read(pos: int, depth: int) -> tuple[object, int, int]:
+        """(the object at ``pos``, the offset after it, its height), at nesting ``depth``."""
+        code = raw[pos]
+        flag = code & 0x80  # FLAG_REF: the object is kept for later back-references
+        code &= 0x7F
+        pos += 1
+        value: object
+        if code == 0x72:  # 'r': a back-reference
+            end = pos + 4
+            if end > size:
+                raise ValueError("truncated")
+            index = from_bytes(raw[pos:end], "little")
+            if index >= len(refs) or refs[index] is _PENDING:
+                raise ValueError("bad reference")
+            height = heights[index]
+            if height and depth + height > _MAX_DEPTH:
+                raise ValueError("nested too deep")
+            return refs[index], end, height
+        if code == 0x7A or code == 0x5A:  # 'z' 'Z': short ASCII (interned)
+            end = pos + 1 + raw[pos]
+            if end > size:
+                raise ValueError("truncated")
+            value = raw[pos + 1 : end].decode("ascii")
+        elif code == 0x29 or code == 0x28:  # ')' '(': a tuple (small: a 1-byte count)
+            if depth >= _MAX_DEPTH:
+                raise ValueError("nested too deep")
+            if code == 0x29:
+                n = raw[pos]
+                pos += 1
+            else:
+                n = from_bytes(raw[pos : pos + 4], "little", signed=True)
+                pos += 4
+            if n < 0 or n > size - pos:
+                raise ValueError("count out of range")
+            slot = len(refs)
+            if flag:
+                refs.append(_PENDING)  # (no tuple inside itself)
+                heights.append(0)
+            items = []
+            height = 0
+            depth += 1
+            for _ in range(n):
+                item, pos, below = read(pos, depth)
+                items.append(item)
+                if below > height:
+                    height = below
+            value = tuple(items)
+            height += 1
+            if flag:
+                refs[slot] = value
+                heights[slot] = height
+            return value, pos, height
+        elif code == 0x69:  # 'i': a 32-bit int
+            end = pos + 4
+            if end > size:
+                raise ValueError("truncated")
+            value = from_bytes(raw[pos:end], "little", signed=True)
+        elif code == 0x4E:  # 'N'
+            value, end = None, pos
+        elif code in (0x61, 0x41, 0x75, 0x74):  # 'a' 'A' ASCII, 'u' 't' UTF-8 (interned)
+            n = from_bytes(raw[pos : pos + 4], "little")
+            pos += 4
+            end = pos + n
+            if end > size:
+                raise ValueError("truncated")
+            value = raw[pos:end].decode(
+                "ascii" if code in (0x61, 0x41) else "utf-8", "surrogatepass"
+            )
+        elif code == 0x6C:  # 'l': a long, 15-bit digits, least significant first
+            end = pos + 4
+            if end > size:
+                raise ValueError("truncated")
+            n = from_bytes(raw[pos:end], "little", signed=True)
+            digits, pos = abs(n), end
+            end = pos + 2 * digits
+            if end > size:
+                raise ValueError("count out of range")
+            number = 0
+            for i in range(digits):
+                d = from_bytes(raw[pos + 2 * i : pos + 2 * i + 2], "little")
+                if d >= 1 << 15 or (d == 0 and i == digits - 1):
+                    raise ValueError("bad long digit")
+                number |= d << (15 * i)
+            value = -number if n < 0 else number
+        elif code == 0x7B and depth == 0:  # '{': the one dict, of str keys, until '0'
+            mapping: dict[str, object] = {}
+            slot = len(refs)
+            if flag:
+                refs.append(_PENDING)  # (no dict inside itself)
+                heights.append(0)
+            while raw[pos] != 0x30:
+                key, pos, _height = read(pos, 1)
+                if type(key) is not str:
+                    raise ValueError("not a str key")
+                mapping[key], pos, _height = read(pos, 1)
+            return mapping, pos + 1, 0
+        else:
+            raise ValueError(f"type code {code:#x} is not in a description")
+        if flag:
+            refs.append(value)
+            heights.append(0)
+        return value, end, 0
+
+    value, end, _height = read(0, 0)
+    return value, end
 
 
 _KINDS = frozenset({"func", "memory", "table", "global", "tag", "unknown"})
@@ -174,3 +317,89 @@ def _rows(v: object) -> tuple[tuple[object, ...], ...]:
     if type(v) is not tuple or not all(type(row) is tuple for row in v):
         raise ValueError("not a tuple of rows")
     return v
+
+
+# wasm_externkind_t as wasmtime's C API reports it (4, a tag, is wasmtime's own).
+_EXTERN_CODES: dict[str, int] = {"func": 0, "global": 1, "table": 2, "memory": 3, "tag": 4}
+# wasm_valtype_t * of i32, i64, f32 and f64 (VALKINDS' order), made once for the process and
+# never freed: a value type belongs to no engine, and these are four small allocations.
+_NUMERIC: list[Any] = []
+
+
+def check_description(module: Any, description: Description) -> None:
+    """Raise WasmFailure unless ``description`` says what wasmtime says of the
+    ``wasmtime_module_t *`` ``module``: the same imports and exports, in order, by name and
+    kind, and for functions the same numbers of parameters and results, each of the four
+    number types exactly where the description names it and none where it names another type.
+
+    Calls trust the description (the unchecked call packs and unpacks the value slots it
+    gives), so one that lies made a call crash the process (tidy9): ``Engine.deserialize`` runs
+    this on every module it loads. Types are compared with ``wasmtime_wasm_valtype_equal``,
+    never read with ``wasm_valtype_kind``, which aborts the process on ``v128`` and typed
+    references (for those the description's own name is kept: calls refuse them anyway).
+    Globals' and tags' types are not compared: no call goes through them.
+    """
+    imports, exports = description
+    vec = ffi.new("wasm_importtype_vec_t *")
+    lib.wasmtime_module_imports(module, vec)
+    try:
+        if vec.size != len(imports):
+            raise WasmFailure(f"it has {vec.size} imports, its description {len(imports)}")
+        for i, imp in enumerate(imports):
+            item = vec.data[i]
+            if (
+                _name(lib.wasm_importtype_module(item)) != imp.module
+                or _name(lib.wasm_importtype_name(item)) != imp.name
+            ):
+                raise WasmFailure(f"its import {i} is not {imp.module}.{imp.name}")
+            _check_extern(lib.wasm_importtype_type(item), imp, "import")
+    finally:
+        lib.wasm_importtype_vec_delete(vec)
+    vec = ffi.new("wasm_exporttype_vec_t *")
+    lib.wasmtime_module_exports(module, vec)
+    try:
+        if vec.size != len(exports):
+            raise WasmFailure(f"it has {vec.size} exports, its description {len(exports)}")
+        for i, exp in enumerate(exports.values()):
+            item = vec.data[i]
+            if _name(lib.wasm_exporttype_name(item)) != exp.name:
+                raise WasmFailure(f"its export {i} is not {exp.name!r}")
+            _check_extern(lib.wasm_exporttype_type(item), exp, "export")
+    finally:
+        lib.wasm_exporttype_vec_delete(vec)
+
+
+def _name(vec: Any) -> str:
+    """A ``wasm_name_t *`` (borrowed) as text (names are UTF-8: wasm validates them)."""
+    return bytes(ffi.buffer(vec.data, vec.size)).decode("utf-8", "replace") if vec.size else ""
+
+
+def _check_extern(ty: Any, info: ImportInfo | ExportInfo, what: str) -> None:
+    if lib.wasm_externtype_kind(ty) != _EXTERN_CODES.get(info.kind):
+        raise WasmFailure(f"its {what} {info.name!r} is not a {info.kind}")
+    if info.kind == "func":
+        func = lib.wasm_externtype_as_functype_const(ty)
+        if not (
+            _same_values(lib.wasm_functype_params(func), info.params)
+            and _same_values(lib.wasm_functype_results(func), info.results)
+        ):
+            raise WasmFailure(f"its {what} {info.name!r} is not of type {info}")
+
+
+def _same_values(vec: Any, types: tuple[str, ...]) -> bool:
+    """Whether the ``wasm_valtype_vec_t *`` ``vec`` agrees with ``types`` (see
+    ``check_description``)."""
+    if vec.size != len(types):
+        return False
+    if not _NUMERIC:
+        _NUMERIC.extend(lib.wasm_valtype_new(code) for code in VALKINDS.values())
+    equal = lib.wasmtime_wasm_valtype_equal
+    for i, name in enumerate(types):
+        actual = vec.data[i]
+        code = VALKINDS.get(name)
+        if code is not None:
+            if not equal(actual, _NUMERIC[code]):
+                return False
+        elif any(equal(actual, number) for number in _NUMERIC):
+            return False
+    return True

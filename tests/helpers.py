@@ -1,0 +1,107 @@
+"""Set-ups the attack tests share: a script in a fresh interpreter, and the re-entry plugin.
+
+A scenario that may abort the process (a Rust panic, a SIGSEGV) or hang runs in a child
+Python, so it fails one test rather than the run. ``run_script`` starts it the one way the
+tests did each in a copy of their own (``tests/`` on its path, so ``from wat import ...``
+works; no bytecode written), and ``run_ok`` also asserts it exited 0 and returns its stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+__all__ = ["REENTRY_PLUGIN", "TESTS", "last_json", "run_ok", "run_script"]
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_script(
+    script: str,
+    *,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+    data_limit: int | None = None,
+    hang: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (dedented) with ``python -c`` in a fresh interpreter.
+
+    Args:
+        timeout: seconds before the child is killed.
+        env: variables set on top of this process's environment.
+        data_limit: the child's ``RLIMIT_DATA`` in bytes, set before anything else runs (it
+            counts what malloc and private writable mappings take, not wasmtime's reserved,
+            inaccessible address space: a runaway allocation fails instead of bloating).
+        hang: if given, a timeout fails the test with this message rather than raising.
+    """
+    code = textwrap.dedent(script)
+    if data_limit is not None:
+        code = (
+            "import resource\n"
+            f"resource.setrlimit(resource.RLIMIT_DATA, ({data_limit}, {data_limit}))\n" + code
+        )
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": path, **(env or {})},
+        )
+    except subprocess.TimeoutExpired:
+        if hang is None:
+            raise
+        pytest.fail(hang)
+
+
+def run_ok(script: str, **kwargs: object) -> str:
+    """``run_script``, asserting that the child exited 0; its stdout."""
+    done = run_script(script, **kwargs)  # type: ignore[arg-type]
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def last_json(stdout: str) -> dict[str, object]:
+    """The JSON object a child printed on its last line."""
+    import json
+
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert isinstance(report, dict)
+    return report
+
+
+# A script's set-up of a plugin to re-enter (``{imports!r}``: with or without a host function
+# import, formatted in by the test; use ``{{``/``}}`` for braces after it): ``p``, whose
+# ``busy(x)`` spins ~30 M iterations then returns x, ``quiet()`` returns 7 and ``one(x)``
+# returns x; ``busy`` and ``one`` have each been called twice, so the next call of either
+# takes the short path with the plugin's lock and no owner (attack6, attack7).
+REENTRY_PLUGIN = """
+import functools, json, signal, sys
+import plugsafe
+from wat import abi_module
+body = '''
+  (func (export "busy") (param i32) (result i32) (local $i i32)
+    (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 30000000)))) (local.get 0))
+  (func (export "quiet") (result i32) (i32.const 7))
+  (func (export "one") (param i32) (result i32) (local.get 0))'''
+imports = {imports!r}
+wat = abi_module(body, imports='(import "plugsafe" "hook" (func (param i32) (result i32)))'
+                 ) if imports else "(module " + body + ")"
+host = plugsafe.Host()
+@host.function
+def hook(x: int) -> int:
+    return x
+p = host.load(wat.encode(), policy=plugsafe.Policy(allow={{"hook"}} if imports else set(),
+                                                  timeout=None))
+for _ in range(2):  # the short path, aimed
+    p.invoke("busy", 1)
+    p.invoke("one", 1)
+"""
