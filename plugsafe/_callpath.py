@@ -1276,7 +1276,9 @@ class CallPath:
         before = self._last_th
         if before is not None:
             self.others[before] = self._last
-        self.others.pop(th, None)
+            self.others.pop(th, None)
+        # (None: the plugin's first call, and ``others`` is empty: only here does anything go
+        # in, and never with None. No weak reference made and dropped on every first call.)
         self._last_th = th
 
     def raw_last(self, th: _nesting.ThreadRoom) -> Last | None:
