@@ -341,9 +341,10 @@ class Instance:
         function and instance: ``plugsafe._speedups``, see Backend.bind_call).
 
         The call path asks for it when a short path aims at a function, i.e. from its second
-        call on this instance: binding costs about what three compiled calls save (the
-        addresses read through cffi), which a function called once on its instance
-        (``fresh_instance``, the first call) would pay without getting it back.
+        call on this instance: binding costs about what three compiled calls save (~10,000
+        instructions, cold on a new instance: the one address read through cffi and ``bind``),
+        which a function called once on its instance (``fresh_instance``, the first call) would
+        pay without getting it back (docs/performance.md, "4.", fifth pass).
         """
         if not ref.fast:
             b = self._b
