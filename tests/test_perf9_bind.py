@@ -137,3 +137,17 @@ def test_calls_stay_right_across_plugins_sharing_a_linker_and_fresh_instances(
         data = f"fresh {j}".encode() * (1 + 100 * (j % 2))
         assert fresh.call("echo", data) == data
         assert keep.call("echo", data[::-1]) == data[::-1]
+
+
+def test_the_addresses_bound_without_cffi_are_the_ones_cffi_reads(host: plugsafe.Host) -> None:
+    # The context's address is the store's int and the trap slot's is computed from the
+    # slots' (Instance.fast_call): both must be what reading the cffi objects gives.
+    plugin = host.load(INBUF.encode())
+    assert plugin.call("echo", b"one") == b"one"
+    assert plugin.call("echo", b"two") == b"two"
+    inst = _inst(plugin)
+    ref = inst.funcs["echo"]
+    b = inst._b
+    assert ref.at[0] == b.address(ref.buf) != 0
+    assert b.address(ref.trap) == ref.at[0] + 16 * ref.width
+    assert b.address(inst._ctx) == inst._store.ctx != 0

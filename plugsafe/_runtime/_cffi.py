@@ -250,7 +250,7 @@ class CffiBackend(CffiTraps):
         # Addresses of plugsafe's own objects only (the store's context, the function's
         # handle, its scratch slots and their trap slot): ``at`` as the Instance knows them
         # (the context's from the store, the slots' once per Linker: each address read
-        # through cffi costs ~0.3 us hot, ~1 us on a new plugin), else read here. The
+        # through cffi costs ~0.3 us hot, ~1.5 us on a new plugin), else read here. The
         # compiled call holds the cffi objects that own them (the context is owned by the
         # store, which the Instance keeps: the same as the partial above). It returns the
         # error's address, an int, as raw_call does.
