@@ -499,11 +499,9 @@ class CallPath:
             # call: issue 14, goals 4 and 6) would pay for nothing, as _aim's callers do.
             ref.abi_seen = True
             return ref
-        # Its C calls compiled from now on (and the allocator's, if it was used).
+        # Its C call compiled from now on; the allocator's once an input goes through it on
+        # a compiled call (Instance.abi_call): a guest with an input buffer may never call it.
         inst.fast_call(ref)
-        alloc = inst.funcs.get(_abi.ALLOC_EXPORT)
-        if alloc is not None:
-            inst.fast_call(alloc)
         self._abi_fn, self._abi_ref = function, ref
         return ref
 
@@ -1278,7 +1276,9 @@ class CallPath:
         before = self._last_th
         if before is not None:
             self.others[before] = self._last
-        self.others.pop(th, None)
+            self.others.pop(th, None)
+        # (None: the plugin's first call, and ``others`` is empty: only here does anything go
+        # in, and never with None. No weak reference made and dropped on every first call.)
         self._last_th = th
 
     def raw_last(self, th: _nesting.ThreadRoom) -> Last | None:

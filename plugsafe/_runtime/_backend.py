@@ -406,12 +406,20 @@ if TYPE_CHECKING:
             """``func`` as ``raw_call`` takes it."""
 
         def bind_call(
-            self, ctx: Ctx, arg: object, buf: RawSlots, n: int, trap: TrapSlot
+            self,
+            ctx: Ctx,
+            arg: object,
+            buf: RawSlots,
+            n: int,
+            trap: TrapSlot,
+            at: tuple[int, int, int, int] | None = None,
         ) -> Callable[[], object]:
             """``raw_call`` with every argument bound: () -> error, as ``raw_call`` returns it.
 
             The cffi backend's is compiled (``plugsafe._speedups``) where it was built and not
-            turned off (``compiled``); else a ``functools.partial`` of ``raw_call``."""
+            turned off (``compiled``); else a ``functools.partial`` of ``raw_call``. ``at``:
+            the addresses of ``ctx``, ``arg``, ``buf`` and ``trap`` where the caller knows them
+            already (a compiled call then reads none itself)."""
 
         def trap_arg(self, buf: RawSlots, offset: int) -> TrapSlot:
             """A trap slot inside ``buf``, ``offset`` bytes in."""

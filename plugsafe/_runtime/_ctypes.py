@@ -120,7 +120,13 @@ class CtypesBackend(CffiTraps):
         return byref(func)  # type: ignore[arg-type]
 
     def bind_call(
-        self, ctx: Ctx, arg: object, buf: RawSlots, n: int, trap: TrapSlot
+        self,
+        ctx: Ctx,
+        arg: object,
+        buf: RawSlots,
+        n: int,
+        trap: TrapSlot,
+        at: tuple[int, int, int, int] | None = None,
     ) -> Callable[[], object]:
         return functools.partial(self._call, ctx, arg, buf, n, trap)
 

@@ -103,6 +103,9 @@ class Scratch(NamedTuple):
     stride: int
     arity: int
     rview: memoryview | None
+    # ``buf``'s address, then ``at[0]``: 0 until a compiled call is first bound on it
+    # (Instance.fast_call), read once for every FuncRef sharing this scratch.
+    at: list[int]
 
 
 def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]) -> Scratch:
@@ -131,7 +134,7 @@ def make_scratch(backend: Backend, params: Sequence[str], results: Sequence[str]
             rview = pview if pview is not None and pview.format == rcode else view.cast(rcode)
     return Scratch(
         buf, width, put, get, view, backend.trap_arg(buf, trap_at), get_results,
-        view[trap_at : trap_at + 8].cast("Q"), out, pview, stride, arity, rview,
+        view[trap_at : trap_at + 8].cast("Q"), out, pview, stride, arity, rview, [0],
     )  # fmt: skip
 
 
@@ -178,6 +181,8 @@ class FuncRef:
     stride: int
     arity: int
     rview: memoryview | None
+    # ``at[0]``: ``buf``'s address once read (0 until then; shared with the Scratch).
+    at: list[int]
     # ``call()`` makes the C call on ``buf`` (set by Instance.func; made the compiled call by
     # Instance.fast_call, which sets ``fast``).
     call: Callable[[], object] = unbound

@@ -341,14 +341,27 @@ class Instance:
         function and instance: ``plugsafe._speedups``, see Backend.bind_call).
 
         The call path asks for it when a short path aims at a function, i.e. from its second
-        call on this instance: binding costs about what three compiled calls save (the
-        addresses read through cffi), which a function called once on its instance
-        (``fresh_instance``, the first call) would pay without getting it back.
+        call on this instance: binding costs about what three compiled calls save (~10,000
+        instructions, cold on a new instance: the one address read through cffi and ``bind``),
+        which a function called once on its instance (``fresh_instance``, the first call) would
+        pay without getting it back (docs/performance.md, "4.", fifth pass).
         """
         if not ref.fast:
             b = self._b
             if b.compiled:
-                ref.call = b.bind_call(self._ctx, ref.arg, ref.buf, ref.width, ref.trap)
+                # The addresses it binds, read as cheaply as they can be (issue 14, goal 4:
+                # binding was most of a plugin's second call): the context's is the store's
+                # own int, the slots' is read once per scratch (shared by every instance of the
+                # Linker) and the trap slot is the slots' last (make_scratch); only the
+                # function's handle, new with each instance, is read here.
+                at = ref.at
+                slots = at[0]
+                if not slots:
+                    slots = at[0] = b.address(ref.buf)
+                ref.call = b.bind_call(
+                    self._ctx, ref.arg, ref.buf, ref.width, ref.trap,
+                    (self._store.ctx, b.address(ref.arg), slots, slots + 16 * ref.width),
+                )  # fmt: skip
             ref.fast = True
         return ref.call
 
@@ -493,6 +506,10 @@ class Instance:
                     alloc = self.func(ALLOC_EXPORT)
                     if alloc is None:  # a plugin speaking the ABI exports it (checked at load)
                         raise GuestAllocError(f"the plugin exports no {ALLOC_EXPORT!r}")
+                if ref.fast and not alloc.fast:
+                    # The function is called again and again on this instance (the call
+                    # path compiled its call): so is the allocator, for its inputs.
+                    self.fast_call(alloc)
                 alloc.put(raw_n)  # type: ignore[misc]
                 error = alloc.call()
                 raw_pointer, trap = alloc.get()  # type: ignore[misc]
