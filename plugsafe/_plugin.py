@@ -492,7 +492,9 @@ class Plugin(Closing):
 
         Raises GuestError if the plugin reports a failure, AbiError for a bad pointer/length
         or an input/output over the policy's caps, PluginTrap on a trap, and LimitExceeded
-        subclasses when fuel, time, memory or host calls run out.
+        subclasses when fuel, time, memory or host calls run out; SignatureError (a TypeError)
+        for data that is not bytes-like or str or cannot be read as bytes (a released
+        memoryview, a str with a lone surrogate), before anything runs.
         """
         return self._short_call(function, data, context)
 
@@ -529,6 +531,11 @@ class Plugin(Closing):
         unsigned value is passed with the same bits); float parameters take any real number.
         Integer results come back signed. Returns None, one value, or a tuple for several
         results. ``context`` as for :meth:`call`.
+
+        A wrong count, type or range is a SignatureError, and so is an argument whose own
+        ``__index__`` or ``__float__`` raises (that exception is its ``__cause__``; a
+        KeyboardInterrupt or other BaseException propagates as itself): no wasm runs and the
+        instance is kept (docs/errors.md, "Arguments from the app").
         """
         return self._short_invoke(function, *args, context=context)
 
