@@ -12,6 +12,7 @@ the short path (a later one: typed views, or struct for other shapes).
 from __future__ import annotations
 
 import array
+import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Any
@@ -321,3 +322,49 @@ def test_an_integer_too_large_for_its_parameter_is_a_signature_error(
     with pytest.raises(plugsafe.SignatureError, match=r"out of range|did not convert"):
         plugin.invoke(function, *_with(function, big))
     _still_usable(plugin)
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first_call", "short_path"])
+@pytest.mark.parametrize("function", ["add", "four"])
+def test_an_argument_that_closes_the_host_ends_in_a_value_and_closes_the_plugin(
+    warm: bool, function: str
+) -> None:
+    host = plugsafe.Host()
+    plugin = host.load(WAT)
+    honest = SHAPES[function][0]
+    if warm:
+        plugin.invoke(function, *honest)
+        plugin.invoke(function, *honest)
+
+    class Closer:
+        def __index__(self) -> int:
+            host.close()
+            return 4
+
+    # The call in flight finishes on its instance (released as it ends), then nothing runs.
+    assert plugin.invoke(function, *_with(function, Closer())) in (4 + 1, 4)
+    assert plugin.closed and not plugin._calls.lock.locked()
+    with pytest.raises(plugsafe.PluginClosedError):
+        plugin.invoke(function, *honest)
+
+
+@pytest.mark.parametrize("make", [lambda: ValueError("v"), KeyboardInterrupt])
+def test_pools_and_async_calls_treat_a_raising_argument_as_invoke_does(
+    make: Callable[[], BaseException],
+) -> None:
+    exc = make()
+    expected: Any = plugsafe.SignatureError if isinstance(exc, Exception) else type(exc)
+    plugin = _plugin("add")
+
+    async def go() -> object:
+        return await plugin.invoke_async("add", 1, Raises(exc))
+
+    with pytest.raises(expected):
+        asyncio.run(go())
+    _still_usable(plugin)
+    with plugsafe.PluginPool(WAT, size=1) as pool:
+        assert pool.invoke("bump") == 1
+        for _ in range(2):
+            with pytest.raises(expected):
+                pool.invoke("add", Raises(exc), 1)
+        assert pool.invoke("bump") == 2
