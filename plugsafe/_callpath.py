@@ -46,7 +46,14 @@ from ._policy import Policy
 from ._runtime._instance import InputBufferError
 from ._types import CallStats, ExportInfo
 
-__all__ = ["PYTHON_FAILED", "PYTHON_FAILED_MESSAGE", "CallPath", "CallState", "CallToken"]
+__all__ = [
+    "PYTHON_FAILED",
+    "PYTHON_FAILED_MESSAGE",
+    "CallPath",
+    "CallState",
+    "CallToken",
+    "int_text",
+]
 
 T = TypeVar("T")
 
@@ -1672,7 +1679,7 @@ class CallPath:
                 lo, hi = _I32 if t == "i32" else _I64
                 if not lo <= v <= hi:
                     raise SignatureError(
-                        f"{self._where(function, i)} ({t}) is out of range: {_int_text(v)}"
+                        f"{self._where(function, i)} ({t}) is out of range: {int_text(v)}"
                     )
                 bits = 32 if t == "i32" else 64
                 return v - (1 << bits) if v >= 1 << (bits - 1) else v
@@ -1790,7 +1797,7 @@ def _type_name(cls: type) -> str:
     return _TYPE_NAME(cls)
 
 
-def _int_text(v: int) -> str:
+def int_text(v: int) -> str:
     """An int for a message: digits when short (str() of a huge one raises ValueError past
     Python's digit limit, and would be a huge message anyway)."""
     return str(v) if v.bit_length() <= 128 else f"an integer of {v.bit_length()} bits"

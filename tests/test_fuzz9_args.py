@@ -368,3 +368,21 @@ def test_pools_and_async_calls_treat_a_raising_argument_as_invoke_does(
             with pytest.raises(expected):
                 pool.invoke("add", Raises(exc), 1)
         assert pool.invoke("bump") == 2
+
+
+@pytest.mark.parametrize(
+    "offset, length",
+    [(10**5000, 1), (-(10**5000), 1), (0, 10**5000), (0, -(10**5000)), (2**64, 1)],
+    ids=["huge_offset", "-huge_offset", "huge_length", "-huge_length", "2^64"],
+)
+def test_plugin_memory_refuses_any_out_of_range_int_as_memory_access_error(
+    offset: int, length: int
+) -> None:
+    # Past 4300 digits str() of an int raises ValueError: the message must not need it.
+    plugin = plugsafe.Host().load(ABI_WAT)
+    with pytest.raises(plugsafe.MemoryAccessError):
+        plugin.memory.read(offset, length)
+    if length == 1:
+        with pytest.raises(plugsafe.MemoryAccessError):
+            plugin.memory.write(offset, b"x")
+    assert plugin.call("echo", b"ok") == b"ok"
