@@ -428,14 +428,19 @@ POLICIES = [
 
 
 @pytest.fixture(scope="module")
-def host() -> Iterator[plugsafe.Host]:
-    with plugsafe.Host() as h:
+def hosts() -> Iterator[tuple[plugsafe.Host, plugsafe.Host]]:
+    """A plain Host, and one with an ``on_call`` callback (calls then go through a wrapper that
+    reports each one, refused ones too, with the name and context as given)."""
+    reports: list[plugsafe.CallStats] = []
+    with plugsafe.Host() as plain, plugsafe.Host(on_call=reports.append) as reporting:
+        for h in (plain, reporting):
 
-        @h.function
-        def hook(x: int) -> int:
-            return x ^ 1  # any i32 answers an i32 (an answer out of range would trap the guest)
+            @h.function
+            def hook(x: int) -> int:
+                return x ^ 1  # any i32 answers an i32 (one out of range would trap the guest)
 
-        yield h
+        yield plain, reporting
+        assert reports  # (every call was reported)
 
 
 def _check_op(world: World, kind: str, name: object, args: tuple[object, ...]) -> None:
@@ -468,10 +473,17 @@ def _check_op(world: World, kind: str, name: object, args: tuple[object, ...]) -
 
 
 @FUZZ
-@given(data=st.data(), hooked=st.booleans(), policy=st.sampled_from(POLICIES))
+@given(
+    data=st.data(), hooked=st.booleans(), policy=st.sampled_from(POLICIES), reported=st.booleans()
+)
 def test_hostile_arguments_end_in_a_value_or_a_typed_error_and_the_plugin_survives(
-    host: plugsafe.Host, data: st.DataObject, hooked: bool, policy: plugsafe.Policy
+    hosts: tuple[plugsafe.Host, plugsafe.Host],
+    data: st.DataObject,
+    hooked: bool,
+    policy: plugsafe.Policy,
+    reported: bool,
 ) -> None:
+    host = hosts[reported]
     if hooked and "hook" not in policy.allow:
         policy = plugsafe.Policy(**{**_fields(policy), "allow": {"hook"}})
     world = _make_world(host, hooked, policy)
