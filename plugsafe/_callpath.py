@@ -46,7 +46,14 @@ from ._policy import Policy
 from ._runtime._instance import InputBufferError
 from ._types import CallStats, ExportInfo
 
-__all__ = ["PYTHON_FAILED", "PYTHON_FAILED_MESSAGE", "CallPath", "CallState", "CallToken"]
+__all__ = [
+    "PYTHON_FAILED",
+    "PYTHON_FAILED_MESSAGE",
+    "CallPath",
+    "CallState",
+    "CallToken",
+    "int_text",
+]
 
 T = TypeVar("T")
 
@@ -302,6 +309,7 @@ class CallPath:
         "plugin",
         "policy",
         "state",
+        "unsent",
     )
 
     # What the short paths aim at (see _aim): set together, dropped with the instance.
@@ -360,6 +368,10 @@ class CallPath:
         self.owner: int | None = None
         self.closed = False
         self.close_pending = False
+        # A BaseException that is not an Exception (KeyboardInterrupt) raised while invoke()'s
+        # short path packed the arguments, until its handler has seen it: no wasm ran, so the
+        # instance stays (see invoke).
+        self.unsent: BaseException | None = None
         # The current instance (``instance``: setting it forgets the aimed functions below).
         self._inst: rt.Instance | None = None
         self._forget()
@@ -690,8 +702,17 @@ class CallPath:
                             pv[step + step] = c
                         else:
                             self._put(*args)
-                    except (struct.error, TypeError, OverflowError, ValueError):
+                    except Exception:
+                        # Refused as given (type or range), or an argument's own conversion
+                        # raised (a lying __index__ or __float__: fuzz9): converted as the
+                        # general path does, which says what is wrong (SignatureError).
                         self.repack(function, args)
+                    except BaseException as exc:
+                        # KeyboardInterrupt, SystemExit, ... (an argument's, or a signal's)
+                        # before any wasm ran: it propagates as itself and, unlike one raised
+                        # later in the call, keeps the instance (the handler below reads this).
+                        self.unsent = exc
+                        raise
                     fuel = self._fuel
                     if fuel is not None:
                         self._set_fuel(self._ctx, fuel)
@@ -728,9 +749,11 @@ class CallPath:
                     self.host_record.spent = self.host_record.leak = True  # as in call() above
                     self.instance = None  # (a setter: a frame, after the plain stores)
                     raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
-                except BaseException:
-                    self.host_record.spent = self.host_record.leak = True
-                    self.instance = None  # (a setter: a frame, after the plain stores)
+                except BaseException as exc:
+                    if exc is not self.unsent:
+                        self.host_record.spent = self.host_record.leak = True
+                        self.instance = None  # (a setter: a frame, after the plain stores)
+                    self.unsent = None
                     raise
                 finally:
                     try:
@@ -809,7 +832,16 @@ class CallPath:
         try:
             converted = self.convert_args(ref, function, args)
         except SignatureError as exc:
-            raise exc from None  # not "during handling of" the packer's own error
+            # Not "during handling of" the packer's own error; the cause (what an argument's
+            # own conversion raised) stays.
+            raise exc from exc.__cause__
+        except Exception:
+            raise
+        except BaseException as exc:
+            # (struct turns what a __float__ raised into its own error: the argument's
+            # KeyboardInterrupt shows up only now.) No wasm ran: see invoke.
+            self.unsent = exc
+            raise
         try:
             ref.put(*converted)
         except (struct.error, TypeError, OverflowError):
@@ -869,9 +901,24 @@ class CallPath:
 
     def invoke_checked(self, inst: rt.Instance, function: str, args: Sequence[object]) -> Any:
         """Invoke ``function`` on ``inst``, checking it first if not yet done (general path)."""
+        if type(function) is not str:
+            raise self.not_a_name(function)
         ref = inst.func(function)
         if ref is None or not ref.invoke_ok:
             ref = self.check_invoke(inst, function)
+        for a in args:
+            if type(a) is not int and type(a) is not float:
+                # An argument of another kind is converted here, not by struct (which turns
+                # some of what its __index__ or __float__ raises into its own error and lets
+                # the rest through: fuzz9): a SignatureError, or a KeyboardInterrupt as itself.
+                try:
+                    args = self.convert_args(ref, function, args)
+                except Exception:
+                    raise
+                except BaseException as exc:
+                    self.unsent = exc  # no wasm ran: guarded keeps the instance
+                    raise
+                break
         try:
             out = inst.invoke(ref, args)
         except rt.ArgumentsDoNotFit:
@@ -957,9 +1004,11 @@ class CallPath:
                 self.host_record.spent = self.host_record.leak = True  # see the short paths
                 self.instance = None  # (a setter: a frame, after the plain stores)
                 raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
-            except BaseException:
-                self.host_record.spent = self.host_record.leak = True
-                self.instance = None  # (a setter: a frame, after the plain stores)
+            except BaseException as exc:
+                if exc is not self.unsent:  # (see invoke_checked)
+                    self.host_record.spent = self.host_record.leak = True
+                    self.instance = None  # (a setter: a frame, after the plain stores)
+                self.unsent = None
                 raise
             finally:
                 try:
@@ -1381,6 +1430,14 @@ class CallPath:
         ref.invoke_ok = True
         return ref
 
+    def not_a_name(self, function: object) -> SignatureError:
+        """The error for a function name that is no str (nor a str subclass, see _plain): said
+        without asking the object anything (fuzz9: its ``__hash__`` or ``__eq__``, asked by
+        the lookup, or its ``__repr__``, by the message, raised their own errors)."""
+        return SignatureError(
+            f"plugin {self.name!r}: a function name is a str, not {_type_name(type(function))}"
+        )
+
     def lookup(self, inst: rt.Instance, function: str) -> rt.FuncRef:
         """The exported function ``function``, or ExportNotFoundError listing what there is."""
         ref = inst.func(function)
@@ -1400,6 +1457,8 @@ class CallPath:
 
     def call_abi(self, inst: rt.Instance, function: str, payload: bytes) -> bytes:
         """Check ``function`` fits the plugin ABI, mark it for the short path, and call it."""
+        if type(function) is not str:
+            raise self.not_a_name(function)
         if not self.abi:
             raise AbiError(
                 f"plugin {self.name!r} does not implement the plugsafe ABI (it exports no "
@@ -1597,35 +1656,58 @@ class CallPath:
         ]
 
     def _convert_arg(self, function: str, i: int, t: str, a: object) -> int | float:
-        where = f"plugin {self.name!r} export {function!r} argument {i}"
-        if t in ("i32", "i64"):
-            try:
-                # Any integer, including numpy's: what operator.index accepts (not floats).
-                v = operator.index(a)  # type: ignore[arg-type]
-            except TypeError:
-                raise SignatureError(f"{where} is {t}; got {type(a).__name__}") from None
-            lo, hi = _I32 if t == "i32" else _I64
-            if not lo <= v <= hi:
-                raise SignatureError(f"{where} ({t}) is out of range: {v}")
-            bits = 32 if t == "i32" else 64
-            return v - (1 << bits) if v >= 1 << (bits - 1) else v
-        # Any real number: what struct packs as a double (__float__, or __index__).
-        if isinstance(a, (str, bytes, bytearray)) or not (
-            hasattr(a, "__float__") or hasattr(a, "__index__")
-        ):
-            raise SignatureError(f"{where} is {t}; got {type(a).__name__}")
+        """One argument as a plain int or float for type ``t``.
+
+        Everything about ``a`` is the app's and may lie or raise: its conversions, its class's
+        attributes, ``isinstance`` (through ``__class__``), the text of what it raised. Any
+        Exception on the way is a SignatureError with it as the cause (fuzz9: a ValueError
+        from ``__index__`` escaped raw and dropped the instance); a PlugsafeError (from a
+        plugin it called) and a BaseException that is not an Exception propagate as
+        themselves.
+        """
+        cls = type(a)
         try:
+            if t in ("i32", "i64"):
+                try:
+                    # Any integer, including numpy's: what operator.index accepts (not floats).
+                    # (Always an exact int: an int subclass is the int it holds.)
+                    v = operator.index(a)  # type: ignore[arg-type]
+                except TypeError:
+                    raise SignatureError(
+                        f"{self._where(function, i)} is {t}; got {_type_name(cls)}"
+                    ) from None
+                lo, hi = _I32 if t == "i32" else _I64
+                if not lo <= v <= hi:
+                    raise SignatureError(
+                        f"{self._where(function, i)} ({t}) is out of range: {int_text(v)}"
+                    )
+                bits = 32 if t == "i32" else 64
+                return v - (1 << bits) if v >= 1 << (bits - 1) else v
+            # Any real number: what struct packs as a double (__float__, or __index__); asked
+            # of its class, as Python asks (an instance's own attributes may raise).
+            if issubclass(cls, (str, bytes, bytearray)) or not (
+                hasattr(cls, "__float__") or hasattr(cls, "__index__")
+            ):
+                raise SignatureError(f"{self._where(function, i)} is {t}; got {_type_name(cls)}")
             # A float subclass is the float it holds, as struct and the short path's typed
             # views read it (attack7: its own __float__ was asked only when the held value
             # was refused, so an out-of-range f32 passed as whatever that answered).
-            x = float.__float__(a) if isinstance(a, float) else float(a)  # type: ignore[arg-type]
-        except (TypeError, ValueError, OverflowError) as exc:
+            x = float.__float__(a) if issubclass(cls, float) else float(a)  # type: ignore[arg-type]
+            if t == "f32" and math.isfinite(x) and abs(x) > _F32_MAX:
+                raise SignatureError(f"{self._where(function, i)} (f32) is out of range: {x!r}")
+            return x
+        except PlugsafeError:
+            # Its own, or what a call it made raised (a plugin called from its __index__: the
+            # re-entry refused, attack7): as itself.
+            raise
+        except Exception as exc:
             raise SignatureError(
-                f"{where} is {t}; {type(a).__name__} did not convert: {exc}"
-            ) from None
-        if t == "f32" and math.isfinite(x) and abs(x) > _F32_MAX:
-            raise SignatureError(f"{where} (f32) is out of range: {x!r}")
-        return x
+                f"{self._where(function, i)} is {t}; its {_type_name(cls)} did not convert: "
+                f"{_exc_text(exc)}"
+            ) from exc
+
+    def _where(self, function: str, i: int) -> str:
+        return f"plugin {self.name!r} export {function!r} argument {i}"
 
 
 # A call's record: fuel, duration, memory (or the live instance to measure), host calls and
@@ -1692,22 +1774,61 @@ def _running_here(path: CallPath) -> bool:
     return False
 
 
-def _plain(function: str) -> str:
+def _plain(function: object) -> Any:
     """The function name a caller passed, as the plain str it holds.
 
     The general path compares the name (the WASI entry points are refused) and looks it up
     (in dicts, and through ``encode()`` in the runtime): a str subclass answering each its own
     way (attack7) ran ``_initialize`` again, or called one export through another's signature
     (an unchecked call with the wrong number of results: the process died). The short paths
-    take exact str only. Anything else is left as it is: no export has such a name.
+    take exact str only. Anything else is left as it is, and refused by the general path's
+    ``op`` once the plugin is taken (CallPath.not_a_name); its class decides, not
+    ``isinstance`` (fuzz9: a ``__class__`` that claimed str raised a raw TypeError here).
     """
-    return str.__str__(function) if isinstance(function, str) else function
+    return str.__str__(function) if issubclass(type(function), str) else function
+
+
+# The name a class was made with (a metaclass may answer ``__name__`` its own way).
+_TYPE_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__
+
+
+def _type_name(cls: type) -> str:
+    """The name of ``cls`` for a message: never asks the class (fuzz9)."""
+    return _TYPE_NAME(cls)
+
+
+def int_text(v: int) -> str:
+    """An int for a message: digits when short (str() of a huge one raises ValueError past
+    Python's digit limit, and would be a huge message anyway)."""
+    return str(v) if v.bit_length() <= 128 else f"an integer of {v.bit_length()} bits"
+
+
+def _exc_text(exc: BaseException) -> str:
+    """``Type: text`` of an exception an argument raised, whatever its ``__str__`` does."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(its text could not be made)"
+    if type(text) is not str:  # (str() of a str subclass)
+        text = str.__str__(text)
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return f"{_type_name(type(exc))}: {text}" if text else _type_name(type(exc))
 
 
 def _payload(data: object) -> bytes:
-    # Plain bytes of the buffer's own length, whatever a subclass answers (_abi.plain_bytes).
-    if isinstance(data, str):
-        return str.encode(data, "utf-8")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return _abi.plain_bytes(data)
-    raise TypeError(f"call() data must be bytes or str, not {type(data).__name__}")
+    """Plain bytes of the buffer's own length, whatever a subclass answers (_abi.plain_bytes),
+    or a SignatureError (a TypeError, as this always raised for other types) with what failed
+    as its cause: a released memoryview, a str UTF-8 cannot encode, a raising ``__bytes__``
+    (fuzz9: each escaped raw). The class decides, not ``isinstance`` (a ``__class__`` may lie).
+    """
+    cls = type(data)
+    try:
+        if issubclass(cls, str):
+            return str.encode(data, "utf-8")  # type: ignore[arg-type]
+        if issubclass(cls, (bytes, bytearray, memoryview)):
+            return _abi.plain_bytes(data)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise SignatureError(
+            f"call() data ({_type_name(cls)}) could not be read as bytes: {_exc_text(exc)}"
+        ) from exc
+    raise SignatureError(f"call() data must be bytes or str, not {_type_name(cls)}")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # concurrent.futures is imported when call_async first runs (
 
 from . import _abi
 from . import _runtime as rt
-from ._callpath import PYTHON_FAILED, PYTHON_FAILED_MESSAGE, CallPath, CallToken
+from ._callpath import PYTHON_FAILED, PYTHON_FAILED_MESSAGE, CallPath, CallToken, int_text
 from ._closing import Closing
 from ._errors import (
     AbiError,
@@ -186,6 +186,8 @@ class ReleaseAfter:
 # what tables can cost.
 _MAX_TABLES = 10
 _get_ident = threading.get_ident
+# Beyond any offset or length a memory could have (wasm32: 4 GiB).
+_SPAN_MAX = 2**64
 
 
 class PluginMemory:
@@ -211,7 +213,11 @@ class PluginMemory:
             # pass every range check with another value (attack7).
             v = int.__index__(v)
             if v < 0:
-                raise MemoryAccessError(f"{label} must be >= 0, got {v}")
+                raise MemoryAccessError(f"{label} must be >= 0, got {int_text(v)}")
+            if v > _SPAN_MAX:
+                # No memory is that large; and past 4300 digits the message's str() of the
+                # int raised a raw ValueError (fuzz9).
+                raise MemoryAccessError(f"{label} {int_text(v)} is past the end of any memory")
             out.append(v)
         return out[0], out[1]
 
@@ -492,7 +498,9 @@ class Plugin(Closing):
 
         Raises GuestError if the plugin reports a failure, AbiError for a bad pointer/length
         or an input/output over the policy's caps, PluginTrap on a trap, and LimitExceeded
-        subclasses when fuel, time, memory or host calls run out.
+        subclasses when fuel, time, memory or host calls run out; SignatureError (a TypeError)
+        for data that is not bytes-like or str or cannot be read as bytes (a released
+        memoryview, a str with a lone surrogate), before anything runs.
         """
         return self._short_call(function, data, context)
 
@@ -529,6 +537,11 @@ class Plugin(Closing):
         unsigned value is passed with the same bits); float parameters take any real number.
         Integer results come back signed. Returns None, one value, or a tuple for several
         results. ``context`` as for :meth:`call`.
+
+        A wrong count, type or range is a SignatureError, and so is an argument whose own
+        ``__index__`` or ``__float__`` raises (that exception is its ``__cause__``; a
+        KeyboardInterrupt or other BaseException propagates as itself): no wasm runs and the
+        instance is kept (docs/errors.md, "Arguments from the app").
         """
         return self._short_invoke(function, *args, context=context)
 

@@ -30,6 +30,7 @@ import base64
 import functools
 import hashlib
 import json
+import math
 import operator
 import os
 import random
@@ -40,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -143,9 +145,12 @@ def smith_imports(exe: str) -> Path:
     digest = hashlib.sha256(wat.encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"plugsafe-fuzz-imports-{digest}.wasm"
     if not path.exists():
-        src = path.with_suffix(f".{os.getpid()}.wat")
+        # Named per process and thread: the smith test's worker threads of one process may
+        # all build it at once (one thread's unlink took the file another was parsing).
+        own = f"{os.getpid()}.{threading.get_ident()}"
+        src = path.with_suffix(f".{own}.wat")
         src.write_text(wat)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{own}.tmp")
         subprocess.run([exe, "parse", str(src), "-o", str(tmp)], check=True, timeout=60)
         os.replace(tmp, path)  # atomic: parallel runs may build it at the same time
         src.unlink()
@@ -181,8 +186,10 @@ def smith(seed: int, exe: str) -> bytes:
 
 
 def smith_case(wasm: bytes) -> dict[str, Any]:
-    """Load under SMITH_POLICY, then invoke every exported function with typed zeros."""
-    return {"wasm": base64.b64encode(wasm).decode(), "policy": SMITH_POLICY, "ops": [["zeros"]]}
+    """Load under SMITH_POLICY, then invoke every exported function with typed zeros, twice
+    (the second call takes invoke's short path), and then with EDGE values."""
+    ops = [["zeros", "again"]]
+    return {"wasm": base64.b64encode(wasm).decode(), "policy": SMITH_POLICY, "ops": ops}
 
 
 def smith_repro(seed: int, exe: str, path: Path | str = "case.wasm") -> str:
@@ -199,8 +206,9 @@ def smith_repro(seed: int, exe: str, path: Path | str = "case.wasm") -> str:
         "h = plugsafe.Host(); harness._menu(h); "
         f'p = h.load(open("{path}", "rb").read(), '
         f"policy=plugsafe.Policy({fields}, allow=set(harness.IMPORTS))); "
-        "print([p.invoke(n, *[harness.ZERO.get(t, 0) for t in e.params]) "
-        'for n, e in p.exports.items() if e.kind == "func"])'
+        "print([p.invoke(n, *[v.get(t, 0) for t in e.params]) "
+        'for n, e in p.exports.items() if e.kind == "func" '
+        "for v in (harness.ZERO, harness.ZERO, harness.EDGE)])"
     )
     return (
         f"{py} -c {shlex.quote(gen)} | wasm-tools smith {flags} -o {shlex.quote(str(path))}\n"
@@ -212,6 +220,8 @@ def smith_repro(seed: int, exe: str, path: Path | str = "case.wasm") -> str:
 # -- the worker side: running one case ---------------------------------------------------------
 
 ZERO = {"i32": 0, "i64": 0, "f32": 0.0, "f64": 0.0}
+# The second set of arguments the smith case passes: every bit set, and NaN.
+EDGE = {"i32": -1, "i64": -1, "f32": math.nan, "f64": -math.nan}
 
 
 def _menu(host: plugsafe.Host) -> None:
@@ -263,13 +273,17 @@ def _ops(
     """(label, thunk) for every operation of a case, in order."""
     for op in ops:
         if op[0] == "zeros":  # every exported function, with zeros of its parameter types
+            # ["zeros", "again"]: each one also a second time at once, the call that takes
+            # invoke's short path (the compiled call, bound then), and a third with EDGE values.
+            rounds = (ZERO, ZERO, EDGE) if op[1:] == ["again"] else (ZERO,)
             for name, info in plugin.exports.items():
                 if info.kind == "func":
-                    args = [ZERO.get(t, 0) for t in info.params]
-                    yield (
-                        f"invoke {name}({', '.join(info.params)})",
-                        functools.partial(plugin.invoke, name, *args),
-                    )
+                    for values in rounds:
+                        args = [values.get(t, 0) for t in info.params]
+                        yield (
+                            f"invoke {name}({', '.join(info.params)})",
+                            functools.partial(plugin.invoke, name, *args),
+                        )
         elif op[0] == "invoke":
             yield f"invoke {op[1]}{tuple(op[2])}", functools.partial(plugin.invoke, op[1], *op[2])
         elif op[0] == "call":

@@ -339,7 +339,8 @@ def test_hostile_abi_guests_return_or_fail_typed(
         trap_at: int | None,
     ) -> None:
         wat, allow, tags = guest
-        ops = [["call", "f", data.hex()] for data in inputs] + [["invoke", "f", [0, 0]]]
+        ops: list[list[object]] = [["call", "f", data.hex()] for data in inputs]
+        ops.append(["invoke", "f", [0, 0]])
         if trap_at is not None:  # a trap between calls: the next call runs on a new instance
             ops.insert(min(trap_at, len(inputs)), ["invoke", "trap", []])
         case = {

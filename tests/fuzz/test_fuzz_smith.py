@@ -2,7 +2,9 @@
 
 Each seed is turned into bytes (:func:`harness.seed_bytes`), smith turns the bytes into a valid
 module with every proposal plugsafe's engine accepts, and a worker process loads it and invokes
-every exported function. Loading and every call must return or raise a ``PlugsafeError``; an
+every exported function: with zeros, with zeros again at once (that call takes ``invoke``'s
+short path and, where ``plugsafe._speedups`` is built, the compiled call), and with every bit
+set and NaN (``harness.EDGE``). Loading and every call must return or raise a ``PlugsafeError``; an
 untyped exception, a crash of the worker or a hang fails the test with the seed, the module
 (written to a temp file) and the commands that reproduce it.
 
