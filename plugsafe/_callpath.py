@@ -40,6 +40,7 @@ from ._errors import (
     SignatureError,
     StackLimitExceeded,
     fmt_bytes,
+    int_text,
     raise_clean,
 )
 from ._policy import Policy
@@ -52,7 +53,6 @@ __all__ = [
     "CallPath",
     "CallState",
     "CallToken",
-    "int_text",
 ]
 
 T = TypeVar("T")
@@ -1795,12 +1795,6 @@ _TYPE_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__
 def _type_name(cls: type) -> str:
     """The name of ``cls`` for a message: never asks the class (fuzz9)."""
     return _TYPE_NAME(cls)
-
-
-def int_text(v: int) -> str:
-    """An int for a message: digits when short (str() of a huge one raises ValueError past
-    Python's digit limit, and would be a huge message anyway)."""
-    return str(v) if v.bit_length() <= 128 else f"an integer of {v.bit_length()} bits"
 
 
 def _exc_text(exc: BaseException) -> str:

@@ -418,6 +418,17 @@ def fmt_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
+def int_text(value: int) -> str:
+    """An int for an error message: its digits when short, else its size. ``str()`` of an int
+    past Python's 4,300-digit limit raises ValueError (and would be a huge message anyway);
+    the app, a policy file or a dict may hand plugsafe any int (fuzz9)."""
+    value = int.__index__(value)  # the int itself: a subclass's own __str__ may lie or raise
+    if value.bit_length() <= 128:
+        return str(value)
+    sign = "a negative" if value < 0 else "an"
+    return f"{sign} integer of {value.bit_length()} bits"
+
+
 def short_trap(message: str) -> str:
     """wasmtime's trap text ends with the reason after a backtrace; keep the reason."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]

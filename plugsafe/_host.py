@@ -14,7 +14,7 @@ from . import _runtime as rt
 from ._cache import default_cache_dir
 from ._closing import Closing
 from ._component import ComponentLoader, check_component_function_name, is_component_source
-from ._errors import PluginClosedError, PolicyError
+from ._errors import PluginClosedError, PolicyError, int_text
 from ._hostfn import (
     BUILTIN_FUNCTIONS,
     BoundFunction,
@@ -102,7 +102,7 @@ class Host(Closing):
         if not _MIN_STACK <= max_stack <= _MAX_STACK:
             raise ValueError(
                 f"max_stack must be from {_MIN_STACK} (16 KiB) to {_MAX_STACK} (2 MiB) bytes, "
-                f"got {max_stack}"
+                f"got {int_text(max_stack)}"
             )
         if on_call is not None and not callable(on_call):
             raise TypeError(f"on_call must be callable, got {type(on_call).__name__}")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # concurrent.futures is imported when call_async first runs (
 
 from . import _abi
 from . import _runtime as rt
-from ._callpath import PYTHON_FAILED, PYTHON_FAILED_MESSAGE, CallPath, CallToken, int_text
+from ._callpath import PYTHON_FAILED, PYTHON_FAILED_MESSAGE, CallPath, CallToken
 from ._closing import Closing
 from ._errors import (
     AbiError,
@@ -35,6 +35,7 @@ from ._errors import (
     PlugsafeError,
     PoolExhausted,
     fmt_bytes,
+    int_text,
     raise_clean,
 )
 from ._hostfn import BoundFunction, HostCalls

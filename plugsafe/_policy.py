@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._dataclass_code import field_names
-from ._errors import PolicyError
+from ._errors import PolicyError, int_text
 from ._lazymodule import import_now, lazy_function, lazy_module
 from ._lazyre import lazy_re
 from ._wasi import Wasi, restore_checked
@@ -85,7 +85,9 @@ def _check_int(name: str, value: object, *, lo: int, hi: int, allow_none: bool) 
             f"{name}: expected {what}, got {type(value).__name__} {value!r}", field=name
         )
     if not lo <= value <= hi:
-        raise PolicyError(f"{name}: expected an integer from {lo} to {hi}, got {value}", field=name)
+        raise PolicyError(
+            f"{name}: expected an integer from {lo} to {hi}, got {int_text(value)}", field=name
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,9 +277,12 @@ class Policy:
                 f"{name}: expected seconds as a number or None, got {type(t).__name__} {t!r}",
                 field=name,
             )
-        if not (math.isfinite(t) and 0 < t <= _MAX_TIMEOUT):
+        # An int is compared as one: float() of a huge one raises OverflowError (fuzz9's note).
+        finite = isinstance(t, int) or math.isfinite(t)
+        if not (finite and 0 < t <= _MAX_TIMEOUT):
+            got = int_text(t) if isinstance(t, int) else repr(t)
             raise PolicyError(
-                f"{name}: expected seconds > 0 and <= {_MAX_TIMEOUT:g}, got {t!r}", field=name
+                f"{name}: expected seconds > 0 and <= {_MAX_TIMEOUT:g}, got {got}", field=name
             )
         object.__setattr__(self, name, float(t))
 

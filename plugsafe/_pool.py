@@ -20,6 +20,7 @@ from ._errors import (
     PluginLoadError,
     PlugsafeError,
     PolicyError,
+    int_text,
 )
 from ._host import Host
 from ._lazymodule import import_now
@@ -105,7 +106,8 @@ class PluginPool(Closing):
             or isinstance(size, bool)
             or not 1 <= (size := int.__index__(size)) <= 1024
         ):
-            raise ValueError(f"size must be an int from 1 to 1024, got {size!r}")
+            got = int_text(size) if isinstance(size, int) else repr(size)
+            raise ValueError(f"size must be an int from 1 to 1024, got {got}")
         if host is not None and on_call is not None:
             raise TypeError(
                 "PluginPool(on_call=...) is for the pool's private Host; with host=, pass "

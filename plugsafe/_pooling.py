@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import _runtime as rt
-from ._errors import PolicyError, fmt_bytes
+from ._errors import PolicyError, fmt_bytes, int_text
 from ._public import rehome
 from ._units import GiB, KiB, parse_size
 from ._wasi import restore_checked
@@ -36,7 +36,8 @@ def _count(name: str, value: object, lo: int, hi: int, size: bool = False) -> in
         expected = f"a size from {fmt_bytes(lo)} to {fmt_bytes(hi)} ({_SIZE_WORDS})"
     else:
         expected = f"an int from {lo} to {hi}"
-    raise PolicyError(f"{name} must be {expected}, got {value!r}", field=name)
+    got = int_text(value) if type(value) is int else repr(value)
+    raise PolicyError(f"{name} must be {expected}, got {got}", field=name)
 
 
 @dataclass(frozen=True, init=False)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 
 # fmt_bytes lives with the errors (their messages need it); re-exported here for the CLI.
-from ._errors import PolicyError, fmt_bytes
+from ._errors import PolicyError, fmt_bytes, int_text
 from ._lazymodule import import_now
 from ._lazyre import lazy_re
 
@@ -66,7 +66,9 @@ def describe(value: object) -> str:
     """Say what ``value`` is, in TOML's words, short enough for an error message."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        text = int_text(value)
+    elif isinstance(value, float):
         text = repr(value)
     elif isinstance(value, str):
         text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
