@@ -167,21 +167,6 @@ def _nothing() -> None:
     return None
 
 
-class ReleaseAfter:
-    """``with ReleaseAfter(lock):`` releases a lock already acquired (bounded, elsewhere)."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        self._lock.release()
-
-
 # Enough tables for any toolchain seen in practice; together with max_table_elements this bounds
 # what tables can cost.
 _MAX_TABLES = 10
@@ -699,7 +684,9 @@ class Plugin(Closing):
         if left < 0 or left & 8:
             raise calls.too_deep(th)
         calls.acquire(me)
-        with ReleaseAfter(calls.lock):
+        # A try, not a with: a with's __enter__ is a call, at which a signal handler's
+        # exception would leave the lock taken (see _nesting.Taker; attack9).
+        try:
             if calls.closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
             calls.owner = me
@@ -741,6 +728,8 @@ class Plugin(Closing):
                 calls.owner = None
                 th.room = room
                 th.call = outer
+        finally:
+            calls.lock.release()
 
     def close(self) -> None:
         """Release the instance. Later use raises PluginClosedError. Idempotent."""
