@@ -88,7 +88,7 @@ class Taker:
 
     taken = property(operator.methodcaller("take"))
 
-    def __init__(self, take: Callable[[], bool]) -> None:
+    def __init__(self, take: Callable[[], object]) -> None:
         self.take = take
 
 
