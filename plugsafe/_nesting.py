@@ -79,9 +79,10 @@ class Taker:
     whole timeout (or for ever), and ``close()`` for ever (attack9). An attribute read runs no
     handler, and neither does this property's getter (C code, no Python frame): ``taken`` is
     ``take()``'s result (``lock.acquire`` with its arguments bound), and the code after the
-    read, up to the ``try`` that releases the lock, must make no call (CPython 3.11 and later
-    run handlers only at calls, function starts and backward jumps; 3.10 at most instructions,
-    but not between this read and a jump on it: tests/test_attack9_signals.py).
+    read, up to the ``try`` that releases the lock, must make no call: CPython 3.11 and later
+    run handlers only at calls, function starts and backward jumps (tests/test_attack9_signals.py).
+    CPython 3.10 (end of life since October 2026) runs them after most instructions, this
+    read's included: there the window is narrower, not closed.
     """
 
     __slots__ = ("take",)
