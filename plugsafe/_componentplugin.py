@@ -20,6 +20,7 @@ instance is discarded after any failed call and the next call makes a new one.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -248,8 +249,10 @@ class _Held:
     def __init__(self, lock: threading.Lock) -> None:
         self._release = lock.release
 
-    def __enter__(self) -> None:
-        return None
+    # A no-op with no Python frame (an instance's object.__init__, with no arguments): CPython
+    # runs signal handlers at a frame's start, and one that raised in a Python __enter__ left
+    # the lock taken, the with never entered (attack9; see _nesting.Taker).
+    __enter__ = object.__init__
 
     def __exit__(self, *_exc: object) -> None:
         self._release()
@@ -300,6 +303,9 @@ class ComponentPlugin:
         self._compiled = compiled
         self._on_close = on_close
         self._lock = threading.Lock()
+        # ``_nesting.Taker(self._try).taken`` is ``self._lock.acquire(False)``, as an attribute
+        # read (see _locked).
+        self._try = functools.partial(self._lock.acquire, False)
         self._closed = False
         self._diagnosis = Diagnosis(
             plugin=name,
@@ -494,6 +500,10 @@ class ComponentPlugin:
         with self._locked(me, end, function):
             if self._closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
+            # Read before the owner is set: from there to the try that unsets it, no call (a
+            # signal handler's exception raised at the clock's call left this thread the
+            # owner, and every later call from it was refused as a re-entry: attack9).
+            start = time.perf_counter()
             self._path.owner = me
             self._path.function = function
             self._path.deadline = end
@@ -503,7 +513,6 @@ class ComponentPlugin:
             if self._host:
                 th.room = left  # host functions may call plugins: they nest on this thread
             inst = None
-            start = time.perf_counter()
             try:
                 inst = self._inst
                 if inst is None:
@@ -534,6 +543,8 @@ class ComponentPlugin:
                 raise
             finally:
                 self._path.owner = None
+                if self._host:  # (before the calls below, at which a handler may raise)
+                    th.room = left + self._cost
                 self._last.stats = (
                     None if inst is None else inst.fuel_used(),
                     time.perf_counter() - start,
@@ -541,8 +552,6 @@ class ComponentPlugin:
                     self._host_calls,
                     function,
                 )
-                if self._host:
-                    th.room = left + self._cost
         if desc.result is not None and desc.result.kind == "result":
             if result.tag == "err":
                 err = GuestError(self._name, function, _describe_err(result.value))
@@ -561,7 +570,8 @@ class ComponentPlugin:
         timeout waited as long as the other thread's call took.
         """
         lock = self._lock
-        if not lock.acquire(False):
+        # Taken by an attribute read, no call until the caller's with (see _nesting.Taker).
+        if not _nesting.Taker(self._try).taken:
             self._wait(lock, me, end, function)
         return self._held
 

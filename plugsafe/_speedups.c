@@ -10,6 +10,8 @@
  * depend on it), and returns the error pointer as an int: 0 when the call succeeded.
  * Nothing here reads or writes guest memory or takes a value from a guest. No Python code runs
  * between releasing and retaking the GIL, so no Python exception can cross this boundary.
+ * Also the get_memory callback of plugsafe's component memories (hostmem_get, below), which
+ * must not fail.
  *
  * Why by hand: cffi's ABI-mode call (libffi, argument conversion of five cdata objects) costs
  * about 3,000 instructions; this one a few hundred (issue 14, goal 5; docs/performance.md).
@@ -141,6 +143,30 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)self;
 }
 
+/* The get_memory callback of plugsafe's component memories (plugsafe/_runtime/_hostmem.py):
+ * wasmtime_memory_get_callback_t, uint8_t *(*)(void *env, size_t *byte_size,
+ * size_t *byte_capacity), reading a HostMemView that Python (ctypes) keeps for the memory (it
+ * writes one only while wasmtime cannot read it: at creation, and in the grow callback).
+ *
+ * In C, not Python: the C API gives get_memory no way to fail (a null base is a Rust panic
+ * that aborts the process), and a Python callback can fail before its first line runs (an
+ * exception a signal handler raises at the frame's start: Ctrl-C during a component's
+ * instantiation aborted the host; attack9). This one cannot fail. */
+typedef struct {
+    uint8_t *base;
+    size_t size;
+    size_t reserved;
+} HostMemView;
+
+static uint8_t *
+hostmem_get(void *env, size_t *byte_size, size_t *byte_capacity)
+{
+    const HostMemView *view = (const HostMemView *)env;
+    *byte_size = view->size;
+    *byte_capacity = view->reserved;
+    return view->base;
+}
+
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, bind_doc},
     {NULL, NULL, 0, NULL},
@@ -157,7 +183,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    PyObject *module;
+    PyObject *module, *address;
     if (PyType_Ready(&RawCallType) < 0) {
         return NULL;
     }
@@ -168,6 +194,18 @@ PyInit__speedups(void)
     Py_INCREF(&RawCallType);
     if (PyModule_AddObject(module, "RawCall", (PyObject *)&RawCallType) < 0) {
         Py_DECREF(&RawCallType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    /* hostmem_get's address (a function pointer made an integer, as bind's target is made a
+     * function pointer) and the size of the view it reads, for _hostmem to check. */
+    address = PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)hostmem_get);
+    if (address == NULL || PyModule_AddObject(module, "HOSTMEM_GET", address) < 0) {
+        Py_XDECREF(address);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "HOSTMEM_VIEW_SIZE", (long)sizeof(HostMemView)) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -10,3 +10,8 @@ class RawCall:
 def bind(
     target: int, ctx: int, func: int, slots: int, width: int, trap: int, keep: object, /
 ) -> RawCall: ...
+
+# The address of the get_memory callback of plugsafe's component memories (_runtime/_hostmem.py)
+# and the size of the view it reads (base, size, reserved: three machine words).
+HOSTMEM_GET: int
+HOSTMEM_VIEW_SIZE: int

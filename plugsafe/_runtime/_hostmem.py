@@ -125,8 +125,34 @@ class Account:
         self.interrupt: BaseException | None = None
 
 
+class _View(ctypes.Structure):
+    """What the compiled get_memory callback reads of a memory (``HostMemView`` in
+    plugsafe/_speedups.c): kept equal to its ``_Memory``'s fields."""
+
+    _fields_ = (("base", ctypes.c_void_p), ("size", ctypes.c_size_t), ("reserved", ctypes.c_size_t))
+
+
+def _compiled_get() -> Any:
+    """The get_memory callback in C (plugsafe._speedups, where it was built), or None.
+
+    A Python get_memory can fail before its first line (a signal handler's exception raised at
+    the frame's start: its try never began), and the C API gives it no way to say so: it
+    returned a null base, and wasmtime aborted the process (attack9: Ctrl-C while a component
+    instantiated). The C one reads a _View and cannot fail.
+    """
+    try:
+        from .. import _speedups
+    except ImportError:
+        return None
+    address = getattr(_speedups, "HOSTMEM_GET", None)
+    size = getattr(_speedups, "HOSTMEM_VIEW_SIZE", 0)
+    if not isinstance(address, int) or size != ctypes.sizeof(_View):
+        return None  # an extension built from other sources: the Python callback then
+    return ctypes.cast(address, wf.wasmtime_memory_get_callback_t)
+
+
 class _Memory:
-    __slots__ = ("account", "base", "mapped", "reserved", "size")
+    __slots__ = ("account", "base", "mapped", "reserved", "size", "view")
 
     def __init__(self, account: Account, base: int, mapped: int, reserved: int) -> None:
         self.account = account
@@ -134,9 +160,13 @@ class _Memory:
         self.mapped = mapped  # the whole mapping: the reservation and the guard after it
         self.reserved = reserved  # how far the memory may grow without moving
         self.size = 0  # bytes accessible (what wasmtime was told)
+        # What the compiled get_memory reads (its env is this struct's address).
+        self.view = _View(base, 0, reserved)
 
 
-# The memories alive, by the env number wasmtime hands back to the callbacks (never reused).
+# The memories alive, by the env wasmtime hands back to the callbacks: a number never reused
+# (the Python get_memory), or the address of the memory's _View (the compiled one; unique while
+# the memory lives, and only then in _LIVE).
 _LIVE: dict[int, _Memory] = {}
 _IDS = itertools.count(1)
 _current = threading.local()
@@ -192,7 +222,7 @@ def _protect(mem: _Memory, new_size: int) -> bool:
     old, new = _round(mem.size), _round(new_size)
     if new > old and _LIBC.mprotect(mem.base + old, new - old, _PROT_RW) != 0:
         return False
-    mem.size = new_size
+    mem.size = mem.view.size = new_size
     return True
 
 
@@ -236,10 +266,14 @@ def _new_memory(
                 errno = ctypes.get_errno()
                 _LIBC.munmap(base, mapped)
                 return _error(f"plugsafe: mapping {minimum} bytes failed (errno {errno})")
-            env = next(_IDS)
             ret: Any = out.contents
+            if _C_GET is not None:
+                env = ctypes.addressof(mem.view)
+                ret.get_memory = _C_GET
+            else:
+                env = next(_IDS)
+                ret.get_memory = _GET
             ret.env = env
-            ret.get_memory = _GET
             ret.grow_memory = _GROW
             ret.finalizer = _FREE
         except BaseException:
@@ -306,6 +340,7 @@ def _free_creator(_env: Any) -> None:
 # Made once and kept for the life of the process: wasmtime may call them until the last Store
 # of a component engine is deleted (engines are never freed).
 _GET = wf.wasmtime_memory_get_callback_t(_get_memory) if AVAILABLE else None
+_C_GET = _compiled_get() if AVAILABLE else None
 _GROW = wf.wasmtime_memory_grow_callback_t(_grow_memory) if AVAILABLE else None
 _FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_free_memory) if AVAILABLE else None
 _NEW = wf.wasmtime_new_memory_callback_t(_new_memory) if AVAILABLE else None
