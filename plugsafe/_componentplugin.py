@@ -241,23 +241,6 @@ def check_component_imports(
 _perf_counter = time.perf_counter
 
 
-class _Held:
-    """Releases a lock taken already (``ComponentPlugin._locked``), as a context manager."""
-
-    __slots__ = ("_release",)
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._release = lock.release
-
-    # A no-op with no Python frame (an instance's object.__init__, with no arguments): CPython
-    # runs signal handlers at a frame's start, and one that raised in a Python __enter__ left
-    # the lock taken, the with never entered (attack9; see _nesting.Taker).
-    __enter__ = object.__init__
-
-    def __exit__(self, *_exc: object) -> None:
-        self._release()
-
-
 class _Lock:
     """A component's lock as the wait-for cycle check and the deadlines of nested waits see it
     (``_nesting``): the thread inside its call (``owner``) and that call's deadline."""
@@ -366,7 +349,6 @@ class ComponentPlugin:
                         self._host.setdefault("", {})[imp.name] = (f, self._host_impl(f, fn))
         # The call in progress: which thread runs it (re-entry from its own host function is
         # refused, not deadlocked), its host calls, and what a host function raised.
-        self._held = _Held(self._lock)
         self._path = _Lock(name, self._diagnosis)
         if self._host:
             # Host functions run app code mid-call: a wait for a busy plugin there is bounded by
@@ -497,7 +479,10 @@ class ComponentPlugin:
         # and making a new instance count, as for modules.
         begun = _perf_counter()
         end = None if self._timeout is None else begun + self._timeout
-        with self._locked(me, end, function):
+        self._locked(me, end, function)
+        # A try, not a with: a with's Python __exit__ could fail at its first line (a signal
+        # handler's exception) before it released the lock (attack9; see _nesting.Taker).
+        try:
             if self._closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
             # Read before the owner is set: from there to the try that unsets it, no call (a
@@ -552,6 +537,8 @@ class ComponentPlugin:
                     self._host_calls,
                     function,
                 )
+        finally:
+            self._lock.release()
         if desc.result is not None and desc.result.kind == "result":
             if result.tag == "err":
                 err = GuestError(self._name, function, _describe_err(result.value))
@@ -560,8 +547,9 @@ class ComponentPlugin:
             return result.value
         return result
 
-    def _locked(self, me: int, end: float | None, function: str) -> _Held:
-        """Hold the plugin's lock, for a call of ``function`` that must end by ``end``.
+    def _locked(self, me: int, end: float | None, function: str) -> None:
+        """Take the plugin's lock, for a call of ``function`` that must end by ``end`` (the
+        caller releases it, in the finally of the try that follows at once).
 
         As ``CallPath.acquire`` does for modules: a wait is bounded by ``end`` and by the
         deadlines of the calls this thread is inside (a host function calling this component
@@ -570,10 +558,9 @@ class ComponentPlugin:
         timeout waited as long as the other thread's call took.
         """
         lock = self._lock
-        # Taken by an attribute read, no call until the caller's with (see _nesting.Taker).
+        # Taken by an attribute read, no call until the caller's try (see _nesting.Taker).
         if not _nesting.Taker(self._try).taken:
             self._wait(lock, me, end, function)
-        return self._held
 
     def _wait(self, lock: threading.Lock, me: int, end: float | None, function: str) -> None:
         # The one way a call waits for a busy plugin (bounded, cycles refused): _nesting.wait_for.

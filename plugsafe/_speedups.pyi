@@ -1,4 +1,5 @@
 # The optional compiled call into wasm (plugsafe/_speedups.c; see plugsafe/_runtime/_cffi.py).
+from collections.abc import Callable
 from typing import final
 
 @final
@@ -15,3 +16,11 @@ def bind(
 # and the size of the view it reads (base, size, reserved: three machine words).
 HOSTMEM_GET: int
 HOSTMEM_VIEW_SIZE: int
+
+def hostmem_setup(
+    new_memory: Callable[[int, int, int, int, int, int, int], int],
+    grow_memory: Callable[[int, int], int],
+    current: object,
+    error_new: int,
+    /,
+) -> tuple[int, int]: ...
