@@ -52,6 +52,13 @@ from wasmtime import _ffi as wf
 from .._lazymodule import lazy_module
 from .._wasmshape import COMPONENT_HEADER
 
+# The memory callbacks in C (see _compiled), where the optional extension was built.
+_speedups: Any
+try:
+    from .. import _speedups
+except ImportError:
+    _speedups = None
+
 if TYPE_CHECKING:
     from .. import _wasmbin
 else:
@@ -143,9 +150,7 @@ def _compiled() -> tuple[Any, Any, Any] | None:
     (it reads a _View and cannot fail); the other two are C trampolines into the Python ones,
     which refuse and keep the interrupt on the Account when Python fails (_speedups.c).
     """
-    try:
-        from .. import _speedups
-    except ImportError:
+    if _speedups is None:
         return None
     get = getattr(_speedups, "HOSTMEM_GET", None)
     setup = getattr(_speedups, "hostmem_setup", None)
