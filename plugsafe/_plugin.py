@@ -271,7 +271,9 @@ class Plugin(Closing):
         # call_async's own worker (made on first use): one thread, as the plugin runs one call
         # at a time; never the event loop's default executor (see _aio.run_call).
         self._async: ThreadPoolExecutor | None = None
-        self._async_lock = threading.Lock()
+        # Re-entrant: close() (from a signal handler, as documented) may run on a thread that
+        # holds it, making the worker below (attack9: it waited for itself for ever).
+        self._async_lock = threading.RLock()
         self._policy = policy
         self._engine = engine
         self._module = module
@@ -567,6 +569,10 @@ class Plugin(Closing):
                     executor = self._async = futures.ThreadPoolExecutor(
                         1, thread_name_prefix=f"plugsafe-{self._name}"
                     )
+                    if self._calls.closed:  # by a signal handler, meanwhile (see above)
+                        self._async = None
+                        executor.shutdown(wait=False)
+                        raise PluginClosedError(f"plugin {self._name!r} is closed")
         return executor
 
     def _call_with(

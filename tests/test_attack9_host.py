@@ -140,3 +140,41 @@ def test_a_signal_handler_closing_a_plugin_while_its_thread_closes_the_host_does
         """
     )
     assert "all closed: True" in out
+
+
+def test_a_signal_handler_closing_a_plugin_while_its_thread_starts_its_async_worker() -> None:
+    # Plugin.close() takes the lock under which the first call_async makes the plugin's worker
+    # (importing concurrent.futures, the first time): a handler closing the plugin then (as
+    # a SIGTERM handler's shutdown would) waited for its own thread for ever.
+    out = _run(
+        """
+        import asyncio
+        from plugsafe import _plugin
+
+        host = plugsafe.Host()
+        plugin = host.load(PLAIN)
+
+        def handler(signum, frame):
+            plugin.close()
+
+        signal.signal(signal.SIGUSR1, handler)
+        real = _plugin.import_now
+
+        def import_now(name):
+            signal.raise_signal(signal.SIGUSR1)  # the handler runs before this returns
+            return real(name)
+
+        _plugin.import_now = import_now
+
+        async def main():
+            try:
+                await plugin.invoke_async("f")
+            except plugsafe.PluginClosedError as exc:
+                print("refused:", exc)
+
+        asyncio.run(main())
+        print("closed:", plugin.closed)
+        """
+    )
+    assert "closed: True" in out
+    assert "refused:" in out
