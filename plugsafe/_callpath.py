@@ -223,8 +223,25 @@ class CallToken:
         """The awaiting task was cancelled: do not start, or stop the call now."""
         with self.lock:
             self.cancelled = True
-            if self.path is not None and self.inst is not None:
+            if self.path is None or self.inst is None:
+                return
+            self.path.interrupt(self.inst)
+        # The call marks itself running before it arms its deadline, and arming overwrites an
+        # interrupt that came first: such a call ran its whole timeout (attack9). So it is
+        # interrupted again, a little later each time, until it ends (never a later call:
+        # end() runs under the token's lock). Cancelled running calls are rare; each ends
+        # within milliseconds of an interrupt that came after its arming.
+        threading.Thread(target=self._insist, name="plugsafe-cancel", daemon=True).start()
+
+    def _insist(self) -> None:
+        delay = 0.001
+        while True:
+            time.sleep(delay)
+            with self.lock:
+                if self.path is None or self.inst is None:
+                    return
                 self.path.interrupt(self.inst)
+            delay = min(delay * 2, 0.05)
 
 
 # A CallPath's HostRecord until its Plugin sets its Linker's (before anything can run): one for
@@ -282,6 +299,7 @@ class CallPath:
         "_set_at",
         "_set_fuel",
         "_ticker",
+        "_try",
         "_tw",
         "abi",
         "close_pending",
@@ -312,6 +330,12 @@ class CallPath:
         "unsent",
     )
 
+    # ``self._taken`` takes the plugin's lock if it is free (``_try`` is its ``acquire``):
+    # ``lock.acquire(False)`` as an attribute read, so that no exception a signal handler
+    # raises can fall between taking the lock and the ``try`` that gives it back (see
+    # _nesting.Taker; attack9: a KeyboardInterrupt there left the plugin locked for good).
+    _try: Callable[[bool], bool]
+    _taken = property(operator.methodcaller("_try", False))
     # What the short paths aim at (see _aim): set together, dropped with the instance.
     _fn: object
     _ref: rt.FuncRef | None
@@ -363,6 +387,7 @@ class CallPath:
         self.new_instance = new_instance
         self.on_closed = on_closed
         self.lock = self._lock = threading.Lock()
+        self._try = self._lock.acquire
         # The thread inside a call of a plugin with imports: a host function calling back into
         # its own plugin is refused rather than deadlocked.
         self.owner: int | None = None
@@ -478,7 +503,11 @@ class CallPath:
             return False
         put, many = ref.put, ref.get_results
         assert put is not None and many is not None
-        self._fn = function
+        # Aimed at nothing while the fields change, at ``function`` only once all are set: an
+        # exception a signal handler raises midway (at a call below) left the old function
+        # aimed with some of the new one's fields, and its next call called the new one (or
+        # raised _unaimed's RuntimeError) (attack9).
+        self._fn = _UNAIMED
         self._ref = ref
         self._put, self._pn, self._ps = put, ref.arity, ref.stride
         self._pv = _NO_VIEW if ref.pview is None else ref.pview
@@ -493,6 +522,7 @@ class CallPath:
         # The C call with its arguments bound (compiled where plugsafe._speedups was built).
         self._raw = inst.fast_call(ref)
         self._set_fuel = backend.set_fuel
+        self._fn = function
         return True
 
     def _aim_abi(self, function: str) -> rt.FuncRef | None:
@@ -514,7 +544,10 @@ class CallPath:
         # Its C call compiled from now on; the allocator's once an input goes through it on
         # a compiled call (Instance.abi_call): a guest with an input buffer may never call it.
         inst.fast_call(ref)
-        self._abi_fn, self._abi_ref = function, ref
+        # The function last, the pair never half changed (as in _aim).
+        self._abi_fn = _UNAIMED
+        self._abi_ref = ref
+        self._abi_fn = function
         return ref
 
     # -- the two short paths ------------------------------------------------------------------
@@ -548,7 +581,7 @@ class CallPath:
         if room < self._cost or not room & 15:
             raise self.too_deep(th)
         lock = self._lock
-        if lock.acquire(False):
+        if self._taken:  # lock.acquire(False), with no call before the try (see _taken)
             inst = self._inst
             try:
                 ref = self._abi_ref if function is self._abi_fn else self._aim_abi(function)
@@ -649,7 +682,7 @@ class CallPath:
         if room < self._cost or not room & 15:  # as in call()
             raise self.too_deep(th)
         lock = self._lock
-        if lock.acquire(False):
+        if self._taken:  # as in call()
             try:
                 aimed = function is self._fn or self._aim(function)
                 # One clock reading: the call's start, its stats' and its deadline's arming.
@@ -961,7 +994,7 @@ class CallPath:
         timeout = state.timeout
         end = None if timeout is None else begun + timeout
         lock = self.lock
-        if not lock.acquire(False):  # (acquire's own first step, without its frames)
+        if not self._taken:  # (acquire's own first step, without its frames; see _taken)
             self.acquire(me, end, function)
         inst: rt.Instance | None = None
         try:
@@ -1071,7 +1104,7 @@ class CallPath:
         calls this thread is inside, refused if it would close a wait-for cycle.
         """
         lock = self.lock
-        if lock.acquire(False):
+        if self._taken:  # (see _taken)
             return
         if self.owner is None and _running_here(self):
             raise self.reentered()
@@ -1363,7 +1396,7 @@ class CallPath:
             self.close_pending = True
             return False
         lock = self.lock
-        if not lock.acquire(False):
+        if not self._taken:  # (see _taken)
             if self.owner is None and _running_here(self):
                 # From a signal handler that interrupted this plugin's call on this thread:
                 # finish when that call ends (settle; not the short paths' lean ending).
@@ -1379,17 +1412,23 @@ class CallPath:
                 self.closed = True
                 self.close_pending = True
                 # Unless it ended between the check and now: then no call is left to do it.
-                if lock.acquire(False):
+                if self._taken:
                     try:
                         if self.close_pending:
                             self.complete_close()
                     finally:
                         lock.release()
                 return False
+            held = False
             try:
-                lock.acquire()
+                held = _nesting.Taker(lock.acquire).taken  # lock.acquire() (see _taken)
             finally:
-                _nesting.end_wait(me)
+                try:
+                    _nesting.end_wait(me)
+                except BaseException:
+                    if held:
+                        lock.release()
+                    raise
         try:
             self.closed = True
             inst, self.instance = self.instance, None

@@ -20,6 +20,7 @@ instance is discarded after any failed call and the next call makes a new one.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -240,21 +241,6 @@ def check_component_imports(
 _perf_counter = time.perf_counter
 
 
-class _Held:
-    """Releases a lock taken already (``ComponentPlugin._locked``), as a context manager."""
-
-    __slots__ = ("_release",)
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._release = lock.release
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        self._release()
-
-
 class _Lock:
     """A component's lock as the wait-for cycle check and the deadlines of nested waits see it
     (``_nesting``): the thread inside its call (``owner``) and that call's deadline."""
@@ -300,6 +286,9 @@ class ComponentPlugin:
         self._compiled = compiled
         self._on_close = on_close
         self._lock = threading.Lock()
+        # ``_nesting.Taker(self._try).taken`` is ``self._lock.acquire(False)``, as an attribute
+        # read (see _locked).
+        self._try = functools.partial(self._lock.acquire, False)
         self._closed = False
         self._diagnosis = Diagnosis(
             plugin=name,
@@ -360,7 +349,6 @@ class ComponentPlugin:
                         self._host.setdefault("", {})[imp.name] = (f, self._host_impl(f, fn))
         # The call in progress: which thread runs it (re-entry from its own host function is
         # refused, not deadlocked), its host calls, and what a host function raised.
-        self._held = _Held(self._lock)
         self._path = _Lock(name, self._diagnosis)
         if self._host:
             # Host functions run app code mid-call: a wait for a busy plugin there is bounded by
@@ -491,9 +479,16 @@ class ComponentPlugin:
         # and making a new instance count, as for modules.
         begun = _perf_counter()
         end = None if self._timeout is None else begun + self._timeout
-        with self._locked(me, end, function):
+        self._locked(me, end, function)
+        # A try, not a with: a with's Python __exit__ could fail at its first line (a signal
+        # handler's exception) before it released the lock (attack9; see _nesting.Taker).
+        try:
             if self._closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
+            # Read before the owner is set: from there to the try that unsets it, no call (a
+            # signal handler's exception raised at the clock's call left this thread the
+            # owner, and every later call from it was refused as a re-entry: attack9).
+            start = time.perf_counter()
             self._path.owner = me
             self._path.function = function
             self._path.deadline = end
@@ -503,7 +498,6 @@ class ComponentPlugin:
             if self._host:
                 th.room = left  # host functions may call plugins: they nest on this thread
             inst = None
-            start = time.perf_counter()
             try:
                 inst = self._inst
                 if inst is None:
@@ -534,6 +528,8 @@ class ComponentPlugin:
                 raise
             finally:
                 self._path.owner = None
+                if self._host:  # (before the calls below, at which a handler may raise)
+                    th.room = left + self._cost
                 self._last.stats = (
                     None if inst is None else inst.fuel_used(),
                     time.perf_counter() - start,
@@ -541,8 +537,8 @@ class ComponentPlugin:
                     self._host_calls,
                     function,
                 )
-                if self._host:
-                    th.room = left + self._cost
+        finally:
+            self._lock.release()
         if desc.result is not None and desc.result.kind == "result":
             if result.tag == "err":
                 err = GuestError(self._name, function, _describe_err(result.value))
@@ -551,8 +547,9 @@ class ComponentPlugin:
             return result.value
         return result
 
-    def _locked(self, me: int, end: float | None, function: str) -> _Held:
-        """Hold the plugin's lock, for a call of ``function`` that must end by ``end``.
+    def _locked(self, me: int, end: float | None, function: str) -> None:
+        """Take the plugin's lock, for a call of ``function`` that must end by ``end`` (the
+        caller releases it, in the finally of the try that follows at once).
 
         As ``CallPath.acquire`` does for modules: a wait is bounded by ``end`` and by the
         deadlines of the calls this thread is inside (a host function calling this component
@@ -561,9 +558,9 @@ class ComponentPlugin:
         timeout waited as long as the other thread's call took.
         """
         lock = self._lock
-        if not lock.acquire(False):
+        # Taken by an attribute read, no call until the caller's try (see _nesting.Taker).
+        if not _nesting.Taker(self._try).taken:
             self._wait(lock, me, end, function)
-        return self._held
 
     def _wait(self, lock: threading.Lock, me: int, end: float | None, function: str) -> None:
         # The one way a call waits for a busy plugin (bounded, cycles refused): _nesting.wait_for.

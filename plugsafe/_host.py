@@ -112,7 +112,10 @@ class Host(Closing):
         if pooling is not None and not isinstance(pooling, import_now("plugsafe._pooling").Pooling):
             raise TypeError(f"pooling must be a plugsafe.Pooling, got {type(pooling).__name__}")
         self._pooling = pooling
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler may close a plugin (docs/api.md) while its thread holds
+        # this lock in load() or close(), and closing a plugin takes it again to forget it
+        # (with a plain Lock the thread waited on itself for ever: attack9).
+        self._lock = threading.RLock()
         self._engines: dict[bool, rt.Engine] = {}
         self._functions: dict[str, BoundFunction] = dict(BUILTIN_FUNCTIONS)
         self._ticker = rt.EpochTicker([], self)
@@ -299,10 +302,15 @@ class Host(Closing):
             functions=dict(self._component_functions),
         )
         with self._lock:
-            if self._closed:
-                plugin.close()
-                raise PluginClosedError("this Host was closed while the plugin loaded")
-            self._plugins.add(plugin)
+            closed = self._closed
+            if not closed:
+                self._plugins.add(plugin)
+        if closed:
+            # Closed outside the lock: closing takes it again (to forget the plugin), and a
+            # host function of the start function, or another thread, may have closed the host
+            # (attack9: the load hung for ever).
+            plugin.close()
+            raise PluginClosedError("this Host was closed while the plugin loaded")
         return plugin
 
     def _component_engine(self, metered: bool) -> rt.Engine:
@@ -334,10 +342,15 @@ class Host(Closing):
             linkers=self._linkers,
         )
         with self._lock:
-            if self._closed:
-                plugin.close()
-                raise PluginClosedError("this Host was closed while the plugin loaded")
-            self._plugins.add(plugin)
+            closed = self._closed
+            if not closed:
+                self._plugins.add(plugin)
+        if closed:
+            # Closed outside the lock: closing takes it again (to forget the plugin), and a
+            # host function of the start function, or another thread, may have closed the host
+            # (attack9: the load hung for ever).
+            plugin.close()
+            raise PluginClosedError("this Host was closed while the plugin loaded")
         return plugin
 
     def load_config(self, path: str | os.PathLike[str]) -> dict[str, Plugin]:
@@ -384,6 +397,11 @@ class Host(Closing):
 
     def _forget(self, plugin: Plugin | ComponentPlugin) -> None:
         with self._lock:
+            if self._closed:
+                # close() lists the plugins and closes each: nothing to forget, and changing
+                # the set while a signal handler interrupted that listing (on this thread,
+                # which holds the lock) would break it (attack9).
+                return
             self._plugins.discard(plugin)
 
     @property

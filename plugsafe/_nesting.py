@@ -28,6 +28,8 @@ pools that call each other from several threads end with typed errors instead of
 from __future__ import annotations
 
 import ctypes
+import functools
+import operator
 import os
 import sys
 import threading
@@ -44,6 +46,7 @@ __all__ = [
     "BASE_RESERVE",
     "LEVEL_RESERVE",
     "NESTING_CAP",
+    "Taker",
     "ThreadRoom",
     "Units",
     "bounded_wait",
@@ -64,6 +67,31 @@ __all__ = [
     "wait_deadline",
     "wait_for",
 ]
+
+
+class Taker:
+    """Takes a lock with no room for an asynchronous exception between taking it and knowing.
+
+    CPython runs pending signal handlers as a call returns: a handler that raises (the default
+    SIGINT handler's KeyboardInterrupt, a SIGALRM timeout's, a SIGTERM handler's SystemExit)
+    raised right after ``lock.acquire(...)`` took a plugin's lock, before the ``try`` that
+    releases it, and the lock stayed taken for good: every later call of the plugin waited its
+    whole timeout (or for ever), and ``close()`` for ever (attack9). An attribute read runs no
+    handler, and neither does this property's getter (C code, no Python frame): ``taken`` is
+    ``take()``'s result (``lock.acquire`` with its arguments bound), and the code after the
+    read, up to the ``try`` that releases the lock, must make no call: CPython 3.11 and later
+    run handlers only at calls, function starts and backward jumps (tests/test_attack9_signals.py).
+    CPython 3.10 (end of life since October 2026) runs them after most instructions, this
+    read's included: there the window is narrower, not closed.
+    """
+
+    __slots__ = ("take",)
+
+    taken = property(operator.methodcaller("take"))
+
+    def __init__(self, take: Callable[[], object]) -> None:
+        self.take = take
+
 
 NESTING_CAP = 8
 # Stack kept for what runs between two nested plugins (wasmtime's trampolines, cffi, the
@@ -507,11 +535,24 @@ def wait_for(
     own_deadline: Callable[[], Exception],
 ) -> None:
     """Take ``lock``, the lock of ``path``'s plugin, for thread ``me`` whose call must end by
-    ``end`` (or None): :func:`bounded_wait` for a plugin busy in another thread."""
-    if lock.acquire(False):
+    ``end`` (or None): :func:`bounded_wait` for a plugin busy in another thread.
+
+    If it raises, the lock is not held (see Taker: an exception a signal handler raised as the
+    wait ended, or in what follows it here, gives back a lock the wait took)."""
+    if Taker(functools.partial(lock.acquire, False)).taken:
         return
+    held = [False]
 
     def take(timeout: float | None) -> bool | None:
-        return True if lock.acquire(timeout=-1 if timeout is None else timeout) else None
+        wait = functools.partial(lock.acquire, True, -1 if timeout is None else timeout)
+        if Taker(wait).taken:
+            held[0] = True  # (no call since the lock was taken: see Taker)
+            return True
+        return None
 
-    bounded_wait(me, path, end, take, own_deadline)
+    try:
+        bounded_wait(me, path, end, take, own_deadline)
+    except BaseException:
+        if held[0]:
+            lock.release()
+        raise

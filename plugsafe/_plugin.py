@@ -168,21 +168,6 @@ def _nothing() -> None:
     return None
 
 
-class ReleaseAfter:
-    """``with ReleaseAfter(lock):`` releases a lock already acquired (bounded, elsewhere)."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        self._lock.release()
-
-
 # Enough tables for any toolchain seen in practice; together with max_table_elements this bounds
 # what tables can cost.
 _MAX_TABLES = 10
@@ -293,7 +278,9 @@ class Plugin(Closing):
         # call_async's own worker (made on first use): one thread, as the plugin runs one call
         # at a time; never the event loop's default executor (see _aio.run_call).
         self._async: ThreadPoolExecutor | None = None
-        self._async_lock = threading.Lock()
+        # Re-entrant: close() (from a signal handler, as documented) may run on a thread that
+        # holds it, making the worker below (attack9: it waited for itself for ever).
+        self._async_lock = threading.RLock()
         self._policy = policy
         self._engine = engine
         self._module = module
@@ -596,6 +583,10 @@ class Plugin(Closing):
                     executor = self._async = futures.ThreadPoolExecutor(
                         1, thread_name_prefix=f"plugsafe-{self._name}"
                     )
+                    if self._calls.closed:  # by a signal handler, meanwhile (see above)
+                        self._async = None
+                        executor.shutdown(wait=False)
+                        raise PluginClosedError(f"plugin {self._name!r} is closed")
         return executor
 
     def _call_with(
@@ -713,7 +704,9 @@ class Plugin(Closing):
         if left < 0 or left & 8:
             raise calls.too_deep(th)
         calls.acquire(me)
-        with ReleaseAfter(calls.lock):
+        # A try, not a with: a with's __enter__ is a call, at which a signal handler's
+        # exception would leave the lock taken (see _nesting.Taker; attack9).
+        try:
             if calls.closed:
                 raise PluginClosedError(f"plugin {self._name!r} is closed")
             calls.owner = me
@@ -755,6 +748,8 @@ class Plugin(Closing):
                 calls.owner = None
                 th.room = room
                 th.call = outer
+        finally:
+            calls.lock.release()
 
     def close(self) -> None:
         """Release the instance. Later use raises PluginClosedError. Idempotent."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import queue
 import threading
@@ -25,7 +27,7 @@ from ._errors import (
 from ._host import Host
 from ._lazymodule import import_now
 from ._loader import Source
-from ._nesting import Units, bounded_wait, inside_call
+from ._nesting import Taker, Units, bounded_wait, inside_call
 from ._plugin import OnCall, Plugin, _json_in
 from ._policy import Policy
 from ._public import rehome
@@ -88,6 +90,12 @@ class PluginPool(Closing):
             :class:`CallStats` (see :class:`Host`). With ``host=``, the Host's own ``on_call``
             reports the pool's calls.
     """
+
+    # ``self._free`` takes a free instance's index (``self._get(False)``; queue.Empty if none)
+    # as an attribute read: a signal handler's exception raised as ``get`` returned lost the
+    # index, and the pool an instance for good (attack9; see _nesting.Taker). The code after
+    # it, up to the ``try`` that gives the index back, makes no call.
+    _free = property(operator.methodcaller("_get", False))
 
     def __init__(
         self,
@@ -195,7 +203,7 @@ class PluginPool(Closing):
 
         ``call`` and ``invoke`` inline the first case (no closure made per call)."""
         try:
-            slot = self._get(False)
+            slot: int = self._free  # (see _free)
         except queue.Empty:
             return self._after_wait(function, context, slow, token)
         held = self._held
@@ -205,8 +213,11 @@ class PluginPool(Closing):
                 raise self._closed_error()
             return fast(self._plugins[slot])
         finally:
-            held.pop(slot, None)
-            self._put(slot)
+            try:
+                held.pop(slot, None)
+            finally:
+                # (Even if a signal handler raised as pop returned: attack9, see _free.)
+                self._put(slot)
 
     def _after_wait(
         self,
@@ -240,8 +251,10 @@ class PluginPool(Closing):
             return slow(self._plugins[slot], begun)
         finally:
             # Out of ``held`` before it is free again (Units): in between it is "on its way".
-            held.pop(slot, None)
-            self._put(slot)
+            try:
+                held.pop(slot, None)
+            finally:
+                self._put(slot)  # (see _free)
 
     def _closed_error(self) -> PluginClosedError:
         return PluginClosedError(f"pool {self.name!r} is closed")
@@ -259,10 +272,15 @@ class PluginPool(Closing):
         timeout = self._plugins[0].policy.timeout
         idle = self._idle
 
+        # The index a wait took, kept with no call in between (see _free): given back if the
+        # wait raises after it took one.
+        got: list[int | None] = [None]
+
         def take(wait: float | None) -> int | None:
             if token is None:
                 try:
-                    return idle.get(timeout=wait)
+                    got[0] = Taker(functools.partial(idle.get, True, wait)).taken
+                    return got[0]
                 except queue.Empty:
                     return None
             # Looks at the token between short waits (only a cancellable call that found the
@@ -271,7 +289,8 @@ class PluginPool(Closing):
             while True:
                 step = _CANCEL_POLL if end is None else min(_CANCEL_POLL, end - _perf_counter())
                 try:
-                    return idle.get(timeout=max(step, 0.0))
+                    got[0] = Taker(functools.partial(idle.get, True, max(step, 0.0))).taken
+                    return got[0]
                 except queue.Empty:
                     if token.cancelled:
                         raise PluginCallError(
@@ -289,13 +308,18 @@ class PluginPool(Closing):
                 f"{self.size} busy)",
             )
 
-        return bounded_wait(
-            threading.get_ident(),
-            self._units,
-            None if timeout is None else begun + timeout,
-            take,
-            own_deadline,
-        )
+        try:
+            return bounded_wait(
+                threading.get_ident(),
+                self._units,
+                None if timeout is None else begun + timeout,
+                take,
+                own_deadline,
+            )
+        except BaseException:
+            if got[0] is not None:
+                self._put(got[0])
+            raise
 
     def call(
         self,
@@ -306,7 +330,7 @@ class PluginPool(Closing):
     ) -> bytes:
         """:meth:`Plugin.call` on a free instance."""
         try:  # _with_plugin's first case, inlined
-            slot = self._get(False)
+            slot: int = self._free  # (see _free)
         except queue.Empty:
             out: bytes = self._after_wait(
                 function,
@@ -321,8 +345,11 @@ class PluginPool(Closing):
                 raise self._closed_error()
             return self._plugins[slot].call(function, data, context=context)
         finally:
-            held.pop(slot, None)
-            self._put(slot)
+            try:
+                held.pop(slot, None)
+            finally:
+                # (Even if a signal handler raised as pop returned: attack9, see _free.)
+                self._put(slot)
 
     def call_json(self, function: str, value: Any, *, context: Any = None) -> Any:
         """:meth:`Plugin.call_json` on a free instance."""
@@ -340,7 +367,7 @@ class PluginPool(Closing):
     ) -> Any:
         """:meth:`Plugin.invoke` on a free instance."""
         try:  # _with_plugin's first case, inlined
-            slot = self._get(False)
+            slot: int = self._free  # (see _free)
         except queue.Empty:
             return self._after_wait(
                 function,
@@ -354,8 +381,11 @@ class PluginPool(Closing):
                 raise self._closed_error()
             return self._plugins[slot].invoke(function, *args, context=context)
         finally:
-            held.pop(slot, None)
-            self._put(slot)
+            try:
+                held.pop(slot, None)
+            finally:
+                # (Even if a signal handler raised as pop returned: attack9, see _free.)
+                self._put(slot)
 
     async def call_async(
         self,

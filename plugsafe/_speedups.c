@@ -10,6 +10,8 @@
  * depend on it), and returns the error pointer as an int: 0 when the call succeeded.
  * Nothing here reads or writes guest memory or takes a value from a guest. No Python code runs
  * between releasing and retaking the GIL, so no Python exception can cross this boundary.
+ * Also the get_memory callback of plugsafe's component memories (hostmem_get, below), which
+ * must not fail.
  *
  * Why by hand: cffi's ABI-mode call (libffi, argument conversion of five cdata objects) costs
  * about 3,000 instructions; this one a few hundred (issue 14, goal 5; docs/performance.md).
@@ -141,8 +143,154 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)self;
 }
 
+/* The get_memory callback of plugsafe's component memories (plugsafe/_runtime/_hostmem.py):
+ * wasmtime_memory_get_callback_t, uint8_t *(*)(void *env, size_t *byte_size,
+ * size_t *byte_capacity), reading a HostMemView that Python (ctypes) keeps for the memory (it
+ * writes one only while wasmtime cannot read it: at creation, and in the grow callback).
+ *
+ * In C, not Python: the C API gives get_memory no way to fail (a null base is a Rust panic
+ * that aborts the process), and a Python callback can fail before its first line runs (an
+ * exception a signal handler raises at the frame's start: Ctrl-C during a component's
+ * instantiation aborted the host; attack9). This one cannot fail. */
+typedef struct {
+    uint8_t *base;
+    size_t size;
+    size_t reserved;
+} HostMemView;
+
+static uint8_t *
+hostmem_get(void *env, size_t *byte_size, size_t *byte_capacity)
+{
+    const HostMemView *view = (const HostMemView *)env;
+    *byte_size = view->size;
+    *byte_capacity = view->reserved;
+    return view->base;
+}
+
+/* The new_memory and grow_memory callbacks of the same memories: C trampolines into
+ * _hostmem's Python callbacks, set by hostmem_setup(). Both return a wasmtime_error_t * (null:
+ * done). The Python ones catch everything once their first line runs, but an exception a
+ * signal handler raises at the frame's start escapes them, and a ctypes callback that raised
+ * returned 0, "done": a memory never made (wasmtime then panicked, "a callback must be set",
+ * aborting the process) or a growth never made (attack9). Here such an exception refuses the
+ * creation or growth with an error of wasmtime's, made without Python, and is kept on the
+ * instantiating thread's Account (``interrupt``), which raises it once wasmtime returns, as it
+ * does an interrupt the Python callbacks caught themselves. */
+typedef void *(*error_new_fn)(const char *);
+
+static PyObject *hostmem_py_new;  /* _hostmem._new_memory_at(env, ty, min, max, reserved, guard, out) */
+static PyObject *hostmem_py_grow; /* _hostmem._grow_memory(env, new_size) */
+static PyObject *hostmem_current; /* _hostmem._current: the thread's Account as ``account`` */
+static error_new_fn hostmem_error_new;
+
+/* The Python callback failed: keep what it raised (if not an Exception: a KeyboardInterrupt)
+ * on the thread's Account, and return a new error. C API calls only: no Python frame runs. */
+static void *
+hostmem_failed(const char *what)
+{
+    PyObject *type, *value, *traceback, *account;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value != NULL && !PyErr_GivenExceptionMatches(value, PyExc_Exception)) {
+        account = PyObject_GetAttrString(hostmem_current, "account");
+        if (account != NULL && account != Py_None) {
+            if (PyObject_SetAttrString(account, "interrupt", value) < 0) {
+                PyErr_Clear();
+            }
+        }
+        Py_XDECREF(account);
+        PyErr_Clear();
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return hostmem_error_new(what);
+}
+
+/* A Python callback's result: the error's address (0: done). */
+static void *
+hostmem_result(PyObject *result, const char *what)
+{
+    void *error;
+    if (result == NULL) {
+        return hostmem_failed(what);
+    }
+    error = PyLong_AsVoidPtr(result);
+    Py_DECREF(result);
+    if (error == NULL && PyErr_Occurred()) {
+        return hostmem_failed(what);
+    }
+    return error;
+}
+
+static void *
+hostmem_new(void *env, const void *ty, size_t minimum, size_t maximum, size_t reserved,
+            size_t guard, void *out)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    void *error = hostmem_result(
+        PyObject_CallFunction(hostmem_py_new, "KKKKKKK", (unsigned long long)(uintptr_t)env,
+                              (unsigned long long)(uintptr_t)ty, (unsigned long long)minimum,
+                              (unsigned long long)maximum, (unsigned long long)reserved,
+                              (unsigned long long)guard, (unsigned long long)(uintptr_t)out),
+        "plugsafe: creating a memory failed (interrupted)");
+    PyGILState_Release(gil);
+    return error;
+}
+
+static void *
+hostmem_grow(void *env, size_t new_size)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    void *error = hostmem_result(
+        PyObject_CallFunction(hostmem_py_grow, "KK", (unsigned long long)(uintptr_t)env,
+                              (unsigned long long)new_size),
+        "plugsafe: growing a memory failed (interrupted)");
+    PyGILState_Release(gil);
+    return error;
+}
+
+PyDoc_STRVAR(hostmem_setup_doc,
+"hostmem_setup(new_memory, grow_memory, current, error_new) -> (new, grow)\n\n"
+"Set the Python callbacks HOSTMEM_NEW and HOSTMEM_GROW call (held for good), the thread-local\n"
+"whose ``account`` keeps an interrupt, and the address of wasmtime_error_new; returns the two\n"
+"trampolines' addresses. Once only (a second call raises RuntimeError).");
+
+static PyObject *
+hostmem_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    uintptr_t error_new;
+    (void)module;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "hostmem_setup() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (hostmem_py_new != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "hostmem_setup() was called already");
+        return NULL;
+    }
+    if (!PyCallable_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "hostmem_setup(): the callbacks must be callable");
+        return NULL;
+    }
+    if (address_arg(args[3], "error_new", &error_new) < 0) {
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    Py_INCREF(args[2]);
+    hostmem_py_new = args[0];
+    hostmem_py_grow = args[1];
+    hostmem_current = args[2];
+    hostmem_error_new = (error_new_fn)error_new;
+    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)hostmem_new,
+                         (unsigned long long)(uintptr_t)hostmem_grow);
+}
+
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, bind_doc},
+    {"hostmem_setup", (PyCFunction)(void (*)(void))hostmem_setup, METH_FASTCALL,
+     hostmem_setup_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -157,7 +305,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    PyObject *module;
+    PyObject *module, *address;
     if (PyType_Ready(&RawCallType) < 0) {
         return NULL;
     }
@@ -168,6 +316,18 @@ PyInit__speedups(void)
     Py_INCREF(&RawCallType);
     if (PyModule_AddObject(module, "RawCall", (PyObject *)&RawCallType) < 0) {
         Py_DECREF(&RawCallType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    /* hostmem_get's address (a function pointer made an integer, as bind's target is made a
+     * function pointer) and the size of the view it reads, for _hostmem to check. */
+    address = PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)hostmem_get);
+    if (address == NULL || PyModule_AddObject(module, "HOSTMEM_GET", address) < 0) {
+        Py_XDECREF(address);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "HOSTMEM_VIEW_SIZE", (long)sizeof(HostMemView)) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,4 +1,5 @@
 # The optional compiled call into wasm (plugsafe/_speedups.c; see plugsafe/_runtime/_cffi.py).
+from collections.abc import Callable
 from typing import final
 
 @final
@@ -10,3 +11,16 @@ class RawCall:
 def bind(
     target: int, ctx: int, func: int, slots: int, width: int, trap: int, keep: object, /
 ) -> RawCall: ...
+
+# The address of the get_memory callback of plugsafe's component memories (_runtime/_hostmem.py)
+# and the size of the view it reads (base, size, reserved: three machine words).
+HOSTMEM_GET: int
+HOSTMEM_VIEW_SIZE: int
+
+def hostmem_setup(
+    new_memory: Callable[[int, int, int, int, int, int, int], int],
+    grow_memory: Callable[[int, int], int],
+    current: object,
+    error_new: int,
+    /,
+) -> tuple[int, int]: ...

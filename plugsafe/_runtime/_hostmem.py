@@ -52,6 +52,13 @@ from wasmtime import _ffi as wf
 from .._lazymodule import lazy_module
 from .._wasmshape import COMPONENT_HEADER
 
+# The memory callbacks in C (see _compiled), where the optional extension was built.
+_speedups: Any
+try:
+    from .. import _speedups
+except ImportError:
+    _speedups = None
+
 if TYPE_CHECKING:
     from .. import _wasmbin
 else:
@@ -125,8 +132,45 @@ class Account:
         self.interrupt: BaseException | None = None
 
 
+class _View(ctypes.Structure):
+    """What the compiled get_memory callback reads of a memory (``HostMemView`` in
+    plugsafe/_speedups.c): kept equal to its ``_Memory``'s fields."""
+
+    _fields_ = (("base", ctypes.c_void_p), ("size", ctypes.c_size_t), ("reserved", ctypes.c_size_t))
+
+
+def _compiled() -> tuple[Any, Any, Any] | None:
+    """The get_memory, new_memory and grow_memory callbacks in C (plugsafe._speedups, where it
+    was built), or None: then the Python callbacks themselves.
+
+    A Python callback can fail before its first line (a signal handler's exception raised at
+    the frame's start: its try never began), and a ctypes callback that raised returned 0: a
+    null base from get_memory, "done" from new_memory for a memory never made; wasmtime then
+    aborted the process (attack9: Ctrl-C while a component instantiated). get_memory is C
+    (it reads a _View and cannot fail); the other two are C trampolines into the Python ones,
+    which refuse and keep the interrupt on the Account when Python fails (_speedups.c).
+    """
+    if _speedups is None:
+        return None
+    get = getattr(_speedups, "HOSTMEM_GET", None)
+    setup = getattr(_speedups, "hostmem_setup", None)
+    size = getattr(_speedups, "HOSTMEM_VIEW_SIZE", 0)
+    if not isinstance(get, int) or setup is None or size != ctypes.sizeof(_View):
+        return None  # an extension built from other sources
+    error_new = ctypes.cast(wf.dll.wasmtime_error_new, ctypes.c_void_p).value
+    try:
+        new, grow = setup(_new_memory_at, _grow_memory, _current, error_new)
+    except RuntimeError:  # set up already (this module imported again): Python's, then
+        return None
+    return (
+        ctypes.cast(get, wf.wasmtime_memory_get_callback_t),
+        ctypes.cast(new, wf.wasmtime_new_memory_callback_t),
+        ctypes.cast(grow, wf.wasmtime_memory_grow_callback_t),
+    )
+
+
 class _Memory:
-    __slots__ = ("account", "base", "mapped", "reserved", "size")
+    __slots__ = ("account", "base", "mapped", "reserved", "size", "view")
 
     def __init__(self, account: Account, base: int, mapped: int, reserved: int) -> None:
         self.account = account
@@ -134,9 +178,13 @@ class _Memory:
         self.mapped = mapped  # the whole mapping: the reservation and the guard after it
         self.reserved = reserved  # how far the memory may grow without moving
         self.size = 0  # bytes accessible (what wasmtime was told)
+        # What the compiled get_memory reads (its env is this struct's address).
+        self.view = _View(base, 0, reserved)
 
 
-# The memories alive, by the env number wasmtime hands back to the callbacks (never reused).
+# The memories alive, by the env wasmtime hands back to the callbacks: a number never reused
+# (the Python get_memory), or the address of the memory's _View (the compiled one; unique while
+# the memory lives, and only then in _LIVE).
 _LIVE: dict[int, _Memory] = {}
 _IDS = itertools.count(1)
 _current = threading.local()
@@ -192,7 +240,7 @@ def _protect(mem: _Memory, new_size: int) -> bool:
     old, new = _round(mem.size), _round(new_size)
     if new > old and _LIBC.mprotect(mem.base + old, new - old, _PROT_RW) != 0:
         return False
-    mem.size = new_size
+    mem.size = mem.view.size = new_size
     return True
 
 
@@ -236,11 +284,16 @@ def _new_memory(
                 errno = ctypes.get_errno()
                 _LIBC.munmap(base, mapped)
                 return _error(f"plugsafe: mapping {minimum} bytes failed (errno {errno})")
-            env = next(_IDS)
             ret: Any = out.contents
+            if _C_GET is not None:
+                env = ctypes.addressof(mem.view)
+                ret.get_memory = _C_GET
+                ret.grow_memory = _C_GROW
+            else:
+                env = next(_IDS)
+                ret.get_memory = _GET
+                ret.grow_memory = _GROW
             ret.env = env
-            ret.get_memory = _GET
-            ret.grow_memory = _GROW
             ret.finalizer = _FREE
         except BaseException:
             _LIBC.munmap(base, mapped)  # handed to no one: ours to unmap
@@ -252,6 +305,14 @@ def _new_memory(
         return 0
     except BaseException as exc:  # nothing may cross into wasmtime
         return _failed(exc, "creating a memory", getattr(_current, "account", None))
+
+
+def _new_memory_at(
+    env: int, ty: int, minimum: int, maximum: int, reserved: int, guard: int, out: int
+) -> int:
+    """``_new_memory`` as the C trampoline calls it (every argument an int)."""
+    pointer: Any = ctypes.cast(out, _OUT)
+    return _new_memory(env, ty, minimum, maximum, reserved, guard, pointer)
 
 
 def _get_memory(env: Any, size: Any, capacity: Any) -> int:
@@ -309,6 +370,12 @@ _GET = wf.wasmtime_memory_get_callback_t(_get_memory) if AVAILABLE else None
 _GROW = wf.wasmtime_memory_grow_callback_t(_grow_memory) if AVAILABLE else None
 _FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_free_memory) if AVAILABLE else None
 _NEW = wf.wasmtime_new_memory_callback_t(_new_memory) if AVAILABLE else None
+# The type of new_memory's last argument (a pointer to the memory it makes).
+_OUT: Any = wf.wasmtime_new_memory_callback_t._argtypes_[6] if AVAILABLE else None
+# The compiled ones where _speedups was built (see _compiled).
+_C_GET = _C_NEW = _C_GROW = None
+if AVAILABLE:
+    _C_GET, _C_NEW, _C_GROW = _compiled() or (None, None, None)
 _FREE_CREATOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_free_creator) if AVAILABLE else None
 
 
@@ -319,7 +386,7 @@ def install(config: Any) -> bool:
         return False
     creator: Any = wf.wasmtime_memory_creator_t()  # (its stub types every field a pointer)
     creator.env = None
-    creator.new_memory = _NEW
+    creator.new_memory = _NEW if _C_NEW is None else _C_NEW
     creator.finalizer = _FREE_CREATOR
     # The config copies the struct; the callbacks it points to are the module's, kept above.
     wf.wasmtime_config_host_memory_creator_set(config.ptr(), ctypes.byref(creator))

@@ -1,0 +1,180 @@
+"""attack9: components under exceptions that signal handlers raise.
+
+Found with the signal storm of tests/test_attack9_signals.py pointed at a ComponentPlugin:
+
+- an exception raised at the clock's call right after a call set its thread as the component's
+  owner (before the ``try`` that unsets it) left the thread the owner: every later call from it
+  was refused as a re-entry ("called again from one of its own host functions");
+- one raised in the get_memory callback of plugsafe's component memories made it return a null
+  base (the C API gives get_memory no way to fail), and wasmtime aborted the process with a
+  Rust panic ("called `Option::unwrap()` on a `None` value", trampoline/memory.rs): Ctrl-C while
+  a component instantiated killed the host; one raised at the first line of the Python
+  new_memory made ctypes return 0, "done", for a memory never made ("a callback must be set",
+  an abort too). get_memory is now C, and new_memory and grow_memory C trampolines that refuse
+  and keep the interrupt when Python fails (plugsafe._speedups);
+- one raised as the call's ``with`` released the lock (in its Python ``__exit__``) left the
+  component locked.
+
+A Python callback can fail before its first line runs (a handler runs at the frame's start), so
+these are made deterministic here: the exception is raised where the handler's would be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from component_wat import WORLD
+
+import plugsafe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_an_exception_as_a_component_call_starts_leaves_it_callable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from plugsafe import _componentplugin
+
+    with plugsafe.Host() as host:
+        plugin = host.load(WORLD.encode(), policy=plugsafe.Policy(fuel=1_000_000))
+        assert plugin.invoke("add", 2, 3) == 5
+        real = _componentplugin.time.perf_counter
+        raised: list[int] = []
+        me = threading.get_ident()
+
+        def clock() -> float:  # the call's first clock reading raises, as a handler would
+            # (Only the component call's, on this thread: the module patched is ``time``.)
+            caller = sys._getframe(1).f_globals.get("__name__")
+            if not raised and threading.get_ident() == me and caller == _componentplugin.__name__:
+                raised.append(1)
+                raise KeyboardInterrupt
+            return real()
+
+        monkeypatch.setattr(_componentplugin.time, "perf_counter", clock)
+        with pytest.raises(KeyboardInterrupt):
+            plugin.invoke("add", 2, 3)
+        monkeypatch.undo()
+        assert raised == [1]
+        # Neither locked nor owned by this thread: it goes on.
+        assert plugin.invoke("add", 20, 22) == 42
+        assert plugin.invoke("add", 1, 1) == 2
+
+
+_GET_MEMORY = """
+    import sys
+    import plugsafe
+    from plugsafe._runtime import _hostmem
+    from component_wat import WORLD
+
+    assert _hostmem.AVAILABLE
+    slot = _hostmem._Memory.size
+    raised = []
+
+    def size(self):  # raises in get_memory, once, as a signal handler's exception would
+        if not raised and sys._getframe(1).f_code.co_name == "_get_memory":
+            raised.append(1)
+            raise KeyboardInterrupt
+        return slot.__get__(self)
+
+    _hostmem._Memory.size = property(size, slot.__set__)
+    with plugsafe.Host() as host:
+        for _ in range(3):  # each load instantiates: a memory made, get_memory asked
+            plugin = host.load(WORLD.encode(), policy=plugsafe.Policy(fuel=1_000_000))
+            print("add", plugin.invoke("add", 2, 3), flush=True)
+            plugin.close()
+"""
+
+
+def test_a_component_memory_never_reports_a_null_base_to_wasmtime() -> None:
+    from plugsafe._runtime import _hostmem
+
+    if not _hostmem.AVAILABLE:
+        pytest.skip("no host memory creator on this platform")
+    if _hostmem._C_GET is None:
+        pytest.skip("plugsafe._speedups was not built: get_memory is the Python callback")
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_GET_MEMORY)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT / "tests", check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.split("\n")[:3] == ["add 5"] * 3
+
+
+_STORM = """
+    import faulthandler, json, os, signal, sys, time
+    faulthandler.dump_traceback_later(100, exit=True)
+    import plugsafe
+    from component_wat import WORLD
+
+    host = plugsafe.Host()
+
+    def load():
+        return host.load(WORLD.encode(), policy=plugsafe.Policy(timeout=2.0))
+
+    plugin = load()
+    armed = [False]
+
+    def handler(signum, frame):
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, INTERVAL, INTERVAL)
+    locked, escaped, interrupts, calls = 0, [], 0, 0
+    end = time.monotonic() + SECONDS
+    while time.monotonic() < end:
+        try:
+            armed[0] = True
+            assert plugin.invoke("add", 2, 3) == 5
+            armed[0] = False
+            calls += 1
+        except KeyboardInterrupt:
+            armed[0] = False
+            interrupts += 1
+            if plugin._lock.locked():
+                locked += 1
+                plugin = load()
+        except BaseException as exc:  # a wrong result, or an undocumented error
+            armed[0] = False
+            escaped.append(repr(exc))
+            plugin = load()
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    print(json.dumps({"interrupts": interrupts, "calls": calls, "locked": locked,
+                      "escaped": escaped[:5]}), flush=True)
+    os._exit(0)
+"""
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="CPython 3.10 runs signal handlers after any instruction"
+)
+@pytest.mark.parametrize("interval", [0.002, 0.0007])
+def test_a_signal_storm_never_aborts_locks_or_wedges_a_component(interval: float) -> None:
+    # Each interrupted call discards its instance, so the next one instantiates: the memory
+    # callbacks run again and again. Before: the process aborted (a null base from
+    # get_memory, or "a callback must be set" after a new_memory whose Python failed at its
+    # first line returned 0), the component stayed locked, or its thread stayed its owner.
+    from plugsafe._runtime import _hostmem
+
+    if _hostmem.AVAILABLE and _hostmem._C_GET is None:
+        pytest.skip("plugsafe._speedups was not built: the memory callbacks are Python")
+    code = f"SECONDS = 3.0\nINTERVAL = {interval}\n" + textwrap.dedent(_STORM)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=180, cwd=ROOT / "tests", check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["locked"] == 0, got
+    assert got["escaped"] == [], got
+    assert got["interrupts"] > 20, got
+    assert got["calls"] > 20, got
