@@ -98,7 +98,7 @@ def test_a_component_memory_never_reports_a_null_base_to_wasmtime() -> None:
     if not _hostmem.AVAILABLE:
         pytest.skip("no host memory creator on this platform")
     if _hostmem._C_GET is None:
-        pytest.skip("plugsafe._speedups was not built: get_memory is the Python callback")
+        pytest.skip("no plugsafe._speedups (or PLUGSAFE_SPEEDUPS=0): get_memory is Python")
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_GET_MEMORY)],
@@ -166,7 +166,7 @@ def test_a_signal_storm_never_aborts_locks_or_wedges_a_component(interval: float
     from plugsafe._runtime import _hostmem
 
     if _hostmem.AVAILABLE and _hostmem._C_GET is None:
-        pytest.skip("plugsafe._speedups was not built: the memory callbacks are Python")
+        pytest.skip("no plugsafe._speedups (or PLUGSAFE_SPEEDUPS=0): memory callbacks in Python")
     code = f"SECONDS = 3.0\nINTERVAL = {interval}\n" + textwrap.dedent(_STORM)
     out = subprocess.run(
         [sys.executable, "-c", code],

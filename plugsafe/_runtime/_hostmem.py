@@ -51,13 +51,12 @@ from wasmtime import _ffi as wf
 
 from .._lazymodule import lazy_module
 from .._wasmshape import COMPONENT_HEADER
+from ._cffi import load_speedups
 
-# The memory callbacks in C (see _compiled), where the optional extension was built.
-_speedups: Any
-try:
-    from .. import _speedups
-except ImportError:
-    _speedups = None
+# The memory callbacks in C (see _compiled), where the optional extension was built and
+# PLUGSAFE_SPEEDUPS=0 does not turn it off (one rule: _cffi.load_speedups; CI runs the
+# component tests without it too, as a machine without a C compiler would).
+_speedups: Any = load_speedups()
 
 if TYPE_CHECKING:
     from .. import _wasmbin
