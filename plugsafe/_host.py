@@ -42,6 +42,7 @@ _CORE_PREAMBLE = b"\x00asm\x01\x00\x00\x00"
 __all__ = ["BUILTIN_FUNCTIONS", "Host", "Source"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = TypeVar("P", "Plugin", "ComponentPlugin")
 
 _NAME = lazy_re(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIN_STACK = 16 * 1024
@@ -301,6 +302,11 @@ class Host(Closing):
             on_close=self._forget,
             functions=dict(self._component_functions),
         )
+        return self._adopt(plugin)
+
+    def _adopt(self, plugin: P) -> P:
+        """Keep ``plugin`` (closed with the host), or close it if the host was closed while
+        it loaded: a PluginClosedError then."""
         with self._lock:
             closed = self._closed
             if not closed:
@@ -341,17 +347,7 @@ class Host(Closing):
             on_call=self._on_call,
             linkers=self._linkers,
         )
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self._plugins.add(plugin)
-        if closed:
-            # Closed outside the lock: closing takes it again (to forget the plugin), and a
-            # host function of the start function, or another thread, may have closed the host
-            # (attack9: the load hung for ever).
-            plugin.close()
-            raise PluginClosedError("this Host was closed while the plugin loaded")
-        return plugin
+        return self._adopt(plugin)
 
     def load_config(self, path: str | os.PathLike[str]) -> dict[str, Plugin]:
         """Load every plugin a host config file (TOML) describes; return them by name.
