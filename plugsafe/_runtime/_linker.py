@@ -182,8 +182,8 @@ def wasi_config(
     args: Sequence[str],
     env: Mapping[str, str],
     stdin: bytes,
-    stdout: tuple[str, Callable[[bytes], int]],
-    stderr: tuple[str, Callable[[bytes], int]],
+    stdout: tuple[str, Callable[[bytes], object] | None],
+    stderr: tuple[str, Callable[[bytes], object] | None],
     preopens: Sequence[tuple[str, str, bool]],
 ) -> Owned:
     """A WASI configuration (an owned ``wasi_config_t``, for ``_store.Store.set_wasi``)
@@ -192,10 +192,14 @@ def wasi_config(
     ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, "discard" leaves
     it unset (wasmtime then drops every write, reporting it written in full), anything else
     hands every write to ``sink`` (whose result is ignored: a write is always reported whole;
-    one that raises fails with EIO). wasmtime may call a sink on a thread of its own.
+    one that raises fails with EIO). wasmtime may call a sink on a thread of its own. The sinks
+    are held until the store the configuration is given to is deleted (``Store.close``), or
+    with the configuration if it never is.
     """
-    cfg = Owned(lib.wasi_config_new(), lib.wasi_config_delete)
+    cfg = WasiConfig(lib.wasi_config_new(), lib.wasi_config_delete)
     raw = cfg.raw
+    outputs = cfg.outputs
+    assert outputs is not None
     # A new config has no arguments and no variables: setting none costs nothing (every
     # instance of a WASI plugin gets a config of its own).
     if args:
@@ -217,11 +221,11 @@ def wasi_config(
     if stdout[0] == "inherit":
         lib.wasi_config_inherit_stdout(raw)
     elif stdout[0] != "discard":
-        lib.wasi_config_set_stdout_custom(raw, _WRITE, _output(stdout[1]), _FORGET)
+        lib.wasi_config_set_stdout_custom(raw, _WRITE, outputs.add(stdout[1]), ffi.NULL)
     if stderr[0] == "inherit":
         lib.wasi_config_inherit_stderr(raw)
     elif stderr[0] != "discard":
-        lib.wasi_config_set_stderr_custom(raw, _WRITE, _output(stderr[1]), _FORGET)
+        lib.wasi_config_set_stderr_custom(raw, _WRITE, outputs.add(stderr[1]), ffi.NULL)
     for host, guest, writable in preopens:
         # Writable only when asked for, said explicitly every time.
         if not lib.wasi_config_preopen_dir(
@@ -233,22 +237,68 @@ def wasi_config(
 
 
 # Custom outputs' sinks by the key wasmtime hands back to _write (its ``data`` pointer): held
-# until wasmtime drops the output stream (_forget), which is when its store or config is freed.
-_OUTPUTS: dict[int, Callable[[bytes], int | None]] = {}
+# while the store (or the configuration) that may call them lives; see _Outputs.
+#
+# wasmtime gets no finalizer for them (NULL). It would call one when it drops the output
+# stream, and it drops it on a tokio worker thread of its own, some time after the store is
+# deleted; if that came while the interpreter was finalizing, taking the GIL there made
+# CPython end the thread with pthread_exit, whose forced unwind through Rust's frames aborts
+# the process ("panic in a function that cannot unwind": `plugsafe run` of a WASI command
+# aborted at exit in 9 of 150 runs, 0 of 150 without the finalizer).
+_OUTPUTS: dict[int, Callable[[bytes], object]] = {}
 _OUTPUT_KEYS = itertools.count(1)
 
 
-def _output(sink: Callable[[bytes], int | None]) -> Any:
-    key = next(_OUTPUT_KEYS)
-    _OUTPUTS[key] = sink
-    return ffi.cast("void *", key)
+class _Outputs:
+    """The custom outputs one WASI configuration registered: forgotten by Python when the
+    store it was given to is deleted (the store then calls them no more: a guest writes only
+    during a call), or with the configuration if it never was given to one."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self) -> None:
+        self.keys: list[int] = []
+
+    def add(self, sink: Callable[[bytes], object] | None) -> Any:
+        """Register ``sink``; the ``data`` pointer to hand wasmtime with _WRITE."""
+        if sink is None:
+            raise ValueError("a custom output needs a sink")
+        key = next(_OUTPUT_KEYS)
+        _OUTPUTS[key] = sink
+        self.keys.append(key)
+        return ffi.cast("void *", key)
+
+    def release(self, _outputs: dict[int, Callable[[bytes], object]] = _OUTPUTS) -> None:
+        """Forget them (idempotent). (Bound as a default: it may run at shutdown.)"""
+        keys, self.keys = self.keys, []
+        for key in keys:
+            _outputs.pop(key, None)
+
+
+class WasiConfig(Owned):
+    """An owned ``wasi_config_t`` and the custom outputs it registered (``outputs``: handed to
+    the store with it, see ``Store.set_wasi``; None once handed over)."""
+
+    __slots__ = ("outputs",)
+
+    def __init__(self, raw: Any, free: Callable[[Any], None]) -> None:
+        self.outputs: _Outputs | None = _Outputs()
+        super().__init__(raw, free)
+
+    def close(self, *args: Any) -> None:
+        """Free it now, and forget its outputs unless a store took them (idempotent)."""
+        super().close(*args)
+        outputs, self.outputs = self.outputs, None
+        if outputs is not None:
+            outputs.release()
 
 
 def _write(data: Any, buf: Any, size: int) -> int:
     # A guest's write to a custom stdout or stderr. Nothing may raise into wasmtime: a failing
-    # sink is an I/O error for the guest (as with wasmtime-py's custom outputs). The count is
-    # always all of it: wasmtime's stream panics (the process aborts, measured on wasmtime 50)
-    # when told that fewer bytes (or more) were written; plugsafe's sinks take everything.
+    # sink (or one forgotten already) is an I/O error for the guest (as with wasmtime-py's custom
+    # outputs). The count is always all of it: wasmtime's stream panics (the process aborts,
+    # measured on wasmtime 50) when told that fewer bytes (or more) were written; plugsafe's
+    # sinks take everything.
     try:
         _OUTPUTS[int(ffi.cast("uintptr_t", data))](bytes(ffi.buffer(buf, size)) if size else b"")
         # Whatever the sink answered (more, less, negative, not a number): wasmtime trusts the
@@ -258,14 +308,9 @@ def _write(data: Any, buf: Any, size: int) -> int:
         return -errno.EIO
 
 
-def _forget(data: Any) -> None:
-    _OUTPUTS.pop(int(ffi.cast("uintptr_t", data)), None)
-
-
-# Made once, kept for the life of the process: wasmtime may call them from any store's WASI.
-# (error=/onerror=: if even the except path fails, the write fails, never a Python exception.)
+# Made once, kept for the life of the process: wasmtime may call it from any store's WASI.
+# (error=: if even the except path fails, the write fails, never a Python exception.)
 _WRITE = ffi.callback("plugsafe_output_callback_t", _write, error=-errno.EIO)
-_FORGET = ffi.callback("void(*)(void *)", _forget, onerror=lambda *_: None)
 
 
 class Linker:

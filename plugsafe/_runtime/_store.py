@@ -118,7 +118,7 @@ class Store:
     Not thread-safe: its Instance serializes every use (``Instance.release`` under a lock).
     """
 
-    __slots__ = ("__weakref__", "_pid", "_slots", "ctx", "ptr")
+    __slots__ = ("__weakref__", "_outputs", "_pid", "_slots", "ctx", "ptr")
 
     def __init__(
         self,
@@ -133,6 +133,7 @@ class Store:
         self.ptr: int = 0
         self.ctx: int = 0
         self._slots = slots
+        self._outputs: Any = None
         ptr = _new(engine, None, None)
         if not ptr:  # pragma: no cover - wasmtime aborts on allocation failure instead
             raise MemoryError("wasmtime_store_new failed")
@@ -151,8 +152,15 @@ class Store:
     def set_wasi(self, config: object) -> int:
         """Give the store its WASI context: ``DEFAULT_WASI``, or what ``_linker.wasi_config``
         made (an owned ``wasi_config_t``, handed over: a config serves one store). Returns the
-        address of a wasmtime error (owned by the caller), or 0."""
-        return give_wasi(self.ctx, config)
+        address of a wasmtime error (owned by the caller), or 0.
+
+        The configuration's custom outputs (``_linker.WasiConfig.outputs``) are the store's
+        from then on: forgotten when it is deleted."""
+        outputs = getattr(config, "outputs", None)
+        error = give_wasi(self.ctx, config)
+        if outputs is not None:
+            self._outputs, config.outputs = outputs, None  # type: ignore[attr-defined]
+        return error
 
     def close(self) -> None:
         """Delete the store now (idempotent). A forked child never deletes its parent's."""
@@ -160,6 +168,11 @@ class Store:
         if not ptr:
             return
         self.ptr = self.ctx = 0
+        outputs = self._outputs
+        if outputs is not None:
+            # Python's registry only: no call runs on a deleted store, so nothing writes.
+            self._outputs = None
+            outputs.release()
         if _getpid() != self._pid:
             count_leak()
             return
