@@ -64,6 +64,8 @@ _F32_MAX = 3.4028234663852886e38
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _LENGTH_MASK = 0x7FFF_FFFF
 _ERROR_BIT = 0x8000_0000
+# The ABI function's type (_abi.FUNCTION_TYPE), as call_abi compares it.
+_ABI_PARAMS, _ABI_RESULTS = _abi.FUNCTION_TYPE
 _perf_counter = time.perf_counter
 _get_ident = threading.get_ident
 _thread_room = _nesting.thread_room
@@ -581,7 +583,10 @@ class CallPath:
         if room < self._cost or not room & 15:
             raise self.too_deep(th)
         lock = self._lock
-        if self._taken:  # lock.acquire(False), with no call before the try (see _taken)
+        # No instance (a fresh_instance plugin between calls, or a new one needed): the general
+        # path makes one; the lock is not taken here only to be given back at once (issue 14,
+        # goal 6). Read unlocked: an instance made or dropped meanwhile is found by guarded().
+        if self._inst is not None and self._taken:  # (_taken: see there)
             inst = self._inst
             try:
                 ref = self._abi_ref if function is self._abi_fn else self._aim_abi(function)
@@ -663,7 +668,9 @@ class CallPath:
             lock.release()
         if type(function) is not str:  # (see _plain)
             function = _plain(function)
-        return self.guarded(function, lambda inst: self.call_abi(inst, function, payload), context)
+        # (No ``op``: guarded calls call_abi with ``payload`` itself, a closure and a frame less
+        # for every call that comes here, as every fresh_instance call does: issue 14, goal 6.)
+        return self.guarded(function, None, context, None, payload)
 
     def invoke(
         self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
@@ -964,14 +971,16 @@ class CallPath:
     def guarded(
         self,
         function: str,
-        op: Callable[[rt.Instance], T],
+        op: Callable[[rt.Instance], T] | None,
         context: object = None,
         begun: float | None = None,
+        payload: bytes = b"",
     ) -> T:
         """Run one call the general way: wait for the lock, make an instance if there is none.
 
         ``call`` and ``invoke`` come here only when their short path does not apply; ``op``
-        does the lookups and checks that the short path finds already done. ``context`` is
+        does the lookups and checks that the short path finds already done (None: ``call_abi``
+        of ``function`` with ``payload``, call()'s general path). ``context`` is
         the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions);
         ``begun`` when the call began if before now (a pool's wait for a free instance).
         """
@@ -1011,7 +1020,22 @@ class CallPath:
             made = inst is None
             if inst is None:
                 # Made within the call's deadline (limited to it: see Instance.limit_deadline).
-                inst = self.instance = self.instantiate(me, begun)
+                # (instantiate(), inline: a fresh_instance plugin comes here on every call.)
+                self.owner = me
+                state.call_start = begun
+                try:
+                    inst = self.new_instance("call")
+                except PYTHON_FAILED as exc:
+                    self.host_record.spent = self.host_record.leak = True  # see the short paths
+                    raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                finally:
+                    state.call_start = None
+                    self.owner = None
+                if self._inst is None:
+                    # The instance setter's case from None, inline: nothing aimed to forget.
+                    self._inst = inst
+                else:  # (only if the start function's host calls could set one: never now)
+                    self.instance = inst
             start = _perf_counter()
             if end is not None:
                 if start >= end:
@@ -1028,6 +1052,8 @@ class CallPath:
                 state.function = function
                 state.start = begun
             try:
+                if op is None:
+                    return self.call_abi(inst, function, payload)  # type: ignore[return-value]
                 return op(inst)
             except rt.WasmFailure as failure:
                 raise_clean(self.failed(failure, function, inst))
@@ -1291,7 +1317,11 @@ class CallPath:
             # (with pooling, its slot is needed by the next call). Its stats are then what
             # release() measured (the memory is read once, not twice: issue 14, goal 6).
             if self._inst is not None:
-                self.instance = None
+                # (The instance setter, inline: a frame less on every fresh call.)
+                self._fn = self._abi_fn = _UNAIMED
+                self._set_at = -math.inf
+                self._inst = None
+                self._forget()
             memory, fuel_left = inst.release()
             # record(), inline, with what release() measured.
             if th is None:
@@ -1503,6 +1533,18 @@ class CallPath:
                 f"plugin {self.name!r} does not implement the plugsafe ABI (it exports no "
                 f"{_abi.VERSION_EXPORT!r}); use invoke() for plain numeric exports"
             )
+        if self.fresh:
+            # An instance made for this one call: the function (checked here against the
+            # module's export, which every instance of it has) is called without a FuncRef
+            # (Instance.abi_once; issue 14, goal 6). Anything else: the checks below say what.
+            info = self.exports.get(function)
+            if (
+                info is not None
+                and info.kind == "func"
+                and info.params == _ABI_PARAMS
+                and info.results == _ABI_RESULTS
+            ):
+                return self.round_trip(inst, None, function, payload)
         ref = inst.func(function)
         if ref is None:
             ref = self.lookup(inst, function)  # (raises: which export is missing)
@@ -1615,11 +1657,19 @@ class CallPath:
     # -- the ABI round trip ---------------------------------------------------------------------
 
     def round_trip(
-        self, inst: rt.Instance, ref: rt.FuncRef, function: str, payload: bytes
+        self, inst: rt.Instance, ref: rt.FuncRef | None, function: str, payload: bytes
     ) -> bytes:
-        """Input in, call, output out, for an ABI function already checked (``abi_ok``)."""
+        """Input in, call, output out, for an ABI function already checked (``abi_ok``; None:
+        ``function``, checked by call_abi, on an instance made for this call)."""
         try:
-            word = inst.abi_call(inst.funcs.get(_abi.ALLOC_EXPORT), ref, payload)
+            if ref is not None:
+                word = inst.abi_call(inst.funcs.get(_abi.ALLOC_EXPORT), ref, payload)
+            else:
+                once = inst.abi_once(function, payload, self.input_buffer)
+                if once is None:  # no such function now (a released instance): as call_abi
+                    ref = self.lookup(inst, function)  # (raises: which export is missing)
+                    once = inst.abi_call(None, ref, payload)
+                word = once
         except rt.GuestAllocError:
             self._raise_alloc_failure(inst, function, len(payload))
         except InputBufferError as exc:
