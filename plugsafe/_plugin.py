@@ -889,21 +889,23 @@ class Plugin(Closing):
                 linker.prepare(self._module)
                 self._linker = calls.linker = linker
                 calls.host_record = linker.record
+            # (Positional, in Instance's order: a class called with keywords builds a dict of
+            # them, on every instance made for a call.)
             inst = rt.Instance(
                 self._engine,
                 self._linker,
                 self._module,
-                memory_size=self._memory_per,
-                memories=self._memories_cap,
-                table_elements=self._table_elements,
-                tables=_MAX_TABLES,
-                fuel=self._fuel,
-                deadline_ticks=self._ticks,
-                epochs=self._epochs,
-                timeout=self._timeout,
-                wasi=wasi,
-                until=until,
-                timeout_ticks=self._timeout_ticks,
+                self._memory_per,  # memory_size
+                self._memories_cap,  # memories
+                self._table_elements,  # table_elements
+                _MAX_TABLES,  # tables
+                self._fuel,  # fuel
+                self._ticks,  # deadline_ticks
+                self._epochs,  # epochs
+                self._timeout,  # timeout
+                wasi,
+                until,
+                self._timeout_ticks,  # timeout_ticks
             )
             if self._reactor:  # its type was checked at load (_check_exports)
                 state.function = "_initialize"

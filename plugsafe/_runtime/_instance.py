@@ -90,7 +90,6 @@ class Instance:
         engine: Engine,
         linker: Linker,
         module: Module,
-        *,
         memory_size: int,
         memories: int,
         table_elements: int,
@@ -183,10 +182,15 @@ class Instance:
             else:
                 # Made for a call that started earlier (``until`` is its deadline): the start
                 # function runs on what is left of that call's time, not on a timeout of its
-                # own; held until the call path lifts it (limit_deadline(None)).
-                limit(arming, now, until)
-                ticks = epochs.ticks(max(until - now, 0.0))
-            b.set_deadline(ctx, epochs.deadline(now, ticks))
+                # own; held until the call path lifts it (limit_deadline(None)). (_ticker.limit,
+                # inline: every fresh_instance call comes here.)
+                arming[1] = now
+                arming[2] = until
+                arming[0] = math.inf
+                left = until - now
+                ticks = epochs.ticks(left if left > 0.0 else 0.0)
+            # (Ticker.deadline's case once the ticker ticks, inline; before: it says.)
+            b.set_deadline(ctx, ticks if now >= epochs.start else epochs.deadline(now, ticks))
         if linker._pre is None:
             linker.prepare(module)
         assert linker._pre is not None
