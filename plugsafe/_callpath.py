@@ -64,8 +64,6 @@ _F32_MAX = 3.4028234663852886e38
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _LENGTH_MASK = 0x7FFF_FFFF
 _ERROR_BIT = 0x8000_0000
-# The ABI function's type (_abi.FUNCTION_TYPE), as call_abi compares it.
-_ABI_PARAMS, _ABI_RESULTS = _abi.FUNCTION_TYPE
 _perf_counter = time.perf_counter
 _get_ident = threading.get_ident
 _thread_room = _nesting.thread_room
@@ -290,6 +288,7 @@ class CallPath:
         "_lock",
         "_many",
         "_max_input",
+        "_once",
         "_period",
         "_pn",
         "_ps",
@@ -407,6 +406,9 @@ class CallPath:
         self.abi = False
         # Set with it if the plugin exports plugsafe_input_buffer with its type (prepare_abi).
         self.input_buffer = False
+        # With fresh_instance, once the ABI check passed: the module's exports of the ABI's
+        # type, called on a new instance without FuncRefs (see call_abi); empty until then.
+        self._once: frozenset[str] = frozenset()
         # Stats of the last call as a plain tuple; CallStats is built only when asked for.
         # The memory size is read when asked for: memory changes only during calls, and the
         # instance is kept only while it is the current one (a discarded one is measured now).
@@ -1053,6 +1055,9 @@ class CallPath:
                 state.start = begun
             try:
                 if op is None:
+                    if type(function) is str and function in self._once:
+                        # (call_abi's first case, inline: every fresh_instance call.)
+                        return self.round_trip(inst, None, function, payload)  # type: ignore[return-value]
                     return self.call_abi(inst, function, payload)  # type: ignore[return-value]
                 return op(inst)
             except rt.WasmFailure as failure:
@@ -1534,16 +1539,17 @@ class CallPath:
                 f"{_abi.VERSION_EXPORT!r}); use invoke() for plain numeric exports"
             )
         if self.fresh:
-            # An instance made for this one call: the function (checked here against the
-            # module's export, which every instance of it has) is called without a FuncRef
+            # An instance made for this one call: a function the module exports with the
+            # ABI's type (every instance of it has it) is called without a FuncRef
             # (Instance.abi_once; issue 14, goal 6). Anything else: the checks below say what.
-            info = self.exports.get(function)
-            if (
-                info is not None
-                and info.kind == "func"
-                and info.params == _ABI_PARAMS
-                and info.results == _ABI_RESULTS
-            ):
+            once = self._once
+            if not once:
+                once = self._once = frozenset(
+                    name
+                    for name, info in self.exports.items()
+                    if info.kind == "func" and (info.params, info.results) == _abi.FUNCTION_TYPE
+                )
+            if function in once:
                 return self.round_trip(inst, None, function, payload)
         ref = inst.func(function)
         if ref is None:

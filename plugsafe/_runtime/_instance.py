@@ -612,12 +612,18 @@ class Instance:
             return
         if at == 0:
             raise InputBufferError(f"a buffer of {cap} bytes at address 0 (the ABI's null)")
-        # Python integers: at + cap cannot wrap. _span raises unless all of it is inside.
+        # Python integers: at + cap cannot wrap.
         if at + cap > self._known:
-            try:
-                self._span(at, cap)
-            except GuestMemoryError as exc:
-                raise InputBufferError(str(exc)) from None
+            # The window on all of memory (_span's first step, inline: a new instance is asked
+            # here at its first input, every fresh_instance call); _span then says what is wrong.
+            memory = self.memory
+            if memory is not None:
+                self._window, self._known = self._b.window(self._ctx, memory)
+            if at + cap > self._known:
+                try:
+                    self._span(at, cap)  # (raises: not all of it is inside)
+                except GuestMemoryError as exc:
+                    raise InputBufferError(str(exc)) from None
         self._in_at, self._in_cap = at, cap
         self._in_raw = at if at <= 0x7FFF_FFFF else at - 0x1_0000_0000
 
