@@ -8,6 +8,7 @@ for a KeyboardInterrupt raised inside the call. The call's deadline covers the i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -272,3 +273,21 @@ def test_closing_from_a_host_function_during_a_fresh_call_frees_the_slot(
     with pytest.raises(plugsafe.PluginClosedError):
         p.call("echo", b"x")
     assert_slots_free(pooled)
+
+
+@pytest.mark.parametrize("ahead_of_now", [-math.inf, -1.0, 0.0, 0.004, 0.05, 0.5, 30.0])
+def test_a_new_instances_deadline_in_one_step_is_the_tickers_two(ahead_of_now: float) -> None:
+    # Ticker.deadline_within (what a new instance for a call sets) is deadline(ticks(left)),
+    # whether the ticker ticks already or its first tick is still to come.
+    import wasmtime
+
+    from plugsafe._runtime import _ticker
+
+    cfg = wasmtime.Config()
+    cfg.epoch_interruption = True
+    tk = _ticker.Ticker(wasmtime.Engine(cfg), native=False)  # never armed: nothing ticks
+    now = time.perf_counter()
+    tk.start = now + ahead_of_now
+    for left in (-1.0, 0.0, 0.001, 0.01, 0.025, 0.049, 0.05, 0.3, 1.0, 7.5, 30.0, 3600.0):
+        expected = tk.deadline(now, tk.ticks(max(left, 0.0)))
+        assert tk.deadline_within(now, left) == expected, (left, ahead_of_now)

@@ -178,7 +178,10 @@ class Instance:
                 epochs.arm()
             if until is None:
                 arming[0] = now
+                # (Ticker.deadline's case once the ticker ticks, inline; before: it says.)
                 ticks = self._ticks
+                if now < epochs.start:
+                    ticks = epochs.deadline(now, ticks)
             else:
                 # Made for a call that started earlier (``until`` is its deadline): the start
                 # function runs on what is left of that call's time, not on a timeout of its
@@ -187,10 +190,8 @@ class Instance:
                 arming[1] = now
                 arming[2] = until
                 arming[0] = math.inf
-                left = until - now
-                ticks = epochs.ticks(left if left > 0.0 else 0.0)
-            # (Ticker.deadline's case once the ticker ticks, inline; before: it says.)
-            b.set_deadline(ctx, ticks if now >= epochs.start else epochs.deadline(now, ticks))
+                ticks = epochs.deadline_within(now, until - now)
+            b.set_deadline(ctx, ticks)
         if linker._pre is None:
             linker.prepare(module)
         assert linker._pre is not None

@@ -365,6 +365,23 @@ class Ticker:
         half = timeout / 2
         return math.ceil((timeout - (AHEAD if half > AHEAD else half)) / self.period) + _SLACK_TICKS
 
+    def deadline_within(self, now: float, left: float) -> int:
+        """``deadline(now, ticks(left))`` in one frame: the epoch deadline to set at ``now``
+        for a deadline ``left`` seconds away (a new instance made for a call that started
+        earlier: every ``fresh_instance`` call; issue 14, goal 6)."""
+        if left < 0.0:
+            left = 0.0
+        half = left / 2
+        period = self.period
+        ticks = math.ceil((left - (AHEAD if half > AHEAD else half)) / period) + _SLACK_TICKS
+        start = self.start
+        if now >= start:
+            return ticks
+        skipped = int((start - now) / period)
+        if ticks - skipped >= _SLACK_TICKS:
+            return ticks - skipped
+        return self.deadline(now, ticks)  # (it starts the ticking now)
+
     def deadline(self, now: float, ticks: int) -> int:
         """The epoch deadline to set at ``now`` for a deadline of ``ticks`` (:meth:`ticks`).
 
