@@ -288,6 +288,7 @@ class CallPath:
         "_lock",
         "_many",
         "_max_input",
+        "_once",
         "_period",
         "_pn",
         "_ps",
@@ -405,6 +406,9 @@ class CallPath:
         self.abi = False
         # Set with it if the plugin exports plugsafe_input_buffer with its type (prepare_abi).
         self.input_buffer = False
+        # With fresh_instance, once the ABI check passed: the module's exports of the ABI's
+        # type, called on a new instance without FuncRefs (see call_abi); empty until then.
+        self._once: frozenset[str] = frozenset()
         # Stats of the last call as a plain tuple; CallStats is built only when asked for.
         # The memory size is read when asked for: memory changes only during calls, and the
         # instance is kept only while it is the current one (a discarded one is measured now).
@@ -477,8 +481,7 @@ class CallPath:
         """Drop the aimed functions (the instance changed)."""
         # A sentinel no caller passes: ``function is self._fn`` is then never true.
         self._fn = self._abi_fn = _UNAIMED
-        self._abi_ref = None
-        self._ref = self._ctx = self._ticker = self._fuel = None
+        self._ctx = self._ticker = self._fuel = None
         self._rv = None
         self._ps = 0
         self._pn = -1
@@ -487,6 +490,10 @@ class CallPath:
         self._set_at = -math.inf
         self._horizon = self._period = 0.0
         self._put = self._raw = self._set_fuel = self._failure = self._many = _unaimed
+        # Last (aiming sets them first): while either is set, something may still be aimed at
+        # an old instance, and settle() calls this again (see there).
+        self._abi_ref = None
+        self._ref = None
 
     def _aim(self, function: str) -> bool:
         """Make ``function`` (already checked for invoke() on the current instance) the one
@@ -581,7 +588,10 @@ class CallPath:
         if room < self._cost or not room & 15:
             raise self.too_deep(th)
         lock = self._lock
-        if self._taken:  # lock.acquire(False), with no call before the try (see _taken)
+        # No instance (a fresh_instance plugin between calls, or a new one needed): the general
+        # path makes one; the lock is not taken here only to be given back at once (issue 14,
+        # goal 6). Read unlocked: an instance made or dropped meanwhile is found by guarded().
+        if self._inst is not None and self._taken:  # (_taken: see there)
             inst = self._inst
             try:
                 ref = self._abi_ref if function is self._abi_fn else self._aim_abi(function)
@@ -663,7 +673,9 @@ class CallPath:
             lock.release()
         if type(function) is not str:  # (see _plain)
             function = _plain(function)
-        return self.guarded(function, lambda inst: self.call_abi(inst, function, payload), context)
+        # (No ``op``: guarded calls call_abi with ``payload`` itself, a closure and a frame less
+        # for every call that comes here, as every fresh_instance call does: issue 14, goal 6.)
+        return self.guarded(function, None, context, None, payload)
 
     def invoke(
         self, function: str, *args: SupportsIndex | SupportsFloat, context: Any = None
@@ -964,14 +976,16 @@ class CallPath:
     def guarded(
         self,
         function: str,
-        op: Callable[[rt.Instance], T],
+        op: Callable[[rt.Instance], T] | None,
         context: object = None,
         begun: float | None = None,
+        payload: bytes = b"",
     ) -> T:
         """Run one call the general way: wait for the lock, make an instance if there is none.
 
         ``call`` and ``invoke`` come here only when their short path does not apply; ``op``
-        does the lookups and checks that the short path finds already done. ``context`` is
+        does the lookups and checks that the short path finds already done (None: ``call_abi``
+        of ``function`` with ``payload``, call()'s general path). ``context`` is
         the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions);
         ``begun`` when the call began if before now (a pool's wait for a free instance).
         """
@@ -1011,7 +1025,22 @@ class CallPath:
             made = inst is None
             if inst is None:
                 # Made within the call's deadline (limited to it: see Instance.limit_deadline).
-                inst = self.instance = self.instantiate(me, begun)
+                # (instantiate(), inline: a fresh_instance plugin comes here on every call.)
+                self.owner = me
+                state.call_start = begun
+                try:
+                    inst = self.new_instance("call")
+                except PYTHON_FAILED as exc:
+                    self.host_record.spent = self.host_record.leak = True  # see the short paths
+                    raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
+                finally:
+                    state.call_start = None
+                    self.owner = None
+                if self._inst is None:
+                    # The instance setter's case from None, inline: nothing aimed to forget.
+                    self._inst = inst
+                else:  # (only if the start function's host calls could set one: never now)
+                    self.instance = inst
             start = _perf_counter()
             if end is not None:
                 if start >= end:
@@ -1028,6 +1057,11 @@ class CallPath:
                 state.function = function
                 state.start = begun
             try:
+                if op is None:
+                    if type(function) is str and function in self._once:
+                        # (call_abi's first case, inline: every fresh_instance call.)
+                        return self.round_trip(inst, None, function, payload)  # type: ignore[return-value]
+                    return self.call_abi(inst, function, payload)  # type: ignore[return-value]
                 return op(inst)
             except rt.WasmFailure as failure:
                 raise_clean(self.failed(failure, function, inst))
@@ -1291,7 +1325,16 @@ class CallPath:
             # (with pooling, its slot is needed by the next call). Its stats are then what
             # release() measured (the memory is read once, not twice: issue 14, goal 6).
             if self._inst is not None:
-                self.instance = None
+                # (The instance setter, inline: a frame less on every fresh call.)
+                self._fn = self._abi_fn = _UNAIMED
+                self._set_at = -math.inf
+                self._inst = None
+                if self._ref is not None or self._abi_ref is not None:
+                    # Something was aimed at it. (Aiming sets these first, _forget clears them
+                    # last: with neither set, every field is as _forget leaves it. A fresh
+                    # call's instance, called once through the general path, is never aimed at:
+                    # a frame and 20 stores less per call.)
+                    self._forget()
             memory, fuel_left = inst.release()
             # record(), inline, with what release() measured.
             if th is None:
@@ -1503,6 +1546,19 @@ class CallPath:
                 f"plugin {self.name!r} does not implement the plugsafe ABI (it exports no "
                 f"{_abi.VERSION_EXPORT!r}); use invoke() for plain numeric exports"
             )
+        if self.fresh:
+            # An instance made for this one call: a function the module exports with the
+            # ABI's type (every instance of it has it) is called without a FuncRef
+            # (Instance.abi_once; issue 14, goal 6). Anything else: the checks below say what.
+            once = self._once
+            if not once:
+                once = self._once = frozenset(
+                    name
+                    for name, info in self.exports.items()
+                    if info.kind == "func" and (info.params, info.results) == _abi.FUNCTION_TYPE
+                )
+            if function in once:
+                return self.round_trip(inst, None, function, payload)
         ref = inst.func(function)
         if ref is None:
             ref = self.lookup(inst, function)  # (raises: which export is missing)
@@ -1615,11 +1671,19 @@ class CallPath:
     # -- the ABI round trip ---------------------------------------------------------------------
 
     def round_trip(
-        self, inst: rt.Instance, ref: rt.FuncRef, function: str, payload: bytes
+        self, inst: rt.Instance, ref: rt.FuncRef | None, function: str, payload: bytes
     ) -> bytes:
-        """Input in, call, output out, for an ABI function already checked (``abi_ok``)."""
+        """Input in, call, output out, for an ABI function already checked (``abi_ok``; None:
+        ``function``, checked by call_abi, on an instance made for this call)."""
         try:
-            word = inst.abi_call(inst.funcs.get(_abi.ALLOC_EXPORT), ref, payload)
+            if ref is not None:
+                word = inst.abi_call(inst.funcs.get(_abi.ALLOC_EXPORT), ref, payload)
+            else:
+                once = inst.abi_once(function, payload, self.input_buffer)
+                if once is None:  # no such function now (a released instance): as call_abi
+                    ref = self.lookup(inst, function)  # (raises: which export is missing)
+                    once = inst.abi_call(None, ref, payload)
+                word = once
         except rt.GuestAllocError:
             self._raise_alloc_failure(inst, function, len(payload))
         except InputBufferError as exc:

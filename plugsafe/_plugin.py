@@ -342,6 +342,10 @@ class Plugin(Closing):
         self._wasi: WasiShims | None = None
         if policy.wasi is not None:
             self._wasi = WasiShims(policy.wasi, policy.max_output, calls.state, diagnosis)
+        else:
+            # _new_instance's first case directly: a frame less for every instance made for a
+            # call (a fresh_instance plugin makes one per call: issue 14, goal 6).
+            calls.new_instance = self._instantiate
         # The Host's pool of Linkers of closed plugins: one that defines exactly what this
         # plugin's Linker would (same engine, module, host functions, WASI or not) is taken
         # and rebound to this plugin instead of built (issue 14). The import check above
@@ -853,8 +857,9 @@ class Plugin(Closing):
         text = f"plugin {self._name!r}: cannot give the plugin its WASI context: {exc.message}"
         return PluginLoadError(text) if phase == "load" else PluginCallError(text)
 
-    def _instantiate(self, phase: Phase, wasi: object | None) -> rt.Instance:
-        """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget."""
+    def _instantiate(self, phase: Phase, wasi: object | None = None) -> rt.Instance:
+        """Instantiate (start function, then a reactor's ``_initialize``) under a fresh budget,
+        with the WASI context ``wasi`` (None: the plugin has no WASI)."""
         calls = self._calls
         state = calls.state
         # state.begin("(start)", phase), inline: this runs for every instance (issue 14).
@@ -884,21 +889,23 @@ class Plugin(Closing):
                 linker.prepare(self._module)
                 self._linker = calls.linker = linker
                 calls.host_record = linker.record
+            # (Positional, in Instance's order: a class called with keywords builds a dict of
+            # them, on every instance made for a call.)
             inst = rt.Instance(
                 self._engine,
                 self._linker,
                 self._module,
-                memory_size=self._memory_per,
-                memories=self._memories_cap,
-                table_elements=self._table_elements,
-                tables=_MAX_TABLES,
-                fuel=self._fuel,
-                deadline_ticks=self._ticks,
-                epochs=self._epochs,
-                timeout=self._timeout,
-                wasi=wasi,
-                until=until,
-                timeout_ticks=self._timeout_ticks,
+                self._memory_per,  # memory_size
+                self._memories_cap,  # memories
+                self._table_elements,  # table_elements
+                _MAX_TABLES,  # tables
+                self._fuel,  # fuel
+                self._ticks,  # deadline_ticks
+                self._epochs,  # epochs
+                self._timeout,  # timeout
+                wasi,
+                until,
+                self._timeout_ticks,  # timeout_ticks
             )
             if self._reactor:  # its type was checked at load (_check_exports)
                 state.function = "_initialize"

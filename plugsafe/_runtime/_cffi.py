@@ -176,6 +176,13 @@ class CffiBackend(CffiTraps):
         self._size = lib.wasmtime_memory_data_size
         self._deadline = lib.wasmtime_context_set_epoch_deadline
         self._null = ffi.NULL
+        # The types every new instance allocates or casts to, resolved once.
+        self._ctx_t = ffi.typeof("wasmtime_context_t *")
+        self._instance_t = ffi.typeof("wasmtime_instance_t *")
+        self._trap_t = ffi.typeof("wasm_trap_t **")
+        self._extern_t = ffi.typeof("wasmtime_extern_t *")
+        self._func_t = ffi.typeof("wasmtime_func_t *")
+        self._memory_t = ffi.typeof("wasmtime_memory_t *")
         # What a host callback returns when it succeeded: a null trap pointer.
         self.ok: object = ffi.NULL
 
@@ -189,7 +196,11 @@ class CffiBackend(CffiTraps):
         return Ctx(self.ffi.cast("wasmtime_context_t *", address(store._context())))
 
     def ctx_at(self, address: int) -> Ctx:
-        return Ctx(self.ffi.cast("wasmtime_context_t *", address))
+        # Annotated rather than wrapped in the NewType (a call through its __call__, ~300
+        # instructions): this, instantiate and export run for every new instance (issue 14,
+        # goal 6: five such calls per fresh_instance call). Likewise below.
+        ctx: Ctx = self.ffi.cast(self._ctx_t, address)
+        return ctx
 
     def buf(self, n: int) -> RawSlots:
         return cast(RawSlots, self.ffi.new("wasmtime_val_raw_t[]", n))
@@ -199,31 +210,32 @@ class CffiBackend(CffiTraps):
         return PreHandle((pre.raw, pre))
 
     def instantiate(self, pre: PreHandle, ctx: Ctx) -> InstanceHandle:
-        ffi = self.ffi
-        instance = ffi.new("wasmtime_instance_t *")
-        trap = ffi.new("wasm_trap_t **")
+        new = self.ffi.new
+        # (The types resolved once, in __init__: no lookup of their text per instance.)
+        instance: InstanceHandle = new(self._instance_t)
+        trap = new(self._trap_t)
         # (Annotated, not cast: a subscripted cast built its generic alias on every instance.)
         held: Any = pre
         pointer = held[0]
         error = self.lib.wasmtime_instance_pre_instantiate(pointer, ctx, instance, trap)
         if error or trap[0]:
             self._raise(error, trap[0])
-        return InstanceHandle(instance)
+        return instance
 
     def export(self, ctx: Ctx, instance: InstanceHandle, name: bytes) -> Extern | None:
-        ffi = self.ffi
-        item = ffi.new("wasmtime_extern_t *")
+        new = self.ffi.new
+        item = new(self._extern_t)
         if not self.lib.wasmtime_instance_export_get(ctx, instance, name, len(name), item):
             return None
         kind = int(item.kind)
         if kind == KIND_FUNC:
-            out = ffi.new("wasmtime_func_t *")
-            out[0] = item.of.func
-            return kind, FuncHandle(out)
+            func: FuncHandle = new(self._func_t)
+            func[0] = item.of.func  # type: ignore[index]
+            return kind, func
         if kind == KIND_MEMORY:
-            mem = ffi.new("wasmtime_memory_t *")
-            mem[0] = item.of.memory
-            return kind, MemHandle(mem)
+            mem: MemHandle = new(self._memory_t)
+            mem[0] = item.of.memory  # type: ignore[index]
+            return kind, mem
         return kind, None
 
     # -- the fast path: raw calls on scratch buffers --

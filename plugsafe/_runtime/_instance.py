@@ -7,10 +7,11 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._abi import ALLOC_EXPORT
+from .._abi import ALLOC_EXPORT, INPUT_BUFFER_EXPORT
 from ._backend import (
     EMPTY_WINDOW,
     KIND_FUNC,
@@ -46,6 +47,7 @@ from ._ticker import Ticker, guard, limit, unlimit
 __all__ = ["InputBufferError", "Instance"]
 
 _perf_counter = time.perf_counter
+INPUT_BUFFER_BYTES = INPUT_BUFFER_EXPORT.encode()
 # Orders Instance.release against memory_total read from another thread (Plugin.last_call).
 _RELEASING = threading.Lock()
 
@@ -88,7 +90,6 @@ class Instance:
         engine: Engine,
         linker: Linker,
         module: Module,
-        *,
         memory_size: int,
         memories: int,
         table_elements: int,
@@ -177,14 +178,20 @@ class Instance:
                 epochs.arm()
             if until is None:
                 arming[0] = now
+                # (Ticker.deadline's case once the ticker ticks, inline; before: it says.)
                 ticks = self._ticks
+                if now < epochs.start:
+                    ticks = epochs.deadline(now, ticks)
             else:
                 # Made for a call that started earlier (``until`` is its deadline): the start
                 # function runs on what is left of that call's time, not on a timeout of its
-                # own; held until the call path lifts it (limit_deadline(None)).
-                limit(arming, now, until)
-                ticks = epochs.ticks(max(until - now, 0.0))
-            b.set_deadline(ctx, epochs.deadline(now, ticks))
+                # own; held until the call path lifts it (limit_deadline(None)). (_ticker.limit,
+                # inline: every fresh_instance call comes here.)
+                arming[1] = now
+                arming[2] = until
+                arming[0] = math.inf
+                ticks = epochs.deadline_within(now, until - now)
+            b.set_deadline(ctx, ticks)
         if linker._pre is None:
             linker.prepare(module)
         assert linker._pre is not None
@@ -230,7 +237,12 @@ class Instance:
                 if name == b"memory":
                     self.memory = mem
         # The Linker closes every store made through it before serving another plugin.
-        linker.made(self)
+        # (Linker.made, inline: a fresh_instance plugin makes an instance per call.)
+        refs = linker._instances
+        if len(refs) >= 8:
+            # A plugin with fresh_instance makes one per call: forget the collected ones.
+            refs[:] = [r for r in refs if r() is not None]
+        refs.append(weakref.ref(self))
 
     # -- budget -------------------------------------------------------------------------------
 
@@ -407,21 +419,7 @@ class Instance:
         word, trap = query.get()  # type: ignore[misc]
         if error or trap:
             raise self._failed(query, error, trap)
-        # Unsigned, as every guest pointer and length: pointer high, capacity low.
-        word &= 0xFFFF_FFFF_FFFF_FFFF
-        at, cap = word >> 32, word & U32
-        if cap == 0:
-            return
-        if at == 0:
-            raise InputBufferError(f"a buffer of {cap} bytes at address 0 (the ABI's null)")
-        # Python integers: at + cap cannot wrap. _span raises unless all of it is inside.
-        if at + cap > self._known:
-            try:
-                self._span(at, cap)
-            except GuestMemoryError as exc:
-                raise InputBufferError(str(exc)) from None
-        self._in_at, self._in_cap = at, cap
-        self._in_raw = at if at <= 0x7FFF_FFFF else at - 0x1_0000_0000
+        self._take_input_buffer(word)
 
     def _failed(self, ref: FuncRef, error: object, trap: int) -> WasmFailure:
         return call_failed(ref.view, 16 * ref.width, self._b.address(error), trap)
@@ -528,6 +526,127 @@ class Instance:
         if error or trap:
             raise self._failed(ref, error, trap)
         return word  # type: ignore[no-any-return]
+
+    def abi_once(self, name: str, payload: bytes, buffered: bool) -> int | None:
+        """``abi_call`` for an instance called once (made for this call: ``fresh_instance``).
+
+        The ABI function ``name`` (the caller checked the module's export: a function of the
+        ABI's type) and, if ``buffered``, the guest's ``plugsafe_input_buffer`` (checked at
+        load) are looked up and called on their scratch slots directly: no FuncRef, no bound
+        call, no entry in ``funcs`` for a function nobody calls again on this instance (issue
+        14, goal 6). The budget, the input buffer's checks, the allocator's and the failures
+        are abi_call's; raises as it does. None (nothing called): no such function (released).
+        """
+        if self._final is not None:
+            return None  # released: its store is gone (abi_call finds no function either)
+        ctx = self._ctx
+        found = self._b.export(ctx, self._instance, name.encode())
+        if found is None or found[0] != KIND_FUNC:  # (the module exports it: never)
+            return None
+        func = self._b.func_arg(found[1])  # type: ignore[arg-type]
+        if self._metered:
+            self._set_fuel(ctx, self._fuel)
+        ticker = self._ticker
+        if ticker is not None:  # the ticker protocol, as in abi_call
+            now = _perf_counter()
+            ticker.last = now
+            if not ticker.armed:
+                ticker.arm()
+            if now - self._arming[0] > self._period:
+                self._arming[0] = now
+                if now - self._set_at > self._horizon:
+                    self._set_at = now
+                    self._b.set_deadline(ctx, ticker.deadline(now, self._ticks))
+        b = self._b
+        instance = self._instance
+        scratch = self._scratch
+        raw_call = self._raw_call
+        n = len(payload)
+        raw_n = n if n <= 0x7FFF_FFFF else n - 0x1_0000_0000
+        raw_pointer = 0
+        if n:
+            if buffered and not self._in_cap:
+                # plugsafe_input_buffer, asked as _ask_input_buffer asks it: once (asked
+                # already, by abi_call or here, or released: not again), whatever the answer.
+                if self._in_wanted:
+                    query = self._in_query
+                    if query is not None:
+                        self._ask_input_buffer(query)
+                else:
+                    self._in_wanted = True
+                    found = b.export(ctx, instance, INPUT_BUFFER_BYTES)
+                    if found is not None and found[0] == KIND_FUNC:
+                        qs = scratch.get(INPUT_BUFFER_EXPORT)
+                        if qs is None:
+                            qs = scratch[INPUT_BUFFER_EXPORT] = make_scratch(b, (), ("i64",))
+                        error = raw_call(ctx, b.func_arg(found[1]), qs.buf, qs.width, qs.trap)  # type: ignore[arg-type]
+                        word, trap = qs.get()  # type: ignore[misc]
+                        if error or trap:
+                            raise call_failed(qs.view, 16 * qs.width, b.address(error), trap)
+                        self._take_input_buffer(word)
+            if n <= self._in_cap:
+                at = self._in_at
+                self._window[at : at + n] = payload
+                raw_pointer = self._in_raw
+            else:
+                raw_pointer = self._alloc_input(n, raw_n, payload)
+        fs = scratch.get(name)
+        if fs is None:
+            fs = scratch[name] = make_scratch(b, ("i32", "i32"), ("i64",))
+        fs.put(raw_pointer, raw_n)  # type: ignore[misc]
+        error = raw_call(ctx, func, fs.buf, fs.width, fs.trap)
+        word, trap = fs.get()  # type: ignore[misc]
+        if error or trap:
+            raise call_failed(fs.view, 16 * fs.width, b.address(error), trap)
+        return word  # type: ignore[no-any-return]
+
+    def _take_input_buffer(self, word: int) -> None:
+        """Check the buffer ``plugsafe_input_buffer`` answered (its result word) and use it.
+
+        Raises InputBufferError if it is not wholly inside ``memory`` or sits at address 0 (the
+        ABI's null). Capacity 0 means no buffer.
+        """
+        # Unsigned, as every guest pointer and length: pointer high, capacity low.
+        word &= 0xFFFF_FFFF_FFFF_FFFF
+        at, cap = word >> 32, word & U32
+        if cap == 0:
+            return
+        if at == 0:
+            raise InputBufferError(f"a buffer of {cap} bytes at address 0 (the ABI's null)")
+        # Python integers: at + cap cannot wrap.
+        if at + cap > self._known:
+            # The window on all of memory (_span's first step, inline: a new instance is asked
+            # here at its first input, every fresh_instance call); _span then says what is wrong.
+            memory = self.memory
+            if memory is not None:
+                self._window, self._known = self._b.window(self._ctx, memory)
+            if at + cap > self._known:
+                try:
+                    self._span(at, cap)  # (raises: not all of it is inside)
+                except GuestMemoryError as exc:
+                    raise InputBufferError(str(exc)) from None
+        self._in_at, self._in_cap = at, cap
+        self._in_raw = at if at <= 0x7FFF_FFFF else at - 0x1_0000_0000
+
+    def _alloc_input(self, n: int, raw_n: int, payload: bytes) -> int:
+        """Place ``payload`` (``n`` bytes) where the guest's ``plugsafe_alloc`` says: abi_once's
+        way for an input over the input buffer (or with none). The pointer, as an i32."""
+        alloc = self.func(ALLOC_EXPORT)
+        if alloc is None:  # a plugin speaking the ABI exports it (checked at load)
+            raise GuestAllocError(f"the plugin exports no {ALLOC_EXPORT!r}")
+        alloc.put(raw_n)  # type: ignore[misc]
+        error = alloc.call()
+        raw_pointer, trap = alloc.get()  # type: ignore[misc]
+        if error or trap:
+            raise self._failed(alloc, error, trap)
+        pointer = raw_pointer & U32
+        if pointer == 0:
+            raise GuestAllocError(f"the plugin's allocator returned 0 for {n} input bytes")
+        end = pointer + n
+        if end > self._known:
+            self._span(pointer, n)
+        self._window[pointer:end] = payload
+        return raw_pointer  # type: ignore[no-any-return]
 
     # -- memory -------------------------------------------------------------------------------
 

@@ -488,7 +488,8 @@ class Linker:
         return not record.spent and not record.leak
 
     def made(self, instance: object) -> None:
-        """Remember ``instance`` (weakly), made through this Linker: ``retire`` closes it."""
+        """Remember ``instance`` (weakly), made through this Linker: ``retire`` closes it.
+        (Instance.__init__ does the same inline.)"""
         refs = self._instances
         if len(refs) >= 8:
             # A plugin with fresh_instance makes one per call: forget the collected ones.

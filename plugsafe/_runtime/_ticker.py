@@ -50,6 +50,7 @@ import _thread
 import atexit
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import sys
@@ -360,7 +361,26 @@ class Ticker:
         The guard first looks ``ahead`` early (see "Prompt returns"): AHEAD, or half a timeout
         shorter than twice that (so short calls well within their timeout never make it look).
         """
-        return math.ceil((timeout - _ahead(timeout)) / self.period) + _SLACK_TICKS
+        # (_ahead, inline: a fresh_instance call computes its deadline's ticks every time.)
+        half = timeout / 2
+        return math.ceil((timeout - (AHEAD if half > AHEAD else half)) / self.period) + _SLACK_TICKS
+
+    def deadline_within(self, now: float, left: float) -> int:
+        """``deadline(now, ticks(left))`` in one frame: the epoch deadline to set at ``now``
+        for a deadline ``left`` seconds away (a new instance made for a call that started
+        earlier: every ``fresh_instance`` call; issue 14, goal 6)."""
+        if left < 0.0:
+            left = 0.0
+        half = left / 2
+        period = self.period
+        ticks = math.ceil((left - (AHEAD if half > AHEAD else half)) / period) + _SLACK_TICKS
+        start = self.start
+        if now >= start:
+            return ticks
+        skipped = int((start - now) / period)
+        if ticks - skipped >= _SLACK_TICKS:
+            return ticks - skipped
+        return self.deadline(now, ticks)  # (it starts the ticking now)
 
     def deadline(self, now: float, ticks: int) -> int:
         """The epoch deadline to set at ``now`` for a deadline of ``ticks`` (:meth:`ticks`).
@@ -624,17 +644,15 @@ _GUARDS: dict[int, tuple[list[float], float, Ticker]] = {}
 _next_key = iter(range(1, 1 << 62)).__next__
 
 
-def _unguard(key: int) -> Any:
-    """The callback of the weak reference to a guarded store's owner: drops its entries."""
-
-    def drop(_ref: object) -> None:
-        _GUARDS.pop(key, None)
-        _GUARD_REFS.pop(key, None)
-
-    return drop
+def _unguard(key: int, _ref: object = None) -> None:
+    """The callback of the weak reference to a guarded store's owner (bound to its key with
+    ``functools.partial``: no closure made per store): drops its entries."""
+    _GUARDS.pop(key, None)
+    _GUARD_REFS.pop(key, None)
 
 
 _GUARD_REFS: dict[int, weakref.ref[object]] = {}
+_partial = functools.partial
 
 
 def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
@@ -707,7 +725,7 @@ def guard(owner: object, store_ptr: int, arming: list[float], timeout: float, tk
     # A weak reference whose callback drops the entry when ``owner`` goes (kept alive by
     # _GUARD_REFS until then): what weakref.finalize did, at a third of its cost per store
     # (issue 14: a store per load and per fresh instance).
-    _GUARD_REFS[key] = weakref.ref(owner, _unguard(key))
+    _GUARD_REFS[key] = weakref.ref(owner, _partial(_unguard, key))
     _NATIVE_API.set_callback(store_ptr, _CALLBACK, key, None)
 
 
