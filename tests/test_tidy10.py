@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from component_wat import WORLD
 import plugsafe
 from plugsafe import _cli, _component_cli
 
+from helpers import run_ok
 from wat import ECHO
 
 
@@ -100,3 +104,128 @@ def test_policy_file_nested_too_deeply_is_policy_error(tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
     code = _cli.main(["run", "--policy", str(path), "x.wasm", "f"], stdout=out, stderr=err)
     assert code == _cli.EXIT_USAGE and "internal error" not in err.getvalue()
+
+
+# -- 2. one re-sender for every cancelled call ---------------------------------------------------
+
+STORM_CALLS = 200  # one running call on each of as many plugins
+
+# Each call waits in host function ``begun`` until every task has been cancelled, then spins:
+# 200 calls spinning on a shared 2-core machine would starve the event loop that delivers the
+# cancels (and napping ones contend for the GIL), which is not what is tested. The interrupts
+# sent meanwhile stop each call at its loop's first turn.
+BLOCKED_SPIN = """
+(module
+  (import "plugsafe" "begun" (func $begun))
+  (func (export "spin") (call $begun) (loop $l (br $l)))
+  (func (export "one") (result i32) i32.const 1))
+"""
+
+
+def test_a_storm_of_cancelled_calls_starts_at_most_a_couple_of_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counted(self: threading.Thread) -> None:
+        if self.name == "plugsafe-cancel":
+            started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
+    running = [0]
+    count_lock = threading.Lock()
+    release = threading.Event()
+
+    def begun() -> None:
+        with count_lock:
+            running[0] += 1
+        release.wait(60)
+
+    with plugsafe.Host() as host:
+        host.function(begun)
+        policy = plugsafe.Policy(timeout=60, allow={"begun"})
+        plugins = [
+            host.load(BLOCKED_SPIN.encode(), policy=policy, name=f"s{i}")
+            for i in range(STORM_CALLS)
+        ]
+
+        async def storm() -> list[BaseException | None]:
+            tasks = [asyncio.ensure_future(plugin.invoke_async("spin")) for plugin in plugins]
+            until = time.monotonic() + 60
+            while running[0] < STORM_CALLS and time.monotonic() < until:
+                await asyncio.sleep(0.01)
+            assert running[0] == STORM_CALLS, "not every plugin began its call"
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            return [o if isinstance(o, BaseException) else None for o in outcomes]
+
+        try:
+            outcomes = asyncio.run(storm())
+        finally:
+            release.set()
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        # Every cancelled call ends promptly: each plugin is free for the next caller.
+        began = time.monotonic()
+        assert [p.invoke("one") for p in plugins] == [1] * STORM_CALLS
+        assert time.monotonic() - began < 10
+    assert 1 <= len(started) <= 2, f"{len(started)} re-sender threads for one storm"
+    until = time.monotonic() + 5
+    while _resenders() and time.monotonic() < until:
+        time.sleep(0.01)
+    assert not _resenders(), "the re-sender did not stop once no cancelled call was left"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_resender() -> None:
+    # The parent's re-sender lingers after a cancel when the process forks: the child has no
+    # such thread (fork copies only the forking thread) and must start its own, or a cancel
+    # landing before its call armed the deadline would let that call run its whole timeout.
+    out = run_ok(
+        """
+        import asyncio, os, threading, time
+        import plugsafe
+        from plugsafe import _callpath
+        from wat import ECHO
+
+        begin = _callpath.CallToken.begin
+
+        def begin_then_cancel(self, path, inst):
+            begin(self, path, inst)
+            canceller = threading.Thread(target=self.cancel)
+            canceller.start()
+            canceller.join()
+
+        _callpath.CallToken.begin = begin_then_cancel
+
+        def cancelled_call_takes():
+            with plugsafe.Host() as host:
+                plugin = host.load(ECHO.encode(), policy=plugsafe.Policy(timeout=20))
+                began = time.monotonic()
+                try:
+                    asyncio.run(plugin.invoke_async("spin"))
+                except plugsafe.DeadlineExceeded:
+                    pass
+                return time.monotonic() - began
+
+        assert cancelled_call_takes() < 5
+        assert any(t.name == "plugsafe-cancel" for t in threading.enumerate())
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = 0 if cancelled_call_takes() < 5 else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        """,
+        timeout=120,
+    )
+    assert out.split() == ["child", "0"]
+
+
+def _resenders() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "plugsafe-cancel"]
