@@ -7,8 +7,10 @@ import asyncio
 import io
 import json
 import os
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,49 @@ def test_a_forked_child_starts_its_own_resender() -> None:
 
 def _resenders() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "plugsafe-cancel"]
+
+
+# -- 3. a stale _speedups build ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [None, 1, 3, "2"])
+def test_a_speedups_build_of_another_api_version_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, version: object
+) -> None:
+    # A build left from an older plugsafe (another ``bind`` signature) must fall back to
+    # cffi's call, saying why, rather than raise TypeError when a call is first bound.
+    from plugsafe._runtime import _cffi
+
+    stale = types.ModuleType("plugsafe._speedups")
+    stale.bind = lambda *args: pytest.fail("a stale bind was called")  # type: ignore[attr-defined]
+    if version is not None:
+        stale.API_VERSION = version  # type: ignore[attr-defined]
+    monkeypatch.delenv("PLUGSAFE_SPEEDUPS", raising=False)
+    monkeypatch.setitem(sys.modules, "plugsafe._speedups", stale)
+    monkeypatch.setattr(plugsafe, "_speedups", stale, raising=False)
+    assert _cffi.load_speedups() is None
+    assert _cffi.SPEEDUPS_PROBLEM is not None
+    assert "API version" in _cffi.SPEEDUPS_PROBLEM and "reinstall" in _cffi.SPEEDUPS_PROBLEM
+
+
+def test_the_built_speedups_declare_the_api_version_the_loader_wants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from plugsafe._runtime import _cffi
+
+    try:
+        from plugsafe import _speedups
+    except ImportError:
+        pytest.skip("plugsafe._speedups was not built here")
+    assert _speedups.API_VERSION == _cffi.SPEEDUPS_API_VERSION
+    monkeypatch.delenv("PLUGSAFE_SPEEDUPS", raising=False)
+    assert _cffi.load_speedups() is _speedups
+    assert _cffi.SPEEDUPS_PROBLEM is None
+    monkeypatch.setenv("PLUGSAFE_SPEEDUPS", "0")
+    assert _cffi.load_speedups() is None
+    assert _cffi.SPEEDUPS_PROBLEM is not None and "PLUGSAFE_SPEEDUPS=0" in _cffi.SPEEDUPS_PROBLEM
+    monkeypatch.setitem(sys.modules, "plugsafe._speedups", None)
+    monkeypatch.delattr(plugsafe, "_speedups")
+    monkeypatch.delenv("PLUGSAFE_SPEEDUPS")
+    assert _cffi.load_speedups() is None
+    assert _cffi.SPEEDUPS_PROBLEM is not None and "not built" in _cffi.SPEEDUPS_PROBLEM
