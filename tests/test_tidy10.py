@@ -20,7 +20,7 @@ from component_wat import WORLD
 import plugsafe
 from plugsafe import _cli, _component_cli
 
-from helpers import run_ok
+from helpers import run_ok, signal_storm
 from wat import ECHO
 
 
@@ -277,3 +277,57 @@ def test_the_built_speedups_declare_the_api_version_the_loader_wants(
     monkeypatch.delenv("PLUGSAFE_SPEEDUPS")
     assert _cffi.load_speedups() is None
     assert _cffi.SPEEDUPS_PROBLEM is not None and "not built" in _cffi.SPEEDUPS_PROBLEM
+
+
+# -- 4. PluginPool.close under a signal storm --------------------------------------------------
+
+_POOL_CLOSE_STORM = """
+    import plugsafe
+    from wat import ECHO
+
+    host = plugsafe.Host()
+    storm_start()
+    hung, half_closed, escaped, interrupts, closes = 0, 0, [], 0, 0
+    end = time.monotonic() + SECONDS
+    while time.monotonic() < end:
+        try:
+            pool = plugsafe.PluginPool(ECHO.encode(), size=1, host=host, name="p")
+        except KeyboardInterrupt:
+            continue  # (a handler armed earlier, landing in the making)
+        try:
+            armed[0] = True
+            pool.close()
+            armed[0] = False
+            closes += 1
+        except KeyboardInterrupt:
+            armed[0] = False
+            interrupts += 1
+            # The app's retry (a finally) finishes the close, and returns.
+            closer = threading.Thread(target=pool.close, daemon=True)
+            closer.start()
+            closer.join(10)
+            if closer.is_alive():
+                hung += 1
+                break
+            if not all(p.closed for p in pool._plugins):
+                half_closed += 1
+        except BaseException as exc:
+            armed[0] = False
+            escaped.append(repr(exc))
+            break
+    storm_stop()
+    report(hung=hung, half_closed=half_closed, escaped=escaped,
+           interrupts=interrupts, closes=closes)
+"""
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="CPython 3.10 runs signal handlers after any instruction"
+)
+def test_a_signal_handlers_exception_in_pool_close_never_leaves_it_half_closed() -> None:
+    got = signal_storm(_POOL_CLOSE_STORM, seconds=4.0, interval=0.0002)
+    assert got["hung"] == 0, got
+    assert got["half_closed"] == 0, got
+    assert got["escaped"] == [], got
+    assert got["interrupts"] > 100, got
+    assert got["closes"] > 10, got
