@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import marshal
 import os
 import sys
 import threading
@@ -331,3 +332,93 @@ def test_a_signal_handlers_exception_in_pool_close_never_leaves_it_half_closed()
     assert got["escaped"] == [], got
     assert got["interrupts"] > 100, got
     assert got["closes"] > 10, got
+
+
+# -- 6. disk-cache entries lying about what the loader measured ---------------------------------
+
+# Two memories, the second of 3 pages at least; five functions, the largest body 7 bytes.
+MEASURED = """(module
+  (memory (export "m0") 1 4)
+  (memory (export "m1") 3)
+  (func (export "a") (result i32) (i32.const 1))
+  (func (export "b") (result i32) (i32.const 2))
+  (func (export "c") (result i32) (i32.const 3))
+  (func (export "d") (result i32) (i32.const 4))
+  (func (export "big") (result i32) (i32.add (i32.const 40) (i32.const 2))))"""
+
+
+def _entry_of(tmp_path: Path) -> Path:
+    with plugsafe.Host(cache_dir=tmp_path) as host:
+        assert host.load(MEASURED.encode()).invoke("big") == 42
+    [entry] = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return entry
+
+
+def _with_meta(entry: Path, edit: Any) -> None:
+    """Rewrite ``entry``'s loader part (shape counts, memory sizes) with ``edit``; the digest
+    made to match, as anyone who can write the directory can."""
+    from test_tidy9_cache import _forge, _split
+
+    data = marshal.loads(_split(entry)[0])
+    counts, memories = data["plugsafe_load"]
+    data["plugsafe_load"] = edit(list(counts), [list(m) for m in memories])
+    _forge(entry, marshal.dumps(data, 4))
+
+
+_PAGE = 65536
+
+MEMORY_LIES = {
+    "smaller-memory": lambda c, m: (tuple(c), ((_PAGE, 4 * _PAGE), (0, None))),
+    "fewer-memories": lambda c, m: (tuple(c), ((_PAGE, 4 * _PAGE),)),
+    "more-memories": lambda c, m: (tuple(c), (*map(tuple, m), (0, None))),
+    "larger-maximum": lambda c, m: (tuple(c), ((_PAGE, 2**40), (3 * _PAGE, None))),
+    "control": lambda c, m: (tuple(c), tuple(map(tuple, m))),
+}
+
+
+# Not yet refused (tidy10 left them, see its report): telling them from the truth on a disk hit
+# means reading the binary's sections (``_wasmbin``, whose import alone costs a cold start
+# ~12 ms) or a check where the store refuses the memory count. A wrong count of memories
+# makes the store refuse every instance (fewer) or splits the policy's memory over too many.
+_UNCAUGHT = pytest.mark.xfail(
+    strict=True, reason="a stored memory count is not checked against the binary yet"
+)
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        pytest.param(name, marks=_UNCAUGHT) if name in ("fewer-memories", "more-memories") else name
+        for name in MEMORY_LIES
+    ],
+)
+def test_an_entry_lying_about_memory_sizes_never_loosens_the_memory_limit(
+    tmp_path: Path, lie: str
+) -> None:
+    # The stored sizes only decide plugsafe's early refusal and how the policy's memory is
+    # split; the store's limiter, set from the policy, has the last word at instantiation:
+    # a lie changes the message, never the limit, and never crashes. (That the entry is not
+    # refused as a whole: see the report of tidy10, item 6.)
+    entry = _entry_of(tmp_path)
+    _with_meta(entry, MEMORY_LIES[lie])
+    with plugsafe.Host(cache_dir=tmp_path) as host:
+        with pytest.raises(plugsafe.MemoryLimitExceeded):
+            host.load(MEASURED.encode(), policy=plugsafe.Policy(memory=4 * _PAGE))
+        plugin = host.load(MEASURED.encode(), policy=plugsafe.Policy(memory=8 * _PAGE))
+        assert plugin.invoke("big") == 42
+
+
+@pytest.mark.xfail(
+    strict=True, reason="stored function counts and sizes are not checked against the binary"
+)
+def test_an_entry_lying_about_function_counts_is_compiled_again(tmp_path: Path) -> None:
+    # The caps that guard the compiler (max_functions, max_function_size) are decided on the
+    # stored shape for a disk hit: a shape that lies lets a module past them (no compile runs,
+    # but the policy's refusal is not made).
+    entry = _entry_of(tmp_path)
+    _with_meta(entry, lambda c, m: ((0, *c[1:3], 1, *c[4:]), tuple(map(tuple, m))))
+    with (
+        plugsafe.Host(cache_dir=tmp_path) as host,
+        pytest.raises(plugsafe.InvalidModuleError, match="max_functions"),
+    ):
+        host.load(MEASURED.encode(), policy=plugsafe.Policy(max_functions=4))
