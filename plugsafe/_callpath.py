@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import math
 import operator
+import os
 import struct
 import sys
 import threading
@@ -247,15 +248,13 @@ class CallToken:
     def _insist(token: CallToken) -> None:
         """Have the shared re-sender interrupt ``token``'s call until it ends (a thread started
         if none runs; it stops when no cancelled call is left running)."""
-        from os import getpid  # (here, not per call: cancels are rare)
-
         cls = CallToken
-        if cls._resend_pid != getpid():
+        if cls._resend_pid != os.getpid():
             # First use, or a forked child: no re-sender thread runs here (fork copies only
             # the forking thread), and the parent's may have held the lock at the fork.
             cls._resend, cls._resend_runs = {}, False
             cls._resend_wake = threading.Condition(threading.Lock())
-            cls._resend_pid = getpid()
+            cls._resend_pid = os.getpid()
         with cls._resend_wake:
             cls._resend[token] = [time.monotonic() + 0.001, 0.001]
             cls._resend_wake.notify()
