@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import math
 import operator
+import os
 import struct
 import sys
 import threading
@@ -229,19 +230,81 @@ class CallToken:
         # The call marks itself running before it arms its deadline, and arming overwrites an
         # interrupt that came first: such a call ran its whole timeout (attack9). So it is
         # interrupted again, a little later each time, until it ends (never a later call:
-        # end() runs under the token's lock). Cancelled running calls are rare; each ends
-        # within milliseconds of an interrupt that came after its arming.
-        threading.Thread(target=self._insist, name="plugsafe-cancel", daemon=True).start()
+        # end() runs under the token's lock). One shared thread does that for every cancelled
+        # running call (tidy10: a thread each made a storm of cancelled tasks a storm of
+        # threads); each call ends within milliseconds of an interrupt after its arming.
+        CallToken._insist(self)
 
-    def _insist(self) -> None:
-        delay = 0.001
+    # The re-sender: the tokens to interrupt again, each with [when next, back-off]; whether
+    # its thread runs; the process they belong to (the first _insist in a process sets them
+    # all). All under ``_resend_wake``'s lock.
+    _resend: dict[CallToken, list[float]]
+    _resend_wake: threading.Condition
+    _resend_runs = False
+    _resend_pid = -1
+    _RESEND_LINGER = 0.5  # seconds the re-sender waits, idle, for another cancel
+
+    @staticmethod
+    def _insist(token: CallToken) -> None:
+        """Have the shared re-sender interrupt ``token``'s call until it ends (a thread started
+        if none runs; it stops when no cancelled call is left running)."""
+        cls = CallToken
+        if cls._resend_pid != os.getpid():
+            # First use, or a forked child: no re-sender thread runs here (fork copies only
+            # the forking thread), and the parent's may have held the lock at the fork.
+            cls._resend, cls._resend_runs = {}, False
+            cls._resend_wake = threading.Condition(threading.Lock())
+            cls._resend_pid = os.getpid()
+        with cls._resend_wake:
+            cls._resend[token] = [time.monotonic() + 0.001, 0.001]
+            cls._resend_wake.notify()
+            if cls._resend_runs:
+                return
+            cls._resend_runs = True
+        try:
+            threading.Thread(target=cls._resender, name="plugsafe-cancel", daemon=True).start()
+        except BaseException:
+            with cls._resend_wake:  # (no thread: the next cancel tries again)
+                cls._resend_runs = False
+            raise
+
+    @staticmethod
+    def _resender() -> None:
+        """The shared re-sender's thread: interrupt each due token's call again, doubling its
+        delay (1 ms to 50 ms), until every call in the set has ended; then stop."""
+        cls = CallToken
+        wake, pending = cls._resend_wake, cls._resend  # this process's (a fork replaces them)
         while True:
-            time.sleep(delay)
-            with self.lock:
-                if self.path is None or self.inst is None:
-                    return
-                self.path.interrupt(self.inst)
-            delay = min(delay * 2, 0.05)
+            with wake:
+                now = time.monotonic()
+                if not pending:
+                    # A storm's cancels reach their tokens one event-loop turn apart, often
+                    # further apart than a call takes to stop: wait a little for the next
+                    # before stopping, or a storm would start a thread for nearly each.
+                    wake.wait(cls._RESEND_LINGER)
+                    if not pending:
+                        cls._resend_runs = False
+                        return
+                    continue
+                due = [t for t, (at, _) in pending.items() if at <= now]
+                if not due:
+                    wake.wait(min(at for at, _ in pending.values()) - now)
+                    continue
+            for token in due:
+                with token.lock:
+                    path, inst = token.path, token.inst
+                    running = path is not None and inst is not None
+                    if path is not None and inst is not None:
+                        path.interrupt(inst)
+                with wake:
+                    entry = pending.get(token)
+                    if entry is None:
+                        continue
+                    if running:
+                        entry[1] = min(entry[1] * 2, 0.05)
+                        entry[0] = time.monotonic() + entry[1]
+                    else:
+                        del pending[token]
 
 
 # A CallPath's HostRecord until its Plugin sets its Linker's (before anything can run): one for

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import io
 import json
 from collections.abc import Mapping
 from typing import IO, Any
 
 from ._component import is_component_source
 from ._componentplugin import ComponentPlugin, import_problems, prepare_component
-from ._errors import PlugsafeError, SignatureError
+from ._errors import AbiError, PlugsafeError, SignatureError
 from ._host import Host
 from ._policy import Policy
 from ._runtime import _component as rc
@@ -66,13 +67,19 @@ def _arguments(plugin: ComponentPlugin, function: str, data: bytes) -> list[Any]
         return []
     try:
         value = json.loads(text)
+        if len(params) == 1 and not (isinstance(value, list) and len(value) == 1):
+            value = [value]
+        if not isinstance(value, list):
+            raise SignatureError("the input must be a JSON array of the function's arguments")
+        return [_from_json(v) for v in value]
     except json.JSONDecodeError as exc:
         raise SignatureError(f"the input is not JSON ({exc}): give the arguments as JSON") from None
-    if len(params) == 1 and not (isinstance(value, list) and len(value) == 1):
-        value = [value]
-    if not isinstance(value, list):
-        raise SignatureError("the input must be a JSON array of the function's arguments")
-    return [_from_json(v) for v in value]
+    except RecursionError:
+        # json's decoder and _from_json recurse once per level: "[[[[..." on stdin would
+        # otherwise end as an internal error.
+        raise SignatureError(
+            "the input is nested too deeply for Python's JSON decoder (its recursion limit)"
+        ) from None
 
 
 def cmd_run(
@@ -89,18 +96,36 @@ def cmd_run(
                 result = plugin.invoke(args.function, *_arguments(plugin, args.function, data))
         except PlugsafeError as exc:
             failure = exc
-    if args.json:
-        report: dict[str, Any] = {"ok": failure is None}
-        if failure is None:
-            report["result"] = to_json(result)
-        else:
-            report["error"] = _cli._error_json(failure)
-        _cli._print_json(report, out)
-    elif failure is None:
-        out.write(json.dumps(to_json(result), ensure_ascii=True) + "\n")
-    else:
+    try:
+        text = _shown(args.json, result, failure)
+    except RecursionError:
+        # A result is as deep as its type, which the guest's binary declares, and the JSON
+        # encoder recurses once per level: a result too deep for it is the guest's fault.
+        failure = AbiError(
+            f"component function {args.function!r} returned a value nested too deeply for "
+            "Python's JSON encoder (its recursion limit)"
+        )
+        text = _shown(args.json, None, failure)
+    out.write(text)
+    if failure is not None and not args.json:
         _cli._report_error(failure, err)
     return _cli.EXIT_OK if failure is None else _cli._exit_code(failure)
+
+
+def _shown(as_json: bool, result: Any, failure: PlugsafeError | None) -> str:
+    """What ``run`` prints on stdout (made whole before anything is written)."""
+    from . import _cli
+
+    if not as_json:
+        return "" if failure is not None else json.dumps(to_json(result), ensure_ascii=True) + "\n"
+    report: dict[str, Any] = {"ok": failure is None}
+    if failure is None:
+        report["result"] = to_json(result)
+    else:
+        report["error"] = _cli._error_json(failure)
+    buffer = io.StringIO()
+    _cli._print_json(report, buffer)
+    return buffer.getvalue()
 
 
 def _world(host: Host, path: str, policy: Policy) -> rc.World:

@@ -100,8 +100,19 @@ def current_call() -> CallInfo | None:
 
 
 def _json_in(value: Any) -> bytes:
-    """``value`` as compact UTF-8 JSON (call_json's input)."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """``value`` as compact UTF-8 JSON (call_json's input).
+
+    Raises what ``json.dumps`` raises for a value it cannot encode (TypeError, ValueError),
+    and ValueError (the RecursionError its ``__cause__``) for one nested too deeply for it:
+    the encoder recurses once per level, and Python's RecursionError is no documented error.
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError as exc:
+        raise ValueError(
+            "call_json: the value is nested too deeply for Python's JSON encoder (its "
+            "recursion limit)"
+        ) from exc
     return text.encode("utf-8")
 
 

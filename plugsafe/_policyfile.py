@@ -362,9 +362,10 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{str(file)!r} is not valid TOML: {exc}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         # tomllib makes ints with int(): one of more than Python's 4,300 digits (a file
-        # someone else wrote) raises ValueError, not a TOMLDecodeError (fuzz9's note).
+        # someone else wrote) raises ValueError, not a TOMLDecodeError (fuzz9's note); its
+        # parser recurses once per nested array or inline table (tidy10).
         raise PolicyError(f"{str(file)!r} is not a usable TOML file: {exc}") from None
     return data
 

@@ -146,7 +146,7 @@ class PluginPool(Closing):
         self._get, self._put = self._idle.get, self._idle.put
         self._plugins: list[Plugin] = []
         self._closed = False
-        self._lock = threading.Lock()
+        self._shut = False  # close() went to its end
         try:
             # Read, checked and compiled once (see _loader); each instance from the same bytes.
             loaded = self._host._prepare(source, policy=policy, name=name)
@@ -466,11 +466,16 @@ class PluginPool(Closing):
         what this thread holds (close() from a host function): that instance is closed as its
         call ends. Threads waiting for a free instance raise PluginClosedError at once.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        # Wakes every thread waiting for a free instance (each puts it back for the next).
+        # No lock making the first close() the only one (tidy10): an exception a signal
+        # handler raised inside it (a Ctrl-C, then the app's ``finally: pool.close()``) left
+        # a pool marked closed whose instances and threads no later close() would touch (and
+        # a lock taken by ``with`` has its own window, see _nesting.Taker). Every step below
+        # may run twice, or in two threads at once: each is idempotent.
+        if self._shut:
+            return
+        self._closed = True
+        # Wakes every thread waiting for a free instance (each puts it back for the next; a
+        # second _CLOSED, from a second close(), is passed on the same way).
         self._idle.put(_CLOSED)
         executor = getattr(self, "_executor", None)
         if executor is not None:
@@ -487,6 +492,7 @@ class PluginPool(Closing):
             plugin.close()
         if self._own_host:
             self._host.close()
+        self._shut = True
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

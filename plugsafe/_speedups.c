@@ -21,6 +21,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* This file's interface (bind's arguments, hostmem_setup, the constants): raise it with every
+ * change to them, together with SPEEDUPS_API_VERSION in plugsafe/_runtime/_cffi.py. */
+#define PLUGSAFE_SPEEDUPS_API_VERSION 2
+
 /* wasmtime_func_call_unchecked(wasmtime_context_t *, const wasmtime_func_t *,
  *                              wasmtime_val_raw_t *, size_t, wasm_trap_t **) -> wasmtime_error_t * */
 typedef void *(*call_unchecked_fn)(void *, const void *, void *, size_t, void **);
@@ -328,6 +332,12 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyModule_AddIntConstant(module, "HOSTMEM_VIEW_SIZE", (long)sizeof(HostMemView)) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    /* The loader (_cffi.load_speedups) uses a build only of the interface it was written for:
+     * a build left from an older plugsafe would refuse bind's arguments. */
+    if (PyModule_AddIntConstant(module, "API_VERSION", PLUGSAFE_SPEEDUPS_API_VERSION) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -2,6 +2,9 @@
 from collections.abc import Callable
 from typing import final
 
+# The interface version of this build (plugsafe/_runtime/_cffi.py: SPEEDUPS_API_VERSION).
+API_VERSION: int
+
 @final
 class RawCall:
     """One exported function's C call, bound by ``bind``: returns the error's address (0: none)."""

@@ -8,15 +8,17 @@ works; no bytecode written), and ``run_ok`` also asserts it exited 0 and returns
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["REENTRY_PLUGIN", "TESTS", "last_json", "run_ok", "run_script"]
+__all__ = ["REENTRY_PLUGIN", "TESTS", "last_json", "run_ok", "run_script", "signal_storm"]
 
 TESTS = Path(__file__).resolve().parent
 
@@ -70,9 +72,60 @@ def run_ok(script: str, **kwargs: object) -> str:
 
 def last_json(stdout: str) -> dict[str, object]:
     """The JSON object a child printed on its last line."""
-    import json
-
     report = json.loads(stdout.strip().splitlines()[-1])
+    assert isinstance(report, dict)
+    return report
+
+
+# What every signal storm's scenario starts with (see signal_storm).
+_STORM_PRELUDE = """
+import faulthandler, json, os, signal, sys, threading, time
+faulthandler.dump_traceback_later(100, exit=True)
+
+armed = [False]
+
+
+def _handler(signum, frame):
+    if armed[0]:
+        armed[0] = False
+        raise KeyboardInterrupt
+
+
+def storm_start():
+    signal.signal(signal.SIGALRM, _handler)
+    signal.setitimer(signal.ITIMER_REAL, INTERVAL, INTERVAL)
+
+
+def storm_stop():
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+
+
+def report(**fields):
+    print(json.dumps(fields), flush=True)
+    os._exit(0)  # (a hung thread of the scenario's must not hold up the exit)
+"""
+
+
+def signal_storm(
+    scenario: str, *, seconds: float, interval: float = 0.0002, timeout: float = 180
+) -> dict[str, Any]:
+    """Run ``scenario`` (dedented) in a fresh interpreter while SIGALRM fires every
+    ``interval`` seconds, and return the JSON object it reports.
+
+    The scenario finds ``SECONDS`` and ``INTERVAL`` set, and the prelude's names: it sets
+    ``armed[0] = True`` where a handler may raise (the handler raises KeyboardInterrupt at the
+    next signal and disarms), calls ``storm_start()`` and ``storm_stop()`` around its loop, and
+    ends with ``report(**fields)`` (prints them as JSON and exits 0). A hang dumps the
+    tracebacks after 100 s (faulthandler) and fails.
+    """
+    code = (
+        f"SECONDS = {seconds!r}\nINTERVAL = {interval!r}\n"
+        + _STORM_PRELUDE
+        + textwrap.dedent(scenario)
+    )
+    done = run_script(code, timeout=timeout, env={"PYTHONFAULTHANDLER": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
     assert isinstance(report, dict)
     return report
 

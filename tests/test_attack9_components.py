@@ -21,20 +21,15 @@ these are made deterministic here: the exception is raised where the handler's w
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import textwrap
 import threading
-from pathlib import Path
 
 import pytest
 from component_wat import WORLD
 
 import plugsafe
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import run_ok, signal_storm
 
 
 def test_an_exception_as_a_component_call_starts_leaves_it_callable(
@@ -99,18 +94,12 @@ def test_a_component_memory_never_reports_a_null_base_to_wasmtime() -> None:
         pytest.skip("no host memory creator on this platform")
     if _hostmem._C_GET is None:
         pytest.skip("no plugsafe._speedups (or PLUGSAFE_SPEEDUPS=0): get_memory is Python")
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_GET_MEMORY)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT / "tests", check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert out.stdout.split("\n")[:3] == ["add 5"] * 3
+    out = run_ok(_GET_MEMORY, timeout=300, env={"PYTHONFAULTHANDLER": "1"})
+    assert out.split("\n")[:3] == ["add 5"] * 3
 
 
+# (A scenario for helpers.signal_storm: ``armed``, ``storm_start``, ``report`` are its.)
 _STORM = """
-    import faulthandler, json, os, signal, sys, time
-    faulthandler.dump_traceback_later(100, exit=True)
     import plugsafe
     from component_wat import WORLD
 
@@ -120,15 +109,7 @@ _STORM = """
         return host.load(WORLD.encode(), policy=plugsafe.Policy(timeout=2.0))
 
     plugin = load()
-    armed = [False]
-
-    def handler(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, INTERVAL, INTERVAL)
+    storm_start()
     locked, escaped, interrupts, calls = 0, [], 0, 0
     end = time.monotonic() + SECONDS
     while time.monotonic() < end:
@@ -147,10 +128,8 @@ _STORM = """
             armed[0] = False
             escaped.append(repr(exc))
             plugin = load()
-    signal.setitimer(signal.ITIMER_REAL, 0, 0)
-    print(json.dumps({"interrupts": interrupts, "calls": calls, "locked": locked,
-                      "escaped": escaped[:5]}), flush=True)
-    os._exit(0)
+    storm_stop()
+    report(interrupts=interrupts, calls=calls, locked=locked, escaped=escaped[:5])
 """
 
 
@@ -167,13 +146,7 @@ def test_a_signal_storm_never_aborts_locks_or_wedges_a_component(interval: float
 
     if _hostmem.AVAILABLE and _hostmem._C_GET is None:
         pytest.skip("no plugsafe._speedups (or PLUGSAFE_SPEEDUPS=0): memory callbacks in Python")
-    code = f"SECONDS = 3.0\nINTERVAL = {interval}\n" + textwrap.dedent(_STORM)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=180, cwd=ROOT / "tests", check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = signal_storm(_STORM, seconds=3.0, interval=interval)
     assert got["locked"] == 0, got
     assert got["escaped"] == [], got
     assert got["interrupts"] > 20, got

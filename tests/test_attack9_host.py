@@ -11,13 +11,11 @@ time limit, so a hang fails the test instead of the suite.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+from helpers import run_ok
 
 # A plugin whose start function calls the host function ``bye``.
 _PRELUDE = """
@@ -27,52 +25,43 @@ _PRELUDE = """
     START = (b'(module (import "plugsafe" "bye" (func $bye)) (func $s (call $bye)) (start $s)'
              b' (func (export "f") (result i32) (i32.const 7)))')
     PLAIN = b'(module (func (export "f") (result i32) (i32.const 7)))'
+
+    def close_on_sigusr1(plugin):  # as a SIGTERM handler's shutdown would
+        signal.signal(signal.SIGUSR1, lambda signum, frame: plugin.close())
 """
 
 
 def _run(code: str) -> str:
     """Run ``code`` in a child process; its stdout (it must exit 0 within the time limit)."""
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_PRELUDE) + textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
+    script = textwrap.dedent(_PRELUDE) + textwrap.dedent(code)
+    return run_ok(script, timeout=120, env={"PYTHONFAULTHANDLER": "1"})
 
 
-def test_a_start_function_that_closes_its_host_fails_the_load_instead_of_hanging() -> None:
+# How the start function's host function closes the host: itself, or by another thread (whose
+# close waits for the Host's lock the load holds).
+_CLOSERS = {
+    "itself": "host.close()",
+    "another thread": (
+        "closer = threading.Thread(target=host.close); closer.start(); closer.join()"
+    ),
+}
+
+
+@pytest.mark.parametrize("closer", list(_CLOSERS))
+def test_a_host_closed_while_a_start_function_runs_fails_the_load_instead_of_hanging(
+    closer: str,
+) -> None:
     out = _run(
-        """
-        host = plugsafe.Host()
-
-        @host.function
-        def bye() -> None:
-            host.close()
-
-        try:
-            host.load(START, policy=plugsafe.Policy(allow={"bye"}))
-        except plugsafe.PluginClosedError as exc:
-            print("refused:", exc)
-        """
-    )
-    assert "refused: this Host was closed while the plugin loaded" in out
-
-
-def test_a_host_closed_by_another_thread_during_a_load_fails_the_load_instead_of_hanging() -> None:
-    out = _run(
-        """
+        f"""
         host = plugsafe.Host()
         other = host.load(PLAIN)
 
         @host.function
         def bye() -> None:
-            closer = threading.Thread(target=host.close)
-            closer.start()
-            closer.join()
+            {_CLOSERS[closer]}
 
         try:
-            host.load(START, policy=plugsafe.Policy(allow={"bye"}))
+            host.load(START, policy=plugsafe.Policy(allow={{"bye"}}))
         except plugsafe.PluginClosedError as exc:
             print("refused:", exc)
         print("other closed:", other.closed)
@@ -82,63 +71,47 @@ def test_a_host_closed_by_another_thread_during_a_load_fails_the_load_instead_of
     assert "other closed: True" in out
 
 
-def test_a_signal_handler_closing_a_plugin_while_its_thread_loads_one_does_not_hang() -> None:
-    # The handler runs while the main thread holds the Host's lock (in load, adding the new
-    # plugin to the host's set): the set's add raises the signal, so the handler runs inside.
+@pytest.mark.parametrize("during", ["load", "close"])
+def test_a_signal_handler_closing_a_plugin_while_its_thread_holds_the_host_lock_does_not_hang(
+    during: str,
+) -> None:
+    # The handler runs while the main thread holds the Host's lock: in load, adding the new
+    # plugin to the host's set (the set's add raises the signal, so the handler runs inside),
+    # or in close, listing its plugins (the listing raises it); the handler closes a plugin,
+    # which takes that lock to leave the host.
     out = _run(
-        """
+        f"""
         host = plugsafe.Host()
-        victim = host.load(PLAIN)
-
-        def handler(signum, frame):
-            victim.close()
-
-        signal.signal(signal.SIGUSR1, handler)
+        plugins = [host.load(PLAIN) for _ in range(4)]
+        close_on_sigusr1(plugins[2])
+        DURING = {during!r}
 
         class Noisy(weakref.WeakSet):
-            armed = False
+            armed = False  # (not while the set is copied in)
 
             def add(self, item):
-                if self.armed:
+                if self.armed and DURING == "load":
                     signal.raise_signal(signal.SIGUSR1)  # the handler runs before add returns
                 super().add(item)
 
-        host._plugins = Noisy(host._plugins)
-        host._plugins.armed = True
-        plugin = host.load(PLAIN)
-        print("loaded:", plugin.invoke("f"), "victim closed:", victim.closed)
-        host.close()
-        print("closed:", plugin.closed)
-        """
-    )
-    assert "loaded: 7 victim closed: True" in out
-    assert "closed: True" in out
-
-
-def test_a_signal_handler_closing_a_plugin_while_its_thread_closes_the_host_does_not_hang() -> None:
-    # Host.close lists its plugins under its lock; the handler closes one of them meanwhile.
-    out = _run(
-        """
-        host = plugsafe.Host()
-        plugins = [host.load(PLAIN) for _ in range(4)]
-
-        def handler(signum, frame):
-            plugins[2].close()
-
-        signal.signal(signal.SIGUSR1, handler)
-
-        class Noisy(weakref.WeakSet):
             def __iter__(self):
                 for i, item in enumerate(super().__iter__()):
-                    if i == 1:
+                    if i == 1 and DURING == "close":
                         signal.raise_signal(signal.SIGUSR1)
                     yield item
 
         host._plugins = Noisy(host._plugins)
+        host._plugins.armed = True
+        if DURING == "load":
+            plugin = host.load(PLAIN)
+            print("loaded:", plugin.invoke("f"), "victim closed:", plugins[2].closed)
+            plugins.append(plugin)
         host.close()
         print("all closed:", all(p.closed for p in plugins))
         """
     )
+    if during == "load":
+        assert "loaded: 7 victim closed: True" in out
     assert "all closed: True" in out
 
 
@@ -154,10 +127,7 @@ def test_a_signal_handler_closing_a_plugin_while_its_thread_starts_its_async_wor
         host = plugsafe.Host()
         plugin = host.load(PLAIN)
 
-        def handler(signum, frame):
-            plugin.close()
-
-        signal.signal(signal.SIGUSR1, handler)
+        close_on_sigusr1(plugin)
         real = _plugin.import_now
 
         def import_now(name):

@@ -18,23 +18,16 @@ between them returns its right result or a documented error.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import textwrap
 import threading
-from pathlib import Path
-from typing import Any
 
 import pytest
 from test_speedups import NUMERIC, _host, _policy
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import signal_storm
 
+# (A scenario for helpers.signal_storm: ``armed``, ``storm_start``, ``report`` are its.)
 _STORM = """
-    import faulthandler, json, os, signal, sys, threading, time
-    faulthandler.dump_traceback_later(100, exit=True)
     import plugsafe
     from test_speedups import ECHO, NUMERIC, _host, _policy
 
@@ -45,13 +38,6 @@ _STORM = """
                 host.load(ECHO.encode(), policy=plugsafe.Policy(timeout=2.0)))
 
     p, e = load()
-    armed = [False]
-
-    def handler(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
     stop = threading.Event()
 
     def other():  # keeps the locks busy now and then: the main thread waits for them too
@@ -66,8 +52,7 @@ _STORM = """
 
     thread = threading.Thread(target=other, daemon=True)
     thread.start()
-    signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    storm_start()
     left_locked, escaped, interrupts, calls, n = [], [], 0, 0, 0
     end = time.monotonic() + SECONDS
     while time.monotonic() < end:
@@ -106,29 +91,16 @@ _STORM = """
             armed[0] = False
             escaped.append(repr(exc))
             break
-    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    storm_stop()
     stop.set()
     thread.join()
     # And close() returns (it waited for ever on a lock left taken).
     closer = threading.Thread(target=lambda: (p.close(), e.close()), daemon=True)
     closer.start()
     closer.join(30)
-    print(json.dumps({"interrupts": interrupts, "calls": calls, "left_locked": left_locked,
-                      "escaped": escaped, "close_hung": closer.is_alive()}), flush=True)
-    os._exit(0)  # (a hung close's thread must not hold up the exit)
+    report(interrupts=interrupts, calls=calls, left_locked=left_locked, escaped=escaped,
+           close_hung=closer.is_alive())
 """
-
-
-def _storm(seconds: float) -> dict[str, Any]:
-    code = f"SECONDS = {seconds}\n" + textwrap.dedent(_STORM)
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT / "tests", check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
 
 
 # CPython 3.10 runs pending handlers after most instructions, the attribute read that takes the
@@ -141,7 +113,7 @@ _HANDLERS_AT_CALLS_ONLY = pytest.mark.skipif(
 
 @_HANDLERS_AT_CALLS_ONLY
 def test_a_signal_handlers_exception_never_leaves_a_plugin_locked() -> None:
-    got = _storm(4.0)
+    got = signal_storm(_STORM, seconds=4.0)
     assert got["left_locked"] == [], got
     assert got["escaped"] == [], got
     assert got["close_hung"] is False, got
@@ -188,8 +160,6 @@ def test_an_exception_while_the_short_path_aims_at_a_function_never_calls_the_wr
 
 
 _POOL_STORM = """
-    import faulthandler, json, os, signal, threading, time
-    faulthandler.dump_traceback_later(100, exit=True)
     import plugsafe
     from test_speedups import NUMERIC, _host, _policy
 
@@ -200,13 +170,6 @@ _POOL_STORM = """
                                    host=host)
 
     pool = make()
-    armed = [False]
-
-    def handler(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
     stop = threading.Event()
     go = threading.Semaphore(0)  # the other threads call while the main thread lets them
     idle = threading.Semaphore(0)
@@ -222,8 +185,7 @@ _POOL_STORM = """
 
     for _ in range(2):  # as many as the pool has instances
         threading.Thread(target=other, daemon=True).start()
-    signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    storm_start()
     lost, escaped, interrupts, calls, n = 0, [], 0, 0, 0
     end = time.monotonic() + SECONDS
     while time.monotonic() < end:
@@ -252,11 +214,9 @@ _POOL_STORM = """
             if pool._idle.qsize() != pool.size:
                 lost += 1
                 pool = make()
-    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    storm_stop()
     stop.set()
-    print(json.dumps({"interrupts": interrupts, "calls": calls, "lost": lost,
-                      "escaped": escaped}), flush=True)
-    os._exit(0)
+    report(interrupts=interrupts, calls=calls, lost=lost, escaped=escaped)
 """
 
 
@@ -265,13 +225,7 @@ def test_a_signal_handlers_exception_never_loses_a_pool_instance() -> None:
     # The same for PluginPool: an exception raised as the free queue's get returned (or as
     # the index left ``held``) lost the index, and the pool one of its instances for good
     # (6 pools of 2 in 5 s of the storm; a pool of 1 was then dead).
-    code = "SECONDS = 4.0\n" + textwrap.dedent(_POOL_STORM)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=180, cwd=ROOT / "tests", check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = signal_storm(_POOL_STORM, seconds=4.0)
     assert got["lost"] == 0, got
     assert got["escaped"] == [], got
     assert got["interrupts"] > 100, got

@@ -9,29 +9,16 @@ the run, and the test process's own leftover threads must not decide the outcome
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
+
+from helpers import run_ok
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 
-def _run(script: str) -> str:
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res.stdout
-
-
 def test_forked_child_leaks_what_it_inherited_and_frees_its_own() -> None:
-    out = _run(
+    out = run_ok(
         """
         import gc, os
         import plugsafe
@@ -74,7 +61,7 @@ def test_forked_child_leaks_what_it_inherited_and_frees_its_own() -> None:
 def test_forked_child_does_not_wait_for_locks_held_at_the_fork() -> None:
     # plugsafe's module-level locks, held by another thread when the main thread forks: the
     # child (where that thread does not exist) loads, calls and closes plugins all the same.
-    out = _run(
+    out = run_ok(
         """
         import os, threading, time
         import plugsafe
@@ -123,7 +110,7 @@ def test_fork_while_threads_call_plugins() -> None:
     # Threads keep making timed calls (traps, fresh instances, per-thread last_call records),
     # async calls (the plugins' executors) and pooled calls, and short-lived threads come and
     # go, while the main thread forks: every child must get out of os.fork() and run.
-    out = _run(
+    out = run_ok(
         """
         import asyncio, os, threading, time
         import plugsafe

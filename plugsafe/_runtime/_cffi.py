@@ -44,22 +44,50 @@ if TYPE_CHECKING:
 
     from ._forksafe import Owned
 
-__all__ = ["SPEEDUPS", "CffiBackend", "check_layouts", "load_speedups"]
+__all__ = [
+    "SPEEDUPS",
+    "SPEEDUPS_API_VERSION",
+    "SPEEDUPS_PROBLEM",
+    "CffiBackend",
+    "check_layouts",
+    "load_speedups",
+]
+
+
+# The interface of plugsafe/_speedups.c this code calls (``bind``'s arguments, ``hostmem_setup``,
+# the constants): the build's ``API_VERSION`` must be this one (raised with every change there).
+SPEEDUPS_API_VERSION = 2
+
+# Why the compiled call is not in use (None: it is), as the last load_speedups() found it.
+SPEEDUPS_PROBLEM: str | None = None
 
 
 def load_speedups() -> ModuleType | None:
     """``plugsafe._speedups`` (the compiled call into wasm), or None: not built here (no C
-    compiler or no Python headers at install), or turned off with ``PLUGSAFE_SPEEDUPS=0``.
+    compiler or no Python headers at install), a build of another API version (left from an
+    older plugsafe: its ``bind`` would refuse our arguments), or turned off with
+    ``PLUGSAFE_SPEEDUPS=0``. ``SPEEDUPS_PROBLEM`` says which.
 
     Without it the per-call C call goes through cffi's ABI-mode call (libffi), about 3,000
     instructions of a ~14,000-instruction ``invoke``; the compiled one costs a few hundred.
     """
+    global SPEEDUPS_PROBLEM
     if os.environ.get("PLUGSAFE_SPEEDUPS", "").strip() == "0":
+        SPEEDUPS_PROBLEM = "turned off with PLUGSAFE_SPEEDUPS=0"
         return None
     try:
         from .. import _speedups
-    except ImportError:
+    except ImportError as exc:
+        SPEEDUPS_PROBLEM = f"plugsafe._speedups was not built or cannot be imported ({exc})"
         return None
+    version = getattr(_speedups, "API_VERSION", None)
+    if type(version) is not int or version != SPEEDUPS_API_VERSION:
+        SPEEDUPS_PROBLEM = (
+            f"plugsafe._speedups has API version {version!r}, this plugsafe needs "
+            f"{SPEEDUPS_API_VERSION} (a build left from another version: reinstall plugsafe)"
+        )
+        return None
+    SPEEDUPS_PROBLEM = None
     return _speedups
 
 

@@ -21,9 +21,6 @@ rebinds every callback to its own state. What must hold, attacked here:
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 from typing import Any
 
@@ -32,6 +29,7 @@ import pytest
 import plugsafe
 from plugsafe import Policy, Wasi
 
+from helpers import run_ok
 from wat import abi_module
 
 # ``f(n)`` calls ``who()`` n times and returns the sum of its answers; ``g()`` calls ``b()``.
@@ -364,14 +362,7 @@ def test_a_forked_child_reuses_a_pooled_linker_as_its_own() -> None:
         host.close()
         print("ok")
     """.replace("WHO_WAT", repr(WHO))
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.strip().endswith("ok")
+    assert run_ok(script, timeout=180).strip().endswith("ok")
 
 
 def test_the_import_memo_answers_only_for_the_same_policy_and_registry() -> None:
