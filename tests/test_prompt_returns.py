@@ -105,8 +105,20 @@ def test_a_call_that_ends_in_time_gives_it_back_after_its_grace(host: plugsafe.H
         return int(time.perf_counter() - t0 < timeout - 0.01)
 
     plugin = host.load(PROBING, policy=plugsafe.Policy(timeout=timeout, allow={"probe"}))
-    t0 = time.perf_counter()
-    plugin.invoke("run")
+    # The call means to return 10 ms before its deadline; a thread descheduled for longer
+    # than that between two probes (a loaded 2-core machine: sleep(0.001) can take 15 ms)
+    # finds its deadline passed and is stopped, rightly. That is timing, not the mechanism:
+    # a few tries for one that ends in time, and the one that does is checked.
+    for _ in range(5):
+        t0 = time.perf_counter()
+        try:
+            plugin.invoke("run")
+        except plugsafe.DeadlineExceeded:
+            assert sys.getswitchinterval() == pytest.approx(DEFAULT)  # a stop gives it back
+            continue
+        break
+    else:
+        pytest.fail("no try of the call ended before its deadline")
     # The reaper puts it back PROMPT_GRACE after the deadline (and looks at most SLOW apart).
     _wait_restored(_ticker.PROMPT_GRACE + _ticker.SLOW + 5.0)
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
