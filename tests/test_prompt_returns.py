@@ -126,17 +126,28 @@ def test_a_call_that_ends_in_time_gives_it_back_after_its_grace(host: plugsafe.H
 
 def test_an_interval_the_app_sets_meanwhile_is_kept(host: plugsafe.Host) -> None:
     chosen = 0.003
+    changed = []
 
     @host.function
     def probe() -> int:
         if _lowered():
             sys.setswitchinterval(chosen)  # the app changes its mind while the call is due
+            changed.append(True)
         time.sleep(0.001)
         return 1
 
     plugin = host.load(PROBING, policy=plugsafe.Policy(timeout=0.1, allow={"probe"}))
-    with pytest.raises(plugsafe.DeadlineExceeded):
-        plugin.invoke("run")
+    # A few tries for a probe to run while the interval is lowered: on a loaded machine the
+    # guard's look can come only with the deadline, and then no probe sees it (see
+    # test_the_interval_is_low_only_while_the_deadline_is_due). A try where none did leaves
+    # the app's own interval, as it must.
+    for _ in range(5):
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("run")
+        if changed:
+            break
+        assert sys.getswitchinterval() == pytest.approx(DEFAULT)
+    assert changed, "no try of the call saw the interval lowered"
     assert sys.getswitchinterval() == pytest.approx(chosen)
 
 
