@@ -100,10 +100,17 @@ def test_c5_deadline_is_never_early(host: plugsafe.Host, timeout: float) -> None
 
 def test_c5_deadline_is_on_time_with_no_busy_threads(host: plugsafe.Host) -> None:
     # Measured today: 0.2 s fires 0.15-0.22 s late with nothing else running (ticks of ~9 ms).
-    late = _lateness(host, 0.2)
     # SLACK, not less: at load 5 on this shared 2-core machine the median was 60 ms late (the
-    # stopped call waits for a core); the regression this catches fired 150-220 ms late.
-    assert sorted(late)[1] < SLACK, late
+    # stopped call waits for a core); the regression this catches fired 150-220 ms late, on
+    # every try. Heavier load made a median of three 0.16 s once (the late-ticker test below):
+    # up to three rounds, each never early, the best median under SLACK.
+    plugin = _load(host, 0.2)
+    medians: list[float] = []
+    while len(medians) < 3 and (not medians or medians[-1] >= SLACK):
+        late = _lateness(host, 0.2, plugin=plugin)
+        assert min(late) >= 0, late
+        medians.append(sorted(late)[1])
+    assert min(medians) < SLACK, medians
 
 
 @pytest.mark.parametrize(("threads", "timeout"), [(2, 0.2), (4, 0.05)])
@@ -118,10 +125,17 @@ def test_c5_deadline_is_on_time_with_busy_python_threads(
     # what this test measures; see docs/policy.md on timeouts and busy threads).
     plugin = _load(host, timeout)
     busy(threads)  # type: ignore[operator]
-    late = _lateness(host, timeout, plugin=plugin)
     # A bound for the regression (seconds late), not the goal: with busy threads a test run on a
     # shared 2-core machine sees 30-250 ms; benchmarks/test_bench_deadlines.py has the figures.
-    assert sorted(late)[1] < BUSY_SLACK, late
+    # With other processes busy too, a median of five was measured at 0.40 s once (see
+    # tests/test_deadlines.py::test_late_by_little): up to three rounds, each never early, the
+    # best median under the bound. The regression (1.4-1.8 s late) is late on every round.
+    medians: list[float] = []
+    while len(medians) < 3 and (not medians or medians[-1] >= BUSY_SLACK):
+        late = _lateness(host, timeout, plugin=plugin)
+        assert min(late) >= 0, late
+        medians.append(sorted(late)[1])
+    assert min(medians) < BUSY_SLACK, medians
 
 
 NAP = '(import "plugsafe" "nap" (func $nap))'
