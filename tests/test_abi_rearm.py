@@ -29,20 +29,36 @@ def plugins(host: plugsafe.Host) -> list[plugsafe.Plugin]:
 def test_calls_in_turn_set_no_epoch_deadline_each(
     plugins: list[plugsafe.Plugin], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for i in range(400):  # each instance armed once (and aimed)
-        plugins[i % 200].call("echo", b"hi")
     backend = plugins[0]._calls.instance._b  # type: ignore[union-attr]
     sets: list[object] = []
     real = backend.set_deadline
     monkeypatch.setattr(backend, "set_deadline", lambda ctx, d: sets.append(d) or real(ctx, d))
-    start = time.perf_counter()
-    calls = 0
-    # Well within half a timeout (0.15 s): no store's deadline is due for setting again.
-    while time.perf_counter() - start < 0.1:
-        plugins[calls % 200].call("echo", b"hi")
-        calls += 1
-    assert calls >= 200
-    assert len(sets) <= calls // 20, (len(sets), calls)
+
+    def attempt() -> tuple[int, int]:
+        for i in range(400):  # each instance armed once (and aimed)
+            plugins[i % 200].call("echo", b"hi")
+        sets.clear()
+        start = time.perf_counter()
+        calls = 0
+        # Well within half a timeout (0.15 s) of the arming above: no store's deadline is due
+        # for setting again.
+        while time.perf_counter() - start < 0.1:
+            plugins[calls % 200].call("echo", b"hi")
+            calls += 1
+        return calls, len(sets)
+
+    # Timing: a descheduled thread (a loaded machine) can stretch the arming rounds above by
+    # 50 ms, and then the stores armed first are rightly set again within the 0.1 s, or leave
+    # too few calls in it to count. Setting on every call fails every try; the best of three
+    # must show the calls in turn setting (almost) none.
+    tries: list[tuple[int, int]] = []
+    while len(tries) < 3 and (
+        not tries or not (tries[-1][0] >= 200 and tries[-1][1] <= tries[-1][0] // 20)
+    ):
+        tries.append(attempt())
+    calls, n_sets = tries[-1]
+    assert calls >= 200, tries
+    assert n_sets <= calls // 20, tries
 
 
 def test_a_loop_after_calls_in_turn_still_stops_at_its_timeout(

@@ -100,7 +100,9 @@ def examples(host: plugsafe.Host) -> dict[type[BaseException], plugsafe.Plugsafe
     """One error of each class, each raised by plugsafe itself except where noted."""
     echo = host.load(ECHO.encode(), name="echo")
     fueled = host.load(ECHO.encode(), policy=plugsafe.Policy(fuel=5000), name="fueled")
-    timed = host.load(ECHO.encode(), policy=plugsafe.Policy(timeout=0.02), name="timed")
+    # Not 0.02 s: the load's own ABI check runs under the timeout too, and a loaded machine
+    # stopped 1 of 2000 such loads at 20 ms. Any timeout serves: only the error is wanted.
+    timed = host.load(ECHO.encode(), policy=plugsafe.Policy(timeout=0.1), name="timed")
     quiet = host.load(
         LOGS.encode(), policy=plugsafe.Policy(allow={"log"}, max_host_calls=0), name="quiet"
     )
@@ -225,7 +227,7 @@ def test_the_attributes_that_matter_arrive(
     fuel = trip(plugsafe.FuelExhausted)
     assert (fuel.limit, fuel.value, fuel.phase) == ("fuel", 5000, "call")
     late = trip(plugsafe.DeadlineExceeded)
-    assert (late.limit, late.value, late.phase) == ("timeout", 0.02, "call")
+    assert (late.limit, late.value, late.phase) == ("timeout", 0.1, "call")
     assert trip(plugsafe.MemoryLimitExceeded).phase == "load"
     assert trip(plugsafe.StackLimitExceeded).limit == "max_stack"
     imports = trip(plugsafe.ImportNotAllowedError)

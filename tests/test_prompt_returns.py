@@ -105,8 +105,20 @@ def test_a_call_that_ends_in_time_gives_it_back_after_its_grace(host: plugsafe.H
         return int(time.perf_counter() - t0 < timeout - 0.01)
 
     plugin = host.load(PROBING, policy=plugsafe.Policy(timeout=timeout, allow={"probe"}))
-    t0 = time.perf_counter()
-    plugin.invoke("run")
+    # The call means to return 10 ms before its deadline; a thread descheduled for longer
+    # than that between two probes (a loaded 2-core machine: sleep(0.001) can take 15 ms)
+    # finds its deadline passed and is stopped, rightly. That is timing, not the mechanism:
+    # a few tries for one that ends in time, and the one that does is checked.
+    for _ in range(5):
+        t0 = time.perf_counter()
+        try:
+            plugin.invoke("run")
+        except plugsafe.DeadlineExceeded:
+            assert sys.getswitchinterval() == pytest.approx(DEFAULT)  # a stop gives it back
+            continue
+        break
+    else:
+        pytest.fail("no try of the call ended before its deadline")
     # The reaper puts it back PROMPT_GRACE after the deadline (and looks at most SLOW apart).
     _wait_restored(_ticker.PROMPT_GRACE + _ticker.SLOW + 5.0)
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
@@ -114,17 +126,28 @@ def test_a_call_that_ends_in_time_gives_it_back_after_its_grace(host: plugsafe.H
 
 def test_an_interval_the_app_sets_meanwhile_is_kept(host: plugsafe.Host) -> None:
     chosen = 0.003
+    changed = []
 
     @host.function
     def probe() -> int:
         if _lowered():
             sys.setswitchinterval(chosen)  # the app changes its mind while the call is due
+            changed.append(True)
         time.sleep(0.001)
         return 1
 
     plugin = host.load(PROBING, policy=plugsafe.Policy(timeout=0.1, allow={"probe"}))
-    with pytest.raises(plugsafe.DeadlineExceeded):
-        plugin.invoke("run")
+    # A few tries for a probe to run while the interval is lowered: on a loaded machine the
+    # guard's look can come only with the deadline, and then no probe sees it (see
+    # test_the_interval_is_low_only_while_the_deadline_is_due). A try where none did leaves
+    # the app's own interval, as it must.
+    for _ in range(5):
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.invoke("run")
+        if changed:
+            break
+        assert sys.getswitchinterval() == pytest.approx(DEFAULT)
+    assert changed, "no try of the call saw the interval lowered"
     assert sys.getswitchinterval() == pytest.approx(chosen)
 
 

@@ -44,7 +44,13 @@ def _host() -> plugsafe.Host:
 
 def test_one_plugin_shared_by_8_threads_with_failures_mixed_in() -> None:
     with _host() as host:
-        plugin = host.load(CHECKED.encode(), policy=Policy(allow={"check"}), name="shared")
+        # A call's timeout covers its wait for the plugin: with eight threads taking turns on
+        # one lock (which is not fair) on a loaded machine, a waiter was passed over for the
+        # whole default second (DeadlineExceeded, "all of it spent waiting"). This test is
+        # about whose answer and error each thread gets, not time: a timeout far off.
+        plugin = host.load(
+            CHECKED.encode(), policy=Policy(allow={"check"}, timeout=30.0), name="shared"
+        )
 
         def job(i: int) -> None:
             tag = f"{i:05d}-{threading.get_ident()}"

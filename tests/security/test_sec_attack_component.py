@@ -183,7 +183,12 @@ def test_waiting_for_a_busy_component_ends_at_the_outer_calls_deadline() -> None
         t = threading.Thread(target=hog)
         t.start()
         busy.wait()
-        time.sleep(0.2)  # the hog holds the component now
+        # The hog holds the component now: waited for, not slept for (a fixed 0.2 s was a
+        # guess a loaded machine can beat, and then via's call found the component free).
+        give_up = time.monotonic() + 30
+        while not comp._lock.locked():
+            assert time.monotonic() < give_up, "the hog never took the component"
+            time.sleep(0.001)
         try:
             with pytest.raises(plugsafe.DeadlineExceeded):
                 mod.invoke("f", 1)

@@ -67,7 +67,16 @@ def busy() -> Iterator[object]:
 
 
 def _load(host: plugsafe.Host, timeout: float) -> plugsafe.Plugin:
-    return host.load(ECHO.encode(), policy=plugsafe.Policy(timeout=timeout))
+    """ECHO under ``timeout``. Its load's ABI check runs under that timeout too: with 20 ms a
+    loaded machine stopped 1 load in 2000 (DeadlineExceeded in plugsafe_abi_version, on time
+    as a deadline, but not what these tests measure), so a load stopped so is tried again."""
+    policy = plugsafe.Policy(timeout=timeout)
+    for _ in range(2):
+        try:
+            return host.load(ECHO.encode(), policy=policy)
+        except plugsafe.DeadlineExceeded as exc:
+            assert exc.phase == "load", exc
+    return host.load(ECHO.encode(), policy=policy)
 
 
 def _lateness(
@@ -91,10 +100,17 @@ def test_c5_deadline_is_never_early(host: plugsafe.Host, timeout: float) -> None
 
 def test_c5_deadline_is_on_time_with_no_busy_threads(host: plugsafe.Host) -> None:
     # Measured today: 0.2 s fires 0.15-0.22 s late with nothing else running (ticks of ~9 ms).
-    late = _lateness(host, 0.2)
     # SLACK, not less: at load 5 on this shared 2-core machine the median was 60 ms late (the
-    # stopped call waits for a core); the regression this catches fired 150-220 ms late.
-    assert sorted(late)[1] < SLACK, late
+    # stopped call waits for a core); the regression this catches fired 150-220 ms late, on
+    # every try. Heavier load made a median of three 0.16 s once (the late-ticker test below):
+    # up to three rounds, each never early, the best median under SLACK.
+    plugin = _load(host, 0.2)
+    medians: list[float] = []
+    while len(medians) < 3 and (not medians or medians[-1] >= SLACK):
+        late = _lateness(host, 0.2, plugin=plugin)
+        assert min(late) >= 0, late
+        medians.append(sorted(late)[1])
+    assert min(medians) < SLACK, medians
 
 
 @pytest.mark.parametrize(("threads", "timeout"), [(2, 0.2), (4, 0.05)])
@@ -109,10 +125,17 @@ def test_c5_deadline_is_on_time_with_busy_python_threads(
     # what this test measures; see docs/policy.md on timeouts and busy threads).
     plugin = _load(host, timeout)
     busy(threads)  # type: ignore[operator]
-    late = _lateness(host, timeout, plugin=plugin)
     # A bound for the regression (seconds late), not the goal: with busy threads a test run on a
     # shared 2-core machine sees 30-250 ms; benchmarks/test_bench_deadlines.py has the figures.
-    assert sorted(late)[1] < BUSY_SLACK, late
+    # With other processes busy too, a median of five was measured at 0.40 s once (see
+    # tests/test_deadlines.py::test_late_by_little): up to three rounds, each never early, the
+    # best median under the bound. The regression (1.4-1.8 s late) is late on every round.
+    medians: list[float] = []
+    while len(medians) < 3 and (not medians or medians[-1] >= BUSY_SLACK):
+        late = _lateness(host, timeout, plugin=plugin)
+        assert min(late) >= 0, late
+        medians.append(sorted(late)[1])
+    assert min(medians) < BUSY_SLACK, medians
 
 
 NAP = '(import "plugsafe" "nap" (func $nap))'
@@ -137,9 +160,13 @@ def test_c5_deadline_covers_the_instantiation_a_fresh_instance_call_makes(
         imports=NAP,
     )
     policy = plugsafe.Policy(allow={"nap"}, timeout=0.4, fresh_instance=True)
-    plugin = host.load(wat.encode(), policy=policy)
 
     def attempt() -> float:
+        # A plugin per try: a call stopped right after its instantiation (the nap overslept
+        # past 0.4 s on a loaded machine: DeadlineExceeded "waiting for the plugin and
+        # instantiating it") leaves that unused instance to the plugin's next call, which then
+        # makes none and returns in time. Each try's call must make its own.
+        plugin = host.load(wat.encode(), policy=policy)
         t0 = time.perf_counter()
         with pytest.raises(plugsafe.DeadlineExceeded):
             plugin.call("go")
@@ -179,7 +206,12 @@ def test_c5_deadline_covers_waiting_for_a_plugin_another_thread_is_using(
     def attempt() -> float:
         other = threading.Thread(target=hold)
         other.start()
-        time.sleep(0.05)  # the other thread holds the plugin now, for 0.5 s
+        # The other thread holds the plugin now, for 0.5 s: waited for, not slept for (a fixed
+        # 50 ms is a guess a loaded machine can beat, and then this call took the plugin first).
+        give_up = time.perf_counter() + 30
+        while not plugin._calls.lock.locked():
+            assert time.perf_counter() < give_up, "the other thread never took the plugin"
+            time.sleep(0.001)
         t0 = time.perf_counter()
         with pytest.raises(plugsafe.DeadlineExceeded):
             plugin.invoke("spin")
@@ -432,7 +464,17 @@ def test_c5_a_ticker_that_starts_late_still_stops_calls_on_time(timeout: float) 
     # On an engine of its own (its max_stack), the plugin's timeout is the only one: the ticker
     # starts ticking just before it could end (a call shorter than that never ticks), and the
     # deadlines armed before the first tick count from it.
-    with plugsafe.Host(max_stack=(600 if timeout < 0.2 else 620) * 1024) as host:
-        late = _lateness(host, timeout)
-    assert min(late) >= 0, late
-    assert sorted(late)[1] < SLACK, late
+    # How late is timing: with two busy processes beside the test the median of three tries
+    # was measured at 0.16 s once. Up to three rounds, each never early, the best median under
+    # SLACK; a ticker that starts too late (or a deadline counted from the wrong tick) is late
+    # on every round. Between rounds the ticker has time to disarm (MARGIN after the last
+    # deadline), so each round starts it late again.
+    medians: list[float] = []
+    while len(medians) < 3 and (not medians or medians[-1] >= SLACK):
+        if medians:
+            time.sleep(1.0)
+        with plugsafe.Host(max_stack=(600 if timeout < 0.2 else 620) * 1024) as host:
+            late = _lateness(host, timeout)
+        assert min(late) >= 0, late
+        medians.append(sorted(late)[1])
+    assert min(medians) < SLACK, medians

@@ -93,12 +93,24 @@ def test_slow_host_function_versus_the_timeout(host: plugsafe.Host) -> None:
         time.sleep(0.06)
 
     p = host.load(TICKER.encode(), policy=Policy(allow={"tick"}, timeout=0.1))
-    start = time.monotonic()
-    with pytest.raises(plugsafe.DeadlineExceeded) as info:
-        p.invoke("many", 1000)
-    assert time.monotonic() - start < 0.1 + 0.06 + 0.1  # timeout + one host call + slack
-    assert len(runs) == 2
-    assert info.value.limit == "timeout"
+    # Each try in full: never a host call begun past the deadline (a third would begin at
+    # 0.12 s or later, two sleeps of 0.06 s), stopped by the timeout. On time means two runs
+    # (the second begins at ~0.06 s) and back within timeout + one host call + slack; a loaded
+    # machine can stretch the first sleep past 0.1 s (then one run, rightly) or the whole try
+    # past the bound now and then (or delay the first host call past the deadline: no
+    # run at all), so the best of three tries must be on time.
+    tries: list[tuple[float, int]] = []
+    while len(tries) < 3 and (not tries or not (tries[-1][0] < 0.26 and tries[-1][1] == 2)):
+        runs.clear()
+        start = time.monotonic()
+        with pytest.raises(plugsafe.DeadlineExceeded) as info:
+            p.invoke("many", 1000)
+        tries.append((time.monotonic() - start, len(runs)))
+        assert len(runs) <= 2, runs
+        assert info.value.limit == "timeout"
+    took, ran = tries[-1]
+    assert took < 0.1 + 0.06 + 0.1, tries  # timeout + one host call + slack
+    assert ran == 2, tries
     assert_healthy(host, p)
 
 
@@ -219,7 +231,12 @@ def test_log_spam_with_a_huge_message(
 ) -> None:
     """Attack: log an 8 MiB message to flood the host's logs and memory."""
     caplog.set_level(logging.DEBUG, logger="plugsafe")
-    p = host.load(LOGGER.encode(), policy=Policy(allow={"log"}, log_message_size=100), name="big")
+    # Placing 8 MiB in a fresh instance (its memory grown and faulted in) is part of the call:
+    # 0.29 s of CPU on the ctypes path here, and 1.7 s of wall time on a loaded machine, past
+    # the default 1 s timeout (DeadlineExceeded, seen in a ctypes run). The attack is the
+    # message's size in the logs, not time: a timeout far off.
+    policy = Policy(allow={"log"}, log_message_size=100, timeout=30.0)
+    p = host.load(LOGGER.encode(), policy=policy, name="big")
     p.call("say", b"A" * (8 * 2**20))
     (record,) = _records(caplog, "big")
     assert record.getMessage() == "A" * 100 + f"... [cut: {8 * 2**20} bytes in all]"
@@ -283,7 +300,12 @@ def test_one_plugin_shared_by_8_threads_with_failures_mixed_in(host: plugsafe.Ho
            (func (export "lie") (param i32 i32) (result i64) (i64.const -1))""",
         imports='(import "plugsafe" "check" (func $check (param i32 i32) (result i64)))',
     )
-    p = host.load(wat.encode(), policy=Policy(allow={"check"}, fuel=200_000), name="shared")
+    # A call's timeout covers its wait for the plugin: with eight threads taking turns on one
+    # lock (which is not fair) on a loaded machine, a waiter was passed over for the whole
+    # default second (DeadlineExceeded, "all of it spent waiting": 1 in 3 runs with two busy
+    # processes beside the test). The attack is mixed failures, not time: a timeout far off.
+    policy = Policy(allow={"check"}, fuel=200_000, timeout=30.0)
+    p = host.load(wat.encode(), policy=policy, name="shared")
 
     def job(i: int) -> None:
         tag = f"{i}-{threading.get_ident()}"

@@ -77,17 +77,34 @@ def test_hostile_guests_through_a_pool_end_typed_and_leave_every_instance_usable
         ("grow", None),  # memory.grow answers -1 at the cap: no error, no growth
     ]
 
+    # Three attackers, two instances: a call may wait for one, and its 0.3 s timeout covers
+    # that wait and the instantiation of a replacement for a discarded one. A "burn" runs its
+    # 5M fuel in 13 ms on an idle machine but was measured at 0.2 s on a loaded one, so behind
+    # two of them a call can run out of time before it gets an instance (seen once in 3 runs
+    # with two busy processes beside the test). That end is typed too, and documented (the
+    # DeadlineExceeded says where its time went): it is allowed, and only it, for a call that
+    # never ran; every call that ran must end as its attack does.
+    def waited(exc: plugsafe.DeadlineExceeded) -> str:
+        assert "waiting for" in str(exc), exc
+        return "waited"
+
     def attack(i: int) -> list[str]:
         seen = []
         for name, err in attacks * 2:
-            if err is None:
-                assert pool.invoke(name) == -1
-                seen.append("ok")
-                continue
-            with pytest.raises(err):
-                pool.invoke(name)
-            seen.append(err.__name__)
-        assert pool.call("echo", f"after {i}") == f"after {i}".encode()
+            try:
+                if err is None:
+                    assert pool.invoke(name) == -1
+                    seen.append("ok")
+                    continue
+                with pytest.raises(err):
+                    pool.invoke(name)
+                seen.append(err.__name__)
+            except plugsafe.DeadlineExceeded as exc:  # not the attack's own end: see above
+                seen.append(waited(exc))
+        try:
+            assert pool.call("echo", f"after {i}") == f"after {i}".encode()
+        except plugsafe.DeadlineExceeded as exc:
+            seen.append(waited(exc))
         return seen
 
     for i in range(3):
@@ -95,6 +112,8 @@ def test_hostile_guests_through_a_pool_end_typed_and_leave_every_instance_usable
     rig.join()
     for key, out in rig.results.items():
         assert isinstance(out, list), (key, out)
+    ran = [kind for out in rig.results.values() for kind in out]  # type: ignore[attr-defined]
+    assert {"PluginTrap", "LimitExceeded", "ok"} <= set(ran), ran  # the attacks did run
     assert pool.invoke("bump") == 1  # each trap/limit discarded its instance: fresh state
 
 
