@@ -294,7 +294,12 @@ class CallToken:
                 with token.lock:
                     path, inst = token.path, token.inst
                     running = path is not None and inst is not None
-                    if path is not None and inst is not None:
+                    if path is not None and inst is not None and not inst.interrupt_stands():
+                        # Only an interrupt an arming overwrote is sent again: each moves the
+                        # engine's epoch a whole timeout's ticks (30,000 increments, ~30 ms of
+                        # CPU, for 60 s), and a cancelled call waiting in a host function for
+                        # long was re-sent one every 50 ms: 200 such calls kept the machine's
+                        # two cores busy for a minute (tests/test_tidy10.py's storm).
                         path.interrupt(inst)
                 with wake:
                     entry = pending.get(token)

@@ -308,14 +308,15 @@ class Instance:
         else:
             # ~1 us an increment: a long timeout's ticks (15,000 for 30 s) would hold up the
             # caller (an event loop) for milliseconds. Whoever runs next re-arms its own
-            # deadline, so the increments need not be done before this returns.
-            threading.Thread(
-                target=_bump,
-                args=(ticker._increment, ticker._ptr, n),
-                name="plugsafe-interrupt",
-                daemon=True,
-            ).start()
+            # deadline, so the increments need not be done before this returns; the ticker's
+            # helper makes them, one for all interrupts at once.
+            ticker.bump(n)
         return True
+
+    def interrupt_stands(self) -> bool:
+        """Whether the last :meth:`interrupt` still stands: nothing armed this store's deadline
+        since (an arming, or a limit, overwrites it; read from any thread)."""
+        return self._arming[0] == -math.inf
 
     def fuel_left(self) -> int:
         """Fuel remaining in the store (0 for an unmetered engine; what was left at release)."""
