@@ -253,7 +253,9 @@ class CallToken:
             # First use, or a forked child: no re-sender thread runs here (fork copies only
             # the forking thread), and the parent's may have held the lock at the fork.
             cls._resend, cls._resend_runs = {}, False
-            cls._resend_wake = threading.Condition(threading.Lock())
+            # Re-entrant: cancel() runs on the event loop's thread, often the main one, where a
+            # signal handler that cancels a task can run while the lock is held (attack9).
+            cls._resend_wake = threading.Condition(threading.RLock())
             cls._resend_pid = os.getpid()
         with cls._resend_wake:
             cls._resend[token] = [time.monotonic() + 0.001, 0.001]

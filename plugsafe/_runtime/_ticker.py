@@ -270,7 +270,9 @@ _state: dict[str, Any] = {
 }
 _TICKERS: list[Ticker] = []
 # Orders Ticker.bump's requests against its helper (held only to read and write two fields).
-_BUMP_LOCK = threading.Lock()
+# Re-entrant: a signal handler on the main thread may interrupt a call (cancel a task) while
+# that thread is inside bump (attack9's class of hang).
+_BUMP_LOCK = threading.RLock()
 # Engines kept alive for the rest of the process: never freed while a timer may tick them, not
 # even while the interpreter tears modules down at exit (each also holds an extra reference).
 _KEEP: list[object] = []
