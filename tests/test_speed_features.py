@@ -252,7 +252,9 @@ def test_async_calls_never_block_the_event_loop() -> None:
             with pytest.raises(plugsafe.DeadlineExceeded):
                 await spinner.invoke_async("spin")
             tick_task.cancel()
-            assert ticks >= 10  # the loop ran all the while the plugin spun
+            # The loop ran all the while the plugin spun: ~30 ticks of 10 ms in its 0.3 s on an
+            # idle machine, about 1 if the call blocked the loop; 5 leaves room for a loaded one.
+            assert ticks >= 5
             assert await echo.call_async("echo", b"a") == b"a"
             assert await echo.call_json_async("echo", {"k": 1}) == {"k": 1}
             assert await echo.invoke_async("add", 1, 2) == 3

@@ -269,6 +269,8 @@ def test_the_command_line_refuses_a_compile_bomb_as_fast_as_the_host(tmp_path: P
         result, took = _cli(*args)
         output = (result.stdout + result.stderr).decode()
         assert result.returncode == code, output
-        assert took < 5.0, (args, took)
+        # A fresh interpreter's start-up and the refusal: about a second; the bomb compiled
+        # took minutes. 15 s leaves room for a loaded machine (Python 3.13 starts slower).
+        assert took < 15.0, (args, took)
         # The same refusal, word for word, as Host.load's.
         assert "InvalidModuleError" in output and str(info.value) in output, output
