@@ -11,19 +11,25 @@
  * Nothing here reads or writes guest memory or takes a value from a guest. No Python code runs
  * between releasing and retaking the GIL, so no Python exception can cross this boundary.
  * Also the get_memory callback of plugsafe's component memories (hostmem_get, below), which
- * must not fail.
+ * must not fail, and WASI output captured in C (capture_write, below), which runs no Python.
  *
  * Why by hand: cffi's ABI-mode call (libffi, argument conversion of five cdata objects) costs
  * about 3,000 instructions; this one a few hundred (issue 14, goal 5; docs/performance.md).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifndef _WIN32
+#include <pthread.h>
+#endif
 
 /* This file's interface (bind's arguments, hostmem_setup, the constants): raise it with every
  * change to them, together with SPEEDUPS_API_VERSION in plugsafe/_runtime/_cffi.py. */
-#define PLUGSAFE_SPEEDUPS_API_VERSION 2
+#define PLUGSAFE_SPEEDUPS_API_VERSION 3
 
 /* wasmtime_func_call_unchecked(wasmtime_context_t *, const wasmtime_func_t *,
  *                              wasmtime_val_raw_t *, size_t, wasm_trap_t **) -> wasmtime_error_t * */
@@ -291,10 +297,261 @@ hostmem_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                          (unsigned long long)(uintptr_t)hostmem_grow);
 }
 
+/* -- WASI output captured in C --------------------------------------------------------------
+ *
+ * wasmtime 50 hands a guest's writes to a custom stdout/stderr to a thread of its own (a tokio
+ * worker), not the call's. A Python callback there must take the GIL; if that happens while the
+ * interpreter finalizes (a daemon thread's plugin still writing at exit), CPython ends the
+ * thread with pthread_exit, whose forced unwind through wasmtime's Rust frames aborts the
+ * process ("panic in a function that cannot unwind"; measured: the panic in every such exit,
+ * SIGABRT in 1 of 30). So the capture is kept here: capture_write runs no Python at all, only
+ * a mutex and a memcpy. A capture is found by its key (the ``data`` wasmtime hands back), never
+ * by a pointer: a write for a capture already closed (its Python owner gone) is EIO for the
+ * guest, not a use after free. The table and its lock live as long as the process. */
+
+typedef struct {
+    unsigned long long key;
+    unsigned char *data;
+    size_t len;       /* bytes kept */
+    size_t allocated; /* bytes of ``data`` */
+    size_t limit;     /* bytes it may keep; past them writes are dropped, and counted as such */
+    int truncated;
+} Capture;
+
+static PyThread_type_lock capture_lock;
+static Capture **captures;      /* the open captures, in no order */
+static size_t captures_len, captures_allocated;
+static unsigned long long capture_next_key = 1;
+
+#ifndef _WIN32
+static void
+capture_after_fork_child(void)
+{
+    /* A writer thread may have held the lock when the parent forked: the child's copy would
+     * stay locked for ever. The child has no writer threads; a fresh lock (the old one leaked). */
+    capture_lock = PyThread_allocate_lock();
+}
+#endif
+
+/* Under capture_lock. */
+static Capture *
+capture_find(unsigned long long key, size_t *index)
+{
+    size_t i;
+    for (i = 0; i < captures_len; i++) {
+        if (captures[i]->key == key) {
+            if (index != NULL) {
+                *index = i;
+            }
+            return captures[i];
+        }
+    }
+    return NULL;
+}
+
+/* plugsafe_output_callback_t: (void *data, const unsigned char *buf, size_t size) -> ssize_t.
+ * Always the whole count when the capture is open (wasmtime's stream panics when told fewer
+ * bytes were written, measured on wasmtime 50); what does not fit the limit is dropped. */
+static Py_ssize_t
+capture_write(void *data, const unsigned char *buf, size_t size)
+{
+    unsigned long long key = (unsigned long long)(uintptr_t)data;
+    Py_ssize_t result = -EIO;
+    Capture *c;
+    if (capture_lock == NULL) {
+        return -EIO;
+    }
+    PyThread_acquire_lock(capture_lock, WAIT_LOCK);
+    c = capture_find(key, NULL);
+    if (c != NULL && size <= (size_t)PY_SSIZE_T_MAX) {
+        size_t room = c->limit - c->len;
+        size_t keep = size < room ? size : room;
+        result = (Py_ssize_t)size;
+        if (keep < size) {
+            c->truncated = 1;
+        }
+        if (keep > 0 && c->len + keep > c->allocated) {
+            size_t want = c->allocated < 4096 ? 4096 : c->allocated;
+            unsigned char *grown;
+            while (want < c->len + keep) {
+                want = want > c->limit / 2 ? c->limit : want * 2;
+            }
+            if (want > c->limit) {
+                want = c->limit;
+            }
+            grown = realloc(c->data, want);
+            if (grown == NULL) {
+                c->truncated = 1; /* out of memory: dropped, and said so */
+                keep = 0;
+            } else {
+                c->data = grown;
+                c->allocated = want;
+            }
+        }
+        if (keep > 0) {
+            memcpy(c->data + c->len, buf, keep);
+            c->len += keep;
+        }
+    }
+    PyThread_release_lock(capture_lock);
+    return result;
+}
+
+PyDoc_STRVAR(capture_open_doc,
+"capture_open(limit) -> key\n\n"
+"Open a capture keeping up to ``limit`` bytes; its key is the ``data`` to give wasmtime with\n"
+"CAPTURE_WRITE. Close it with capture_close.");
+
+static PyObject *
+capture_open(PyObject *module, PyObject *arg)
+{
+    size_t limit;
+    Capture *c;
+    unsigned long long key;
+    (void)module;
+    if (!PyLong_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, "capture_open(): the limit must be an int");
+        return NULL;
+    }
+    limit = PyLong_AsSize_t(arg);
+    if (limit == (size_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    c = calloc(1, sizeof(Capture));
+    if (c == NULL) {
+        return PyErr_NoMemory();
+    }
+    c->limit = limit;
+    PyThread_acquire_lock(capture_lock, WAIT_LOCK);
+    if (captures_len == captures_allocated) {
+        size_t want = captures_allocated ? captures_allocated * 2 : 16;
+        Capture **grown = realloc(captures, want * sizeof(Capture *));
+        if (grown == NULL) {
+            PyThread_release_lock(capture_lock);
+            free(c);
+            return PyErr_NoMemory();
+        }
+        captures = grown;
+        captures_allocated = want;
+    }
+    key = c->key = capture_next_key++;
+    captures[captures_len++] = c;
+    PyThread_release_lock(capture_lock);
+    return PyLong_FromUnsignedLongLong(key);
+}
+
+static int
+key_arg(PyObject *arg, const char *what, unsigned long long *key)
+{
+    if (!PyLong_CheckExact(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s(): the key must be an int", what);
+        return -1;
+    }
+    *key = PyLong_AsUnsignedLongLong(arg);
+    if (*key == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(capture_value_doc,
+"capture_value(key) -> (bytes, truncated)\n\n"
+"What the capture kept so far, and whether anything was dropped; KeyError once closed.");
+
+static PyObject *
+capture_value(PyObject *module, PyObject *arg)
+{
+    unsigned long long key;
+    Capture *c;
+    unsigned char *copy = NULL;
+    size_t len = 0;
+    int truncated = 0, found = 0;
+    PyObject *bytes, *result;
+    (void)module;
+    if (key_arg(arg, "capture_value", &key) < 0) {
+        return NULL;
+    }
+    /* Copied under the lock with malloc, made a bytes object after it: nothing that can run
+     * Python (the collector, a __del__ closing a capture) happens while the lock is held. */
+    PyThread_acquire_lock(capture_lock, WAIT_LOCK);
+    c = capture_find(key, NULL);
+    if (c != NULL) {
+        found = 1;
+        len = c->len;
+        truncated = c->truncated;
+        if (len > 0) {
+            copy = malloc(len);
+            if (copy != NULL) {
+                memcpy(copy, c->data, len);
+            }
+        }
+    }
+    PyThread_release_lock(capture_lock);
+    if (!found) {
+        PyErr_SetString(PyExc_KeyError, "capture_value(): no such capture (closed)");
+        return NULL;
+    }
+    if (len > 0 && copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    bytes = PyBytes_FromStringAndSize((const char *)copy, (Py_ssize_t)len);
+    free(copy);
+    if (bytes == NULL) {
+        return NULL;
+    }
+    result = Py_BuildValue("(NO)", bytes, truncated ? Py_True : Py_False);
+    return result;
+}
+
+PyDoc_STRVAR(capture_close_doc,
+"capture_close(key) -> None\n\n"
+"Forget the capture and free what it kept (idempotent): later writes to it are EIO.");
+
+static PyObject *
+capture_close(PyObject *module, PyObject *arg)
+{
+    unsigned long long key;
+    size_t index = 0;
+    Capture *c;
+    (void)module;
+    if (key_arg(arg, "capture_close", &key) < 0) {
+        return NULL;
+    }
+    PyThread_acquire_lock(capture_lock, WAIT_LOCK);
+    c = capture_find(key, &index);
+    if (c != NULL) {
+        captures[index] = captures[--captures_len];
+    }
+    PyThread_release_lock(capture_lock);
+    if (c != NULL) {
+        free(c->data);
+        free(c);
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(capture_count_doc, "capture_count() -> int\n\nHow many captures are open.");
+
+static PyObject *
+capture_count(PyObject *module, PyObject *unused)
+{
+    size_t n;
+    (void)module;
+    (void)unused;
+    PyThread_acquire_lock(capture_lock, WAIT_LOCK);
+    n = captures_len;
+    PyThread_release_lock(capture_lock);
+    return PyLong_FromSize_t(n);
+}
+
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, bind_doc},
     {"hostmem_setup", (PyCFunction)(void (*)(void))hostmem_setup, METH_FASTCALL,
      hostmem_setup_doc},
+    {"capture_open", capture_open, METH_O, capture_open_doc},
+    {"capture_value", capture_value, METH_O, capture_value_doc},
+    {"capture_close", capture_close, METH_O, capture_close_doc},
+    {"capture_count", capture_count, METH_NOARGS, capture_count_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -338,6 +595,23 @@ PyInit__speedups(void)
     /* The loader (_cffi.load_speedups) uses a build only of the interface it was written for:
      * a build left from an older plugsafe would refuse bind's arguments. */
     if (PyModule_AddIntConstant(module, "API_VERSION", PLUGSAFE_SPEEDUPS_API_VERSION) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    /* The captures' lock and capture_write's address (for wasi_config_set_std*_custom). */
+    if (capture_lock == NULL) {
+        capture_lock = PyThread_allocate_lock();
+        if (capture_lock == NULL) {
+            Py_DECREF(module);
+            return PyErr_NoMemory();
+        }
+#ifndef _WIN32
+        pthread_atfork(NULL, NULL, capture_after_fork_child);
+#endif
+    }
+    address = PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)capture_write);
+    if (address == NULL || PyModule_AddObject(module, "CAPTURE_WRITE", address) < 0) {
+        Py_XDECREF(address);
         Py_DECREF(module);
         return NULL;
     }

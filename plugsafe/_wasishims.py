@@ -27,20 +27,33 @@ _EPERM = 63
 class OutputSink:
     """Collects one captured stream of one instance, up to a cap.
 
-    wasmtime calls ``write`` from a thread of its own, not the call's (measured on wasmtime
-    50: the worker its WASI output runs on; tests/test_tidy9_wasi_thread.py), but never for
-    one sink twice at once, and the guest's ``fd_write`` waits for it: everything is written
-    by the time the call returns, when ``value`` is read. No lock is needed for that; nothing
-    here may rely on the call's thread (its thread-locals, its call state).
+    wasmtime writes a guest's output from a thread of its own, not the call's (measured on
+    wasmtime 50: the worker its WASI output runs on; tests/test_tidy9_wasi_thread.py), but never
+    for one sink twice at once, and the guest's ``fd_write`` waits for it: everything is written
+    by the time the call returns, when ``value`` is read. Where ``plugsafe._speedups`` is in use
+    a captured stream is kept in C (``rt.NativeCapture``: that thread then runs no Python, so a
+    plugin still writing while the interpreter exits cannot make it abort the process);
+    otherwise ``write`` takes each write in Python. No lock is needed for that; nothing here
+    may rely on the call's thread (its thread-locals, its call state).
     """
 
-    __slots__ = ("_chunks", "_left", "mode", "truncated")
+    __slots__ = ("_chunks", "_left", "_native", "_read", "_truncated", "mode")
 
-    def __init__(self, mode: OutputMode, cap: int) -> None:
+    def __init__(self, mode: OutputMode, cap: int, *, native: bool = True) -> None:
         self.mode = mode
         self._chunks: list[bytes] = []
         self._left = cap
-        self.truncated = False
+        self._truncated = False
+        self._read = False  # (native: value() read, and with it ``_truncated``)
+        self._native: rt.NativeCapture | None = None
+        if native and mode == "capture":
+            from . import _runtime as rt
+
+            self._native = rt.native_capture(cap)
+
+    def target(self) -> Callable[[bytes], object] | rt.NativeCapture:
+        """What wasmtime is given to write to: the native capture, or ``write``."""
+        return self.write if self._native is None else self._native
 
     def write(self, data: bytes) -> int:
         """Take ``data``; always report it all written, so the guest never retries or fails."""
@@ -50,16 +63,27 @@ class OutputSink:
                 self._chunks.append(keep)
                 self._left -= len(keep)
             if len(keep) < len(data):
-                self.truncated = True
+                self._truncated = True
         return len(data)
 
     def value(self) -> bytes:
         """Everything captured so far."""
+        if self._native is not None:
+            data, self._truncated = self._native.value()
+            self._read = True
+            return data
         return b"".join(self._chunks)
+
+    @property
+    def truncated(self) -> bool:
+        """Whether anything written was dropped (past the cap)."""
+        if self._native is not None and not self._read:
+            self.value()
+        return self._truncated
 
 
 # The sinks of an instance whose output nobody reads (WasiShims.config(read=False)).
-_UNREAD = OutputSink("discard", 0)
+_UNREAD = OutputSink("discard", 0, native=False)
 
 
 class WasiShims:
@@ -133,8 +157,8 @@ class WasiShims:
             args=w.args if args is None else args,
             env=w.env,
             stdin=w.stdin if stdin is None else stdin,
-            stdout=(w.stdout if read or w.stdout == "inherit" else "discard", out.write),
-            stderr=(w.stderr if read or w.stderr == "inherit" else "discard", err.write),
+            stdout=(w.stdout if read or w.stdout == "inherit" else "discard", out.target()),
+            stderr=(w.stderr if read or w.stderr == "inherit" else "discard", err.target()),
             preopens=[(p.checked_host(), p.guest, p.writable) for p in w.preopens],
         )
         return cfg, out, err

@@ -5,7 +5,8 @@ it does not: wasmtime 50 writes a custom stdout/stderr from a thread of its own 
 WASI output runs on; to Python a "Dummy" thread), one for every store. What holds, and what
 plugsafe relies on: a guest's ``fd_write`` waits for the sink, so everything is written by the
 time the call returns (``RunResult`` reads it then), one instance's sink is never written twice
-at once, and concurrent runs never see each other's bytes.
+at once, and concurrent runs never see each other's bytes. (These tests take the Python sinks;
+where ``plugsafe._speedups`` is in use captures are kept in C: tests/test_lead11_capture.py.)
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from plugsafe import Policy, Wasi, _wasishims
 from wat import WASI_WRITER as WRITER
 
 
+def python_sinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Captures taken by OutputSink.write in Python, as without plugsafe._speedups (with it
+    they are kept in C and no Python runs on wasmtime's thread: tests/test_lead11_capture.py)."""
+    monkeypatch.setattr("plugsafe._runtime.native_capture", lambda limit: None)
+
+
 @pytest.fixture
 def writers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, object, bytes]]]:
     """Every sink write as (the writing thread, the sink, the bytes)."""
+    python_sinks(monkeypatch)
     seen: list[tuple[int, object, bytes]] = []
     write = _wasishims.OutputSink.write
 
@@ -60,6 +68,7 @@ def test_every_write_is_done_when_the_call_returns(monkeypatch: pytest.MonkeyPat
         time.sleep(0.2)  # the guest's fd_write waits for this, on wasmtime's thread
         return write(self, data)
 
+    python_sinks(monkeypatch)
     monkeypatch.setattr(_wasishims.OutputSink, "write", slow)
     with plugsafe.Host() as host:
         plugin = host.load(WRITER, policy=Policy(wasi=Wasi()))

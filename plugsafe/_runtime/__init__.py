@@ -76,7 +76,18 @@ from ._engine import (
 )
 from ._funcref import ArgumentsDoNotFit, FuncRef
 from ._instance import Instance
-from ._linker import Binding, Caller, ErrorSink, HostCallback, Linker, LinkerPool, wasi_config
+from ._linker import (
+    Binding,
+    Caller,
+    ErrorSink,
+    HostCallback,
+    Linker,
+    LinkerPool,
+    NativeCapture,
+    native_capture,
+    outputs_alive,
+    wasi_config,
+)
 from ._module import (
     NUMERIC_TYPES,
     Description,
@@ -112,6 +123,7 @@ __all__ = [
     "Linker",
     "LinkerPool",
     "Module",
+    "NativeCapture",
     "NO_DEADLINE_TICKS",
     "NUMERIC_TYPES",
     "PoolExhaustedFailure",
@@ -124,6 +136,8 @@ __all__ = [
     "describe_binary",
     "library_fingerprint",
     "load_description",
+    "native_capture",
+    "outputs_alive",
     "parse_description",
     "wasi_config",
     "wasmtime_version",

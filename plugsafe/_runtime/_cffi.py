@@ -56,7 +56,7 @@ __all__ = [
 
 # The interface of plugsafe/_speedups.c this code calls (``bind``'s arguments, ``hostmem_setup``,
 # the constants): the build's ``API_VERSION`` must be this one (raised with every change there).
-SPEEDUPS_API_VERSION = 2
+SPEEDUPS_API_VERSION = 3
 
 # Why the compiled call is not in use (None: it is), as the last load_speedups() found it.
 SPEEDUPS_PROBLEM: str | None = None

@@ -182,8 +182,8 @@ def wasi_config(
     args: Sequence[str],
     env: Mapping[str, str],
     stdin: bytes,
-    stdout: tuple[str, Callable[[bytes], object] | None],
-    stderr: tuple[str, Callable[[bytes], object] | None],
+    stdout: tuple[str, Callable[[bytes], object] | NativeCapture | None],
+    stderr: tuple[str, Callable[[bytes], object] | NativeCapture | None],
     preopens: Sequence[tuple[str, str, bool]],
 ) -> Owned:
     """A WASI configuration (an owned ``wasi_config_t``, for ``_store.Store.set_wasi``)
@@ -191,8 +191,9 @@ def wasi_config(
 
     ``stdout``/``stderr`` are (mode, sink): "inherit" uses the host's stream, "discard" leaves
     it unset (wasmtime then drops every write, reporting it written in full), anything else
-    hands every write to ``sink`` (whose result is ignored: a write is always reported whole;
-    one that raises fails with EIO). wasmtime may call a sink on a thread of its own. The sinks
+    hands every write to ``sink``, a :class:`NativeCapture` (written in C) or a Python callable
+    (whose result is ignored: a write is always reported whole; one that raises fails with
+    EIO). wasmtime may call a sink on a thread of its own. The sinks
     are held until the store the configuration is given to is deleted (``Store.close``), or
     with the configuration if it never is.
     """
@@ -221,11 +222,11 @@ def wasi_config(
     if stdout[0] == "inherit":
         lib.wasi_config_inherit_stdout(raw)
     elif stdout[0] != "discard":
-        lib.wasi_config_set_stdout_custom(raw, _WRITE, outputs.add(stdout[1]), ffi.NULL)
+        lib.wasi_config_set_stdout_custom(raw, *outputs.add(stdout[1]), ffi.NULL)
     if stderr[0] == "inherit":
         lib.wasi_config_inherit_stderr(raw)
     elif stderr[0] != "discard":
-        lib.wasi_config_set_stderr_custom(raw, _WRITE, outputs.add(stderr[1]), ffi.NULL)
+        lib.wasi_config_set_stderr_custom(raw, *outputs.add(stderr[1]), ffi.NULL)
     for host, guest, writable in preopens:
         # Writable only when asked for, said explicitly every time.
         if not lib.wasi_config_preopen_dir(
@@ -249,28 +250,83 @@ _OUTPUTS: dict[int, Callable[[bytes], object]] = {}
 _OUTPUT_KEYS = itertools.count(1)
 
 
+class NativeCapture:
+    """A captured output kept in C by ``plugsafe._speedups`` (its ``capture_*`` functions).
+
+    wasmtime writes a guest's output on a thread of its own; a Python sink there takes the GIL,
+    and taking it while the interpreter finalizes (a daemon thread's plugin still writing at
+    exit) ends that thread with a forced unwind through wasmtime's Rust frames: the process
+    aborts. This capture's writes run no Python. Kept up to ``limit`` bytes; the rest dropped
+    and ``truncated`` said. Freed with this object (a later write is an I/O error for the
+    guest, never a use after free: the C side finds a capture by its key).
+    """
+
+    __slots__ = ("_close", "_value", "callback", "key")
+
+    def __init__(self, speedups: Any, limit: int) -> None:
+        self.key: int = speedups.capture_open(limit)
+        self.callback = ffi.cast("plugsafe_output_callback_t", speedups.CAPTURE_WRITE)
+        self._value = speedups.capture_value
+        # Bound now: __del__ may run while the interpreter finalizes.
+        self._close = speedups.capture_close
+
+    def value(self) -> tuple[bytes, bool]:
+        """What was kept so far, and whether anything was dropped."""
+        return self._value(self.key)  # type: ignore[no-any-return]
+
+    def __del__(self) -> None:
+        self._close(self.key)
+
+
+def native_capture(limit: int) -> NativeCapture | None:
+    """A capture kept in C, or None where ``plugsafe._speedups`` is not in use (then the
+    caller's Python sink serves, see OutputSink)."""
+    from ._cffi import SPEEDUPS
+
+    if SPEEDUPS is None:
+        return None
+    return NativeCapture(SPEEDUPS, limit)
+
+
+def outputs_alive() -> int:
+    """How many custom outputs are held now, Python sinks and native captures (for tests)."""
+    from ._cffi import SPEEDUPS
+
+    return len(_OUTPUTS) + (0 if SPEEDUPS is None else SPEEDUPS.capture_count())
+
+
 class _Outputs:
     """The custom outputs one WASI configuration registered: forgotten by Python when the
     store it was given to is deleted (the store then calls them no more: a guest writes only
     during a call), or with the configuration if it never was given to one."""
 
-    __slots__ = ("keys",)
+    __slots__ = ("held", "keys")
 
     def __init__(self) -> None:
         self.keys: list[int] = []
+        # Native captures, held (their C buffers with them) as long as the Python sinks are.
+        self.held: list[NativeCapture] = []
 
-    def add(self, sink: Callable[[bytes], object] | None) -> Any:
-        """Register ``sink``; the ``data`` pointer to hand wasmtime with _WRITE."""
+    def add(self, sink: Callable[[bytes], object] | NativeCapture | None) -> tuple[Any, Any]:
+        """Register ``sink``; the callback and ``data`` pointer to hand wasmtime for it.
+
+        A :class:`NativeCapture` is written by C (no Python on wasmtime's thread) and held
+        here; any other sink is a Python callable, called through _WRITE.
+        """
         if sink is None:
             raise ValueError("a custom output needs a sink")
+        if isinstance(sink, NativeCapture):
+            self.held.append(sink)
+            return sink.callback, ffi.cast("void *", sink.key)
         key = next(_OUTPUT_KEYS)
         _OUTPUTS[key] = sink
         self.keys.append(key)
-        return ffi.cast("void *", key)
+        return _WRITE, ffi.cast("void *", key)
 
     def release(self, _outputs: dict[int, Callable[[bytes], object]] = _OUTPUTS) -> None:
         """Forget them (idempotent). (Bound as a default: it may run at shutdown.)"""
         keys, self.keys = self.keys, []
+        self.held = []
         for key in keys:
             _outputs.pop(key, None)
 
