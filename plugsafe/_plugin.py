@@ -43,6 +43,7 @@ from ._lazymodule import import_now, lazy_function, lazy_module
 from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
+from ._runtime import _wasifork
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._wasi import SHIM_SHAPES, check_c_text
 from ._wasmshape import MemoryDecl
@@ -164,6 +165,20 @@ def module_facts(module: rt.Module) -> ModuleFacts:
         facts = module.facts = ModuleFacts(module)
     assert isinstance(facts, ModuleFacts)
     return facts
+
+
+# Plugins whose instances may reach files (a WASI grant with preopens). In a child forked while
+# wasmtime's WASI I/O threads ran (rt._wasifork), such an instance's file access would wait for
+# ever; the child drops the instance it inherited, so its next call makes one and is refused.
+_FILE_ACCESS: weakref.WeakSet[Plugin] = weakref.WeakSet()
+
+
+def _drop_inherited_file_access() -> None:
+    for plugin in list(_FILE_ACCESS):
+        plugin._calls.instance = None
+
+
+_wasifork.on_broken(_drop_inherited_file_access)
 
 
 def _closed(name: str) -> Callable[..., NoReturn]:
@@ -353,6 +368,9 @@ class Plugin(Closing):
         self._wasi: WasiShims | None = None
         if policy.wasi is not None:
             self._wasi = WasiShims(policy.wasi, policy.max_output, calls.state, diagnosis)
+            _wasifork.note()  # (its instances may be bare WASI contexts: no wasi_config)
+            if policy.wasi.preopens:
+                _FILE_ACCESS.add(self)  # (dropped in a child forked with WASI I/O: see there)
         else:
             # _new_instance's first case directly: a frame less for every instance made for a
             # call (a fresh_instance plugin makes one per call: issue 14, goal 6).

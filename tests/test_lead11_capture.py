@@ -179,3 +179,56 @@ def test_a_plugin_writing_on_a_daemon_thread_at_exit_never_aborts_the_process() 
         done = run_script(EXITING)
         assert (done.returncode, "exiting" in done.stdout) == (0, True), done.stderr[-3000:]
         assert "panicked" not in done.stderr and "unwind" not in done.stderr, done.stderr[-3000:]
+
+
+# A child forked while another thread's plugin writes without pause: its own WASI plugins'
+# captured output is refused at once (wasmtime's I/O threads are gone:
+# tests/test_lead11_fork_wasi.py), never hung (the capture's lock, held by the writer at the
+# fork, is made anew in the child), and discarded output works.
+FORKING = r"""
+import os, sys, threading, time
+import plugsafe
+WAT = b'''(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 5))
+    (loop $l (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))))'''
+ONCE = WAT.replace(b"(loop $l (drop", b"(block $l (drop")
+host = plugsafe.Host()
+busy = host.load(WAT, policy=plugsafe.Policy(wasi=plugsafe.Wasi(), timeout=1.0, max_output=64))
+def run():
+    try:
+        busy.run()
+    except plugsafe.DeadlineExceeded:
+        pass
+threading.Thread(target=run, daemon=True).start()
+time.sleep(0.1)
+bad = 0
+for _ in range(10):
+    pid = os.fork()
+    if pid == 0:
+        import signal
+        signal.alarm(20)
+        with plugsafe.Host() as h:
+            try:
+                h.load(ONCE, policy=plugsafe.Policy(wasi=plugsafe.Wasi())).run()
+                refused = False
+            except plugsafe.PluginCallError as exc:
+                refused = "fork" in str(exc)
+            w = plugsafe.Wasi(stdout="discard", stderr="discard")
+            ok = h.load(ONCE, policy=plugsafe.Policy(wasi=w)).run().exit_code == 0
+        os._exit(0 if ok and refused else 3)
+    _, status = os.waitpid(pid, 0)
+    bad += status != 0
+print("bad", bad, flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_child_forked_while_a_capture_is_written_is_refused_never_hung() -> None:
+    done = run_script(FORKING, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "bad 0" in done.stdout, done.stdout + done.stderr[-3000:]

@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from . import _wasifork
 from ._backend import (
     KIND_FUNC,
     KIND_MEMORY,
@@ -197,6 +198,14 @@ def wasi_config(
     are held until the store the configuration is given to is deleted (``Store.close``), or
     with the configuration if it never is.
     """
+    if (
+        preopens
+        or stdout[0] not in ("inherit", "discard")
+        or stderr[0] not in ("inherit", "discard")
+    ):
+        _wasifork.use_io()  # (raises in a child forked while wasmtime's I/O threads ran)
+    else:
+        _wasifork.note()
     cfg = WasiConfig(lib.wasi_config_new(), lib.wasi_config_delete)
     raw = cfg.raw
     outputs = cfg.outputs
