@@ -34,6 +34,7 @@ from ._backend import (
     check_span,
     failure_from_addresses,
 )
+from ._cffi import SPEEDUPS
 from ._engine import Engine
 from ._forksafe import Owned
 from ._funcref import Scratch
@@ -290,8 +291,6 @@ class NativeCapture:
 def native_capture(limit: int) -> NativeCapture | None:
     """A capture kept in C, or None where ``plugsafe._speedups`` is not in use (then the
     caller's Python sink serves, see OutputSink)."""
-    from ._cffi import SPEEDUPS
-
     if SPEEDUPS is None:
         return None
     return NativeCapture(SPEEDUPS, limit)
@@ -299,8 +298,6 @@ def native_capture(limit: int) -> NativeCapture | None:
 
 def outputs_alive() -> int:
     """How many custom outputs are held now, Python sinks and native captures (for tests)."""
-    from ._cffi import SPEEDUPS
-
     return len(_OUTPUTS) + (0 if SPEEDUPS is None else SPEEDUPS.capture_count())
 
 
