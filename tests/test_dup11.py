@@ -194,3 +194,51 @@ def test_a_forked_child_forgets_its_parent_s_work_and_starts_its_own_thread() ->
         timeout=120,
     )
     assert out.split() == ["child", "0"]
+
+
+# -- 2. what an Owned releases with it (a WASI configuration's custom outputs) -------------------
+
+
+def test_what_an_owned_pointer_releases_with_it_is_released_once_whether_freed_or_taken() -> None:
+    from plugsafe._runtime import _lib
+    from plugsafe._runtime._forksafe import Owned
+
+    freed: list[object] = []
+    released: list[str] = []
+    kept = Owned(_lib.lib.wasmtime_trap_new(b"t", 1), _lib.lib.wasm_trap_delete)
+    kept.also = lambda: released.append("kept")
+    kept.close()
+    kept.close()
+    assert released == ["kept"]
+    taken = Owned(_lib.lib.wasmtime_trap_new(b"t", 1), freed.append)
+    taken.also = lambda: released.append("taken")
+    raw = taken.take()
+    assert released == ["kept"]  # its new owner may still use it: kept until closed
+    del taken  # (collected, never closed)
+    assert released == ["kept", "taken"] and freed == []
+    _lib.lib.wasm_trap_delete(raw)
+
+
+def test_a_store_forgets_its_wasi_configuration_s_outputs_when_deleted_never_before() -> None:
+    import gc
+
+    from plugsafe import _runtime as rt
+    from plugsafe._runtime import _linker
+    from plugsafe._runtime._store import Store
+
+    gc.disable()
+    try:
+        before = len(_linker._OUTPUTS)
+        cfg = rt.wasi_config(
+            args=[], env={}, stdin=b"", stdout=("capture", len), stderr=("capture", len),
+            preopens=[],
+        )  # fmt: skip
+        engine = rt.Engine(metered=False, max_stack=512 * 1024)
+        store = Store(engine.address)
+        assert store.set_wasi(cfg) == 0
+        del cfg  # the store keeps it: wasmtime may still write through its sinks
+        assert len(_linker._OUTPUTS) == before + 2
+        store.close()
+        assert len(_linker._OUTPUTS) == before
+    finally:
+        gc.enable()

@@ -194,12 +194,12 @@ def wasi_config(
     hands every write to ``sink`` (whose result is ignored: a write is always reported whole;
     one that raises fails with EIO). wasmtime may call a sink on a thread of its own. The sinks
     are held until the store the configuration is given to is deleted (``Store.close``), or
-    with the configuration if it never is.
+    with the configuration if it never is: its ``also`` (``_forksafe.Owned``) forgets them.
     """
-    cfg = WasiConfig(lib.wasi_config_new(), lib.wasi_config_delete)
+    cfg = Owned(lib.wasi_config_new(), lib.wasi_config_delete)
     raw = cfg.raw
-    outputs = cfg.outputs
-    assert outputs is not None
+    outputs = _Outputs()
+    cfg.also = outputs.release
     # A new config has no arguments and no variables: setting none costs nothing (every
     # instance of a WASI plugin gets a config of its own).
     if args:
@@ -252,7 +252,8 @@ _OUTPUT_KEYS = itertools.count(1)
 class _Outputs:
     """The custom outputs one WASI configuration registered: forgotten by Python when the
     store it was given to is deleted (the store then calls them no more: a guest writes only
-    during a call), or with the configuration if it never was given to one."""
+    during a call), or with the configuration if it never was given to one (``release`` is
+    the configuration's ``Owned.also``)."""
 
     __slots__ = ("keys",)
 
@@ -273,24 +274,6 @@ class _Outputs:
         keys, self.keys = self.keys, []
         for key in keys:
             _outputs.pop(key, None)
-
-
-class WasiConfig(Owned):
-    """An owned ``wasi_config_t`` and the custom outputs it registered (``outputs``: handed to
-    the store with it, see ``Store.set_wasi``; None once handed over)."""
-
-    __slots__ = ("outputs",)
-
-    def __init__(self, raw: Any, free: Callable[[Any], None]) -> None:
-        self.outputs: _Outputs | None = _Outputs()
-        super().__init__(raw, free)
-
-    def close(self, *args: Any) -> None:
-        """Free it now, and forget its outputs unless a store took them (idempotent)."""
-        super().close(*args)
-        outputs, self.outputs = self.outputs, None
-        if outputs is not None:
-            outputs.release()
 
 
 def _write(data: Any, buf: Any, size: int) -> int:
