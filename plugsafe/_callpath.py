@@ -12,14 +12,13 @@ import contextlib
 import ctypes
 import math
 import operator
-import os
 import struct
 import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, SupportsFloat, SupportsIndex, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, SupportsFloat, SupportsIndex, TypeVar
 
 if TYPE_CHECKING:  # logging is imported when a plugin first logs (_log, issue 14)
     import logging
@@ -45,6 +44,7 @@ from ._errors import (
     raise_clean,
 )
 from ._policy import Policy
+from ._runtime._daemon import Daemon
 from ._runtime._instance import InputBufferError
 from ._types import CallStats, ExportInfo
 
@@ -235,47 +235,34 @@ class CallToken:
         # threads); each call ends within milliseconds of an interrupt after its arming.
         CallToken._insist(self)
 
-    # The re-sender: the tokens to interrupt again, each with [when next, back-off]; whether
-    # its thread runs; the process they belong to (the first _insist in a process sets them
-    # all). All under ``_resend_wake``'s lock.
-    _resend: dict[CallToken, list[float]]
-    _resend_wake: threading.Condition
-    _resend_runs = False
-    _resend_pid = -1
+    # The re-sender: the tokens to interrupt again, each with [when next, back-off] (this
+    # process's: a forked child starts afresh), and its thread (_daemon.Daemon: re-entrant
+    # lock, fork safety). The tokens are read and changed under its lock.
+    _resend: ClassVar[dict[CallToken, list[float]]] = {}
+    _resender: ClassVar[Daemon]
     _RESEND_LINGER = 0.5  # seconds the re-sender waits, idle, for another cancel
 
     @staticmethod
     def _insist(token: CallToken) -> None:
         """Have the shared re-sender interrupt ``token``'s call until it ends (a thread started
         if none runs; it stops when no cancelled call is left running)."""
-        cls = CallToken
-        if cls._resend_pid != os.getpid():
-            # First use, or a forked child: no re-sender thread runs here (fork copies only
-            # the forking thread), and the parent's may have held the lock at the fork.
-            cls._resend, cls._resend_runs = {}, False
-            # Re-entrant: cancel() runs on the event loop's thread, often the main one, where a
-            # signal handler that cancels a task can run while the lock is held (attack9).
-            cls._resend_wake = threading.Condition(threading.RLock())
-            cls._resend_pid = os.getpid()
-        with cls._resend_wake:
-            cls._resend[token] = [time.monotonic() + 0.001, 0.001]
-            cls._resend_wake.notify()
-            if cls._resend_runs:
-                return
-            cls._resend_runs = True
-        try:
-            threading.Thread(target=cls._resender, name="plugsafe-cancel", daemon=True).start()
-        except BaseException:
-            with cls._resend_wake:  # (no thread: the next cancel tries again)
-                cls._resend_runs = False
-            raise
+
+        def add() -> None:
+            CallToken._resend[token] = [time.monotonic() + 0.001, 0.001]
+
+        CallToken._resender.request(add)
 
     @staticmethod
-    def _resender() -> None:
+    def _forget_resends() -> None:
+        CallToken._resend = {}
+
+    @staticmethod
+    def _resend_due() -> None:
         """The shared re-sender's thread: interrupt each due token's call again, doubling its
         delay (1 ms to 50 ms), until every call in the set has ended; then stop."""
         cls = CallToken
-        wake, pending = cls._resend_wake, cls._resend  # this process's (a fork replaces them)
+        resender = cls._resender
+        wake, pending = resender.lock(), cls._resend  # this process's (a fork replaces them)
         while True:
             with wake:
                 now = time.monotonic()
@@ -285,7 +272,7 @@ class CallToken:
                     # before stopping, or a storm would start a thread for nearly each.
                     wake.wait(cls._RESEND_LINGER)
                     if not pending:
-                        cls._resend_runs = False
+                        resender.stopping()
                         return
                     continue
                 due = [t for t, (at, _) in pending.items() if at <= now]
@@ -312,6 +299,9 @@ class CallToken:
                         entry[0] = time.monotonic() + entry[1]
                     else:
                         del pending[token]
+
+
+CallToken._resender = Daemon("plugsafe-cancel", CallToken._resend_due, CallToken._forget_resends)
 
 
 # A CallPath's HostRecord until its Plugin sets its Linker's (before anything can run): one for

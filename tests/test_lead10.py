@@ -31,7 +31,7 @@ def test_a_bump_requested_while_its_lock_is_held_by_the_same_thread_does_not_han
         ticker = next(t for t in _ticker._TICKERS if t._ptr)
 
         def nested() -> None:
-            with _ticker._BUMP_LOCK:  # as if a signal handler ran inside bump()
+            with ticker._bumper.lock():  # as if a signal handler ran inside bump()
                 ticker.bump(5_000)
 
         assert _finishes(nested)
@@ -41,7 +41,7 @@ def test_a_cancel_while_the_resenders_lock_is_held_by_the_same_thread_does_not_h
     CallToken._insist(CallToken())  # (the process's re-sender state exists from here)
 
     def nested() -> None:
-        with CallToken._resend_wake:  # as if a signal handler ran inside _insist()
+        with CallToken._resender.lock():  # as if a signal handler ran inside _insist()
             CallToken._insist(CallToken())
 
     assert _finishes(nested)

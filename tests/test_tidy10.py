@@ -243,7 +243,7 @@ def _resenders() -> list[threading.Thread]:
 # -- 3. a stale _speedups build ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [None, 1, 3, "2"])
+@pytest.mark.parametrize("version", [None, 1, 2, 4, "3"])
 def test_a_speedups_build_of_another_api_version_is_not_used(
     monkeypatch: pytest.MonkeyPatch, version: object
 ) -> None:

@@ -53,12 +53,19 @@ class Owned:
 
     ``raw`` is the pointer (a cffi ``cdata``), None once freed or taken: whoever holds an Owned
     reads ``raw`` at the moment of use and never keeps the pointer past the Owned's life.
+
+    ``also``: None, or what to release with it on the Python side (things the C object refers
+    to, such as the sinks of a WASI configuration's custom outputs): called once, when this
+    object is closed or collected, whether it freed the pointer or handed it over (take()).
+    Whoever takes the pointer therefore keeps this object, and closes it, while the pointer's
+    new owner may still use them (``_store.Store`` does for its WASI configuration).
     """
 
-    __slots__ = ("__weakref__", "_free", "_pid", "raw")
+    __slots__ = ("__weakref__", "_free", "_pid", "also", "raw")
 
     def __init__(self, raw: Any, free: Callable[[Any], None]) -> None:
         self.raw: Any = None  # (set first: __del__ runs even when __init__ raises)
+        self.also: Callable[[], None] | None = None
         if not raw:
             raise MemoryError("wasmtime returned a null pointer")
         self.raw = raw
@@ -67,22 +74,27 @@ class Owned:
 
     def take(self) -> Any:
         """The pointer, now the caller's (a C function that takes ownership of it); this object
-        forgets it and frees nothing. ValueError if it was freed or taken already."""
+        forgets it and frees nothing (``also`` stays until it is closed). ValueError if it was
+        freed or taken already."""
         raw, self.raw = self.raw, None
         if raw is None:
             raise ValueError("a C object used after it was freed or handed over")
         return raw
 
     def close(self, _getpid: Callable[[], int] = os.getpid, _leaked: list[int] = _leaked) -> None:
-        """Free it now (idempotent; a forked child only counts it as leaked)."""
+        """Free it now, then release ``also`` (idempotent; a forked child only counts the
+        pointer as leaked)."""
         # (Both bound as defaults: __del__ may run at shutdown, once module globals are gone.)
         raw, self.raw = self.raw, None
-        if raw is None:
-            return
-        if _getpid() != self._pid:
-            _leaked[0] += 1
-            return
-        self._free(raw)
+        if raw is not None:
+            if _getpid() != self._pid:
+                _leaked[0] += 1
+            else:
+                self._free(raw)
+        also = self.also
+        if also is not None:
+            self.also = None
+            also()
 
     def __del__(self) -> None:
         self.close()

@@ -195,9 +195,9 @@ def wasi_config(
     it unset (wasmtime then drops every write, reporting it written in full), anything else
     hands every write to ``sink``, a :class:`NativeCapture` (written in C) or a Python callable
     (whose result is ignored: a write is always reported whole; one that raises fails with
-    EIO). wasmtime may call a sink on a thread of its own. The sinks
-    are held until the store the configuration is given to is deleted (``Store.close``), or
-    with the configuration if it never is.
+    EIO). wasmtime may call a sink on a thread of its own. The sinks are held until the store
+    the configuration is given to is deleted (``Store.close``), or with the configuration if it
+    never is: its ``also`` (``_forksafe.Owned``) forgets them.
     """
     if (
         preopens
@@ -207,10 +207,10 @@ def wasi_config(
         _wasifork.use_io()  # (raises in a child forked while wasmtime's I/O threads ran)
     else:
         _wasifork.note()
-    cfg = WasiConfig(lib.wasi_config_new(), lib.wasi_config_delete)
+    cfg = Owned(lib.wasi_config_new(), lib.wasi_config_delete)
     raw = cfg.raw
-    outputs = cfg.outputs
-    assert outputs is not None
+    outputs = _Outputs()
+    cfg.also = outputs.release
     # A new config has no arguments and no variables: setting none costs nothing (every
     # instance of a WASI plugin gets a config of its own).
     if args:
@@ -304,7 +304,8 @@ def outputs_alive() -> int:
 class _Outputs:
     """The custom outputs one WASI configuration registered: forgotten by Python when the
     store it was given to is deleted (the store then calls them no more: a guest writes only
-    during a call), or with the configuration if it never was given to one."""
+    during a call), or with the configuration if it never was given to one (``release`` is
+    the configuration's ``Owned.also``)."""
 
     __slots__ = ("held", "keys")
 
@@ -335,24 +336,6 @@ class _Outputs:
         self.held = []
         for key in keys:
             _outputs.pop(key, None)
-
-
-class WasiConfig(Owned):
-    """An owned ``wasi_config_t`` and the custom outputs it registered (``outputs``: handed to
-    the store with it, see ``Store.set_wasi``; None once handed over)."""
-
-    __slots__ = ("outputs",)
-
-    def __init__(self, raw: Any, free: Callable[[Any], None]) -> None:
-        self.outputs: _Outputs | None = _Outputs()
-        super().__init__(raw, free)
-
-    def close(self, *args: Any) -> None:
-        """Free it now, and forget its outputs unless a store took them (idempotent)."""
-        super().close(*args)
-        outputs, self.outputs = self.outputs, None
-        if outputs is not None:
-            outputs.release()
 
 
 def _write(data: Any, buf: Any, size: int) -> int:

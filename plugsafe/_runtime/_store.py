@@ -154,12 +154,11 @@ class Store:
         made (an owned ``wasi_config_t``, handed over: a config serves one store). Returns the
         address of a wasmtime error (owned by the caller), or 0.
 
-        The configuration's custom outputs (``_linker.WasiConfig.outputs``) are the store's
-        from then on: forgotten when it is deleted."""
-        outputs = getattr(config, "outputs", None)
+        The configuration (its ``Owned``, the pointer taken) is the store's from then on:
+        closed when the store is deleted, forgetting its custom outputs (``Owned.also``)."""
         error = give_wasi(self.ctx, config)
-        if outputs is not None:
-            self._outputs, config.outputs = outputs, None  # type: ignore[attr-defined]
+        if config is not DEFAULT_WASI:
+            self._outputs = config
         return error
 
     def close(self) -> None:
@@ -172,7 +171,7 @@ class Store:
         if outputs is not None:
             # Python's registry only: no call runs on a deleted store, so nothing writes.
             self._outputs = None
-            outputs.release()
+            outputs.close()
         if _getpid() != self._pid:
             count_leak()
             return

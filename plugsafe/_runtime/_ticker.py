@@ -60,6 +60,7 @@ import weakref
 from typing import Any
 
 from . import _lib
+from ._daemon import Daemon
 
 __all__ = [
     "BUSY",
@@ -269,10 +270,6 @@ _state: dict[str, Any] = {
     "forked_from_native": False,
 }
 _TICKERS: list[Ticker] = []
-# Orders Ticker.bump's requests against its helper (held only to read and write two fields).
-# Re-entrant: a signal handler on the main thread may interrupt a call (cancel a task) while
-# that thread is inside bump (attack9's class of hang).
-_BUMP_LOCK = threading.RLock()
 # Engines kept alive for the rest of the process: never freed while a timer may tick them, not
 # even while the interpreter tears modules down at exit (each also holds an extra reference).
 _KEEP: list[object] = []
@@ -352,11 +349,10 @@ class Ticker:
         self._base = 0.0
         self._done = 0
         self._increment = _increment_fn()
-        # Interrupts' epoch increments still owed, whether a helper thread makes them, and the
-        # process that state belongs to (see bump).
+        # Interrupts' epoch increments still owed, and the helper thread that makes them (see
+        # bump; its lock orders the two, held only to read and write ``_owed``).
         self._owed = 0
-        self._bumping = False
-        self._bump_pid = -1
+        self._bumper = Daemon("plugsafe-interrupt", self._bump_owed, self._forget_owed)
         with _lock:
             _TICKERS.append(self)
 
@@ -426,29 +422,24 @@ class Ticker:
         it). A storm of interrupts costs one timeout's ticks instead of one each: 200 cancelled
         calls of 60 s plugins made 200 threads of 30,000 ctypes calls, each taking the GIL,
         and kept the two cores busy for a minute (tests/test_tidy10.py's storm)."""
-        with _BUMP_LOCK:
-            if self._bump_pid != os.getpid():
-                # First use, or a forked child: no helper runs here (fork copies one thread).
-                self._owed, self._bumping, self._bump_pid = 0, False, os.getpid()
+
+        def owe() -> None:
             if self._owed < n:
                 self._owed = n
-            if self._bumping:
-                return
-            self._bumping = True
-        try:
-            threading.Thread(target=self._bump_owed, name="plugsafe-interrupt", daemon=True).start()
-        except BaseException:
-            with _BUMP_LOCK:  # (no helper: the next request starts one)
-                self._bumping = False
-            raise
+
+        self._bumper.request(owe)
+
+    def _forget_owed(self) -> None:
+        self._owed = 0  # (a forked child: what its parent owed is not its own)
 
     def _bump_owed(self) -> None:
-        increment, ptr = self._increment, self._ptr
+        increment, ptr, bumper = self._increment, self._ptr, self._bumper
+        lock = bumper.lock()
         while True:
-            with _BUMP_LOCK:
+            with lock:
                 take = min(self._owed, 1024)
                 if take == 0:
-                    self._bumping = False
+                    bumper.stopping()
                     return
                 self._owed -= take
             for _ in range(take):
