@@ -45,7 +45,16 @@ from ._policy import Policy
 from ._runtime._module import MAX_DESCRIPTION
 from ._version import __version__
 from ._wasi import WASI_MODULE
-from ._wasmshape import WASM_MAGIC, Caps, MemoryDecl, ModuleShape, WasmFormatError, fits
+from ._wasmshape import (
+    MEMORY_FLAGS_COMPILED,
+    WASM_MAGIC,
+    Caps,
+    MemoryDecl,
+    ModuleShape,
+    WasmFormatError,
+    fits,
+    measure,
+)
 
 if TYPE_CHECKING:
     import dataclasses
@@ -286,6 +295,30 @@ def _read_meta(
     return shape, memories
 
 
+def _tells_the_truth(meta: tuple[ModuleShape, tuple[MemoryDecl, ...]], wasm: bytes) -> bool:
+    """Whether a disk entry's part (``_read_meta``) says what the binary ``wasm`` holds.
+
+    A hit believes it: the functions and the largest body decide the policy's max_functions
+    and max_function_size, the memories how the policy's memory is split and whether the
+    store can hold them. ``measure`` reads them from the binary (section headers only: the
+    cost of a hit stays small, and no ``_wasmbin``). Imports and exports are compared with
+    wasmtime's after deserializing; the nesting bound is not compared (it needs every body
+    decoded: the precheck's work). Unreadable bytes, or memories no plugsafe engine compiles
+    (shared, 64-bit): not what was compiled, so False.
+    """
+    try:
+        functions, largest, memories, flags = measure(wasm)
+    except WasmFormatError:
+        return False
+    shape = meta[0]
+    return (
+        shape.functions == functions
+        and shape.largest_function == largest
+        and meta[1] == memories
+        and not flags & ~MEMORY_FLAGS_COMPILED
+    )
+
+
 class ModuleLoader:
     """Reads, checks, compiles and caches modules for one Host (see the module docstring).
 
@@ -423,7 +456,7 @@ class ModuleLoader:
         # the same bytes again (another tenant, a pool) skips the compiler.
         digest = hashlib.sha256(wasm).digest()
         name = name or default_name(digest)
-        hit = self._from_disk(engine, digest)
+        hit = self._from_disk(engine, digest, wasm)
         if hit is not None:
             return hit
         shape = check_shape(wasm, caps, name)
@@ -462,7 +495,7 @@ class ModuleLoader:
             f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin;shape;marshal"
         )
 
-    def _from_disk(self, engine: rt.Engine, digest: bytes) -> _Entry | None:
+    def _from_disk(self, engine: rt.Engine, digest: bytes, wasm: bytes) -> _Entry | None:
         cache = self._disk_cache(engine)
         if cache is None:
             return None
@@ -474,6 +507,9 @@ class ModuleLoader:
         data = rt.load_description(description)
         meta = _read_meta(data)
         if meta is None:  # written without the loader's part: compile again, rewrite it
+            return None
+        if not _tells_the_truth(meta, wasm):
+            cache.discard(key)
             return None
         try:
             # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.
