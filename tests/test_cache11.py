@@ -253,3 +253,67 @@ def test_a_shared_memory_entry_is_discarded(
     with plugsafe.Host(cache_dir=tmp_path) as host, pytest.raises(plugsafe.InvalidModuleError):
         host.load(wasm)
     assert not forged.exists()
+
+
+# -- the description's types of memories, globals and tags (check_description) -------------------
+
+TYPED = """(module
+  (memory (export "mem") 1 4)
+  (global (export "g") (mut i32) (i32.const 0))
+  (global (export "h") f64 (f64.const 0))
+  (global (export "r") funcref (ref.null func))
+  (tag (export "t") (param i32 f32))
+  (func (export "f") (result i32) (i32.const 1)))"""
+
+# What a lie changes of an export's (params, results, detail).
+TYPE_LIES: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "memory-larger-maximum": ("mem", ((), (), "min 1 max 5 pages")),
+    "memory-larger-minimum": ("mem", ((), (), "min 2 max 4 pages")),
+    "memory-no-maximum": ("mem", ((), (), "min 1 pages")),
+    "memory-gibberish": ("mem", ((), (), "i64 shared")),
+    "global-not-mutable": ("g", ((), (), "i32")),
+    "global-other-type": ("g", ((), (), "mut i64")),
+    "global-made-mutable": ("h", ((), (), "mut f64")),
+    "global-a-reference-said-numeric": ("r", ((), (), "i32")),
+    "global-a-number-said-reference": ("h", ((), (), "externref")),
+    "global-gibberish": ("g", ((), (), "mut")),
+    "tag-fewer-params": ("t", (("i32",), (), "")),
+    "tag-other-params": ("t", (("i32", "f64"), (), "")),
+    "tag-with-results": ("t", (("i32", "f32"), ("i32",), "")),
+}
+
+
+def _typed_entry(tmp_path: Path) -> Path:
+    with plugsafe.Host(cache_dir=tmp_path) as host:
+        assert host.load(TYPED.encode()).invoke("f") == 1
+    [entry] = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return entry
+
+
+def _exports(entry: Path) -> dict[str, tuple[Any, ...]]:
+    return {row[0]: row for row in marshal.loads(_split(entry)[0])["exports"]}
+
+
+@pytest.mark.parametrize("lie", [*TYPE_LIES, "control"])
+def test_an_entry_lying_about_memory_global_or_tag_types_is_compiled_again(
+    tmp_path: Path, lie: str
+) -> None:
+    from test_tidy9_cache import _forge
+
+    entry = _typed_entry(tmp_path)
+    data = marshal.loads(_split(entry)[0])
+    truth = _exports(entry)
+    name, (params, results, detail) = TYPE_LIES.get(lie, ("f", truth["f"][2:]))
+    data["exports"] = tuple(
+        (n, k, params, results, detail) if n == name else (n, k, p, r, d)
+        for n, k, p, r, d in data["exports"]
+    )
+    _forge(entry, marshal.dumps(data, 4))
+    held = _hold(entry)
+    with plugsafe.Host(cache_dir=tmp_path) as host:
+        assert host.load(TYPED.encode()).invoke("f") == 1
+    if lie == "control":
+        assert entry.samefile(held)  # the truth is a hit
+    else:
+        assert not entry.samefile(held)  # refused by deserialize, compiled again
+    assert _exports(entry) == truth
