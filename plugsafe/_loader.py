@@ -13,8 +13,10 @@ refuse the same modules with the same errors at the same speed. The steps, in or
 4. precheck: the policy's structural caps, read from the binary before anything compiles
    (``_wasmbin.precheck``; compiling is outside wasmtime's threat model). What it measured
    (the :class:`~._wasmbin.ModuleShape`) is kept with the compiled module in both caches, so a
-   cache hit checks the policy's caps against the stored shape instead of reading the binary
-   again; a shape that does not certainly fit (``_wasmbin.fits``) runs the precheck in full;
+   cache hit checks the policy's caps against the stored shape instead of running the precheck
+   again (a disk hit first reads back the counts and memories it keeps, section headers only:
+   ``_tells_the_truth``); a shape that does not certainly fit (``_wasmbin.fits``) runs the
+   precheck in full;
 5. compile: in-process, or in a child process killed at ``compile_timeout`` /
    ``compile_memory`` when the policy sets either (``_isolate``);
 6. the import check against the host's functions and the policy (:func:`check_imports`).

@@ -166,17 +166,29 @@ def measure(wasm: bytes) -> tuple[int, int, tuple[MemoryDecl, ...], int]:
             count, at = _leb(wasm, start, stop, 32)
             if count > stop - at:  # a body takes a byte at least
                 raise WasmFormatError("truncated: more bodies than bytes")
+            # Sizes of one or two bytes (bodies under 16 KiB: nearly all) are read inline: a
+            # cold start walks every body. A body running past the section leaves ``at``
+            # past ``stop``, where the next size (_leb) or the check after the loop stops.
+            two = stop - 1  # a size's first byte before this: both bytes are in the section
             for _ in range(count):
-                b = wasm[at] if at < stop else 0x80  # a one-byte size: most bodies
-                if b < 0x80:
-                    length, at = b, at + 1
+                if at < two:
+                    b = wasm[at]
+                    if b < 0x80:
+                        length = b
+                        at += 1 + b
+                    elif wasm[at + 1] < 0x80:
+                        length = (b & 0x7F) | wasm[at + 1] << 7
+                        at += 2 + length
+                    else:
+                        length, at = _leb(wasm, at, stop, 32)
+                        at += length
                 else:
                     length, at = _leb(wasm, at, stop, 32)
+                    at += length
                 if length > largest:
                     largest = length
-                at += length
-                if at > stop:
-                    raise WasmFormatError("truncated: a body runs past the code section")
+            if at > stop:
+                raise WasmFormatError("truncated: a body runs past the code section")
         elif section_id == 5:  # memories: limits each
             count, at = _leb(wasm, start, stop, 32)
             if count > stop - at:
