@@ -320,3 +320,35 @@ def test_an_entry_lying_about_memory_global_or_tag_types_is_compiled_again(
     else:
         assert not entry.samefile(held)  # refused by deserialize, compiled again
     assert _exports(entry) == truth
+
+
+IMPORTING = """(module
+  (import "env" "m" (memory 2 3))
+  (import "env" "g" (global i64))
+  (func (export "f") (result i32) (i32.const 1)))"""
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [{"m": "min 2 pages"}, {"m": "min 2 max 3 pages", "g": "mut i64"}, {"g": "f32"}, {}],
+    ids=["memory-no-maximum", "global-made-mutable", "global-other-type", "control"],
+)
+def test_an_entry_lying_about_imported_memory_or_global_types_is_compiled_again(
+    tmp_path: Path, lie: dict[str, str]
+) -> None:
+    # The import check refuses both imports (the host offers neither), after the load: the
+    # entry has been read by then, and one that lies deleted and written again.
+    from test_tidy9_cache import _forge
+
+    with plugsafe.Host(cache_dir=tmp_path) as host, pytest.raises(plugsafe.ImportNotAllowedError):
+        host.load(IMPORTING.encode())
+    [entry] = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    data = marshal.loads(_split(entry)[0])
+    truth = data["imports"]
+    data["imports"] = tuple((m, n, k, p, r, lie.get(n, d)) for m, n, k, p, r, d in truth)
+    _forge(entry, marshal.dumps(data, 4))
+    held = _hold(entry)
+    with plugsafe.Host(cache_dir=tmp_path) as host, pytest.raises(plugsafe.ImportNotAllowedError):
+        host.load(IMPORTING.encode())
+    assert entry.samefile(held) == (not lie)
+    assert marshal.loads(_split(entry)[0])["imports"] == truth
