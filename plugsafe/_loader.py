@@ -70,8 +70,9 @@ else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
     dataclasses = lazy_module("dataclasses", globals(), "dataclasses")
     # The compiler child's module, when a policy first asks for one (issue 14: cold start).
     compile_isolated = lazy_function("plugsafe._isolate", "compile_isolated", globals())
-    # The binary reader, on the first module compiled: a load from a cache reads no binary
-    # (what the precheck measured is kept with the module; issue 14: cold start).
+    # The binary reader, on the first module compiled: a load from a cache runs no precheck
+    # (what it measured is kept with the module, and a disk hit checks that with the small
+    # _wasmshape.measure; issue 14: cold start).
     precheck = lazy_function("plugsafe._wasmbin", "precheck", globals())
     parse_memories = lazy_function("plugsafe._wasmbin", "parse_memories", globals())
 
