@@ -17,7 +17,11 @@ well-formed entry on purpose: anything that can do that can already run code as 
 such an entry *says* is still checked by its readers, because believing it is how a lie would
 turn into a crash rather than into code that process chose to run: the loader reads the
 description with a bounded reader and compares it with the artifact's types as wasmtime reports
-them (``_runtime.load_description``, ``check_description``); an entry that fails is corrupt.
+them (``_runtime.load_description``, ``check_description``), and what the entry says of the
+binary (its counts, its largest body, its memories) with the binary being loaded, whose sha256
+named the entry (``_wasmshape.measure``, section headers only); an entry that fails is corrupt.
+An anomaly, not a plausible attack (the writer could run code already), but a lie must become a
+cache miss, never a wrong decision (cache11).
 """
 
 from __future__ import annotations

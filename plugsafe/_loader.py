@@ -13,8 +13,10 @@ refuse the same modules with the same errors at the same speed. The steps, in or
 4. precheck: the policy's structural caps, read from the binary before anything compiles
    (``_wasmbin.precheck``; compiling is outside wasmtime's threat model). What it measured
    (the :class:`~._wasmbin.ModuleShape`) is kept with the compiled module in both caches, so a
-   cache hit checks the policy's caps against the stored shape instead of reading the binary
-   again; a shape that does not certainly fit (``_wasmbin.fits``) runs the precheck in full;
+   cache hit checks the policy's caps against the stored shape instead of running the precheck
+   again (a disk hit first reads back the counts and memories it keeps, section headers only:
+   ``_tells_the_truth``); a shape that does not certainly fit (``_wasmbin.fits``) runs the
+   precheck in full;
 5. compile: in-process, or in a child process killed at ``compile_timeout`` /
    ``compile_memory`` when the policy sets either (``_isolate``);
 6. the import check against the host's functions and the policy (:func:`check_imports`).
@@ -45,7 +47,16 @@ from ._policy import Policy
 from ._runtime._module import MAX_DESCRIPTION
 from ._version import __version__
 from ._wasi import WASI_MODULE
-from ._wasmshape import WASM_MAGIC, Caps, MemoryDecl, ModuleShape, WasmFormatError, fits
+from ._wasmshape import (
+    MEMORY_FLAGS_COMPILED,
+    WASM_MAGIC,
+    Caps,
+    MemoryDecl,
+    ModuleShape,
+    WasmFormatError,
+    fits,
+    measure,
+)
 
 if TYPE_CHECKING:
     import dataclasses
@@ -59,8 +70,9 @@ else:  # plugsafe's own, without importing dataclasses (see _dataclass_code)
     dataclasses = lazy_module("dataclasses", globals(), "dataclasses")
     # The compiler child's module, when a policy first asks for one (issue 14: cold start).
     compile_isolated = lazy_function("plugsafe._isolate", "compile_isolated", globals())
-    # The binary reader, on the first module compiled: a load from a cache reads no binary
-    # (what the precheck measured is kept with the module; issue 14: cold start).
+    # The binary reader, on the first module compiled: a load from a cache runs no precheck
+    # (what it measured is kept with the module, and a disk hit checks that with the small
+    # _wasmshape.measure; issue 14: cold start).
     precheck = lazy_function("plugsafe._wasmbin", "precheck", globals())
     parse_memories = lazy_function("plugsafe._wasmbin", "parse_memories", globals())
 
@@ -286,6 +298,30 @@ def _read_meta(
     return shape, memories
 
 
+def _tells_the_truth(meta: tuple[ModuleShape, tuple[MemoryDecl, ...]], wasm: bytes) -> bool:
+    """Whether a disk entry's part (``_read_meta``) says what the binary ``wasm`` holds.
+
+    A hit believes it: the functions and the largest body decide the policy's max_functions
+    and max_function_size, the memories how the policy's memory is split and whether the
+    store can hold them. ``measure`` reads them from the binary (section headers only: the
+    cost of a hit stays small, and no ``_wasmbin``). Imports and exports are compared with
+    wasmtime's after deserializing; the nesting bound is not compared (it needs every body
+    decoded: the precheck's work). Unreadable bytes, or memories no plugsafe engine compiles
+    (shared, 64-bit): not what was compiled, so False.
+    """
+    try:
+        functions, largest, memories, flags = measure(wasm)
+    except WasmFormatError:
+        return False
+    shape = meta[0]
+    return (
+        shape.functions == functions
+        and shape.largest_function == largest
+        and meta[1] == memories
+        and not flags & ~MEMORY_FLAGS_COMPILED
+    )
+
+
 class ModuleLoader:
     """Reads, checks, compiles and caches modules for one Host (see the module docstring).
 
@@ -423,7 +459,7 @@ class ModuleLoader:
         # the same bytes again (another tenant, a pool) skips the compiler.
         digest = hashlib.sha256(wasm).digest()
         name = name or default_name(digest)
-        hit = self._from_disk(engine, digest)
+        hit = self._from_disk(engine, digest, wasm)
         if hit is not None:
             return hit
         shape = check_shape(wasm, caps, name)
@@ -462,7 +498,7 @@ class ModuleLoader:
             f"{__version__}|{rt.library_fingerprint()}|{engine.settings}|desc=bin;shape;marshal"
         )
 
-    def _from_disk(self, engine: rt.Engine, digest: bytes) -> _Entry | None:
+    def _from_disk(self, engine: rt.Engine, digest: bytes, wasm: bytes) -> _Entry | None:
         cache = self._disk_cache(engine)
         if cache is None:
             return None
@@ -474,6 +510,9 @@ class ModuleLoader:
         data = rt.load_description(description)
         meta = _read_meta(data)
         if meta is None:  # written without the loader's part: compile again, rewrite it
+            return None
+        if not _tells_the_truth(meta, wasm):
+            cache.discard(key)
             return None
         try:
             # Safe only because ArtifactCache returns nothing but intact entries it wrote itself.

@@ -382,29 +382,15 @@ MEMORY_LIES = {
 }
 
 
-# Not yet refused (tidy10 left them, see its report): telling them from the truth on a disk hit
-# means reading the binary's sections (``_wasmbin``, whose import alone costs a cold start
-# ~12 ms) or a check where the store refuses the memory count. A wrong count of memories
-# makes the store refuse every instance (fewer) or splits the policy's memory over too many.
-_UNCAUGHT = pytest.mark.xfail(
-    strict=True, reason="a stored memory count is not checked against the binary yet"
-)
-
-
-@pytest.mark.parametrize(
-    "lie",
-    [
-        pytest.param(name, marks=_UNCAUGHT) if name in ("fewer-memories", "more-memories") else name
-        for name in MEMORY_LIES
-    ],
-)
+@pytest.mark.parametrize("lie", list(MEMORY_LIES))
 def test_an_entry_lying_about_memory_sizes_never_loosens_the_memory_limit(
     tmp_path: Path, lie: str
 ) -> None:
     # The stored sizes only decide plugsafe's early refusal and how the policy's memory is
     # split; the store's limiter, set from the policy, has the last word at instantiation:
-    # a lie changes the message, never the limit, and never crashes. (That the entry is not
-    # refused as a whole: see the report of tidy10, item 6.)
+    # a lie changes the message, never the limit, and never crashes. Since cache11 a lie is
+    # not even believed: the stored memories are read back from the binary on a disk hit
+    # (tests/test_cache11.py), and an entry that lies is compiled again.
     entry = _entry_of(tmp_path)
     _with_meta(entry, MEMORY_LIES[lie])
     with plugsafe.Host(cache_dir=tmp_path) as host:
@@ -414,9 +400,6 @@ def test_an_entry_lying_about_memory_sizes_never_loosens_the_memory_limit(
         assert plugin.invoke("big") == 42
 
 
-@pytest.mark.xfail(
-    strict=True, reason="stored function counts and sizes are not checked against the binary"
-)
 def test_an_entry_lying_about_function_counts_is_compiled_again(tmp_path: Path) -> None:
     # The caps that guard the compiler (max_functions, max_function_size) are decided on the
     # stored shape for a disk hit: a shape that lies lets a module past them (no compile runs,

@@ -337,7 +337,10 @@ def check_description(module: Any, description: Description) -> None:
     this on every module it loads. Types are compared with ``wasmtime_wasm_valtype_equal``,
     never read with ``wasm_valtype_kind``, which aborts the process on ``v128`` and typed
     references (for those the description's own name is kept: calls refuse them anyway).
-    Globals' and tags' types are not compared: no call goes through them.
+    Tags' types are compared as functions'; globals' by mutability and content type, as a
+    parameter's; memories' limits in pages, and a memory wasmtime calls shared or 64-bit is
+    never the description's (plugsafe's engines compile neither: the description does not
+    name them). What the description says of them is what ``inspect`` shows (cache11).
     """
     imports, exports = description
     vec = ffi.new("wasm_importtype_vec_t *")
@@ -375,15 +378,43 @@ def _name(vec: Any) -> str:
 
 
 def _check_extern(ty: Any, info: ImportInfo | ExportInfo, what: str) -> None:
-    if lib.wasm_externtype_kind(ty) != _EXTERN_CODES.get(info.kind):
-        raise WasmFailure(f"its {what} {info.name!r} is not a {info.kind}")
-    if info.kind == "func":
-        func = lib.wasm_externtype_as_functype_const(ty)
-        if not (
+    kind = info.kind
+    if lib.wasm_externtype_kind(ty) != _EXTERN_CODES.get(kind):
+        raise WasmFailure(f"its {what} {info.name!r} is not a {kind}")
+    if kind == "func" or kind == "tag":
+        if kind == "func":
+            func = lib.wasm_externtype_as_functype_const(ty)
+        else:
+            try:
+                func = lib.wasm_tagtype_functype(lib.wasm_externtype_as_tagtype_const(ty))
+            except AttributeError:  # pragma: no cover - a wasmtime without tag types in its C API
+                return
+        if info.detail or not (
             _same_values(lib.wasm_functype_params(func), info.params)
             and _same_values(lib.wasm_functype_results(func), info.results)
         ):
             raise WasmFailure(f"its {what} {info.name!r} is not of type {info}")
+        return
+    if info.params or info.results:
+        raise WasmFailure(f"its {what} {info.name!r} is a {kind}, not a function")
+    if kind == "memory":
+        memory = lib.wasm_externtype_as_memorytype_const(ty)
+        top = ffi.new("uint64_t *")
+        limit = f" max {top[0]}" if lib.wasmtime_memorytype_maximum(memory, top) else ""
+        if (
+            lib.wasmtime_memorytype_is64(memory)
+            or lib.wasmtime_memorytype_isshared(memory)
+            or info.detail != f"min {lib.wasmtime_memorytype_minimum(memory)}{limit} pages"
+        ):
+            raise WasmFailure(f"its {what} {info.name!r} is not a memory of {info.detail}")
+    elif kind == "global":
+        glob = lib.wasm_externtype_as_globaltype_const(ty)
+        mutable = info.detail.startswith("mut ")
+        content = info.detail[4:] if mutable else info.detail
+        if lib.wasm_globaltype_mutability(glob) != mutable or not _same_value(
+            lib.wasm_globaltype_content(glob), content
+        ):
+            raise WasmFailure(f"its {what} {info.name!r} is not a global of {info.detail}")
 
 
 def _same_values(vec: Any, types: tuple[str, ...]) -> bool:
@@ -394,6 +425,7 @@ def _same_values(vec: Any, types: tuple[str, ...]) -> bool:
     if not _NUMERIC:
         _NUMERIC.extend(lib.wasm_valtype_new(code) for code in VALKINDS.values())
     equal = lib.wasmtime_wasm_valtype_equal
+    # _same_value's rule, inline: a cold start checks every parameter of every function.
     for i, name in enumerate(types):
         actual = vec.data[i]
         code = VALKINDS.get(name)
@@ -403,3 +435,15 @@ def _same_values(vec: Any, types: tuple[str, ...]) -> bool:
         elif any(equal(actual, number) for number in _NUMERIC):
             return False
     return True
+
+
+def _same_value(actual: Any, name: str) -> bool:
+    """Whether the ``wasm_valtype_t *`` ``actual`` agrees with the type named ``name``: the
+    very number type it names, or (a name of another type) none of the four."""
+    if not _NUMERIC:
+        _NUMERIC.extend(lib.wasm_valtype_new(code) for code in VALKINDS.values())
+    equal = lib.wasmtime_wasm_valtype_equal
+    code = VALKINDS.get(name)
+    if code is not None:
+        return bool(equal(actual, _NUMERIC[code]))
+    return not any(equal(actual, number) for number in _NUMERIC)
