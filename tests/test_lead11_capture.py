@@ -150,18 +150,26 @@ def test_concurrent_runs_keep_their_own_captures() -> None:
                 assert outs == [b"!" * n for n in (1, 2, 3, 4)]
 
 
-# A process whose daemon threads run WASI plugins writing without end when it exits.
-EXITING = r"""
-import sys, threading, time
-import plugsafe
+# The scenarios' guest: a WASI command writing "hello" to stdout without end.
+ENDLESS = r"""
 WAT = b'''(module
   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (data (i32.const 16) "hello\\n")
+  (data (i32.const 16) "hello")
   (func (export "_start")
     (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 6))
+    (i32.store (i32.const 4) (i32.const 5))
     (loop $l (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))))'''
+"""
+
+# A process whose daemon threads run WASI plugins writing without end when it exits.
+EXITING = (
+    r"""
+import sys, threading, time
+import plugsafe
+"""
+    + ENDLESS
+    + r"""
 host = plugsafe.Host()
 plugin = host.load(WAT, policy=plugsafe.Policy(wasi=plugsafe.Wasi(), timeout=30))
 for _ in range(2):
@@ -169,6 +177,7 @@ for _ in range(2):
 time.sleep(0.3)
 print("exiting", flush=True)
 """
+)
 
 
 @needs_native
@@ -185,17 +194,13 @@ def test_a_plugin_writing_on_a_daemon_thread_at_exit_never_aborts_the_process() 
 # captured output is refused at once (wasmtime's I/O threads are gone:
 # tests/test_lead11_fork_wasi.py), never hung (the capture's lock, held by the writer at the
 # fork, is made anew in the child), and discarded output works.
-FORKING = r"""
+FORKING = (
+    r"""
 import os, sys, threading, time
 import plugsafe
-WAT = b'''(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 5))
-    (loop $l (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))))'''
+"""
+    + ENDLESS
+    + r"""
 ONCE = WAT.replace(b"(loop $l (drop", b"(block $l (drop")
 host = plugsafe.Host()
 busy = host.load(WAT, policy=plugsafe.Policy(wasi=plugsafe.Wasi(), timeout=1.0, max_output=64))
@@ -225,6 +230,7 @@ for _ in range(10):
     bad += status != 0
 print("bad", bad, flush=True)
 """
+)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
