@@ -114,20 +114,20 @@ class Instance:
             try:
                 slots.free.pop()  # (PoolSlots: one slot of the pool, over all its engines)
             except IndexError:
-                # Every slot is taken: as wasmtime says it of one engine's pool.
-                raise PoolExhaustedFailure(
-                    f"maximum concurrent limit of {slots.limit} for core instances reached",
-                    "core instances",
-                    slots.limit,
-                ) from None
-        try:
-            self._store = store = Store(
-                engine.address, (memory_size, table_elements, 1, tables, memories), slots
-            )
-        except BaseException:
-            if slots is not None:
-                slots.free.append(None)
-            raise
+                try:
+                    slots.reclaim()  # (slots a signal handler's exception lost: attack11)
+                    slots.free.pop()
+                except IndexError:
+                    # Every slot is taken: as wasmtime says it of one engine's pool.
+                    raise PoolExhaustedFailure(
+                        f"maximum concurrent limit of {slots.limit} for core instances reached",
+                        "core instances",
+                        slots.limit,
+                    ) from None
+        # (The slot is the store's now: given back when it is deleted, or if it fails.)
+        self._store = store = Store(
+            engine.address, (memory_size, table_elements, 1, tables, memories), slots
+        )
         self._ctx = ctx = b.ctx_at(store.ctx)
         if wasi is not None:
             # DEFAULT_WASI, or what wasi_config made (the Plugin keeps it as a plain object).
