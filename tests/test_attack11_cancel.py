@@ -117,3 +117,50 @@ def test_a_call_outliving_the_furthest_epoch_deadline_runs_to_its_own_timeout() 
             p.invoke("naps", 20)  # 5 s
         took = time.perf_counter() - began
         assert 3.5 <= took < 4.5, took
+
+
+_FORK_SCENARIO = """
+import json, os, signal, threading, time
+import plugsafe
+from plugsafe._runtime import _ticker
+
+WAT = '(module (func (export "spin") (result i32) (loop $l (br $l)) (i32.const 0)))'
+host = plugsafe.Host()
+held, done = threading.Event(), threading.Event()
+
+
+def holder():  # a cancel (or the increment helper) in another thread at the fork
+    with _ticker._BUMP_LOCK:
+        held.set()
+        done.wait(10)
+
+
+threading.Thread(target=holder, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a hang ends the child with SIGALRM
+    q = host.load(WAT.encode(), policy=plugsafe.Policy(timeout=60))
+    got = []
+
+    def run():
+        try:
+            q.invoke("spin")
+        except plugsafe.PlugsafeError as exc:
+            got.append(type(exc).__name__)
+
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.3)
+    q._calls._inst.interrupt()  # what a cancelled task's token does
+    th.join(5)
+    os._exit(0 if got and not th.is_alive() else 3)
+done.set()
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"status": status}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_child_forked_while_an_interrupt_held_its_lock_can_interrupt() -> None:
+    assert last_json(run_ok(_FORK_SCENARIO, timeout=60)) == {"status": 0}

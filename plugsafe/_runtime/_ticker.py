@@ -922,9 +922,13 @@ def _after_fork_in_child() -> None:
     # Only this thread survived the fork: the Python thread and every POSIX timer are gone,
     # and the lock may have been held by one of them. Forget them all; the next timed call
     # re-creates what it needs. Nothing here may block.
-    global _lock, _wake, _prompt_lock
+    global _lock, _wake, _prompt_lock, _BUMP_LOCK, _BUMP_WAKE
     _lock = threading.RLock()
     _wake = threading.Event()
+    # Held by a thread of the parent at the fork (a cancel, the increment helper), the child's
+    # first interrupt waited for it for ever (attack11). bump() resets its per-ticker state.
+    _BUMP_LOCK = threading.RLock()
+    _BUMP_WAKE = threading.Condition(_BUMP_LOCK)
     # The calls that lowered the switch interval ran on threads that are gone here.
     _prompt_lock = threading.RLock()
     _PROMPTS.clear()
