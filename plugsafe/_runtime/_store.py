@@ -92,21 +92,24 @@ class PoolSlots:
         (A store made meanwhile by another thread may be counted as free: wasmtime's own pool,
         per engine, still refuses what it has no room for.)
         """
-        alive = 0
-        live = self.live
-        for key, ref in list(live.items()):
-            store = ref()
-            if store is None or not store.ptr:
-                live.pop(key, None)
-            else:
-                alive += 1
-        lost = self.limit - alive - len(self.free)
-        if lost > 0:
-            self.free.extend([None] * lost)
+        with _RECLAIM_LOCK:  # (two threads at once would each give the lost slots back)
+            alive = 0
+            live = self.live
+            for key, ref in list(live.items()):
+                store = ref()
+                if store is None or not store.ptr:
+                    live.pop(key, None)
+                else:
+                    alive += 1
+            lost = self.limit - alive - len(self.free)
+            if lost > 0:
+                self.free.extend([None] * lost)
 
 
 _POOLS: dict[object, PoolSlots] = {}
 _POOLS_LOCK = threading.Lock()
+# Re-entrant: a signal handler may make a plugin call while its thread reclaims.
+_RECLAIM_LOCK = threading.RLock()
 
 
 def pool_slots(key: object, limit: int) -> PoolSlots:
@@ -121,8 +124,9 @@ def pool_slots(key: object, limit: int) -> PoolSlots:
 def _after_fork_in_child() -> None:
     # A thread of the parent may have held it at the fork: held forever in the child. (The
     # counts stay: the child's copy of each pool still holds the parent's instances.)
-    global _POOLS_LOCK
+    global _POOLS_LOCK, _RECLAIM_LOCK
     _POOLS_LOCK = threading.Lock()
+    _RECLAIM_LOCK = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
