@@ -899,6 +899,9 @@ class Plugin(Closing):
         # Made for a call (state.call_deadline): within that call's timeout.
         timeout = state.timeout
         until = None if call_start is None or timeout is None else call_start + timeout
+        # Set once the instance is made: any failure after that (its ``_initialize``) frees it
+        # here, at once. Its pool slot and memory were held by the error's traceback, and an app
+        # keeping errors (``gather(return_exceptions=True)``) exhausted the Host's pool (attack11).
         inst = None
         # A start function's host functions see this plugin as current_call(), not the call
         # (perhaps another tenant's) whose host function is loading or calling it.
@@ -958,6 +961,8 @@ class Plugin(Closing):
             err: BaseException | None = self._diagnosis.translate(
                 failure, state, state.function, inst
             )
+            if inst is not None:
+                inst.release()  # (_initialize failed: see below; after translate, which reads it)
             try:
                 if phase == "load" and isinstance(err, PluginCallError):
                     raise PluginLoadError(
@@ -971,9 +976,13 @@ class Plugin(Closing):
             # Python failed around the C calls (see _callpath.PYTHON_FAILED): plain stores
             # only (rt.HostRecord), then a documented error.
             self._linker.record.spent = self._linker.record.leak = True
+            if inst is not None:
+                inst.release()
             raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
         except BaseException:
             self._linker.record.spent = self._linker.record.leak = True
+            if inst is not None:
+                inst.release()
             raise
         finally:
             # What the start function did is no part of the next call's record; the Caller it

@@ -42,7 +42,7 @@ from ._funcref import (
 from ._linker import Linker
 from ._module import Module
 from ._store import Store
-from ._ticker import Ticker, guard, limit, unlimit
+from ._ticker import MAX_DEADLINE_TICKS, Ticker, guard, limit, unlimit
 
 __all__ = ["InputBufferError", "Instance"]
 
@@ -67,8 +67,9 @@ class InputBufferError(GuestMemoryError):
     """The guest's ``plugsafe_input_buffer`` named a buffer the host may not write."""
 
 
-# Epoch increments Instance.interrupt makes on the calling thread (more go to a helper thread).
-_INLINE_BUMP = 1024
+# Epoch increments Instance.interrupt makes on the calling thread (more go to a helper thread,
+# one for a storm of them: up to MAX_DEADLINE_TICKS + 2, a millisecond each on an event loop).
+_INLINE_BUMP = 256
 
 
 def _bump(increment: Any, engine: int, n: int) -> None:
@@ -114,20 +115,20 @@ class Instance:
             try:
                 slots.free.pop()  # (PoolSlots: one slot of the pool, over all its engines)
             except IndexError:
-                # Every slot is taken: as wasmtime says it of one engine's pool.
-                raise PoolExhaustedFailure(
-                    f"maximum concurrent limit of {slots.limit} for core instances reached",
-                    "core instances",
-                    slots.limit,
-                ) from None
-        try:
-            self._store = store = Store(
-                engine.address, (memory_size, table_elements, 1, tables, memories), slots
-            )
-        except BaseException:
-            if slots is not None:
-                slots.free.append(None)
-            raise
+                try:
+                    slots.reclaim()  # (slots a signal handler's exception lost: attack11)
+                    slots.free.pop()
+                except IndexError:
+                    # Every slot is taken: as wasmtime says it of one engine's pool.
+                    raise PoolExhaustedFailure(
+                        f"maximum concurrent limit of {slots.limit} for core instances reached",
+                        "core instances",
+                        slots.limit,
+                    ) from None
+        # (The slot is the store's now: given back when it is deleted, or if it fails.)
+        self._store = store = Store(
+            engine.address, (memory_size, table_elements, 1, tables, memories), slots
+        )
         self._ctx = ctx = b.ctx_at(store.ctx)
         if wasi is not None:
             # DEFAULT_WASI, or what wasi_config made (the Plugin keeps it as a plain object).
@@ -182,6 +183,8 @@ class Instance:
                 ticks = self._ticks
                 if now < epochs.start:
                     ticks = epochs.deadline(now, ticks)
+                elif ticks > MAX_DEADLINE_TICKS:
+                    ticks = MAX_DEADLINE_TICKS
             else:
                 # Made for a call that started earlier (``until`` is its deadline): the start
                 # function runs on what is left of that call's time, not on a timeout of its
@@ -302,7 +305,10 @@ class Instance:
         if ticker is None:
             return False
         self._arming[0] = -math.inf
-        n = self._ticks + 2
+        # No epoch deadline is set further ahead than MAX_DEADLINE_TICKS (attack11: a whole
+        # timeout's ticks, 1.8 M for an hour, took a cancelled call 16 s to reach).
+        ticks = self._ticks
+        n = (ticks if ticks < MAX_DEADLINE_TICKS else MAX_DEADLINE_TICKS) + 2
         if n <= _INLINE_BUMP:
             _bump(ticker._increment, ticker._ptr, n)
         else:

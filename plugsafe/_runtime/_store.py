@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -43,6 +44,7 @@ _wasi_new = _proto(ctypes.PYFUNCTYPE, "wasi_config_new", _vp)
 _set_wasi = _proto(ctypes.PYFUNCTYPE, "wasmtime_context_set_wasi", _vp, _vp, _vp)
 _delete = _proto(ctypes.CFUNCTYPE, "wasmtime_store_delete", None, _vp)
 _getpid = os.getpid
+_ref = weakref.ref
 
 
 class _DefaultWasi:
@@ -71,15 +73,43 @@ class PoolSlots:
     under the GIL, so no lock (none to be held at a fork either), ~0.1 us per fresh instance.
     """
 
-    __slots__ = ("free", "limit")
+    __slots__ = ("free", "limit", "live")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.free: list[None] = [None] * limit
+        # The stores that own a slot (``id`` -> weak reference), for reclaim().
+        self.live: dict[int, weakref.ref[Store]] = {}
+
+    def reclaim(self) -> None:
+        """``free`` ran out: give back the slots no live store owns.
+
+        An exception a signal handler raises as a call returns (KeyboardInterrupt, a SIGALRM
+        timeout's) can land between taking a slot and a store owning it, or between deleting a
+        store and giving its slot back: that slot was lost for good, and a storm of them
+        exhausted the pool for every plugin of the Host (attack11). Counted here, on the
+        exhausted path only: the stores still alive and not deleted are all that is taken.
+        (A store made meanwhile by another thread may be counted as free: wasmtime's own pool,
+        per engine, still refuses what it has no room for.)
+        """
+        with _RECLAIM_LOCK:  # (two threads at once would each give the lost slots back)
+            alive = 0
+            live = self.live
+            for key, ref in list(live.items()):
+                store = ref()
+                if store is None or not store.ptr:
+                    live.pop(key, None)
+                else:
+                    alive += 1
+            lost = self.limit - alive - len(self.free)
+            if lost > 0:
+                self.free.extend([None] * lost)
 
 
 _POOLS: dict[object, PoolSlots] = {}
 _POOLS_LOCK = threading.Lock()
+# Re-entrant: a signal handler may make a plugin call while its thread reclaims.
+_RECLAIM_LOCK = threading.RLock()
 
 
 def pool_slots(key: object, limit: int) -> PoolSlots:
@@ -94,8 +124,9 @@ def pool_slots(key: object, limit: int) -> PoolSlots:
 def _after_fork_in_child() -> None:
     # A thread of the parent may have held it at the fork: held forever in the child. (The
     # counts stay: the child's copy of each pool still holds the parent's instances.)
-    global _POOLS_LOCK
+    global _POOLS_LOCK, _RECLAIM_LOCK
     _POOLS_LOCK = threading.Lock()
+    _RECLAIM_LOCK = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -132,16 +163,29 @@ class Store:
         (given back when the store is deleted)."""
         self.ptr: int = 0
         self.ctx: int = 0
-        self._slots = slots
+        self._slots: PoolSlots | None = None
         self._outputs: Any = None
-        ptr = _new(engine, None, None)
-        if not ptr:  # pragma: no cover - wasmtime aborts on allocation failure instead
-            raise MemoryError("wasmtime_store_new failed")
-        self._pid = _getpid()
-        self.ptr = ptr
-        self.ctx = _context(ptr)
-        if limits is not None:
-            _limiter(ptr, *limits)
+        # The slot is the store's once ``_slots`` is set (close gives it back), and until then
+        # given back here: exactly once, whatever a signal handler raises in between (a
+        # handler runs as a call returns: the store's pointer is kept at once, the slot's
+        # owner set with no call in between; see PoolSlots.reclaim).
+        try:
+            self._pid = _getpid()
+            ptr = _new(engine, None, None)
+            self.ptr = ptr
+            if not ptr:  # pragma: no cover - wasmtime aborts on allocation failure instead
+                raise MemoryError("wasmtime_store_new failed")
+            if slots is not None:
+                ref = _ref(self)
+                slots.live[id(self)] = ref
+                self._slots = slots
+            self.ctx = _context(ptr)
+            if limits is not None:
+                _limiter(ptr, *limits)
+        except BaseException:
+            if slots is not None and self._slots is None:
+                slots.free.append(None)
+            raise
 
     def limit(
         self, *, memory_size: int, table_elements: int, instances: int, tables: int, memories: int
@@ -166,20 +210,32 @@ class Store:
         ptr = self.ptr
         if not ptr:
             return
-        self.ptr = self.ctx = 0
         outputs = self._outputs
         if outputs is not None:
             # Python's registry only: no call runs on a deleted store, so nothing writes.
             self._outputs = None
             outputs.close()
         if _getpid() != self._pid:
+            self.ptr = self.ctx = 0
             count_leak()
             return
+        # The pointer is forgotten and the store deleted with no call in between: a signal
+        # handler's exception (raised as a call returns) never leaves a store forgotten but
+        # not deleted, nor deleted but not forgotten (attack11).
+        self.ptr = self.ctx = 0
         _delete(ptr)
         slots = self._slots
         if slots is not None:
-            slots.free.append(None)  # (PoolSlots: its slot back)
+            slots.free.append(None)  # (PoolSlots: its slot back; lost here: reclaim finds it)
+            slots.live.pop(id(self), None)
 
     def __del__(self) -> None:
         if self.ptr:  # (most are closed already: Instance.release; no second frame for them)
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                # A signal handler's exception (nothing else raises here): finish, or the store
+                # and its slot are never freed.
+                if self.ptr:
+                    self.close()
+                raise

@@ -68,6 +68,7 @@ __all__ = [
     "AHEAD",
     "LEAD",
     "MARGIN",
+    "MAX_DEADLINE_TICKS",
     "MIN_DELAY",
     "PROMPT_GRACE",
     "PROMPT_INTERVAL",
@@ -127,6 +128,12 @@ PROMPT_GRACE = 0.1
 # Ticker.ticks). With them the guard's wall-clock check (see guard) passes the first time
 # unless ticks came in a burst.
 _SLACK_TICKS = 2
+# The furthest ahead, in ticks, any store's epoch deadline is set (2 s natively): a deadline
+# further off is set this far, and the guard extends it by the wall clock when it comes (one
+# look every 2 s of a long call). An interrupt (a cancelled call) must move the epoch past the
+# store's deadline: with deadlines up to a whole timeout's ticks ahead, a cancelled call of an
+# hour's timeout owed 1.8 M increments and ended 16 s after its cancel (attack11).
+MAX_DEADLINE_TICKS = 1000
 
 _CLOCK_MONOTONIC = 1
 _SIGEV_THREAD = 2
@@ -270,6 +277,11 @@ _state: dict[str, Any] = {
     "forked_from_native": False,
 }
 _TICKERS: list[Ticker] = []
+# A bumper with nothing owed waits this long for another request before it stops: an interrupt
+# owes at most MAX_DEADLINE_TICKS + 2 increments (a millisecond or two), and a storm's cancels
+# come an event-loop turn apart, so a helper that stopped at once was started again for nearly
+# each of them (attack11).
+_BUMP_LINGER = 0.2
 # Engines kept alive for the rest of the process: never freed while a timer may tick them, not
 # even while the interpreter tears modules down at exit (each also holds an extra reference).
 _KEEP: list[object] = []
@@ -381,10 +393,11 @@ class Ticker:
         ticks = math.ceil((left - (AHEAD if half > AHEAD else half)) / period) + _SLACK_TICKS
         start = self.start
         if now >= start:
-            return ticks
+            return ticks if ticks < MAX_DEADLINE_TICKS else MAX_DEADLINE_TICKS
         skipped = int((start - now) / period)
         if ticks - skipped >= _SLACK_TICKS:
-            return ticks - skipped
+            ticks -= skipped
+            return ticks if ticks < MAX_DEADLINE_TICKS else MAX_DEADLINE_TICKS
         return self.deadline(now, ticks)  # (it starts the ticking now)
 
     def deadline(self, now: float, ticks: int) -> int:
@@ -395,16 +408,18 @@ class Ticker:
         With ``k`` dropped, the deadline's last tick comes at ``start + (ticks - k - 1) *
         period``, at least ``now + timeout - AHEAD + period`` (where the guard first looks) and
         at most three periods later. A deadline that would come before the first tick starts the
-        ticking now (a timeout shorter than any noted when the ticker was armed).
+        ticking now (a timeout shorter than any noted when the ticker was armed). At most
+        MAX_DEADLINE_TICKS in every case: the guard extends a deadline set nearer.
         """
         start = self.start
         if now >= start:
-            return ticks
+            return ticks if ticks < MAX_DEADLINE_TICKS else MAX_DEADLINE_TICKS
         skipped = int((start - now) / self.period)
         if ticks - skipped >= _SLACK_TICKS:
-            return ticks - skipped
+            ticks -= skipped
+            return ticks if ticks < MAX_DEADLINE_TICKS else MAX_DEADLINE_TICKS
         self._hurry()
-        return ticks
+        return ticks if ticks < MAX_DEADLINE_TICKS else MAX_DEADLINE_TICKS
 
     def _hurry(self) -> None:
         """Start ticking now (a deadline comes before the delayed first tick)."""
@@ -415,7 +430,7 @@ class Ticker:
 
     def bump(self, n: int) -> None:
         """Advance the epoch ``n`` times soon, on a helper thread (``Instance.interrupt`` of a
-        store with a long timeout: ``n`` is its ticks, 30,000 for 60 s).
+        store with a longer timeout: ``n`` is its ticks, at most MAX_DEADLINE_TICKS + 2).
 
         Requests coalesce: one helper runs per engine, and a request made while it runs raises
         what it still owes to at least ``n`` (only increments made after a request count for
@@ -435,12 +450,19 @@ class Ticker:
     def _bump_owed(self) -> None:
         increment, ptr, bumper = self._increment, self._ptr, self._bumper
         lock = bumper.lock()
+        lingered = False
         while True:
             with lock:
                 take = min(self._owed, 1024)
                 if take == 0:
+                    if not lingered:
+                        # (Daemon.request notifies the condition: a new request wakes it.)
+                        lingered = True
+                        lock.wait(_BUMP_LINGER)
+                        continue
                     bumper.stopping()
                     return
+                lingered = False
                 self._owed -= take
             for _ in range(take):
                 increment(ptr)
@@ -710,7 +732,7 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
             if left > ahead + period:
                 # Too early even to get ready (ticks came in a burst): look again ``ahead``
                 # before the deadline.
-                delta[0] = math.ceil((left - ahead) / period)
+                delta[0] = min(math.ceil((left - ahead) / period), MAX_DEADLINE_TICKS)
                 return 0
             delta[0] = math.ceil(left / period) or 1
             # The deadline is near: see "Prompt returns". Best effort: a failure here must not
@@ -893,6 +915,7 @@ def _after_fork_in_child() -> None:
     global _lock, _wake, _prompt_lock
     _lock = threading.RLock()
     _wake = threading.Event()
+    # (Each ticker's bumper makes its lock anew in a child by itself: _daemon.Daemon.)
     # The calls that lowered the switch interval ran on threads that are gone here.
     _prompt_lock = threading.RLock()
     _PROMPTS.clear()
