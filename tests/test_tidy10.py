@@ -177,8 +177,9 @@ def test_a_storm_of_cancelled_calls_starts_at_most_a_couple_of_threads(
     resenders = started.count("plugsafe-cancel")
     assert 1 <= resenders <= 2, f"{resenders} re-sender threads for one storm"
     # Each interrupt moves the epoch up to MAX_DEADLINE_TICKS + 2 increments (attack11; before
-    # it, a 60 s plugin's 30,000): one helper makes them for all at once (the lead, after merging: a thread each, and a re-send every 50 ms of every
-    # call waiting in its host function, kept both cores busy for over a minute).
+    # it, a 60 s plugin's 30,000): one helper makes them for all at once (the lead, after
+    # merging: a thread each, and a re-send every 50 ms of every call waiting in its host
+    # function, kept both cores busy for over a minute).
     helpers = started.count("plugsafe-interrupt")
     assert 1 <= helpers <= 3, f"{helpers} epoch-increment threads for one storm"
     until = time.monotonic() + 5
