@@ -235,12 +235,17 @@ class CallToken:
         # threads); each call ends within milliseconds of an interrupt after its arming.
         CallToken._insist(self)
 
-    # The re-sender: the tokens to interrupt again, each with [when next, back-off] (this
-    # process's: a forked child starts afresh), and its thread (_daemon.Daemon: re-entrant
-    # lock, fork safety). The tokens are read and changed under its lock.
+    # The re-sender: the tokens to interrupt again, each with [when next, back-off, when an
+    # interrupt that stands is next sent again, its back-off] (this process's: a forked child
+    # starts afresh), and its thread (_daemon.Daemon: re-entrant lock, fork safety). The tokens
+    # are read and changed under its lock.
     _resend: ClassVar[dict[CallToken, list[float]]] = {}
     _resender: ClassVar[Daemon]
     _RESEND_LINGER = 0.5  # seconds the re-sender waits, idle, for another cancel
+    # An interrupt that stands is sent again this long after the last (doubling to
+    # _STANDING_MAX): its increments may have gone to waste (see _resend_due).
+    _STANDING_FIRST = 0.1
+    _STANDING_MAX = 1.0
 
     @staticmethod
     def _insist(token: CallToken) -> None:
@@ -248,7 +253,9 @@ class CallToken:
         if none runs; it stops when no cancelled call is left running)."""
 
         def add() -> None:
-            CallToken._resend[token] = [time.monotonic() + 0.001, 0.001]
+            now = time.monotonic()
+            first = CallToken._STANDING_FIRST
+            CallToken._resend[token] = [now + 0.001, 0.001, now + first, first]
 
         CallToken._resender.request(add)
 
@@ -259,7 +266,8 @@ class CallToken:
     @staticmethod
     def _resend_due() -> None:
         """The shared re-sender's thread: interrupt each due token's call again, doubling its
-        delay (1 ms to 50 ms), until every call in the set has ended; then stop."""
+        delay (1 ms to 50 ms; an interrupt that stands: 0.1 s to 1 s), until every call in the
+        set has ended; then stop."""
         cls = CallToken
         resender = cls._resender
         wake, pending = resender.lock(), cls._resend  # this process's (a fork replaces them)
@@ -275,28 +283,52 @@ class CallToken:
                         resender.stopping()
                         return
                     continue
-                due = [t for t, (at, _) in pending.items() if at <= now]
+                due = [t for t, entry in pending.items() if entry[0] <= now]
                 if not due:
-                    wake.wait(min(at for at, _ in pending.values()) - now)
+                    wake.wait(min(entry[0] for entry in pending.values()) - now)
                     continue
             for token in due:
+                standing_due = False
+                with wake:
+                    entry = pending.get(token)
+                    if entry is not None:
+                        standing_due = entry[2] <= now
+                sent = False
                 with token.lock:
                     path, inst = token.path, token.inst
                     running = path is not None and inst is not None
-                    if path is not None and inst is not None and not inst.interrupt_stands():
-                        # Only an interrupt an arming overwrote is sent again: each moves the
-                        # engine's epoch a whole timeout's ticks (30,000 increments, ~30 ms of
-                        # CPU, for 60 s), and a cancelled call waiting in a host function for
-                        # long was re-sent one every 50 ms: 200 such calls kept the machine's
-                        # two cores busy for a minute (tests/test_tidy10.py's storm).
+                    if (
+                        path is not None
+                        and inst is not None
+                        and (standing_due or not inst.interrupt_stands())
+                    ):
+                        # An interrupt an arming overwrote is sent again at once. One that
+                        # stands is too, but seldom: its increments are lost when the call set
+                        # its epoch deadline (an arming's, or the guard's extension) while they
+                        # were made, relative to an epoch that already counted some (the GIL
+                        # can pass to the cancelling thread between the two): the call then
+                        # ran up to MAX_DEADLINE_TICKS (2 s) after its cancel (CI, Python
+                        # 3.10). Seldom, because each still moves the engine's epoch up to
+                        # MAX_DEADLINE_TICKS (~1 ms of CPU, one for all re-sends at once), and
+                        # a cancelled call can wait in a host function for long: sent every
+                        # 50 ms, 200 such calls kept the machine's two cores busy
+                        # (tests/test_tidy10.py's storm, when each moved a whole timeout).
                         path.interrupt(inst)
+                        sent = True
                 with wake:
                     entry = pending.get(token)
                     if entry is None:
                         continue
                     if running:
+                        now = time.monotonic()
                         entry[1] = min(entry[1] * 2, 0.05)
-                        entry[0] = time.monotonic() + entry[1]
+                        entry[0] = now + entry[1]
+                        if sent:
+                            if not standing_due:
+                                entry[3] = cls._STANDING_FIRST  # an arming came: count afresh
+                            else:
+                                entry[3] = min(entry[3] * 2, cls._STANDING_MAX)
+                            entry[2] = now + entry[3]
                     else:
                         del pending[token]
 

@@ -733,14 +733,20 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
                 # Too early even to get ready (ticks came in a burst): look again ``ahead``
                 # before the deadline.
                 delta[0] = min(math.ceil((left - ahead) / period), MAX_DEADLINE_TICKS)
+            else:
+                delta[0] = math.ceil(left / period) or 1
+                # The deadline is near: see "Prompt returns". Best effort: a failure here must
+                # not turn into an early stop.
+                with contextlib.suppress(BaseException):
+                    _prompt_on(end)
+            # An interrupt that came while this ran (the GIL can pass to another thread
+            # between any two lines) made its increments towards the deadline this replaces:
+            # look again, last, so it is not lost. (One between here and wasmtime applying
+            # ``delta`` is the re-sender's to repeat: see CallToken._resend_due.)
+            if arming[0] != -math.inf:
                 return 0
-            delta[0] = math.ceil(left / period) or 1
-            # The deadline is near: see "Prompt returns". Best effort: a failure here must not
-            # turn into an early stop.
-            with contextlib.suppress(BaseException):
-                _prompt_on(end)
-            return 0
-        _prompt_on(end)
+        else:
+            _prompt_on(end)
     except BaseException:  # nothing may cross into wasmtime: interrupt instead
         pass
     # wasmtime's own trap: the call fails exactly as an epoch interruption without a callback
