@@ -12,11 +12,10 @@ is now a cache miss: the entry deleted, the module compiled again.
 from __future__ import annotations
 
 import marshal
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
+from test_cache11 import _exports, _hold
 from test_tidy9_cache import _forge, _split
 
 import plugsafe
@@ -53,23 +52,12 @@ def _entry(tmp_path: Path, source: str = TABLED) -> Path:
     return entry
 
 
-def _exports(entry: Path) -> dict[str, tuple[Any, ...]]:
-    return {row[0]: row for row in marshal.loads(_split(entry)[0])["exports"]}
-
-
 def _lie(entry: Path, name: str, detail: str) -> None:
     data = marshal.loads(_split(entry)[0])
     data["exports"] = tuple(
         (n, k, p, r, detail if n == name else d) for n, k, p, r, d in data["exports"]
     )
     _forge(entry, marshal.dumps(data, 4))
-
-
-def _hold(entry: Path) -> Path:
-    """A second name for ``entry``'s file (so that its inode is not reused once deleted)."""
-    held = entry.with_name(".held")
-    os.link(entry, held)
-    return held
 
 
 def test_the_description_of_tables_is_what_the_binary_says(tmp_path: Path) -> None:
