@@ -97,13 +97,14 @@ class Owned:
         # The pointer is forgotten and freed with no call in between (the free is a C function:
         # no Python frame), so a signal handler's exception never leaves it forgotten but not
         # freed, nor freed but not forgotten.
-        mine = _getpid() == self._pid
-        raw, self.raw = self.raw, None
-        if raw is not None:
-            if mine:
-                self._free(raw)
-            else:
-                _leaked[0] += 1
+        if self.raw is not None:
+            mine = _getpid() == self._pid
+            raw, self.raw = self.raw, None
+            if raw is not None:
+                if mine:
+                    self._free(raw)
+                else:
+                    _leaked[0] += 1
         also = self.also
         if also is not None:
             self.also = None
