@@ -19,7 +19,9 @@ turn into a crash rather than into code that process chose to run: the loader re
 description with a bounded reader and compares it with the artifact's types as wasmtime reports
 them (``_runtime.load_description``, ``check_description``), and what the entry says of the
 binary (its counts, its largest body, its memories) with the binary being loaded, whose sha256
-named the entry (``_wasmshape.measure``, section headers only); an entry that fails is corrupt.
+named the entry (``_wasmshape.measure``, section headers only), and a component's entry's fuel
+for its data segments with the count read again from the binary (``_component``); an entry that
+fails is corrupt.
 An anomaly, not a plausible attack (the writer could run code already), but a lie must become a
 cache miss, never a wrong decision (cache11).
 """

@@ -160,6 +160,11 @@ const wasm_valtype_t *wasm_globaltype_content(const wasm_globaltype_t *);
 uint8_t wasm_globaltype_mutability(const wasm_globaltype_t *);
 const wasm_tagtype_t *wasm_externtype_as_tagtype_const(const wasm_externtype_t *);
 const wasm_functype_t *wasm_tagtype_functype(const wasm_tagtype_t *);
+typedef struct wasm_tabletype_t wasm_tabletype_t;
+typedef struct wasm_limits_t { uint32_t min; uint32_t max; } wasm_limits_t;
+const wasm_tabletype_t *wasm_externtype_as_tabletype_const(const wasm_externtype_t *);
+const wasm_valtype_t *wasm_tabletype_element(const wasm_tabletype_t *);
+const wasm_limits_t *wasm_tabletype_limits(const wasm_tabletype_t *);
 
 wasm_valtype_t *wasm_valtype_new(uint8_t);
 bool wasmtime_wasm_valtype_equal(const wasm_valtype_t *, const wasm_valtype_t *);

@@ -18,7 +18,15 @@ from typing import Any
 
 import pytest
 
-__all__ = ["REENTRY_PLUGIN", "TESTS", "last_json", "run_ok", "run_script", "signal_storm"]
+__all__ = [
+    "REENTRY_PLUGIN",
+    "TESTS",
+    "last_json",
+    "run_ok",
+    "run_script",
+    "signal_storm",
+    "signal_storm_output",
+]
 
 TESTS = Path(__file__).resolve().parent
 
@@ -100,6 +108,42 @@ def storm_stop():
     signal.setitimer(signal.ITIMER_REAL, 0, 0)
 
 
+# Blow the storm for SECONDS while step(n) runs over and over (n = 1, 2, ...), the handler
+# armed around each step; then stop it. A step that returns is a call; a KeyboardInterrupt (the
+# handler's) an interrupt, after which after_interrupt() runs, unarmed, and stops the loop if it
+# returns true; an exception of `tolerated` is counted, the loop stopping after max_tolerated of
+# them; anything else (a wrong result, an undocumented error) is kept in escaped and stops the
+# loop. Returns dict(interrupts=, calls=, escaped=, tolerated=).
+def storm_loop(step, *, tolerated=(), max_tolerated=50, after_interrupt=None):
+    interrupts, calls, escaped, counted, n = 0, 0, [], 0, 0
+    storm_start()
+    end = time.monotonic() + SECONDS
+    while time.monotonic() < end:
+        n += 1
+        try:
+            armed[0] = True
+            step(n)
+            armed[0] = False
+            calls += 1
+        except KeyboardInterrupt:
+            armed[0] = False
+            interrupts += 1
+            if after_interrupt is not None and after_interrupt():
+                break
+        except tolerated:
+            armed[0] = False
+            counted += 1
+            if counted > max_tolerated:
+                break
+        except BaseException as exc:
+            armed[0] = False
+            escaped.append(repr(exc))
+            break
+    storm_stop()
+    armed[0] = False
+    return dict(interrupts=interrupts, calls=calls, escaped=escaped, tolerated=counted)
+
+
 def report(**fields):
     print(json.dumps(fields), flush=True)
     os._exit(0)  # (a hung thread of the scenario's must not hold up the exit)
@@ -112,12 +156,20 @@ def signal_storm(
     """Run ``scenario`` (dedented) in a fresh interpreter while SIGALRM fires every
     ``interval`` seconds, and return the JSON object it reports.
 
-    The scenario finds ``SECONDS`` and ``INTERVAL`` set, and the prelude's names: it sets
-    ``armed[0] = True`` where a handler may raise (the handler raises KeyboardInterrupt at the
-    next signal and disarms), calls ``storm_start()`` and ``storm_stop()`` around its loop, and
-    ends with ``report(**fields)`` (prints them as JSON and exits 0). A hang dumps the
-    tracebacks after 100 s (faulthandler) and fails.
+    The scenario finds ``SECONDS`` and ``INTERVAL`` set, and the prelude's names: its loop is
+    ``storm_loop(step, ...)`` (the storm around ``step(n)`` called over and over, what it
+    raised counted: see the prelude), or one of its own that sets ``armed[0] = True`` where a
+    handler may raise (the handler raises KeyboardInterrupt at the next signal and disarms)
+    between ``storm_start()`` and ``storm_stop()``; it ends with ``report(**fields)`` (prints
+    them as JSON and exits 0). A hang dumps the tracebacks after 100 s (faulthandler) and fails.
     """
+    return signal_storm_output(scenario, seconds=seconds, interval=interval, timeout=timeout)[0]
+
+
+def signal_storm_output(
+    scenario: str, *, seconds: float, interval: float = 0.0002, timeout: float = 180
+) -> tuple[dict[str, Any], str]:
+    """``signal_storm``, and what the child wrote to stderr."""
     code = (
         f"SECONDS = {seconds!r}\nINTERVAL = {interval!r}\n"
         + _STORM_PRELUDE
@@ -127,7 +179,7 @@ def signal_storm(
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert isinstance(report, dict)
-    return report
+    return report, done.stderr
 
 
 # A script's set-up of a plugin to re-enter (``{imports!r}``: with or without a host function

@@ -26,7 +26,7 @@ from test_speedups import NUMERIC, _host, _policy
 
 from helpers import signal_storm
 
-# (A scenario for helpers.signal_storm: ``armed``, ``storm_start``, ``report`` are its.)
+# (A scenario for helpers.signal_storm: ``storm_loop``, ``report`` are its.)
 _STORM = """
     import plugsafe
     from test_speedups import ECHO, NUMERIC, _host, _policy
@@ -52,54 +52,42 @@ _STORM = """
 
     thread = threading.Thread(target=other, daemon=True)
     thread.start()
-    storm_start()
-    left_locked, escaped, interrupts, calls, n = [], [], 0, 0, 0
-    end = time.monotonic() + SECONDS
-    while time.monotonic() < end:
-        n += 1
-        try:
-            armed[0] = True
-            k = n % 5
-            if k == 0:
-                assert p.invoke("add", n & 0xFFFF, 1) == (n & 0xFFFF) + 1
-            elif k == 1:
-                assert p.invoke("run", 3) == 3
-            elif k == 2:
-                assert e.call("echo", b"abc") == b"abc"
-            elif k == 3:
-                try:
-                    p.invoke("boom", 1)
-                except plugsafe.PluginTrap:
-                    pass
+    left_locked = []
+
+    def step(n):
+        k = n % 5
+        if k == 0:
+            assert p.invoke("add", n & 0xFFFF, 1) == (n & 0xFFFF) + 1
+        elif k == 1:
+            assert p.invoke("run", 3) == 3
+        elif k == 2:
+            assert e.call("echo", b"abc") == b"abc"
+        elif k == 3:
+            try:
+                p.invoke("boom", 1)
+            except plugsafe.PluginTrap:
+                pass
+        else:
+            assert p.invoke("div", 7, 2) == 3
+
+    def still_locked():
+        # Nobody else can hold them long: the other thread's calls take microseconds.
+        for name, plugin in (("invoke", p), ("call", e)):
+            lock = plugin._calls.lock
+            if lock.acquire(timeout=1.0):
+                lock.release()
             else:
-                assert p.invoke("div", 7, 2) == 3
-            armed[0] = False
-            calls += 1
-        except KeyboardInterrupt:
-            armed[0] = False
-            interrupts += 1
-            # Nobody else can hold them long: the other thread's calls take microseconds.
-            for name, plugin in (("invoke", p), ("call", e)):
-                lock = plugin._calls.lock
-                if lock.acquire(timeout=1.0):
-                    lock.release()
-                else:
-                    left_locked.append(name)
-            if left_locked:
-                break
-        except BaseException as exc:  # a wrong result, or an undocumented error
-            armed[0] = False
-            escaped.append(repr(exc))
-            break
-    storm_stop()
+                left_locked.append(name)
+        return bool(left_locked)
+
+    got = storm_loop(step, after_interrupt=still_locked)
     stop.set()
     thread.join()
     # And close() returns (it waited for ever on a lock left taken).
     closer = threading.Thread(target=lambda: (p.close(), e.close()), daemon=True)
     closer.start()
     closer.join(30)
-    report(interrupts=interrupts, calls=calls, left_locked=left_locked, escaped=escaped,
-           close_hung=closer.is_alive())
+    report(**got, left_locked=left_locked, close_hung=closer.is_alive())
 """
 
 

@@ -272,12 +272,27 @@ class HostRecord:
     def __del__(self) -> None:
         # Spares wasmtime never received are still ours to free (every callback that could
         # return them is gone: the record lives as long as the Linker's callbacks).
-        if self.leak:
+        try:
+            if self.leak:
+                return
+            free, spares, used = self._free, self.spares, self.used
+        except AttributeError:  # __init__ interrupted (a signal handler's exception): no spares
             return
-        free = self._free
-        for i, spare in enumerate(self.spares):
-            if i not in self.used:
-                free(spare)
+        # Each is forgotten before it is freed, and the loop goes on after a signal handler's
+        # exception (then reported): at worst the spare it interrupted is never freed, never
+        # one freed twice (tidy12).
+        interrupted: BaseException | None = None
+        while spares:
+            try:
+                while spares:
+                    i = len(spares) - 1
+                    spare = spares.pop()
+                    if i not in used:
+                        free(spare)
+            except BaseException as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
 
 _IDS = itertools.count(1)

@@ -64,13 +64,22 @@ class Owned:
     __slots__ = ("__weakref__", "_free", "_pid", "also", "raw")
 
     def __init__(self, raw: Any, free: Callable[[Any], None]) -> None:
-        self.raw: Any = None  # (set first: __del__ runs even when __init__ raises)
-        self.also: Callable[[], None] | None = None
+        # A signal handler's exception can interrupt this as a call returns, and __del__ then
+        # runs on what was built (tidy12): the pointer is kept last, with no call after it, so
+        # an object that holds it is whole, and one interrupted before frees it here. (Only an
+        # exception raised on entry, before the first line, loses it: as one raised in the
+        # caller as the C call that made the pointer returned.)
+        try:
+            self._pid = os.getpid()
+            self._free = free
+            self.also: Callable[[], None] | None = None
+        except BaseException:
+            if raw:
+                free(raw)
+            raise
         if not raw:
             raise MemoryError("wasmtime returned a null pointer")
-        self.raw = raw
-        self._free = free
-        self._pid = os.getpid()
+        self.raw: Any = raw
 
     def take(self) -> Any:
         """The pointer, now the caller's (a C function that takes ownership of it); this object
@@ -85,19 +94,35 @@ class Owned:
         """Free it now, then release ``also`` (idempotent; a forked child only counts the
         pointer as leaked)."""
         # (Both bound as defaults: __del__ may run at shutdown, once module globals are gone.)
-        raw, self.raw = self.raw, None
-        if raw is not None:
-            if _getpid() != self._pid:
-                _leaked[0] += 1
-            else:
-                self._free(raw)
+        # The pointer is forgotten and freed with no call in between (the free is a C function:
+        # no Python frame), so a signal handler's exception never leaves it forgotten but not
+        # freed, nor freed but not forgotten.
+        if self.raw is not None:
+            mine = _getpid() == self._pid
+            raw, self.raw = self.raw, None
+            if raw is not None:
+                if mine:
+                    self._free(raw)
+                else:
+                    _leaked[0] += 1
         also = self.also
         if also is not None:
             self.also = None
             also()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.raw  # noqa: B018 - absent: __init__ was interrupted before it held anything
+        except AttributeError:
+            return
+        try:
+            self.close()
+        except BaseException:
+            # A signal handler's exception (nothing else raises here): finish, as Store does,
+            # or the pointer or ``also`` is never released; then let it be reported.
+            if self.raw is not None or self.also is not None:
+                self.close()
+            raise
 
 
 def _kept(cls: type) -> type:

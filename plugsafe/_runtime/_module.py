@@ -324,6 +324,13 @@ _EXTERN_CODES: dict[str, int] = {"func": 0, "global": 1, "table": 2, "memory": 3
 # wasm_valtype_t * of i32, i64, f32 and f64 (VALKINDS' order), made once for the process and
 # never freed: a value type belongs to no engine, and these are four small allocations.
 _NUMERIC: list[Any] = []
+# The same of funcref and externref (wasm_valkind_t WASM_FUNCREF, WASM_EXTERNREF), and the
+# names _wasmbin gives them (the long forms are the same types: wasmtime finds them equal).
+_FUNCREF, _EXTERNREF = 129, 128
+_REFERENCES: list[Any] = []
+_REFERENCE_NAMES = {"funcref": 0, "(ref null func)": 0, "externref": 1, "(ref null extern)": 1}
+# A table's maximum as wasm_tabletype_limits reports none (wasm_limits_max_default).
+_NO_MAXIMUM = 0xFFFFFFFF
 
 
 def check_description(module: Any, description: Description) -> None:
@@ -337,10 +344,11 @@ def check_description(module: Any, description: Description) -> None:
     this on every module it loads. Types are compared with ``wasmtime_wasm_valtype_equal``,
     never read with ``wasm_valtype_kind``, which aborts the process on ``v128`` and typed
     references (for those the description's own name is kept: calls refuse them anyway).
-    Tags' types are compared as functions'; globals' by mutability and content type, as a
-    parameter's; memories' limits in pages, and a memory wasmtime calls shared or 64-bit is
-    never the description's (plugsafe's engines compile neither: the description does not
-    name them). What the description says of them is what ``inspect`` shows (cache11).
+    Tags' types are compared as functions'; globals' by mutability and content type, tables'
+    by element type (``_same_value``: numbers, funcref and externref by name) and limits;
+    memories' limits in pages, and a memory wasmtime calls shared or 64-bit is never the
+    description's (plugsafe's engines compile neither: the description does not name them).
+    What the description says of them is what ``inspect`` shows (cache11, tidy12: tables).
     """
     imports, exports = description
     vec = ffi.new("wasm_importtype_vec_t *")
@@ -407,6 +415,17 @@ def _check_extern(ty: Any, info: ImportInfo | ExportInfo, what: str) -> None:
             or info.detail != f"min {lib.wasmtime_memorytype_minimum(memory)}{limit} pages"
         ):
             raise WasmFailure(f"its {what} {info.name!r} is not a memory of {info.detail}")
+    elif kind == "table":
+        # "<element> min N[ max M]", as _wasmbin writes it (an element's name holds no " min ").
+        table = lib.wasm_externtype_as_tabletype_const(ty)
+        limits = lib.wasm_tabletype_limits(table)
+        element, _, sizes = info.detail.rpartition(" min ")
+        # No maximum reads as u32::MAX (wasm_limits_max_default): either form says it then.
+        said = (f"{limits.min} max {limits.max}",) + (
+            (f"{limits.min}",) if limits.max == _NO_MAXIMUM else ()
+        )
+        if sizes not in said or not _same_value(lib.wasm_tabletype_element(table), element):
+            raise WasmFailure(f"its {what} {info.name!r} is not a table of {info.detail}")
     elif kind == "global":
         glob = lib.wasm_externtype_as_globaltype_const(ty)
         mutable = info.detail.startswith("mut ")
@@ -438,12 +457,19 @@ def _same_values(vec: Any, types: tuple[str, ...]) -> bool:
 
 
 def _same_value(actual: Any, name: str) -> bool:
-    """Whether the ``wasm_valtype_t *`` ``actual`` agrees with the type named ``name``: the
-    very number type it names, or (a name of another type) none of the four."""
+    """Whether the ``wasm_valtype_t *`` ``actual`` (a global's content, a table's element)
+    agrees with the type named ``name``: the very number type, ``funcref`` or ``externref`` it
+    names, or (a name of another type: ``v128``, a typed reference) none of those six. (Two
+    other types' names are not told apart: the C API has no kind for them.)"""
     if not _NUMERIC:
         _NUMERIC.extend(lib.wasm_valtype_new(code) for code in VALKINDS.values())
+    if not _REFERENCES:
+        _REFERENCES.extend(lib.wasm_valtype_new(code) for code in (_FUNCREF, _EXTERNREF))
     equal = lib.wasmtime_wasm_valtype_equal
     code = VALKINDS.get(name)
     if code is not None:
         return bool(equal(actual, _NUMERIC[code]))
-    return not any(equal(actual, number) for number in _NUMERIC)
+    code = _REFERENCE_NAMES.get(name)
+    if code is not None:
+        return bool(equal(actual, _REFERENCES[code]))
+    return not any(equal(actual, known) for known in (*_NUMERIC, *_REFERENCES))

@@ -230,7 +230,9 @@ class Store:
             slots.live.pop(id(self), None)
 
     def __del__(self) -> None:
-        if self.ptr:  # (most are closed already: Instance.release; no second frame for them)
+        # (Most are closed already: Instance.release; no second frame for them. No ``ptr``:
+        # __init__ was interrupted on entry by a signal handler's exception, holding nothing.)
+        if getattr(self, "ptr", 0):
             try:
                 self.close()
             except BaseException:
