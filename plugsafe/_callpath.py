@@ -18,7 +18,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, SupportsFloat, SupportsIndex, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    NoReturn,
+    Protocol,
+    SupportsFloat,
+    SupportsIndex,
+    TypeVar,
+)
 
 if TYPE_CHECKING:  # logging is imported when a plugin first logs (_log, issue 14)
     import logging
@@ -192,12 +201,28 @@ class CallState:
         self.phase = "call"
 
 
+class Running(Protocol):
+    """What a call runs on, as CallToken sees it: an ``rt.Instance``, or a component's."""
+
+    def interrupt_stands(self) -> bool: ...
+
+
+class Stoppable(Protocol):
+    """What interrupts a call, as CallToken sees it: a CallPath, or a component's own."""
+
+    @property
+    def name(self) -> str: ...
+
+    def interrupt(self, inst: Any) -> None: ...
+
+
 class CallToken:
     """One asynchronous call, so that cancelling the task awaiting it can stop it.
 
     The call marks itself running (``begin``) and done (``end``) while it holds its plugin's
     lock: whoever cancels it under the token's lock then interrupts exactly this call, never a
-    later one on the same instance.
+    later one on the same instance. ``path`` is the plugin's CallPath (or a ComponentPlugin's
+    equivalent: anything Stoppable), ``inst`` the instance the call runs on.
     """
 
     __slots__ = ("cancelled", "inst", "lock", "path")
@@ -205,10 +230,10 @@ class CallToken:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.cancelled = False
-        self.path: CallPath | None = None
-        self.inst: rt.Instance | None = None
+        self.path: Stoppable | None = None
+        self.inst: Running | None = None
 
-    def begin(self, path: CallPath, inst: rt.Instance) -> None:
+    def begin(self, path: Stoppable, inst: Running) -> None:
         """The call starts on ``inst`` (lock held); PluginCallError if it was cancelled."""
         with self.lock:
             if self.cancelled:

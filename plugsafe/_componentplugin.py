@@ -21,6 +21,7 @@ instance is discarded after any failed call and the next call makes a new one.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,7 +53,7 @@ from ._errors import (
     raise_clean,
     short_trap,
 )
-from ._lazymodule import lazy_module
+from ._lazymodule import import_now, lazy_function, lazy_module
 from ._loader import Source, read_source
 from ._loader import default_name as loader_default_name
 from ._policy import Policy
@@ -60,11 +61,17 @@ from ._public import rehome
 from ._types import CallStats
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ._aio import run_call
+    from ._callpath import CallToken
     from ._runtime import _component as rc
 else:
     # wasmtime-py's component API and the value marshalling: imported when a component is first
     # loaded, not at import plugsafe (issue 14; see _lazymodule).
     rc = lazy_module("plugsafe._runtime._component", globals(), "rc")
+    # asyncio's helper, when invoke_async first runs (as for Plugin.call_async).
+    run_call = lazy_function("plugsafe._aio", "run_call", globals())
 
 __all__ = [
     "ComponentPlugin",
@@ -259,6 +266,17 @@ class _Lock:
         """The deadline of the call running now (read only by the thread it owns)."""
         return self.deadline
 
+    def interrupt(self, inst: rc.ComponentInstance) -> None:
+        """Stop the call running on ``inst`` (``CallToken``'s cancel, under its lock, while the
+        call runs): its next host call and its next step in wasm fail with DeadlineExceeded
+        (only with a policy ``timeout``), as ``CallPath.interrupt`` does for modules."""
+        if self.deadline is not None:
+            # The host functions' entry check (ComponentPlugin._host_impl) and nested waits
+            # (_nesting) read it: a call stopped in straight-line code makes no further host
+            # call, and a host function waiting for a busy plugin stops waiting.
+            self.deadline = -math.inf
+        inst.interrupt()
+
     def waited(self, detail: str) -> DeadlineExceeded:
         """The DeadlineExceeded of the running call, for a wait nested in it (a host function
         waiting for a busy plugin) that reached the call's deadline."""
@@ -285,6 +303,11 @@ class ComponentPlugin:
         self._policy = policy
         self._compiled = compiled
         self._on_close = on_close
+        # invoke_async's own worker (made on first use): one thread, as the plugin runs one
+        # call at a time; never the event loop's default executor (see _aio.run_call).
+        self._async: ThreadPoolExecutor | None = None
+        # Re-entrant: close() may run on a thread that holds it (a signal handler), as Plugin's.
+        self._async_lock = threading.RLock()
         self._lock = threading.Lock()
         # ``_nesting.Taker(self._try).taken`` is ``self._lock.acquire(False)``, as an attribute
         # read (see _locked).
@@ -450,6 +473,42 @@ class ComponentPlugin:
             FuelExhausted, DeadlineExceeded, MemoryLimitExceeded, PluginTrap: as for modules.
             PluginClosedError: after :meth:`close`.
         """
+        return self._invoke_with(None, function, args)
+
+    async def invoke_async(self, function: str, *args: Any) -> Any:
+        """:meth:`invoke` from asyncio, on the plugin's own worker thread (never the loop's).
+
+        If the awaiting task is cancelled (or ``asyncio.wait_for`` times out), a call not yet
+        started never runs and a running one is interrupted (with a policy ``timeout``, of any
+        length: it ends within milliseconds, its instance replaced; without one it runs to its
+        end and its result is dropped), as :meth:`Plugin.call_async` does. Host functions see
+        the caller's ``contextvars``.
+        """
+        return await run_call(
+            self._executor(), lambda token: self._invoke_with(token, function, args)
+        )
+
+    def _executor(self) -> ThreadPoolExecutor:
+        executor = self._async
+        if executor is None:
+            with self._async_lock:
+                if self._closed:
+                    raise PluginClosedError(f"plugin {self._name!r} is closed")
+                executor = self._async
+                if executor is None:
+                    # Imported here, as Plugin._executor does (issue 14: cold start).
+                    futures: Any = import_now("concurrent.futures")
+                    executor = self._async = futures.ThreadPoolExecutor(
+                        1, thread_name_prefix=f"plugsafe-{self._name}"
+                    )
+                    if self._closed:  # by a signal handler, meanwhile
+                        self._async = None
+                        executor.shutdown(wait=False)
+                        raise PluginClosedError(f"plugin {self._name!r} is closed")
+        return executor
+
+    def _invoke_with(self, token: CallToken | None, function: str, args: tuple[Any, ...]) -> Any:
+        """:meth:`invoke`; stoppable through ``token`` (an asynchronous call's), if given."""
         desc = self._resolve(function)
         if len(args) != len(desc.params):
             raise SignatureError(
@@ -512,7 +571,21 @@ class ComponentPlugin:
                     raise self._diagnosis.deadline(
                         function, "call", " (waiting for the plugin and instantiating it)"
                     )
-                result = inst.call(desc, values, until=end, max_output=self._policy.max_output)
+                if token is None:
+                    result = inst.call(desc, values, until=end, max_output=self._policy.max_output)
+                else:
+                    # Marked running on this instance (PluginCallError if cancelled already:
+                    # a queued call never starts), so that a cancel interrupts exactly this
+                    # call, again and again until it ends (CallToken's re-sender).
+                    token.begin(self._path, inst)
+                    try:
+                        result = inst.call(
+                            desc, values, until=end, max_output=self._policy.max_output
+                        )
+                    finally:
+                        token.end()
+            except PluginCallError:
+                raise  # (a cancelled call refused before it began: the instance is untouched)
             except rc.LiftRefused as exc:
                 self._inst = None  # its post-return function has not run: start afresh
                 raise self._refused(exc, function) from None
@@ -608,6 +681,14 @@ class ComponentPlugin:
         result_type = desc.result
 
         def impl(values: list[Any]) -> Any:
+            # wasm checks its deadline only at function entries and loop back-edges: a run of
+            # host calls in straight-line code would go on past it, and past a cancel (which
+            # sets the deadline to -inf: _Lock.interrupt). Host calls of modules check too.
+            end = self._path.deadline
+            if end is not None and _perf_counter() >= end:
+                raise self._diagnosis.deadline(
+                    self._function, "call", f" (noticed when it called {desc.qualified!r})"
+                )
             self._host_calls += 1
             if quota is not None and self._host_calls > quota:
                 raise HostCallLimitExceeded(
@@ -711,6 +792,8 @@ class ComponentPlugin:
 
     def close(self) -> None:
         """Release the instance. Idempotent; later calls raise PluginClosedError."""
+        with self._async_lock:
+            executor, self._async = self._async, None
         me = threading.get_ident()
         lock = self._lock
         if self._path.owner == me or (not lock.acquire(False) and not self._wait_to_close(me)):
@@ -730,6 +813,11 @@ class ComponentPlugin:
                 self._inst = None
             finally:
                 lock.release()
+        if executor is not None:
+            # Queued async calls still run, and raise PluginClosedError at once (a running one
+            # finishes first). Not waited for: close() may run on that very thread (from a
+            # host function); the thread ends when its queue is empty.
+            executor.shutdown(wait=False)
         if self._on_close is not None:
             self._on_close(self)
 

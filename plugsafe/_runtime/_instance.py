@@ -44,7 +44,7 @@ from ._module import Module
 from ._store import Store
 from ._ticker import MAX_DEADLINE_TICKS, Ticker, guard, limit, unlimit
 
-__all__ = ["InputBufferError", "Instance"]
+__all__ = ["InputBufferError", "Instance", "interrupt_store"]
 
 _perf_counter = time.perf_counter
 INPUT_BUFFER_BYTES = INPUT_BUFFER_EXPORT.encode()
@@ -76,6 +76,25 @@ def _bump(increment: Any, engine: int, n: int) -> None:
     """Advance ``engine``'s epoch ``n`` times (``increment`` is the ticker's C function)."""
     for _ in range(n):
         increment(engine)
+
+
+def interrupt_store(ticker: Ticker, arming: list[float], ticks: int) -> None:
+    """Interrupt the call running in a guarded store (``Instance.interrupt``, and a component
+    instance's): its ``arming`` (the list given to ``_ticker.guard``) says the deadline passed
+    long ago, and the engine's epoch is moved past its epoch deadline, ``ticks`` (its timeout's)
+    at most, so that the guard runs and traps."""
+    arming[0] = -math.inf
+    # No epoch deadline is set further ahead than MAX_DEADLINE_TICKS (attack11: a whole
+    # timeout's ticks, 1.8 M for an hour, took a cancelled call 16 s to reach).
+    n = (ticks if ticks < MAX_DEADLINE_TICKS else MAX_DEADLINE_TICKS) + 2
+    if n <= _INLINE_BUMP:
+        _bump(ticker._increment, ticker._ptr, n)
+    else:
+        # ~1 us an increment: a long timeout's ticks (15,000 for 30 s) would hold up the
+        # caller (an event loop) for milliseconds. Whoever runs next re-arms its own
+        # deadline, so the increments need not be done before this returns; the ticker's
+        # helper makes them, one for all interrupts at once.
+        ticker.bump(n)
 
 
 class Instance:
@@ -304,19 +323,7 @@ class Instance:
         ticker = self._ticker
         if ticker is None:
             return False
-        self._arming[0] = -math.inf
-        # No epoch deadline is set further ahead than MAX_DEADLINE_TICKS (attack11: a whole
-        # timeout's ticks, 1.8 M for an hour, took a cancelled call 16 s to reach).
-        ticks = self._ticks
-        n = (ticks if ticks < MAX_DEADLINE_TICKS else MAX_DEADLINE_TICKS) + 2
-        if n <= _INLINE_BUMP:
-            _bump(ticker._increment, ticker._ptr, n)
-        else:
-            # ~1 us an increment: a long timeout's ticks (15,000 for 30 s) would hold up the
-            # caller (an event loop) for milliseconds. Whoever runs next re-arms its own
-            # deadline, so the increments need not be done before this returns; the ticker's
-            # helper makes them, one for all interrupts at once.
-            ticker.bump(n)
+        interrupt_store(ticker, self._arming, self._ticks)
         return True
 
     def interrupt_stands(self) -> bool:
