@@ -22,6 +22,8 @@ refused).
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 
 from ._backend import WasmFailure
@@ -64,20 +66,70 @@ def on_broken(callback: Callable[[], None]) -> None:
     _on_broken.append(callback)
 
 
+# Threads that stayed unnamed through one whole wait (see _runtime_threads), by (tid, start
+# time): not a runtime thread starting, so later forks do not wait for them again.
+_settled: set[tuple[str, bytes]] = set()
+# How long a fork waits at most for unnamed threads to name themselves (or end).
+NAMING_WAIT = 0.2
+
+
+def _thread_name(tid: str) -> tuple[bytes, bytes] | None:
+    """(comm, start time) of this process's thread ``tid``, or None if it has ended."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as stat:
+            fields = stat.read()
+    except OSError:
+        return None
+    # "tid (comm) state ... starttime ...": the comm may hold spaces and parentheses.
+    head, _, rest = fields.rpartition(b")")
+    comm = head.partition(b"(")[2]
+    parts = rest.split()
+    return comm, (parts[19] if len(parts) > 19 else b"")
+
+
 def _runtime_threads() -> bool:
     # Linux names every thread in /proc; tokio's are "tokio-runtime-worker" (wasmtime 50:
     # "tokio-rt-worker"), cut to 15 bytes. Elsewhere: assume they run once I/O was used.
+    #
+    # A thread names itself once it first runs: one created just before the fork (the runtime
+    # is built when a guest first writes output, and its threads may not have run yet on a
+    # loaded machine) still has its creator's name, and a child forked then hung (lead12: 12
+    # in 80 under three CPU burners). So threads the interpreter does not know (not a
+    # threading.Thread's) and not named tokio are waited for, up to NAMING_WAIT, until each
+    # takes a name or ends; one unnamed through a whole wait is no runtime thread starting
+    # (glibc's timer helper, an app's native thread) and is not waited for again.
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
         return True
+    known = {str(t.native_id) for t in threading.enumerate()}
+    waiting: dict[str, bytes] = {}
     for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/comm", "rb") as comm:
-                if comm.read().startswith(b"tokio"):
-                    return True
-        except OSError:  # (the thread ended meanwhile)
+        found = _thread_name(tid)
+        if found is None:  # (the thread ended meanwhile)
             continue
+        comm, start = found
+        if comm.startswith(b"tokio"):
+            return True
+        if tid not in known and (tid, start) not in _settled:
+            waiting[tid] = comm
+    deadline = time.monotonic() + NAMING_WAIT
+    pause = 0.0005
+    while waiting and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+        for tid, first in list(waiting.items()):
+            found = _thread_name(tid)
+            if found is None:
+                del waiting[tid]
+            elif found[0].startswith(b"tokio"):
+                return True
+            elif found[0] != first:
+                del waiting[tid]  # named, and not a runtime thread
+    for tid in waiting:
+        found = _thread_name(tid)
+        if found is not None:
+            _settled.add((tid, found[1]))
     return False
 
 
