@@ -71,12 +71,12 @@ class Host(Closing):
             compiling them again (``True`` for ``~/.cache/plugsafe``, None for no disk cache).
             It must be owned by this user and writable by no one else; entries are checked
             before use and only entries plugsafe wrote are ever loaded.
-        on_call: called after every call of every plugin this host loads (``call``,
+        on_call: called after every call of every module plugin this host loads (``call``,
             ``call_json``, ``invoke``, their ``*_async`` forms, PluginPool calls) with its
             :class:`CallStats`, including ``plugin``, ``function``, ``error`` and ``context``:
-            the place for metrics. It runs on the calling thread after the call released its
-            plugin; an exception it raises is logged (logger ``plugsafe``) and never changes
-            what the call returns or raises.
+            the place for metrics (not a component's calls: see their ``last_call``). It runs
+            on the calling thread after the call released its plugin; an exception it raises is
+            logged (logger ``plugsafe``) and never changes what the call returns or raises.
         pooling: instances from wasmtime's pooling allocator, with these explicit limits
             (:class:`Pooling`); None (the default) maps memory per instance. PolicyError
             (``field="instances"``) if this process cannot reserve the pool's address space.
