@@ -94,10 +94,18 @@ def _each_point(run: Callable[[int], list[int]]) -> int:
             return k - 1
 
 
+# The points above are 3.11's (CALL, JUMP_BACKWARD): CPython 3.10 runs handlers after any
+# instruction, where these tests' model of the windows does not hold (its opcodes differ too).
+_MODEL = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="CPython 3.10 runs signal handlers after any instruction"
+)
+
+
 _PTR = "a pointer"  # (Owned only asks whether its pointer is true)
 _OWNED = {Owned.__init__.__code__, Owned.close.__code__, Owned.__del__.__code__}
 
 
+@_MODEL
 @pytest.mark.parametrize("closed", [True, False], ids=["closed", "collected"])
 def test_an_owned_interrupted_anywhere_frees_its_pointer_once_and_quietly(closed: bool) -> None:
     def run(k: int) -> list[int]:
@@ -123,6 +131,7 @@ def test_an_owned_interrupted_anywhere_frees_its_pointer_once_and_quietly(closed
     assert _each_point(run) >= 3
 
 
+@_MODEL
 def test_an_owned_made_whole_releases_also_once_whatever_interrupts_its_close() -> None:
     def run(k: int) -> list[int]:
         freed: list[object] = []
@@ -145,6 +154,7 @@ def test_an_owned_made_whole_releases_also_once_whatever_interrupts_its_close() 
 _RECORD = {HostRecord.__init__.__code__, HostRecord.__del__.__code__}
 
 
+@_MODEL
 def test_a_host_record_interrupted_anywhere_frees_each_spare_at_most_once_and_quietly() -> None:
     # Spares 0, 2 and 3 are still its own (1 went to wasmtime); an interrupted __del__ may leave
     # the one spare it was freeing unfreed (never freed twice), and goes on with the others.
