@@ -94,10 +94,12 @@ def _each_point(run: Callable[[int], list[int]]) -> int:
             return k - 1
 
 
-# The points above are 3.11's (CALL, JUMP_BACKWARD): CPython 3.10 runs handlers after any
-# instruction, where these tests' model of the windows does not hold (its opcodes differ too).
+# The points above are those of CPython 3.11 and 3.12 (CALL, JUMP_BACKWARD): 3.10 runs handlers
+# after any instruction, and 3.13's opcodes, as a trace function sees them, are not this model's
+# (the tests then find no point at all); the storm test below covers the code on every version.
 _MODEL = pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="CPython 3.10 runs signal handlers after any instruction"
+    not (3, 11) <= sys.version_info < (3, 13),
+    reason="the model of where a signal handler runs is CPython 3.11-3.12's",
 )
 
 
