@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import operator
 import struct
@@ -110,6 +111,7 @@ class CallState:
         "limit",
         "log_count",
         "log_dropped",
+        "making",
         "path",
         "phase",
         "quota",
@@ -150,6 +152,10 @@ class CallState:
         # The start of the call an instantiation is made for (CallPath.guarded), else None:
         # the start function then runs on what is left of that call's timeout (see begin).
         self.call_start: float | None = None
+        # While an instance is made for an asynchronous call (CallPath.guarded): what marks
+        # that call running on the instance as soon as its store exists (CallToken.making),
+        # so that a cancel stops its start function or _initialize too; else None.
+        self.making: Callable[[rt.Instance], None] | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -214,6 +220,20 @@ class CallToken:
             if self.cancelled:
                 raise PluginCallError(f"plugin {path.name!r}: the call was cancelled")
             self.path, self.inst = path, inst
+
+    def making(self, path: CallPath, inst: rt.Instance) -> None:
+        """An instance is being made for the call (``inst``: its store exists, nothing of it
+        ran yet): a cancel from now on interrupts its start function or ``_initialize``, which
+        run inside the call, on its timeout (attack12: they ran to the whole timeout). Never
+        raises (wasm runs next): a call cancelled already is interrupted at once, and
+        ``begin`` refuses it afterwards. The caller ends the token (``end``) whatever
+        happens."""
+        with self.lock:
+            self.path, self.inst = path, inst
+            if not self.cancelled:
+                return
+            path.interrupt(inst)
+        CallToken._insist(self)
 
     def end(self) -> None:
         """The call is over (still under its plugin's lock)."""
@@ -1013,7 +1033,7 @@ class CallPath:
             finally:
                 token.end()
 
-        return self.guarded(function, op, context, begun)
+        return self.guarded(function, op, context, begun, token=token)
 
     def invoke_tracked(
         self,
@@ -1034,7 +1054,7 @@ class CallPath:
             finally:
                 token.end()
 
-        return self.guarded(function, op, context, begun)
+        return self.guarded(function, op, context, begun, token=token)
 
     def invoke_checked(self, inst: rt.Instance, function: str, args: Sequence[object]) -> Any:
         """Invoke ``function`` on ``inst``, checking it first if not yet done (general path)."""
@@ -1072,6 +1092,7 @@ class CallPath:
         context: object = None,
         begun: float | None = None,
         payload: bytes = b"",
+        token: CallToken | None = None,
     ) -> T:
         """Run one call the general way: wait for the lock, make an instance if there is none.
 
@@ -1079,7 +1100,9 @@ class CallPath:
         does the lookups and checks that the short path finds already done (None: ``call_abi``
         of ``function`` with ``payload``, call()'s general path). ``context`` is
         the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions);
-        ``begun`` when the call began if before now (a pool's wait for a free instance).
+        ``begun`` when the call began if before now (a pool's wait for a free instance);
+        ``token`` an asynchronous call's (``op`` marks it running): an instance made for the
+        call marks it running while it is made (CallToken.making), and it is ended here.
         """
         # The call's timeout runs from here: it covers waiting for the lock and making an
         # instance (the start function, _initialize) as well as the call itself.
@@ -1120,13 +1143,15 @@ class CallPath:
                 # (instantiate(), inline: a fresh_instance plugin comes here on every call.)
                 self.owner = me
                 state.call_start = begun
+                if token is not None:
+                    state.making = functools.partial(token.making, self)
                 try:
                     inst = self.new_instance("call")
                 except PYTHON_FAILED as exc:
                     self.host_record.spent = self.host_record.leak = True  # see the short paths
                     raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
                 finally:
-                    state.call_start = None
+                    state.call_start = state.making = None
                     self.owner = None
                 if self._inst is None:
                     # The instance setter's case from None, inline: nothing aimed to forget.
@@ -1191,6 +1216,11 @@ class CallPath:
                 th.call = self.outer
                 state.context = None
             try:
+                if token is not None:
+                    # Marked running while its instance was made (an instantiation that
+                    # failed never reached op): ended before the lock goes, so that no
+                    # interrupt of it can reach a later call (see CallToken).
+                    token.end()
                 if end is not None and inst is not None and inst is self._inst:
                     # Before the lock goes: see _ticker.limit. (An instance no longer
                     # current, released or dropped, runs no call again: a fresh_instance

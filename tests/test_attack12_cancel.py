@@ -1,0 +1,81 @@
+"""attack12: cancelled calls end promptly wherever the cancel lands, and never stop a call early.
+
+A call instantiates its plugin first when it has no instance (``fresh_instance``, or after a
+trap dropped it): the start function and a reactor's ``_initialize`` run inside the call, on
+its timeout. A cancel that came then only marked the call cancelled (the call marked itself
+running, interruptible, only once its instance was made): the start function ran to the
+call's whole timeout (5 s here) before the cancel was seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import plugsafe
+from plugsafe import Policy
+
+# The start function (or ``_initialize``) spins while the host says so: loading runs it once
+# with the flag down.
+START_SPIN = b"""(module
+ (import "plugsafe" "spin_flag" (func $f (result i32)))
+ (func $s (if (call $f) (then (loop $l (br $l)))))
+ (start $s)
+ (func (export "one") (result i32) (i32.const 1)))"""
+INIT_SPIN = b"""(module
+ (import "plugsafe" "spin_flag" (func $f (result i32)))
+ (memory (export "memory") 1)
+ (func (export "_initialize") (if (call $f) (then (loop $l (br $l)))))
+ (func (export "one") (result i32) (i32.const 1)))"""
+
+
+def _cancel_after(plugin: plugsafe.Plugin, wait: float) -> float:
+    """Start ``one`` asynchronously, cancel it after ``wait`` s; when the cancel was made."""
+
+    async def main() -> float:
+        task = asyncio.create_task(plugin.invoke_async("one"))
+        await asyncio.sleep(wait)
+        cancelled = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return cancelled
+
+    return asyncio.run(main())
+
+
+def _ended_after(plugin: plugsafe.Plugin, cancelled: float) -> float:
+    """How long after ``cancelled`` the plugin's running call let go of it."""
+    lock = plugin._calls.lock  # type: ignore[attr-defined]
+    assert lock.acquire(timeout=30)
+    lock.release()
+    return time.perf_counter() - cancelled
+
+
+@pytest.mark.parametrize("wat", [START_SPIN, INIT_SPIN], ids=["start", "initialize"])
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh_instance", "re-instantiated"])
+def test_a_call_cancelled_while_its_instance_is_made_ends_promptly(
+    wat: bytes, fresh: bool
+) -> None:
+    flag = [0]
+    with plugsafe.Host() as host:
+
+        @host.function
+        def spin_flag() -> int:
+            return flag[0]
+
+        plugin = host.load(
+            wat, policy=Policy(timeout=5.0, allow={"spin_flag"}, fresh_instance=fresh)
+        )
+        if not fresh:
+            # As after a trap: the next call makes the instance again.
+            plugin._calls.instance = None  # type: ignore[attr-defined]
+        flag[0] = 1
+        cancelled = _cancel_after(plugin, 0.3)
+        took = _ended_after(plugin, cancelled)
+        # Was: the call's whole 5 s timeout (4.7 s after the cancel).
+        assert took < 1.0, took
+        flag[0] = 0
+        assert plugin.invoke("one") == 1
