@@ -45,6 +45,7 @@ from ._errors import (
     raise_clean,
 )
 from ._policy import Policy
+from ._runtime import _ticker
 from ._runtime._daemon import Daemon
 from ._runtime._instance import InputBufferError
 from ._types import CallStats, ExportInfo
@@ -206,13 +207,15 @@ class CallToken:
     later one on the same instance.
     """
 
-    __slots__ = ("cancelled", "inst", "lock", "path")
+    __slots__ = ("cancelled", "inst", "lock", "path", "thread")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.cancelled = False
         self.path: CallPath | None = None
         self.inst: rt.Instance | None = None
+        # The thread the call runs on (set with ``path``): see _interrupt.
+        self.thread = 0
 
     def begin(self, path: CallPath, inst: rt.Instance) -> None:
         """The call starts on ``inst`` (lock held); PluginCallError if it was cancelled."""
@@ -220,6 +223,18 @@ class CallToken:
             if self.cancelled:
                 raise PluginCallError(f"plugin {path.name!r}: the call was cancelled")
             self.path, self.inst = path, inst
+            self.thread = _get_ident()
+
+    def _interrupt(self, path: CallPath, inst: rt.Instance) -> None:
+        """(``lock`` held, the call running.) Interrupt the call, and the calls of other
+        plugins its host functions make on its thread: those ran to their own timeouts before
+        it could stop (attack12). Every guard on its thread traps until ``end`` (see
+        _ticker.CANCELLED), and every other engine's epoch is moved past their deadlines; the
+        guards of calls on other threads find theirs early and go on."""
+        if path.has_imports:
+            _ticker.CANCELLED[self.thread] = self
+            _ticker.bump_armed(_ticker.MAX_DEADLINE_TICKS + 2, inst._ticker)
+        path.interrupt(inst)
 
     def making(self, path: CallPath, inst: rt.Instance) -> None:
         """An instance is being made for the call (``inst``: its store exists, nothing of it
@@ -230,15 +245,19 @@ class CallToken:
         happens."""
         with self.lock:
             self.path, self.inst = path, inst
+            self.thread = _get_ident()
             if not self.cancelled:
                 return
-            path.interrupt(inst)
+            self._interrupt(path, inst)
         CallToken._insist(self)
 
     def end(self) -> None:
         """The call is over (still under its plugin's lock)."""
         with self.lock:
             self.path = self.inst = None
+            cancelled = _ticker.CANCELLED
+            if cancelled and cancelled.get(self.thread) is self:
+                del cancelled[self.thread]
 
     def cancel(self) -> None:
         """The awaiting task was cancelled: do not start, or stop the call now."""
@@ -246,7 +265,7 @@ class CallToken:
             self.cancelled = True
             if self.path is None or self.inst is None:
                 return
-            self.path.interrupt(self.inst)
+            self._interrupt(self.path, self.inst)
         # The call marks itself running before it arms its deadline, and arming overwrites an
         # interrupt that came first: such a call ran its whole timeout (attack9). So it is
         # interrupted again, a little later each time, until it ends (never a later call:
@@ -333,7 +352,7 @@ class CallToken:
                         # a cancelled call can wait in a host function for long: sent every
                         # 50 ms, 200 such calls kept the machine's two cores busy
                         # (tests/test_tidy10.py's storm, when each moved a whole timeout).
-                        path.interrupt(inst)
+                        token._interrupt(path, inst)
                         sent = True
                 with wake:
                     entry = pending.get(token)

@@ -10,6 +10,7 @@ call's whole timeout (5 s here) before the cancel was seen.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -48,7 +49,7 @@ def _cancel_after(plugin: plugsafe.Plugin, wait: float) -> float:
 
 def _ended_after(plugin: plugsafe.Plugin, cancelled: float) -> float:
     """How long after ``cancelled`` the plugin's running call let go of it."""
-    lock = plugin._calls.lock  # type: ignore[attr-defined]
+    lock = plugin._calls.lock
     assert lock.acquire(timeout=30)
     lock.release()
     return time.perf_counter() - cancelled
@@ -56,9 +57,7 @@ def _ended_after(plugin: plugsafe.Plugin, cancelled: float) -> float:
 
 @pytest.mark.parametrize("wat", [START_SPIN, INIT_SPIN], ids=["start", "initialize"])
 @pytest.mark.parametrize("fresh", [True, False], ids=["fresh_instance", "re-instantiated"])
-def test_a_call_cancelled_while_its_instance_is_made_ends_promptly(
-    wat: bytes, fresh: bool
-) -> None:
+def test_a_call_cancelled_while_its_instance_is_made_ends_promptly(wat: bytes, fresh: bool) -> None:
     flag = [0]
     with plugsafe.Host() as host:
 
@@ -71,7 +70,7 @@ def test_a_call_cancelled_while_its_instance_is_made_ends_promptly(
         )
         if not fresh:
             # As after a trap: the next call makes the instance again.
-            plugin._calls.instance = None  # type: ignore[attr-defined]
+            plugin._calls.instance = None
         flag[0] = 1
         cancelled = _cancel_after(plugin, 0.3)
         took = _ended_after(plugin, cancelled)
@@ -79,3 +78,50 @@ def test_a_call_cancelled_while_its_instance_is_made_ends_promptly(
         assert took < 1.0, took
         flag[0] = 0
         assert plugin.invoke("one") == 1
+
+
+SPIN = b'(module (func (export "spin") (result i32) (loop $l (br $l)) (i32.const 0)))'
+NESTS = b"""(module (import "plugsafe" "nested" (func $n (result i32)))
+ (func (export "one") (result i32) (call $n)))"""
+
+
+@pytest.mark.parametrize("engine", ["same", "another"])
+def test_a_cancelled_call_stops_the_plugin_call_its_host_function_makes(engine: str) -> None:
+    # The host function of the cancelled call calls another plugin (on the call's thread):
+    # that nested call ran to its own timeout (5 s) before the cancelled call could see its
+    # interrupt. It is stopped too; a call of the same plugin on another thread is not.
+    with plugsafe.Host() as host, plugsafe.Host() as other:
+        # (Another engine: a metered one.)
+        inner_host = host if engine == "same" else other
+        inner_policy = Policy(timeout=5.0, fuel=None if engine == "same" else 10**15)
+        inner = inner_host.load(SPIN, policy=inner_policy)
+        bystander = inner_host.load(SPIN, policy=Policy(timeout=1.5))
+        seen: list[BaseException] = []
+
+        @host.function
+        def nested() -> int:
+            try:
+                return int(inner.invoke("spin"))
+            except plugsafe.PlugsafeError as exc:
+                seen.append(exc)
+                raise
+
+        outer = host.load(NESTS, policy=Policy(timeout=5.0, allow={"nested"}))
+        stood: list[float] = []
+
+        def bystand() -> None:
+            began = time.perf_counter()
+            with pytest.raises(plugsafe.DeadlineExceeded):
+                bystander.invoke("spin")
+            stood.append(time.perf_counter() - began)
+
+        by = threading.Thread(target=bystand)
+        by.start()
+        cancelled = _cancel_after(outer, 0.3)
+        took = _ended_after(outer, cancelled)
+        by.join(10)
+        # Was: the nested call's whole 5 s timeout.
+        assert took < 1.0, took
+        assert seen and isinstance(seen[0], plugsafe.DeadlineExceeded), seen
+        # The plugin called on another thread ran to its own timeout: never stopped early.
+        assert stood and stood[0] >= 1.5, stood
