@@ -1143,7 +1143,7 @@ class CallPath:
         end = None if timeout is None else begun + timeout
         lock = self.lock
         if not self._taken:  # (acquire's own first step, without its frames; see _taken)
-            self.acquire(me, end, function)
+            self.acquire(me, end, function, token)
         inst: rt.Instance | None = None
         try:
             if self.has_imports:
@@ -1272,11 +1272,18 @@ class CallPath:
             state.call_start = None
             self.owner = None
 
-    def acquire(self, me: int, end: float | None = None, function: str = "") -> None:
+    def acquire(
+        self,
+        me: int,
+        end: float | None = None,
+        function: str = "",
+        token: CallToken | None = None,
+    ) -> None:
         """Take the lock, for a call of ``function`` that must end by ``end`` (or None).
 
         The wait is :func:`_nesting.wait_for`'s: bounded by ``end`` and the deadlines of the
-        calls this thread is inside, refused if it would close a wait-for cycle.
+        calls this thread is inside, refused if it would close a wait-for cycle, and, for an
+        asynchronous call (``token``), ended once it is cancelled.
         """
         lock = self.lock
         if self._taken:  # (see _taken)
@@ -1293,6 +1300,7 @@ class CallPath:
                 "call",
                 " (all of it spent waiting for the plugin, busy in another thread)",
             ),
+            token,
         )
 
     @property

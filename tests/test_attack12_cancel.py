@@ -10,6 +10,7 @@ call's whole timeout (5 s here) before the cancel was seen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -125,3 +126,41 @@ def test_a_cancelled_call_stops_the_plugin_call_its_host_function_makes(engine: 
         assert seen and isinstance(seen[0], plugsafe.DeadlineExceeded), seen
         # The plugin called on another thread ran to its own timeout: never stopped early.
         assert stood and stood[0] >= 1.5, stood
+
+
+def test_a_call_cancelled_while_it_waits_for_the_plugin_frees_its_worker_promptly() -> None:
+    # Another thread's call holds the plugin (for 3 s): the cancelled call kept the plugin's
+    # one worker thread waiting for it (2.6 s after the cancel) before it found the cancel.
+    with plugsafe.Host() as host:
+        plugin = host.load(SPIN, policy=Policy(timeout=3.0))
+        holder = threading.Thread(target=_spin_quietly, args=(plugin,))
+        holder.start()
+        try:
+            lock = plugin._calls.lock
+            deadline = time.perf_counter() + 10
+            while not lock.locked() and time.perf_counter() < deadline:
+                time.sleep(0.01)
+
+            async def main() -> tuple[float, float]:
+                task = asyncio.create_task(plugin.invoke_async("spin"))
+                await asyncio.sleep(0.2)
+                cancelled = time.perf_counter()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                # The worker is free once the cancelled call gave up its wait.
+                executor = plugin._async
+                assert executor is not None
+                free = await asyncio.wrap_future(executor.submit(time.perf_counter))
+                return cancelled, free
+
+            cancelled, free = asyncio.run(main())
+            assert free - cancelled < 1.0, free - cancelled
+            assert lock.locked(), "the holder's call ended first (test premise)"
+        finally:
+            holder.join(10)
+
+
+def _spin_quietly(plugin: plugsafe.Plugin) -> None:
+    with contextlib.suppress(plugsafe.DeadlineExceeded):
+        plugin.invoke("spin")
