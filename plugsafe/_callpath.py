@@ -231,9 +231,11 @@ class CallToken:
         it could stop (attack12). Every guard on its thread traps until ``end`` (see
         _ticker.CANCELLED), and every other engine's epoch is moved past their deadlines; the
         guards of calls on other threads find theirs early and go on."""
-        if path.has_imports:
+        # (Read with getattr: a component's path and instance serve tokens too, and a path
+        # without the attribute may have host functions.)
+        if getattr(path, "has_imports", True):
             _ticker.CANCELLED[self.thread] = self
-            _ticker.bump_armed(_ticker.MAX_DEADLINE_TICKS + 2, inst._ticker)
+            _ticker.bump_armed(_ticker.MAX_DEADLINE_TICKS + 2, getattr(inst, "_ticker", None))
         path.interrupt(inst)
 
     def making(self, path: CallPath, inst: rt.Instance) -> None:
