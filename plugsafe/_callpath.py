@@ -210,12 +210,12 @@ class CallToken:
     __slots__ = ("cancelled", "inst", "lock", "path", "thread")
 
     def __init__(self) -> None:
+        # The thread the call runs on (set with ``path``): see _interrupt.
+        self.thread = 0
         self.lock = threading.Lock()
         self.cancelled = False
         self.path: CallPath | None = None
         self.inst: rt.Instance | None = None
-        # The thread the call runs on (set with ``path``): see _interrupt.
-        self.thread = 0
 
     def begin(self, path: CallPath, inst: rt.Instance) -> None:
         """The call starts on ``inst`` (lock held); PluginCallError if it was cancelled."""
@@ -225,14 +225,14 @@ class CallToken:
             self.path, self.inst = path, inst
             self.thread = _get_ident()
 
-    def _interrupt(self, path: CallPath, inst: rt.Instance) -> None:
+    def _interrupt(self, path: Any, inst: Any) -> None:
         """(``lock`` held, the call running.) Interrupt the call, and the calls of other
         plugins its host functions make on its thread: those ran to their own timeouts before
         it could stop (attack12). Every guard on its thread traps until ``end`` (see
         _ticker.CANCELLED), and every other engine's epoch is moved past their deadlines; the
         guards of calls on other threads find theirs early and go on."""
-        # (Read with getattr: a component's path and instance serve tokens too, and a path
-        # without the attribute may have host functions.)
+        # (Any, read with getattr: a component's path and instance serve tokens too, and a
+        # path without the attribute may have host functions.)
         if getattr(path, "has_imports", True):
             _ticker.CANCELLED[self.thread] = self
             _ticker.bump_armed(_ticker.MAX_DEADLINE_TICKS + 2, getattr(inst, "_ticker", None))
