@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import operator
 import struct
@@ -53,6 +54,7 @@ from ._errors import (
     raise_clean,
 )
 from ._policy import Policy
+from ._runtime import _ticker
 from ._runtime._daemon import Daemon
 from ._runtime._instance import InputBufferError
 from ._types import CallStats, ExportInfo
@@ -119,6 +121,7 @@ class CallState:
         "limit",
         "log_count",
         "log_dropped",
+        "making",
         "path",
         "phase",
         "quota",
@@ -159,6 +162,10 @@ class CallState:
         # The start of the call an instantiation is made for (CallPath.guarded), else None:
         # the start function then runs on what is left of that call's timeout (see begin).
         self.call_start: float | None = None
+        # While an instance is made for an asynchronous call (CallPath.guarded): what marks
+        # that call running on the instance as soon as its store exists (CallToken.making),
+        # so that a cancel stops its start function or _initialize too; else None.
+        self.making: Callable[[rt.Instance], None] | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -225,9 +232,11 @@ class CallToken:
     equivalent: anything Stoppable), ``inst`` the instance the call runs on.
     """
 
-    __slots__ = ("cancelled", "inst", "lock", "path")
+    __slots__ = ("cancelled", "inst", "lock", "path", "thread")
 
     def __init__(self) -> None:
+        # The thread the call runs on (set with ``path``): see _interrupt.
+        self.thread = 0
         self.lock = threading.Lock()
         self.cancelled = False
         self.path: Stoppable | None = None
@@ -239,11 +248,43 @@ class CallToken:
             if self.cancelled:
                 raise PluginCallError(f"plugin {path.name!r}: the call was cancelled")
             self.path, self.inst = path, inst
+            self.thread = _get_ident()
+
+    def _interrupt(self, path: Any, inst: Any) -> None:
+        """(``lock`` held, the call running.) Interrupt the call, and the calls of other
+        plugins its host functions make on its thread: those ran to their own timeouts before
+        it could stop (attack12). Every guard on its thread traps until ``end`` (see
+        _ticker.CANCELLED), and every other engine's epoch is moved past their deadlines; the
+        guards of calls on other threads find theirs early and go on."""
+        # (Any, read with getattr: a component's path and instance serve tokens too, and a
+        # path without the attribute may have host functions.)
+        if getattr(path, "has_imports", True):
+            _ticker.CANCELLED[self.thread] = self
+            _ticker.bump_armed(_ticker.MAX_DEADLINE_TICKS + 2, getattr(inst, "_ticker", None))
+        path.interrupt(inst)
+
+    def making(self, path: CallPath, inst: rt.Instance) -> None:
+        """An instance is being made for the call (``inst``: its store exists, nothing of it
+        ran yet): a cancel from now on interrupts its start function or ``_initialize``, which
+        run inside the call, on its timeout (attack12: they ran to the whole timeout). Never
+        raises (wasm runs next): a call cancelled already is interrupted at once, and
+        ``begin`` refuses it afterwards. The caller ends the token (``end``) whatever
+        happens."""
+        with self.lock:
+            self.path, self.inst = path, inst
+            self.thread = _get_ident()
+            if not self.cancelled:
+                return
+            self._interrupt(path, inst)
+        CallToken._insist(self)
 
     def end(self) -> None:
         """The call is over (still under its plugin's lock)."""
         with self.lock:
             self.path = self.inst = None
+            cancelled = _ticker.CANCELLED
+            if cancelled and cancelled.get(self.thread) is self:
+                del cancelled[self.thread]
 
     def cancel(self) -> None:
         """The awaiting task was cancelled: do not start, or stop the call now."""
@@ -251,7 +292,7 @@ class CallToken:
             self.cancelled = True
             if self.path is None or self.inst is None:
                 return
-            self.path.interrupt(self.inst)
+            self._interrupt(self.path, self.inst)
         # The call marks itself running before it arms its deadline, and arming overwrites an
         # interrupt that came first: such a call ran its whole timeout (attack9). So it is
         # interrupted again, a little later each time, until it ends (never a later call:
@@ -338,7 +379,7 @@ class CallToken:
                         # a cancelled call can wait in a host function for long: sent every
                         # 50 ms, 200 such calls kept the machine's two cores busy
                         # (tests/test_tidy10.py's storm, when each moved a whole timeout).
-                        path.interrupt(inst)
+                        token._interrupt(path, inst)
                         sent = True
                 with wake:
                     entry = pending.get(token)
@@ -1038,7 +1079,7 @@ class CallPath:
             finally:
                 token.end()
 
-        return self.guarded(function, op, context, begun)
+        return self.guarded(function, op, context, begun, token=token)
 
     def invoke_tracked(
         self,
@@ -1059,7 +1100,7 @@ class CallPath:
             finally:
                 token.end()
 
-        return self.guarded(function, op, context, begun)
+        return self.guarded(function, op, context, begun, token=token)
 
     def invoke_checked(self, inst: rt.Instance, function: str, args: Sequence[object]) -> Any:
         """Invoke ``function`` on ``inst``, checking it first if not yet done (general path)."""
@@ -1097,6 +1138,7 @@ class CallPath:
         context: object = None,
         begun: float | None = None,
         payload: bytes = b"",
+        token: CallToken | None = None,
     ) -> T:
         """Run one call the general way: wait for the lock, make an instance if there is none.
 
@@ -1104,7 +1146,9 @@ class CallPath:
         does the lookups and checks that the short path finds already done (None: ``call_abi``
         of ``function`` with ``payload``, call()'s general path). ``context`` is
         the call's ``context=`` (what ``plugsafe.current_call()`` shows its host functions);
-        ``begun`` when the call began if before now (a pool's wait for a free instance).
+        ``begun`` when the call began if before now (a pool's wait for a free instance);
+        ``token`` an asynchronous call's (``op`` marks it running): an instance made for the
+        call marks it running while it is made (CallToken.making), and it is ended here.
         """
         # The call's timeout runs from here: it covers waiting for the lock and making an
         # instance (the start function, _initialize) as well as the call itself.
@@ -1126,7 +1170,7 @@ class CallPath:
         end = None if timeout is None else begun + timeout
         lock = self.lock
         if not self._taken:  # (acquire's own first step, without its frames; see _taken)
-            self.acquire(me, end, function)
+            self.acquire(me, end, function, token)
         inst: rt.Instance | None = None
         try:
             if self.has_imports:
@@ -1145,13 +1189,15 @@ class CallPath:
                 # (instantiate(), inline: a fresh_instance plugin comes here on every call.)
                 self.owner = me
                 state.call_start = begun
+                if token is not None:
+                    state.making = functools.partial(token.making, self)
                 try:
                     inst = self.new_instance("call")
                 except PYTHON_FAILED as exc:
                     self.host_record.spent = self.host_record.leak = True  # see the short paths
                     raise PluginCallError(PYTHON_FAILED_MESSAGE) from exc
                 finally:
-                    state.call_start = None
+                    state.call_start = state.making = None
                     self.owner = None
                 if self._inst is None:
                     # The instance setter's case from None, inline: nothing aimed to forget.
@@ -1216,6 +1262,11 @@ class CallPath:
                 th.call = self.outer
                 state.context = None
             try:
+                if token is not None:
+                    # Marked running while its instance was made (an instantiation that
+                    # failed never reached op): ended before the lock goes, so that no
+                    # interrupt of it can reach a later call (see CallToken).
+                    token.end()
                 if end is not None and inst is not None and inst is self._inst:
                     # Before the lock goes: see _ticker.limit. (An instance no longer
                     # current, released or dropped, runs no call again: a fresh_instance
@@ -1248,11 +1299,18 @@ class CallPath:
             state.call_start = None
             self.owner = None
 
-    def acquire(self, me: int, end: float | None = None, function: str = "") -> None:
+    def acquire(
+        self,
+        me: int,
+        end: float | None = None,
+        function: str = "",
+        token: CallToken | None = None,
+    ) -> None:
         """Take the lock, for a call of ``function`` that must end by ``end`` (or None).
 
         The wait is :func:`_nesting.wait_for`'s: bounded by ``end`` and the deadlines of the
-        calls this thread is inside, refused if it would close a wait-for cycle.
+        calls this thread is inside, refused if it would close a wait-for cycle, and, for an
+        asynchronous call (``token``), ended once it is cancelled.
         """
         lock = self.lock
         if self._taken:  # (see _taken)
@@ -1269,6 +1327,7 @@ class CallPath:
                 "call",
                 " (all of it spent waiting for the plugin, busy in another thread)",
             ),
+            token,
         )
 
     @property

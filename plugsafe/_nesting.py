@@ -527,15 +527,29 @@ def bounded_wait(
     raise outer.waited(f" (waiting for {what})")
 
 
+class Cancellable(Protocol):
+    """An asynchronous call's token (``_callpath.CallToken``): whether its task was cancelled."""
+
+    cancelled: bool
+
+
+# How often a cancellable (asynchronous) call waiting for a plugin looks at its token.
+CANCEL_POLL = 0.05
+
+
 def wait_for(
     lock: threading.Lock,
     me: int,
     path: Waiter,
     end: float | None,
     own_deadline: Callable[[], Exception],
+    token: Cancellable | None = None,
 ) -> None:
     """Take ``lock``, the lock of ``path``'s plugin, for thread ``me`` whose call must end by
-    ``end`` (or None): :func:`bounded_wait` for a plugin busy in another thread.
+    ``end`` (or None): :func:`bounded_wait` for a plugin busy in another thread. An
+    asynchronous call's wait (``token``) also ends, with PluginCallError, once its task is
+    cancelled: its worker thread (a Plugin has one) was held until the plugin was free, up to a
+    whole timeout (attack12; a PluginPool's wait does the same).
 
     If it raises, the lock is not held (see Taker: an exception a signal handler raised as the
     wait ended, or in what follows it here, gives back a lock the wait took)."""
@@ -544,11 +558,30 @@ def wait_for(
     held = [False]
 
     def take(timeout: float | None) -> bool | None:
+        if token is not None:
+            return take_polled(timeout, token)
         wait = functools.partial(lock.acquire, True, -1 if timeout is None else timeout)
         if Taker(wait).taken:
             held[0] = True  # (no call since the lock was taken: see Taker)
             return True
         return None
+
+    def take_polled(timeout: float | None, token: Cancellable) -> bool | None:
+        # Short waits, looking at the token between them (a lock cannot be woken for one
+        # waiter); only a cancellable call that found the plugin busy pays this.
+        stop = None if timeout is None else time.perf_counter() + timeout
+        while True:
+            step = CANCEL_POLL if stop is None else min(CANCEL_POLL, stop - time.perf_counter())
+            if Taker(functools.partial(lock.acquire, True, max(step, 0.0))).taken:
+                held[0] = True
+                return True
+            if token.cancelled:
+                raise PluginCallError(
+                    f"plugin {path.name!r}: the call was cancelled while it waited for the "
+                    "plugin, busy in another thread"
+                )
+            if stop is not None and time.perf_counter() >= stop:
+                return None
 
     try:
         bounded_wait(me, path, end, take, own_deadline)

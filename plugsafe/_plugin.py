@@ -938,6 +938,7 @@ class Plugin(Closing):
                 wasi,
                 until,
                 self._timeout_ticks,  # timeout_ticks
+                state.making,  # on_store: an asynchronous call's, to be cancellable
             )
             if self._reactor:  # its type was checked at load (_check_exports)
                 state.function = "_initialize"

@@ -155,7 +155,16 @@ def test_a_components_host_function_waiting_for_a_busy_module_ends_at_its_deadli
             t.join()
         assert 0.3 <= waited < 0.3 + SLACK, waited
         assert "waiting for plugin 'm', busy in another thread" in str(info.value)
-        assert comp.invoke("run", "x", 1) == 7  # mod is free now
+        # mod is free now. Best of three: the call makes the component's instance again
+        # within its 0.3 s, which a loaded machine can miss (attack12: once in a 3.10 leg
+        # run beside two CPU burners, "waiting for the plugin and instantiating it").
+        for attempt in range(3):
+            try:
+                assert comp.invoke("run", "x", 1) == 7
+                break
+            except plugsafe.DeadlineExceeded:
+                if attempt == 2:
+                    raise
         comp.close()
         mod.close()
 

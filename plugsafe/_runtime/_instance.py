@@ -121,6 +121,7 @@ class Instance:
         wasi: object = None,
         until: float | None = None,
         timeout_ticks: int | None = None,
+        on_store: Callable[[Instance], None] | None = None,
     ) -> None:
         self._b = b = linker.backend
         # Bound once: abi_call, the plugin ABI's hot path, calls it on every call.
@@ -218,6 +219,11 @@ class Instance:
             linker.prepare(module)
         assert linker._pre is not None
         try:
+            if on_store is not None:
+                # The store and its deadline are ready, nothing ran: a call this instance is
+                # made for becomes interruptible here (CallToken.making), before the start
+                # function runs on its timeout.
+                on_store(self)
             self._instance = instance = b.instantiate(linker._pre, ctx)
         except WasmFailure as failure:
             # The store goes now, not when the garbage collector finds it: whatever it holds of

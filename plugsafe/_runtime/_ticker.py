@@ -66,6 +66,7 @@ __all__ = [
     "BUSY",
     "FALLBACK_PERIOD",
     "AHEAD",
+    "CANCELLED",
     "LEAD",
     "MARGIN",
     "MAX_DEADLINE_TICKS",
@@ -76,6 +77,7 @@ __all__ = [
     "QUICK",
     "SLOW",
     "Ticker",
+    "bump_armed",
     "guard",
     "limit",
     "native_available",
@@ -277,6 +279,12 @@ _state: dict[str, Any] = {
     "forked_from_native": False,
 }
 _TICKERS: list[Ticker] = []
+# Threads whose running asynchronous call was cancelled: thread ident -> that call's token
+# (CallToken, which sets it while the call runs on the thread and drops it when the call ends).
+# Every guard running on such a thread traps: the calls of other plugins that the cancelled
+# call's host functions make on its thread (nested in it) stop too, instead of running to their
+# own timeouts (attack12). Only calls nested in the cancelled one run on that thread meanwhile.
+CANCELLED: dict[int, object] = {}
 # A bumper with nothing owed waits this long for another request before it stops: an interrupt
 # owes at most MAX_DEADLINE_TICKS + 2 increments (a millisecond or two), and a storm's cancels
 # come an event-loop turn apart, so a helper that stopped at once was started again for nearly
@@ -720,6 +728,8 @@ def _deadline_reached(_ctx: int, key: int, delta: Any, _kind: Any) -> int:
         arming, timeout, tk = _GUARDS[key]
         period = tk.period
         armed = arming[0]
+        if CANCELLED and _thread.get_ident() in CANCELLED:
+            armed = -math.inf  # inside a cancelled call (see CANCELLED): stop
         # Limited to one call's end (armed is +inf, see limit): that call started before the
         # arming (it waited for the plugin, or instantiated it first), and no other call sees
         # the limit (it is lifted before the plugin's lock is released). Otherwise the store's
@@ -792,6 +802,15 @@ def guard(owner: object, store_ptr: int, arming: list[float], timeout: float, tk
     # (issue 14: a store per load and per fresh instance).
     _GUARD_REFS[key] = weakref.ref(owner, _partial(_unguard, key))
     _NATIVE_API.set_callback(store_ptr, _CALLBACK, key, None)
+
+
+def bump_armed(n: int, but: Ticker | None = None) -> None:
+    """Advance the epoch of every armed ticker's engine but ``but``'s ``n`` times soon (see
+    Ticker.bump): the guards of the calls nested in a cancelled one run, whatever their
+    engine (see CANCELLED); every other store's guard finds its deadline early and goes on."""
+    for tk in list(_TICKERS):
+        if tk.armed and tk is not but:
+            tk.bump(n)
 
 
 def limit(arming: list[float], now: float, end: float) -> None:
@@ -925,6 +944,7 @@ def _after_fork_in_child() -> None:
     # The calls that lowered the switch interval ran on threads that are gone here.
     _prompt_lock = threading.RLock()
     _PROMPTS.clear()
+    CANCELLED.clear()  # (the cancelled calls ran on threads gone here)
     if _prompt_saved[0] is not None:
         _prompt_restore()
     _state["thread"] = _state["reap_pending"] = False
