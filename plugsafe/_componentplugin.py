@@ -53,12 +53,13 @@ from ._errors import (
     raise_clean,
     short_trap,
 )
-from ._lazymodule import import_now, lazy_function, lazy_module
+from ._lazymodule import lazy_function, lazy_module
 from ._loader import Source, read_source
 from ._loader import default_name as loader_default_name
 from ._policy import Policy
 from ._public import rehome
 from ._types import CallStats
+from ._worker import Worker
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -303,11 +304,8 @@ class ComponentPlugin:
         self._policy = policy
         self._compiled = compiled
         self._on_close = on_close
-        # invoke_async's own worker (made on first use): one thread, as the plugin runs one
-        # call at a time; never the event loop's default executor (see _aio.run_call).
-        self._async: ThreadPoolExecutor | None = None
-        # Re-entrant: close() may run on a thread that holds it (a signal handler), as Plugin's.
-        self._async_lock = threading.RLock()
+        # invoke_async's own worker thread (made on first use: _worker).
+        self._worker = Worker(name)
         self._lock = threading.Lock()
         # ``_nesting.Taker(self._try).taken`` is ``self._lock.acquire(False)``, as an attribute
         # read (see _locked).
@@ -489,23 +487,7 @@ class ComponentPlugin:
         )
 
     def _executor(self) -> ThreadPoolExecutor:
-        executor = self._async
-        if executor is None:
-            with self._async_lock:
-                if self._closed:
-                    raise PluginClosedError(f"plugin {self._name!r} is closed")
-                executor = self._async
-                if executor is None:
-                    # Imported here, as Plugin._executor does (issue 14: cold start).
-                    futures: Any = import_now("concurrent.futures")
-                    executor = self._async = futures.ThreadPoolExecutor(
-                        1, thread_name_prefix=f"plugsafe-{self._name}"
-                    )
-                    if self._closed:  # by a signal handler, meanwhile
-                        self._async = None
-                        executor.shutdown(wait=False)
-                        raise PluginClosedError(f"plugin {self._name!r} is closed")
-        return executor
+        return self._worker.executor(lambda: self._closed)
 
     def _invoke_with(self, token: CallToken | None, function: str, args: tuple[Any, ...]) -> Any:
         """:meth:`invoke`; stoppable through ``token`` (an asynchronous call's), if given."""
@@ -792,8 +774,7 @@ class ComponentPlugin:
 
     def close(self) -> None:
         """Release the instance. Idempotent; later calls raise PluginClosedError."""
-        with self._async_lock:
-            executor, self._async = self._async, None
+        end_worker = self._worker.take()
         me = threading.get_ident()
         lock = self._lock
         if self._path.owner == me or (not lock.acquire(False) and not self._wait_to_close(me)):
@@ -813,11 +794,7 @@ class ComponentPlugin:
                 self._inst = None
             finally:
                 lock.release()
-        if executor is not None:
-            # Queued async calls still run, and raise PluginClosedError at once (a running one
-            # finishes first). Not waited for: close() may run on that very thread (from a
-            # host function); the thread ends when its queue is empty.
-            executor.shutdown(wait=False)
+        end_worker()
         if self._on_close is not None:
             self._on_close(self)
 

@@ -39,7 +39,7 @@ from ._errors import (
     raise_clean,
 )
 from ._hostfn import BoundFunction, HostCalls
-from ._lazymodule import import_now, lazy_function, lazy_module
+from ._lazymodule import lazy_function, lazy_module
 from ._log import lazy_logger, logger_for
 from ._nesting import thread_room, tls
 from ._policy import Policy
@@ -47,6 +47,7 @@ from ._runtime import _wasifork
 from ._types import CallStats, ExportInfo, ImportInfo
 from ._wasi import SHIM_SHAPES, check_c_text
 from ._wasmshape import MemoryDecl
+from ._worker import Worker
 
 if TYPE_CHECKING:
     import json
@@ -301,12 +302,8 @@ class Plugin(Closing):
     ) -> None:
         self._name = name
         self._on_call = on_call
-        # call_async's own worker (made on first use): one thread, as the plugin runs one call
-        # at a time; never the event loop's default executor (see _aio.run_call).
-        self._async: ThreadPoolExecutor | None = None
-        # Re-entrant: close() (from a signal handler, as documented) may run on a thread that
-        # holds it, making the worker below (attack9: it waited for itself for ever).
-        self._async_lock = threading.RLock()
+        # call_async's own worker thread (made on first use: _worker).
+        self._worker = Worker(name)
         self._policy = policy
         self._engine = engine
         self._module = module
@@ -602,25 +599,10 @@ class Plugin(Closing):
     # -- what the asynchronous calls (and pools) run, and on_call ------------------------------
 
     def _executor(self) -> ThreadPoolExecutor:
-        executor = self._async
-        if executor is None:
-            with self._async_lock:
-                if self._calls.closed:
-                    raise PluginClosedError(f"plugin {self._name!r} is closed")
-                executor = self._async
-                if executor is None:
-                    # Imported here (issue 14): concurrent.futures costs every import of
-                    # plugsafe otherwise, and only call_async needs it; never half done
-                    # across a fork (_lazymodule).
-                    futures: Any = import_now("concurrent.futures")
-                    executor = self._async = futures.ThreadPoolExecutor(
-                        1, thread_name_prefix=f"plugsafe-{self._name}"
-                    )
-                    if self._calls.closed:  # by a signal handler, meanwhile (see above)
-                        self._async = None
-                        executor.shutdown(wait=False)
-                        raise PluginClosedError(f"plugin {self._name!r} is closed")
-        return executor
+        return self._worker.executor(self._closed)
+
+    def _closed(self) -> bool:
+        return self._calls.closed
 
     def _call_with(
         self, token: CallToken, function: str, data: bytes | bytearray | memoryview | str,
@@ -788,15 +770,10 @@ class Plugin(Closing):
         """Release the instance. Later use raises PluginClosedError. Idempotent."""
         if self._calls.closed:
             return
-        with self._async_lock:
-            executor, self._async = self._async, None
+        end_worker = self._worker.take()
         if self._calls.close():
             self._released()
-        if executor is not None:
-            # Queued async calls still run, and raise PluginClosedError at once (a running one
-            # finishes first). Not waited for: close() may run on that very thread (from a
-            # host function); the thread ends when its queue is empty.
-            executor.shutdown(wait=False)
+        end_worker()
 
     def __repr__(self) -> str:
         state = "closed" if self._calls.closed else "open"

@@ -149,7 +149,7 @@ def test_a_call_cancelled_while_it_waits_for_the_plugin_frees_its_worker_promptl
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 # The worker is free once the cancelled call gave up its wait.
-                executor = plugin._async
+                executor = plugin._worker._executor
                 assert executor is not None
                 free = await asyncio.wrap_future(executor.submit(time.perf_counter))
                 return cancelled, free
