@@ -122,19 +122,19 @@ def test_a_signal_handler_closing_a_plugin_while_its_thread_starts_its_async_wor
     out = _run(
         """
         import asyncio
-        from plugsafe import _plugin
+        from plugsafe import _worker
 
         host = plugsafe.Host()
         plugin = host.load(PLAIN)
 
         close_on_sigusr1(plugin)
-        real = _plugin.import_now
+        real = _worker.import_now
 
         def import_now(name):
             signal.raise_signal(signal.SIGUSR1)  # the handler runs before this returns
             return real(name)
 
-        _plugin.import_now = import_now
+        _worker.import_now = import_now
 
         async def main():
             try:
