@@ -8,16 +8,19 @@ cache) are kept in PLUGSAFE_TEST_CACHE (default ~/.cache/plugsafe-tests) for the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sdk import imageref
+from test_comp12_cancel import _free_after
 
 import plugsafe
 
@@ -141,3 +144,30 @@ def test_the_memory_cap_is_a_memory_limit_for_a_python_component(component: Path
             assert info.value.phase == "call" and info.value.value == 14 * 2**20
             out = p.invoke("processor/grayscale", {"width": 1, "height": 1, "data": b"abc"})
             assert out.data == b"bbb"  # a fresh instance
+
+
+def test_a_cancelled_call_of_a_componentize_py_component_ends_within_milliseconds(
+    component: Path,
+) -> None:
+    # comp12 (in this file: the Python legs of CI have no componentize-py). The image service
+    # in Python: a 40x40 blur of radius 30 runs for seconds.
+    policy = plugsafe.Policy(max_module_size=64 * 2**20, timeout=60.0)
+    cache = component.parent / "compiled"
+    with plugsafe.Host(cache_dir=cache) as host, host.load_component(component, policy=policy) as p:
+        data = bytes(i % 251 for i in range(40 * 40 * 3))
+        img = {"width": 40, "height": 40, "data": data}
+
+        async def main() -> float:
+            task = asyncio.create_task(p.invoke_async("processor/blur", img, 30.0))
+            await asyncio.sleep(1.0)
+            assert p._lock.locked(), "the blur ended before its cancel (test premise)"
+            cancelled = time.perf_counter()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return cancelled
+
+        cancelled = asyncio.run(main())
+        assert _free_after(p, cancelled) < 0.5
+        small = {"width": 2, "height": 1, "data": b"\xff\x00\x00\x00\xff\x00"}
+        assert p.invoke("processor/grayscale", small).width == 2
