@@ -74,9 +74,9 @@ _STORM = """
     sys.version_info < (3, 11), reason="CPython 3.10 runs signal handlers after any instruction"
 )
 def test_a_signal_handlers_exception_never_loses_a_hosts_pool_slot() -> None:
-    got = signal_storm(_STORM, seconds=4.0, interval=0.0003)
+    got = signal_storm(
+        _STORM, seconds=4.0, interval=0.0003, at_least={"interrupts": 100, "calls": 100}
+    )
     assert got["escaped"] == [], got
-    assert got["interrupts"] > 100, got
-    assert got["calls"] > 100, got
     assert got["tolerated"] == 0, got  # PoolExhausted: a slot lost
     assert got["slots"] == [SLOTS] * 3, got

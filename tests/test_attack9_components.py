@@ -112,7 +112,7 @@ _STORM = """
     storm_start()
     locked, escaped, interrupts, calls = 0, [], 0, 0
     end = time.monotonic() + SECONDS
-    while time.monotonic() < end:
+    while storm_going(end, interrupts=interrupts, calls=calls):
         try:
             armed[0] = True
             assert plugin.invoke("add", 2, 3) == 5
@@ -146,8 +146,8 @@ def test_a_signal_storm_never_aborts_locks_or_wedges_a_component(interval: float
 
     if _hostmem.AVAILABLE and _hostmem._C_GET is None:
         pytest.skip("no plugsafe._speedups (or PLUGSAFE_SPEEDUPS=0): memory callbacks in Python")
-    got = signal_storm(_STORM, seconds=3.0, interval=interval)
+    got = signal_storm(
+        _STORM, seconds=3.0, interval=interval, at_least={"interrupts": 20, "calls": 20}
+    )
     assert got["locked"] == 0, got
     assert got["escaped"] == [], got
-    assert got["interrupts"] > 20, got
-    assert got["calls"] > 20, got

@@ -101,14 +101,12 @@ _HANDLERS_AT_CALLS_ONLY = pytest.mark.skipif(
 
 @_HANDLERS_AT_CALLS_ONLY
 def test_a_signal_handlers_exception_never_leaves_a_plugin_locked() -> None:
-    got = signal_storm(_STORM, seconds=4.0)
+    # (at_least: the storm did land, thousands of interrupts in a quiet run, and calls still
+    # went through between them.)
+    got = signal_storm(_STORM, seconds=4.0, at_least={"interrupts": 100, "calls": 100})
     assert got["left_locked"] == [], got
     assert got["escaped"] == [], got
     assert got["close_hung"] is False, got
-    # The storm did land (thousands of interrupts, on a loaded machine hundreds at least) and
-    # calls still went through between them.
-    assert got["interrupts"] > 100, got
-    assert got["calls"] > 100, got
 
 
 def test_an_exception_while_the_short_path_aims_at_a_function_never_calls_the_wrong_one(
@@ -176,7 +174,7 @@ _POOL_STORM = """
     storm_start()
     lost, escaped, interrupts, calls, n = 0, [], 0, 0, 0
     end = time.monotonic() + SECONDS
-    while time.monotonic() < end:
+    while storm_going(end, interrupts=interrupts, calls=calls):
         n += 1
         busy = n % 3 == 0
         if busy:
@@ -213,8 +211,6 @@ def test_a_signal_handlers_exception_never_loses_a_pool_instance() -> None:
     # The same for PluginPool: an exception raised as the free queue's get returned (or as
     # the index left ``held``) lost the index, and the pool one of its instances for good
     # (6 pools of 2 in 5 s of the storm; a pool of 1 was then dead).
-    got = signal_storm(_POOL_STORM, seconds=4.0)
+    got = signal_storm(_POOL_STORM, seconds=4.0, at_least={"interrupts": 100, "calls": 100})
     assert got["lost"] == 0, got
     assert got["escaped"] == [], got
-    assert got["interrupts"] > 100, got
-    assert got["calls"] > 100, got

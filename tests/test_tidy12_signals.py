@@ -230,10 +230,10 @@ _STORM = """
     sys.version_info < (3, 11), reason="CPython 3.10 runs signal handlers after any instruction"
 )
 def test_a_signal_storm_over_loads_prints_only_the_handlers_own_exception() -> None:
-    got, stderr = signal_storm_output(_STORM, seconds=4.0, interval=0.0003)
+    got, stderr = signal_storm_output(
+        _STORM, seconds=4.0, interval=0.0003, at_least={"interrupts": 100, "calls": 30}
+    )
     assert got["escaped"] == [], got
-    assert got["interrupts"] > 100, got
-    assert got["calls"] > 30, got
     assert got["after"] == got["before"], got  # no Store, no Instance left alive
     reports = stderr.split("Exception ignored")[1:]
     others = [r for r in reports if not r.rstrip().endswith("KeyboardInterrupt:")]
