@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from cancelling import cancel_invoke, free_after
 
 import plugsafe
 from plugsafe import Policy
@@ -31,29 +32,6 @@ INIT_SPIN = b"""(module
  (memory (export "memory") 1)
  (func (export "_initialize") (if (call $f) (then (loop $l (br $l)))))
  (func (export "one") (result i32) (i32.const 1)))"""
-
-
-def _cancel_after(plugin: plugsafe.Plugin, wait: float) -> float:
-    """Start ``one`` asynchronously, cancel it after ``wait`` s; when the cancel was made."""
-
-    async def main() -> float:
-        task = asyncio.create_task(plugin.invoke_async("one"))
-        await asyncio.sleep(wait)
-        cancelled = time.perf_counter()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return cancelled
-
-    return asyncio.run(main())
-
-
-def _ended_after(plugin: plugsafe.Plugin, cancelled: float) -> float:
-    """How long after ``cancelled`` the plugin's running call let go of it."""
-    lock = plugin._calls.lock
-    assert lock.acquire(timeout=30)
-    lock.release()
-    return time.perf_counter() - cancelled
 
 
 @pytest.mark.parametrize("wat", [START_SPIN, INIT_SPIN], ids=["start", "initialize"])
@@ -73,8 +51,8 @@ def test_a_call_cancelled_while_its_instance_is_made_ends_promptly(wat: bytes, f
             # As after a trap: the next call makes the instance again.
             plugin._calls.instance = None
         flag[0] = 1
-        cancelled = _cancel_after(plugin, 0.3)
-        took = _ended_after(plugin, cancelled)
+        cancelled = cancel_invoke(plugin, "one", after=0.3)
+        took = free_after(plugin, cancelled)
         # Was: the call's whole 5 s timeout (4.7 s after the cancel).
         assert took < 1.0, took
         flag[0] = 0
@@ -118,8 +96,8 @@ def test_a_cancelled_call_stops_the_plugin_call_its_host_function_makes(engine: 
 
         by = threading.Thread(target=bystand)
         by.start()
-        cancelled = _cancel_after(outer, 0.3)
-        took = _ended_after(outer, cancelled)
+        cancelled = cancel_invoke(outer, "one", after=0.3)
+        took = free_after(outer, cancelled)
         by.join(10)
         # Was: the nested call's whole 5 s timeout.
         assert took < 1.0, took

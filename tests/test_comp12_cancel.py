@@ -20,11 +20,11 @@ import time
 from typing import Any
 
 import pytest
+from cancelling import cancel_invoke, drop_first_bump, free_after
 
 import plugsafe
 from plugsafe import Policy
 from plugsafe._callpath import CallToken
-from plugsafe._runtime import _ticker
 
 from helpers import last_json, run_ok
 
@@ -60,14 +60,6 @@ NAPS = b"""(component
 )"""
 
 
-def _free_after(plugin: Any, since: float, wait: float = 30.0) -> float:
-    """Seconds from ``since`` until ``plugin``'s running call is over (its lock free)."""
-    lock = plugin._lock if isinstance(plugin, plugsafe.ComponentPlugin) else plugin._calls.lock
-    assert lock.acquire(timeout=wait), "the call did not end"
-    lock.release()
-    return time.perf_counter() - since
-
-
 def _running(plugin: plugsafe.ComponentPlugin) -> None:
     """Wait until ``plugin``'s call runs (its lock held)."""
     for _ in range(1000):
@@ -77,29 +69,14 @@ def _running(plugin: plugsafe.ComponentPlugin) -> None:
     raise AssertionError("the call did not start")
 
 
-def _cancel_running(plugin: Any, function: str, after: float = 0.2) -> float:
-    """Start ``invoke_async(function)``, cancel its task ``after`` seconds; the cancel time."""
-
-    async def main() -> float:
-        task = asyncio.create_task(plugin.invoke_async(function))
-        await asyncio.sleep(after)
-        cancelled = time.perf_counter()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return cancelled
-
-    return asyncio.run(main())
-
-
 @pytest.mark.parametrize(("timeout", "fuel"), [(5.0, None), (60.0, None), (60.0, 10**13)])
 def test_a_cancelled_running_component_call_ends_within_milliseconds(
     timeout: float, fuel: int | None
 ) -> None:
     policy = Policy(timeout=timeout, fuel=fuel)
     with plugsafe.Host() as host, host.load_component(SPIN, policy=policy) as p:
-        cancelled = _cancel_running(p, "spin")
-        took = _free_after(p, cancelled)
+        cancelled = cancel_invoke(p, "spin")
+        took = free_after(p, cancelled)
         assert took < 0.5, took  # was: the call's whole timeout
         assert p.invoke("add", 2, 3) == 5  # the next call works (on a fresh instance)
 
@@ -143,7 +120,7 @@ def test_wait_for_timing_out_stops_a_component_call() -> None:
             return time.perf_counter()
 
         timed_out = asyncio.run(main())
-        assert _free_after(p, timed_out) < 0.5
+        assert free_after(p, timed_out) < 0.5
         assert asyncio.run(p.invoke_async("add", 40, 2)) == 42
 
 
@@ -176,18 +153,8 @@ def _nap_host(delay: float) -> tuple[plugsafe.Host, list[float]]:
 def test_a_cancelled_call_napping_in_a_host_function_ends_after_that_nap() -> None:
     host, naps = _nap_host(0.05)
     with host, host.load_component(NAPS, policy=Policy(timeout=60, allow={"test:host/sleep"})) as p:
-
-        async def main() -> float:
-            task = asyncio.create_task(p.invoke_async("naps", 10_000))
-            await asyncio.sleep(0.3)
-            cancelled = time.perf_counter()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return cancelled
-
-        cancelled = asyncio.run(main())
-        assert _free_after(p, cancelled) < 0.5
+        cancelled = cancel_invoke(p, "naps", 10_000, after=0.3)
+        assert free_after(p, cancelled) < 0.5
         assert 2 <= len(naps) < 30, len(naps)
         assert not [t for t in naps if t > cancelled + 0.1]  # no nap began after the cancel
         naps.clear()
@@ -200,8 +167,8 @@ def test_a_cancelled_call_makes_no_further_host_call_in_straight_line_code() -> 
     # itself sees the cancel (as a core plugin's host calls check their deadline).
     host, naps = _nap_host(0.4)
     with host, host.load_component(NAPS, policy=Policy(timeout=60, allow={"test:host/sleep"})) as p:
-        cancelled = _cancel_running(p, "twice", after=0.1)
-        assert _free_after(p, cancelled) < 0.6
+        cancelled = cancel_invoke(p, "twice", after=0.1)
+        assert free_after(p, cancelled) < 0.6
         assert len(naps) == 1, naps
 
 
@@ -237,7 +204,7 @@ def test_a_cancelled_queued_call_never_starts() -> None:
         blocker.join(10)
         assert not blocker.is_alive()
         time.sleep(0.3)  # the worker takes the lock after the blocker and finds its cancel
-        assert _free_after(p, time.perf_counter()) < 0.5
+        assert free_after(p, time.perf_counter()) < 0.5
         assert workers == []  # neither cancelled call ran a single nap
         assert asyncio.run(p.invoke_async("naps", 3)) is None
         assert len(workers) == 3 and all(n.startswith("plugsafe-") for n in workers), workers
@@ -270,8 +237,8 @@ def test_a_cancel_stops_no_other_plugin_early() -> None:
         ]
         for t in threads:
             t.start()
-        cancelled = _cancel_running(cancelled_one, "spin", after=0.3)
-        assert _free_after(cancelled_one, cancelled) < 0.5
+        cancelled = cancel_invoke(cancelled_one, "spin", after=0.3)
+        assert free_after(cancelled_one, cancelled) < 0.5
         for t in threads:
             t.join(10)
         assert sorted(took) == ["core", "other"], took
@@ -284,18 +251,8 @@ def test_a_cancelled_call_without_a_timeout_runs_to_its_end() -> None:
     host, naps = _nap_host(0.05)
     policy = Policy(timeout=None, allow={"test:host/sleep"})
     with host, host.load_component(NAPS, policy=policy) as p:
-
-        async def main() -> float:
-            task = asyncio.create_task(p.invoke_async("naps", 16))
-            await asyncio.sleep(0.1)
-            cancelled = time.perf_counter()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return cancelled
-
-        cancelled = asyncio.run(main())
-        assert _free_after(p, cancelled) > 0.4
+        cancelled = cancel_invoke(p, "naps", 16, after=0.1)
+        assert free_after(p, cancelled) > 0.4
         assert len(naps) == 16
         naps.clear()
         p.invoke("naps", 1)
@@ -308,18 +265,9 @@ def test_a_cancel_whose_epoch_increments_were_lost_still_ends_the_component_call
     # The lead12 lesson: an interrupt's increments absorbed by a deadline set concurrently
     # (dropped here) are made again by the shared re-sender.
     with plugsafe.Host() as host, host.load_component(SPIN, policy=Policy(timeout=5.0)) as p:
-        dropped: list[int] = []
-        real_bump = _ticker.Ticker.bump
-
-        def lossy_bump(self: _ticker.Ticker, n: int) -> None:
-            if not dropped:
-                dropped.append(n)
-                return
-            real_bump(self, n)
-
-        monkeypatch.setattr(_ticker.Ticker, "bump", lossy_bump)
-        cancelled = _cancel_running(p, "spin")
-        took = _free_after(p, cancelled)
+        dropped = drop_first_bump(monkeypatch)
+        cancelled = cancel_invoke(p, "spin")
+        took = free_after(p, cancelled)
         assert dropped, "the interrupt did not go through Ticker.bump (test premise)"
         assert took < 1.0, took
         assert p.invoke("add", 1, 1) == 2

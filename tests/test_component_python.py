@@ -8,19 +8,17 @@ cache) are kept in PLUGSAFE_TEST_CACHE (default ~/.cache/plugsafe-tests) for the
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cancelling import cancel_invoke, free_after
 from sdk import imageref
-from test_comp12_cancel import _free_after
 
 import plugsafe
 
@@ -157,17 +155,10 @@ def test_a_cancelled_call_of_a_componentize_py_component_ends_within_millisecond
         data = bytes(i % 251 for i in range(40 * 40 * 3))
         img = {"width": 40, "height": 40, "data": data}
 
-        async def main() -> float:
-            task = asyncio.create_task(p.invoke_async("processor/blur", img, 30.0))
-            await asyncio.sleep(1.0)
+        def still_blurring() -> None:
             assert p._lock.locked(), "the blur ended before its cancel (test premise)"
-            cancelled = time.perf_counter()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return cancelled
 
-        cancelled = asyncio.run(main())
-        assert _free_after(p, cancelled) < 0.5
+        cancelled = cancel_invoke(p, "processor/blur", img, 30.0, after=1.0, check=still_blurring)
+        assert free_after(p, cancelled) < 0.5
         small = {"width": 2, "height": 1, "data": b"\xff\x00\x00\x00\xff\x00"}
         assert p.invoke("processor/grayscale", small).width == 2

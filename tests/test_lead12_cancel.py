@@ -11,13 +11,13 @@ increments of an interrupt dropped, and an interrupt landing inside another stor
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
 from typing import Any
 
 import pytest
+from cancelling import cancel_invoke, drop_first_bump, free_after
 
 import plugsafe
 from plugsafe import Policy
@@ -41,33 +41,9 @@ def test_a_cancel_whose_epoch_increments_were_lost_still_ends_the_call(
 ) -> None:
     with plugsafe.Host() as host:
         plugin = host.load(SPIN, policy=Policy(timeout=5.0))
-        dropped: list[int] = []
-        real_bump = _ticker.Ticker.bump
-
-        def lossy_bump(self: _ticker.Ticker, n: int) -> None:
-            # The first interrupt's increments go to waste, as when the call set its deadline
-            # from an epoch that had already counted them.
-            if not dropped:
-                dropped.append(n)
-                return
-            real_bump(self, n)
-
-        monkeypatch.setattr(_ticker.Ticker, "bump", lossy_bump)
-
-        async def main() -> float:
-            task = asyncio.create_task(plugin.invoke_async("spin"))
-            await asyncio.sleep(0.2)
-            cancelled = time.perf_counter()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return cancelled
-
-        cancelled = asyncio.run(main())
-        lock = plugin._calls.lock  # type: ignore[attr-defined]
-        assert lock.acquire(timeout=10)
-        lock.release()
-        took = time.perf_counter() - cancelled
+        dropped = drop_first_bump(monkeypatch)
+        cancelled = cancel_invoke(plugin, "spin")
+        took = free_after(plugin, cancelled, wait=10)
         assert dropped, "the interrupt did not go through Ticker.bump (test premise)"
         # Re-sent 0.1 s after the lost one (was: the call's whole 5 s timeout).
         assert took < 1.0, took
