@@ -209,7 +209,11 @@ class CallState:
 
 
 class Running(Protocol):
-    """What a call runs on, as CallToken sees it: an ``rt.Instance``, or a component's."""
+    """What a call runs on, as CallToken sees it: an ``rt.Instance``, or a component's (both
+    ``rt.Interruptible``)."""
+
+    @property
+    def ticker(self) -> _ticker.Ticker | None: ...
 
     def interrupt_stands(self) -> bool: ...
 
@@ -219,6 +223,11 @@ class Stoppable(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def has_imports(self) -> bool:
+        """Whether the call may call host functions (and through them other plugins)."""
+        ...
 
     def interrupt(self, inst: Any) -> None: ...
 
@@ -250,17 +259,15 @@ class CallToken:
             self.path, self.inst = path, inst
             self.thread = _get_ident()
 
-    def _interrupt(self, path: Any, inst: Any) -> None:
+    def _interrupt(self, path: Stoppable, inst: Running) -> None:
         """(``lock`` held, the call running.) Interrupt the call, and the calls of other
         plugins its host functions make on its thread: those ran to their own timeouts before
         it could stop (attack12). Every guard on its thread traps until ``end`` (see
         _ticker.CANCELLED), and every other engine's epoch is moved past their deadlines; the
         guards of calls on other threads find theirs early and go on."""
-        # (Any, read with getattr: a component's path and instance serve tokens too, and a
-        # path without the attribute may have host functions.)
-        if getattr(path, "has_imports", True):
+        if path.has_imports:
             _ticker.CANCELLED[self.thread] = self
-            _ticker.bump_armed(_ticker.MAX_DEADLINE_TICKS + 2, getattr(inst, "_ticker", None))
+            _ticker.bump_armed(_ticker.MAX_DEADLINE_TICKS + 2, inst.ticker)
         path.interrupt(inst)
 
     def making(self, path: CallPath, inst: rt.Instance) -> None:

@@ -255,6 +255,10 @@ class _Lock:
 
     __slots__ = ("__weakref__", "deadline", "diagnosis", "function", "name", "owner")
 
+    # (For CallToken: a component's host functions may call other plugins on the call's
+    # thread, and those must stop with it.)
+    has_imports = True
+
     def __init__(self, name: str, diagnosis: Diagnosis) -> None:
         self.name = name
         self.diagnosis = diagnosis

@@ -37,7 +37,7 @@ from . import _hostmem
 from ._backend import WasmFailure, address, failure_from_addresses
 from ._engine import NO_DEADLINE_TICKS, Engine
 from ._forksafe import forksafe
-from ._instance import interrupt_store
+from ._instance import Interruptible
 from ._lib import error_text
 from ._select import DEFAULT as _BACKEND
 from ._store import give_wasi
@@ -1067,7 +1067,7 @@ def _fuel_reader(store: wasmtime.Store) -> Callable[[], int]:
     return read
 
 
-class ComponentInstance:
+class ComponentInstance(Interruptible):
     """One Store holding one instance of a component (discard it after any failure)."""
 
     def __init__(
@@ -1216,23 +1216,6 @@ class ComponentInstance:
                 ticks = ticker.ticks(max(until - now, 0.0))
             ticks = ticker.deadline(now, ticks)
         self._store.set_epoch_deadline(ticks)
-
-    def interrupt(self) -> bool:
-        """Stop the call running on this instance as soon as it is in wasm (from any thread),
-        as ``Instance.interrupt`` does for a module's (the same guard, the same epoch moves):
-        the call traps with ``INTERRUPT``. The caller must know the call still runs here (a
-        ``CallToken`` between its begin and end). False if the store has no guard (no
-        timeout)."""
-        ticker = self._ticker
-        if ticker is None:
-            return False
-        interrupt_store(ticker, self._arming, self._ticks)
-        return True
-
-    def interrupt_stands(self) -> bool:
-        """Whether the last :meth:`interrupt` still stands: nothing armed this store's deadline
-        since (:meth:`set_budget` overwrites it; read from any thread)."""
-        return self._arming[0] == -math.inf
 
     def memory_bytes(self) -> int:
         """The bytes the instance's memories hold now (0 without plugsafe's memory creator:

@@ -44,7 +44,7 @@ from ._module import Module
 from ._store import Store
 from ._ticker import MAX_DEADLINE_TICKS, Ticker, guard, limit, unlimit
 
-__all__ = ["InputBufferError", "Instance", "interrupt_store"]
+__all__ = ["InputBufferError", "Instance", "Interruptible"]
 
 _perf_counter = time.perf_counter
 INPUT_BUFFER_BYTES = INPUT_BUFFER_EXPORT.encode()
@@ -97,7 +97,47 @@ def interrupt_store(ticker: Ticker, arming: list[float], ticks: int) -> None:
         ticker.bump(n)
 
 
-class Instance:
+class Interruptible:
+    """What a guarded store's instance can be told from any thread: stop the call running on
+    it. A module's ``Instance`` and a component's ``ComponentInstance`` are both one: the same
+    guard (``_ticker.guard`` over ``_arming``), the same epoch moves."""
+
+    # Set by the instance: its engine's ticker (None: no timeout, no guard), the guard's
+    # arming list, and its timeout's ticks.
+    _ticker: Ticker | None
+    _arming: list[float]
+    _ticks: int
+
+    @property
+    def ticker(self) -> Ticker | None:
+        """The engine's ticker that guards this store (None: no timeout)."""
+        return self._ticker
+
+    def interrupt(self) -> bool:
+        """Stop the call running on this instance as soon as it is in wasm (from any thread).
+
+        Only for a store with a deadline guard (a ``timeout``): the guard is told the deadline
+        passed long ago and the engine's epoch is moved past the store's epoch deadline, so the
+        guard runs and traps with ``INTERRUPT``. Other stores of the engine reach their epoch
+        deadline too, and their guards find it early by the wall clock and go on. The caller
+        must know the call is still running on this instance (the call's lock is held, or a
+        ``CallToken`` is between its begin and end): a later call re-arms and would clear it.
+        False if the store has no guard.
+        """
+        ticker = self._ticker
+        if ticker is None:
+            return False
+        interrupt_store(ticker, self._arming, self._ticks)
+        return True
+
+    def interrupt_stands(self) -> bool:
+        """Whether the last :meth:`interrupt` still stands: nothing armed this store's deadline
+        since (an arming, or a limit, overwrites it: ``Instance.set_budget`` and the
+        component's; read from any thread)."""
+        return self._arming[0] == -math.inf
+
+
+class Instance(Interruptible):
     """One store holding one instance of a module.
 
     Not thread-safe: the owning Plugin serializes every use. A store is never shared between
@@ -315,27 +355,6 @@ class Instance:
             ticker.arm()
         limit(self._arming, now, until)
         self._b.set_deadline(self._ctx, ticker.deadline(now, ticker.ticks(max(until - now, 0.0))))
-
-    def interrupt(self) -> bool:
-        """Stop the call running on this instance as soon as it is in wasm (from any thread).
-
-        Only for a store with a deadline guard (a ``timeout``): the guard is told the deadline
-        passed long ago and the engine's epoch is moved past the store's epoch deadline, so the
-        guard runs and traps with ``INTERRUPT``. Other stores of the engine reach their epoch
-        deadline too, and their guards find it early by the wall clock and go on. The caller
-        must know the call is still running on this instance (the call's lock is held): a
-        later call re-arms and would clear it. False if the store has no guard.
-        """
-        ticker = self._ticker
-        if ticker is None:
-            return False
-        interrupt_store(ticker, self._arming, self._ticks)
-        return True
-
-    def interrupt_stands(self) -> bool:
-        """Whether the last :meth:`interrupt` still stands: nothing armed this store's deadline
-        since (an arming, or a limit, overwrites it; read from any thread)."""
-        return self._arming[0] == -math.inf
 
     def fuel_left(self) -> int:
         """Fuel remaining in the store (0 for an unmetered engine; what was left at release)."""
