@@ -668,7 +668,9 @@ class CallPath:
         string object: a call of another function, or on another instance, comes here first.
         """
         inst = self._inst
-        if inst is None or type(function) is not str:
+        if inst is None or self.fresh or type(function) is not str:
+            # (fresh: a current instance between calls is an earlier call's that an exception
+            # left behind: the general path drops it. Never aimed at, it never takes this.)
             return False  # the general path says what is wrong
         ref = inst.funcs.get(function)
         if ref is None or not ref.invoke_ok or ref.budget is None:
@@ -701,8 +703,8 @@ class CallPath:
         """The ABI function ``function`` of the current instance if :meth:`call`'s short path
         may call it (checked by an earlier call), remembered for the next call; else None."""
         inst = self._inst
-        if inst is None or type(function) is not str:
-            return None
+        if inst is None or self.fresh or type(function) is not str:
+            return None  # (as in _aim)
         ref = inst.funcs.get(function)
         if ref is None or not ref.abi_ok:
             return None
@@ -1190,6 +1192,14 @@ class CallPath:
             if self.closed:
                 raise PluginClosedError(f"plugin {self.name!r} is closed")
             inst = self._inst
+            if inst is not None and self.fresh:
+                # An earlier call's, left current by a signal handler's exception that landed
+                # in that call's end before settle() dropped it (lead13): never run a call on
+                # it (nothing of one call may reach the next), and free it (with pooling, its
+                # slot) now.
+                self.instance = None
+                inst.release()
+                inst = None
             made = inst is None
             if inst is None:
                 # Made within the call's deadline (limited to it: see Instance.limit_deadline).
@@ -1274,6 +1284,12 @@ class CallPath:
                     # failed never reached op): ended before the lock goes, so that no
                     # interrupt of it can reach a later call (see CallToken).
                     token.end()
+                if inst is not None and inst is self._inst and self.fresh:
+                    # settle() did not drop it: an exception (a signal handler's) landed in
+                    # it first. Dropped here, so that an idle plugin holds no instance (with
+                    # pooling, no slot); if this is cut short too, the next call drops it.
+                    self.instance = None
+                    inst.release()
                 if end is not None and inst is not None and inst is self._inst:
                     # Before the lock goes: see _ticker.limit. (An instance no longer
                     # current, released or dropped, runs no call again: a fresh_instance
