@@ -8,7 +8,6 @@ cache) are kept in PLUGSAFE_TEST_CACHE (default ~/.cache/plugsafe-tests) for the
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from buildcache import CACHE, cached, digest, tool_version
 from cancelling import cancel_invoke, free_after
 from sdk import imageref
 
@@ -28,7 +28,6 @@ OPT_IN = "PLUGSAFE_COMPONENTIZE_PY"
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "examples" / "components" / "image-py"
 WIT = ROOT / "examples" / "components" / "image" / "wit"
-CACHE = Path(os.environ.get("PLUGSAFE_TEST_CACHE", Path.home() / ".cache" / "plugsafe-tests"))
 POLICY = plugsafe.Policy(max_module_size=64 * 2**20, fuel=1_000_000_000, timeout=60.0)
 
 pytestmark = pytest.mark.skipif(
@@ -46,19 +45,16 @@ def component() -> Path:
     tool = _componentize_py()
     if tool is None:
         missing("componentize-py is not installed", "pip install componentize-py")
-    digest = hashlib.sha256()
-    for path in sorted([*SOURCE.glob("*.py"), *WIT.glob("*.wit")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    CACHE.mkdir(parents=True, exist_ok=True, mode=0o700)
-    out = CACHE / f"image-py-{digest.hexdigest()[:16]}.wasm"
-    if not out.exists():
-        tmp = out.with_suffix(".tmp")
+    assert tool is not None
+
+    def build(out: Path) -> None:
         cmd = [tool, "-d", str(WIT), "-w", "image-service", "componentize", "-p", str(SOURCE)]
-        cmd += ["app", "--stub-wasi", "-o", str(tmp)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=CACHE)
+        cmd += ["app", "--stub-wasi", "-o", str(out)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=out.parent)
         assert res.returncode == 0, res.stdout + res.stderr
-        tmp.replace(out)
-    return out
+
+    key = digest([SOURCE, WIT], tool_version(tool, "--version"), "image-service --stub-wasi")
+    return cached("image-py", key, build, suffix=".wasm")
 
 
 @pytest.fixture(scope="module")

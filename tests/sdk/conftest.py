@@ -10,6 +10,7 @@ Tests that only need the committed ``.wasm`` files in ``examples/plugins/wasm/``
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins-sdk"))
 
 import build_plugins  # noqa: E402 - importable only once plugins-sdk/ is on the path
+from buildcache import cached, digest, tool_version  # noqa: E402 - (tests/, as above)
 
 COMMITTED = ROOT / "examples" / "plugins" / "wasm"
 
@@ -65,10 +67,27 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_rust(
     toolchains: build_plugins.Toolchains, require: RequireFn, build_dir: Path
 ) -> dict[str, Path]:
-    """The Rust examples built from source: name -> wasm path."""
+    """The Rust examples built from source: name -> wasm path.
+
+    Kept between runs for the same sources, SDK, build script and rustc (tests/buildcache.py:
+    the release build is half a minute)."""
     require("rust")
-    paths = build_plugins.build_rust_examples(toolchains, build_dir)
-    return {p.name.removesuffix("-rust.wasm"): p for p in paths}
+
+    def build(out: Path) -> None:
+        out.mkdir()
+        for path in build_plugins.build_rust_examples(toolchains, build_dir):
+            shutil.copyfile(path, out / path.name)
+
+    assert toolchains.rustc is not None and toolchains.cargo is not None
+    inputs = [ROOT / "examples" / "plugins" / "rust", build_plugins.SDK / "rust"]
+    inputs.append(Path(build_plugins.__file__))
+    tools = [
+        tool_version(toolchains.rustc, "--version"),
+        tool_version(toolchains.cargo, "--version"),
+    ]
+    key = digest(inputs, *tools)
+    kept = cached("rust-examples", key, build)
+    return {p.name.removesuffix("-rust.wasm"): p for p in kept.glob("*-rust.wasm")}
 
 
 @pytest.fixture(scope="session")
