@@ -75,7 +75,7 @@ from ._engine import (
     wat_to_wasm,
 )
 from ._funcref import ArgumentsDoNotFit, FuncRef
-from ._instance import Instance
+from ._instance import Instance, Interruptible
 from ._linker import (
     Binding,
     Caller,
@@ -120,6 +120,7 @@ __all__ = [
     "HostCallbackFailed",
     "HostRecord",
     "Instance",
+    "Interruptible",
     "Linker",
     "LinkerPool",
     "Module",
