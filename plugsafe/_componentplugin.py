@@ -56,6 +56,7 @@ from ._errors import (
 from ._lazymodule import lazy_function, lazy_module
 from ._loader import Source, read_source
 from ._loader import default_name as loader_default_name
+from ._oncall import OnCall, reported
 from ._policy import Policy
 from ._public import rehome
 from ._types import CallStats
@@ -107,16 +108,19 @@ def load_component(
     loader: ComponentLoader,
     on_close: Callable[[Any], None] | None = None,
     functions: Mapping[str, Callable[..., Any]] | None = None,
+    on_call: OnCall | None = None,
 ) -> ComponentPlugin:
     """Read, compile (or hit a cache), check the imports and instantiate a component.
 
     ``engine(metered)`` gives the Host's component engine; ``functions`` the Host's functions
-    for component imports, by ``interface#function``.
+    for component imports, by ``interface#function``; ``on_call`` the Host's.
     """
     functions = functions or {}
     name, compiled = prepare_component(source, policy, name=name, engine=engine, loader=loader)
     check_component_imports(compiled.world, policy, name, functions)
-    return ComponentPlugin(name, policy, compiled, on_close=on_close, functions=functions)
+    return ComponentPlugin(
+        name, policy, compiled, on_close=on_close, functions=functions, on_call=on_call
+    )
 
 
 def prepare_component(
@@ -303,11 +307,13 @@ class ComponentPlugin:
         *,
         on_close: Callable[[Any], None] | None = None,
         functions: Mapping[str, Callable[..., Any]] | None = None,
+        on_call: OnCall | None = None,
     ) -> None:
         self._name = name
         self._policy = policy
         self._compiled = compiled
         self._on_close = on_close
+        self._on_call = on_call
         # invoke_async's own worker thread (made on first use: _worker).
         self._worker = Worker(name)
         self._lock = threading.Lock()
@@ -475,7 +481,9 @@ class ComponentPlugin:
             FuelExhausted, DeadlineExceeded, MemoryLimitExceeded, PluginTrap: as for modules.
             PluginClosedError: after :meth:`close`.
         """
-        return self._invoke_with(None, function, args)
+        if self._on_call is None:
+            return self._invoke_with(None, function, args)
+        return self._reported(None, function, args)
 
     async def invoke_async(self, function: str, *args: Any) -> Any:
         """:meth:`invoke` from asyncio, on the plugin's own worker thread (never the loop's).
@@ -486,8 +494,33 @@ class ComponentPlugin:
         end and its result is dropped), as :meth:`Plugin.call_async` does. Host functions see
         the caller's ``contextvars``.
         """
-        return await run_call(
-            self._executor(), lambda token: self._invoke_with(token, function, args)
+        if self._on_call is None:
+            return await run_call(
+                self._executor(), lambda token: self._invoke_with(token, function, args)
+            )
+        return await run_call(self._executor(), lambda token: self._reported(token, function, args))
+
+    def _reported(self, token: CallToken | None, function: str, args: tuple[Any, ...]) -> Any:
+        """:meth:`_invoke_with`, reported to the Host's ``on_call`` (with no ``context``:
+        a component call takes none)."""
+        assert self._on_call is not None
+        name, last = self._name, self._last
+
+        def stats(
+            record: tuple[int | None, float, int, int, str],
+            error: type[BaseException] | None,
+            context: Any,
+        ) -> CallStats:
+            return CallStats(*record[:4], name, record[4], error, context)
+
+        return reported(
+            self._on_call,
+            name,
+            function if isinstance(function, str) else repr(function),
+            None,
+            lambda: self._invoke_with(token, function, args),
+            lambda: getattr(last, "stats", None),
+            stats,
         )
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -24,7 +24,8 @@ from ._hostfn import (
 from ._lazymodule import import_now, lazy_function
 from ._lazyre import lazy_re
 from ._loader import LoadedModule, ModuleLoader, Source, check_imports
-from ._plugin import OnCall, Plugin
+from ._oncall import OnCall
+from ._plugin import Plugin
 from ._policy import Policy
 
 if TYPE_CHECKING:
@@ -71,11 +72,11 @@ class Host(Closing):
             compiling them again (``True`` for ``~/.cache/plugsafe``, None for no disk cache).
             It must be owned by this user and writable by no one else; entries are checked
             before use and only entries plugsafe wrote are ever loaded.
-        on_call: called after every call of every module plugin this host loads (``call``,
-            ``call_json``, ``invoke``, their ``*_async`` forms, PluginPool calls) with its
-            :class:`CallStats`, including ``plugin``, ``function``, ``error`` and ``context``:
-            the place for metrics (not a component's calls: see their ``last_call``). It runs
-            on the calling thread after the call released its plugin; an exception it raises is
+        on_call: called after every call of every plugin this host loads (``call``,
+            ``call_json``, ``invoke``, their ``*_async`` forms, PluginPool calls, a component's
+            ``invoke`` and ``invoke_async``) with its :class:`CallStats`, including ``plugin``,
+            ``function``, ``error`` and ``context``: the place for metrics. It runs on the
+            calling thread after the call released its plugin; an exception it raises is
             logged (logger ``plugsafe``) and never changes what the call returns or raises.
         pooling: instances from wasmtime's pooling allocator, with these explicit limits
             (:class:`Pooling`); None (the default) maps memory per instance. PolicyError
@@ -301,6 +302,7 @@ class Host(Closing):
             loader=self._components,
             on_close=self._forget,
             functions=dict(self._component_functions),
+            on_call=self._on_call,
         )
         return self._adopt(plugin)
 

@@ -40,8 +40,9 @@ from ._errors import (
 )
 from ._hostfn import BoundFunction, HostCalls
 from ._lazymodule import lazy_function, lazy_module
-from ._log import lazy_logger, logger_for
+from ._log import logger_for
 from ._nesting import thread_room, tls
+from ._oncall import OnCall, reported
 from ._policy import Policy
 from ._runtime import _wasifork
 from ._types import CallStats, ExportInfo, ImportInfo
@@ -68,13 +69,10 @@ else:
     CallInfo = lazy_function("plugsafe._callinfo", "CallInfo", globals())
     RunResult = lazy_function("plugsafe._runresult", "RunResult", globals())
 
-__all__ = ["CallInfo", "OnCall", "Plugin", "PluginMemory", "current_call"]
+__all__ = ["CallInfo", "Plugin", "PluginMemory", "current_call"]
 
 T = TypeVar("T")
-# Host(on_call=...): called with the CallStats of every call.
-OnCall = Callable[[CallStats], object]
 _perf_counter = time.perf_counter
-_log = lazy_logger("plugsafe")
 
 
 def current_call() -> CallInfo | None:
@@ -641,32 +639,9 @@ class Plugin(Closing):
             return op()
         calls = self._calls
         th = thread_room()
-        before = calls.raw_last(th)
-        start = _perf_counter()
-        error: type[BaseException] | None = None
-        try:
-            return op()
-        except BaseException as exc:
-            error = type(exc)
-            raise
-        finally:
-            try:
-                after = calls.raw_last(th)
-                if after is None or after is before or after == before:
-                    # Refused before it ran (bad input, an unknown export, closed, ...).
-                    stats = CallStats(
-                        None, _perf_counter() - start, 0, 0, self._name, function, error, context
-                    )
-                else:
-                    stats = calls.stats(after, error, context)
-                on_call(stats)
-            except Exception:
-                # A metrics callback must never change what the call returns or raises.
-                _log.exception(
-                    "the on_call callback failed after a call of plugin %r (%s); ignored",
-                    self._name,
-                    function,
-                )
+        return reported(
+            on_call, self._name, function, context, op, lambda: calls.raw_last(th), calls.stats
+        )
 
     def run(self, args: Sequence[str] | None = None, stdin: bytes | None = None) -> RunResult:
         """Run a WASI command's ``_start`` on a fresh instance and return its exit and output.

@@ -28,7 +28,8 @@ from ._host import Host
 from ._lazymodule import import_now
 from ._loader import Source
 from ._nesting import Taker, Units, bounded_wait, inside_call
-from ._plugin import OnCall, Plugin, _json_in
+from ._oncall import OnCall
+from ._plugin import Plugin, _json_in
 from ._policy import Policy
 from ._public import rehome
 
