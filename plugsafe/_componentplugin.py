@@ -47,6 +47,7 @@ from ._errors import (
     PluginCallError,
     PluginClosedError,
     PluginLoadError,
+    PlugsafeError,
     SignatureError,
     StackLimitExceeded,
     fmt_bytes,
@@ -501,15 +502,24 @@ class ComponentPlugin:
                 f"plugin {self._name!r} function {function!r} takes {len(desc.params)} "
                 f"argument(s) ({desc.wit()}), got {len(args)}"
             )
-        try:
-            values = [
-                rc.normalise(a, ty, rc.snake(pname))
-                for (pname, ty), a in zip(desc.params, args, strict=True)
-            ]
-        except rc.ValueMismatch as exc:
-            raise SignatureError(
-                f"plugin {self._name!r} function {function!r} ({desc.wit()}): {exc}"
-            ) from None
+        values = []
+        for (pname, ty), a in zip(desc.params, args, strict=True):
+            try:
+                values.append(rc.normalise(a, ty, rc.snake(pname)))
+            except rc.ValueMismatch as exc:
+                raise SignatureError(
+                    f"plugin {self._name!r} function {function!r} ({desc.wit()}): {exc}"
+                ) from None
+            except PlugsafeError:
+                raise  # a plugin call the argument made: its own error (docs/errors.md)
+            except Exception as exc:
+                # The app's object raised as it was read (a property, an iterator, __class__,
+                # __hash__): the argument's, as for modules; never the bare exception
+                # (attack13). A BaseException that is not an Exception goes as itself.
+                raise SignatureError(
+                    f"plugin {self._name!r} function {function!r} ({desc.wit()}): argument "
+                    f"{rc.snake(pname)!r}: its conversion raised {type(exc).__name__}"
+                ) from exc
         th = _nesting.thread_room()
         left = th.room - self._cost
         if left < 0 or left & 8:
