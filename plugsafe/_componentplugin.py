@@ -53,6 +53,7 @@ from ._errors import (
     fmt_bytes,
     raise_clean,
     short_trap,
+    text_of,
 )
 from ._lazymodule import lazy_function, lazy_module
 from ._loader import Source, read_source
@@ -709,7 +710,7 @@ class ComponentPlugin:
                     raise
                 raise HostFunctionError(
                     f"plugin {self._name!r} in {self._function!r}: host function "
-                    f"{desc.qualified!r} raised {type(exc).__name__}: {exc}",
+                    f"{desc.qualified!r} raised {type(exc).__name__}: {text_of(exc)}",
                     function=desc.qualified,
                 ) from exc
 
