@@ -557,7 +557,7 @@ class ComponentPlugin:
             try:
                 inst = self._inst
                 if inst is None:
-                    inst = self._new_instance("call", end)
+                    inst = self._new_instance("call", end, token)
                     # Unless a start function's host call closed the plugin meanwhile (attack
                     # finding: the closed plugin kept this instance, and its memory, for as long
                     # as the app kept the plugin): the call still runs on it, as any call a
@@ -600,6 +600,11 @@ class ComponentPlugin:
                 self._path.owner = None
                 if self._host:  # (before the calls below, at which a handler may raise)
                     th.room = left + self._cost
+                if token is not None:
+                    # Marked running while its instance was made (CallToken.making; an
+                    # instantiation that failed never reached begin): ended before the lock
+                    # goes, so that no interrupt of it reaches a later call.
+                    token.end()
                 self._last.stats = (
                     None if inst is None else inst.fuel_used(),
                     time.perf_counter() - start,
@@ -745,7 +750,9 @@ class ComponentPlugin:
             phase="call",
         )
 
-    def _new_instance(self, phase: Phase, until: float | None = None) -> rc.ComponentInstance:
+    def _new_instance(
+        self, phase: Phase, until: float | None = None, token: CallToken | None = None
+    ) -> rc.ComponentInstance:
         p = self._policy
         try:
             return rc.ComponentInstance(
@@ -760,6 +767,9 @@ class ComponentPlugin:
                 sink=self._record,
                 until=until,
                 max_host_arg=p.max_host_arg_size,
+                # An asynchronous call's instance is cancellable while it is made (the caller
+                # ends the token whatever happens).
+                on_store=None if token is None else functools.partial(token.making, self._path),
             )
         except rt.WasmFailure as exc:
             recorded, self._host_error = self._host_error, None

@@ -10,6 +10,9 @@ a list's iterator, an unhashable flag, a raising ``__class__``).
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -113,3 +116,57 @@ def test_a_plugsafe_error_in_an_arguments_conversion_propagates_as_itself(
     with pytest.raises(plugsafe.PluginClosedError):
         world.invoke("sum", _Calls())
     assert world.invoke("add", 2, 3) == 5
+
+
+# A component whose start function loops when the host's now() says 1 (after a failed call,
+# the next call makes a new instance, and the start function runs inside that call).
+_SPIN_AT_START = r"""
+(component
+  (import "test:host/clock" (instance $clock (export "now" (func (result u64)))))
+  (core func $now (canon lower (func $clock "now")))
+  (core module $m
+    (import "host" "now" (func $now (result i64)))
+    (func $start (if (i64.eq (call $now) (i64.const 1)) (then (loop br 0))))
+    (start $start)
+    (func (export "boom") unreachable)
+    (func (export "ok") (result i32) i32.const 7))
+  (core instance $i (instantiate $m (with "host" (instance (export "now" (func $now))))))
+  (func (export "boom") (canon lift (core func $i "boom")))
+  (func (export "ok") (result u32) (canon lift (core func $i "ok")))
+)"""
+
+
+def test_cancelling_a_call_whose_start_function_loops_stops_the_instantiation() -> None:
+    """Measured before: the cancel returned at once, but the instantiation ran on to the
+    policy's timeout (3 s of 3 s), holding the plugin; modules were interruptible there since
+    attack12 (CallToken.making), components now too."""
+    spin = {"on": 0}
+    started = threading.Event()
+    with plugsafe.Host() as host:
+
+        @host.component_function("test:host/clock#now")
+        def now() -> int:
+            if spin["on"]:
+                started.set()
+            return spin["on"]
+
+        policy = plugsafe.Policy(allow={"test:host/clock"}, timeout=20.0, fuel=None)
+        plugin = host.load_component(_SPIN_AT_START.encode(), policy=policy)
+        with pytest.raises(plugsafe.PluginTrap):
+            plugin.invoke("boom")
+        spin["on"] = 1
+
+        async def main() -> float:
+            task = asyncio.ensure_future(plugin.invoke_async("ok"))
+            assert await asyncio.to_thread(started.wait, 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            spin["on"] = 0
+            begun = time.perf_counter()
+            assert await plugin.invoke_async("ok") == 7
+            return time.perf_counter() - begun
+
+        waited = asyncio.run(main())
+        assert waited < 10  # (20 s without the fix; within milliseconds with it)
+        plugin.close()

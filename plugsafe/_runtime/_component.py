@@ -1084,13 +1084,16 @@ class ComponentInstance(Interruptible):
         sink: Callable[[BaseException], None] | None = None,
         until: float | None = None,
         max_host_arg: int | None = None,
+        on_store: Callable[[ComponentInstance], None] | None = None,
     ) -> None:
         """``until``: the deadline (``perf_counter`` seconds) of the call this instance is made
         for, which instantiation (start functions included) runs under; None: a timeout of its
         own from now (at load). ``max_host_arg``: the bytes each argument of a host function
         call may take once lifted (see :func:`_host_callback`). ``host``: the host functions,
         by interface, then function name (interface ``""``: functions the world imports
-        itself)."""
+        itself). ``on_store``: called with this instance once its store and deadline are
+        ready, before anything runs (an asynchronous call's ``CallToken.making``, as for
+        modules: a cancel then interrupts the start functions)."""
         _require()
         engine = compiled.engine
         self._compiled = compiled
@@ -1140,6 +1143,10 @@ class ComponentInstance(Interruptible):
             # Copying the data segments in costs fuel (one unit per byte, without copy-on-write
             # initialisation): on top of the policy's, so start functions get all of that.
             store.set_fuel(self._fuel + compiled.data_fuel)
+        if on_store is not None:
+            # The store and its deadline are ready, nothing ran: a cancel from now on
+            # interrupts the start functions (attack13: they ran on to the whole timeout).
+            on_store(self)
         try:
             if self._account is None:
                 self._instance = linker.instantiate(store, compiled.component)
