@@ -170,3 +170,54 @@ def test_cancelling_a_call_whose_start_function_loops_stops_the_instantiation() 
         waited = asyncio.run(main())
         assert waited < 10  # (20 s without the fix; within milliseconds with it)
         plugin.close()
+
+
+def test_cancelling_a_call_while_its_result_is_converted_stops_the_conversion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Measured before: a 1M-element list<u32> result went on converting ~0.6 s after the
+    cancel (the conversion checked only the call's deadline). Made deterministic: the first
+    clock check of the conversion waits until the cancel has interrupted the instance."""
+    from plugsafe._runtime import _component as rc
+
+    step = rc.LiftBudget.step
+    reached = threading.Event()
+    after: list[int] = []
+    holder: list[Any] = []
+
+    def waiting_step(self: Any, n: int) -> None:
+        if not reached.is_set():
+            reached.set()
+            deadline = time.monotonic() + 10
+            while not holder[0]._inst.interrupt_stands() and time.monotonic() < deadline:
+                time.sleep(0.001)
+        step(self, n)
+        after.append(n)  # a chunk converted past the check
+
+    monkeypatch.setattr(rc.LiftBudget, "step", waiting_step)
+    wat = (
+        '(component (core module $m (memory (export "memory") 1)'
+        '  (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0)'
+        '  (func (export "f") (result i32)'
+        "    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 5000))"
+        "    (i32.const 0)))"
+        " (core instance $i (instantiate $m))"
+        ' (func (export "f") (result (list u32)) (canon lift (core func $i "f")'
+        '   (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))'
+    )
+    with plugsafe.Host() as host:
+        plugin = host.load_component(wat.encode(), policy=plugsafe.Policy(timeout=20.0))
+        holder.append(plugin)
+
+        async def main() -> None:
+            task = asyncio.ensure_future(plugin.invoke_async("f"))
+            assert await asyncio.to_thread(reached.wait, 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert after == []  # stopped at the first check after the cancel
+        monkeypatch.undo()
+        assert plugin.invoke("f") == [0] * 5000
+        plugin.close()

@@ -759,13 +759,19 @@ class LiftBudget:
     a one-byte record is 1 guest byte and three value structs and a Python object here.
     """
 
-    __slots__ = ("deadline", "left", "limit", "steps")
+    __slots__ = ("arming", "deadline", "left", "limit", "steps")
 
-    def __init__(self, limit: int | None, deadline: float | None) -> None:
+    def __init__(
+        self, limit: int | None, deadline: float | None, arming: list[float] | None = None
+    ) -> None:
         self.limit = limit
         self.left = math.inf if limit is None else limit
         self.deadline = deadline
         self.steps = _CLOCK_EVERY
+        # The instance's guard arming (Interruptible): -inf once the call was interrupted (a
+        # cancelled invoke_async), which the clock alone never shows (attack13: a cancelled
+        # call converted its whole result).
+        self.arming = arming
 
     def charge(self, size: int) -> None:
         """Count ``size`` more bytes; raise LiftRefused when over the limit."""
@@ -775,13 +781,16 @@ class LiftBudget:
             raise LiftRefused(cast(int, self.limit) - cast(int, left), False)
 
     def step(self, n: int) -> None:
-        """``n`` more list elements are about to be lifted: check the deadline every
-        ``_CLOCK_EVERY`` elements."""
+        """``n`` more list elements are about to be lifted: check the deadline (and whether the
+        call was interrupted) every ``_CLOCK_EVERY`` elements."""
         self.steps -= n
         if self.steps <= 0:
             self.steps = _CLOCK_EVERY
             deadline = self.deadline
-            if deadline is not None and _perf_counter() >= deadline:
+            arming = self.arming
+            if (deadline is not None and _perf_counter() >= deadline) or (
+                arming is not None and arming[0] == -math.inf
+            ):
                 raise LiftRefused(0, True)
 
 
@@ -1295,7 +1304,7 @@ class ComponentInstance(Interruptible):
                     if (max_output is None and until is None) or desc.result.kind in _PLAIN:
                         budget = None  # a plain number, char or bool: nothing to bound
                     else:
-                        budget = LiftBudget(max_output, until)
+                        budget = LiftBudget(max_output, until, self._arming)
                         budget.charge(_VSIZE)  # the result's own value struct
                     value = lift(result, desc.result, budget=budget)
             finally:
