@@ -221,3 +221,23 @@ def test_cancelling_a_call_while_its_result_is_converted_stops_the_conversion(
         monkeypatch.undo()
         assert plugin.invoke("f") == [0] * 5000
         plugin.close()
+
+
+def test_a_record_with_a_field_named_self_comes_back() -> None:
+    """``self`` is a valid WIT field name; ``Record(**fields)`` took it as its own ``self``
+    and every call returning one raised a bare TypeError."""
+    wat = (
+        '(component (core module $m (memory (export "memory") 1)'
+        '  (func (export "f") (result i32)'
+        "    (i32.store (i32.const 0) (i32.const 5)) (i32.store (i32.const 4) (i32.const 6))"
+        "    (i32.const 0)))"
+        " (core instance $i (instantiate $m))"
+        ' (type $r-def (record (field "self" u32) (field "fields" u32)))'
+        ' (export $r "r" (type $r-def))'
+        ' (func (export "f") (result $r) (canon lift (core func $i "f")'
+        '   (memory (core memory $i "memory")))))'
+    )
+    with plugsafe.Host() as host, host.load_component(wat.encode()) as plugin:
+        got = plugin.invoke("f")
+    assert (got.self, got.fields) == (5, 6)
+    assert got == plugsafe.Record(self=5, fields=6)

@@ -440,7 +440,8 @@ class Record:
     Compares equal to another Record with the same fields; ``vars(r)`` gives them as a dict.
     """
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, /, **fields: Any) -> None:
+        # ``self`` positional-only: a field may be named ``self`` (attack13: a bare TypeError).
         self.__dict__.update(fields)
 
     def __eq__(self, other: object) -> bool:
