@@ -241,3 +241,39 @@ def test_a_record_with_a_field_named_self_comes_back() -> None:
         got = plugin.invoke("f")
     assert (got.self, got.fields) == (5, 6)
     assert got == plugsafe.Record(self=5, fields=6)
+
+
+def _doubling(levels: int, exports: int) -> bytes:
+    """A component whose type ``t<levels>`` is ``tuple<t, t>`` of the one before, down to u8
+    (2**levels leaves in a few bytes each), taken by ``exports`` functions."""
+    defs = ["(type $t0 u8)"]
+    defs += [f"(type $t{i} (tuple $t{i - 1} $t{i - 1}))" for i in range(1, levels + 1)]
+    funcs = [
+        f'(func (export "f{n}") (param "x" (list $t{levels})) (result u32)'
+        ' (canon lift (core func $i "f") (memory (core memory $i "memory"))'
+        ' (realloc (core func $i "realloc"))))'
+        for n in range(exports)
+    ]
+    return (
+        f"(component {' '.join(defs)}"
+        ' (core module $m (memory (export "memory") 1)'
+        '  (func (export "f") (param i32 i32) (result i32) i32.const 0)'
+        '  (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0))'
+        f" (core instance $i (instantiate $m)) {' '.join(funcs)})"
+    ).encode()
+
+
+def test_a_signature_of_exponentially_many_parts_is_refused_not_walked() -> None:
+    """2**18 leaves (within wasmtime's limit on a type's size) took a load 40 s; a function
+    over 5,000 parts is now one plugsafe cannot call (the load says so)."""
+    with plugsafe.Host() as host:
+        begun = time.perf_counter()
+        with pytest.raises(plugsafe.PluginLoadError, match="over 5,000 parts"):
+            host.load_component(_doubling(18, 1))
+        assert time.perf_counter() - begun < 20  # (~0.5 s; 40 s before)
+
+
+def test_a_world_of_many_large_signatures_is_refused_at_load() -> None:
+    # 7 functions of ~4,100 parts each: each under its own cap, over the world's 25,000.
+    with plugsafe.Host() as host, pytest.raises(plugsafe.InvalidModuleError, match="in all"):
+        host.load_component(_doubling(11, 7))

@@ -244,36 +244,57 @@ _KIND_NAMES = {
 }
 
 
-def _vtype(ty: Any, depth: int = 0) -> VType:
-    """Describe a wasmtime-py ValType object; raises UnsupportedType for refused kinds."""
+# The parts (each scalar, list, field, case...) one function's types may have, and a whole
+# world's: a type may name an earlier one twice (``tuple<t, t>``), so a component of a few
+# hundred bytes, within wasmtime's limit on a type's size (1M), described a signature of 2^18
+# leaves at ~50 us each through wasmtime-py's type objects (attack13: a load of 40 s). Real
+# signatures have tens of parts, WASI's whole world a few thousand.
+_MAX_FUNC_PARTS = 5_000
+_MAX_WORLD_PARTS = 25_000
+
+
+def _vtype(ty: Any, depth: int = 0, parts: list[int] | None = None) -> VType:
+    """Describe a wasmtime-py ValType object; raises UnsupportedType for refused kinds.
+
+    ``parts``: ``[how many more parts this function's types may have]``, counted down here
+    (UnsupportedType past it)."""
     if depth > 100:
         # The component model caps type nesting far lower; a deeper one is not worth walking.
         raise UnsupportedType("a type nested over 100 levels deep", "nesting")
+    if parts is not None:
+        parts[0] -= 1
+        if parts[0] < 0:
+            raise UnsupportedType(f"types of over {_MAX_FUNC_PARTS:,} parts", "size")
     name = type(ty).__name__
     scalar = _KIND_NAMES.get(name.upper())
     if scalar is not None:
         return VType(scalar)
     d = depth + 1
     if name == "ListType":
-        return VType("list", (_vtype(ty.element, d),))
+        return VType("list", (_vtype(ty.element, d, parts),))
     if name == "OptionType":
-        return VType("option", (_vtype(ty.payload, d),))
+        return VType("option", (_vtype(ty.payload, d, parts),))
     if name == "ResultType":
         ok, err = ty.ok, ty.err
         return VType(
             "result",
-            (None if ok is None else _vtype(ok, d), None if err is None else _vtype(err, d)),
+            (
+                None if ok is None else _vtype(ok, d, parts),
+                None if err is None else _vtype(err, d, parts),
+            ),
         )
     if name == "TupleType":
-        return VType("tuple", tuple(_vtype(t, d) for t in ty.elements))
+        return VType("tuple", tuple(_vtype(t, d, parts) for t in ty.elements))
     if name == "RecordType":
         fields = ty.fields
-        return VType("record", tuple(_vtype(t, d) for _, t in fields), tuple(n for n, _ in fields))
+        return VType(
+            "record", tuple(_vtype(t, d, parts) for _, t in fields), tuple(n for n, _ in fields)
+        )
     if name == "VariantType":
         cases = ty.cases
         return VType(
             "variant",
-            tuple(None if t is None else _vtype(t, d) for _, t in cases),
+            tuple(None if t is None else _vtype(t, d, parts) for _, t in cases),
             tuple(n for n, _ in cases),
         )
     if name == "EnumType":
@@ -291,13 +312,24 @@ def _vtype(ty: Any, depth: int = 0) -> VType:
     raise UnsupportedType(f"{_REFUSED.get(kind, kind)} are not supported", kind)
 
 
-def _func(name: str, interface: str | None, fty: Any) -> FuncDesc:
+def _func(name: str, interface: str | None, fty: Any, world: list[int] | None = None) -> FuncDesc:
+    """``world``: ``[the parts the world's functions may still have]`` (WasmFailure past it:
+    the component is refused; a function over its own share is only unsupported)."""
+    parts = [_MAX_FUNC_PARTS]
     try:
-        params = tuple((n, _vtype(t)) for n, t in fty.params)
+        params = tuple((n, _vtype(t, 0, parts)) for n, t in fty.params)
         res = fty.result
-        result = None if res is None else _vtype(res)
+        result = None if res is None else _vtype(res, 0, parts)
     except UnsupportedType as exc:
         return FuncDesc(name, interface, (), None, unsupported=str(exc))
+    finally:
+        if world is not None:
+            world[0] -= _MAX_FUNC_PARTS - parts[0]
+            if world[0] < 0:
+                raise WasmFailure(
+                    f"the component's function types have over {_MAX_WORLD_PARTS:,} parts in "
+                    "all; plugsafe describes no more"
+                )
     return FuncDesc(name, interface, params, result)
 
 
@@ -321,18 +353,19 @@ def describe(component: Any, engine: Engine) -> World:
     """The imports and exported functions of a compiled ``wasmtime.component.Component``."""
     eng = engine._engine
     cty = component.type
+    world = [_MAX_WORLD_PARTS]  # (see _func)
     imports: list[ImportDesc] = []
     for name, ext in cty.imports(eng).items():
         item = _item(ext)
         kind = _item_kind(item)
         if kind == "func":
-            imports.append(ImportDesc(name, "func", (_func(name, None, item),)))
+            imports.append(ImportDesc(name, "func", (_func(name, None, item, world),)))
         elif kind == "instance":
             funcs = []
             for fname, fext in item.exports(eng).items():
                 fitem = _item(fext)
                 if _item_kind(fitem) == "func":
-                    funcs.append(_func(fname, name, fitem))
+                    funcs.append(_func(fname, name, fitem, world))
             imports.append(ImportDesc(name, "instance", tuple(funcs)))
         else:
             imports.append(ImportDesc(name, kind))
@@ -342,12 +375,12 @@ def describe(component: Any, engine: Engine) -> World:
         item = _item(ext)
         kind = _item_kind(item)
         if kind == "func":
-            exports.append(_func(name, None, item))
+            exports.append(_func(name, None, item, world))
         elif kind == "instance":
             for fname, fext in item.exports(eng).items():
                 fitem = _item(fext)
                 if _item_kind(fitem) == "func":
-                    exports.append(_func(fname, name, fitem))
+                    exports.append(_func(fname, name, fitem, world))
                 else:
                     other.append(f"{name}#{fname}")
         else:
