@@ -248,6 +248,9 @@ def check_component_imports(
         raise ImportNotAllowedError(name, problems)
 
 
+# The name a class was made with, never asking it (a metaclass may answer ``__name__`` its
+# own way): as _callpath._type_name, which this module does not import at run time.
+_TYPE_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__
 _perf_counter = time.perf_counter
 
 
@@ -446,8 +449,14 @@ class ComponentPlugin:
     # -- calls --------------------------------------------------------------------------------
 
     def _resolve(self, function: str) -> rc.FuncDesc:
-        if not isinstance(function, str):
-            raise TypeError(f"function must be a str, got {type(function).__name__}")
+        # As for modules (docs/errors.md): the plain str a str subclass holds, and anything
+        # else a SignatureError decided by its class, never by asking the object (attack13:
+        # a bare TypeError, or the name's own __hash__/__class__ error).
+        if not issubclass(type(function), str):
+            raise SignatureError(
+                f"plugin {self._name!r}: a function name is a str, not {_TYPE_NAME(type(function))}"
+            )
+        function = str.__str__(function)
         desc = self._by_name.get(function)
         if desc is not None:
             return desc

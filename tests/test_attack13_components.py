@@ -277,3 +277,27 @@ def test_a_world_of_many_large_signatures_is_refused_at_load() -> None:
     # 7 functions of ~4,100 parts each: each under its own cap, over the world's 25,000.
     with plugsafe.Host() as host, pytest.raises(plugsafe.InvalidModuleError, match="in all"):
         host.load_component(_doubling(11, 7))
+
+
+class _LyingName(str):
+    def __hash__(self) -> int:
+        raise RuntimeError("the app's __hash__")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("the app's __eq__")
+
+
+@pytest.mark.parametrize("make", [lambda: 123, lambda: b"add", lambda: None, _ClassRaises])
+def test_a_function_name_that_is_no_str_is_a_signature_error(
+    world: plugsafe.ComponentPlugin, make: Callable[[], Any]
+) -> None:
+    """docs/errors.md: decided by the object's class, never by asking the object. A
+    component's invoke raised a bare TypeError (or the object's own error)."""
+    with pytest.raises(plugsafe.SignatureError, match="a function name is a str"):
+        world.invoke(make(), 2, 3)
+
+
+def test_a_str_subclass_name_is_the_plain_string_it_holds(world: plugsafe.ComponentPlugin) -> None:
+    assert world.invoke(_LyingName("add"), 2, 3) == 5
+    with pytest.raises(plugsafe.ExportNotFoundError):
+        world.invoke(_LyingName("nothing"), 2, 3)
