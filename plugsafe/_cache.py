@@ -7,7 +7,9 @@ can take over the process. This cache therefore only ever deserializes entries i
   with mode 0700); otherwise the cache is not used at all, with one warning;
 - an entry is named by a key over the module's sha256, the wasmtime version, the engine settings
   and the plugsafe version, and it carries the sha256 of its contents (the artifact and the
-  module's import/export description), checked before use;
+  module's import/export description) *and of its key*, checked before use: an entry moved
+  under another module's name (a swapped or copied file) is corrupt, never that module's code
+  (attack13: two modules of the same shape passed every other check with each other's entry);
 - an entry that is corrupt (wrong header, wrong digest, or refused by wasmtime) is deleted and the
   module is compiled again. Entries are written to a temporary file and renamed into place, so a
   crash never leaves half an entry.
@@ -38,12 +40,19 @@ from pathlib import Path
 from . import _sha as hashlib  # hashlib.sha256 without OpenSSL at start-up (see _sha)
 from ._lazymodule import import_now
 
-__all__ = ["ArtifactCache", "default_cache_dir"]
+__all__ = ["ArtifactCache", "default_cache_dir", "digest"]
 
 # v2: after the digest, a 4-byte length and the module's description, then the artifact.
-_MAGIC = b"plugsafe-artifact-v2\n"
+# v3: the digest covers the entry's key as well (:func:`digest`).
+_MAGIC = b"plugsafe-artifact-v3\n"
 _DIGEST = 32
 _LENGTH = 4
+
+
+def digest(key: str, body: bytes) -> bytes:
+    """The sha256 an entry stored under ``key`` carries for ``body``: over the key too, so the
+    entry is intact under that name only."""
+    return hashlib.sha256(key.encode() + b"\0" + body).digest()
 
 
 def default_cache_dir() -> Path:
@@ -118,7 +127,7 @@ class ArtifactCache:
         if (
             not data.startswith(_MAGIC)
             or len(body) <= _LENGTH
-            or hashlib.sha256(body).digest() != data[len(_MAGIC) : header]
+            or digest(key, body) != data[len(_MAGIC) : header]
         ):
             self.discard(key)
             return None
@@ -133,7 +142,7 @@ class ArtifactCache:
         if not self.usable:
             return
         body = len(description).to_bytes(_LENGTH, "little") + description + artifact
-        digest = hashlib.sha256(body).digest()
+        sealed = digest(key, body)
         # Imported here (issue 14): only a compile writes an entry, and tempfile (with random,
         # shutil, bz2, lzma) is a few milliseconds of every process's cold start. Never half
         # done across a fork (_lazymodule).
@@ -143,7 +152,7 @@ class ArtifactCache:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(_MAGIC + digest + body)
+                    f.write(_MAGIC + sealed + body)
                 os.replace(tmp, self.directory / key)
             except BaseException:
                 with contextlib.suppress(OSError):

@@ -270,7 +270,7 @@ class CallToken:
             _ticker.bump_armed(_ticker.MAX_DEADLINE_TICKS + 2, inst.ticker)
         path.interrupt(inst)
 
-    def making(self, path: CallPath, inst: rt.Instance) -> None:
+    def making(self, path: Stoppable, inst: Running) -> None:
         """An instance is being made for the call (``inst``: its store exists, nothing of it
         ran yet): a cancel from now on interrupts its start function or ``_initialize``, which
         run inside the call, on its timeout (attack12: they ran to the whole timeout). Never

@@ -47,11 +47,13 @@ from ._errors import (
     PluginCallError,
     PluginClosedError,
     PluginLoadError,
+    PlugsafeError,
     SignatureError,
     StackLimitExceeded,
     fmt_bytes,
     raise_clean,
     short_trap,
+    text_of,
 )
 from ._lazymodule import lazy_function, lazy_module
 from ._loader import Source, read_source
@@ -250,6 +252,9 @@ def check_component_imports(
         raise ImportNotAllowedError(name, problems)
 
 
+# The name a class was made with, never asking it (a metaclass may answer ``__name__`` its
+# own way): as _callpath._type_name, which this module does not import at run time.
+_TYPE_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__
 _perf_counter = time.perf_counter
 
 
@@ -450,8 +455,14 @@ class ComponentPlugin:
     # -- calls --------------------------------------------------------------------------------
 
     def _resolve(self, function: str) -> rc.FuncDesc:
-        if not isinstance(function, str):
-            raise TypeError(f"function must be a str, got {type(function).__name__}")
+        # As for modules (docs/errors.md): the plain str a str subclass holds, and anything
+        # else a SignatureError decided by its class, never by asking the object (attack13:
+        # a bare TypeError, or the name's own __hash__/__class__ error).
+        if not issubclass(type(function), str):
+            raise SignatureError(
+                f"plugin {self._name!r}: a function name is a str, not {_TYPE_NAME(type(function))}"
+            )
+        function = str.__str__(function)
         desc = self._by_name.get(function)
         if desc is not None:
             return desc
@@ -534,15 +545,24 @@ class ComponentPlugin:
                 f"plugin {self._name!r} function {function!r} takes {len(desc.params)} "
                 f"argument(s) ({desc.wit()}), got {len(args)}"
             )
-        try:
-            values = [
-                rc.normalise(a, ty, rc.snake(pname))
-                for (pname, ty), a in zip(desc.params, args, strict=True)
-            ]
-        except rc.ValueMismatch as exc:
-            raise SignatureError(
-                f"plugin {self._name!r} function {function!r} ({desc.wit()}): {exc}"
-            ) from None
+        values = []
+        for (pname, ty), a in zip(desc.params, args, strict=True):
+            try:
+                values.append(rc.normalise(a, ty, rc.snake(pname)))
+            except rc.ValueMismatch as exc:
+                raise SignatureError(
+                    f"plugin {self._name!r} function {function!r} ({desc.wit()}): {exc}"
+                ) from None
+            except PlugsafeError:
+                raise  # a plugin call the argument made: its own error (docs/errors.md)
+            except Exception as exc:
+                # The app's object raised as it was read (a property, an iterator, __class__,
+                # __hash__): the argument's, as for modules; never the bare exception
+                # (attack13). A BaseException that is not an Exception goes as itself.
+                raise SignatureError(
+                    f"plugin {self._name!r} function {function!r} ({desc.wit()}): argument "
+                    f"{rc.snake(pname)!r}: its conversion raised {type(exc).__name__}"
+                ) from exc
         th = _nesting.thread_room()
         left = th.room - self._cost
         if left < 0 or left & 8:
@@ -579,7 +599,7 @@ class ComponentPlugin:
             try:
                 inst = self._inst
                 if inst is None:
-                    inst = self._new_instance("call", end)
+                    inst = self._new_instance("call", end, token)
                     # Unless a start function's host call closed the plugin meanwhile (attack
                     # finding: the closed plugin kept this instance, and its memory, for as long
                     # as the app kept the plugin): the call still runs on it, as any call a
@@ -622,6 +642,11 @@ class ComponentPlugin:
                 self._path.owner = None
                 if self._host:  # (before the calls below, at which a handler may raise)
                     th.room = left + self._cost
+                if token is not None:
+                    # Marked running while its instance was made (CallToken.making; an
+                    # instantiation that failed never reached begin): ended before the lock
+                    # goes, so that no interrupt of it reaches a later call.
+                    token.end()
                 self._last.stats = (
                     None if inst is None else inst.fuel_used(),
                     time.perf_counter() - start,
@@ -732,7 +757,7 @@ class ComponentPlugin:
                     raise
                 raise HostFunctionError(
                     f"plugin {self._name!r} in {self._function!r}: host function "
-                    f"{desc.qualified!r} raised {type(exc).__name__}: {exc}",
+                    f"{desc.qualified!r} raised {type(exc).__name__}: {text_of(exc)}",
                     function=desc.qualified,
                 ) from exc
 
@@ -767,7 +792,9 @@ class ComponentPlugin:
             phase="call",
         )
 
-    def _new_instance(self, phase: Phase, until: float | None = None) -> rc.ComponentInstance:
+    def _new_instance(
+        self, phase: Phase, until: float | None = None, token: CallToken | None = None
+    ) -> rc.ComponentInstance:
         p = self._policy
         try:
             return rc.ComponentInstance(
@@ -782,6 +809,9 @@ class ComponentPlugin:
                 sink=self._record,
                 until=until,
                 max_host_arg=p.max_host_arg_size,
+                # An asynchronous call's instance is cancellable while it is made (the caller
+                # ends the token whatever happens).
+                on_store=None if token is None else functools.partial(token.making, self._path),
             )
         except rt.WasmFailure as exc:
             recorded, self._host_error = self._host_error, None

@@ -251,6 +251,15 @@ class PluginTrap(PluginCallError):
         self.backtrace = backtrace
 
 
+def text_of(exc: BaseException) -> str:
+    """``str(exc)`` for a message, or ``<Class: str() raised>`` when the app's ``__str__``
+    raises (an error about the app's exception must not become that exception's own)."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() raised>"
+
+
 class HostFunctionError(PluginCallError):
     """A host function raised while the plugin called it; ``__cause__`` is that exception.
 
@@ -281,12 +290,7 @@ class HostFunctionError(PluginCallError):
         if saved is not None:
             return str(saved[1])
         cause = self.__cause__
-        if cause is None:
-            return None
-        try:
-            return str(cause)
-        except Exception:  # an app exception's __str__ may itself raise
-            return f"<{type(cause).__name__}: str() raised>"
+        return None if cause is None else text_of(cause)
 
     def __reduce__(self) -> tuple[Any, ...]:
         rebuild, args, state = super().__reduce__()

@@ -14,7 +14,6 @@ entries (digest and all) and load them.
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def _rewrite(entry: Path, edit: dict[str, object]) -> None:
     description.update(edit)
     raw = marshal.dumps(description, 4)
     body = len(raw).to_bytes(4, "little") + raw + artifact
-    entry.write_bytes(_cache._MAGIC + hashlib.sha256(body).digest() + body)
+    entry.write_bytes(_cache._MAGIC + _cache.digest(entry.name, body) + body)
 
 
 def _split_description(entry: Path) -> bytes:

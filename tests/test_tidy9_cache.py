@@ -12,7 +12,6 @@ Scenarios that crashed run in a fresh interpreter: an abort must fail the test, 
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import random
@@ -45,7 +44,7 @@ def _forge(entry: Path, description: bytes) -> None:
     """Replace ``entry``'s description with ``description``; the digest made to match."""
     artifact = _split(entry)[1]
     body = len(description).to_bytes(4, "little") + description + artifact
-    entry.write_bytes(_cache._MAGIC + hashlib.sha256(body).digest() + body)
+    entry.write_bytes(_cache._MAGIC + _cache.digest(entry.name, body) + body)
 
 
 def _edited(entry: Path, **exports: tuple[tuple[str, ...], tuple[str, ...]]) -> bytes:

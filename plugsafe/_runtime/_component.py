@@ -244,36 +244,57 @@ _KIND_NAMES = {
 }
 
 
-def _vtype(ty: Any, depth: int = 0) -> VType:
-    """Describe a wasmtime-py ValType object; raises UnsupportedType for refused kinds."""
+# The parts (each scalar, list, field, case...) one function's types may have, and a whole
+# world's: a type may name an earlier one twice (``tuple<t, t>``), so a component of a few
+# hundred bytes, within wasmtime's limit on a type's size (1M), described a signature of 2^18
+# leaves at ~50 us each through wasmtime-py's type objects (attack13: a load of 40 s). Real
+# signatures have tens of parts, WASI's whole world a few thousand.
+_MAX_FUNC_PARTS = 5_000
+_MAX_WORLD_PARTS = 25_000
+
+
+def _vtype(ty: Any, depth: int = 0, parts: list[int] | None = None) -> VType:
+    """Describe a wasmtime-py ValType object; raises UnsupportedType for refused kinds.
+
+    ``parts``: ``[how many more parts this function's types may have]``, counted down here
+    (UnsupportedType past it)."""
     if depth > 100:
         # The component model caps type nesting far lower; a deeper one is not worth walking.
         raise UnsupportedType("a type nested over 100 levels deep", "nesting")
+    if parts is not None:
+        parts[0] -= 1
+        if parts[0] < 0:
+            raise UnsupportedType(f"types of over {_MAX_FUNC_PARTS:,} parts", "size")
     name = type(ty).__name__
     scalar = _KIND_NAMES.get(name.upper())
     if scalar is not None:
         return VType(scalar)
     d = depth + 1
     if name == "ListType":
-        return VType("list", (_vtype(ty.element, d),))
+        return VType("list", (_vtype(ty.element, d, parts),))
     if name == "OptionType":
-        return VType("option", (_vtype(ty.payload, d),))
+        return VType("option", (_vtype(ty.payload, d, parts),))
     if name == "ResultType":
         ok, err = ty.ok, ty.err
         return VType(
             "result",
-            (None if ok is None else _vtype(ok, d), None if err is None else _vtype(err, d)),
+            (
+                None if ok is None else _vtype(ok, d, parts),
+                None if err is None else _vtype(err, d, parts),
+            ),
         )
     if name == "TupleType":
-        return VType("tuple", tuple(_vtype(t, d) for t in ty.elements))
+        return VType("tuple", tuple(_vtype(t, d, parts) for t in ty.elements))
     if name == "RecordType":
         fields = ty.fields
-        return VType("record", tuple(_vtype(t, d) for _, t in fields), tuple(n for n, _ in fields))
+        return VType(
+            "record", tuple(_vtype(t, d, parts) for _, t in fields), tuple(n for n, _ in fields)
+        )
     if name == "VariantType":
         cases = ty.cases
         return VType(
             "variant",
-            tuple(None if t is None else _vtype(t, d) for _, t in cases),
+            tuple(None if t is None else _vtype(t, d, parts) for _, t in cases),
             tuple(n for n, _ in cases),
         )
     if name == "EnumType":
@@ -291,13 +312,24 @@ def _vtype(ty: Any, depth: int = 0) -> VType:
     raise UnsupportedType(f"{_REFUSED.get(kind, kind)} are not supported", kind)
 
 
-def _func(name: str, interface: str | None, fty: Any) -> FuncDesc:
+def _func(name: str, interface: str | None, fty: Any, world: list[int] | None = None) -> FuncDesc:
+    """``world``: ``[the parts the world's functions may still have]`` (WasmFailure past it:
+    the component is refused; a function over its own share is only unsupported)."""
+    parts = [_MAX_FUNC_PARTS]
     try:
-        params = tuple((n, _vtype(t)) for n, t in fty.params)
+        params = tuple((n, _vtype(t, 0, parts)) for n, t in fty.params)
         res = fty.result
-        result = None if res is None else _vtype(res)
+        result = None if res is None else _vtype(res, 0, parts)
     except UnsupportedType as exc:
         return FuncDesc(name, interface, (), None, unsupported=str(exc))
+    finally:
+        if world is not None:
+            world[0] -= _MAX_FUNC_PARTS - parts[0]
+            if world[0] < 0:
+                raise WasmFailure(
+                    f"the component's function types have over {_MAX_WORLD_PARTS:,} parts in "
+                    "all; plugsafe describes no more"
+                )
     return FuncDesc(name, interface, params, result)
 
 
@@ -317,22 +349,44 @@ def _item(ext: Any) -> Any:
     return ext.ty if type(ext).__name__ == "ComponentExtern" else ext
 
 
+# The imports and exports (an interface's functions included) a component may have: wasmtime's
+# C API finds the n-th by walking to it, so listing them is quadratic in their number (attack13:
+# 20,000 exports, 209 KB, took a load 8.8 s). Real worlds have tens to hundreds.
+_MAX_ITEMS = 5_000
+
+
+def _items(left: list[int], count: int) -> None:
+    """Count ``count`` more imports or exports against ``left`` (``[how many more]``), before
+    they are listed; WasmFailure past it."""
+    left[0] -= count
+    if left[0] < 0:
+        raise WasmFailure(
+            f"the component has over {_MAX_ITEMS:,} imports and exports (its interfaces' "
+            "functions included); plugsafe describes no more"
+        )
+
+
 def describe(component: Any, engine: Engine) -> World:
     """The imports and exported functions of a compiled ``wasmtime.component.Component``."""
-    eng = engine._engine
+    eng: Any = engine._engine
     cty = component.type
+    world = [_MAX_WORLD_PARTS]  # (see _func)
+    left = [_MAX_ITEMS]  # (see _items)
+    _items(left, wf.wasmtime_component_type_import_count(cty.ptr(), eng.ptr()))
+    _items(left, wf.wasmtime_component_type_export_count(cty.ptr(), eng.ptr()))
     imports: list[ImportDesc] = []
     for name, ext in cty.imports(eng).items():
         item = _item(ext)
         kind = _item_kind(item)
         if kind == "func":
-            imports.append(ImportDesc(name, "func", (_func(name, None, item),)))
+            imports.append(ImportDesc(name, "func", (_func(name, None, item, world),)))
         elif kind == "instance":
             funcs = []
+            _items(left, wf.wasmtime_component_instance_type_export_count(item.ptr(), eng.ptr()))
             for fname, fext in item.exports(eng).items():
                 fitem = _item(fext)
                 if _item_kind(fitem) == "func":
-                    funcs.append(_func(fname, name, fitem))
+                    funcs.append(_func(fname, name, fitem, world))
             imports.append(ImportDesc(name, "instance", tuple(funcs)))
         else:
             imports.append(ImportDesc(name, kind))
@@ -342,12 +396,13 @@ def describe(component: Any, engine: Engine) -> World:
         item = _item(ext)
         kind = _item_kind(item)
         if kind == "func":
-            exports.append(_func(name, None, item))
+            exports.append(_func(name, None, item, world))
         elif kind == "instance":
+            _items(left, wf.wasmtime_component_instance_type_export_count(item.ptr(), eng.ptr()))
             for fname, fext in item.exports(eng).items():
                 fitem = _item(fext)
                 if _item_kind(fitem) == "func":
-                    exports.append(_func(fname, name, fitem))
+                    exports.append(_func(fname, name, fitem, world))
                 else:
                     other.append(f"{name}#{fname}")
         else:
@@ -440,7 +495,8 @@ class Record:
     Compares equal to another Record with the same fields; ``vars(r)`` gives them as a dict.
     """
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, /, **fields: Any) -> None:
+        # ``self`` positional-only: a field may be named ``self`` (attack13: a bare TypeError).
         self.__dict__.update(fields)
 
     def __eq__(self, other: object) -> bool:
@@ -759,13 +815,19 @@ class LiftBudget:
     a one-byte record is 1 guest byte and three value structs and a Python object here.
     """
 
-    __slots__ = ("deadline", "left", "limit", "steps")
+    __slots__ = ("arming", "deadline", "left", "limit", "steps")
 
-    def __init__(self, limit: int | None, deadline: float | None) -> None:
+    def __init__(
+        self, limit: int | None, deadline: float | None, arming: list[float] | None = None
+    ) -> None:
         self.limit = limit
         self.left = math.inf if limit is None else limit
         self.deadline = deadline
         self.steps = _CLOCK_EVERY
+        # The instance's guard arming (Interruptible): -inf once the call was interrupted (a
+        # cancelled invoke_async), which the clock alone never shows (attack13: a cancelled
+        # call converted its whole result).
+        self.arming = arming
 
     def charge(self, size: int) -> None:
         """Count ``size`` more bytes; raise LiftRefused when over the limit."""
@@ -775,13 +837,16 @@ class LiftBudget:
             raise LiftRefused(cast(int, self.limit) - cast(int, left), False)
 
     def step(self, n: int) -> None:
-        """``n`` more list elements are about to be lifted: check the deadline every
-        ``_CLOCK_EVERY`` elements."""
+        """``n`` more list elements are about to be lifted: check the deadline (and whether the
+        call was interrupted) every ``_CLOCK_EVERY`` elements."""
         self.steps -= n
         if self.steps <= 0:
             self.steps = _CLOCK_EVERY
             deadline = self.deadline
-            if deadline is not None and _perf_counter() >= deadline:
+            arming = self.arming
+            if (deadline is not None and _perf_counter() >= deadline) or (
+                arming is not None and arming[0] == -math.inf
+            ):
                 raise LiftRefused(0, True)
 
 
@@ -1084,13 +1149,16 @@ class ComponentInstance(Interruptible):
         sink: Callable[[BaseException], None] | None = None,
         until: float | None = None,
         max_host_arg: int | None = None,
+        on_store: Callable[[ComponentInstance], None] | None = None,
     ) -> None:
         """``until``: the deadline (``perf_counter`` seconds) of the call this instance is made
         for, which instantiation (start functions included) runs under; None: a timeout of its
         own from now (at load). ``max_host_arg``: the bytes each argument of a host function
         call may take once lifted (see :func:`_host_callback`). ``host``: the host functions,
         by interface, then function name (interface ``""``: functions the world imports
-        itself)."""
+        itself). ``on_store``: called with this instance once its store and deadline are
+        ready, before anything runs (an asynchronous call's ``CallToken.making``, as for
+        modules: a cancel then interrupts the start functions)."""
         _require()
         engine = compiled.engine
         self._compiled = compiled
@@ -1140,6 +1208,10 @@ class ComponentInstance(Interruptible):
             # Copying the data segments in costs fuel (one unit per byte, without copy-on-write
             # initialisation): on top of the policy's, so start functions get all of that.
             store.set_fuel(self._fuel + compiled.data_fuel)
+        if on_store is not None:
+            # The store and its deadline are ready, nothing ran: a cancel from now on
+            # interrupts the start functions (attack13: they ran on to the whole timeout).
+            on_store(self)
         try:
             if self._account is None:
                 self._instance = linker.instantiate(store, compiled.component)
@@ -1288,7 +1360,7 @@ class ComponentInstance(Interruptible):
                     if (max_output is None and until is None) or desc.result.kind in _PLAIN:
                         budget = None  # a plain number, char or bool: nothing to bound
                     else:
-                        budget = LiftBudget(max_output, until)
+                        budget = LiftBudget(max_output, until, self._arming)
                         budget.charge(_VSIZE)  # the result's own value struct
                     value = lift(result, desc.result, budget=budget)
             finally:
