@@ -52,6 +52,8 @@ from ._errors import (
     fmt_bytes,
     int_text,
     raise_clean,
+    text_of,
+    type_name,
 )
 from ._policy import Policy
 from ._runtime import _ticker
@@ -1716,7 +1718,7 @@ class CallPath:
         without asking the object anything (fuzz9: its ``__hash__`` or ``__eq__``, asked by
         the lookup, or its ``__repr__``, by the message, raised their own errors)."""
         return SignatureError(
-            f"plugin {self.name!r}: a function name is a str, not {_type_name(type(function))}"
+            f"plugin {self.name!r}: a function name is a str, not {type_name(type(function))}"
         )
 
     def lookup(self, inst: rt.Instance, function: str) -> rt.FuncRef:
@@ -1976,7 +1978,7 @@ class CallPath:
                     v = operator.index(a)  # type: ignore[arg-type]
                 except TypeError:
                     raise SignatureError(
-                        f"{self._where(function, i)} is {t}; got {_type_name(cls)}"
+                        f"{self._where(function, i)} is {t}; got {type_name(cls)}"
                     ) from None
                 lo, hi = _I32 if t == "i32" else _I64
                 if not lo <= v <= hi:
@@ -1990,7 +1992,7 @@ class CallPath:
             if issubclass(cls, (str, bytes, bytearray)) or not (
                 hasattr(cls, "__float__") or hasattr(cls, "__index__")
             ):
-                raise SignatureError(f"{self._where(function, i)} is {t}; got {_type_name(cls)}")
+                raise SignatureError(f"{self._where(function, i)} is {t}; got {type_name(cls)}")
             # A float subclass is the float it holds, as struct and the short path's typed
             # views read it (attack7: its own __float__ was asked only when the held value
             # was refused, so an out-of-range f32 passed as whatever that answered).
@@ -2004,7 +2006,7 @@ class CallPath:
             raise
         except Exception as exc:
             raise SignatureError(
-                f"{self._where(function, i)} is {t}; its {_type_name(cls)} did not convert: "
+                f"{self._where(function, i)} is {t}; its {type_name(cls)} did not convert: "
                 f"{_exc_text(exc)}"
             ) from exc
 
@@ -2090,25 +2092,11 @@ def _plain(function: object) -> Any:
     return str.__str__(function) if issubclass(type(function), str) else function
 
 
-# The name a class was made with (a metaclass may answer ``__name__`` its own way).
-_TYPE_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__
-
-
-def _type_name(cls: type) -> str:
-    """The name of ``cls`` for a message: never asks the class (fuzz9)."""
-    return _TYPE_NAME(cls)
-
-
 def _exc_text(exc: BaseException) -> str:
     """``Type: text`` of an exception an argument raised, whatever its ``__str__`` does."""
-    try:
-        text = str(exc)
-    except Exception:
-        text = "(its text could not be made)"
-    if type(text) is not str:  # (str() of a str subclass)
-        text = str.__str__(text)
+    text = text_of(exc)
     text = text if len(text) <= 200 else text[:200] + "..."
-    return f"{_type_name(type(exc))}: {text}" if text else _type_name(type(exc))
+    return f"{type_name(type(exc))}: {text}" if text else type_name(type(exc))
 
 
 def _payload(data: object) -> bytes:
@@ -2125,6 +2113,6 @@ def _payload(data: object) -> bytes:
             return _abi.plain_bytes(data)  # type: ignore[arg-type]
     except Exception as exc:
         raise SignatureError(
-            f"call() data ({_type_name(cls)}) could not be read as bytes: {_exc_text(exc)}"
+            f"call() data ({type_name(cls)}) could not be read as bytes: {_exc_text(exc)}"
         ) from exc
-    raise SignatureError(f"call() data must be bytes or str, not {_type_name(cls)}")
+    raise SignatureError(f"call() data must be bytes or str, not {type_name(cls)}")

@@ -54,6 +54,7 @@ from ._errors import (
     raise_clean,
     short_trap,
     text_of,
+    type_name,
 )
 from ._lazymodule import lazy_function, lazy_module
 from ._loader import Source, read_source
@@ -252,9 +253,6 @@ def check_component_imports(
         raise ImportNotAllowedError(name, problems)
 
 
-# The name a class was made with, never asking it (a metaclass may answer ``__name__`` its
-# own way): as _callpath._type_name, which this module does not import at run time.
-_TYPE_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__
 _perf_counter = time.perf_counter
 
 
@@ -460,7 +458,7 @@ class ComponentPlugin:
         # a bare TypeError, or the name's own __hash__/__class__ error).
         if not issubclass(type(function), str):
             raise SignatureError(
-                f"plugin {self._name!r}: a function name is a str, not {_TYPE_NAME(type(function))}"
+                f"plugin {self._name!r}: a function name is a str, not {type_name(type(function))}"
             )
         function = str.__str__(function)
         desc = self._by_name.get(function)
@@ -757,7 +755,7 @@ class ComponentPlugin:
                     raise
                 raise HostFunctionError(
                     f"plugin {self._name!r} in {self._function!r}: host function "
-                    f"{desc.qualified!r} raised {type(exc).__name__}: {text_of(exc)}",
+                    f"{desc.qualified!r} raised {type_name(type(exc))}: {text_of(exc)}",
                     function=desc.qualified,
                 ) from exc
 

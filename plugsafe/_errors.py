@@ -251,13 +251,24 @@ class PluginTrap(PluginCallError):
         self.backtrace = backtrace
 
 
+# The name a class was made with (a metaclass may answer ``__name__`` its own way, or raise).
+_TYPE_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__
+
+
+def type_name(cls: type) -> str:
+    """The name of ``cls`` for a message: never asks the class (fuzz9)."""
+    return _TYPE_NAME(cls)
+
+
 def text_of(exc: BaseException) -> str:
-    """``str(exc)`` for a message, or ``<Class: str() raised>`` when the app's ``__str__``
-    raises (an error about the app's exception must not become that exception's own)."""
+    """``str(exc)`` for a message, a plain str, or ``<Class: str() raised>`` when the app's
+    ``__str__`` raises (an error about the app's exception must not become that exception's
+    own)."""
     try:
-        return str(exc)
+        text = str(exc)
     except Exception:
-        return f"<{type(exc).__name__}: str() raised>"
+        return f"<{type_name(type(exc))}: str() raised>"
+    return text if type(text) is str else str.__str__(text)
 
 
 class HostFunctionError(PluginCallError):

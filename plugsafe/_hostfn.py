@@ -32,6 +32,7 @@ from ._errors import (
     HostFunctionError,
     PlugsafeError,
     text_of,
+    type_name,
 )
 from ._lazymodule import lazy_module
 from ._log import LEVELS, escape
@@ -390,7 +391,7 @@ class HostCalls:
             )
         err = HostFunctionError(
             f"host function {name!r} failed in plugsafe's handling of its arguments or result: "
-            f"{type(exc).__name__}: {text_of(exc)} (called by plugin {self.name!r} in "
+            f"{type_name(type(exc))}: {text_of(exc)} (called by plugin {self.name!r} in "
             f"{self.state.function!r})",
             function=name,
         )
@@ -411,7 +412,7 @@ class HostCalls:
             # call's deadline, saying so: the call ran out of time, which is its error.
             return exc
         err = HostFunctionError(
-            f"host function {raised.function!r} raised {type(exc).__name__}: {text_of(exc)} "
+            f"host function {raised.function!r} raised {type_name(type(exc))}: {text_of(exc)} "
             f"(called by plugin {self.name!r} in {self.state.function!r})",
             function=raised.function,
         )

@@ -60,3 +60,32 @@ def test_a_component_host_function_raising_an_unprintable_error_is_a_host_functi
             assert type(info.value.__cause__) is _BadStr
             assert "<_BadStr: str() raised>" in str(info.value)
             assert plugin.invoke("run", "fine", 1) == 5
+
+
+class _NoName(type):
+    @property
+    def __name__(cls) -> str:  # type: ignore[override]
+        raise RuntimeError("the app's metaclass")
+
+
+class _Nameless(Exception, metaclass=_NoName):
+    def __str__(self) -> NoReturn:
+        raise RuntimeError("the app's __str__")
+
+
+def test_an_error_whose_class_will_not_say_its_name_is_still_a_host_function_error() -> None:
+    # (lead13) The message names the class by the name it was made with (_errors.type_name),
+    # never by asking it: a metaclass's __name__ may raise too.
+    with plugsafe.Host() as host:
+
+        @host.function
+        def boom() -> int:
+            raise _Nameless
+
+        guest = b"""(module (import "plugsafe" "boom" (func $b (result i32)))
+          (func (export "f") (result i32) (call $b)))"""
+        plugin = host.load(guest, policy=plugsafe.Policy(allow={"boom"}))
+        with pytest.raises(plugsafe.HostFunctionError) as info:
+            plugin.invoke("f")
+        assert type(info.value.__cause__) is _Nameless
+        assert "<_Nameless: str() raised>" in str(info.value)
