@@ -559,7 +559,7 @@ class ComponentPlugin:
                 # (attack13). A BaseException that is not an Exception goes as itself.
                 raise SignatureError(
                     f"plugin {self._name!r} function {function!r} ({desc.wit()}): argument "
-                    f"{rc.snake(pname)!r}: its conversion raised {type(exc).__name__}"
+                    f"{rc.snake(pname)!r}: its conversion raised {type_name(type(exc))}"
                 ) from exc
         th = _nesting.thread_room()
         left = th.room - self._cost

@@ -359,8 +359,8 @@ class HostCalls:
         if state.error is None:
             state.error = self.typed(exc, function)
         if isinstance(exc, _AppError):
-            return f"plugsafe: host function {exc.function!r} raised {type(exc.exc).__name__}"
-        return f"plugsafe: {type(exc).__name__}"
+            return f"plugsafe: host function {exc.function!r} raised {type_name(type(exc.exc))}"
+        return f"plugsafe: {type_name(type(exc))}"
 
     def sink(self, function: str | None) -> Callable[[BaseException], str]:
         """The error sink for host function ``function`` (None: WASI's shims)."""
@@ -621,7 +621,7 @@ class HostCalls:
             return _AppError(
                 name,
                 TypeError(
-                    f"host function {name!r} returned {type(result).__name__}; its annotation "
+                    f"host function {name!r} returned {type_name(type(result))}; its annotation "
                     f"says {expected}"
                 ),
             )

@@ -32,6 +32,7 @@ from typing import Any, cast
 import wasmtime
 from wasmtime import _ffi as wf
 
+from .._errors import type_name
 from .._public import rehome
 from . import _hostmem
 from ._backend import WasmFailure, address, failure_from_addresses
@@ -549,7 +550,7 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
     k = ty.kind
     if k in _INT_RANGES:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueMismatch(f"expected an int ({k}), got {type(value).__name__}", path)
+            raise ValueMismatch(f"expected an int ({k}), got {type_name(type(value))}", path)
         # The int it holds: a subclass's own comparisons or __int__ could take another value
         # past the range check, which wasmtime would truncate (attack7).
         value = int.__index__(value)
@@ -559,11 +560,11 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
         return value
     if k == "bool":
         if not isinstance(value, bool):
-            raise ValueMismatch(f"expected a bool, got {type(value).__name__}", path)
+            raise ValueMismatch(f"expected a bool, got {type_name(type(value))}", path)
         return value
     if k in ("f32", "f64"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueMismatch(f"expected a float ({k}), got {type(value).__name__}", path)
+            raise ValueMismatch(f"expected a float ({k}), got {type_name(type(value))}", path)
         try:
             # The number it holds, not a subclass's own __float__ (attack7).
             return (
@@ -579,7 +580,7 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
         return ord(value)
     if k == "string":
         if not isinstance(value, str):
-            raise ValueMismatch(f"expected a str, got {type(value).__name__}", path)
+            raise ValueMismatch(f"expected a str, got {type_name(type(value))}", path)
         try:
             # The UTF-8 of the str it holds: a subclass's own encode could answer bytes whose
             # len() lies about their buffer (attack7; the copy to wasmtime trusts len()).
@@ -597,7 +598,7 @@ def normalise(value: Any, ty: VType, path: str) -> Any:
             value, Iterable
         ):
             want = "bytes" if elem.kind == "u8" else "a list"
-            raise ValueMismatch(f"expected {want}, got {type(value).__name__}", path)
+            raise ValueMismatch(f"expected {want}, got {type_name(type(value))}", path)
         return [normalise(v, elem, f"{path}[{i}]") for i, v in enumerate(value)]
     if k == "option":
         if value is None:
