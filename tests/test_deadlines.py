@@ -26,6 +26,8 @@ import wasmtime
 
 from plugsafe._runtime import _ticker
 
+from helpers import run_ok
+
 SPIN = '(module (func (export "spin") (loop br 0)))'
 LINUX_GLIBC = sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
 
@@ -558,3 +560,41 @@ def test_fork_while_another_thread_arms(rig: Rig) -> None:
 def test_forced_fallback_by_environment() -> None:
     done = _script("print(_ticker.native_available())", {"PLUGSAFE_TICKER": "python"})
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_starved_fallback_reaper_gives_the_due_ticks_before_it_disarms() -> None:
+    # The fallback ticker's one thread both ticks and reaps. Starved past a call's timeout +
+    # MARGIN (here: kept off the ticker lock; in a whole loaded py3.10 run, by the machine), it
+    # woke, found the ticker past its horizon and disarmed it without first giving the ticks
+    # due meanwhile: the epoch never reached the deadline and the spinning call ran for ever
+    # (test_late_by_little[python-*] hung for 10 min). A child, so a regression fails, not hangs.
+    run_ok(
+        """
+        import threading, time, ctypes, wasmtime
+        from plugsafe._runtime import _ticker
+        _ticker.MARGIN = 0.05
+        cfg = wasmtime.Config(); cfg.epoch_interruption = True
+        engine = wasmtime.Engine(cfg)
+        tk = _ticker.Ticker(engine, native=False)
+        store = wasmtime.Store(engine)
+        module = wasmtime.Module(engine, '(module (func (export "spin") (loop br 0)))')
+        spin = wasmtime.Instance(store, module, []).exports(store)["spin"]
+        arming = [-1e9]
+        _ticker.guard(store, ctypes.cast(store.ptr(), ctypes.c_void_p).value or 0, arming,
+                      0.02, tk)
+        tk.use_timeout(0.02)
+        with _ticker._lock:  # the ticker's thread cannot turn while this is held
+            start = time.perf_counter()
+            tk.last = arming[0] = start
+            tk.arm()
+            store.set_epoch_deadline(tk.ticks(0.02))
+            time.sleep(0.3)  # past the horizon: 0.02 + MARGIN
+        try:
+            spin(store)
+        except wasmtime.Trap as trap:
+            assert trap.trap_code == wasmtime.TrapCode.INTERRUPT, trap
+        print("stopped", round(time.perf_counter() - start, 2))
+        """,
+        timeout=30,
+        hang="a call whose ticker was reaped while its thread was starved never stopped",
+    )

@@ -591,6 +591,11 @@ def _reap_once(native_only: bool) -> float | None:
     for tk in _TICKERS:
         if not tk.armed or (native_only and not tk.native):
             continue
+        if not tk.native:
+            # First the ticks the wall clock says are due: this thread also ticks, and when it
+            # was starved past a call's horizon, disarming without them left that call's epoch
+            # short of its deadline for ever (a loaded py3.10 run hung in a spinning call).
+            tk._catch_up(now)
         # Clear first, then look at the stamp and the locks (see Ticker.arm for why).
         tk.armed = False
         if tk._idle(now):

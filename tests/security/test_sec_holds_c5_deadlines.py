@@ -147,18 +147,22 @@ def _napper(host: plugsafe.Host) -> None:
         time.sleep(0.25)
 
 
+# The start function naps 0.25 s, then the function spins: a call promised 0.4 s ends at about
+# 0.4 s when the instantiation is counted in its timeout, at 0.25 + 0.4 = 0.65 s at the earliest
+# when it is not (the nap never sleeps less), so the bound 0.4 + SLACK tells them apart on every
+# try. (The function once napped 0.25 s too and returned, and the test asserted DeadlineExceeded:
+# on a loaded machine the epoch tick was sometimes late past the nap's return, the call returned
+# its result at 0.5 s and failed the test; 2 in 20 runs alone with two CPU burners, py3.13.)
+SPIN_GO = """
+  (func $s call $nap) (start $s)
+  (func (export "go") (param i32 i32) (result i64) (loop $l (br $l)) (i64.const 0))"""
+
+
 def test_c5_deadline_covers_the_instantiation_a_fresh_instance_call_makes(
     host: plugsafe.Host,
 ) -> None:
-    # The start function and the function each take 0.25 s: 0.5 s for a call promised 0.4 s.
     _napper(host)
-    wat = abi_module(
-        """
-  (func $s call $nap) (start $s)
-  (func (export "go") (param i32 i32) (result i64)
-    call $nap (call $ok (i32.const 0) (i32.const 0)))""",
-        imports=NAP,
-    )
+    wat = abi_module(SPIN_GO, imports=NAP)
     policy = plugsafe.Policy(allow={"nap"}, timeout=0.4, fresh_instance=True)
 
     def attempt() -> float:
@@ -172,24 +176,32 @@ def test_c5_deadline_covers_the_instantiation_a_fresh_instance_call_makes(
             plugin.call("go")
         return time.perf_counter() - t0
 
-    _best_of(3, 0.4 + 0.25 + SLACK, attempt)
+    _best_of(3, 0.4 + SLACK, attempt)
 
 
 def test_c5_deadline_covers_the_instantiation_after_a_trap(host: plugsafe.Host) -> None:
+    # As above (SPIN_GO): 0.25 s re-instantiating after the trap, then the call spins; about
+    # 0.4 s when the re-instantiation is counted, 0.65 s at the earliest when it is not.
     _napper(host)
     wat = abi_module(
-        """
-  (func $s call $nap) (start $s)
-  (func (export "go") (param i32 i32) (result i64)
-    call $nap (call $ok (i32.const 0) (i32.const 0)))
+        SPIN_GO
+        + """
   (func (export "trap") (param i32 i32) (result i64) unreachable)""",
         imports=NAP,
     )
-    plugin = host.load(wat.encode(), policy=plugsafe.Policy(allow={"nap"}, timeout=0.4))
-    with pytest.raises(plugsafe.PluginTrap):
-        plugin.call("trap")
-    with pytest.raises(plugsafe.DeadlineExceeded):
-        plugin.call("go")  # 0.25 s re-instantiating + 0.25 s in the call
+
+    def attempt() -> float:
+        # A plugin per try, so the trap is taken on the load's instance (a call after the
+        # DeadlineExceeded of a try before would have to make one, and nap, itself).
+        plugin = host.load(wat.encode(), policy=plugsafe.Policy(allow={"nap"}, timeout=0.4))
+        with pytest.raises(plugsafe.PluginTrap):
+            plugin.call("trap")
+        t0 = time.perf_counter()
+        with pytest.raises(plugsafe.DeadlineExceeded):
+            plugin.call("go")
+        return time.perf_counter() - t0
+
+    _best_of(3, 0.4 + SLACK, attempt)
 
 
 def test_c5_deadline_covers_waiting_for_a_plugin_another_thread_is_using(
@@ -256,15 +268,24 @@ def test_c5_idle_hosts_cost_no_cpu() -> None:
     hosts = _idle_hosts(20)
     try:
         time.sleep(0.2)  # let the last call's deadline pass
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        switches0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-        time.sleep(1.0)
-        cpu = time.process_time() - cpu0
-        switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches0
-        wall = time.perf_counter() - wall0
-        # Measured today: ~0.2 s of CPU per second and ~4000 wake-ups (20 tickers x 200/s).
-        assert cpu < 0.02 * wall, (cpu, wall)
-        assert switches < 50, switches
+
+        # Best of three 1 s windows: the process's counts include every thread an earlier
+        # test left behind (in a whole loaded py3.13 run one window counted 93 wake-ups, where
+        # the test alone, loaded, never failed in 20 runs). Ticking idle hosts cost ~0.2 s of
+        # CPU and ~4000 wake-ups in *every* window (20 tickers x 200/s), and still fail.
+        windows: list[tuple[float, float, int]] = []
+        while len(windows) < 3 and (
+            not windows or windows[-1][0] >= 0.02 * windows[-1][1] or windows[-1][2] >= 50
+        ):
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            switches0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+            time.sleep(1.0)
+            cpu = time.process_time() - cpu0
+            switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches0
+            windows.append((cpu, time.perf_counter() - wall0, switches))
+        cpu, wall, switches = windows[-1]
+        assert cpu < 0.02 * wall, windows
+        assert switches < 50, windows
     finally:
         for h in hosts:
             h.close()
@@ -317,20 +338,27 @@ def test_c5_a_spinning_instantiation_is_stopped_by_the_calls_deadline(
 ) -> None:
     timeout = 0.3
     plugin, spin = _spinner(host, where, timeout=timeout, fresh_instance=how == "fresh_instance")
-    if how == "after_a_trap":
-        with pytest.raises(plugsafe.PluginTrap):
-            plugin.invoke("trap")
-    spin[0] = 1
-    t0 = time.perf_counter()
-    with pytest.raises(plugsafe.DeadlineExceeded) as info:
-        plugin.call("go")
-    took = time.perf_counter() - t0
-    # The call's deadline, with the call's phase: instantiating was part of the call.
-    assert info.value.phase == "call"
-    assert info.value.limit == "timeout"
-    assert timeout <= took < timeout + BUSY_SLACK, took
-    spin[0] = 0
-    assert plugin.invoke("five") == 5  # and the next call instantiates and runs
+
+    def attempt() -> float:
+        if how == "after_a_trap":
+            with pytest.raises(plugsafe.PluginTrap):
+                plugin.invoke("trap")
+        spin[0] = 1
+        t0 = time.perf_counter()
+        with pytest.raises(plugsafe.DeadlineExceeded) as info:
+            plugin.call("go")
+        took = time.perf_counter() - t0
+        # The call's deadline, with the call's phase: instantiating was part of the call.
+        assert info.value.phase == "call"
+        assert info.value.limit == "timeout"
+        assert timeout <= took, took
+        spin[0] = 0
+        assert plugin.invoke("five") == 5  # and the next call instantiates and runs
+        return took
+
+    # Best of three: one try ended at 0.91 s (py3.13, two CPU burners, 1 in 6 runs of this
+    # file). A spinning instantiation the deadline did not cover would never end at all.
+    _best_of(3, timeout + BUSY_SLACK, attempt)
 
 
 def test_c5_a_call_after_a_slow_instantiation_gets_only_what_is_left(host: plugsafe.Host) -> None:
