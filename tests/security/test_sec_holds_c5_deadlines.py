@@ -295,9 +295,15 @@ def test_c5_the_ticker_sleeps_while_no_timed_call_runs(host: plugsafe.Host) -> N
     plugin = host.load(ECHO.encode(), policy=plugsafe.Policy(timeout=0.5))
     assert plugin.call("echo", b"x") == b"x"
     time.sleep(0.6)
-    switches0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-    time.sleep(0.5)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches0 < 20
+    # Best of three 0.5 s windows, as test_c5_idle_hosts_cost_no_cpu (flake13): the count is
+    # the whole process's, threads earlier tests left included; a ticker thread still ticking
+    # (PLUGSAFE_TICKER=python, while a timed call runs) wakes ~95 times in every window.
+    windows: list[int] = []
+    while len(windows) < 3 and (not windows or windows[-1] >= 20):
+        switches0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        time.sleep(0.5)
+        windows.append(resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches0)
+    assert windows[-1] < 20, windows
 
 
 # A start function (or a reactor's _initialize) that spins only when the app says so: the load
